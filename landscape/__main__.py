@@ -1,0 +1,5 @@
+"""`python -m landscape` (and `torchrun -m landscape`) entry point."""
+
+from landscape.cli import main
+
+main()

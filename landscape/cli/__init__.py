@@ -1,0 +1,35 @@
+"""The `landscape` command: a typer app; each sub-command group lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from landscape.errors import LandscapeError
+
+app = typer.Typer(
+    name="landscape",
+    help="Loss landscapes, curvature and roughness of a PyTorch checkpoint.\n\n"
+    "Start with `landscape samples`, then `landscape sweep --sample mlp -o out.h5` and `landscape plot out.h5 -o fig.png`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+from landscape.cli import files, plot, sweep  # noqa: E402,F401  (registers the commands)
+
+
+def main() -> None:
+    """Run the CLI; user errors become one line on stderr and exit status 2."""
+    from landscape.cli.options import err
+
+    try:
+        app()
+    except LandscapeError as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/red]: a partial results file can be finished with --resume", soft_wrap=True)
+        sys.exit(130)

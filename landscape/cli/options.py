@@ -1,0 +1,116 @@
+"""Options shared by every command that loads a model, the --config file, progress bars and messages."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from landscape.errors import LandscapeError
+from landscape.load import LoadSpec
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+LOAD = "Model, weights, data"
+RUN = "Running"
+
+
+def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | None:
+    """Eager --config: read a TOML file into the command's defaults, so flags on the line still win."""
+    if value is None:
+        return value
+    if not value.is_file():
+        raise LandscapeError(f"--config: file not found: {value}")
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        table = tomllib.loads(value.read_text())
+    except Exception as exc:
+        raise LandscapeError(f"--config {value}: not valid TOML ({exc})") from exc
+    name = ctx.info_name or ""
+    section = table.get(name, table) if isinstance(table.get(name), dict) else table
+    known = {p.name for p in ctx.command.params}
+    defaults = {}
+    for key, val in section.items():
+        if isinstance(val, dict):
+            continue
+        k = key.replace("-", "_")
+        if k not in known:
+            raise LandscapeError(f"--config {value}: unknown option {key!r} for `landscape {name}`")
+        defaults[k] = str(val) if isinstance(val, float) else val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+Model = Annotated[str | None, typer.Option(help="Model factory: MODULE:FACTORY or path/to/file.py:FACTORY.", rich_help_panel=LOAD)]
+Checkpoint = Annotated[
+    str | None,
+    typer.Option(help="Weights: .pt/.pth/.ckpt (state_dict, raw or under state_dict/model/model_state_dict) or .safetensors.", rich_help_panel=LOAD),
+]
+Data = Annotated[
+    str | None,
+    typer.Option(help="Data: a .pt/.npz/.h5 file holding x and y, or file.py:fn returning tensors, a Dataset or a DataLoader.", rich_help_panel=LOAD),
+]
+Loss = Annotated[
+    str | None,
+    typer.Option(help="cross-entropy (default for integer targets), mse (default otherwise), or file.py:fn(output, target) -> mean loss.", rich_help_panel=LOAD),
+]
+Sample = Annotated[str | None, typer.Option(help="A bundled sample instead of model/checkpoint/data (see `landscape samples`).", rich_help_panel=LOAD)]
+Samples = Annotated[int | None, typer.Option(help="Use a fixed, seeded subset of N data points (default: all).", rich_help_panel=LOAD)]
+Seed = Annotated[int, typer.Option(help="Seed of random directions and of the --samples subset.", rich_help_panel=RUN)]
+BatchSize = Annotated[int | None, typer.Option(help="Data points per forward pass (default: all, up to 4096).", rich_help_panel=RUN)]
+Device = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.", rich_help_panel=RUN)]
+Dtype = Annotated[str, typer.Option(help="float32 or float64 (float64 for checks against exact values).", rich_help_panel=RUN)]
+UnsafePickle = Annotated[
+    bool,
+    typer.Option("--unsafe-pickle", help="Allow torch.load to unpickle arbitrary objects. Only for files you trust: unpickling can run code.", rich_help_panel=LOAD),
+]
+Config = Annotated[
+    Path | None,
+    typer.Option(help="TOML file with any of these options (a [sweep] table or top-level keys); flags given on the line win.", callback=load_config, is_eager=True),
+]
+
+
+def load_spec(**kwargs: Any) -> LoadSpec:
+    return LoadSpec(**kwargs)
+
+
+def say(msg: str) -> None:
+    err.print(f"[dim]landscape:[/dim] {msg}")
+
+
+def warn(msg: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {msg}")
+
+
+class RateColumn(ProgressColumn):
+    """Points per second."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} pts/s" if speed else "- pts/s", style="cyan")
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def command_line() -> str:
+    return " ".join(["landscape", *sys.argv[1:]])

@@ -1,0 +1,155 @@
+"""`landscape sweep`: the loss (and accuracy) on a 1D line or 2D grid around a checkpoint."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from landscape.cli import app
+from landscape.cli.options import (
+    RUN,
+    BatchSize,
+    Checkpoint,
+    Config,
+    Data,
+    Device,
+    Dtype,
+    Loss,
+    Model,
+    Sample,
+    Samples,
+    Seed,
+    UnsafePickle,
+    command_line,
+    err,
+    load_spec,
+    progress,
+    say,
+    warn,
+)
+from landscape.errors import LandscapeError
+from landscape.io.results import SweepFile
+from landscape.io.spec import sha256_file
+from landscape.load import load_other_theta, load_problem
+from landscape.surface import AXIS_NAMES, AxesSpec, make_axes, run_sweep
+from landscape.sweep import STRATEGIES, parse_range
+
+AXES = "Axes and grid"
+
+
+@app.command(rich_help_panel="Compute")
+def sweep(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")] = Path("landscape-out/sweep.h5"),
+    sample: Sample = None,
+    model: Model = None,
+    checkpoint: Checkpoint = None,
+    data: Data = None,
+    loss: Loss = None,
+    x: Annotated[
+        str | None,
+        typer.Option(help="x grid MIN:MAX:POINTS (default -1:1:51; with --to, -0.5:1.5:41).", rich_help_panel=AXES),
+    ] = None,
+    y: Annotated[str | None, typer.Option(help="y grid MIN:MAX:POINTS; omit for a 1D line.", rich_help_panel=AXES)] = None,
+    norm: Annotated[
+        str, typer.Option(help="Direction normalization: filter (Li et al.), layer, model or none.", rich_help_panel=AXES)
+    ] = "filter",
+    ignore: Annotated[
+        str, typer.Option(help="biasbn: zero the direction on 1-D tensors (biases, norm layers); none: keep them.", rich_help_panel=AXES)
+    ] = "biasbn",
+    to: Annotated[
+        str | None,
+        typer.Option(help="Second checkpoint: x becomes the straight line from --checkpoint (0) to it (1).", rich_help_panel=AXES),
+    ] = None,
+    seed: Seed = 0,
+    samples: Samples = None,
+    batch_size: BatchSize = None,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+    strategy: Annotated[
+        str, typer.Option(help="auto (time each on the first points, keep the fastest), loop, vmap or firstlayer.", rich_help_panel=RUN)
+    ] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Finish a killed run in OUTPUT (same settings required).", rich_help_panel=RUN)] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)] = False,
+    unsafe_pickle: UnsafePickle = False,
+    config: Config = None,
+) -> None:
+    """Evaluate the loss (and accuracy) on a grid of points theta + a*d1 (+ b*d2) around a checkpoint.
+
+    Directions are Gaussian and filter-normalized by default (Li et al. 2018); the results go to one
+    HDF5 file, written after every chunk, so a killed run continues with --resume.
+
+    Examples:
+
+      landscape sweep --sample mlp -o mlp.h5                  (a 1D line, 51 points)
+
+      landscape sweep --sample cnn --x -1:1:31 --y -1:1:31 -o cnn.h5
+
+      landscape sweep --model net.py:make --checkpoint ep90.pt --data val.npz --to ep100.pt -o path.h5
+    """
+    if strategy != "auto" and strategy not in STRATEGIES:
+        raise LandscapeError(f"--strategy {strategy!r}: expected auto or one of {', '.join(STRATEGIES)}")
+    if output.exists() and not resume and not force:
+        raise LandscapeError(f"{output} exists: pass --resume to finish it or --force to overwrite it")
+    if resume and not output.exists():
+        raise LandscapeError(f"--resume: {output} does not exist")
+    x_grid = parse_range(x or ("-0.5:1.5:41" if to else "-1:1:51"), "--x")
+    y_grid = parse_range(y, "--y") if y else None
+    spec = load_spec(
+        model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
+        seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle,
+    )
+    problem, prov = load_problem(spec, say)
+    other = load_other_theta(to, problem, unsafe_pickle, say) if to else None
+    axes_spec = AxesSpec(dims=1 if y_grid is None else 2, norm=norm, ignore=ignore, seed=seed, to=to)
+    grids = [x_grid] if y_grid is None else [x_grid, y_grid]
+    names = AXIS_NAMES[: len(grids)]
+    settings = {
+        "model": prov["model"], "checkpoint_sha256": prov["checkpoint_sha256"], "data_sha256": prov["data_sha256"],
+        "data": prov["data"], "samples": prov["samples"], "loss": prov["loss"], "dtype": dtype, "norm": norm,
+        "ignore": ignore, "seed": seed, "to_sha256": sha256_file(to) if to else "",
+        "coords": {n: g.tolist() for n, g in zip(names, grids)},
+    }
+    say(
+        f"{prov['parameters']:,} parameters, {problem.n:,} samples, loss {prov['loss']}, "
+        f"{prov['device']} {dtype}, grid {' x '.join(str(len(g)) for g in grids)}"
+    )
+    if resume:
+        store = SweepFile.resume(output, settings)
+        directions = problem.theta.new_tensor(np.stack(list(store.read_axes().values()))).double().cpu()
+        say(f"resuming {output}: {int(store.done.sum())} of {store.done.size} points already done")
+    else:
+        directions, axis_attrs = make_axes(problem, axes_spec, other)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        store_dtype = np.float64 if dtype == "float64" else np.float32
+        store = SweepFile.create(
+            output,
+            attrs={**prov, "command": command_line(), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kind": "sweep"},
+            settings=settings,
+            axes={n: (directions[i].numpy().astype(store_dtype), axis_attrs[i]) for i, n in enumerate(names)},
+            layout=problem.layout,
+            coords=dict(zip(names, [g.numpy() for g in grids])),
+            has_accuracy=problem.classification,
+        )
+        # evaluate exactly the stored directions, so a resumed run gives the same numbers
+        directions = directions.to(problem.dtype).double()
+    with progress() as bar:
+        task = bar.add_task("sweep", total=store.done.size)
+        report = run_sweep(
+            problem, directions, store, strategy=strategy, warn=warn,
+            on_progress=lambda done, total: bar.update(task, completed=done),
+        )
+    if report.timings:
+        timing = ", ".join(f"{n} {1e3 * t:.1f} ms/pt" for n, t in report.timings.items())
+        say(f"strategy {report.strategy} (probe: {timing})")
+    elif report.strategy != "none":
+        say(f"strategy {report.strategy}")
+    for name, why in report.dropped.items():
+        if strategy == "auto" and name != "firstlayer":
+            warn(f"strategy {name} not used: {why}")
+    if report.nonfinite:
+        warn(f"the loss was NaN or infinite at {report.nonfinite} grid point(s); stored as NaN")
+    err.print(f"[green]wrote[/green] {output}", soft_wrap=True)

@@ -1,0 +1,235 @@
+"""The HDF5 results file: one per run, self-describing, written chunk by chunk, resumable.
+
+Layout (docs/architecture.md and DESIGN.md):
+  /                 attrs: format, format_version, tool_version, created, command, torch_version,
+                           device, dtype, seed, checkpoint(+_sha256), model, data(+_sha256), loss,
+                           settings (JSON of everything that fixes the numbers), complete
+  /axes/<name>      [P] flat direction; attrs kind, normalization, ignore, seed, source
+  /axes/layout      table (name, shape, offset, numel) to unflatten a direction
+  /sweep/coords/<k> [n_k] coordinates; /sweep/loss, /sweep/accuracy [n_x(, n_y)]; /sweep/done
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from landscape import __version__
+from landscape.errors import LandscapeError
+from landscape.params import Layout
+
+FORMAT = "landscape-results"
+FORMAT_VERSION = 1
+
+
+def check_ours(path: str | Path) -> None:
+    """Raise a one-line error unless `path` is a readable results file of a version we understand."""
+    path = Path(path)
+    if not path.is_file():
+        raise LandscapeError(f"{path}: file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+            version = f.attrs.get("format_version")
+    except OSError as exc:
+        raise LandscapeError(f"{path}: not a readable HDF5 file (corrupt or another format): {exc}") from exc
+    if fmt != FORMAT:
+        raise LandscapeError(f"{path}: an HDF5 file, but not a landscape results file (no format={FORMAT!r} attribute)")
+    if version is None or int(version) > FORMAT_VERSION:
+        raise LandscapeError(
+            f"{path}: results format version {version} is newer than this landscape ({__version__}) reads "
+            f"(version {FORMAT_VERSION}); upgrade landscape"
+        )
+
+
+def _attr(value: Any) -> Any:
+    """An HDF5-storable attribute: None as "", containers as JSON, str subclasses as plain str."""
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def write_layout(group: h5py.Group, layout: Layout) -> None:
+    """Store the per-tensor table that maps a flat direction back to named tensors."""
+    dt = np.dtype([("name", h5py.string_dtype()), ("shape", h5py.string_dtype()), ("offset", "i8"), ("numel", "i8")])
+    table = np.array(
+        [
+            (name, ",".join(map(str, shape)), off, n)
+            for name, shape, off, n in zip(layout.names, layout.shapes, layout.offsets, layout.numels)
+        ],
+        dtype=dt,
+    )
+    group.create_dataset("layout", data=table)
+
+
+def read_layout(group: h5py.Group) -> Layout:
+    table = group["layout"][()]
+    names = tuple(row["name"].decode() if isinstance(row["name"], bytes) else row["name"] for row in table)
+    shapes = []
+    for row in table:
+        text = row["shape"].decode() if isinstance(row["shape"], bytes) else row["shape"]
+        shapes.append(tuple(int(s) for s in text.split(",")) if text else ())
+    return Layout(names, tuple(shapes))
+
+
+class SweepFile:
+    """A sweep's results file, opened per chunk so a killed run leaves a readable, resumable file."""
+
+    def __init__(self, path: Path, coords: list[np.ndarray], done: np.ndarray, has_accuracy: bool):
+        self.path = path
+        self.coords = coords
+        self.done = done
+        self.has_accuracy = has_accuracy
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        attrs: Mapping[str, Any],
+        settings: Mapping[str, Any],
+        axes: Mapping[str, tuple[np.ndarray, Mapping[str, Any]]],
+        layout: Layout,
+        coords: Mapping[str, np.ndarray],
+        has_accuracy: bool,
+    ) -> SweepFile:
+        """Write a new file with every point marked not done (loss NaN) and complete=False."""
+        path = Path(path)
+        shape = tuple(len(c) for c in coords.values())
+        tmp = path.with_name(path.name + ".partial")
+        try:
+            cls._write_new(tmp, attrs, settings, axes, layout, coords, shape, has_accuracy)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return cls(path, [np.asarray(c, dtype=np.float64) for c in coords.values()], np.zeros(shape, dtype=bool), has_accuracy)
+
+    @staticmethod
+    def _write_new(tmp, attrs, settings, axes, layout, coords, shape, has_accuracy) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["tool_version"] = __version__
+            for key, value in attrs.items():
+                f.attrs[key] = _attr(value)
+            f.attrs["settings"] = json.dumps(dict(settings), sort_keys=True)
+            f.attrs["complete"] = False
+            g = f.create_group("axes")
+            for name, (vec, vattrs) in axes.items():
+                ds = g.create_dataset(name, data=vec)
+                for key, value in vattrs.items():
+                    ds.attrs[key] = _attr(value)
+            write_layout(g, layout)
+            s = f.create_group("sweep")
+            s.attrs["axes"] = json.dumps(list(coords))
+            cg = s.create_group("coords")
+            for name, c in coords.items():
+                cg.create_dataset(name, data=np.asarray(c, dtype=np.float64))
+            s.create_dataset("loss", data=np.full(shape, np.nan))
+            if has_accuracy:
+                s.create_dataset("accuracy", data=np.full(shape, np.nan))
+            s.create_dataset("done", data=np.zeros(shape, dtype=bool))
+
+    @classmethod
+    def resume(cls, path: str | Path, settings: Mapping[str, Any]) -> SweepFile:
+        """Reopen a file made with exactly these settings; anything else is refused with the first difference."""
+        path = Path(path)
+        check_ours(path)
+        with h5py.File(path, "r") as f:
+            if "sweep" not in f:
+                raise LandscapeError(f"--resume {path}: the file holds no sweep")
+            stored = json.loads(f.attrs["settings"])
+            wanted = json.loads(json.dumps(dict(settings), sort_keys=True))
+            for key in sorted(set(stored) | set(wanted)):
+                if stored.get(key) != wanted.get(key):
+                    raise LandscapeError(
+                        f"--resume {path}: made with other settings ({key}: file has {stored.get(key)!r}, "
+                        f"this run has {wanted.get(key)!r})"
+                    )
+            names = json.loads(f["sweep"].attrs["axes"])
+            coords = [f["sweep/coords"][n][()] for n in names]
+            return cls(path, coords, f["sweep/done"][()], "accuracy" in f["sweep"])
+
+    def read_axes(self) -> dict[str, np.ndarray]:
+        with h5py.File(self.path, "r") as f:
+            return {name: f["axes"][name][()] for name in json.loads(f["sweep"].attrs["axes"])}
+
+    def write(self, flat_index: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None) -> None:
+        """Store values at flat grid indices and mark them done; closes the file (flushes) before returning."""
+        with h5py.File(self.path, "r+") as f:
+            s = f["sweep"]
+            grid = s["loss"][()]
+            grid.reshape(-1)[flat_index] = loss
+            s["loss"][...] = grid
+            if self.has_accuracy and accuracy is not None:
+                acc = s["accuracy"][()]
+                acc.reshape(-1)[flat_index] = accuracy
+                s["accuracy"][...] = acc
+            self.done.reshape(-1)[flat_index] = True
+            s["done"][...] = self.done
+
+    def finish(self, attrs: Mapping[str, Any]) -> None:
+        """Record how the sweep ran and mark the file complete when every point is done."""
+        with h5py.File(self.path, "r+") as f:
+            for key, value in attrs.items():
+                f["sweep"].attrs[key] = _attr(value)
+            f.attrs["complete"] = bool(self.done.all())
+
+
+def read_sweep(path: str | Path) -> dict[str, Any]:
+    """Everything a figure or summary needs from a sweep: coords, loss, accuracy, done, axis attrs, root attrs."""
+    check_ours(path)
+    with h5py.File(path, "r") as f:
+        if "sweep" not in f:
+            raise LandscapeError(f"{path}: holds no sweep")
+        s = f["sweep"]
+        names = json.loads(s.attrs["axes"])
+        return {
+            "attrs": {k: _plain(v) for k, v in f.attrs.items()},
+            "axes": names,
+            "coords": {n: s["coords"][n][()] for n in names},
+            "axis_attrs": {n: {k: _plain(v) for k, v in f["axes"][n].attrs.items()} for n in names if n in f["axes"]},
+            "loss": s["loss"][()],
+            "accuracy": s["accuracy"][()] if "accuracy" in s else None,
+            "done": s["done"][()],
+            "sweep_attrs": {k: _plain(v) for k, v in s.attrs.items()},
+        }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """A JSON-able summary of any results file: root attributes and every dataset's shape and attributes."""
+    check_ours(path)
+    out: dict[str, Any] = {"file": str(path), "attrs": {}, "datasets": {}}
+    with h5py.File(path, "r") as f:
+        out["attrs"] = {k: _plain(v) for k, v in f.attrs.items()}
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                out["datasets"][name] = {
+                    "shape": list(obj.shape),
+                    "dtype": str(obj.dtype),
+                    "attrs": {k: _plain(v) for k, v in obj.attrs.items()},
+                }
+
+        f.visititems(visit)
+    return out

@@ -1,0 +1,102 @@
+"""From what the user named (files, specs or a bundled sample) to a ready Problem plus its provenance."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from landscape.errors import LandscapeError
+from landscape.io.checkpoint import fit_state_dict, read_state_dict
+from landscape.io.data import load_data, subset
+from landscape.io.loss import default_loss, resolve_loss
+from landscape.io.model import build_model
+from landscape.io.samples import sample as find_sample
+from landscape.io.spec import sha256_file
+from landscape.problem import Problem, Say, make_problem, resolve_device, resolve_dtype
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """The options every command shares to name a model, its weights, data and loss."""
+
+    model: str | None = None
+    checkpoint: str | None = None
+    data: str | None = None
+    loss: str | None = None
+    sample: str | None = None
+    samples: int | None = None
+    seed: int = 0
+    batch_size: int | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    unsafe_pickle: bool = False
+
+    def resolved(self) -> LoadSpec:
+        """Fill model/checkpoint/data/loss from --sample; check that the three are named."""
+        spec = self
+        if spec.sample:
+            s = find_sample(spec.sample)
+            spec = LoadSpec(
+                **{
+                    **asdict(spec),
+                    "model": spec.model or s["model"],
+                    "checkpoint": spec.checkpoint or s["checkpoint"],
+                    "data": spec.data or s["data"],
+                    "loss": spec.loss or s["loss"],
+                }
+            )
+        missing = [f"--{k}" for k in ("model", "checkpoint", "data") if not getattr(spec, k)]
+        if missing:
+            raise LandscapeError(f"missing {', '.join(missing)} (or use --sample NAME; `landscape samples` lists them)")
+        return spec
+
+
+def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, dict[str, Any]]:
+    """Build the model, read and fit the checkpoint, load data and loss; return the problem and provenance."""
+    spec = spec.resolved()
+    assert spec.model and spec.checkpoint and spec.data
+    device, dtype = resolve_device(spec.device), resolve_dtype(spec.dtype)
+    state = read_state_dict(spec.checkpoint, spec.unsafe_pickle)
+    model = build_model(spec.model)
+    state = fit_state_dict(state, model, spec.checkpoint, say)
+    x, y = load_data(spec.data, spec.unsafe_pickle)
+    x, y = subset(x, y, spec.samples, spec.seed)
+    loss_name = spec.loss or default_loss(y)
+    problem = make_problem(
+        model,
+        state,
+        x,
+        y,
+        resolve_loss(loss_name),
+        device=device,
+        dtype=dtype,
+        batch_size=spec.batch_size,
+        data_name=f"--data {spec.data}",
+    )
+    data_path = Path(spec.data)
+    provenance = {
+        "model": spec.model,
+        "checkpoint": str(spec.checkpoint),
+        "checkpoint_sha256": sha256_file(spec.checkpoint),
+        "data": str(spec.data),
+        "data_sha256": sha256_file(data_path) if data_path.is_file() else "",
+        "samples": problem.n,
+        "loss": loss_name,
+        "sample": spec.sample or "",
+        "device": str(device),
+        "dtype": spec.dtype,
+        "seed": spec.seed,
+        "torch_version": str(torch.__version__),
+        "parameters": problem.layout.size,
+    }
+    return problem, provenance
+
+
+def load_other_theta(path: str, problem: Problem, unsafe_pickle: bool, say: Say = lambda msg: None) -> torch.Tensor:
+    """The flat trainable parameters of a second checkpoint of the same model (for --to)."""
+    state = read_state_dict(path, unsafe_pickle)
+    state = fit_state_dict(state, problem.model, path, say)
+    return problem.layout.flatten({n: state[n] for n in problem.layout.names}).to(problem.device, problem.dtype)

@@ -1,0 +1,53 @@
+"""Flat parameter vectors and the layout that maps them back to named tensors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names, shapes and offsets of the tensors packed into one flat vector."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        out, acc = [], 0
+        for n in self.numels:
+            out.append(acc)
+            acc += n
+        return tuple(out)
+
+    @property
+    def size(self) -> int:
+        return sum(self.numels)
+
+    @classmethod
+    def of(cls, tensors: dict[str, torch.Tensor]) -> Layout:
+        return cls(tuple(tensors), tuple(tuple(t.shape) for t in tensors.values()))
+
+    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Concatenate the named tensors (in layout order) into one vector."""
+        return torch.cat([tensors[n].reshape(-1) for n in self.names])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of `flat` (last dim P) shaped like the named tensors; leading dims are kept."""
+        lead = flat.shape[:-1]
+        return {
+            name: flat[..., off : off + n].reshape(*lead, *shape)
+            for name, shape, off, n in zip(self.names, self.shapes, self.offsets, self.numels)
+        }
+
+    def block(self, name: str) -> slice:
+        """The slice of the flat vector that holds tensor `name`."""
+        i = self.names.index(name)
+        return slice(self.offsets[i], self.offsets[i] + self.numels[i])

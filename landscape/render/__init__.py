@@ -1,0 +1,1 @@
+"""Figures drawn from results files alone: matplotlib (png/svg/pdf) and plotly (html)."""

@@ -1,0 +1,143 @@
+"""A loss surface run: axes for a problem, then the grid evaluated chunk by chunk into a SweepFile."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from landscape.directions import cosine, line_to, random_directions
+from landscape.io.results import SweepFile
+from landscape.problem import Problem
+from landscape.sweep import STRATEGIES, choose_strategy, grid_coords
+
+AXIS_NAMES = ("x", "y")
+
+
+@dataclass(frozen=True)
+class AxesSpec:
+    """How the axes are made: random normalized directions, or x along the line to another checkpoint."""
+
+    dims: int = 2
+    norm: str = "filter"
+    ignore: str = "biasbn"
+    seed: int = 0
+    to: str | None = None  # path of the second checkpoint: x runs from this checkpoint (0) to it (1)
+
+
+def make_axes(
+    problem: Problem, spec: AxesSpec, other_theta: torch.Tensor | None = None
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Directions [dims, P] (float64, CPU) and one attribute dict per axis for the results file."""
+    randoms = spec.dims - (1 if other_theta is not None else 0)
+    dirs = random_directions(randoms, problem.theta, problem.layout, seed=spec.seed, norm=spec.norm, ignore=spec.ignore)
+    attrs = [
+        {
+            "kind": "random",
+            "normalization": spec.norm,
+            "ignore": spec.ignore,
+            "seed": spec.seed,
+            "source": f"gaussian direction {i + 1} of seed {spec.seed}",
+            "label": f"{'filter-normalized' if spec.norm == 'filter' else spec.norm + '-normalized' if spec.norm != 'none' else 'unnormalized'} random direction {i + 1}",
+        }
+        for i in range(randoms)
+    ]
+    if other_theta is not None:
+        line = line_to(problem.theta, other_theta)
+        dirs = torch.cat([line[None], dirs])
+        attrs.insert(
+            0,
+            {
+                "kind": "interpolation",
+                "normalization": "none",
+                "ignore": "none",
+                "seed": spec.seed,
+                "source": spec.to,
+                "label": f"toward {spec.to}",
+            },
+        )
+    if spec.dims == 2:
+        attrs[0]["cosine_with_y"] = attrs[1]["cosine_with_x"] = cosine(dirs[0], dirs[1])
+    return dirs, attrs
+
+
+@dataclass
+class SweepReport:
+    """What a finished (or interrupted) sweep did: for the CLI to print and the file to keep."""
+
+    strategy: str
+    timings: dict[str, float] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
+    points: int = 0
+    seconds: float = 0.0
+    nonfinite: int = 0
+
+
+def run_sweep(
+    problem: Problem,
+    directions: torch.Tensor,
+    store: SweepFile,
+    *,
+    strategy: str = "auto",
+    chunk_seconds: float = 2.0,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+    warn: Callable[[str], None] = lambda msg: None,
+) -> SweepReport:
+    """Evaluate every grid point the store has not done yet, writing after each chunk."""
+    axes = [torch.from_numpy(c) for c in store.coords]
+    coords = grid_coords(axes)
+    todo = np.flatnonzero(~store.done.reshape(-1))
+    total = int(store.done.size)
+    on_progress(total - len(todo), total)
+    report = SweepReport(strategy="none")
+    if len(todo) == 0:
+        return report
+    start = time.perf_counter()
+    candidates = STRATEGIES if strategy == "auto" else (strategy,)
+    probe = todo[: min(len(todo), 4)]
+    choice = choose_strategy(problem, directions, coords[probe], candidates=candidates, warn=warn)
+    strat = choice.strategy
+    report.strategy, report.timings, report.dropped = strat.name, choice.timings, choice.dropped
+    try:
+        if choice.probe_result is not None:
+            _store(store, probe, choice.probe_result, report)
+            todo = todo[len(probe) :]
+            on_progress(total - len(todo), total)
+        per_point = choice.timings.get(strat.name)
+        while len(todo):
+            size = 1 if per_point is None else max(1, min(len(todo), 1024, math.ceil(chunk_seconds / max(per_point, 1e-9))))
+            idx = todo[:size]
+            t0 = time.perf_counter()
+            _store(store, idx, strat.evaluate(coords[idx]), report)
+            per_point = (time.perf_counter() - t0) / len(idx)
+            todo = todo[size:]
+            on_progress(total - len(todo), total)
+    finally:
+        strat.close()
+    report.seconds = time.perf_counter() - start
+    store.finish(
+        {
+            "strategy": report.strategy,
+            "strategy_timings_s_per_point": report.timings,
+            "strategy_dropped": report.dropped,
+            "seconds": report.seconds,
+        }
+    )
+    return report
+
+
+def _store(store: SweepFile, idx: np.ndarray, result, report: SweepReport) -> None:
+    loss = result.loss.numpy().copy()
+    bad = ~np.isfinite(loss)
+    report.nonfinite += int(bad.sum())
+    loss[bad] = np.nan
+    acc = result.accuracy.numpy().copy() if result.accuracy is not None else None
+    if acc is not None:
+        acc[bad] = np.nan
+    store.write(idx, loss, acc)
+    report.points += len(idx)
