@@ -21,12 +21,12 @@ app = typer.Typer(
 from landscape.cli import files, plot, sweep  # noqa: E402,F401  (registers the commands)
 
 
-def main() -> None:
-    """Run the CLI; user errors become one line on stderr and exit status 2."""
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI (on `argv`, default sys.argv); user errors become one line on stderr and exit status 2."""
     from landscape.cli.options import err
 
     try:
-        app()
+        app(args=argv, prog_name="landscape")
     except LandscapeError as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         sys.exit(2)
