@@ -56,6 +56,8 @@ def random_directions(
     """`count` normalized Gaussian directions [count, P] in float64, reproducible from `seed`."""
     gen = torch.Generator().manual_seed(seed)
     theta64 = theta.detach().to("cpu", torch.float64)
+    if count == 0:
+        return torch.empty(0, layout.size, dtype=torch.float64)
     return torch.stack([normalize(gaussian(layout, gen), theta64, layout, norm, ignore) for _ in range(count)])
 
 

@@ -14,7 +14,7 @@ from rich.text import Text
 from landscape.errors import LandscapeError
 from landscape.load import LoadSpec
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
 LOAD = "Model, weights, data"

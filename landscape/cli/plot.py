@@ -1,4 +1,7 @@
-"""`landscape plot`: a figure from a results file alone (no model, no data)."""
+"""`landscape plot`, `compare`, `report` and `export`: figures and files from results files alone.
+
+No model, no data, no GPU: everything here reads HDF5 results files written by the compute commands.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +13,207 @@ import typer
 from landscape.cli import app
 from landscape.cli.options import err
 from landscape.errors import LandscapeError
-from landscape.io.results import read_sweep
-from landscape.render.static import STATIC_SUFFIXES, contour_figure, line_figure, save
+
+DRAW = "Draw"
+SCALE = "Scale"
+SPECTRUM_KINDS = ("density", "eigenvalues")
+
+Output = Annotated[Path, typer.Option("--output", "-o", help="Figure file; the suffix picks the format: png, svg, pdf (matplotlib) or html (interactive plotly).")]
+Metric = Annotated[str, typer.Option(help="What to draw: loss or accuracy (classification sweeps).")]
+Log = Annotated[bool, typer.Option("--log", help="Logarithmic colour scale, heights and contour levels.", rich_help_panel=SCALE)]
+Vmin = Annotated[float | None, typer.Option(help="Clip values below this (colour scale and heights).", rich_help_panel=SCALE)]
+Vmax = Annotated[float | None, typer.Option(help="Clip values above this, so one diverged corner does not flatten the picture.", rich_help_panel=SCALE)]
+Levels = Annotated[int | None, typer.Option(help="About N contour levels (default: Li et al.'s 0.1..10 step 0.5 when they resolve the loss).", rich_help_panel=SCALE)]
+Title = Annotated[str | None, typer.Option(help="Figure title (default: the results file's name).")]
+PlotlyJs = Annotated[str, typer.Option(help="html only: inline (default; the file opens offline) or cdn (a small file that loads plotly.js from cdn.plot.ly).")]
 
 
-@app.command(rich_help_panel="Draw")
+def _suffix(output: Path) -> str:
+    from landscape.render.static import STATIC_SUFFIXES
+
+    suffix = output.suffix.lower()
+    if suffix not in STATIC_SUFFIXES + (".html",):
+        raise LandscapeError(f"--output {output}: unsupported suffix; use one of {', '.join(STATIC_SUFFIXES + ('.html',))}")
+    return suffix
+
+
+def _check_plotlyjs(mode: str) -> None:
+    from landscape.render.interactive import PLOTLYJS_MODES
+
+    if mode not in PLOTLYJS_MODES:
+        raise LandscapeError(f"--plotlyjs {mode!r}: expected one of {', '.join(PLOTLYJS_MODES)}")
+
+
+def _has_group(path: Path, group: str) -> bool:
+    import h5py
+
+    from landscape.io.results import check_ours
+
+    check_ours(path)
+    with h5py.File(path, "r") as f:
+        return group in f
+
+
+def _wrote(path: Path) -> None:
+    err.print(f"[green]wrote[/green] {path}", soft_wrap=True)
+
+
+def _plot_spectrum(path: Path, kind: str, sigma: float | None, output: Path, suffix: str, plotlyjs: str, title: str | None) -> None:
+    """A curvature file: Hessian eigenvalues or spectral density (drawn by landscape.render.spectrum)."""
+    try:
+        from landscape.io.curvature import read_curvature
+        from landscape.render import spectrum
+    except ImportError as exc:
+        raise LandscapeError(f"{path}: drawing curvature results needs landscape.render.spectrum, not available here ({exc})") from exc
+    curv = read_curvature(path)
+    if suffix == ".html":
+        from landscape.render.interactive import figures_page, write_page
+
+        fig = spectrum.spectrum_plotly(curv, kind, sigma)
+        _wrote(write_page(figures_page([fig], title or f"{path.name}: {kind}", plotlyjs), output))
+    else:
+        from landscape.render.static import save
+
+        fig = spectrum.spectrum_figure(curv, kind, sigma)
+        if title:
+            fig.suptitle(title)
+        _wrote(save(fig, output))
+
+
+@app.command(rich_help_panel=DRAW)
 def plot(
-    path: Annotated[Path, typer.Argument(help="A results file written by `landscape sweep`.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Figure file; the suffix picks the format: png, svg or pdf.")],
+    path: Annotated[Path, typer.Argument(help="A results file written by `landscape sweep` (or a curvature run).")],
+    output: Output,
+    kind: Annotated[
+        str | None,
+        typer.Option(help="line, contour, filled, heatmap, surface or all (default: line for 1D, contour for 2D); "
+                          "density or eigenvalues for curvature results."),
+    ] = None,
+    metric: Metric = "loss",
+    log: Log = False,
+    vmin: Vmin = None,
+    vmax: Vmax = None,
+    levels: Levels = None,
+    sigma: Annotated[float | None, typer.Option(help="Curvature density only: Gaussian width (default: the stored one).")] = None,
+    title: Title = None,
+    plotlyjs: PlotlyJs = "inline",
 ) -> None:
-    """Draw a sweep: a 1D loss curve or 2D contour lines, with the checkpoint marked."""
-    if output.suffix.lower() not in STATIC_SUFFIXES:
-        raise LandscapeError(f"--output {output}: unsupported suffix; use one of {', '.join(STATIC_SUFFIXES)}")
+    """Draw one results file: a loss curve, contour lines, filled contours, a heatmap or a 3D surface.
+
+    The checkpoint is marked; NaN points are gaps; axes say what each direction is.
+
+    Examples:
+
+      landscape plot mlp.h5 -o mlp.png                         (contour lines of a 2D sweep)
+
+      landscape plot mlp.h5 --kind surface --vmax 5 -o surface.pdf
+
+      landscape plot mlp.h5 --kind all -o mlp.html             (interactive, opens offline)
+    """
+    suffix = _suffix(output)
+    _check_plotlyjs(plotlyjs)
+    if levels is not None and levels < 1:
+        raise LandscapeError(f"--levels {levels}: must be at least 1")
+    if kind in SPECTRUM_KINDS or (kind is None and _has_group(path, "hessian") and not _has_group(path, "sweep")):
+        _plot_spectrum(path, kind or "density", sigma, output, suffix, plotlyjs, title)
+        return
+    from landscape.io.results import read_sweep
+    from landscape.render.common import make_view
+
+    view = make_view(read_sweep(path), metric, path)
+    kind = kind or ("line" if view.dims == 1 else "contour")
+    opts = {"vmin": vmin, "vmax": vmax, "log": log, "levels": levels, "title": title}
+    if suffix == ".html":
+        from landscape.render.interactive import figures_page, plot_figures, write_page
+
+        figs = plot_figures(view, kind, **opts)
+        _wrote(write_page(figures_page(figs, title or f"{view.name}: {kind}", plotlyjs), output))
+    else:
+        from landscape.render.static import plot_figure, save
+
+        _wrote(save(plot_figure(view, kind, **opts), output))
+
+
+@app.command(rich_help_panel=DRAW)
+def compare(
+    paths: Annotated[list[Path], typer.Argument(help="Two or more results files (same kind of sweep: all 1D or all 2D).")],
+    output: Output,
+    kind: Annotated[str | None, typer.Option(help="line, contour, filled, heatmap or surface (default: line for 1D, filled for 2D).")] = None,
+    metric: Metric = "loss",
+    log: Log = False,
+    vmin: Vmin = None,
+    vmax: Vmax = None,
+    levels: Levels = None,
+    title: Title = None,
+    plotlyjs: PlotlyJs = "inline",
+) -> None:
+    """Several runs side by side with the same axes and one colour scale (1D lines: overlaid).
+
+    Example: landscape compare sgd.h5 adam.h5 -o cmp.png
+    """
+    if len(paths) < 2:
+        raise LandscapeError("compare: give at least two results files")
+    suffix = _suffix(output)
+    _check_plotlyjs(plotlyjs)
+    from landscape.io.results import read_sweep
+    from landscape.render.common import make_view, unique_names
+
+    views = [make_view(read_sweep(p), metric, p) for p in paths]
+    for v, name in zip(views, unique_names(paths)):
+        v.name = name
+    kind = kind or ("line" if views[0].dims == 1 else "filled")
+    opts = {"vmin": vmin, "vmax": vmax, "log": log, "levels": levels, "title": title}
+    if suffix == ".html":
+        from landscape.render.interactive import compare_figure, figures_page, write_page
+
+        fig = compare_figure(views, kind, **opts)
+        _wrote(write_page(figures_page([fig], title or "compare: " + ", ".join(v.name for v in views), plotlyjs), output))
+    else:
+        from landscape.render.static import compare_figure, save
+
+        _wrote(save(compare_figure(views, kind, **opts), output))
+
+
+@app.command(rich_help_panel=DRAW)
+def report(
+    paths: Annotated[list[Path], typer.Argument(help="One or more results files.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The report, one HTML file.")] = Path("landscape-report.html"),
+    title: Title = None,
+    plotlyjs: PlotlyJs = "inline",
+) -> None:
+    """One HTML file with everything: provenance, numbers and every figure, interactive.
+
+    plotly.js is embedded once (the file opens offline, e.g. as an e-mail attachment); --plotlyjs cdn
+    makes a small file instead. Example: landscape report mlp.h5 cnn.h5 -o report.html
+    """
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise LandscapeError(f"--output {output}: a report is an HTML file (.html)")
+    _check_plotlyjs(plotlyjs)
+    from landscape.render.interactive import write_page
+    from landscape.render.report import build_report
+
+    _wrote(write_page(build_report(list(paths), title=title, plotlyjs=plotlyjs), output))
+
+
+@app.command(rich_help_panel=DRAW)
+def export(
+    path: Annotated[Path, typer.Argument(help="A results file written by `landscape sweep`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file: .vtu or .vtk (VTK, for ParaView) or .csv.")],
+    format: Annotated[str | None, typer.Option("--format", help="vtk or csv (default: from the output's suffix).")] = None,
+    vmax: Vmax = None,
+) -> None:
+    """Export a sweep: a VTK grid for ParaView (heights = loss, clipped to --vmax) or CSV, one row per point.
+
+    Example: landscape export mlp.h5 -o mlp.vtu && paraview mlp.vtu
+    """
+    from landscape.io.results import read_sweep
+    from landscape.render.export import export_csv, export_vtk, format_for
+
+    fmt = format_for(output, format)
     sweep = read_sweep(path)
-    fig = line_figure(sweep) if len(sweep["axes"]) == 1 else contour_figure(sweep)
-    err.print(f"[green]wrote[/green] {save(fig, output)}", soft_wrap=True)
+    if fmt == "csv":
+        if output.suffix.lower() != ".csv":
+            raise LandscapeError(f"--output {output}: a CSV export needs the suffix .csv")
+        _wrote(export_csv(sweep, output))
+    else:
+        _wrote(export_vtk(sweep, output, vmax))

@@ -1,0 +1,38 @@
+# `make demo` and `make test` set themselves up: a .venv with the package installed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all gallery bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch's CPU build first when none is installed (a plain `torch` requirement would pull a CUDA build)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p landscape-out
+	$(BIN)/landscape sweep --sample mlp --x -1:1:51 --y -1:1:51 --force -o landscape-out/mlp-surface.h5
+	$(BIN)/landscape plot landscape-out/mlp-surface.h5 -o landscape-out/mlp-surface.png
+	$(BIN)/landscape sweep --sample mlp --x -1:1:51 --force -o landscape-out/mlp-line.h5
+	$(BIN)/landscape plot landscape-out/mlp-line.h5 -o landscape-out/mlp-line.png
+	@echo
+	@echo "Results in landscape-out/: mlp-surface.h5 mlp-surface.png mlp-line.h5 mlp-line.png"
+	@echo "Inspect one with: $(BIN)/landscape info landscape-out/mlp-surface.h5"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/sweep.py
+
+clean:
+	rm -rf landscape-out .pytest_cache build *.egg-info

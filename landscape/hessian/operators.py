@@ -1,0 +1,335 @@
+"""Matrix-free curvature operators: products with the Hessian or the GGN of the dataset-mean loss.
+
+The loss is L(theta) = sum_b (|b| / N) * loss_fn(model(x_b; theta), y_b), so a product is the
+batch-size-weighted sum of per-batch products: exact for any batch size, the last batch included.
+
+Two ways to multiply by the Hessian, chosen by measurement on the first product:
+
+- double backward: g = grad(L, theta, create_graph=True), then Hv = grad(g . v, theta)
+  (with one batch, the graph of g is built once and kept, so a product is one backward pass);
+- forward-over-reverse: Hv = jvp(grad(L), theta, v) with torch.func.
+
+A method that raises (torch 2.13's `jvp(grad(mse))` on a linear model raises "ZeroTensors are
+immutable") is dropped and the others are used. Several vectors are multiplied per call
+(`is_grads_batched` / `vmap`) in chunks of `max_vectors`. All candidate products of one vector
+must agree, which doubles as the determinism check (dropout, BN in train mode, augmentation).
+
+The generalized Gauss-Newton G = sum_b w_b J_b^T H_out,b J_b (J: Jacobian of the model output,
+H_out: Hessian of the loss in the output) is positive semi-definite for convex losses and is
+multiplied with reverse mode only: Jv by the double-vjp trick, then H_out (Jv), then J^T(.).
+
+Nothing here does I/O; vectors in and out are float64 on the problem's device.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.func import functional_call
+
+from landscape.errors import LandscapeError
+from landscape.params import Layout
+from landscape.problem import Problem
+
+CURVATURES = ("hessian", "ggn")
+METHODS = ("double-backward-cached", "double-backward", "forward-over-reverse")
+
+
+def layer_blocks(layout: Layout) -> dict[str, tuple[str, ...]]:
+    """Parameter tensors grouped by the module that owns them ('0.weight', '0.bias' -> '0'), in layout order."""
+    blocks: dict[str, list[str]] = {}
+    for name in layout.names:
+        key = name.rsplit(".", 1)[0] if "." in name else name
+        blocks.setdefault(key, []).append(name)
+    return {k: tuple(v) for k, v in blocks.items()}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / max(float(a.norm()), float(b.norm()), 1e-300))
+
+
+def _agree_tol(dtype: torch.dtype) -> float:
+    return {torch.float64: 1e-8, torch.float32: 1e-4}.get(dtype, 3e-2)
+
+
+class CurvatureOperator:
+    """The symmetric matrix H (Hessian) or G (GGN) of the dataset-mean loss, restricted to a block.
+
+    `names` picks the parameter tensors the operator acts on (default all, in layout order); the
+    vector it multiplies is those tensors flattened and concatenated. `matvecs` counts the
+    products the algorithms asked for (one per vector); `setup_matvecs` the ones spent measuring
+    the methods and checking determinism.
+
+    Example:
+        >>> op = CurvatureOperator(problem)           # doctest: +SKIP
+        >>> hv = op.matmat(torch.randn(3, op.size, dtype=torch.float64))
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        *,
+        curvature: str = "hessian",
+        names: Sequence[str] | None = None,
+        method: str = "auto",
+        batch_size: int | None = None,
+        max_vectors: int = 16,
+        check: bool = True,
+    ) -> None:
+        if curvature not in CURVATURES:
+            raise LandscapeError(f"--curvature {curvature!r}: expected one of {', '.join(CURVATURES)}")
+        if method != "auto" and method not in METHODS:
+            raise LandscapeError(f"--method {method!r}: expected auto or one of {', '.join(METHODS)}")
+        self.problem = problem
+        self.curvature = curvature
+        names = tuple(names) if names is not None else problem.layout.names
+        unknown = [n for n in names if n not in problem.layout.names]
+        if unknown:
+            raise LandscapeError(f"unknown parameter tensor(s): {', '.join(unknown)}")
+        self.names = names
+        self.sub = Layout(names, tuple(problem.layout.shapes[problem.layout.names.index(n)] for n in names))
+        full = problem.layout.unflatten(problem.theta.detach())
+        self.fixed = {n: t for n, t in full.items() if n not in names}
+        self.u0 = self.sub.flatten(full).detach().clone()
+        self.size = self.sub.size
+        self.dtype = problem.dtype
+        self.device = problem.device
+        self.batch_size = batch_size or problem.batch_size
+        self.max_vectors = max(1, int(max_vectors))
+        self.matvecs = 0
+        self.setup_matvecs = 0
+        self.timings: dict[str, float] = {}
+        self.dropped: dict[str, str] = {}
+        self.gradient_seconds: float | None = None
+        self._batched: bool | None = None  # vmap several vectors per call? decided by timing the first chunks
+        self._chunk_seconds: dict[str, float] = {}
+        self._cache: list[Any] | None = None
+        self._single_batch = problem.n <= self.batch_size
+        if curvature == "ggn":
+            candidates = ("ggn-cached", "ggn") if self._single_batch else ("ggn",)
+            if method != "auto":
+                raise LandscapeError("--method applies to --curvature hessian only")
+        else:
+            candidates = METHODS if method == "auto" else (method,)
+            if not self._single_batch:
+                if method == "double-backward-cached":
+                    raise LandscapeError("--method double-backward-cached needs the data in one batch (raise --batch-size)")
+                candidates = tuple(c for c in candidates if c != "double-backward-cached")
+        self.method = self._choose(candidates, check)
+
+    # ---- the loss as a function of the block ------------------------------------------------
+    def _loss(self, u: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, w: float) -> torch.Tensor:
+        return w * self.problem.loss_fn(self._forward(u, xb), yb)
+
+    def _forward(self, u: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        params = {**self.fixed, **self.sub.unflatten(u)}
+        return functional_call(self.problem.model, (params, self.problem.buffers), (xb,))
+
+    def _batches(self):
+        return self.problem.batches(self.batch_size)
+
+    # ---- public products --------------------------------------------------------------------
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for one vector [size] (float64 in and out)."""
+        return self.matmat(v[None])[0]
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """H V^T for vectors stacked as rows [k, size] (float64 in and out); counts k products."""
+        out = self._apply(self.method, V)
+        self.matvecs += V.shape[0]
+        return out
+
+    def _apply(self, method: str, V: torch.Tensor) -> torch.Tensor:
+        V = V.to(self.device)
+        res = torch.empty(V.shape, dtype=torch.float64, device=self.device)
+        k = V.shape[0]
+        step = self.max_vectors
+        if k > 1 and self._batched is None:
+            step = max(1, min(self.max_vectors, k // 2))  # the first two chunks measure batched against a loop
+        start = 0
+        while start < k:
+            chunk = V[start : start + step].to(self.dtype)
+            res[start : start + chunk.shape[0]] = self._timed_products(method, chunk).to(torch.float64)
+            start += chunk.shape[0]
+            if self._batched is not None:
+                step = self.max_vectors
+        return res
+
+    def _timed_products(self, method: str, V: torch.Tensor) -> torch.Tensor:
+        """Products of a chunk; while undecided, time batched (vmap) and looped chunks and keep the faster."""
+        if V.shape[0] == 1 or self._batched is not None:
+            return self._products(method, V, batched=bool(self._batched) and V.shape[0] > 1)
+        mode = "batched" if "batched" not in self._chunk_seconds else "loop"
+        t0 = time.perf_counter()
+        try:
+            out = self._products(method, V, batched=mode == "batched")
+        except Exception:
+            if mode == "loop":
+                raise
+            self._chunk_seconds["batched"] = math.inf
+            return self._timed_products(method, V)
+        self._chunk_seconds[mode] = (time.perf_counter() - t0) / V.shape[0]
+        if len(self._chunk_seconds) == 2:
+            self._batched = self._chunk_seconds["batched"] < self._chunk_seconds["loop"]
+        return out
+
+    def _products(self, method: str, V: torch.Tensor, batched: bool = False) -> torch.Tensor:
+        if method == "forward-over-reverse":
+            return self._for(V, batched)
+        if method in ("double-backward-cached", "ggn-cached"):
+            if self._cache is None:
+                self._cache = [self._state(method, xb, yb, w) for xb, yb, w in self._batches()]
+            return sum(self._product(method, st, V, batched) for st in self._cache)  # type: ignore[return-value]
+        return sum(  # type: ignore[return-value]
+            self._product(method, self._state(method, xb, yb, w), V, batched) for xb, yb, w in self._batches()
+        )
+
+    # ---- double backward and GGN (autograd) -------------------------------------------------
+    def _state(self, method: str, xb, yb, w):
+        with torch.enable_grad():
+            u = self.u0.detach().clone().requires_grad_(True)
+            if method.startswith("ggn"):
+                out = self._forward(u, xb)
+                z = out.detach().requires_grad_(True)
+                gz = torch.autograd.grad(w * self.problem.loss_fn(z, yb), z, create_graph=True)[0]
+                dummy = torch.zeros_like(out, requires_grad=True)
+                jt = torch.autograd.grad(out, u, grad_outputs=dummy, create_graph=True)[0]
+                return (u, out, z, gz, dummy, jt)
+            g = torch.autograd.grad(self._loss(u, xb, yb, w), u, create_graph=True)[0]
+            return (u, g)
+
+    @staticmethod
+    def _vjp(output: torch.Tensor, inp: torch.Tensor, V: torch.Tensor, batched: bool) -> torch.Tensor:
+        """Rows V_i^T d(output)/d(inp), batched over i (vmap) or looped; zeros where unused."""
+        if not output.requires_grad:
+            return torch.zeros(V.shape[0], *inp.shape, dtype=inp.dtype, device=inp.device)
+        if batched:
+            (r,) = torch.autograd.grad(output, inp, grad_outputs=V, retain_graph=True, is_grads_batched=True, allow_unused=True)
+            return torch.zeros(V.shape[0], *inp.shape, dtype=inp.dtype, device=inp.device) if r is None else r
+        rows = []
+        for v in V:
+            (r,) = torch.autograd.grad(output, inp, grad_outputs=v, retain_graph=True, allow_unused=True)
+            rows.append(torch.zeros_like(inp) if r is None else r)
+        return torch.stack(rows)
+
+    def _product(self, method: str, state, V: torch.Tensor, batched: bool) -> torch.Tensor:
+        with torch.enable_grad():
+            if method.startswith("ggn"):
+                u, out, z, gz, dummy, jt = state
+                jv = self._vjp(jt, dummy, V, batched)  # J v, [k, *out.shape]
+                hz = self._vjp(gz, z, jv, batched)  # H_out J v
+                return self._vjp(out, u, hz, batched)  # J^T H_out J v
+            u, g = state
+            return self._vjp(g, u, V, batched)
+
+    # ---- forward-over-reverse (torch.func) --------------------------------------------------
+    def _for(self, V: torch.Tensor, batched: bool) -> torch.Tensor:
+        total = torch.zeros(V.shape, dtype=self.dtype, device=self.device)
+        for xb, yb, w in self._batches():
+            grad_fn = torch.func.grad(lambda u, xb=xb, yb=yb, w=w: self._loss(u, xb, yb, w))
+
+            def hvp(v, grad_fn=grad_fn):
+                return torch.func.jvp(grad_fn, (self.u0,), (v,))[1]
+
+            total += torch.func.vmap(hvp)(V) if batched else torch.stack([hvp(v) for v in V])
+        return total
+
+    # ---- measurement ------------------------------------------------------------------------
+    def gradient(self) -> torch.Tensor:
+        """The gradient of the dataset-mean loss on the block (float64); also timed for the HVP ratio."""
+        t0 = time.perf_counter()
+        total = torch.zeros(self.size, dtype=self.dtype, device=self.device)
+        for xb, yb, w in self._batches():
+            with torch.enable_grad():
+                u = self.u0.detach().clone().requires_grad_(True)
+                total += torch.autograd.grad(self._loss(u, xb, yb, w), u)[0]
+        self.gradient_seconds = time.perf_counter() - t0
+        return total.to(torch.float64)
+
+    def _choose(self, candidates: Sequence[str], check: bool) -> str:
+        """Time each candidate on one random vector (twice: warm-up, then timed); keep the fastest.
+
+        Every candidate's products of the same vector must agree (and, for methods that redo the
+        forward pass, the two repeats too): otherwise the loss is not a deterministic function of
+        the weights and no estimate would mean anything.
+        """
+        gen = torch.Generator().manual_seed(12345)
+        v = torch.randn(1, self.size, generator=gen, dtype=torch.float64).to(self.device)
+        self.gradient()
+        first_gradient = self.gradient_seconds or math.inf
+        self.gradient()  # second call: warm timing; keep the faster (other processes share the cores)
+        self.gradient_seconds = min(first_gradient, self.gradient_seconds or math.inf)
+        results: dict[str, torch.Tensor] = {}
+        tol = _agree_tol(self.dtype)
+        for name in candidates:
+            try:
+                first = self._apply(name, v)
+                t0 = time.perf_counter()
+                second = self._apply(name, v)
+                self.timings[name] = time.perf_counter() - t0
+                self.setup_matvecs += 2
+            except LandscapeError:
+                raise
+            except Exception as exc:  # e.g. "ZeroTensors are immutable" from jvp(grad) on a linear MSE model
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.dropped[name] = msg[:200]
+                continue
+            if not torch.isfinite(first).all():
+                raise LandscapeError("the curvature product is NaN or infinite at this checkpoint (is the loss finite?)")
+            if check and not name.endswith("cached") and _rel(first, second) > tol:
+                raise LandscapeError(
+                    f"the loss is not deterministic: two products of the same vector differ by {_rel(first, second):.1e} "
+                    "(relative); remove dropout, BN in train mode or random augmentation from the model and data"
+                )
+            results[name] = second
+        if not results:
+            raise LandscapeError(
+                "no curvature product works for this model: " + "; ".join(f"{k}: {v}" for k, v in self.dropped.items())
+            )
+        if check:
+            ref_name = next(iter(results))
+            for name, r in results.items():
+                if _rel(results[ref_name], r) > tol:
+                    raise LandscapeError(
+                        f"the loss is not deterministic: products by {ref_name} and {name} differ by "
+                        f"{_rel(results[ref_name], r):.1e} (relative); remove dropout, BN in train mode or random augmentation"
+                    )
+        best = min(results, key=lambda k: self.timings[k])
+        if best not in ("double-backward-cached", "ggn-cached"):
+            self._cache = None  # free the kept graph when it is not used
+        return best
+
+    @property
+    def hvp_seconds(self) -> float:
+        return self.timings[self.method]
+
+    @property
+    def ratio(self) -> float:
+        """Seconds per product over seconds per gradient (both on the whole data set)."""
+        return self.hvp_seconds / max(self.gradient_seconds or math.inf, 1e-12)
+
+    def info(self) -> dict[str, Any]:
+        """What the operator measured and chose, for the results file and the summary."""
+        return {
+            "curvature": self.curvature,
+            "method": self.method,
+            "seconds_per_product": self.timings,
+            "dropped_methods": self.dropped,
+            "gradient_seconds": self.gradient_seconds,
+            "product_to_gradient_ratio": self.ratio,
+            "setup_matvecs": self.setup_matvecs,
+            "batched_vectors": self._batched,
+            "seconds_per_vector_in_chunks": self._chunk_seconds,
+            "size": self.size,
+        }
+
+    def close(self) -> None:
+        """Drop the kept graph (memory)."""
+        self._cache = None
+
+
+MatMat = Callable[[torch.Tensor], torch.Tensor]

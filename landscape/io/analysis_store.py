@@ -1,0 +1,128 @@
+"""Results groups of the analysis commands (/roughness, /sharpness, /path, /plane, /trajectory, /track).
+
+Each group keeps its headline numbers as numeric scalar attributes (what `landscape metrics` collects),
+its settings and labels as string attributes, and its arrays as datasets. The root attributes are
+those of every results file (io/results.py): format, format_version, tool_version, provenance,
+settings (JSON), complete, kind. A new file is written to a temporary name and renamed, so no
+half-written file is ever left under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from landscape import __version__
+from landscape.errors import LandscapeError
+from landscape.io.results import FORMAT, FORMAT_VERSION, _attr, _plain, check_ours, write_layout
+from landscape.params import Layout
+
+
+@dataclass
+class Group:
+    """One results group: scalar numbers, arrays, and other (string/JSON) attributes."""
+
+    numbers: dict[str, float | int] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def _write_group(f: h5py.File, name: str, group: Group) -> None:
+    if name in f:
+        del f[name]
+    g = f.create_group(name)
+    for key, value in group.attrs.items():
+        g.attrs[key] = _attr(value)
+    for key, value in group.numbers.items():
+        g.attrs[key] = float(value) if isinstance(value, float) else value
+    for key, arr in group.arrays.items():
+        g.create_dataset(key, data=np.asarray(arr))
+
+
+def write_results(
+    path: str | Path,
+    *,
+    kind: str,
+    attrs: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    groups: Mapping[str, Group],
+    layout: Layout | None = None,
+) -> Path:
+    """Write a complete results file (temp file, then rename) holding `groups` beside the usual root attributes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["tool_version"] = __version__
+            for key, value in attrs.items():
+                f.attrs[key] = _attr(value)
+            f.attrs["kind"] = kind
+            f.attrs["settings"] = json.dumps(dict(settings), sort_keys=True, default=str)
+            f.attrs["complete"] = True
+            if layout is not None:
+                write_layout(f.require_group("axes"), layout)
+            for name, group in groups.items():
+                _write_group(f, name, group)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def add_group(path: str | Path, name: str, group: Group) -> None:
+    """Add (or replace) one group in an existing results file (e.g. /trajectory beside a sweep)."""
+    check_ours(path)
+    with h5py.File(path, "r+") as f:
+        _write_group(f, name, group)
+
+
+def has_group(path: str | Path, name: str) -> bool:
+    check_ours(path)
+    with h5py.File(path, "r") as f:
+        return name in f and isinstance(f[name], h5py.Group)
+
+
+def read_group(path: str | Path, name: str) -> Group:
+    """Read one group back: numeric scalar attributes as numbers, the rest as attrs, datasets as arrays."""
+    check_ours(path)
+    with h5py.File(path, "r") as f:
+        if name not in f or not isinstance(f[name], h5py.Group):
+            raise LandscapeError(f"{path}: holds no /{name} group (made by `landscape {name}`?)")
+        g = f[name]
+        numbers: dict[str, float | int] = {}
+        attrs: dict[str, Any] = {}
+        for key, value in g.attrs.items():
+            value = _plain(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                numbers[key] = value
+            else:
+                attrs[key] = value
+        arrays = {key: ds[()] for key, ds in g.items() if isinstance(ds, h5py.Dataset)}
+        return Group(numbers, arrays, attrs)
+
+
+def read_root(path: str | Path) -> dict[str, Any]:
+    """The root attributes (provenance, settings, kind) of a results file."""
+    check_ours(path)
+    with h5py.File(path, "r") as f:
+        return {k: _plain(v) for k, v in f.attrs.items()}
+
+
+def json_attr(value: Any, default: Any = None) -> Any:
+    """Decode an attribute stored as JSON by `_attr` (lists, dicts); pass anything else through."""
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return default if default is not None else value
+    return value if value != "" else default

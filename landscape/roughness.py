@@ -1,0 +1,308 @@
+"""Roughness and sharpness of the loss around a checkpoint. Plain functions on tensors; no I/O.
+
+- Roughness index (Wang et al., "Roughness Index for Loss Landscapes of Neural Network Models of
+  PDEs"): M random normalized directions delta_j, profiles f_j(alpha_k) = L(theta + alpha_k delta_j)
+  on alpha_k = -l + k*2l/m, k = 0..m; normalized total variation
+  T_j = sum_k |f_j(alpha_{k+1}) - f_j(alpha_k)| / (2l * (max f_j - min f_j));
+  mu = mean T_j, sigma = sample std of T_j, RI = sigma / mu.
+  Closed forms: a quadratic bowl seen from its minimum (m even) gives T_j = 1/l for every j, so RI = 0;
+  a monotone profile gives T_j = 1/(2l).
+- SAM sharpness (Foret et al. 2021, "Sharpness-Aware Minimization"): L(theta + rho g/||g||) - L(theta).
+- epsilon-sharpness (Keskar et al. 2017, "On Large-Batch Training ... Sharp Minima"):
+  100 * (max_{|y_i| <= eps(|theta_i| + 1)} L(theta + y) - L(theta)) / (1 + L(theta)),
+  the maximum found here by projected (sign-)gradient ascent in the box.
+- Loss Landscape Analysis ratios from a Hessian spectrum: re = |lambda_min / lambda_max| and
+  K = |sum_{lambda<0} |lambda w|^0.5 / sum_{lambda>0} (lambda w)^0.5| with SLQ weights w.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from landscape.problem import Problem
+from landscape.sweep import STRATEGIES, Evaluation, choose_strategy
+
+
+# --------------------------------------------------------------------------- roughness index
+
+
+def roughness_alphas(span: float, steps: int) -> torch.Tensor:
+    """alpha_k = -l + k * 2l / m for k = 0..m (float64); exactly 0 at k = m/2 when m is even."""
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    k = torch.arange(steps + 1, dtype=torch.float64)
+    return span * (2 * k - steps) / steps
+
+
+def roughness_coords(count: int, alphas: torch.Tensor) -> torch.Tensor:
+    """Coordinates [count * (m+1), count]: row j*(m+1)+k is alpha_k on axis j and 0 elsewhere.
+
+    Evaluated with one strategy over all `count` directions, so every profile comes from one batched sweep.
+    """
+    n = alphas.shape[0]
+    coords = torch.zeros(count * n, count, dtype=torch.float64)
+    rows = torch.arange(count * n)
+    coords[rows, rows // n] = alphas.double().repeat(count)
+    return coords
+
+
+def total_variation(profiles: torch.Tensor, span: float) -> torch.Tensor:
+    """Normalized total variation T_j of each profile row [M, m+1] (float64); NaN for a flat or non-finite profile."""
+    p = profiles.double()
+    tv = (p[:, 1:] - p[:, :-1]).abs().sum(dim=1)
+    rng = p.max(dim=1).values - p.min(dim=1).values
+    t = tv / (2 * span * rng)
+    bad = ~torch.isfinite(p).all(dim=1) | (rng <= 0)
+    return torch.where(bad, torch.full_like(t, math.nan), t)
+
+
+@dataclass(frozen=True)
+class RoughnessIndex:
+    """RI = sigma / mu over the finite T_j (sample std, ddof = 1), and how many directions it used."""
+
+    ri: float
+    mu: float
+    sigma: float
+    used: int
+    dropped: int
+
+
+def roughness_index(t: torch.Tensor) -> RoughnessIndex:
+    """Wang et al.'s roughness index from per-direction normalized total variations (NaNs dropped)."""
+    t = t.double()
+    ok = t[torch.isfinite(t)]
+    used = int(ok.numel())
+    if used == 0:
+        return RoughnessIndex(math.nan, math.nan, math.nan, 0, int(t.numel()))
+    mu = float(ok.mean())
+    sigma = float(ok.std(correction=1)) if used > 1 else math.nan
+    return RoughnessIndex(sigma / mu if mu else math.nan, mu, sigma, used, int(t.numel()) - used)
+
+
+@dataclass
+class RoughnessResult:
+    """Profiles [M, m+1] of loss (and accuracy), their T_j [M], the index, and how they were evaluated."""
+
+    alphas: torch.Tensor
+    loss: torch.Tensor
+    accuracy: torch.Tensor | None
+    t: torch.Tensor
+    index: RoughnessIndex
+    strategy: str
+    timings: dict[str, float]
+    center_loss: float
+
+
+def compute_roughness(
+    problem: Problem,
+    directions: torch.Tensor,
+    span: float,
+    steps: int,
+    *,
+    strategy: str = "auto",
+    chunk: int = 256,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+    warn: Callable[[str], None] = lambda msg: None,
+) -> RoughnessResult:
+    """Evaluate all M x (m+1) profile points with one sweep strategy over directions [M, P] and compute RI."""
+    count = directions.shape[0]
+    alphas = roughness_alphas(span, steps)
+    coords = roughness_coords(count, alphas)
+    total = coords.shape[0]
+    candidates = STRATEGIES if strategy == "auto" else (strategy,)
+    probe = coords[: min(total, 4)]
+    choice = choose_strategy(problem, directions, probe, candidates=candidates, warn=warn)
+    strat = choice.strategy
+    loss = torch.full((total,), math.nan, dtype=torch.float64)
+    acc = torch.full((total,), math.nan, dtype=torch.float64) if problem.classification else None
+    done = 0
+    try:
+        if choice.probe_result is not None:
+            _put(loss, acc, 0, choice.probe_result)
+            done = probe.shape[0]
+        on_progress(done, total)
+        while done < total:
+            stop = min(total, done + chunk)
+            _put(loss, acc, done, strat.evaluate(coords[done:stop]))
+            done = stop
+            on_progress(done, total)
+    finally:
+        strat.close()
+    n = alphas.shape[0]
+    loss2 = loss.reshape(count, n)
+    loss2 = torch.where(torch.isfinite(loss2), loss2, torch.full_like(loss2, math.nan))
+    t = total_variation(loss2, span)
+    center = _center_loss(loss2, alphas)
+    return RoughnessResult(
+        alphas=alphas,
+        loss=loss2,
+        accuracy=acc.reshape(count, n) if acc is not None else None,
+        t=t,
+        index=roughness_index(t),
+        strategy=strat.name,
+        timings=choice.timings,
+        center_loss=center,
+    )
+
+
+def _put(loss: torch.Tensor, acc: torch.Tensor | None, start: int, ev: Evaluation) -> None:
+    loss[start : start + ev.loss.shape[0]] = ev.loss
+    if acc is not None and ev.accuracy is not None:
+        acc[start : start + ev.accuracy.shape[0]] = ev.accuracy
+
+
+def _center_loss(loss: torch.Tensor, alphas: torch.Tensor) -> float:
+    zero = torch.nonzero(alphas == 0)
+    if zero.numel() == 0 or loss.shape[0] == 0:
+        return math.nan
+    return float(loss[0, int(zero[0])])
+
+
+# --------------------------------------------------------------------------- gradients and sharpness
+
+
+def loss_and_grad(problem: Problem, flat: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Dataset-mean loss at trainable parameters `flat` and its gradient [P] (batches weighted by size)."""
+    leaf = flat.detach().to(problem.device, problem.dtype).clone().requires_grad_(True)
+    grad = torch.zeros_like(leaf)
+    total = 0.0
+    for xb, yb, w in problem.batches():
+        params = problem.layout.unflatten(leaf)
+        out = functional_call(problem.model, (params, problem.buffers), (xb,))
+        lb = problem.loss_fn(out, yb) * w
+        (g,) = torch.autograd.grad(lb, leaf)
+        grad += g
+        total += float(lb.detach())
+    return total, grad.detach()
+
+
+def loss_at(problem: Problem, flat: torch.Tensor) -> float:
+    """Dataset-mean loss at trainable parameters `flat` (buffers as in the model)."""
+    with torch.no_grad():
+        params = problem.layout.unflatten(flat.detach().to(problem.device, problem.dtype))
+        total = 0.0
+        for xb, yb, w in problem.batches():
+            out = functional_call(problem.model, (params, problem.buffers), (xb,))
+            total += float(problem.loss_fn(out, yb)) * w
+    return total
+
+
+@dataclass(frozen=True)
+class SamSharpness:
+    """L(theta + rho g/||g||) - L(theta) (Foret et al.), with the two losses and ||g||."""
+
+    sharpness: float
+    loss: float
+    perturbed_loss: float
+    grad_norm: float
+    rho: float
+
+
+def sam_sharpness(problem: Problem, rho: float = 0.05) -> SamSharpness:
+    """SAM sharpness (Foret et al. 2021): the loss rise after one ascent step of length rho along the gradient."""
+    loss, g = loss_and_grad(problem, problem.theta)
+    gn = float(g.double().norm())
+    if gn == 0 or not math.isfinite(gn):
+        return SamSharpness(0.0 if gn == 0 else math.nan, loss, loss, gn, rho)
+    up = loss_at(problem, problem.theta + rho * g / gn)
+    return SamSharpness(up - loss, loss, up, gn, rho)
+
+
+@dataclass(frozen=True)
+class EpsilonSharpness:
+    """Keskar et al.'s epsilon-sharpness (percent), the largest loss found in the box, and the ascent trace."""
+
+    sharpness: float
+    loss: float
+    max_loss: float
+    epsilon: float
+    steps: int
+    trace: tuple[float, ...]
+
+
+def epsilon_sharpness(problem: Problem, epsilon: float = 1e-3, steps: int = 20, step_fraction: float | None = None) -> EpsilonSharpness:
+    """epsilon-sharpness (Keskar et al. 2017): 100 * (max_box L - L) / (1 + L), box |y_i| <= eps (|theta_i| + 1).
+
+    The maximum is sought by projected sign-gradient ascent from theta: y <- clip(y + a w sign(grad), -w, w)
+    with w the box half-widths and a = 2.5 / steps (so a corner is reachable); the best point seen is kept.
+    A lower bound on the true maximum, like Keskar et al.'s L-BFGS-B search.
+    """
+    theta = problem.theta.detach()
+    width = epsilon * (theta.abs() + 1)
+    a = step_fraction if step_fraction is not None else 2.5 / max(steps, 1)
+    y = torch.zeros_like(theta)
+    base, g = loss_and_grad(problem, theta)
+    best = base
+    trace = [base]
+    for i in range(steps):
+        y = torch.maximum(torch.minimum(y + a * width * torch.sign(g), width), -width)
+        if i == steps - 1:
+            value = loss_at(problem, theta + y)
+        else:
+            value, g = loss_and_grad(problem, theta + y)
+        trace.append(value)
+        if math.isfinite(value) and value > best:
+            best = value
+    return EpsilonSharpness(100.0 * (best - base) / (1.0 + base), base, best, epsilon, steps, tuple(trace))
+
+
+# --------------------------------------------------------------------------- Loss Landscape Analysis ratios
+
+
+def slq_nodes_weights(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss quadrature nodes and weights of one Lanczos tridiagonal (diagonal alpha [m], off-diagonal beta [m-1])."""
+    from scipy.linalg import eigh_tridiagonal
+
+    alpha = np.asarray(alpha, dtype=np.float64)
+    beta = np.asarray(beta, dtype=np.float64)[: max(len(alpha) - 1, 0)]
+    nodes, vecs = eigh_tridiagonal(alpha, beta)
+    return nodes, vecs[0, :] ** 2
+
+
+@dataclass(frozen=True)
+class LlaRatios:
+    """re = |lambda_min / lambda_max| and K (share of negative curvature, SLQ-weighted)."""
+
+    re: float
+    k: float
+
+
+def lla_ratios(
+    eigenvalues: np.ndarray | None = None, nodes: np.ndarray | None = None, weights: np.ndarray | None = None
+) -> LlaRatios:
+    """Loss Landscape Analysis ratios from extreme eigenvalues and/or SLQ nodes [..] with weights [..].
+
+    re uses the extreme eigenvalues when given (else the extreme nodes);
+    K = |sum_{lambda<0} |lambda w|^0.5 / sum_{lambda>0} (lambda w)^0.5| over the pooled nodes (weights
+    averaged over probes, i.e. each probe's weights divided by the number of probes).
+    """
+    re = math.nan
+    source = eigenvalues if eigenvalues is not None and np.size(eigenvalues) else nodes
+    if source is not None and np.size(source):
+        ev = np.asarray(source, dtype=np.float64).ravel()
+        ev = ev[np.isfinite(ev)]
+        if ev.size and ev.max() != 0:
+            re = abs(float(ev.min()) / float(ev.max()))
+    k = math.nan
+    if nodes is not None and weights is not None and np.size(nodes):
+        nd = np.asarray(nodes, dtype=np.float64)
+        wt = np.asarray(weights, dtype=np.float64)
+        if nd.ndim == 2:
+            wt = wt / nd.shape[0]
+        nd, wt = nd.ravel(), wt.ravel()
+        lw = nd * wt
+        pos = np.sqrt(lw[nd > 0]).sum()
+        neg = np.sqrt(np.abs(lw[nd < 0])).sum()
+        k = abs(float(neg / pos)) if pos > 0 else math.nan
+    return LlaRatios(re, k)
+
+
+def with_theta(problem: Problem, theta: torch.Tensor) -> Problem:
+    """The same problem centred at other trainable parameters (the model is shared, not copied)."""
+    return replace(problem, theta=theta.detach().to(problem.device, problem.dtype).clone())

@@ -1,0 +1,178 @@
+"""The CLI end to end: error cases (one line, non-zero exit, no complete-looking file), resume, config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from landscape.io.results import read_sweep
+from landscape.io.samples import sample
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ("--x", "-1:1:3", "--samples", "64")
+
+
+def one_line_error(r, *needles):
+    assert r.code == 2, (r.code, r.err)
+    lines = [ln for ln in r.err.strip().splitlines() if ln.strip()]
+    err_lines = [ln for ln in lines if ln.startswith("error:")]
+    assert len(err_lines) == 1, r.err
+    assert "Traceback" not in r.err
+    for n in needles:
+        assert n in err_lines[0], err_lines[0]
+
+
+def test_missing_files(cli, tmp_path):
+    out = tmp_path / "o.h5"
+    one_line_error(cli("sweep", "--sample", "mlp", "--checkpoint", tmp_path / "nope.pt", *SMALL, "-o", out), "nope.pt", "not found")
+    one_line_error(cli("sweep", "--sample", "mlp", "--data", tmp_path / "nope.npz", *SMALL, "-o", out), "--data", "nope.npz")
+    one_line_error(cli("sweep", "--sample", "mlp", "--model", f"{tmp_path}/nope.py:f", *SMALL, "-o", out), "--model", "nope.py")
+    one_line_error(cli("sweep", "--model", "x:y", "-o", out), "missing --checkpoint, --data")
+    assert not out.exists()
+
+
+def test_wrong_keys_and_shapes(cli, tmp_path):
+    out = tmp_path / "o.h5"
+    one_line_error(cli("sweep", "--sample", "mlp", "--checkpoint", sample("cnn")["checkpoint"], *SMALL, "-o", out),
+                   "keys do not match", "missing", "e.g.")
+    sd = torch.load(sample("mlp")["checkpoint"], weights_only=True)
+    sd["2.weight"] = torch.zeros(10, 33)
+    torch.save(sd, tmp_path / "bad.pt")
+    one_line_error(cli("sweep", "--sample", "mlp", "--checkpoint", tmp_path / "bad.pt", *SMALL, "-o", out),
+                   "shape mismatch for 2.weight")
+    assert not out.exists()
+
+
+def test_data_that_does_not_fit(cli, tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((10, 63), np.float32), y=np.zeros(10, np.int64))
+    out = tmp_path / "o.h5"
+    one_line_error(cli("sweep", "--sample", "mlp", "--data", tmp_path / "d.npz", *SMALL, "-o", out),
+                   "--data", "cannot take inputs x of shape (10, 63)")
+    np.savez(tmp_path / "d2.npz", x=np.zeros((10, 64), np.float32), y=np.full(10, 42, np.int64))
+    one_line_error(cli("sweep", "--sample", "mlp", "--data", tmp_path / "d2.npz", *SMALL, "-o", out), "--data", "loss cannot compare")
+    assert not out.exists()
+
+
+def test_pickled_checkpoint_refused_then_allowed(cli, tmp_path):
+    from landscape.sample_models.models import mlp
+
+    m = mlp()
+    m.load_state_dict(torch.load(sample("mlp")["checkpoint"], weights_only=True))
+    torch.save(m, tmp_path / "whole.pt")
+    out = tmp_path / "o.h5"
+    one_line_error(cli("sweep", "--sample", "mlp", "--checkpoint", tmp_path / "whole.pt", *SMALL, "-o", out), "--unsafe-pickle")
+    assert not out.exists()
+    r = cli("sweep", "--sample", "mlp", "--checkpoint", tmp_path / "whole.pt", "--unsafe-pickle", *SMALL, "-o", out)
+    assert r.code == 0, r.err
+
+
+def test_nonfinite_loss_stored_as_nan_and_run_goes_on(cli, tmp_path):
+    (tmp_path / "loss.py").write_text(
+        "import torch.nn.functional as F\n"
+        "def loss(out, y):\n    l = F.cross_entropy(out, y)\n    return l * float('nan') if l > 1.0 else l\n"
+    )
+    out = tmp_path / "o.h5"
+    r = cli("sweep", "--sample", "mlp", "--loss", f"{tmp_path / 'loss.py'}:loss", "--x", "-1:1:5", "--samples", "100", "-o", out)
+    assert r.code == 0, r.err
+    s = read_sweep(out)
+    assert np.isnan(s["loss"][0]) and np.isnan(s["loss"][-1]) and np.isfinite(s["loss"][2])
+    assert s["done"].all()
+    assert f"NaN or infinite at {int(np.isnan(s['loss']).sum())} grid point(s)" in r.err
+
+
+def test_not_our_file(cli, tmp_path):
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["data"] = np.zeros(3)
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all" * 10)
+    for name, needle in (("foreign.h5", "not a landscape results file"), ("junk.h5", "not a readable HDF5 file")):
+        one_line_error(cli("info", tmp_path / name), name, needle)
+        one_line_error(cli("plot", tmp_path / name, "-o", tmp_path / "f.png"), name)
+        one_line_error(cli("sweep", "--sample", "mlp", *SMALL, "--resume", "-o", tmp_path / name), name)
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_resume_with_other_settings_refused(cli, tmp_path):
+    out = tmp_path / "o.h5"
+    assert cli("sweep", "--sample", "mlp", *SMALL, "-o", out).code == 0
+    one_line_error(cli("sweep", "--sample", "mlp", "--x", "-1:1:5", "--samples", "64", "--resume", "-o", out), "other settings", "coords")
+    one_line_error(cli("sweep", "--sample", "mlp", *SMALL, "--seed", "1", "--resume", "-o", out), "other settings", "seed")
+    one_line_error(cli("sweep", "--sample", "mlp", *SMALL, "-o", out), "exists", "--resume", "--force")
+    assert cli("sweep", "--sample", "mlp", *SMALL, "--resume", "-o", out).code == 0  # nothing left: a no-op
+
+
+def test_bad_options(cli, tmp_path):
+    out = tmp_path / "o.h5"
+    one_line_error(cli("sweep", "--sample", "mlp", "--x", "1:2", "-o", out), "--x", "MIN:MAX:POINTS")
+    one_line_error(cli("sweep", "--sample", "mlp", *SMALL, "--norm", "weird", "-o", out), "--norm")
+    one_line_error(cli("sweep", "--sample", "mlp", *SMALL, "--strategy", "fast", "-o", out), "--strategy")
+    one_line_error(cli("sweep", "--sample", "nope", "-o", out), "--sample", "mlp")
+    assert not out.exists()
+
+
+def test_config_file_and_flags_override(cli, tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[sweep]\nsample = "linreg"\nx = "-1:1:3"\ny = "-1:1:2"\nseed = 4\ndtype = "float64"\n')
+    out = tmp_path / "o.h5"
+    r = cli("sweep", "--config", cfg, "--y", "-1:1:4", "-o", out)
+    assert r.code == 0, r.err
+    s = read_sweep(out)
+    assert s["loss"].shape == (3, 4)
+    assert s["attrs"]["seed"] == 4 and s["attrs"]["sample"] == "linreg" and s["attrs"]["dtype"] == "float64"
+    cfg.write_text('[sweep]\nsampel = "mlp"\n')
+    one_line_error(cli("sweep", "--config", cfg, "-o", tmp_path / "p.h5"), "--config", "sampel")
+
+
+def test_info_json_and_samples(cli, tmp_path):
+    out = tmp_path / "o.h5"
+    assert cli("sweep", "--sample", "mlp", *SMALL, "-o", out).code == 0
+    import json
+
+    r = cli("info", out, "--json")
+    desc = json.loads(r.out)
+    assert desc["attrs"]["format"] == "landscape-results" and desc["numbers"]["points_done"] == 3
+    assert desc["datasets"]["sweep/loss"]["shape"] == [3]
+    r = cli("samples")
+    assert all(n in r.out for n in ("mlp", "cnn", "transformer", "linreg"))
+
+
+def _done(path: Path) -> int:
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["sweep/done"][()].sum())
+    except (OSError, KeyError):
+        return 0
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    """Kill a sweep with SIGKILL mid-run, resume it, and compare with an uninterrupted run."""
+    args = ["sweep", "--sample", "cnn", "--x", "-1:1:15", "--y", "-1:1:15", "--dtype", "float64", "--strategy", "loop", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = tmp_path / "killed.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "landscape", *args, "-o", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and _done(killed) == 0:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = read_sweep(killed)
+    assert not partial["attrs"]["complete"] and 0 < partial["done"].sum() < partial["done"].size
+    assert np.isnan(partial["loss"][~partial["done"]]).all()
+    subprocess.run([sys.executable, "-m", "landscape", *args[:-4], "--resume", "-o", str(killed)], env=env, check=True,
+                   capture_output=True)
+    whole = tmp_path / "whole.h5"
+    subprocess.run([sys.executable, "-m", "landscape", *args, "-o", str(whole)], env=env, check=True, capture_output=True)
+    a, b = read_sweep(killed), read_sweep(whole)
+    assert a["attrs"]["complete"] and a["done"].all()
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-12)
+    np.testing.assert_allclose(a["accuracy"], b["accuracy"], rtol=1e-12)

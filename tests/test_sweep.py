@@ -1,0 +1,122 @@
+"""Sweep values against an independent per-point loop, for every strategy and sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from conftest import sample_problem
+from landscape.directions import random_directions
+from landscape.io.results import read_sweep
+from landscape.sweep import STRATEGIES, build_strategy, choose_strategy, find_first_layer, grid_coords, parse_range
+
+SAMPLES = ("mlp", "cnn", "transformer", "linreg")
+
+
+def direct_loss(problem, flat: torch.Tensor) -> tuple[float, float]:
+    """Truth: the whole data set in one pass at weights `flat`, via functional_call (no engine code)."""
+    params = problem.layout.unflatten(flat)
+    with torch.no_grad():
+        out = functional_call(problem.model, (params, problem.buffers), (problem.x,))
+        loss = float(problem.loss_fn(out, problem.y))
+        acc = float((out.argmax(-1) == problem.y).double().mean()) if problem.classification else float("nan")
+    return loss, acc
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_strategy_matches_direct_loop_2d_nonsquare(name, strategy):
+    problem = sample_problem(name, samples=300)
+    dirs = random_directions(2, problem.theta, problem.layout, seed=3)
+    coords = grid_coords([torch.linspace(-1, 1, 3), torch.linspace(-0.5, 1.0, 2)])
+    try:
+        strat = build_strategy(strategy, problem, dirs, points_per_call=4)
+    except ValueError:
+        assert strategy == "firstlayer" and name == "transformer"  # embedding first: no linear first layer
+        return
+    res = strat.evaluate(coords)
+    strat.close()
+    for i, c in enumerate(coords):
+        loss, acc = direct_loss(problem, problem.theta + c @ dirs)
+        assert res.loss[i].item() == pytest.approx(loss, rel=1e-6)
+        if problem.classification:
+            assert res.accuracy[i].item() == pytest.approx(acc, abs=1e-12)
+    # the model holds the checkpoint again
+    assert torch.equal(problem.layout.flatten(problem.params()), problem.theta)
+
+
+def test_small_batches_weighted_exactly():
+    """A last batch smaller than the others must count by its size, not as one equal batch."""
+    problem = sample_problem("mlp", samples=250, batch_size=64)
+    dirs = random_directions(1, problem.theta, problem.layout, seed=1)
+    coords = torch.tensor([[0.3]], dtype=torch.float64)
+    for name in STRATEGIES:
+        strat = build_strategy(name, problem, dirs)
+        got = strat.evaluate(coords).loss.item()
+        strat.close()
+        assert got == pytest.approx(direct_loss(problem, problem.theta + 0.3 * dirs[0])[0], rel=1e-10)
+
+
+def test_first_layer_found_only_when_fed_by_input():
+    assert find_first_layer(sample_problem("mlp", samples=8))[0] == "0"
+    assert find_first_layer(sample_problem("cnn", samples=8))[0] == "0"
+    assert find_first_layer(sample_problem("transformer", samples=8)) is None
+
+
+def test_probe_keeps_fastest_and_its_values():
+    problem = sample_problem("mlp", samples=200)
+    dirs = random_directions(2, problem.theta, problem.layout, seed=0)
+    coords = grid_coords([torch.linspace(-1, 1, 2), torch.linspace(-1, 1, 2)])
+    choice = choose_strategy(problem, dirs, coords)
+    assert choice.strategy.name == min(choice.timings, key=choice.timings.get)
+    for i, c in enumerate(coords):
+        assert choice.probe_result.loss[i].item() == pytest.approx(direct_loss(problem, problem.theta + c @ dirs)[0], rel=1e-9)
+    choice.strategy.close()
+
+
+def test_parse_range():
+    assert parse_range("-1:1:5", "--x").tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert parse_range("-1:1:51", "--x")[25].item() == 0.0
+    assert parse_range("0.5:0.5:1", "--x").tolist() == [0.5]
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_cli_sweep_matches_direct_loop(name, cli, tmp_path):
+    """The CLI's file, read back: loss[i, j] is the loss at (x[i], y[j]) on a non-square grid."""
+    out = tmp_path / "s.h5"
+    r = cli("sweep", "--sample", name, "--x", "-1:1:4", "--y", "-0.5:0.5:3", "--samples", "200", "--dtype", "float64",
+            "--device", "cpu", "-o", out)
+    assert r.code == 0, r.err
+    s = read_sweep(out)
+    assert s["loss"].shape == (4, 3) and s["done"].all() and s["attrs"]["complete"]
+    problem = sample_problem(name, samples=200)
+    import h5py
+
+    with h5py.File(out) as f:
+        dx, dy = (torch.from_numpy(f["axes"][n][()]) for n in ("x", "y"))
+        assert f["axes/x"].attrs["normalization"] == "filter"
+    for i, a in enumerate(s["coords"]["x"]):
+        for j, b in enumerate(s["coords"]["y"]):
+            loss, acc = direct_loss(problem, problem.theta + a * dx + b * dy)
+            assert s["loss"][i, j] == pytest.approx(loss, rel=1e-6)
+            if s["accuracy"] is not None:
+                assert s["accuracy"][i, j] == pytest.approx(acc)
+
+
+def test_cli_sweep_1d_and_line_to_other_checkpoint(cli, tmp_path):
+    from landscape.io.samples import sample
+
+    s = sample("mlp")
+    out = tmp_path / "line.h5"
+    r = cli("sweep", "--sample", "mlp", "--to", s["checkpoints"][2], "--x", "0:1:5", "--dtype", "float64", "--samples", "300", "-o", out)
+    assert r.code == 0, r.err
+    sw = read_sweep(out)
+    assert sw["loss"].shape == (5,)
+    assert sw["axis_attrs"]["x"]["kind"] == "interpolation"
+    end = sample_problem("mlp", samples=300, checkpoint=s["checkpoints"][2])
+    start = sample_problem("mlp", samples=300)
+    assert sw["loss"][0] == pytest.approx(direct_loss(start, start.theta)[0], rel=1e-9)
+    assert sw["loss"][-1] == pytest.approx(direct_loss(end, end.theta)[0], rel=1e-9)
+    assert np.all(np.isfinite(sw["loss"]))
