@@ -57,8 +57,8 @@ def forward_limit(problem, points: int) -> tuple[float, int]:
 def sweep_as_cli(problem, dirs, coords) -> tuple[float, str]:
     """What `landscape sweep` does: probe on the first points, then the winner on the rest."""
     start = time.perf_counter()
-    choice = choose_strategy(problem, dirs, coords[:4])
-    choice.strategy.evaluate(coords[4:])
+    choice = choose_strategy(problem, dirs, coords[:16])
+    choice.strategy.evaluate(coords[16:])
     choice.strategy.close()
     return time.perf_counter() - start, choice.strategy.name
 

@@ -17,6 +17,7 @@ from landscape.problem import Problem
 from landscape.sweep import STRATEGIES, choose_strategy, grid_coords
 
 AXIS_NAMES = ("x", "y")
+PROBE_POINTS = 16  # grid points each strategy evaluates in the probe (enough to fill a vmap call)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def run_sweep(
         return report
     start = time.perf_counter()
     candidates = STRATEGIES if strategy == "auto" else (strategy,)
-    probe = todo[: min(len(todo), 4)]
+    probe = todo[: min(len(todo), PROBE_POINTS)]
     choice = choose_strategy(problem, directions, coords[probe], candidates=candidates, warn=warn)
     strat = choice.strategy
     report.strategy, report.timings, report.dropped = strat.name, choice.timings, choice.dropped
