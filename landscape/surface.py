@@ -14,7 +14,8 @@ import torch
 from landscape.directions import cosine, line_to, random_directions
 from landscape.io.results import SweepFile
 from landscape.problem import Problem
-from landscape.sweep import STRATEGIES, choose_strategy, grid_coords
+from landscape.distributed import World
+from landscape.sweep import STRATEGIES, build_strategy, choose_strategy, grid_coords, points_per_call
 
 AXIS_NAMES = ("x", "y")
 PROBE_POINTS = 16  # grid points each strategy evaluates in the probe (enough to fill a vmap call)
@@ -82,18 +83,23 @@ class SweepReport:
 def run_sweep(
     problem: Problem,
     directions: torch.Tensor,
-    store: SweepFile,
+    store: SweepFile | None,
     *,
     strategy: str = "auto",
     chunk_seconds: float = 2.0,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
     warn: Callable[[str], None] = lambda msg: None,
+    world: World = World(),
 ) -> SweepReport:
-    """Evaluate every grid point the store has not done yet, writing after each chunk."""
-    axes = [torch.from_numpy(c) for c in store.coords]
-    coords = grid_coords(axes)
-    todo = np.flatnonzero(~store.done.reshape(-1))
-    total = int(store.done.size)
+    """Evaluate every grid point the store has not done yet, writing after each chunk.
+
+    Under torchrun every rank calls this; rank 0 holds the store (others pass None), the grid
+    points of each chunk are split over the ranks and gathered back to rank 0, which writes them.
+    """
+    grid, done = world.broadcast((store.coords, store.done) if world.main else None)
+    coords = grid_coords([torch.from_numpy(c) for c in grid])
+    todo = np.flatnonzero(~done.reshape(-1))
+    total = int(done.size)
     on_progress(total - len(todo), total)
     report = SweepReport(strategy="none")
     if len(todo) == 0:
@@ -103,32 +109,46 @@ def run_sweep(
     probe = todo[: min(len(todo), PROBE_POINTS)]
     choice = choose_strategy(problem, directions, coords[probe], candidates=candidates, warn=warn)
     strat = choice.strategy
-    report.strategy, report.timings, report.dropped = strat.name, choice.timings, choice.dropped
+    chosen = world.broadcast(strat.name)
+    if chosen != strat.name:  # every rank runs rank 0's choice
+        strat.close()
+        strat = build_strategy(chosen, problem, directions, points_per_call=points_per_call(problem, 1 << 30))
+    report.strategy, report.timings, report.dropped = chosen, choice.timings, choice.dropped
     try:
-        if choice.probe_result is not None:
-            _store(store, probe, choice.probe_result, report)
+        if world.broadcast(choice.probe_result is not None):  # rank 0's probe values are kept
+            if world.main:
+                _store(store, probe, choice.probe_result, report)
             todo = todo[len(probe) :]
             on_progress(total - len(todo), total)
-        per_point = choice.timings.get(strat.name)
+        per_point = choice.timings.get(chosen)
         while len(todo):
-            size = 1 if per_point is None else max(1, min(len(todo), 1024, math.ceil(chunk_seconds / max(per_point, 1e-9))))
+            size = 1 if per_point is None else max(1, min(len(todo), 1024 * world.size, math.ceil(world.size * chunk_seconds / max(per_point, 1e-9))))
+            size = world.broadcast(size)
             idx = todo[:size]
+            mine = idx[world.shard(len(idx))]
             t0 = time.perf_counter()
-            _store(store, idx, strat.evaluate(coords[idx]), report)
-            per_point = (time.perf_counter() - t0) / len(idx)
+            result = strat.evaluate(coords[mine]) if len(mine) else None
+            per_point = (time.perf_counter() - t0) / max(len(mine), 1)
+            parts = world.gather((mine, result))
+            if world.main:
+                for part_idx, part in parts:
+                    if part is not None:
+                        _store(store, part_idx, part, report)
             todo = todo[size:]
             on_progress(total - len(todo), total)
     finally:
         strat.close()
     report.seconds = time.perf_counter() - start
-    store.finish(
-        {
-            "strategy": report.strategy,
-            "strategy_timings_s_per_point": report.timings,
-            "strategy_dropped": report.dropped,
-            "seconds": report.seconds,
-        }
-    )
+    if world.main:
+        store.finish(
+            {
+                "strategy": report.strategy,
+                "strategy_timings_s_per_point": report.timings,
+                "strategy_dropped": report.dropped,
+                "seconds": report.seconds,
+                "world_size": world.size,
+            }
+        )
     return report
 
 

@@ -99,7 +99,8 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:.1f} pts/s" if speed else "- pts/s", style="cyan")
 
 
-def progress() -> Progress:
+def progress(disable: bool = False) -> Progress:
+    """A bar with points done, points per second and the time left."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -109,6 +110,7 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         console=err,
         transient=False,
+        disable=disable,
     )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import torch
 import typer
 
 from landscape.cli import app
@@ -31,6 +32,7 @@ from landscape.cli.options import (
     say,
     warn,
 )
+from landscape.distributed import close_world, device_for, init_world
 from landscape.errors import LandscapeError
 from landscape.io.results import SweepFile
 from landscape.io.spec import sha256_file
@@ -39,6 +41,10 @@ from landscape.surface import AXIS_NAMES, AxesSpec, make_axes, run_sweep
 from landscape.sweep import STRATEGIES, parse_range
 
 AXES = "Axes and grid"
+
+
+def _quiet(msg: str) -> None:
+    """Ranks other than 0 say nothing."""
 
 
 @app.command(rich_help_panel="Compute")
@@ -92,36 +98,40 @@ def sweep(
     """
     if strategy != "auto" and strategy not in STRATEGIES:
         raise LandscapeError(f"--strategy {strategy!r}: expected auto or one of {', '.join(STRATEGIES)}")
-    if output.exists() and not resume and not force:
+    world = init_world(device)
+    if world.main and output.exists() and not resume and not force:
         raise LandscapeError(f"{output} exists: pass --resume to finish it or --force to overwrite it")
     if resume and not output.exists():
         raise LandscapeError(f"--resume: {output} does not exist")
     x_grid = parse_range(x or ("-0.5:1.5:41" if to else "-1:1:51"), "--x")
     y_grid = parse_range(y, "--y") if y else None
     spec = load_spec(
-        model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
-        seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle,
+        model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples, seed=seed,
+        batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle,
     )
-    problem, prov = load_problem(spec, say)
-    other = load_other_theta(to, problem, unsafe_pickle, say) if to else None
+    tell = say if world.main else _quiet
+    problem, prov = load_problem(spec, tell)
+    other = load_other_theta(to, problem, unsafe_pickle, tell) if to else None
     axes_spec = AxesSpec(dims=1 if y_grid is None else 2, norm=norm, ignore=ignore, seed=seed, to=to)
     grids = [x_grid] if y_grid is None else [x_grid, y_grid]
     names = AXIS_NAMES[: len(grids)]
     settings = {
         "model": prov["model"], "checkpoint_sha256": prov["checkpoint_sha256"], "data_sha256": prov["data_sha256"],
-        "data": prov["data"], "samples": prov["samples"], "loss": prov["loss"], "dtype": dtype, "norm": norm,
-        "ignore": ignore, "seed": seed, "to_sha256": sha256_file(to) if to else "",
+        "data": "" if prov["data_sha256"] else prov["data"], "samples": prov["samples"], "loss": prov["loss"],
+        "dtype": dtype, "norm": norm, "ignore": ignore, "seed": seed, "to_sha256": sha256_file(to) if to else "",
         "coords": {n: g.tolist() for n, g in zip(names, grids)},
     }
-    say(
+    tell(
         f"{prov['parameters']:,} parameters, {problem.n:,} samples, loss {prov['loss']}, "
         f"{prov['device']} {dtype}, grid {' x '.join(str(len(g)) for g in grids)}"
+        + (f", {world.size} processes" if world.size > 1 else "")
     )
-    if resume:
+    store = None
+    if world.main and resume:
         store = SweepFile.resume(output, settings)
-        directions = problem.theta.new_tensor(np.stack(list(store.read_axes().values()))).double().cpu()
+        directions = torch.from_numpy(np.stack(list(store.read_axes().values()))).double()
         say(f"resuming {output}: {int(store.done.sum())} of {store.done.size} points already done")
-    else:
+    elif world.main:
         directions, axis_attrs = make_axes(problem, axes_spec, other)
         output.parent.mkdir(parents=True, exist_ok=True)
         store_dtype = np.float64 if dtype == "float64" else np.float32
@@ -135,13 +145,17 @@ def sweep(
             has_accuracy=problem.classification,
         )
         # evaluate exactly the stored directions, so a resumed run gives the same numbers
-        directions = directions.to(problem.dtype).double()
-    with progress() as bar:
-        task = bar.add_task("sweep", total=store.done.size)
+        directions = torch.from_numpy(directions.numpy().astype(store_dtype)).double()
+    directions = world.broadcast(directions if world.main else None)
+    with progress(disable=not world.main) as bar:
+        task = bar.add_task("sweep", total=len(grids[0]) * (len(grids[1]) if len(grids) > 1 else 1))
         report = run_sweep(
-            problem, directions, store, strategy=strategy, warn=warn,
+            problem, directions, store, strategy=strategy, warn=warn if world.main else _quiet, world=world,
             on_progress=lambda done, total: bar.update(task, completed=done),
         )
+    close_world(world)
+    if not world.main:
+        return
     if report.timings:
         timing = ", ".join(f"{n} {1e3 * t:.1f} ms/pt" for n, t in report.timings.items())
         say(f"strategy {report.strategy} (probe: {timing})")
