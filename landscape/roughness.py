@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -226,20 +226,26 @@ class EpsilonSharpness:
     trace: tuple[float, ...]
 
 
-def epsilon_sharpness(problem: Problem, epsilon: float = 1e-3, steps: int = 20, step_fraction: float | None = None) -> EpsilonSharpness:
+def epsilon_sharpness(
+    problem: Problem, epsilon: float = 1e-3, steps: int = 20, *, seed: int = 0, step_fraction: float | None = None
+) -> EpsilonSharpness:
     """epsilon-sharpness (Keskar et al. 2017): 100 * (max_box L - L) / (1 + L), box |y_i| <= eps (|theta_i| + 1).
 
-    The maximum is sought by projected sign-gradient ascent from theta: y <- clip(y + a w sign(grad), -w, w)
-    with w the box half-widths and a = 2.5 / steps (so a corner is reachable); the best point seen is kept.
-    A lower bound on the true maximum, like Keskar et al.'s L-BFGS-B search.
+    The maximum is sought by projected sign-gradient ascent: y <- clip(y + a w sign(grad), -w, w) with w the
+    box half-widths and a = 2.5 / steps (so a corner is reachable), started from a seeded uniform point of
+    the box (at an exact minimum the gradient is zero and an ascent from theta would not move); the best
+    point seen, theta included, is kept. A lower bound on the true maximum, like Keskar et al.'s L-BFGS-B search.
     """
     theta = problem.theta.detach()
     width = epsilon * (theta.abs() + 1)
     a = step_fraction if step_fraction is not None else 2.5 / max(steps, 1)
-    y = torch.zeros_like(theta)
-    base, g = loss_and_grad(problem, theta)
-    best = base
-    trace = [base]
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(theta.shape, generator=gen, dtype=torch.float64).to(theta.device, theta.dtype)
+    y = (2 * u - 1) * width
+    base = loss_at(problem, theta)
+    value, g = loss_and_grad(problem, theta + y)
+    best = max(base, value) if math.isfinite(value) else base
+    trace = [base, value]
     for i in range(steps):
         y = torch.maximum(torch.minimum(y + a * width * torch.sign(g), width), -width)
         if i == steps - 1:
@@ -255,16 +261,6 @@ def epsilon_sharpness(problem: Problem, epsilon: float = 1e-3, steps: int = 20, 
 # --------------------------------------------------------------------------- Loss Landscape Analysis ratios
 
 
-def slq_nodes_weights(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss quadrature nodes and weights of one Lanczos tridiagonal (diagonal alpha [m], off-diagonal beta [m-1])."""
-    from scipy.linalg import eigh_tridiagonal
-
-    alpha = np.asarray(alpha, dtype=np.float64)
-    beta = np.asarray(beta, dtype=np.float64)[: max(len(alpha) - 1, 0)]
-    nodes, vecs = eigh_tridiagonal(alpha, beta)
-    return nodes, vecs[0, :] ** 2
-
-
 @dataclass(frozen=True)
 class LlaRatios:
     """re = |lambda_min / lambda_max| and K (share of negative curvature, SLQ-weighted)."""
@@ -274,28 +270,29 @@ class LlaRatios:
 
 
 def lla_ratios(
-    eigenvalues: np.ndarray | None = None, nodes: np.ndarray | None = None, weights: np.ndarray | None = None
+    eigenvalues: np.ndarray | None = None,
+    nodes: Sequence[np.ndarray] | None = None,
+    weights: Sequence[np.ndarray] | None = None,
 ) -> LlaRatios:
-    """Loss Landscape Analysis ratios from extreme eigenvalues and/or SLQ nodes [..] with weights [..].
+    """Loss Landscape Analysis ratios from extreme eigenvalues and/or per-probe SLQ nodes and weights.
 
-    re uses the extreme eigenvalues when given (else the extreme nodes);
-    K = |sum_{lambda<0} |lambda w|^0.5 / sum_{lambda>0} (lambda w)^0.5| over the pooled nodes (weights
-    averaged over probes, i.e. each probe's weights divided by the number of probes).
+    re = |lambda_min / lambda_max| from `eigenvalues` when they hold both signs' extremes, else from the
+    extreme SLQ nodes (Ritz values, which bracket the spectrum well); K = |sum_{lambda<0} |lambda w|^0.5 /
+    sum_{lambda>0} (lambda w)^0.5| over the pooled nodes, each probe's weights divided by the number of
+    probes. Per-probe nodes/weights come from landscape.hessian.density.quadrature.
     """
     re = math.nan
-    source = eigenvalues if eigenvalues is not None and np.size(eigenvalues) else nodes
-    if source is not None and np.size(source):
-        ev = np.asarray(source, dtype=np.float64).ravel()
-        ev = ev[np.isfinite(ev)]
-        if ev.size and ev.max() != 0:
-            re = abs(float(ev.min()) / float(ev.max()))
+    pooled_nodes = np.concatenate([np.asarray(n, dtype=np.float64).ravel() for n in nodes]) if nodes else np.zeros(0)
+    ev = np.asarray(eigenvalues, dtype=np.float64).ravel() if eigenvalues is not None else np.zeros(0)
+    ev = ev[np.isfinite(ev)]
+    source = ev if ev.size and ev.min() < 0 < ev.max() else (pooled_nodes if pooled_nodes.size else ev)
+    source = source[np.isfinite(source)]
+    if source.size and source.max() != 0:
+        re = abs(float(source.min()) / float(source.max()))
     k = math.nan
-    if nodes is not None and weights is not None and np.size(nodes):
-        nd = np.asarray(nodes, dtype=np.float64)
-        wt = np.asarray(weights, dtype=np.float64)
-        if nd.ndim == 2:
-            wt = wt / nd.shape[0]
-        nd, wt = nd.ravel(), wt.ravel()
+    if nodes and weights:
+        nd = pooled_nodes
+        wt = np.concatenate([np.asarray(w, dtype=np.float64).ravel() / len(weights) for w in weights])
         lw = nd * wt
         pos = np.sqrt(lw[nd > 0]).sum()
         neg = np.sqrt(np.abs(lw[nd < 0])).sum()

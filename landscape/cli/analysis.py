@@ -605,3 +605,257 @@ def trajectory(
     )
     err.print(f"[green]wrote[/green] {output}", soft_wrap=True)
     _draw(figure, output)
+
+
+# --------------------------------------------------------------------------- sharpness
+
+
+def _curvature_numbers(curv: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """lambda_max, trace and the LLA ratios from a read_curvature() dict (or the same keys from a fresh run)."""
+    from landscape.roughness import lla_ratios
+
+    numbers: dict[str, float] = {}
+    ev = curv.get("eigenvalues")
+    if ev is not None and np.size(ev):
+        numbers["lambda_max"] = float(np.max(ev))
+        if curv.get("residuals") is not None:
+            numbers["lambda_max_residual"] = float(np.asarray(curv["residuals"])[int(np.argmax(ev))])
+    tr = curv.get("trace")
+    if tr is not None:
+        numbers["trace"] = float(tr["value"])
+        if tr.get("std_error") is not None:
+            numbers["trace_std_error"] = float(tr["std_error"])
+    nodes = weights = None
+    if curv.get("lanczos") is not None:
+        from landscape.hessian.density import quadrature
+
+        nodes, weights = quadrature(curv["lanczos"]["alpha"], curv["lanczos"]["beta"])
+    if ev is not None or nodes is not None:
+        r = lla_ratios(eigenvalues=ev, nodes=nodes, weights=weights)
+        if math.isfinite(r.re):
+            numbers["lla_re"] = r.re
+        if math.isfinite(r.k):
+            numbers["lla_k"] = r.k
+    return numbers, {}
+
+
+def _run_curvature(problem, *, trace: bool, density: bool, seed: int, tol: float = 1e-3) -> dict[str, Any]:
+    """λmax (and trace / SLQ runs) of the problem's Hessian with landscape.hessian, as read_curvature-like keys."""
+    try:
+        from landscape.hessian import CurvatureSettings, run_curvature
+    except ImportError as exc:  # the curvature package is another module of this project
+        raise LandscapeError(f"curvature numbers need landscape.hessian, which cannot be imported here ({exc})") from exc
+    res = run_curvature(problem, CurvatureSettings(top_k=1, tol=tol, trace=trace, density=density, eigenvectors=False, seed=seed))
+    block = res.model
+    out: dict[str, Any] = {"eigenvalues": None, "residuals": None, "trace": None, "lanczos": None}
+    if block.eigen is not None:
+        out["eigenvalues"], out["residuals"] = block.eigen.eigenvalues, block.eigen.residuals
+        out["converged"] = bool(block.eigen.all_converged)
+    if block.trace is not None:
+        out["trace"] = {"value": block.trace.value, "std_error": block.trace.std_error}
+    if block.lanczos is not None:
+        out["lanczos"] = {"alpha": block.lanczos.alpha, "beta": block.lanczos.beta}
+    return out
+
+
+@app.command(rich_help_panel="Compute")
+def sharpness(
+    output: Output = Path("landscape-out/sharpness.h5"),
+    sample: Sample = None,
+    model: Model = None,
+    checkpoint: Checkpoint = None,
+    data: Data = None,
+    loss: Loss = None,
+    rho: Annotated[float, typer.Option(help="SAM radius: L(theta + rho g/|g|) - L(theta) (Foret et al.).", rich_help_panel=ANALYSIS)] = 0.05,
+    epsilon: Annotated[float, typer.Option(help="epsilon-sharpness box: |y_i| <= epsilon (|theta_i| + 1) (Keskar et al.).", rich_help_panel=ANALYSIS)] = 1e-3,
+    ascent_steps: Annotated[int, typer.Option(help="Projected gradient-ascent steps for the epsilon-sharpness maximum.", rich_help_panel=ANALYSIS)] = 20,
+    curvature: Annotated[
+        Path | None, typer.Option(help="A results file of `landscape hessian`: take lambda_max, trace and the LLA ratios from it.", rich_help_panel=ANALYSIS)
+    ] = None,
+    hessian: Annotated[
+        bool, typer.Option("--hessian", help="Compute lambda_max, trace and the spectral density (for the LLA ratios) here.", rich_help_panel=ANALYSIS)
+    ] = False,
+    samples: Samples = None,
+    seed: Seed = 0,
+    batch_size: BatchSize = None,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+    force: Force = False,
+    unsafe_pickle: UnsafePickle = False,
+    config: Config = None,
+) -> None:
+    """Sharpness numbers of a checkpoint: SAM sharpness, epsilon-sharpness, and (with --curvature or
+    --hessian) lambda_max, the Hessian trace and the Loss Landscape Analysis ratios re and K.
+
+    Examples:
+
+      landscape sharpness --sample mlp -o sharp.h5
+
+      landscape sharpness --sample cnn --hessian -o sharp.h5 && landscape metrics sharp.h5 --fail-if "lambda_max > 50"
+    """
+    from landscape.roughness import epsilon_sharpness, sam_sharpness
+
+    _check_output(output, force)
+    if rho <= 0 or epsilon <= 0:
+        raise LandscapeError("--rho and --epsilon must be positive")
+    if curvature is not None and hessian:
+        raise LandscapeError("--curvature and --hessian: give one (a file to read, or compute here)")
+    curv = None
+    if curvature is not None:
+        from landscape.io.curvature import read_curvature
+
+        curv = read_curvature(curvature)
+    spec = load_spec(
+        model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
+        seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle,
+    )
+    problem, prov = load_problem(spec, say)
+    if curv is not None:
+        ours = prov["checkpoint_sha256"]
+        theirs = str(curv.get("attrs", {}).get("checkpoint_sha256", ""))
+        if theirs and theirs != ours:
+            raise LandscapeError(f"--curvature {curvature}: computed for another checkpoint (sha256 {theirs[:12]}..., this one {ours[:12]}...)")
+    say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, {prov['device']} {dtype}")
+    sam = sam_sharpness(problem, rho)
+    eps = epsilon_sharpness(problem, epsilon, ascent_steps, seed=seed)
+    numbers: dict[str, Any] = {
+        "loss": sam.loss, "sam": sam.sharpness, "sam_rho": rho, "sam_perturbed_loss": sam.perturbed_loss,
+        "grad_norm": sam.grad_norm, "epsilon_sharpness": eps.sharpness, "epsilon": epsilon, "epsilon_max_loss": eps.max_loss,
+    }
+    source = ""
+    if hessian:
+        say("curvature: lambda_max by Lanczos, trace by Hutch++, density by SLQ (landscape.hessian)")
+        curv = _run_curvature(problem, trace=True, density=True, seed=seed)
+        source = "computed (--hessian)"
+    elif curv is not None:
+        source = str(curvature)
+    if curv is not None:
+        numbers.update(_curvature_numbers(curv)[0])
+    group = Group(
+        numbers=numbers,
+        arrays={"epsilon_trace": np.asarray(eps.trace)},
+        attrs={"curvature_source": source,
+               "about": "sam = L(theta + rho g/|g|) - L(theta) (Foret et al.); epsilon_sharpness = 100 (max_box L - L)/(1 + L), "
+                        "box |y_i| <= eps(|theta_i|+1), by projected sign-gradient ascent (Keskar et al.); "
+                        "lla_re = |lambda_min/lambda_max|, lla_k = share of negative curvature (SLQ weights)"},
+    )
+    settings = {"rho": rho, "epsilon": epsilon, "ascent_steps": ascent_steps, "seed": seed, "dtype": dtype,
+                "samples": prov["samples"], "checkpoint_sha256": prov["checkpoint_sha256"], "curvature": source}
+    write_results(output, kind="sharpness", attrs=_root_attrs(prov), settings=settings, groups={"sharpness": group})
+    table = Table("number", "value", title="sharpness", title_justify="left")
+    for key, value in numbers.items():
+        table.add_row(key, _fmt(value))
+    out.print(table)
+    err.print(f"[green]wrote[/green] {output}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- track
+
+
+@app.command(rich_help_panel="Compute")
+def track(
+    checkpoints: Checkpoints = None,
+    output: Output = Path("landscape-out/track.h5"),
+    sample: Sample = None,
+    model: Model = None,
+    data: Data = None,
+    loss: Loss = None,
+    lr: Annotated[float | None, typer.Option(help="Step size eta of the training run: draws the 2/eta line (edge of stability, Cohen et al.).", rich_help_panel=ANALYSIS)] = None,
+    steps: Annotated[str | None, typer.Option(help="Training step of each checkpoint, comma-separated (default 0, 1, 2, ...).", rich_help_panel=ANALYSIS)] = None,
+    trace: Annotated[bool, typer.Option("--trace", help="Also estimate the Hessian trace (Hutch++) at each checkpoint.", rich_help_panel=ANALYSIS)] = False,
+    tol: Annotated[float, typer.Option(help="Relative residual tolerance of the Lanczos lambda_max.", rich_help_panel=ANALYSIS)] = 1e-3,
+    samples: Samples = None,
+    seed: Seed = 0,
+    batch_size: BatchSize = None,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+    force: Force = False,
+    figure: Figure = None,
+    unsafe_pickle: UnsafePickle = False,
+    config: Config = None,
+) -> None:
+    """lambda_max (and the trace with --trace) of the Hessian at each checkpoint in training order.
+
+    For gradient descent with step eta, lambda_max rises to about 2/eta and hovers there (edge of
+    stability, Cohen et al. 2021); give --lr to draw that line.
+
+    Examples:
+
+      landscape track --sample linreg --lr 0.02 --steps 0,5,20,75,300 -o track.h5 --figure track.png
+
+      landscape track ep*.pt --model net.py:make --data train.npz --lr 0.1 --trace -o track.h5
+    """
+    from dataclasses import replace
+
+    from landscape.io.spec import sha256_file
+    from landscape.paths import flat_params, set_buffers, set_params
+
+    _check_output(output, force)
+    ckpts = _checkpoints(checkpoints, sample, "all")
+    if lr is not None and not lr > 0:
+        raise LandscapeError(f"--lr {lr}: must be positive")
+    if steps:
+        try:
+            step_values = [float(s) for s in steps.split(",")]
+        except ValueError:
+            raise LandscapeError(f"--steps {steps!r}: expected numbers separated by commas, e.g. 0,10,30") from None
+        if len(step_values) != len(ckpts):
+            raise LandscapeError(f"--steps: {len(step_values)} values for {len(ckpts)} checkpoints")
+    else:
+        step_values = [float(i) for i in range(len(ckpts))]
+    kw = dict(model=model, data=data, loss=loss, sample=sample, samples=samples, seed=seed, batch_size=batch_size,
+              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle)
+    problem, prov = _problem_at(kw, ckpts[-1])
+    states = _load_states(ckpts, problem, unsafe_pickle)
+    saved = {k: v.clone() for k, v in problem.buffers.items()}
+    lam, lam_res, tr, tr_err, losses, converged = [], [], [], [], [], []
+    say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, lambda_max at {len(ckpts)} checkpoints")
+    from landscape.roughness import loss_at
+
+    try:
+        with progress() as bar:
+            task = bar.add_task("track", total=len(ckpts))
+            for i, state in enumerate(states):
+                flat = flat_params(problem, state)
+                set_params(problem, flat)
+                set_buffers(problem, {k: state[k] for k in problem.buffers if k in state})
+                p = replace(problem, theta=flat)
+                curv = _run_curvature(p, trace=trace, density=False, seed=seed, tol=tol)
+                ev = curv["eigenvalues"]
+                lam.append(float(np.max(ev)) if ev is not None else math.nan)
+                lam_res.append(float(np.asarray(curv["residuals"])[int(np.argmax(ev))]) if ev is not None else math.nan)
+                converged.append(bool(curv.get("converged", False)))
+                tr.append(curv["trace"]["value"] if curv["trace"] else math.nan)
+                tr_err.append(curv["trace"]["std_error"] if curv["trace"] else math.nan)
+                losses.append(loss_at(p, flat))
+                bar.update(task, completed=i + 1)
+    finally:
+        set_params(problem, problem.theta)
+        set_buffers(problem, saved)
+    lam_a = np.asarray(lam)
+    numbers: dict[str, Any] = {"lambda_max": lam[-1], "lambda_max_peak": float(np.nanmax(lam_a)), "checkpoints": len(ckpts)}
+    if lr:
+        numbers["lr"] = lr
+        numbers["edge_of_stability"] = 2 / lr
+        numbers["lambda_max_over_edge"] = lam[-1] * lr / 2
+    if trace:
+        numbers["trace"] = tr[-1]
+    arrays = {"step": np.asarray(step_values), "lambda_max": lam_a, "lambda_max_residual": np.asarray(lam_res),
+              "lambda_max_error": np.asarray(lam_res), "converged": np.asarray(converged), "loss": np.asarray(losses)}
+    if trace:
+        arrays["trace"], arrays["trace_std_error"] = np.asarray(tr), np.asarray(tr_err)
+    group = Group(numbers=numbers, arrays=arrays, attrs={
+        "checkpoints": ckpts, "names": [Path(c).name for c in ckpts], "step_label": "training step" if steps else "checkpoint",
+        "about": "lambda_max by Lanczos (landscape.hessian) at each checkpoint; error = residual |Hv - lambda v|; 2/lr = edge of stability",
+    })
+    settings = {"checkpoints_sha256": [sha256_file(c) for c in ckpts], "lr": lr, "steps": step_values, "trace": trace,
+                "tol": tol, "seed": seed, "dtype": dtype, "samples": prov["samples"]}
+    write_results(output, kind="track", attrs=_root_attrs(prov), settings=settings, groups={"track": group}, layout=problem.layout)
+    table = Table("checkpoint", "step", "loss", "lambda_max", *(["trace"] if trace else []), title="track", title_justify="left")
+    for j, c in enumerate(ckpts):
+        table.add_row(Path(c).name, _fmt(step_values[j]), _fmt(losses[j]), _fmt(lam[j]), *([_fmt(tr[j])] if trace else []))
+    out.print(table)
+    if lr:
+        out.print(f"2/lr = {2 / lr:.4g}; last lambda_max is {100 * lam[-1] * lr / 2:.1f}% of it")
+    err.print(f"[green]wrote[/green] {output}", soft_wrap=True)
+    _draw(figure, output)

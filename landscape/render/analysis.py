@@ -59,6 +59,7 @@ def roughness_figure(path: str | Path) -> Figure:
         ax1.plot(alphas, row, lw=0.7, alpha=0.45, color="tab:blue")
     ax1.plot(alphas, np.nanmean(loss, axis=0), lw=2, color="k", label="mean over directions")
     ax1.axvline(0, color="0.6", lw=1, ls="--")
+    ax1.locator_params(axis="x", nbins=5)
     ax1.set_xlabel(r"$\alpha$ (along a normalized random direction)")
     ax1.set_ylabel("loss")
     ax1.set_title(f"{loss.shape[0]} profiles")
