@@ -17,7 +17,8 @@ from landscape.params import Layout
 class Problem:
     """Everything needed to evaluate the dataset-mean loss at any weights.
 
-    `theta` is the flat vector of the model's trainable parameters at the checkpoint;
+    `theta` is the flat vector of the model's trainable parameters at the checkpoint (in `dtype`,
+    or float32 when `dtype` is bfloat16, so perturbed weights are formed at full precision);
     `model` holds those weights, is in eval mode, and lives on `device` in `dtype` like `x`.
     """
 
@@ -64,22 +65,25 @@ def make_problem(
 ) -> Problem:
     """Load `state` into `model`, move model and data to `device`/`dtype`, and check they fit together."""
     model.load_state_dict(state)
-    model = model.to(device=device, dtype=dtype).eval()
+    # weights are combined (theta + c @ D) in float32 when the model runs in bfloat16
+    master = torch.float32 if dtype == torch.bfloat16 else dtype
+    theta_params = dict(model.to(device=device).named_parameters())
+    if not theta_params:
+        raise LandscapeError("--model: the model has no parameters")
+    layout = Layout.of(theta_params)
+    theta = layout.flatten(theta_params).detach().to(master).clone()
+    model = model.to(dtype=dtype).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     x = x.to(device=device, dtype=dtype) if torch.is_floating_point(x) else x.to(device)
     y = y.to(device=device, dtype=dtype) if torch.is_floating_point(y) else y.to(device)
     if classification is None:
         classification = not torch.is_floating_point(y) and y.ndim == 1
-    params = dict(model.named_parameters())
-    if not params:
-        raise LandscapeError("--model: the model has no parameters")
-    layout = Layout.of(params)
     buffers = dict(model.named_buffers())
     problem = Problem(
         model=model,
         layout=layout,
-        theta=layout.flatten(params).detach().clone(),
+        theta=theta,
         buffers=buffers,
         x=x,
         y=y,

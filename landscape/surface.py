@@ -15,7 +15,15 @@ from landscape.directions import cosine, line_to, random_directions
 from landscape.io.results import SweepFile
 from landscape.problem import Problem
 from landscape.distributed import World
-from landscape.sweep import STRATEGIES, build_strategy, choose_strategy, grid_coords, points_per_call
+from landscape.sweep import (
+    STRATEGIES,
+    build_strategy,
+    choose_strategy,
+    evaluate_shrinking,
+    grid_coords,
+    memory_budget,
+    points_per_call,
+)
 
 AXIS_NAMES = ("x", "y")
 PROBE_POINTS = 16  # grid points each strategy evaluates in the probe (enough to fill a vmap call)
@@ -112,7 +120,8 @@ def run_sweep(
     chosen = world.broadcast(strat.name)
     if chosen != strat.name:  # every rank runs rank 0's choice
         strat.close()
-        strat = build_strategy(chosen, problem, directions, points_per_call=points_per_call(problem, 1 << 30))
+        budget = memory_budget(problem.device)
+        strat = build_strategy(chosen, problem, directions, points_per_call=points_per_call(problem, budget), memory_budget=budget)
     report.strategy, report.timings, report.dropped = chosen, choice.timings, choice.dropped
     try:
         if world.broadcast(choice.probe_result is not None):  # rank 0's probe values are kept
@@ -127,7 +136,7 @@ def run_sweep(
             idx = todo[:size]
             mine = idx[world.shard(len(idx))]
             t0 = time.perf_counter()
-            result = strat.evaluate(coords[mine]) if len(mine) else None
+            result = evaluate_shrinking(strat, coords[mine], warn) if len(mine) else None
             per_point = (time.perf_counter() - t0) / max(len(mine), 1)
             parts = world.gather((mine, result))
             if world.main:

@@ -53,10 +53,18 @@ class Strategy:
 
     def __init__(self, problem: Problem, directions: torch.Tensor):
         self.problem = problem
-        self.directions = directions.to(problem.device, problem.dtype)  # [k, P]
+        self.directions = directions.to(problem.device, problem.theta.dtype)  # [k, P]
+        self.batch_size = problem.batch_size
 
     def evaluate(self, coords: torch.Tensor) -> Evaluation:
         raise NotImplementedError
+
+    def shrink(self) -> str | None:
+        """Use less memory after an out-of-memory error: say how, or None when it cannot."""
+        if self.batch_size > 1:
+            self.batch_size //= 2
+            return f"batch size {self.batch_size}"
+        return None
 
     def close(self) -> None:
         """Put the checkpoint weights back into the model."""
@@ -79,12 +87,12 @@ class LoopStrategy(Strategy):
     @torch.no_grad()
     def evaluate(self, coords: torch.Tensor) -> Evaluation:
         p = self.problem
-        coords = coords.to(p.device, p.dtype)
+        coords = coords.to(p.device, p.theta.dtype)
         losses, accs = [], []
         for c in coords:
             _write_params(p, torch.addmv(p.theta, self.directions.T, c), self.skip)
             total, correct = 0.0, 0.0
-            for bi, (xb, yb, _) in enumerate(p.batches()):
+            for bi, (xb, yb, _) in enumerate(p.batches(self.batch_size)):
                 self.before_batch(bi, c)
                 lb, cb = _accumulate(p.model(xb), yb, p)
                 total += lb
@@ -118,17 +126,23 @@ class VmapStrategy(Strategy):
 
         self._batched = torch.vmap(one, in_dims=(0, None, None))
 
+    def shrink(self) -> str | None:
+        if self.k > 1:
+            self.k //= 2
+            return f"{self.k} point{'s' if self.k > 1 else ''} per call"
+        return super().shrink()
+
     @torch.no_grad()
     def evaluate(self, coords: torch.Tensor) -> Evaluation:
         p = self.problem
-        coords = coords.to(p.device, p.dtype)
+        coords = coords.to(p.device, p.theta.dtype)
         loss = torch.zeros(coords.shape[0], dtype=torch.float64, device=p.device)
         correct = torch.zeros_like(loss)
         for start in range(0, coords.shape[0], self.k):
             c = coords[start : start + self.k]
             flat = p.theta + c @ self.directions  # [K, P]
-            params = p.layout.unflatten(flat)
-            for xb, yb, _ in p.batches():
+            params = {k: v.to(p.dtype) for k, v in p.layout.unflatten(flat).items()}
+            for xb, yb, _ in p.batches(self.batch_size):
                 lb, cb = self._batched(params, xb, yb)
                 loss[start : start + c.shape[0]] += lb.double() * xb.shape[0]
                 correct[start : start + c.shape[0]] += cb.double()
@@ -182,11 +196,12 @@ class FirstLayerStrategy(LoopStrategy):
         w_name, b_name = prefix + "weight", prefix + "bias"
         has_bias = b_name in self.skip
         self.cache: list[torch.Tensor] = []  # per batch: [1 + k, B, ...]
-        with torch.no_grad():
+        with torch.no_grad():  # products at the weights' precision (float32 when the model runs in bfloat16)
             for xb, _, _ in problem.batches():
-                outs = [self._apply(xb, theta[w_name], theta[b_name] if has_bias else None)]
+                xm = xb.to(problem.theta.dtype)
+                outs = [self._apply(xm, theta[w_name], theta[b_name] if has_bias else None)]
                 for j in range(self.directions.shape[0]):
-                    outs.append(self._apply(xb, dirs[w_name][j], dirs[b_name][j] if has_bias else None))
+                    outs.append(self._apply(xm, dirs[w_name][j], dirs[b_name][j] if has_bias else None))
                 self.cache.append(torch.stack(outs))
         self._current: torch.Tensor | None = None
 
@@ -210,7 +225,10 @@ class FirstLayerStrategy(LoopStrategy):
     def before_batch(self, batch_index: int, c: torch.Tensor) -> None:
         cached = self.cache[batch_index]
         coef = torch.cat([c.new_ones(1), c])
-        self._current = torch.tensordot(coef, cached, dims=1)
+        self._current = torch.tensordot(coef, cached, dims=1).to(self.problem.dtype)
+
+    def shrink(self) -> str | None:
+        return None  # the cache is laid out per batch; the loop strategy is the fallback
 
     def close(self) -> None:
         self.cache.clear()
@@ -242,6 +260,14 @@ def build_strategy(
     raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
 
 
+def memory_budget(device: torch.device) -> int:
+    """Bytes a strategy may use for stacked weights and caches: 60% of the free GPU memory, 1 GiB on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.6 * free)
+    return 1 << 30
+
+
 def points_per_call(problem: Problem, memory_budget: int) -> int:
     """How many points the vmap strategy stacks per call: bounded by weights and activations memory."""
     with torch.no_grad():
@@ -268,7 +294,7 @@ def choose_strategy(
     probe_coords: torch.Tensor,
     *,
     candidates: tuple[str, ...] = STRATEGIES,
-    memory_budget: int = 1 << 30,
+    budget: int | None = None,
     repeats: int = 3,
     warn: Callable[[str], None] = lambda msg: warnings.warn(msg, stacklevel=2),
 ) -> Choice:
@@ -277,12 +303,13 @@ def choose_strategy(
     The winner's values at the probe points are returned so the caller can store them.
     With one candidate nothing is timed.
     """
-    k = points_per_call(problem, memory_budget)
+    budget = memory_budget(problem.device) if budget is None else budget
+    k = points_per_call(problem, budget)
     built: dict[str, Strategy] = {}
     dropped: dict[str, str] = {}
     for name in candidates:
         try:
-            built[name] = build_strategy(name, problem, directions, points_per_call=k, memory_budget=memory_budget)
+            built[name] = build_strategy(name, problem, directions, points_per_call=k, memory_budget=budget)
         except Exception as exc:  # a model the strategy cannot run: fall back, say why
             dropped[name] = _one_line(exc)
     if not built:
@@ -295,8 +322,8 @@ def choose_strategy(
     reference: Evaluation | None = None
     for name, strat in list(built.items()):
         try:
-            strat.evaluate(probe_coords[:1])  # warm-up (vmap tracing, allocator)
-            res, timings[name] = _timed(strat, probe_coords, repeats)
+            evaluate_shrinking(strat, probe_coords[:1], warn)  # warm-up (vmap tracing, allocator)
+            res, timings[name] = _timed(strat, probe_coords, repeats, warn)
         except Exception as exc:
             dropped[name] = _one_line(exc)
             warn(f"sweep strategy {name} cannot run this model ({dropped[name]}); falling back")
@@ -323,13 +350,29 @@ def choose_strategy(
     return Choice(built[best], timings, dropped, probe_coords, results[best])
 
 
-def _timed(strat: Strategy, coords: torch.Tensor, repeats: int, budget_s: float = 0.5) -> tuple[Evaluation, float]:
+def evaluate_shrinking(strat: Strategy, coords: torch.Tensor, warn: Callable[[str], None]) -> Evaluation:
+    """`strat.evaluate`, retried with less memory after each out-of-memory error (GPU)."""
+    while True:
+        try:
+            return strat.evaluate(coords)
+        except torch.OutOfMemoryError:
+            how = strat.shrink()
+            if how is None:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            warn(f"out of memory: going on with {how}")
+
+
+def _timed(
+    strat: Strategy, coords: torch.Tensor, repeats: int, warn: Callable[[str], None], budget_s: float = 0.5
+) -> tuple[Evaluation, float]:
     """Values at `coords` and the best seconds per point over up to `repeats` runs (the minimum
     is the least disturbed by other work on the machine); stops repeating once `budget_s` is spent."""
     best, spent, res = float("inf"), 0.0, None
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
-        res = strat.evaluate(coords)
+        res = evaluate_shrinking(strat, coords, warn)
         elapsed = time.perf_counter() - start
         best, spent = min(best, elapsed), spent + elapsed
         if spent > budget_s:
@@ -339,7 +382,7 @@ def _timed(strat: Strategy, coords: torch.Tensor, repeats: int, budget_s: float 
 
 
 def _agree(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
-    tol = 1e-9 if dtype == torch.float64 else 1e-3
+    tol = {torch.float64: 1e-9, torch.float32: 1e-3}.get(dtype, 3e-2)
     both = torch.isfinite(a) & torch.isfinite(b)
     return bool(torch.equal(torch.isfinite(a), torch.isfinite(b))) and bool(
         torch.allclose(a[both], b[both], rtol=tol, atol=tol)

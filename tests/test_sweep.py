@@ -120,3 +120,41 @@ def test_cli_sweep_1d_and_line_to_other_checkpoint(cli, tmp_path):
     assert sw["loss"][0] == pytest.approx(direct_loss(start, start.theta)[0], rel=1e-9)
     assert sw["loss"][-1] == pytest.approx(direct_loss(end, end.theta)[0], rel=1e-9)
     assert np.all(np.isfinite(sw["loss"]))
+
+
+def test_out_of_memory_shrinks_and_goes_on():
+    """An OOM (as CUDA raises it) halves the points per call, then the batch size, and the values stay right."""
+    from landscape.sweep import VmapStrategy, evaluate_shrinking
+
+    problem = sample_problem("mlp", samples=120, batch_size=120)
+    dirs = random_directions(2, problem.theta, problem.layout, seed=0)
+    coords = grid_coords([torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 3)])
+
+    class Tight(VmapStrategy):
+        def evaluate(self, coords):
+            if self.k > 2 or self.batch_size > 60:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super().evaluate(coords)
+
+    strat = Tight(problem, dirs, points_per_call=16)
+    said = []
+    res = evaluate_shrinking(strat, coords, said.append)
+    assert said == ["out of memory: going on with 8 points per call", "out of memory: going on with 4 points per call",
+                    "out of memory: going on with 2 points per call", "out of memory: going on with 1 point per call",
+                    "out of memory: going on with batch size 60"]
+    for i, c in enumerate(coords):
+        assert res.loss[i].item() == pytest.approx(direct_loss(problem, problem.theta + c @ dirs)[0], rel=1e-9)
+
+
+def test_bfloat16_close_to_float32():
+    """bfloat16 sweeps (weights formed in float32): error under 2% of the loss range (measured: < 0.8%)."""
+    grid = grid_coords([torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 3)])
+    values = {}
+    for dtype in ("float32", "bfloat16"):
+        problem = sample_problem("mlp", dtype=dtype, samples=300)
+        dirs = random_directions(2, problem.theta, problem.layout, seed=0)
+        strat = build_strategy("loop", problem, dirs)
+        values[dtype] = strat.evaluate(grid).loss
+        strat.close()
+    a, b = values["float32"], values["bfloat16"]
+    assert (b - a).abs().max() < 0.02 * (a.max() - a.min())

@@ -68,7 +68,10 @@ Samples = Annotated[int | None, typer.Option(help="Use a fixed, seeded subset of
 Seed = Annotated[int, typer.Option(help="Seed of random directions and of the --samples subset.", rich_help_panel=RUN)]
 BatchSize = Annotated[int | None, typer.Option(help="Data points per forward pass (default: all, up to 4096).", rich_help_panel=RUN)]
 Device = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.", rich_help_panel=RUN)]
-Dtype = Annotated[str, typer.Option(help="float32 or float64 (float64 for checks against exact values).", rich_help_panel=RUN)]
+Dtype = Annotated[
+    str,
+    typer.Option(help="float32, float64 (for checks against exact values) or bfloat16 (sweeps on GPUs: the model runs in bfloat16, weights are formed in float32).", rich_help_panel=RUN),
+]
 UnsafePickle = Annotated[
     bool,
     typer.Option("--unsafe-pickle", help="Allow torch.load to unpickle arbitrary objects. Only for files you trust: unpickling can run code.", rich_help_panel=LOAD),
