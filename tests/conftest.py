@@ -36,9 +36,9 @@ def cli(capsys):
     return run
 
 
-def sample_problem(name: str, dtype: str = "float64", samples: int | None = None, **kw) -> Problem:
-    """A bundled sample as a Problem on the CPU (float64 by default, for exact comparisons)."""
-    problem, _ = load_problem(LoadSpec(sample=name, dtype=dtype, device="cpu", samples=samples, **kw))
+def sample_problem(name: str, dtype: str = "float64", samples: int | None = None, device: str = "cpu", **kw) -> Problem:
+    """A bundled sample as a Problem (on the CPU, float64 by default, for exact comparisons)."""
+    problem, _ = load_problem(LoadSpec(sample=name, dtype=dtype, device=device, samples=samples, **kw))
     return problem
 
 

@@ -78,7 +78,9 @@ def sweep(
     strategy: Annotated[
         str, typer.Option(help="auto (time each on the first points, keep the fastest), loop, vmap or firstlayer.", rich_help_panel=RUN)
     ] = "auto",
-    resume: Annotated[bool, typer.Option("--resume", help="Finish a killed run in OUTPUT (same settings required).", rich_help_panel=RUN)] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Finish a killed run in OUTPUT (same settings required); starts it if OUTPUT is missing.", rich_help_panel=RUN)
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)] = False,
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,
@@ -101,8 +103,10 @@ def sweep(
     world = init_world(device)
     if world.main and output.exists() and not resume and not force:
         raise LandscapeError(f"{output} exists: pass --resume to finish it or --force to overwrite it")
-    if resume and not output.exists():
-        raise LandscapeError(f"--resume: {output} does not exist")
+    if resume and not output.exists():  # so a requeued batch job can always pass --resume
+        if world.main:
+            say(f"--resume: no {output} yet, starting it")
+        resume = False
     x_grid = parse_range(x or ("-0.5:1.5:41" if to else "-1:1:51"), "--x")
     y_grid = parse_range(y, "--y") if y else None
     spec = load_spec(

@@ -1,0 +1,27 @@
+"""The CUDA path (runs only where a GPU is present): the batched strategy on the device equals the CPU loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import sample_problem
+from landscape.directions import random_directions
+from landscape.sweep import build_strategy, grid_coords
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "transformer", "linreg"])
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_cuda_matches_cpu(name, strategy):
+    cpu = sample_problem(name, samples=256)
+    gpu = sample_problem(name, samples=256, device="cuda")
+    dirs = random_directions(2, cpu.theta, cpu.layout, seed=0)
+    coords = grid_coords([torch.linspace(-1, 1, 3), torch.linspace(-0.5, 0.5, 2)])
+    ref = build_strategy("loop", cpu, dirs).evaluate(coords)
+    strat = build_strategy(strategy, gpu, dirs, points_per_call=4)
+    got = strat.evaluate(coords)
+    strat.close()
+    torch.testing.assert_close(got.loss, ref.loss, rtol=1e-6, atol=1e-9)
+    assert gpu.x.device.type == "cuda" and next(gpu.model.parameters()).device.type == "cuda"
