@@ -63,6 +63,13 @@ def axis_label(sweep: dict[str, Any], name: str) -> str:
     return str(attrs.get("label") or name)
 
 
+def short_label(label: str) -> str:
+    """A label fit for a figure: 'toward /long/path/ckpt.pt' becomes 'toward ckpt.pt' (the report keeps the path)."""
+    if label.startswith("toward ") and ("/" in label or "\\" in label):
+        return "toward " + Path(label[len("toward "):]).name
+    return label
+
+
 def make_view(sweep: dict[str, Any], metric: str = "loss", path: str | Path | None = None) -> View:
     """Lay out one metric of a sweep (from `read_sweep`) for drawing; points not done are NaN."""
     if metric not in METRICS:
@@ -86,7 +93,7 @@ def make_view(sweep: dict[str, Any], metric: str = "loss", path: str | Path | No
     values = np.where(done & np.isfinite(values), values, np.nan)
     if values.shape != tuple(len(c) for c in coords):
         raise LandscapeError(f"{where}grid shape {values.shape} does not match the coordinates {[len(c) for c in coords]}")
-    labels = [axis_label(sweep, n) for n in names]
+    labels = [short_label(axis_label(sweep, n)) for n in names]
     marks: list[tuple[tuple[float, ...], str]] = []
     if all(c.min() <= 0.0 <= c.max() for c in coords):
         marks.append((tuple(0.0 for _ in coords), "checkpoint"))
@@ -180,8 +187,16 @@ def contour_levels(scale: Scale, levels: int | None = None, metric: str = "loss"
     """
     lo, hi = scale.vmin, scale.vmax
     if scale.log:
-        n = levels or 15
-        return np.geomspace(lo, hi, n + 2)[1:-1] if n > 0 else np.geomspace(lo, hi, 15)
+        if levels:
+            return np.geomspace(lo, hi, levels + 2)[1:-1]
+        # round numbers on a log scale: 1-2-5 in every decade, or 1..9 when the range is narrow
+        decades = np.arange(np.floor(np.log10(lo)), np.ceil(np.log10(hi)) + 1)
+        for mantissas in ((1.0, 2.0, 5.0), tuple(float(m) for m in range(1, 10))):
+            lv = np.array([m * 10.0**d for d in decades for m in mantissas])
+            lv = lv[(lv > lo) & (lv < hi)]
+            if lv.size >= 5:
+                return lv
+        return np.geomspace(lo, hi, 12)[1:-1]
     if li and levels is None and metric == "loss":
         li = LI_LEVELS[(LI_LEVELS >= lo) & (LI_LEVELS <= hi)]
         if li.size >= 5:
@@ -189,7 +204,7 @@ def contour_levels(scale: Scale, levels: int | None = None, metric: str = "loss"
     from matplotlib.ticker import MaxNLocator
 
     n = levels or 15
-    ticks = MaxNLocator(nbins=n, min_n_ticks=min(n, 3)).tick_values(lo, hi)
+    ticks = MaxNLocator(nbins=n + 1, min_n_ticks=min(n, 3)).tick_values(lo, hi)
     ticks = ticks[(ticks > lo) & (ticks < hi)]
     return ticks if ticks.size else np.linspace(lo, hi, n + 2)[1:-1]
 

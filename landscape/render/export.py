@@ -116,5 +116,5 @@ def export_vtk(sweep: dict[str, Any], path: str | Path, vmax: float | None = Non
     if suffix == ".vtu":
         mesh.write(path, file_format="vtu", binary=True)
     else:
-        mesh.write(path, file_format="vtk", binary=False)
+        mesh.write(path, file_format="vtk", binary=True)
     return path

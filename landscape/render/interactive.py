@@ -12,6 +12,7 @@ label's `<script>`.
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,8 @@ def _limits(scale: Scale) -> tuple[float, float]:
 
 
 def _contour_spec(scale: Scale, levels: int | None, metric: str, kind: str) -> dict[str, Any]:
-    if scale.log:
-        lv = np.log10(contour_levels(scale, levels, metric))
+    if scale.log:  # plotly's levels are evenly spaced: evenly in log10 here
+        lv = np.log10(contour_levels(scale, levels or 12, metric))
     else:
         lv = contour_levels(scale, levels if kind == "contour" else (levels or 20), metric, li=kind == "contour")
     size = float(lv[1] - lv[0]) if len(lv) > 1 else 1.0
@@ -149,18 +150,26 @@ def _marks_3d(view: View, scale: Scale) -> list[go.Scatter3d]:
     return out
 
 
-def _axes_2d(fig: go.Figure, view: View, row: int | None = None, col: int | None = None) -> None:
+def _range(c: np.ndarray, kind: str) -> list[float]:
+    """Axis range: the grid's extent; a heatmap's cells are centred on the points, so half a cell more."""
+    half = abs(float(c[1] - c[0])) / 2 if kind == "heatmap" and len(c) > 1 else 0.0
+    return [float(c.min()) - half, float(c.max()) + half]
+
+
+def _axes_2d(fig: go.Figure, view: View, kind: str = "contour", row: int | None = None, col: int | None = None) -> None:
     kw = {"row": row, "col": col} if row else {}
-    fig.update_xaxes(title_text=esc(view.labels[0]), range=[float(view.coords[0].min()), float(view.coords[0].max())], **kw)
-    fig.update_yaxes(title_text=esc(view.labels[1]), range=[float(view.coords[1].min()), float(view.coords[1].max())], **kw)
+    fig.update_xaxes(title_text=esc(view.labels[0]), range=_range(view.coords[0], kind), **kw)
+    fig.update_yaxes(title_text=esc(view.labels[1]), range=_range(view.coords[1], kind), **kw)
 
 
 def _scene(view: View, label: str) -> dict[str, Any]:
+    small = {"size": 11}
     return {
-        "xaxis": {"title": {"text": esc(view.labels[0])}},
-        "yaxis": {"title": {"text": esc(view.labels[1])}},
-        "zaxis": {"title": {"text": esc(label)}},
+        "xaxis": {"title": {"text": esc(view.labels[0]), "font": small}},
+        "yaxis": {"title": {"text": esc(view.labels[1]), "font": small}},
+        "zaxis": {"title": {"text": esc(label), "font": small}},
         "aspectmode": "manual", "aspectratio": {"x": 1, "y": 1, "z": 0.7},
+        "camera": {"eye": {"x": 1.25, "y": -1.25, "z": 0.85}},
     }
 
 
@@ -189,8 +198,13 @@ def figure_2d(view: View, kind: str, scale: Scale, levels: int | None = None, ti
         return _layout(fig, title or view.name, height=620, note=_nan_note([view]))
     for t in _marks_2d(view):
         fig.add_trace(t)
-    _axes_2d(fig, view)
+    _axes_2d(fig, view, kind)
     return _layout(fig, title or view.name, note=_nan_note([view]))
+
+
+def _mode(ys: np.ndarray) -> str:
+    """Lines, plus small markers when NaN gaps could leave a point with no neighbour (else invisible)."""
+    return "lines+markers" if np.isnan(ys).any() else "lines"
 
 
 def figure_line(view: View, scale: Scale | None = None, title: str | None = None) -> go.Figure:
@@ -205,16 +219,17 @@ def figure_line(view: View, scale: Scale | None = None, title: str | None = None
             accs = [view.accuracy[:, j], view.accuracy[i, :]]
     fig = make_subplots(rows=1, cols=len(curves), specs=[[{"secondary_y": True}] * len(curves)])
     for n, ((xs, ys, label), acc) in enumerate(zip(curves, accs)):
-        fig.add_trace(go.Scatter(x=xs.tolist(), y=_nulls(ys), mode="lines", name=esc(view.unit_label),
+        fig.add_trace(go.Scatter(x=xs.tolist(), y=_nulls(ys), mode=_mode(ys), name=esc(view.unit_label),
                                  line={"color": "#1f77b4", "width": 2.5}, connectgaps=False, showlegend=n == 0,
                                  hovertemplate=f"x: %{{x:.4g}}<br>{esc(view.metric)}: %{{y:.5g}}<extra></extra>"),
                       row=1, col=n + 1, secondary_y=False)
         if acc is not None:
-            fig.add_trace(go.Scatter(x=xs.tolist(), y=_nulls(acc), mode="lines", name="accuracy (%)",
+            fig.add_trace(go.Scatter(x=xs.tolist(), y=_nulls(acc), mode=_mode(acc), name="accuracy (%)",
                                      line={"color": "#d62728", "width": 1.8, "dash": "dashdot"}, connectgaps=False,
                                      showlegend=n == 0, hovertemplate="x: %{x:.4g}<br>accuracy: %{y:.4g}%<extra></extra>"),
                           row=1, col=n + 1, secondary_y=True)
-            fig.update_yaxes(title_text="accuracy (%)", row=1, col=n + 1, secondary_y=True, showgrid=False)
+            fig.update_yaxes(title_text="accuracy (%)", row=1, col=n + 1, secondary_y=True, showgrid=False,
+                             tickmode="auto", color="#d62728")
         for k, (pos, text) in enumerate(view.marks):
             i = int(np.argmin(np.abs(xs - pos[0])))
             if np.isfinite(ys[i]):
@@ -280,7 +295,7 @@ def compare_figure(
         fig = go.Figure()
         for v in views:
             xs, ys, _ = slices(v)[0]
-            fig.add_trace(go.Scatter(x=xs.tolist(), y=_nulls(ys), mode="lines", name=esc(v.name), connectgaps=False,
+            fig.add_trace(go.Scatter(x=xs.tolist(), y=_nulls(ys), mode=_mode(ys), name=esc(v.name), connectgaps=False,
                                      hovertemplate=f"x: %{{x:.4g}}<br>{esc(v.metric)}: %{{y:.5g}}<extra>{esc(v.name)}</extra>"))
         fig.update_xaxes(title_text=esc(views[0].labels[0]))
         fig.update_yaxes(title_text=esc(views[0].unit_label), type="log" if scale.log else None)
@@ -293,11 +308,11 @@ def compare_figure(
     rows = (n + cols - 1) // cols
     typ = "scene" if kind == "surface" else "xy"
     fig = make_subplots(rows=rows, cols=cols, specs=[[{"type": typ}] * cols for _ in range(rows)],
-                        subplot_titles=[esc(v.name) for v in views], horizontal_spacing=0.08, vertical_spacing=0.12)
+                        subplot_titles=[esc(v.name) for v in views], horizontal_spacing=0.13, vertical_spacing=0.14)
     lo, hi = _limits(scale)
     label = _transform(views[0], scale)[1]
-    xr = [min(float(v.coords[0].min()) for v in views), max(float(v.coords[0].max()) for v in views)]
-    yr = [min(float(v.coords[1].min()) for v in views), max(float(v.coords[1].max()) for v in views)]
+    xr = [min(_range(v.coords[0], kind)[0] for v in views), max(_range(v.coords[0], kind)[1] for v in views)]
+    yr = [min(_range(v.coords[1], kind)[0] for v in views), max(_range(v.coords[1], kind)[1] for v in views)]
     for k, v in enumerate(views):
         r, c = k // cols + 1, k % cols + 1
         fig.add_trace(trace_2d(v, kind, scale, levels, coloraxis="coloraxis"), row=r, col=c)
@@ -338,11 +353,11 @@ def figure_div(fig: go.Figure, div_id: str) -> str:
     import plotly.io as pio
 
     # plotly's JSON writer escapes '<' as \\u003c, so no string in a figure can close the <script>
-    data = pio.to_json(fig, validate=False, remove_uids=True, engine="json")
+    data = pio.to_json(fig, validate=False, remove_uids=True, engine="json").replace("<", "\\u003c")
     return (
         f'<div class="figure" id="{esc(div_id)}"></div>\n'
         f'<script type="text/javascript">(function() {{ var f = {data}; '
-        f'Plotly.newPlot("{esc(div_id)}", f.data, f.layout, {pio.to_json(CONFIG, engine="json")}); }})();</script>'
+        f'Plotly.newPlot("{esc(div_id)}", f.data, f.layout, {json.dumps(CONFIG)}); }})();</script>'
     )
 
 

@@ -110,9 +110,11 @@ def group_rows(path: str | Path, group: str) -> list[tuple[str, str]]:
             if isinstance(obj, h5py.Group):
                 attrs(f"{name}/", obj)
                 return
+            if name.split("/")[-1] == "layout":  # the tensor table that unflattens vectors: structure, not numbers
+                return
             if obj.dtype.kind in "fiub" and obj.size <= MAX_VALUES:
                 rows.append((name, _short(_plain(obj[()]))))
-            elif obj.dtype.kind in "fiu" and obj.size > 0 and obj.ndim <= 2 and obj.size <= 10_000_000:
+            elif obj.dtype.kind in "fiu" and 0 < obj.size <= 1_000_000:
                 data = np.asarray(obj[()], dtype=np.float64)
                 fin = data[np.isfinite(data)]
                 rng = f", range {fin.min():.6g} .. {fin.max():.6g}" if fin.size else ""
@@ -217,8 +219,10 @@ def _sweep_section(path: Path, sweep: dict[str, Any], ids: _Ids) -> str:
 
 
 def _curvature_figures(path: Path, ids: _Ids) -> str:
-    """Spectrum figures drawn by landscape.render.spectrum, when that part is installed and the file has one."""
-    out = []
+    """Spectrum figures drawn by landscape.render.spectrum, for what the file holds (top eigenvalues, density).
+
+    A report never fails because one figure cannot be drawn: the reason is shown in its place.
+    """
     try:
         from landscape.io.curvature import read_curvature
         from landscape.render.spectrum import spectrum_plotly
@@ -226,12 +230,18 @@ def _curvature_figures(path: Path, ids: _Ids) -> str:
         return ""
     try:
         curv = read_curvature(path)
-    except LandscapeError as exc:
+    except Exception as exc:  # noqa: BLE001 - an unreadable group costs its figures, not the report
         return f'<p class="note">curvature figures unavailable: {esc(exc)}</p>'
-    for kind in ("eigenvalues", "density"):
+    out = []
+    wanted = []
+    if curv.get("eigenvalues") is not None:
+        wanted.append("eigenvalues")
+    if curv.get("lanczos") is not None or curv.get("density") is not None:
+        wanted.append("density")
+    for kind in wanted:
         try:
             fig = spectrum_plotly(curv, kind, None)
-        except (LandscapeError, KeyError, ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001
             out.append(f'<p class="note">{esc(kind)} figure unavailable: {esc(exc)}</p>')
             continue
         if fig is not None:

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
 from landscape.errors import LandscapeError  # noqa: E402
 from landscape.render.common import (  # noqa: E402
@@ -51,7 +51,8 @@ STYLE = {
     "svg.hashsalt": "landscape",
 }
 PANEL = (4.6, 3.8)  # inches per panel
-LEGEND_ABOVE = {"loc": "lower center", "bbox_to_anchor": (0.5, 1.0), "ncol": 3, "frameon": False, "borderaxespad": 0.2}
+LEGEND_ABOVE = {"loc": "lower center", "bbox_to_anchor": (0.5, 1.0), "ncol": 4, "frameon": False, "borderaxespad": 0.2,
+                "handlelength": 1.6, "columnspacing": 1.0}
 
 
 def _wrap(label: str, width: int = 48) -> str:
@@ -76,14 +77,19 @@ def _mark_2d(ax: Any, view: View) -> None:
             ax.plot(*pos, marker="o", color="white", ms=7, mec="black", mew=1.0, ls="none", label=text, zorder=5)
 
 
-def _gaps(ax: Any, view: View) -> None:
-    """Hatch the background so points with no value read as gaps, not as a colour."""
+def _half_cells(c: np.ndarray) -> float:
+    return abs(float(c[1] - c[0])) / 2 if len(c) > 1 else 0.5
+
+
+def _gaps(ax: Any, view: View, cells: bool = False) -> None:
+    """Hatch the background so points with no value read as gaps, not as a colour (`cells`: heatmap extent)."""
     if not np.isnan(view.values).any():
         return
     xs, ys = view.coords
+    dx, dy = (_half_cells(xs), _half_cells(ys)) if cells else (0.0, 0.0)
     ax.add_patch(
-        Rectangle((xs.min(), ys.min()), np.ptp(xs), np.ptp(ys), facecolor="0.93", edgecolor="0.6",
-                  hatch="////", lw=0, zorder=-1)
+        Rectangle((xs.min() - dx, ys.min() - dy), np.ptp(xs) + 2 * dx, np.ptp(ys) + 2 * dy, facecolor="0.93",
+                  edgecolor="0.6", hatch="////", lw=0, zorder=-1)
     )
     ax.legend_handles_extra = [Patch(facecolor="0.93", edgecolor="0.6", hatch="////", label="no value (NaN)")]
 
@@ -136,15 +142,13 @@ def draw_filled(ax: Any, view: View, scale: Scale, levels: np.ndarray) -> Any:
 def draw_heatmap(ax: Any, view: View, scale: Scale) -> Any:
     """One cell per grid point, centred on it (clipped to the scale); NaN cells left empty."""
     z = _grid(view, scale.clip(view.values))
-    _gaps(ax, view)
+    _gaps(ax, view, cells=True)
     mesh = ax.pcolormesh(view.coords[0], view.coords[1], z, shading="nearest", cmap=CMAP, norm=_norm(scale))
     _mark_2d(ax, view)
     _labels_2d(ax, view)
     xs, ys = view.coords
-    dx = (xs[1] - xs[0]) / 2 if len(xs) > 1 else 0.5
-    dy = (ys[1] - ys[0]) / 2 if len(ys) > 1 else 0.5
-    ax.set_xlim(xs.min() - abs(dx), xs.max() + abs(dx))
-    ax.set_ylim(ys.min() - abs(dy), ys.max() + abs(dy))
+    ax.set_xlim(xs.min() - _half_cells(xs), xs.max() + _half_cells(xs))
+    ax.set_ylim(ys.min() - _half_cells(ys), ys.max() + _half_cells(ys))
     _legend(ax)
     return mesh
 
@@ -184,7 +188,8 @@ def draw_line(ax: Any, view: View, curve: tuple[np.ndarray, np.ndarray, str], sc
               accuracy: np.ndarray | None = None, label: str | None = None, color: str = "tab:blue") -> Any:
     """A loss (or accuracy) curve; NaN breaks the line; the checkpoint marked; accuracy on a twin axis."""
     xs, ys, xlabel = curve
-    (line,) = ax.plot(xs, ys, color=color, lw=1.8, label=label or view.unit_label)
+    gaps = bool(np.isnan(ys).any())  # a point between two gaps would be invisible without a marker
+    (line,) = ax.plot(xs, ys, color=color, lw=1.8, marker="o" if gaps else None, ms=2.5, label=label or view.unit_label)
     if scale is not None:
         if scale.log:
             ax.set_yscale("log")
@@ -202,7 +207,8 @@ def draw_line(ax: Any, view: View, curve: tuple[np.ndarray, np.ndarray, str], sc
                     mec="black", ms=11 if k == 0 else 7, ls="none", label=text if label is None else None, zorder=5)
     if accuracy is not None and np.isfinite(accuracy).any():
         ax2 = ax.twinx()
-        ax2.plot(xs, accuracy, color="tab:red", lw=1.3, ls="-.", label="accuracy (%)")
+        ax2.plot(xs, accuracy, color="tab:red", lw=1.3, ls="-.", marker="o" if np.isnan(accuracy).any() else None,
+                 ms=2, label="accuracy (%)")
         ax2.set_ylabel("accuracy (%)", color="tab:red")
         ax2.tick_params(axis="y", colors="tab:red")
         ax.yaxis.label.set_color(color)
@@ -226,7 +232,13 @@ def _line_curves(view: View) -> list[tuple[tuple[np.ndarray, np.ndarray, str], n
 
 def _colorbar(fig: Figure, mappable: Any, axes: Any, view: View, scale: Scale) -> None:
     cb = fig.colorbar(mappable, ax=axes, extend=scale.extend, shrink=0.9, pad=0.03)
-    if not scale.log:
+    if scale.log:  # round 1-2-5 ticks, plain numbers, no minor-tick clutter
+        ticks = contour_levels(scale)
+        if len(ticks) > 9:
+            ticks = ticks[np.isclose(np.log10(ticks) % 1, 0) | np.isclose(np.log10(ticks) % 1, 1)]  # decades only
+        cb.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
+        cb.ax.yaxis.set_minor_locator(NullLocator())
+    else:
         cb.ax.yaxis.set_major_locator(MaxNLocator(8))
         cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     cb.set_label(view.unit_label + (" (clipped)" if scale.clipped_high or scale.clipped_low else ""))
@@ -278,7 +290,8 @@ def plot_figure(
     with plt.rc_context(STYLE):
         if view.dims == 1 or kind == "line":
             curves = _line_curves(view)
-            fig, axs = plt.subplots(1, len(curves), figsize=(PANEL[0] * len(curves), PANEL[1]), squeeze=False)
+            fig, axs = plt.subplots(1, len(curves), figsize=(PANEL[0] * len(curves), PANEL[1]), squeeze=False,
+                                    layout="constrained")
             for ax, (curve, acc) in zip(axs[0], curves):
                 draw_line(ax, view, curve, scale, acc)
             fig.suptitle(title)
