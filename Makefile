@@ -24,6 +24,9 @@ demo: $(STAMP)
 	@echo "Results in landscape-out/: mlp-surface.h5 mlp-surface.png mlp-line.h5 mlp-line.png"
 	@echo "Inspect one with: $(BIN)/landscape info landscape-out/mlp-surface.h5"
 
+gallery: $(STAMP)
+	$(BIN)/python plots/make_gallery.py
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 

@@ -117,6 +117,12 @@ def plot(
     if kind in SPECTRUM_KINDS or (kind is None and _has_group(path, "hessian") and not _has_group(path, "sweep")):
         _plot_spectrum(path, kind or "density", sigma, output, suffix, plotlyjs, title)
         return
+    if kind is None and suffix != ".html":
+        from landscape.render import analysis
+
+        if analysis.analysis_kind(path) in analysis.FIGURES:  # roughness, path, plane, trajectory, track
+            _wrote(analysis.draw(path, output))
+            return
     from landscape.io.results import read_sweep
     from landscape.render.common import make_view
 
