@@ -38,6 +38,8 @@ class AxesSpec:
     ignore: str = "biasbn"
     seed: int = 0
     to: str | None = None  # path of the second checkpoint: x runs from this checkpoint (0) to it (1)
+    axes: str = "random"  # random, or hessian: top Hessian eigenvectors (unit vectors) instead of random directions
+    axes_from: str | None = None  # a `landscape hessian` results file whose stored eigenvectors are the axes
 
 
 def make_axes(
@@ -45,18 +47,15 @@ def make_axes(
 ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """Directions [dims, P] (float64, CPU) and one attribute dict per axis for the results file."""
     randoms = spec.dims - (1 if other_theta is not None else 0)
-    dirs = random_directions(randoms, problem.theta, problem.layout, seed=spec.seed, norm=spec.norm, ignore=spec.ignore)
-    attrs = [
-        {
-            "kind": "random",
-            "normalization": spec.norm,
-            "ignore": spec.ignore,
-            "seed": spec.seed,
-            "source": f"gaussian direction {i + 1} of seed {spec.seed}",
-            "label": f"{'filter-normalized' if spec.norm == 'filter' else spec.norm + '-normalized' if spec.norm != 'none' else 'unnormalized'} random direction {i + 1}",
-        }
-        for i in range(randoms)
-    ]
+    if (spec.axes == "hessian" or spec.axes_from) and randoms > 0:
+        from landscape.hessian.axes import axes_from_curvature, hessian_axes
+
+        if spec.axes_from:
+            dirs, attrs = axes_from_curvature(spec.axes_from, problem, randoms)
+        else:
+            dirs, attrs = hessian_axes(problem, randoms, seed=spec.seed)
+    else:
+        dirs, attrs = _random_axes(problem, spec, randoms)
     if other_theta is not None:
         line = line_to(problem.theta, other_theta)
         dirs = torch.cat([line[None], dirs])
@@ -73,6 +72,23 @@ def make_axes(
         )
     if spec.dims == 2:
         attrs[0]["cosine_with_y"] = attrs[1]["cosine_with_x"] = cosine(dirs[0], dirs[1])
+    return dirs, attrs
+
+
+def _random_axes(problem: Problem, spec: AxesSpec, randoms: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Normalized Gaussian directions (Li et al. 2018) and their attributes."""
+    dirs = random_directions(randoms, problem.theta, problem.layout, seed=spec.seed, norm=spec.norm, ignore=spec.ignore)
+    attrs = [
+        {
+            "kind": "random",
+            "normalization": spec.norm,
+            "ignore": spec.ignore,
+            "seed": spec.seed,
+            "source": f"gaussian direction {i + 1} of seed {spec.seed}",
+            "label": f"{'filter-normalized' if spec.norm == 'filter' else spec.norm + '-normalized' if spec.norm != 'none' else 'unnormalized'} random direction {i + 1}",
+        }
+        for i in range(randoms)
+    ]
     return dirs, attrs
 
 

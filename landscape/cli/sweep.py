@@ -70,6 +70,12 @@ def sweep(
         str | None,
         typer.Option(help="Second checkpoint: x becomes the straight line from --checkpoint (0) to it (1).", rich_help_panel=AXES),
     ] = None,
+    axes: Annotated[
+        str, typer.Option(help="random (normalized Gaussian), or hessian: the top Hessian eigenvectors (unit vectors).", rich_help_panel=AXES)
+    ] = "random",
+    axes_from: Annotated[
+        str | None, typer.Option(help="Take the axes from the eigenvectors stored by `landscape hessian` in this file.", rich_help_panel=AXES)
+    ] = None,
     seed: Seed = 0,
     samples: Samples = None,
     batch_size: BatchSize = None,
@@ -116,7 +122,11 @@ def sweep(
     tell = say if world.main else _quiet
     problem, prov = load_problem(spec, tell)
     other = load_other_theta(to, problem, unsafe_pickle, tell) if to else None
-    axes_spec = AxesSpec(dims=1 if y_grid is None else 2, norm=norm, ignore=ignore, seed=seed, to=to)
+    if axes not in ("random", "hessian"):
+        raise LandscapeError(f"--axes {axes!r}: expected random or hessian")
+    if axes_from and not Path(axes_from).is_file():
+        raise LandscapeError(f"--axes-from {axes_from}: file not found")
+    axes_spec = AxesSpec(dims=1 if y_grid is None else 2, norm=norm, ignore=ignore, seed=seed, to=to, axes=axes, axes_from=axes_from)
     grids = [x_grid] if y_grid is None else [x_grid, y_grid]
     names = AXIS_NAMES[: len(grids)]
     settings = {
@@ -124,6 +134,7 @@ def sweep(
         "data": "" if prov["data_sha256"] else prov["data"], "samples": prov["samples"], "loss": prov["loss"],
         "dtype": dtype, "norm": norm, "ignore": ignore, "seed": seed, "to_sha256": sha256_file(to) if to else "",
         "coords": {n: g.tolist() for n, g in zip(names, grids)},
+        **({"axes": axes, "axes_from_sha256": sha256_file(axes_from) if axes_from else ""} if axes != "random" or axes_from else {}),
     }
     tell(
         f"{prov['parameters']:,} parameters, {problem.n:,} samples, loss {prov['loss']}, "

@@ -251,7 +251,7 @@ class CurvatureOperator:
         return total.to(torch.float64)
 
     def _choose(self, candidates: Sequence[str], check: bool) -> str:
-        """Time each candidate on one random vector (twice: warm-up, then timed); keep the fastest.
+        """Time each candidate on one random vector (a warm-up, then one timed product); keep the fastest.
 
         Every candidate's products of the same vector must agree (and, for methods that redo the
         forward pass, the two repeats too): otherwise the loss is not a deterministic function of
@@ -259,15 +259,12 @@ class CurvatureOperator:
         """
         gen = torch.Generator().manual_seed(12345)
         v = torch.randn(1, self.size, generator=gen, dtype=torch.float64).to(self.device)
-        self.gradient()
-        first_gradient = self.gradient_seconds or math.inf
-        self.gradient()  # second call: warm timing; keep the faster (other processes share the cores)
-        self.gradient_seconds = min(first_gradient, self.gradient_seconds or math.inf)
+        self.gradient()  # timed once, for the product-to-gradient ratio
         results: dict[str, torch.Tensor] = {}
         tol = _agree_tol(self.dtype)
         for name in candidates:
             try:
-                first = self._apply(name, v)
+                first = self._apply(name, v)  # warm-up (and, for the cached method, building its graph)
                 t0 = time.perf_counter()
                 second = self._apply(name, v)
                 self.timings[name] = time.perf_counter() - t0

@@ -1,0 +1,189 @@
+"""Curvature: landscape against PyHessian (its defaults) on the sample models, against exact values.
+
+    .venv/bin/pip install -e '.[bench]'        # pyhessian==0.1
+    .venv/bin/python benchmarks/hessian.py [--samples mlp cnn linreg] [--threads 1]
+
+For each sample (float32 products, the CLI default; exact values from the full float64 Hessian
+assembled column by column from exact products, then eigh):
+  top-5   HVPs, wall time (operator setup included) and max relative error of the 5 eigenvalues;
+  trace   HVPs, relative error (PyHessian: Hutchinson, up to 100 probes, tol 1e-3; landscape: Hutch++);
+  density HVPs and L1 distance to the exactly smoothed spectrum (same sigma and grid for both;
+          PyHessian: SLQ, 1 probe x 100 steps; landscape: 10 probes x 80 steps), and the lowest node;
+  and the HVP-to-gradient time ratio of the method landscape chose.
+PyHessian 0.1 needs cuda=False on the CPU and calls torch.eig (removed from torch); this process
+patches torch.eig with an eigh-based stand-in so its density() runs. Timings on a shared machine are
+noisy: read the ratios, not the absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from landscape.hessian import CurvatureOperator, density_from_lanczos, hutchpp, lanczos, slq
+from landscape.hessian.density import exact_density, gaussian_mixture, l1_distance
+from landscape.load import LoadSpec, load_problem
+
+
+def _torch_eig(T, eigenvectors=True):  # what PyHessian's density() expects from the removed torch.eig
+    w, V = torch.linalg.eigh(T)
+    return torch.stack([w, torch.zeros_like(w)], dim=1), V
+
+
+torch.eig = _torch_eig  # type: ignore[attr-defined]
+
+
+def exact_spectrum(name: str, samples: int | None) -> np.ndarray:
+    """Eigenvalues (ascending) of the exact float64 Hessian, assembled from products with unit vectors."""
+    p, _ = load_problem(LoadSpec(sample=name, dtype="float64", device="cpu", samples=samples))
+    op = CurvatureOperator(p, check=False)
+    n = op.size
+    H = torch.empty(n, n, dtype=torch.float64)
+    for s in range(0, n, 64):
+        E = torch.zeros(min(64, n - s), n, dtype=torch.float64)
+        E[torch.arange(E.shape[0]), torch.arange(s, s + E.shape[0])] = 1.0
+        H[s : s + E.shape[0]] = op.matmat(E)
+    assert float((H - H.T).abs().max()) <= 1e-8 * float(H.abs().max())
+    return torch.linalg.eigvalsh(0.5 * (H + H.T)).numpy()
+
+
+def pyhessian_run(problem) -> dict:
+    """PyHessian with its defaults on the same model (float32) and data, counting its products."""
+    import pyhessian  # noqa: F401  (its __init__ shadows the submodule name with the class)
+
+    ph = sys.modules["pyhessian.hessian"]
+
+    count = {"n": 0}
+    real = ph.hessian_vector_product
+
+    def counted(gradsH, params, v):
+        count["n"] += 1
+        return real(gradsH, params, v)
+
+    ph.hessian_vector_product = counted
+    model = copy.deepcopy(problem.model)
+    for q in model.parameters():
+        q.requires_grad_(True)
+    out: dict = {}
+    t0 = time.perf_counter()
+    h = ph.hessian(model, problem.loss_fn, data=(problem.x, problem.y), cuda=False)
+    setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    eigs, _ = h.eigenvalues(top_n=5)
+    out["top5"] = (np.sort(np.asarray(eigs))[::-1], count["n"], setup + time.perf_counter() - t0)
+    count["n"] = 0
+    t0 = time.perf_counter()
+    tr = h.trace()
+    out["trace"] = (float(np.mean(tr)), count["n"], time.perf_counter() - t0)
+    count["n"] = 0
+    t0 = time.perf_counter()
+    nodes, weights = h.density()
+    out["density"] = ([np.asarray(x, dtype=np.float64) for x in nodes], [np.asarray(w, dtype=np.float64) for w in weights],
+                      count["n"], time.perf_counter() - t0)
+    ph.hessian_vector_product = real
+    return out
+
+
+def ours_run(problem) -> dict:
+    out: dict = {}
+    t0 = time.perf_counter()
+    op = CurvatureOperator(problem)
+    setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    r = lanczos(op.matmat, op.size, k=5, tol=1e-4, precision=float(torch.finfo(problem.dtype).eps))
+    out["top5"] = (r.eigenvalues, r.matvecs, setup + time.perf_counter() - t0, op.setup_matvecs, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    est = hutchpp(op.matmat, op.size, matvecs=60, seed=1)
+    out["trace"] = (est.value, est.matvecs, time.perf_counter() - t0, est.std_error)
+    t0 = time.perf_counter()
+    runs = slq(op.matmat, op.size, probes=10, steps=80)
+    out["density"] = (runs, runs.matvecs, time.perf_counter() - t0)
+    # HVP-to-gradient ratio: medians of repeated timings of the chosen method and of a gradient
+    v = torch.randn(1, op.size, dtype=torch.float64)
+    hv, gr = [], []
+    for _ in range(7):
+        t = time.perf_counter(); op.matmat(v); hv.append(time.perf_counter() - t)  # noqa: E702
+        t = time.perf_counter(); op.gradient(); gr.append(time.perf_counter() - t)  # noqa: E702
+    out["ratio"] = statistics.median(hv) / statistics.median(gr)
+    out["method"] = op.method
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", nargs="+", default=["mlp", "cnn", "linreg"])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both tools (default 1: 2 shared cores)")
+    ap.add_argument("--subset", nargs="*", default=["cnn=256"],
+                    help="NAME=N: use a seeded subset of N samples for that model (default cnn=256: its exact "
+                         "float64 Hessian takes 1946 products of ~0.4 s each on the full set)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    subset = {k: int(v) for k, v in (a.split("=") for a in args.subset)}
+    for name in args.samples:
+        n = subset.get(name)
+        t0 = time.perf_counter()
+        ev = exact_spectrum(name, n)
+        print(f"{name}: exact spectrum in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        top = ev[::-1][:5]
+        problem, _ = load_problem(LoadSpec(sample=name, dtype="float32", device="cpu", samples=n))
+        ph = pyhessian_run(problem)
+        print(f"{name}: pyhessian done", file=sys.stderr)
+        us = ours_run(problem)
+        print(f"{name}: landscape done", file=sys.stderr)
+        # top-5
+        ph_err = float(np.max(np.abs(ph["top5"][0][:5] - top) / np.abs(top)))
+        us_err = float(np.max(np.abs(us["top5"][0][:5] - top) / np.abs(top)))
+        # trace
+        ex_tr = float(ev.sum())
+        # density on one grid and sigma for all
+        runs = us["density"][0]
+        d_us = density_from_lanczos(runs.alpha, runs.beta)
+        sigma = 2e-3 * float(ev.max() - ev.min())
+        all_nodes = np.concatenate([ev, *ph["density"][0], *d_us.nodes])
+        grid = np.linspace(all_nodes.min() - 6 * sigma, all_nodes.max() + 6 * sigma, 20001)
+        exact_d = exact_density(ev, grid, sigma)
+        us_d = density_from_lanczos(runs.alpha, runs.beta, grid=grid, sigma=sigma).values
+        ph_d = np.mean([gaussian_mixture(grid, t, w / w.sum(), sigma) for t, w in zip(*ph["density"][:2])], axis=0)
+        rows.append({
+            "sample": name + (f"[{n}]" if n else ""), "P": ev.size,
+            "ph_top_hvp": ph["top5"][1], "us_top_hvp": us["top5"][1], "us_setup_hvp": us["top5"][3],
+            "ph_top_s": ph["top5"][2], "us_top_s": us["top5"][2], "us_lanczos_s": us["top5"][4], "ph_top_err": ph_err, "us_top_err": us_err,
+            "ph_tr_hvp": ph["trace"][1], "us_tr_hvp": us["trace"][1],
+            "ph_tr_err": abs(ph["trace"][0] - ex_tr) / abs(ex_tr), "us_tr_err": abs(us["trace"][0] - ex_tr) / abs(ex_tr),
+            "us_tr_se": us["trace"][3] / abs(ex_tr),
+            "ph_d_hvp": ph["density"][2], "us_d_hvp": us["density"][1],
+            "ph_l1": l1_distance(grid, ph_d, exact_d), "us_l1": l1_distance(grid, us_d, exact_d),
+            "ph_min_node": float(min(t.min() for t in ph["density"][0])), "us_min_node": float(min(t.min() for t in d_us.nodes)),
+            "ex_min": float(ev.min()), "ratio": us["ratio"], "method": us["method"], "sigma": sigma,
+        })
+    print(f"\ntorch {torch.__version__}, {args.threads} thread(s); float32 products, exact = float64 Hessian + eigh\n")
+    print("top-5 eigenvalues (PyHessian: power iteration + deflation, tol 1e-3; landscape: Lanczos, tol 1e-4)")
+    print(f"{'sample':10} {'P':>5} | {'HVPs PyH':>8} {'ours':>5} {'ratio':>6} | {'time PyH':>9} {'ours':>7} {'ratio':>6} {'Lanczos only':>12} | {'rel err PyH':>11} {'ours':>8}")
+    for r in rows:
+        print(f"{r['sample']:10} {r['P']:5d} | {r['ph_top_hvp']:8d} {r['us_top_hvp']:5d} {r['ph_top_hvp'] / r['us_top_hvp']:6.1f} | "
+              f"{r['ph_top_s']:8.3f}s {r['us_top_s']:6.3f}s {r['ph_top_s'] / r['us_top_s']:6.1f} {r['us_lanczos_s']:11.3f}s | {r['ph_top_err']:11.1e} {r['us_top_err']:8.1e}")
+    print("  (landscape's times include choosing the product method: +%s products)" % ", ".join(f"{r['us_setup_hvp']}" for r in rows))
+    print("\ntrace (PyHessian: Hutchinson up to 100 probes, tol 1e-3; landscape: Hutch++ with 60 products)")
+    print(f"{'sample':10} | {'HVPs PyH':>8} {'ours':>5} | {'rel err PyH':>11} {'ours':>8} {'ours s.e.':>9}")
+    for r in rows:
+        print(f"{r['sample']:10} | {r['ph_tr_hvp']:8d} {r['us_tr_hvp']:5d} | {r['ph_tr_err']:11.1e} {r['us_tr_err']:8.1e} {r['us_tr_se']:9.1e}")
+    print("\ndensity, L1 = integral |phi - phi_exact| (0..2), sigma = 0.2% of the exact span "
+          "(PyHessian: 1 probe x 100 steps; landscape: 10 x 80)")
+    print(f"{'sample':10} | {'HVPs PyH':>8} {'ours':>5} | {'L1 PyH':>8} {'ours':>8} | {'min node PyH':>12} {'ours':>10} {'exact':>10}")
+    for r in rows:
+        print(f"{r['sample']:10} | {r['ph_d_hvp']:8d} {r['us_d_hvp']:5d} | {r['ph_l1']:8.4f} {r['us_l1']:8.4f} | "
+              f"{r['ph_min_node']:12.3e} {r['us_min_node']:10.3e} {r['ex_min']:10.3e}")
+    print("\nHVP / gradient time (landscape's chosen method, medians of 7)")
+    for r in rows:
+        print(f"{r['sample']:10} {r['method']:24} {r['ratio']:5.2f}")
+
+
+if __name__ == "__main__":
+    main()

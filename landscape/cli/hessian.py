@@ -1,0 +1,185 @@
+"""`landscape hessian`: top-k eigenpairs, trace and spectral density of the Hessian (or GGN), per layer too."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from landscape.cli import app
+from landscape.cli.options import (
+    RUN,
+    BatchSize,
+    Checkpoint,
+    Config,
+    Data,
+    Device,
+    Dtype,
+    Loss,
+    Model,
+    Sample,
+    Samples,
+    Seed,
+    UnsafePickle,
+    command_line,
+    err,
+    load_spec,
+    out,
+    say,
+    warn,
+)
+from landscape.errors import LandscapeError
+from landscape.hessian.analysis import BlockResult, CurvatureSettings, run_curvature
+from landscape.hessian.lanczos import WHICH
+from landscape.hessian.operators import CURVATURES, METHODS
+from landscape.io.curvature import write_curvature
+from landscape.load import load_problem
+
+CURV = "Curvature"
+
+
+@app.command(rich_help_panel="Compute")
+def hessian(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")] = Path("landscape-out/curv.h5"),
+    sample: Sample = None,
+    model: Model = None,
+    checkpoint: Checkpoint = None,
+    data: Data = None,
+    loss: Loss = None,
+    top_k: Annotated[int, typer.Option(help="Number of top eigenpairs (0: none).", rich_help_panel=CURV)] = 5,
+    which: Annotated[str, typer.Option(help="largest (algebraic), or both: also the k most negative.", rich_help_panel=CURV)] = "largest",
+    trace: Annotated[bool, typer.Option("--trace", help="Estimate the trace by Hutch++ (with a standard error).", rich_help_panel=CURV)] = False,
+    density: Annotated[
+        bool, typer.Option("--density", help="Spectral density by stochastic Lanczos quadrature (per-probe tridiagonals kept).", rich_help_panel=CURV)
+    ] = False,
+    per_layer: Annotated[
+        bool, typer.Option("--per-layer", help="The same numbers for each module's parameter block.", rich_help_panel=CURV)
+    ] = False,
+    curvature: Annotated[str, typer.Option(help="hessian, or ggn (generalized Gauss-Newton, PSD).", rich_help_panel=CURV)] = "hessian",
+    tol: Annotated[float, typer.Option(help="Stop Lanczos when every residual ||Hv - λv|| <= tol·|λ|.", rich_help_panel=CURV)] = 1e-4,
+    max_iter: Annotated[int | None, typer.Option(help="Most Lanczos steps (default max(100, 20·top-k)).", rich_help_panel=CURV)] = None,
+    probes: Annotated[int, typer.Option(help="SLQ probe vectors (density).", rich_help_panel=CURV)] = 10,
+    steps: Annotated[int, typer.Option(help="Lanczos steps per SLQ probe (density).", rich_help_panel=CURV)] = 80,
+    trace_matvecs: Annotated[int, typer.Option(help="Products spent on the Hutch++ trace.", rich_help_panel=CURV)] = 60,
+    eigenvectors: Annotated[
+        bool, typer.Option("--eigenvectors/--no-eigenvectors", help="Store the top eigenvectors (for `sweep --axes-from`).", rich_help_panel=CURV)
+    ] = True,
+    method: Annotated[
+        str, typer.Option(help="auto (time each, keep the fastest), double-backward(-cached) or forward-over-reverse.", rich_help_panel=RUN)
+    ] = "auto",
+    seed: Seed = 0,
+    samples: Samples = None,
+    batch_size: BatchSize = None,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)] = False,
+    unsafe_pickle: UnsafePickle = False,
+    config: Config = None,
+) -> None:
+    """Curvature of the loss at a checkpoint: top-k eigenpairs (Lanczos), trace (Hutch++), density (SLQ).
+
+    Products with the Hessian of the dataset-mean loss are exact (batches weighted by size) and
+    made by the method that measures fastest; every estimate carries its error bar (residuals,
+    standard error, spread between probes).
+
+    Examples:
+
+      landscape hessian --sample mlp -o curv.h5                         (top-5 eigenvalues)
+
+      landscape hessian --sample transformer --trace --density --per-layer -o curv.h5
+
+      landscape plot curv.h5 --kind density -o density.png
+    """
+    if which not in WHICH:
+        raise LandscapeError(f"--which {which!r}: expected one of {', '.join(WHICH)}")
+    if curvature not in CURVATURES:
+        raise LandscapeError(f"--curvature {curvature!r}: expected one of {', '.join(CURVATURES)}")
+    if method != "auto" and method not in METHODS:
+        raise LandscapeError(f"--method {method!r}: expected auto or one of {', '.join(METHODS)}")
+    if top_k < 0:
+        raise LandscapeError("--top-k must be 0 or more")
+    if not tol > 0:
+        raise LandscapeError("--tol must be positive")
+    if density and (probes < 1 or steps < 2):
+        raise LandscapeError("--probes must be >= 1 and --steps >= 2")
+    if trace and trace_matvecs < 3:
+        raise LandscapeError("--trace-matvecs must be >= 3")
+    if top_k == 0 and not trace and not density:
+        raise LandscapeError("nothing to compute: --top-k 0 without --trace or --density")
+    if output.exists() and not force:
+        raise LandscapeError(f"{output} exists: pass --force to overwrite it")
+    spec = load_spec(
+        model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
+        seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle,
+    )
+    problem, prov = load_problem(spec, say)
+    settings = CurvatureSettings(
+        curvature=curvature, top_k=top_k, which=which, tol=tol, max_iter=max_iter, trace=trace,
+        trace_matvecs=trace_matvecs, density=density, probes=probes, steps=steps, per_layer=per_layer,
+        eigenvectors=eigenvectors, seed=seed, method=method, batch_size=batch_size,
+    )
+    say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, loss {prov['loss']}, {prov['device']} {dtype}, {curvature}")
+    t0 = time.perf_counter()
+    result = run_curvature(problem, settings, say)
+    seconds = time.perf_counter() - t0
+    file_settings = {
+        **settings.__dict__,
+        "model": prov["model"], "checkpoint_sha256": prov["checkpoint_sha256"], "data_sha256": prov["data_sha256"],
+        "data": prov["data"], "samples": prov["samples"], "loss": prov["loss"], "dtype": dtype,
+    }
+    write_curvature(
+        output,
+        result,
+        attrs={**prov, "command": command_line(), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               "kind": "hessian", "seconds": seconds},
+        settings=file_settings,
+        layout=problem.layout,
+        vector_dtype=np.float64 if dtype == "float64" else np.float32,
+    )
+    _summary(result.model, result.layers, curvature)
+    if result.model.eigen is not None and not result.model.eigen.all_converged:
+        warn(
+            f"{int((~result.model.eigen.converged).sum())} eigenpair(s) did not reach --tol {tol:g} in "
+            f"{result.model.eigen.iterations} steps (raise --max-iter, or use --dtype float64)"
+        )
+    err.print(f"[green]wrote[/green] {output}", soft_wrap=True)
+
+
+def _summary(block: BlockResult, layers: dict[str, BlockResult], curvature: str) -> None:
+    """Eigenvalues with residuals, the trace with its error, products spent; per layer in a second table."""
+    title = "Hessian" if curvature == "hessian" else "GGN"
+    if block.eigen is not None:
+        t = Table(title=f"{title} eigenvalues ({block.eigen.matvecs} products, {block.eigen.iterations} Lanczos steps)")
+        t.add_column("#", justify="right")
+        t.add_column("eigenvalue", justify="right")
+        t.add_column("residual ‖Hv−λv‖", justify="right")
+        t.add_column("converged")
+        for i, (lam, res, ok) in enumerate(zip(block.eigen.eigenvalues, block.eigen.residuals, block.eigen.converged)):
+            t.add_row(str(i + 1), f"{lam:.6g}", f"{res:.2e}", "yes" if ok else "no")
+        out.print(t)
+    if block.trace is not None:
+        tr = block.trace
+        out.print(f"trace: {tr.value:.6g} ± {tr.std_error:.2g} (standard error; Hutch++, {tr.matvecs} products)")
+    if block.lanczos is not None:
+        out.print(f"density: {block.lanczos.alpha.shape[0]} probes x {block.lanczos.alpha.shape[1]} Lanczos steps ({block.lanczos.matvecs} products)")
+    op = block.operator
+    out.print(
+        f"products by {op['method']}: {op['product_to_gradient_ratio']:.2f} gradients each; "
+        f"{op['matvecs']} products + {op['setup_matvecs']} to choose the method"
+    )
+    if layers:
+        t = Table(title="per layer")
+        t.add_column("block")
+        t.add_column("params", justify="right")
+        t.add_column("λ_max", justify="right")
+        t.add_column("trace", justify="right")
+        for name, b in layers.items():
+            lam = f"{b.eigen.eigenvalues[0]:.4g}" if b.eigen is not None and b.eigen.eigenvalues.size else "-"
+            trc = f"{b.trace.value:.4g} ± {b.trace.std_error:.1g}" if b.trace is not None else "-"
+            t.add_row(name, f"{b.size:,}", lam, trc)
+        out.print(t)

@@ -1,0 +1,160 @@
+"""One curvature run: operator, top-k eigenpairs, trace, density, for the whole model and per layer.
+
+This glues the operators to the algorithms and collects their results (each with its error bar) in
+frozen dataclasses; the CLI stores them with landscape.io.curvature. No I/O here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from landscape.hessian.density import LanczosRuns, slq
+from landscape.hessian.lanczos import Eigenpairs, lanczos
+from landscape.hessian.operators import CurvatureOperator, layer_blocks
+from landscape.hessian.trace import TraceEstimate, hutchpp
+from landscape.problem import Problem
+
+
+@dataclass(frozen=True)
+class CurvatureSettings:
+    """Everything that fixes the numbers of a curvature run (stored in the results file)."""
+
+    curvature: str = "hessian"
+    top_k: int = 5
+    which: str = "largest"
+    tol: float = 1e-4
+    max_iter: int | None = None
+    trace: bool = False
+    trace_matvecs: int = 60
+    density: bool = False
+    probes: int = 10
+    steps: int = 80
+    per_layer: bool = False
+    eigenvectors: bool = True
+    seed: int = 0
+    method: str = "auto"
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """The estimates for one operator (the whole model or one block), each with its error bar."""
+
+    names: tuple[str, ...]
+    size: int
+    eigen: Eigenpairs | None
+    trace: TraceEstimate | None
+    lanczos: LanczosRuns | None
+    operator: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CurvatureResult:
+    """A whole run: the model's block and, with per_layer, one block per module."""
+
+    settings: CurvatureSettings
+    model: BlockResult
+    layers: dict[str, BlockResult]
+
+
+def _precision(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).eps)
+
+
+def estimate_block(
+    problem: Problem,
+    settings: CurvatureSettings,
+    names: tuple[str, ...] | None = None,
+    say: Callable[[str], None] = lambda msg: None,
+) -> BlockResult:
+    """Build the operator on `names` (default all) and run what `settings` asks for."""
+    op = CurvatureOperator(
+        problem, curvature=settings.curvature, names=names, method=settings.method, batch_size=settings.batch_size
+    )
+    seconds: dict[str, float] = {}
+    eigen = trace = runs = None
+    try:
+        if settings.top_k > 0:
+            t0 = time.perf_counter()
+            eigen = lanczos(
+                op.matmat, op.size, k=settings.top_k, which=settings.which, tol=settings.tol, max_iter=settings.max_iter,
+                seed=settings.seed, device=op.device, vectors=settings.eigenvectors, precision=_precision(op.dtype),
+            )
+            seconds["eigenvalues"] = time.perf_counter() - t0
+        if settings.trace:
+            t0 = time.perf_counter()
+            trace = hutchpp(op.matmat, op.size, matvecs=settings.trace_matvecs, seed=settings.seed + 1, device=op.device)
+            seconds["trace"] = time.perf_counter() - t0
+        if settings.density:
+            t0 = time.perf_counter()
+            runs = slq(op.matmat, op.size, probes=settings.probes, steps=settings.steps, seed=settings.seed + 2, device=op.device)
+            seconds["density"] = time.perf_counter() - t0
+    finally:
+        op.close()
+    info = {**op.info(), "matvecs": op.matvecs}
+    return BlockResult(names=op.names, size=op.size, eigen=eigen, trace=trace, lanczos=runs, operator=info, seconds=seconds)
+
+
+def run_curvature(
+    problem: Problem, settings: CurvatureSettings, say: Callable[[str], None] = lambda msg: None
+) -> CurvatureResult:
+    """The whole model's estimates, then (with per_layer) the same for each module's parameter block."""
+    model = estimate_block(problem, settings, None, say)
+    op = model.operator
+    say(
+        f"{settings.curvature} products by {op['method']}: {op['product_to_gradient_ratio']:.2f} gradients per product"
+        + (f" (dropped: {', '.join(op['dropped_methods'])})" if op["dropped_methods"] else "")
+    )
+    layers: dict[str, BlockResult] = {}
+    if settings.per_layer:
+        # the method measured on the whole model is used for every block (no re-measuring per block)
+        layer_settings = CurvatureSettings(
+            **{**settings.__dict__, "eigenvectors": False, "method": op["method"] if settings.curvature == "hessian" else "auto"}
+        )
+        for key, names in layer_blocks(problem.layout).items():
+            layers[key] = estimate_block(problem, layer_settings, names, say)
+    return CurvatureResult(settings=settings, model=model, layers=layers)
+
+
+def hessian_axes(
+    problem: Problem, count: int = 2, seed: int = 0, tol: float = 1e-3, curvature: str = "hessian"
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """The top-`count` eigenvectors of the Hessian as sweep axes: directions [count, P] float64 CPU, attrs per axis.
+
+    Unit vectors (coordinates are distances in weight space: loss ~ L0 + lambda a^2 / 2 along axis a).
+    """
+    op = CurvatureOperator(problem, curvature=curvature)
+    try:
+        eig = lanczos(op.matmat, op.size, k=count, tol=tol, seed=seed, device=op.device, precision=_precision(op.dtype))
+    finally:
+        op.close()
+    assert eig.eigenvectors is not None
+    dirs = eig.eigenvectors.detach().to("cpu", torch.float64)
+    return dirs, axis_attrs(eig.eigenvalues, eig.residuals, seed, source=f"lanczos on the {curvature}, tol {tol:g}", curvature=curvature)
+
+
+def axis_attrs(
+    eigenvalues: np.ndarray, residuals: np.ndarray, seed: int, source: str, curvature: str = "hessian"
+) -> list[dict[str, Any]]:
+    """Per-axis attributes of eigenvector axes for the results file."""
+    title = "Hessian" if curvature == "hessian" else "GGN"
+    return [
+        {
+            "kind": "hessian",
+            "normalization": "unit",
+            "ignore": "none",
+            "seed": seed,
+            "source": source,
+            "label": f"{title} eigenvector {i + 1} (λ={float(lam):.4g})",
+            "eigenvalue": float(lam),
+            "residual": float(res),
+        }
+        for i, (lam, res) in enumerate(zip(eigenvalues, residuals))
+    ]

@@ -1,0 +1,183 @@
+"""Lanczos with full re-orthogonalization: extreme eigenpairs of a symmetric operator from its products.
+
+Lanczos (1950); with full re-orthogonalization as in Golub & Van Loan, "Matrix Computations", 10.1.
+After m steps, H Q_m = Q_m T_m + beta_m q_{m+1} e_m^T with T_m symmetric tridiagonal; a Ritz pair
+(theta, u = Q_m y) of T_m has residual ||H u - theta u|| = beta_m |y_m|, known without another product.
+We stop when every wanted Ritz pair has residual <= tol * |theta| (with a floor at the precision of the
+products). Extreme eigenvalues converge in far fewer products than power iteration with deflation.
+
+Plain functions on tensors; the tridiagonal eigenproblems use scipy's `eigh_tridiagonal` with BLAS
+limited to one thread so it does not fight torch for the cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.linalg import eigh_tridiagonal
+
+MatMat = Callable[[torch.Tensor], torch.Tensor]
+WHICH = ("largest", "both")
+
+
+@contextlib.contextmanager
+def blas_threads(n: int = 1) -> Iterator[None]:
+    """Limit BLAS/OpenMP threads of numpy/scipy inside the block (torch keeps its own)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        yield
+        return
+    with threadpool_limits(limits=n):
+        yield
+
+
+def tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray, vectors: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal matrix (alpha on, beta off the diagonal)."""
+    alpha = np.asarray(alpha, dtype=np.float64)
+    beta = np.asarray(beta, dtype=np.float64)
+    if alpha.size == 1:
+        return alpha.copy(), (np.ones((1, 1)) if vectors else None)
+    with blas_threads(1):
+        if vectors:
+            w, y = eigh_tridiagonal(alpha, beta, lapack_driver="stemr")
+            return w, y
+        return eigh_tridiagonal(alpha, beta, eigvals_only=True), None
+
+
+@dataclass(frozen=True)
+class Eigenpairs:
+    """Eigenvalues with their trust: residuals ||Hv - lambda v||, a converged flag, iterations and products."""
+
+    eigenvalues: np.ndarray  # [k] float64, largest first (with which='both': the largest, then the most negative)
+    residuals: np.ndarray  # [k] float64
+    converged: np.ndarray  # [k] bool: residual <= tol * |lambda| (or the precision floor)
+    eigenvectors: torch.Tensor | None  # [k, n] float64 unit vectors, or None
+    iterations: int
+    matvecs: int
+    which: str
+    tol: float
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.converged.all())
+
+
+def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
+    """Indices (into ascending theta) of the wanted Ritz values: largest first, then the most negative."""
+    m = theta.size
+    top = np.arange(m - 1, max(m - 1 - k, -1), -1)
+    if which == "largest":
+        return top
+    bottom = np.arange(0, min(k, m))
+    bottom = bottom[~np.isin(bottom, top)]
+    return np.concatenate([top, bottom])
+
+
+def lanczos(
+    matmat: MatMat,
+    n: int,
+    *,
+    k: int = 5,
+    which: str = "largest",
+    tol: float = 1e-4,
+    max_iter: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    vectors: bool = True,
+    precision: float = 2.2e-16,
+) -> Eigenpairs:
+    """Top-k (which='largest') or top-k and bottom-k (which='both') eigenpairs of a symmetric operator.
+
+    Lanczos iteration with full re-orthogonalization (Lanczos 1950; Golub & Van Loan 10.1), one
+    product per step. `matmat` maps float64 rows [j, n] to their products; `precision` is the relative
+    precision of those products (float32 products: ~1.2e-7), which floors the attainable residual at
+    100 * precision * |lambda_max|. On breakdown (an invariant subspace found) a fresh random vector
+    orthogonal to the basis continues the run, so repeated eigenvalues are not missed.
+
+    Example:
+        >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
+        >>> r = lanczos(lambda V: V @ A, 100, k=3, tol=1e-8)
+        >>> np.round(r.eigenvalues, 6).tolist()
+        [100.0, 99.0, 98.0]
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}")
+    k = max(1, min(int(k), n))
+    want_count = k if which == "largest" else min(n, 2 * k)
+    max_iter = int(min(n, max_iter if max_iter is not None else max(100, 20 * k)))
+    max_iter = max(max_iter, min(n, want_count))
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def fresh(Q: torch.Tensor, j: int) -> torch.Tensor:
+        q = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
+        for _ in range(2):
+            if j:
+                q -= Q[:j].T @ (Q[:j] @ q)
+        return q / q.norm()
+
+    Q = torch.zeros(max_iter, n, dtype=torch.float64, device=device)
+    alphas: list[float] = []
+    betas: list[float] = []  # betas[j] couples q_j and q_{j+1}
+    q = fresh(Q, 0)
+    matvecs = 0
+    theta = np.zeros(0)
+    Y = np.zeros((0, 0))
+    beta_last = 0.0
+    idx = np.zeros(0, dtype=int)
+    res = np.zeros(0)
+    ok = np.zeros(0, dtype=bool)
+    for j in range(max_iter):
+        Q[j] = q
+        w = matmat(q[None])[0].to(torch.float64)
+        matvecs += 1
+        a = float(w @ q)
+        w = w - a * q
+        if j:
+            w = w - betas[-1] * Q[j - 1]
+        for _ in range(2):  # "twice is enough" (Kahan, Parlett)
+            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        alphas.append(a)
+        b = float(w.norm())
+        theta, Y = tridiagonal_eigh(np.array(alphas), np.array(betas))
+        assert Y is not None
+        scale = float(np.abs(theta).max()) if theta.size else 0.0
+        floor = 100.0 * precision * max(scale, 1e-300)
+        beta_last = b
+        idx = _wanted(theta, k, which)
+        res = b * np.abs(Y[-1, idx])
+        ok = res <= np.maximum(tol * np.abs(theta[idx]), floor)
+        if j + 1 >= want_count and ok.all():
+            break
+        if j + 1 == max_iter:
+            break
+        if b <= floor * 1e-3 or b == 0.0:  # invariant subspace: restart orthogonally, T becomes block-diagonal
+            betas.append(0.0)
+            q = fresh(Q, j + 1)
+        else:
+            betas.append(b)
+            q = w / b
+    m = len(alphas)
+    evecs = None
+    if vectors:
+        evecs = torch.from_numpy(np.ascontiguousarray(Y[:, idx].T)).to(device) @ Q[:m]
+        evecs = evecs / evecs.norm(dim=1, keepdim=True)
+        # a fixed sign: the largest-magnitude entry positive, so results are reproducible
+        pivot = evecs.abs().argmax(dim=1)
+        signs = torch.sign(evecs.gather(1, pivot[:, None]))
+        evecs = evecs * torch.where(signs == 0, torch.ones_like(signs), signs)
+    del beta_last
+    return Eigenpairs(
+        eigenvalues=theta[idx].copy(),
+        residuals=res.copy(),
+        converged=ok.copy(),
+        eigenvectors=evecs,
+        iterations=m,
+        matvecs=matvecs,
+        which=which,
+        tol=float(tol),
+    )

@@ -1,0 +1,166 @@
+"""The /hessian group of a results file: write a curvature run, read it back for figures and axes.
+
+Layout (DESIGN.md):
+  /                         root attrs as for sweeps (format, format_version, provenance, command,
+                            created, settings JSON, kind="hessian", complete)
+  /hessian                  attrs: curvature, method, products per gradient, matvecs, timings (JSON)
+  /hessian/layout           per-tensor table (name, shape, offset, numel) to unflatten eigenvectors
+  /hessian/eigenvalues      [k] float64; attrs which, tol, iterations, matvecs
+  /hessian/residuals        [k] float64  ||H v - lambda v||
+  /hessian/converged        [k] bool
+  /hessian/eigenvectors     [k, P] (optional; float32 unless the run was float64)
+  /hessian/trace            scalar float64; attrs std_error, matvecs, sketch, probes
+  /hessian/lanczos/alpha    [n_v, m]; /hessian/lanczos/beta [n_v, m-1] (NaN after an early breakdown)
+  /hessian/density/grid, values, per_probe   attrs sigma
+  /hessian/layers/<module>/ the same datasets for one module's parameter block; attrs tensors, size
+The file is written to OUTPUT.partial and renamed, so no half-written file is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from landscape import __version__
+from landscape.errors import LandscapeError
+from landscape.io.results import FORMAT, FORMAT_VERSION, _attr, _plain, check_ours, read_layout, write_layout
+from landscape.params import Layout
+
+
+def _write_block(g: h5py.Group, block: Any, vector_dtype: type) -> None:
+    """One BlockResult (landscape.hessian.analysis) into group g."""
+    g.attrs["tensors"] = json.dumps(list(block.names))
+    g.attrs["size"] = int(block.size)
+    g.attrs["operator"] = json.dumps(block.operator, default=str)
+    g.attrs["seconds"] = json.dumps(block.seconds)
+    eig = block.eigen
+    if eig is not None:
+        ds = g.create_dataset("eigenvalues", data=np.asarray(eig.eigenvalues, dtype=np.float64))
+        ds.attrs.update({"which": eig.which, "tol": eig.tol, "iterations": eig.iterations, "matvecs": eig.matvecs})
+        g.create_dataset("residuals", data=np.asarray(eig.residuals, dtype=np.float64))
+        g.create_dataset("converged", data=np.asarray(eig.converged, dtype=bool))
+        if eig.eigenvectors is not None:
+            g.create_dataset("eigenvectors", data=eig.eigenvectors.detach().cpu().numpy().astype(vector_dtype))
+    if block.trace is not None:
+        t = block.trace
+        ds = g.create_dataset("trace", data=np.float64(t.value))
+        ds.attrs.update(
+            {"std_error": t.std_error, "matvecs": t.matvecs, "sketch": t.sketch, "probes": t.probes,
+             "exact_part": t.exact_part, "estimator": "Hutch++ (Meyer et al. 2021)"}
+        )
+    if block.lanczos is not None:
+        lz = g.create_group("lanczos")
+        lz.create_dataset("alpha", data=block.lanczos.alpha)
+        lz.create_dataset("beta", data=block.lanczos.beta)
+        lz.attrs.update({"matvecs": block.lanczos.matvecs, "seed": block.lanczos.seed, "probes": block.lanczos.alpha.shape[0]})
+        from landscape.hessian.density import density_from_lanczos
+
+        d = density_from_lanczos(block.lanczos.alpha, block.lanczos.beta)
+        dg = g.create_group("density")
+        dg.create_dataset("grid", data=d.grid)
+        dg.create_dataset("values", data=d.values)
+        dg.create_dataset("per_probe", data=d.per_probe)
+        dg.attrs.update({"sigma": d.sigma, "estimator": "stochastic Lanczos quadrature (Ghorbani et al. 2019)"})
+
+
+def write_curvature(
+    path: str | Path,
+    result: Any,
+    *,
+    attrs: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    layout: Layout,
+    vector_dtype: type = np.float32,
+) -> Path:
+    """Write a CurvatureResult (landscape.hessian.analysis) as a new results file at `path` (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["tool_version"] = __version__
+            for key, value in attrs.items():
+                f.attrs[key] = _attr(value)
+            f.attrs["settings"] = json.dumps(dict(settings), sort_keys=True, default=str)
+            f.attrs["complete"] = True
+            h = f.create_group("hessian")
+            h.attrs["curvature"] = result.settings.curvature
+            write_layout(h, layout)
+            _write_block(h, result.model, vector_dtype)
+            if result.layers:
+                lg = h.create_group("layers")
+                lg.attrs["order"] = json.dumps(list(result.layers))
+                for name, block in result.layers.items():
+                    _write_block(lg.create_group(name.replace("/", "|")), block, vector_dtype)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _read_block(g: h5py.Group) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "tensors": json.loads(g.attrs.get("tensors", "[]")),
+        "size": int(g.attrs.get("size", 0)),
+        "operator": json.loads(g.attrs.get("operator", "{}")),
+        "seconds": json.loads(g.attrs.get("seconds", "{}")),
+        "eigenvalues": None,
+        "residuals": None,
+        "converged": None,
+        "eigen_attrs": {},
+        "eigenvectors": None,
+        "trace": None,
+        "lanczos": None,
+        "density": None,
+    }
+    if "eigenvalues" in g:
+        out["eigenvalues"] = g["eigenvalues"][()]
+        out["eigen_attrs"] = {k: _plain(v) for k, v in g["eigenvalues"].attrs.items()}
+        out["residuals"] = g["residuals"][()]
+        out["converged"] = g["converged"][()]
+    if "eigenvectors" in g:
+        out["eigenvectors"] = g["eigenvectors"][()]
+    if "trace" in g:
+        ds = g["trace"]
+        out["trace"] = {"value": float(ds[()]), **{k: _plain(v) for k, v in ds.attrs.items()}}
+    if "lanczos" in g:
+        out["lanczos"] = {"alpha": g["lanczos/alpha"][()], "beta": g["lanczos/beta"][()],
+                          **{k: _plain(v) for k, v in g["lanczos"].attrs.items()}}
+    if "density" in g:
+        d = g["density"]
+        out["density"] = {"grid": d["grid"][()], "values": d["values"][()], "per_probe": d["per_probe"][()],
+                          "sigma": float(d.attrs["sigma"])}
+    return out
+
+
+def read_curvature(path: str | Path) -> dict[str, Any]:
+    """Everything a figure, summary or axis needs from a curvature run: a dict of numpy arrays and attrs.
+
+    Keys: attrs (root), curvature, layout, and the model's block (eigenvalues, residuals, converged,
+    eigenvectors or None, trace dict or None, lanczos dict or None, density dict or None, operator),
+    plus layers: {module: the same keys}.
+    """
+    check_ours(path)
+    with h5py.File(path, "r") as f:
+        if "hessian" not in f:
+            raise LandscapeError(f"{path}: holds no curvature results (write one with `landscape hessian`)")
+        h = f["hessian"]
+        out = _read_block(h)
+        out["attrs"] = {k: _plain(v) for k, v in f.attrs.items()}
+        out["curvature"] = str(_plain(h.attrs.get("curvature", "hessian")))
+        out["layout"] = read_layout(h) if "layout" in h else None
+        layers: dict[str, Any] = {}
+        if "layers" in h:
+            order = json.loads(h["layers"].attrs.get("order", "[]")) or list(h["layers"])
+            for name in order:
+                layers[name] = _read_block(h["layers"][name.replace("/", "|")])
+        out["layers"] = layers
+    return out

@@ -1,0 +1,168 @@
+"""Figures of a curvature run, from its results file alone: spectral density and top eigenvalues.
+
+`curv` is the dict of landscape.io.curvature.read_curvature. With a `sigma`, the density is redrawn
+from the stored per-probe Lanczos tridiagonals (no model, no products).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from landscape.errors import LandscapeError  # noqa: E402
+
+KINDS = ("density", "eigenvalues")
+FLOOR = 1e-8  # a log axis needs a floor: densities below it are drawn at it
+
+
+def _density(block: dict[str, Any], sigma: float | None) -> dict[str, np.ndarray] | None:
+    """grid, mean, lo, hi (spread between probes) of a block, recomputed from alpha/beta when sigma is given."""
+    lz, d = block.get("lanczos"), block.get("density")
+    if lz is not None and (sigma is not None or d is None):
+        from landscape.hessian.density import density_from_lanczos
+
+        dens = density_from_lanczos(lz["alpha"], lz["beta"], sigma=sigma)
+        grid, values, per, sig = dens.grid, dens.values, dens.per_probe, dens.sigma
+    elif d is not None:
+        grid, values, per, sig = d["grid"], d["values"], d["per_probe"], d["sigma"]
+    else:
+        return None
+    return {"grid": grid, "mean": values, "lo": per.min(axis=0), "hi": per.max(axis=0), "sigma": np.float64(sig),
+            "probes": np.int64(per.shape[0])}
+
+
+def _title(curv: dict[str, Any]) -> str:
+    name = Path(str(curv.get("attrs", {}).get("checkpoint", ""))).name
+    what = "Hessian" if curv.get("curvature", "hessian") == "hessian" else "GGN"
+    return f"{what} spectrum" + (f" of {name}" if name else "")
+
+
+def _check(kind: str, curv: dict[str, Any]) -> None:
+    if kind not in KINDS:
+        raise LandscapeError(f"--kind {kind!r}: expected one of {', '.join(KINDS)} for a curvature file")
+    if kind == "density" and curv.get("lanczos") is None and curv.get("density") is None:
+        raise LandscapeError("--kind density: the file holds no density (run `landscape hessian --density`)")
+    if kind == "eigenvalues" and curv.get("eigenvalues") is None:
+        raise LandscapeError("--kind eigenvalues: the file holds no eigenvalues (run `landscape hessian --top-k K`)")
+
+
+def spectrum_figure(curv: dict[str, Any], kind: str, sigma: float | None = None) -> plt.Figure:
+    """A matplotlib figure: 'density' (log y; mean over probes, min-max band between probes, top eigenvalues
+    marked; a second panel comparing the layers when present) or 'eigenvalues' (top-k with residuals)."""
+    _check(kind, curv)
+    layers = {k: b for k, b in curv.get("layers", {}).items()}
+    if kind == "density":
+        with_layers = [k for k, b in layers.items() if b.get("lanczos") is not None or b.get("density") is not None]
+        fig, axes = plt.subplots(1, 2 if with_layers else 1, figsize=(11 if with_layers else 6.5, 4.2), dpi=150, squeeze=False)
+        ax = axes[0, 0]
+        d = _density(curv, sigma)
+        assert d is not None
+        ax.fill_between(d["grid"], np.maximum(d["lo"], FLOOR), np.maximum(d["hi"], FLOOR), color="tab:blue", alpha=0.25,
+                        lw=0, label=f"spread of {int(d['probes'])} probes")
+        ax.plot(d["grid"], np.maximum(d["mean"], FLOOR), color="tab:blue", lw=1.5, label="density (mean of probes)")
+        if curv.get("eigenvalues") is not None:
+            for i, lam in enumerate(curv["eigenvalues"]):
+                ax.axvline(lam, color="tab:red", lw=0.8, ls=":", label="top eigenvalues" if i == 0 else None)
+        ax.axvline(0.0, color="0.5", lw=0.6)
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=FLOOR * 10 if d["mean"].max() > FLOOR * 1e3 else FLOOR)
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("density (log)")
+        ax.set_title(f"{_title(curv)} (SLQ, σ={float(d['sigma']):.2g})", fontsize=9)
+        ax.legend(fontsize=7, loc="upper right")
+        if with_layers:
+            ax2 = axes[0, 1]
+            cmap = plt.get_cmap("tab10" if len(with_layers) <= 10 else "tab20")
+            for i, name in enumerate(with_layers):
+                dl = _density(layers[name], sigma)
+                if dl is None:
+                    continue
+                ax2.plot(dl["grid"], np.maximum(dl["mean"], FLOOR), lw=1.2, color=cmap(i % cmap.N), label=f"{name} ({layers[name]['size']:,})")
+            ax2.set_yscale("log")
+            ax2.set_ylim(bottom=FLOOR * 10)
+            ax2.axvline(0.0, color="0.5", lw=0.6)
+            ax2.set_xlabel("eigenvalue")
+            ax2.set_ylabel("density (log)")
+            ax2.set_title("per layer (parameter block)", fontsize=9)
+            ax2.legend(fontsize=6, loc="upper right", ncol=2 if len(with_layers) > 8 else 1)
+        fig.tight_layout()
+        return fig
+    # eigenvalues
+    lam = np.asarray(curv["eigenvalues"], dtype=np.float64)
+    res = np.asarray(curv["residuals"], dtype=np.float64)
+    with_layers = [k for k, b in layers.items() if b.get("eigenvalues") is not None]
+    fig, axes = plt.subplots(1, 2 if with_layers else 1, figsize=(11 if with_layers else 6, 4), dpi=150, squeeze=False)
+    ax = axes[0, 0]
+    idx = np.arange(1, lam.size + 1)
+    ax.errorbar(idx, lam, yerr=res, fmt="o", color="tab:blue", capsize=3, label="eigenvalue ± residual ‖Hv−λv‖")
+    ax.axhline(0.0, color="0.5", lw=0.6)
+    ax.set_xticks(idx)
+    ax.set_xlabel("index")
+    ax.set_ylabel("eigenvalue")
+    ax.set_title(f"{_title(curv)}: top eigenvalues (Lanczos)", fontsize=9)
+    ax.legend(fontsize=7)
+    if with_layers:
+        ax2 = axes[0, 1]
+        k = max(len(layers[n]["eigenvalues"]) for n in with_layers)
+        width = 0.8 / k
+        for j in range(k):
+            vals = [layers[n]["eigenvalues"][j] if j < len(layers[n]["eigenvalues"]) else np.nan for n in with_layers]
+            ax2.bar(np.arange(len(with_layers)) + j * width - 0.4 + width / 2, vals, width=width, label=f"λ{j + 1}")
+        ax2.set_xticks(np.arange(len(with_layers)))
+        ax2.set_xticklabels(with_layers, rotation=45, ha="right", fontsize=7)
+        ax2.set_ylabel("eigenvalue")
+        ax2.set_title("top eigenvalues per layer", fontsize=9)
+        ax2.legend(fontsize=6, ncol=min(k, 5))
+    fig.tight_layout()
+    return fig
+
+
+def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None):
+    """The same figures as interactive plotly (for a self-contained html)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    _check(kind, curv)
+    layers = curv.get("layers", {})
+    if kind == "density":
+        with_layers = [k for k, b in layers.items() if b.get("lanczos") is not None or b.get("density") is not None]
+        cols = 2 if with_layers else 1
+        fig = make_subplots(rows=1, cols=cols, subplot_titles=["whole model", "per layer"][:cols])
+        d = _density(curv, sigma)
+        assert d is not None
+        g = d["grid"]
+        fig.add_trace(go.Scatter(x=g, y=np.maximum(d["hi"], FLOOR), mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip"), 1, 1)
+        fig.add_trace(go.Scatter(x=g, y=np.maximum(d["lo"], FLOOR), mode="lines", line=dict(width=0), fill="tonexty",
+                                 fillcolor="rgba(31,119,180,0.25)", name=f"spread of {int(d['probes'])} probes"), 1, 1)
+        fig.add_trace(go.Scatter(x=g, y=np.maximum(d["mean"], FLOOR), mode="lines", name="density (mean)", line=dict(color="rgb(31,119,180)")), 1, 1)
+        if curv.get("eigenvalues") is not None:
+            for lam in curv["eigenvalues"]:
+                fig.add_vline(x=float(lam), line=dict(color="red", dash="dot", width=1), row=1, col=1)
+        for name in with_layers:
+            dl = _density(layers[name], sigma)
+            if dl is not None:
+                fig.add_trace(go.Scatter(x=dl["grid"], y=np.maximum(dl["mean"], FLOOR), mode="lines", name=str(name)), 1, 2)
+        for c in range(1, cols + 1):
+            fig.update_yaxes(type="log", title_text="density (log)", row=1, col=c)
+            fig.update_xaxes(title_text="eigenvalue", row=1, col=c)
+        fig.update_layout(title=f"{_title(curv)} (SLQ, σ={float(d['sigma']):.2g})")
+        return fig
+    lam = np.asarray(curv["eigenvalues"], dtype=np.float64)
+    with_layers = [k for k, b in layers.items() if b.get("eigenvalues") is not None]
+    cols = 2 if with_layers else 1
+    fig = make_subplots(rows=1, cols=cols, subplot_titles=["whole model", "per layer"][:cols])
+    fig.add_trace(go.Scatter(x=np.arange(1, lam.size + 1), y=lam, mode="markers", name="eigenvalue",
+                             error_y=dict(type="data", array=np.asarray(curv["residuals"], dtype=np.float64))), 1, 1)
+    if with_layers:
+        k = max(len(layers[n]["eigenvalues"]) for n in with_layers)
+        for j in range(k):
+            vals = [float(layers[n]["eigenvalues"][j]) if j < len(layers[n]["eigenvalues"]) else None for n in with_layers]
+            fig.add_trace(go.Bar(x=list(with_layers), y=vals, name=f"λ{j + 1}"), 1, 2)
+    fig.update_layout(title=f"{_title(curv)}: top eigenvalues (Lanczos)", barmode="group")
+    return fig

@@ -1,0 +1,243 @@
+"""Curvature against exact truth: torch.func.hessian + eigh in float64 on the samples, closed forms for linreg."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import sample_problem
+
+from landscape.errors import LandscapeError
+from landscape.hessian import CurvatureOperator, density_from_lanczos, hutchpp, lanczos, layer_blocks, slq
+from landscape.hessian.density import exact_density, l1_distance
+from landscape.problem import make_problem
+
+_CACHE: dict = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on 2 shared cores, two spinning threads made products 10-100x slower and noisy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def exact(name: str, samples: int | None):
+    """(problem, H) with the exact Hessian of the dataset-mean loss by torch.func.hessian (float64), cached."""
+    key = (name, samples)
+    if key not in _CACHE:
+        p = sample_problem(name, samples=samples)
+
+        def f(t):
+            out = torch.func.functional_call(p.model, (p.layout.unflatten(t), p.buffers), (p.x,))
+            return p.loss_fn(out, p.y)
+
+        _CACHE[key] = (p, torch.func.hessian(f)(p.theta))
+    return _CACHE[key]
+
+
+def linreg_closed_form(p) -> torch.Tensor:
+    """F.mse_loss mean over N*1 outputs of [x,1] @ [w,b]: H = 2/N * Xa^T Xa, parameters ordered (weight, bias)."""
+    xa = torch.cat([p.x, torch.ones(p.n, 1, dtype=p.x.dtype)], dim=1)
+    return 2.0 / p.n * xa.T @ xa
+
+
+# ---- operators ------------------------------------------------------------------------------
+
+
+def test_linreg_operator_matches_closed_form_and_survives_jvp_failure():
+    p = sample_problem("linreg")
+    H = linreg_closed_form(p)
+    op = CurvatureOperator(p)
+    V = torch.randn(4, op.size, dtype=torch.float64)
+    assert torch.allclose(op.matmat(V), V @ H, rtol=1e-12, atol=1e-12)
+    # jvp(grad(mse)) on a linear model raised "ZeroTensors are immutable" in torch 2.13: it must be dropped, not fatal
+    if "forward-over-reverse" in op.dropped:
+        assert op.method != "forward-over-reverse"
+    fwd = CurvatureOperator(p, method="double-backward")
+    assert torch.allclose(fwd.matmat(V), V @ H, rtol=1e-12, atol=1e-12)
+
+
+def test_uneven_batches_are_weighted_exactly():
+    p, H = exact("mlp", 120)
+    V = torch.randn(3, H.shape[0], dtype=torch.float64)
+    for method in ("double-backward", "forward-over-reverse"):
+        op = CurvatureOperator(p, batch_size=7, method=method)  # 120 = 17*7 + 1: last batch of one
+        assert torch.allclose(op.matmat(V), V @ H, rtol=1e-10, atol=1e-12)
+
+
+def test_batched_and_looped_products_agree():
+    p, H = exact("mlp", 120)
+    op = CurvatureOperator(p, max_vectors=4)
+    V = torch.randn(9, H.shape[0], dtype=torch.float64)
+    out = op.matmat(V)  # the first two chunks time batched against looped
+    assert op._batched is not None
+    assert torch.allclose(out, V @ H, rtol=1e-10, atol=1e-12)
+    assert op.matvecs == 9
+
+
+class _Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return F.dropout(self.lin(x), p=0.5, training=True)  # dropout even in eval mode
+
+
+def test_nondeterministic_loss_is_refused():
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    model = _Noisy()
+    p = make_problem(model, model.state_dict(), x, y, F.cross_entropy, device=torch.device("cpu"), dtype=torch.float64)
+    with pytest.raises(LandscapeError, match="not deterministic"):
+        CurvatureOperator(p)
+
+
+def test_ggn_matches_closed_form_and_is_psd():
+    p = sample_problem("mlp", samples=60)
+    op = CurvatureOperator(p, curvature="ggn")
+
+    def out_fn(t):
+        return torch.func.functional_call(p.model, (p.layout.unflatten(t), p.buffers), (p.x,))
+
+    J = torch.func.jacrev(out_fn)(p.theta)  # [N, C, P]
+    prob = torch.softmax(out_fn(p.theta), dim=-1)  # cross-entropy mean: H_out,n = (diag p - p p^T) / N
+    Hout = (torch.diag_embed(prob) - prob[:, :, None] * prob[:, None, :]) / p.n
+    G = torch.einsum("ncp,ncd,ndq->pq", J, Hout, J)
+    V = torch.randn(3, op.size, dtype=torch.float64)
+    assert torch.allclose(op.matmat(V), V @ G, rtol=1e-9, atol=1e-12)
+    ev = torch.linalg.eigvalsh(G)
+    r = lanczos(op.matmat, op.size, k=3, tol=1e-8)
+    np.testing.assert_allclose(r.eigenvalues, ev.flip(0)[:3].numpy(), rtol=1e-6)
+    assert float(ev.min()) > -1e-10 * float(ev.max())
+
+
+def test_ggn_equals_hessian_for_linear_regression():
+    p = sample_problem("linreg")
+    H = linreg_closed_form(p)
+    op = CurvatureOperator(p, curvature="ggn")
+    V = torch.randn(3, op.size, dtype=torch.float64)
+    assert torch.allclose(op.matmat(V), V @ H, rtol=1e-12, atol=1e-12)
+
+
+# ---- Lanczos --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,samples", [("mlp", 300), ("linreg", None)])
+def test_top5_eigenpairs_match_exact(name, samples):
+    p, H = exact(name, samples)
+    if name == "linreg":
+        assert torch.allclose(H, linreg_closed_form(p), rtol=1e-12, atol=1e-12)
+    ev = torch.linalg.eigvalsh(H).flip(0).numpy()
+    op = CurvatureOperator(p)
+    r = lanczos(op.matmat, op.size, k=5, tol=1e-6)
+    assert r.all_converged
+    np.testing.assert_allclose(r.eigenvalues, ev[:5], rtol=1e-6)
+    V = r.eigenvectors
+    true_res = (V @ H - torch.from_numpy(r.eigenvalues)[:, None] * V).norm(dim=1).numpy()
+    assert np.all(true_res <= 1e-6 * np.abs(r.eigenvalues) + 1e-12)
+    np.testing.assert_allclose(r.residuals, true_res, rtol=1e-2, atol=1e-11)  # the stored residual is the true one
+    assert r.matvecs <= 60
+
+
+def test_lanczos_both_ends_of_an_indefinite_matrix():
+    gen = torch.Generator().manual_seed(3)
+    Qm, _ = torch.linalg.qr(torch.randn(300, 300, generator=gen, dtype=torch.float64))
+    lam = torch.cat([torch.tensor([50.0, 20.0, 10.0, -30.0, -8.0]), torch.linspace(-1, 1, 295)]).to(torch.float64)
+    A = Qm @ torch.diag(lam) @ Qm.T
+    r = lanczos(lambda V: V @ A, 300, k=2, which="both", tol=1e-9)
+    np.testing.assert_allclose(r.eigenvalues, [50.0, 20.0, -30.0, -8.0], rtol=1e-8)
+
+
+@pytest.mark.parametrize("block", ["0", "2"])
+def test_per_layer_eigenvalues_are_those_of_the_exact_diagonal_block(block):
+    p, H = exact("mlp", 300)
+    names = layer_blocks(p.layout)[block]
+    idx = torch.cat([torch.arange(p.layout.size)[p.layout.block(n)] for n in names])
+    ev = torch.linalg.eigvalsh(H[idx][:, idx]).flip(0).numpy()
+    op = CurvatureOperator(p, names=names)
+    assert op.size == idx.numel()
+    r = lanczos(op.matmat, op.size, k=5, tol=1e-7)
+    np.testing.assert_allclose(r.eigenvalues, ev[:5], rtol=1e-6)
+
+
+# ---- trace and density ----------------------------------------------------------------------
+
+
+def test_hutchpp_trace_within_three_standard_errors():
+    p, H = exact("mlp", 300)
+    exact_trace = float(torch.trace(H))
+    op = CurvatureOperator(p)
+    est = hutchpp(op.matmat, op.size, matvecs=60, seed=1)
+    assert est.matvecs == 60 and est.std_error > 0
+    assert abs(est.value - exact_trace) <= 3 * est.std_error
+    assert abs(est.value - exact_trace) <= 0.02 * abs(exact_trace)
+
+
+def test_hutchpp_is_exact_when_the_sketch_spans_everything():
+    p = sample_problem("linreg")
+    op = CurvatureOperator(p)
+    est = hutchpp(op.matmat, op.size, matvecs=60)
+    assert est.std_error == 0.0
+    assert math.isclose(est.value, float(torch.trace(linreg_closed_form(p))), rel_tol=1e-12)
+
+
+def test_slq_density_close_to_exactly_smoothed_spectrum():
+    """L1 distance (integral of |phi_SLQ - phi_exact| dt, 0..2) with the default sigma (0.2% of the span)."""
+    p, H = exact("mlp", 300)
+    ev = torch.linalg.eigvalsh(H).numpy()
+    op = CurvatureOperator(p)
+    runs = slq(op.matmat, op.size, probes=10, steps=80, seed=0)
+    assert runs.alpha.shape == (10, 80) and runs.matvecs == 800
+    d = density_from_lanczos(runs.alpha, runs.beta)
+    dist = l1_distance(d.grid, d.values, exact_density(ev, d.grid, d.sigma))
+    assert dist <= 0.01, dist
+    assert abs(np.trapezoid(d.values, d.grid) - 1.0) < 1e-3 if hasattr(np, "trapezoid") else True
+    # redraw with another width from the stored tridiagonals alone
+    d2 = density_from_lanczos(runs.alpha, runs.beta, sigma=5 * d.sigma)
+    assert l1_distance(d2.grid, d2.values, exact_density(ev, d2.grid, d2.sigma)) <= dist + 1e-9
+
+
+def test_density_from_lanczos_needs_no_operator():
+    # the tridiagonal of a 2x2 diagonal matrix diag(1, 3) from v = (1, 1)/sqrt 2: alpha = (2, 2), beta = (1,)
+    d = density_from_lanczos(np.array([[2.0, 2.0]]), np.array([[1.0]]), grid=np.linspace(0, 4, 4001), sigma=0.05)
+    np.testing.assert_allclose(sorted(d.nodes[0]), [1.0, 3.0], atol=1e-12)
+    np.testing.assert_allclose(d.weights[0], [0.5, 0.5], atol=1e-12)
+    np.testing.assert_allclose(d.values, exact_density(np.array([1.0, 3.0]), d.grid, 0.05), atol=1e-12)
+
+
+def test_slq_on_psd_linreg_puts_no_node_below_zero():
+    p = sample_problem("linreg")
+    op = CurvatureOperator(p)
+    runs = slq(op.matmat, op.size, probes=4, steps=80)
+    d = density_from_lanczos(runs.alpha, runs.beta)
+    assert min(float(t.min()) for t in d.nodes) > 0
+    ev = torch.linalg.eigvalsh(linreg_closed_form(p)).numpy()
+    for t in d.nodes:  # n <= steps: each probe's quadrature is exact, its nodes the eigenvalues
+        np.testing.assert_allclose(np.sort(t), ev, rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_cnn_with_batchnorm_top5():
+    p, H = exact("cnn", 100)
+    ev = torch.linalg.eigvalsh(H).flip(0).numpy()
+    op = CurvatureOperator(p)
+    r = lanczos(op.matmat, op.size, k=5, tol=1e-7)
+    np.testing.assert_allclose(r.eigenvalues, ev[:5], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_transformer_per_layer_blocks():
+    p, H = exact("transformer", 100)
+    for key, names in layer_blocks(p.layout).items():
+        idx = torch.cat([torch.arange(p.layout.size)[p.layout.block(n)] for n in names])
+        ev = torch.linalg.eigvalsh(H[idx][:, idx]).flip(0).numpy()
+        op = CurvatureOperator(p, names=names)
+        r = lanczos(op.matmat, op.size, k=min(3, op.size), tol=1e-8)
+        np.testing.assert_allclose(r.eigenvalues, ev[: r.eigenvalues.size], rtol=1e-6, atol=1e-10 * abs(ev[0])), key

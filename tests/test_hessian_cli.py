@@ -1,0 +1,105 @@
+"""`landscape hessian` end to end: the results file, its figures, and eigenvector axes for sweeps."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import sample_problem
+
+from landscape.errors import LandscapeError
+from landscape.hessian import hessian_axes
+from landscape.hessian.axes import axes_from_curvature
+from landscape.io.curvature import read_curvature
+from landscape.render.spectrum import spectrum_figure, spectrum_plotly
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _linreg_eigs() -> np.ndarray:
+    p = sample_problem("linreg")
+    xa = torch.cat([p.x, torch.ones(p.n, 1, dtype=p.x.dtype)], dim=1)
+    return torch.linalg.eigvalsh(2.0 / p.n * xa.T @ xa).flip(0).numpy()
+
+
+@pytest.fixture(scope="module")
+def linreg_file(tmp_path_factory):
+    from landscape.cli import main
+
+    out = tmp_path_factory.mktemp("curv") / "linreg.h5"
+    try:
+        main(["hessian", "--sample", "linreg", "--dtype", "float64", "--device", "cpu", "--trace", "--density",
+              "--per-layer", "--top-k", "3", "--tol", "1e-8", "--probes", "3", "-o", str(out)])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    return out
+
+
+def test_cli_writes_a_complete_curvature_file(linreg_file):
+    curv = read_curvature(linreg_file)
+    ev = _linreg_eigs()
+    np.testing.assert_allclose(curv["eigenvalues"], ev[:3], rtol=1e-9)
+    assert curv["converged"].all() and curv["eigenvectors"].shape == (3, 11)
+    assert curv["trace"]["value"] == pytest.approx(ev.sum(), rel=1e-9)
+    assert curv["lanczos"]["alpha"].shape[0] == 3
+    assert set(curv["layers"]) == {"weight", "bias"}
+    assert curv["attrs"]["format"] == "landscape-results" and curv["attrs"]["kind"] == "hessian"
+    assert curv["attrs"]["command"]
+    with h5py.File(linreg_file, "r") as f:
+        assert {"eigenvalues", "residuals", "eigenvectors", "trace", "lanczos", "density", "layers", "layout"} <= set(f["hessian"])
+    assert not linreg_file.with_name(linreg_file.name + ".partial").exists()
+
+
+def test_figures_from_the_file_alone(linreg_file, tmp_path):
+    curv = read_curvature(linreg_file)
+    for kind in ("density", "eigenvalues"):
+        fig = spectrum_figure(curv, kind)
+        fig.savefig(tmp_path / f"{kind}.png")
+        assert (tmp_path / f"{kind}.png").stat().st_size > 1000
+        assert spectrum_plotly(curv, kind).to_html(include_plotlyjs=False)
+    spectrum_figure(curv, "density", sigma=0.1)  # redrawn from the stored tridiagonals
+    with pytest.raises(LandscapeError, match="--kind"):
+        spectrum_figure(curv, "contour")
+
+
+def test_cli_refuses_bad_options_and_existing_output(cli, linreg_file):
+    r = cli("hessian", "--sample", "linreg", "-o", linreg_file)
+    assert r.code == 2 and "exists" in r.err
+    r = cli("hessian", "--sample", "linreg", "--which", "smallest", "-o", linreg_file.with_name("x.h5"))
+    assert r.code == 2 and "--which" in r.err
+    r = cli("hessian", "--sample", "linreg", "--curvature", "fisher", "-o", linreg_file.with_name("x.h5"))
+    assert r.code == 2 and "--curvature" in r.err
+
+
+def test_cli_ggn_on_mlp_subset(cli, tmp_path):
+    out = tmp_path / "ggn.h5"
+    r = cli("hessian", "--sample", "mlp", "--samples", "64", "--curvature", "ggn", "--top-k", "2", "--which", "both",
+            "--device", "cpu", "-o", out)
+    assert r.code == 0, r.err
+    curv = read_curvature(out)
+    assert curv["curvature"] == "ggn"
+    assert curv["eigenvalues"].shape == (4,)
+    assert curv["eigenvalues"].min() > -1e-4 * curv["eigenvalues"].max()  # PSD up to float32 rounding
+
+
+def test_hessian_axes_fresh_and_from_file(linreg_file):
+    p = sample_problem("linreg")
+    dirs, attrs = hessian_axes(p, count=2, tol=1e-8)
+    assert dirs.shape == (2, 11) and dirs.dtype == torch.float64
+    np.testing.assert_allclose(dirs.norm(dim=1).numpy(), 1.0, rtol=1e-12)
+    ev = _linreg_eigs()
+    assert attrs[0]["kind"] == "hessian" and attrs[0]["eigenvalue"] == pytest.approx(ev[0], rel=1e-9)
+    assert "Hessian eigenvector 1" in attrs[0]["label"]
+    stored, sattrs = axes_from_curvature(linreg_file, p)
+    assert torch.allclose(stored.abs(), dirs.abs(), atol=1e-8)
+    assert sattrs[1]["eigenvalue"] == pytest.approx(ev[1], rel=1e-9)
+    other = sample_problem("mlp", samples=10)
+    with pytest.raises(LandscapeError, match="another model"):
+        axes_from_curvature(linreg_file, other)
