@@ -33,6 +33,7 @@ class Problem:
     batch_size: int
     device: torch.device
     dtype: torch.dtype
+    auto_batch: bool = False  # True when the user named no batch size: the sweep may tune it
 
     @property
     def n(self) -> int:
@@ -89,9 +90,10 @@ def make_problem(
         y=y,
         loss_fn=loss_fn,
         classification=classification,
-        batch_size=int(batch_size or min(x.shape[0], 4096)),
+        batch_size=int(batch_size or min(x.shape[0], 4096 if device.type == "cpu" else 65536)),
         device=device,
         dtype=dtype,
+        auto_batch=batch_size is None,
     )
     check_fits(problem, data_name)
     return problem

@@ -137,7 +137,10 @@ def run_sweep(
     if chosen != strat.name:  # every rank runs rank 0's choice
         strat.close()
         budget = memory_budget(problem.device)
-        strat = build_strategy(chosen, problem, directions, points_per_call=points_per_call(problem, budget), memory_budget=budget)
+        size = choice.strategy.batch_size
+        strat = build_strategy(
+            chosen, problem, directions, points_per_call=points_per_call(problem, budget, size), memory_budget=budget, batch_size=size
+        )
     report.strategy, report.timings, report.dropped = chosen, choice.timings, choice.dropped
     try:
         if world.broadcast(choice.probe_result is not None):  # rank 0's probe values are kept

@@ -28,7 +28,9 @@ from torch.func import functional_call
 from landscape.errors import LandscapeError
 from landscape.problem import Problem
 
-STRATEGIES = ("loop", "vmap", "firstlayer")
+STRATEGIES = ("loop", "vmap", "firstlayer", "firstlayer-vmap")
+SHORTLIST_POINTS = 4  # the probe's first stage times each strategy on this many points ...
+SHORTLIST_FACTOR = 3.0  # ... and drops those this many times slower than the fastest
 
 
 @dataclass
@@ -39,25 +41,29 @@ class Evaluation:
     accuracy: torch.Tensor | None  # float64 [n] or None for non-classification tasks
 
 
-def _accumulate(out: torch.Tensor, yb: torch.Tensor, problem: Problem) -> tuple[float, float]:
-    """Summed loss and number correct of one batch (loss_fn returns a batch mean)."""
-    loss = float(problem.loss_fn(out, yb)) * yb.shape[0]
-    correct = float((out.argmax(-1) == yb).sum()) if problem.classification else 0.0
-    return loss, correct
-
-
 class Strategy:
     """Evaluates points theta + coords @ directions on the whole data set of a problem."""
 
     name = "base"
 
-    def __init__(self, problem: Problem, directions: torch.Tensor):
+    def __init__(self, problem: Problem, directions: torch.Tensor, batch_size: int | None = None):
         self.problem = problem
         self.directions = directions.to(problem.device, problem.theta.dtype)  # [k, P]
-        self.batch_size = problem.batch_size
+        self.batch_size = batch_size or problem.batch_size
+        params = problem.params()
+        self._slots = [
+            (name, params[name], problem.layout.block(name), shape)
+            for name, shape in zip(problem.layout.names, problem.layout.shapes)
+        ]
 
     def evaluate(self, coords: torch.Tensor) -> Evaluation:
         raise NotImplementedError
+
+    def write_params(self, flat: torch.Tensor, skip: frozenset[str] = frozenset()) -> None:
+        """Copy a flat weight vector into the model's parameters, in place."""
+        for name, param, block, shape in self._slots:
+            if name not in skip:
+                param.copy_(flat[block].view(shape))
 
     def shrink(self) -> str | None:
         """Use less memory after an out-of-memory error: say how, or None when it cannot."""
@@ -68,14 +74,7 @@ class Strategy:
 
     def close(self) -> None:
         """Put the checkpoint weights back into the model."""
-        _write_params(self.problem, self.problem.theta)
-
-
-def _write_params(problem: Problem, flat: torch.Tensor, skip: frozenset[str] = frozenset()) -> None:
-    params = problem.params()
-    for name, view in problem.layout.unflatten(flat).items():
-        if name not in skip:
-            params[name].copy_(view)
+        self.write_params(self.problem.theta)
 
 
 class LoopStrategy(Strategy):
@@ -88,21 +87,17 @@ class LoopStrategy(Strategy):
     def evaluate(self, coords: torch.Tensor) -> Evaluation:
         p = self.problem
         coords = coords.to(p.device, p.theta.dtype)
-        losses, accs = [], []
-        for c in coords:
-            _write_params(p, torch.addmv(p.theta, self.directions.T, c), self.skip)
-            total, correct = 0.0, 0.0
+        loss = torch.zeros(coords.shape[0], dtype=torch.float64, device=p.device)
+        correct = torch.zeros_like(loss)
+        for i, c in enumerate(coords):
+            self.write_params(torch.addmv(p.theta, self.directions.T, c), self.skip)
             for bi, (xb, yb, _) in enumerate(p.batches(self.batch_size)):
                 self.before_batch(bi, c)
-                lb, cb = _accumulate(p.model(xb), yb, p)
-                total += lb
-                correct += cb
-            losses.append(total / p.n)
-            accs.append(correct / p.n)
-        return Evaluation(
-            torch.tensor(losses, dtype=torch.float64),
-            torch.tensor(accs, dtype=torch.float64) if p.classification else None,
-        )
+                out = p.model(xb)
+                loss[i] += p.loss_fn(out, yb).double() * yb.shape[0]
+                if p.classification:
+                    correct[i] += (out.argmax(-1) == yb).sum()
+        return Evaluation((loss / p.n).cpu(), (correct / p.n).cpu() if p.classification else None)
 
     def before_batch(self, batch_index: int, c: torch.Tensor) -> None:
         """Hook for subclasses (the first-layer cache)."""
@@ -112,25 +107,32 @@ class VmapStrategy(Strategy):
     """K points per call: stacked weights through functional_call under torch.vmap."""
 
     name = "vmap"
+    feeds_first_layer = False  # True: the first layer's per-point outputs are passed in, not computed
 
-    def __init__(self, problem: Problem, directions: torch.Tensor, points_per_call: int = 16):
-        super().__init__(problem, directions)
+    def __init__(self, problem: Problem, directions: torch.Tensor, points_per_call: int = 16, batch_size: int | None = None):
+        super().__init__(problem, directions, batch_size)
         self.k = points_per_call
         model, buffers, loss_fn, cls = problem.model, problem.buffers, problem.loss_fn, problem.classification
 
-        def one(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor):
+        def one(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, first_out: torch.Tensor | None):
+            self.first_out = first_out  # read by the first layer's replaced forward (FirstLayerVmapStrategy)
             out = functional_call(model, (params, buffers), (xb,))
             loss = loss_fn(out, yb)
             correct = (out.argmax(-1) == yb).sum() if cls else torch.zeros((), device=out.device)
             return loss, correct
 
-        self._batched = torch.vmap(one, in_dims=(0, None, None))
+        self._batched = torch.vmap(one, in_dims=(0, None, None, 0 if self.feeds_first_layer else None))
+        self.first_out: torch.Tensor | None = None
 
     def shrink(self) -> str | None:
         if self.k > 1:
             self.k //= 2
             return f"{self.k} point{'s' if self.k > 1 else ''} per call"
         return super().shrink()
+
+    def first_layer_outputs(self, batch_index: int, c: torch.Tensor) -> torch.Tensor | None:
+        """Per-point outputs of the first layer for one batch, [K, B, ...] (None: computed by the model)."""
+        return None
 
     @torch.no_grad()
     def evaluate(self, coords: torch.Tensor) -> Evaluation:
@@ -142,8 +144,8 @@ class VmapStrategy(Strategy):
             c = coords[start : start + self.k]
             flat = p.theta + c @ self.directions  # [K, P]
             params = {k: v.to(p.dtype) for k, v in p.layout.unflatten(flat).items()}
-            for xb, yb, _ in p.batches(self.batch_size):
-                lb, cb = self._batched(params, xb, yb)
+            for bi, (xb, yb, _) in enumerate(p.batches(self.batch_size)):
+                lb, cb = self._batched(params, xb, yb, self.first_layer_outputs(bi, c))
                 loss[start : start + c.shape[0]] += lb.double() * xb.shape[0]
                 correct[start : start + c.shape[0]] += cb.double()
         return Evaluation((loss / p.n).cpu(), (correct / p.n).cpu() if p.classification else None)
@@ -181,82 +183,145 @@ def find_first_layer(problem: Problem) -> tuple[str, nn.Module] | None:
     return name, module
 
 
-class FirstLayerStrategy(LoopStrategy):
-    """The per-point loop with the first layer's output assembled from cached products."""
+class FirstLayerCache:
+    """The first layer's outputs at the checkpoint and along each direction, per batch of the data.
 
-    name = "firstlayer"
+    The layer is linear in its weights, so at theta + sum_k c_k D_k its output is
+    Y0 + sum_k c_k Y_k with Y0 = layer(x; W0, b0) and Y_k = layer(x; D_k weight, D_k bias).
+    """
 
-    def __init__(self, problem: Problem, directions: torch.Tensor, first: tuple[str, nn.Module]):
-        super().__init__(problem, directions)
+    def __init__(self, problem: Problem, directions: torch.Tensor, first: tuple[str, nn.Module], batch_size: int):
         name, self.layer = first
         prefix = f"{name}." if name else ""
-        self.skip = frozenset(prefix + n for n, _ in self.layer.named_parameters(recurse=False))
+        self.owned = frozenset(prefix + n for n, _ in self.layer.named_parameters(recurse=False))
         theta = problem.layout.unflatten(problem.theta)
-        dirs = problem.layout.unflatten(self.directions)
+        dirs = problem.layout.unflatten(directions)
         w_name, b_name = prefix + "weight", prefix + "bias"
-        has_bias = b_name in self.skip
-        self.cache: list[torch.Tensor] = []  # per batch: [1 + k, B, ...]
-        with torch.no_grad():  # products at the weights' precision (float32 when the model runs in bfloat16)
-            for xb, _, _ in problem.batches():
+        has_bias = b_name in self.owned
+        self.dtype = problem.dtype
+        self.per_batch: list[torch.Tensor] = []  # [1 + k, B, ...]
+        with torch.no_grad():  # at the weights' precision (float32 when the model runs in bfloat16)
+            for xb, _, _ in problem.batches(batch_size):
                 xm = xb.to(problem.theta.dtype)
                 outs = [self._apply(xm, theta[w_name], theta[b_name] if has_bias else None)]
-                for j in range(self.directions.shape[0]):
+                for j in range(directions.shape[0]):
                     outs.append(self._apply(xm, dirs[w_name][j], dirs[b_name][j] if has_bias else None))
-                self.cache.append(torch.stack(outs))
-        self._current: torch.Tensor | None = None
-
-    def evaluate(self, coords: torch.Tensor) -> Evaluation:
-        self.layer.forward = self._cached_forward  # type: ignore[method-assign]
-        try:
-            return super().evaluate(coords)
-        finally:
-            del self.layer.forward
+                self.per_batch.append(torch.stack(outs))
 
     def _apply(self, xb: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        layer = self.layer
-        if isinstance(layer, nn.Linear):
+        if isinstance(self.layer, nn.Linear):
             return F.linear(xb, weight, bias)
-        return layer._conv_forward(xb, weight, bias)  # type: ignore[attr-defined]
+        return self.layer._conv_forward(xb, weight, bias)  # type: ignore[attr-defined]
 
-    def _cached_forward(self, _x: torch.Tensor) -> torch.Tensor:
-        assert self._current is not None
-        return self._current
+    def outputs(self, batch_index: int, coords: torch.Tensor) -> torch.Tensor:
+        """The layer's output for one batch at each point: coords [K, k] -> [K, B, ...] in the model's dtype."""
+        coef = torch.cat([coords.new_ones(coords.shape[0], 1), coords], dim=1)
+        return torch.tensordot(coef, self.per_batch[batch_index], dims=1).to(self.dtype)
 
-    def before_batch(self, batch_index: int, c: torch.Tensor) -> None:
-        cached = self.cache[batch_index]
-        coef = torch.cat([c.new_ones(1), c])
-        self._current = torch.tensordot(coef, cached, dims=1).to(self.problem.dtype)
+    def replace_forward(self, source: Callable[[], torch.Tensor | None]) -> None:
+        """Make the layer return `source()` instead of computing its output."""
+        self.layer.forward = lambda _x: source()  # type: ignore[method-assign]
 
-    def shrink(self) -> str | None:
-        return None  # the cache is laid out per batch; the loop strategy is the fallback
-
-    def close(self) -> None:
-        self.cache.clear()
-        super().close()
+    def restore_forward(self) -> None:
+        del self.layer.forward
 
 
 def cache_bytes_first_layer(problem: Problem, first: tuple[str, nn.Module], k: int) -> int:
     """Memory the first-layer cache would take (outputs for the whole data set, 1 + k copies)."""
     with torch.no_grad():
         out = first[1](problem.x[:1])
-    return out.numel() * problem.n * (1 + k) * out.element_size()
+    return out.numel() * problem.n * (1 + k) * problem.theta.element_size()
+
+
+class FirstLayerStrategy(LoopStrategy):
+    """The per-point loop with the first layer's output assembled from cached products."""
+
+    name = "firstlayer"
+
+    def __init__(self, problem: Problem, directions: torch.Tensor, first: tuple[str, nn.Module], batch_size: int | None = None):
+        super().__init__(problem, directions, batch_size)
+        self.cache = FirstLayerCache(problem, self.directions, first, self.batch_size)
+        self.skip = self.cache.owned
+        self._current: torch.Tensor | None = None
+
+    def evaluate(self, coords: torch.Tensor) -> Evaluation:
+        self.cache.replace_forward(lambda: self._current)
+        try:
+            return super().evaluate(coords)
+        finally:
+            self.cache.restore_forward()
+
+    def before_batch(self, batch_index: int, c: torch.Tensor) -> None:
+        self._current = self.cache.outputs(batch_index, c[None])[0]
+
+    def shrink(self) -> str | None:
+        return None  # the cache is laid out per batch; the loop strategy is the fallback
+
+    def close(self) -> None:
+        self.cache.per_batch.clear()
+        super().close()
+
+
+class FirstLayerVmapStrategy(VmapStrategy):
+    """K points per call under vmap, with the first layer's outputs assembled from cached products."""
+
+    name = "firstlayer-vmap"
+    feeds_first_layer = True
+
+    def __init__(
+        self,
+        problem: Problem,
+        directions: torch.Tensor,
+        first: tuple[str, nn.Module],
+        points_per_call: int = 16,
+        batch_size: int | None = None,
+    ):
+        super().__init__(problem, directions, points_per_call, batch_size)
+        self.cache = FirstLayerCache(problem, self.directions, first, self.batch_size)
+
+    def first_layer_outputs(self, batch_index: int, c: torch.Tensor) -> torch.Tensor:
+        return self.cache.outputs(batch_index, c)
+
+    def evaluate(self, coords: torch.Tensor) -> Evaluation:
+        self.cache.replace_forward(lambda: self.first_out)
+        try:
+            return super().evaluate(coords)
+        finally:
+            self.cache.restore_forward()
+
+    def shrink(self) -> str | None:
+        if self.k > 1:
+            return super().shrink()
+        return None
+
+    def close(self) -> None:
+        self.cache.per_batch.clear()
+        super().close()
 
 
 def build_strategy(
-    name: str, problem: Problem, directions: torch.Tensor, *, points_per_call: int = 16, memory_budget: int = 1 << 30
+    name: str,
+    problem: Problem,
+    directions: torch.Tensor,
+    *,
+    points_per_call: int = 16,
+    memory_budget: int = 1 << 30,
+    batch_size: int | None = None,
 ) -> Strategy:
     """Construct strategy `name`; raises ValueError when it cannot run this model."""
     if name == "loop":
-        return LoopStrategy(problem, directions)
+        return LoopStrategy(problem, directions, batch_size)
     if name == "vmap":
-        return VmapStrategy(problem, directions, points_per_call)
-    if name == "firstlayer":
+        return VmapStrategy(problem, directions, points_per_call, batch_size)
+    if name in ("firstlayer", "firstlayer-vmap"):
         first = find_first_layer(problem)
         if first is None:
             raise ValueError("the model does not start with a Linear/Conv layer fed directly by the input")
         if cache_bytes_first_layer(problem, first, directions.shape[0]) > memory_budget:
             raise ValueError("the first layer's cached outputs would not fit the memory budget")
-        return FirstLayerStrategy(problem, directions, first)
+        if name == "firstlayer":
+            return FirstLayerStrategy(problem, directions, first, batch_size)
+        return FirstLayerVmapStrategy(problem, directions, first, points_per_call, batch_size)
     raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
 
 
@@ -268,13 +333,33 @@ def memory_budget(device: torch.device) -> int:
     return 1 << 30
 
 
-def points_per_call(problem: Problem, memory_budget: int) -> int:
-    """How many points the vmap strategy stacks per call: bounded by weights and activations memory."""
+def points_per_call(problem: Problem, memory_budget: int, batch_size: int | None = None) -> int:
+    """How many points the vmap strategies stack per call: bounded by weights and activations memory."""
     with torch.no_grad():
         out = problem.model(problem.x[:1])
     per_point = problem.layout.size * problem.theta.element_size() * 2
-    per_point += 8 * out.numel() * problem.batch_size * out.element_size()  # rough activation allowance
+    per_point += 8 * out.numel() * (batch_size or problem.batch_size) * out.element_size()  # rough activation allowance
     return int(max(1, min(64, memory_budget // max(per_point, 1))))
+
+
+def tune_batch_size(problem: Problem, repeats: int = 2) -> int:
+    """The batch size whose forward passes over the whole data set are fastest (cache effects make
+    the whole set in one batch slower for some models on a CPU)."""
+    cap = problem.batch_size
+    sizes = sorted({min(problem.n, s) for s in (cap, cap // 2, cap // 4, cap // 16) if s >= 1}, reverse=True)
+    if len(sizes) == 1:
+        return sizes[0]
+    best, best_size = float("inf"), sizes[0]
+    with torch.no_grad():
+        for size in sizes:
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for xb, yb, _ in problem.batches(size):
+                    problem.loss_fn(problem.model(xb), yb).item()
+                elapsed = time.perf_counter() - start
+                if elapsed < best:
+                    best, best_size = elapsed, size
+    return best_size
 
 
 @dataclass
@@ -295,21 +380,25 @@ def choose_strategy(
     *,
     candidates: tuple[str, ...] = STRATEGIES,
     budget: int | None = None,
-    repeats: int = 3,
+    repeats: int = 2,
     warn: Callable[[str], None] = lambda msg: warnings.warn(msg, stacklevel=2),
 ) -> Choice:
     """Time each candidate on `probe_coords` (real grid points) and keep the fastest that agrees with loop.
 
+    When the user named no batch size (`problem.auto_batch`), the batch size is tuned first.
     The winner's values at the probe points are returned so the caller can store them.
     With one candidate nothing is timed.
     """
     budget = memory_budget(problem.device) if budget is None else budget
-    k = points_per_call(problem, budget)
+    batch_size = tune_batch_size(problem) if problem.auto_batch and len(candidates) > 1 else problem.batch_size
+    k = points_per_call(problem, budget, batch_size)
     built: dict[str, Strategy] = {}
     dropped: dict[str, str] = {}
     for name in candidates:
         try:
-            built[name] = build_strategy(name, problem, directions, points_per_call=k, memory_budget=budget)
+            built[name] = build_strategy(
+                name, problem, directions, points_per_call=k, memory_budget=budget, batch_size=batch_size
+            )
         except Exception as exc:  # a model the strategy cannot run: fall back, say why
             dropped[name] = _one_line(exc)
     if not built:
@@ -320,25 +409,36 @@ def choose_strategy(
     timings: dict[str, float] = {}
     results: dict[str, Evaluation] = {}
     reference: Evaluation | None = None
-    for name, strat in list(built.items()):
+    first: dict[str, float] = {}
+
+    def drop(name: str, why: str, message: str) -> None:
+        dropped[name] = why
+        warn(message)
+        built.pop(name).close()
+
+    for name, strat in list(built.items()):  # stage 1: a few points each, so a slow candidate costs little
         try:
             evaluate_shrinking(strat, probe_coords[:1], warn)  # warm-up (vmap tracing, allocator)
+            _, first[name] = _timed(strat, probe_coords[:SHORTLIST_POINTS], 1, warn)
+        except Exception as exc:
+            drop(name, _one_line(exc), f"sweep strategy {name} cannot run this model ({_one_line(exc)}); falling back")
+        finally:
+            strat.write_params(problem.theta)
+    for name in [n for n in built if first[n] > SHORTLIST_FACTOR * min(first.values())]:
+        timings[name] = first[name]  # too slow on the first points: not timed further
+        built.pop(name).close()
+    for name, strat in list(built.items()):  # stage 2: the whole probe, best of `repeats`
+        try:
             res, timings[name] = _timed(strat, probe_coords, repeats, warn)
         except Exception as exc:
-            dropped[name] = _one_line(exc)
-            warn(f"sweep strategy {name} cannot run this model ({dropped[name]}); falling back")
-            strat.close()
-            del built[name]
+            drop(name, _one_line(exc), f"sweep strategy {name} cannot run this model ({_one_line(exc)}); falling back")
             continue
         finally:
-            _write_params(problem, problem.theta)
+            strat.write_params(problem.theta)
         if reference is None:
             reference = res
         elif not _agree(reference.loss, res.loss, problem.dtype):
-            dropped[name] = "its values disagree with the per-point loop"
-            warn(f"sweep strategy {name} gives values that disagree with the loop; not using it")
-            strat.close()
-            del built[name]
+            drop(name, "its values disagree with the other strategies", f"sweep strategy {name} gives values that disagree with the others; not using it")
             continue
         results[name] = res
     if not built:

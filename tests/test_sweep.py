@@ -34,7 +34,7 @@ def test_strategy_matches_direct_loop_2d_nonsquare(name, strategy):
     try:
         strat = build_strategy(strategy, problem, dirs, points_per_call=4)
     except ValueError:
-        assert strategy == "firstlayer" and name == "transformer"  # embedding first: no linear first layer
+        assert strategy.startswith("firstlayer") and name == "transformer"  # embedding first: no linear first layer
         return
     res = strat.evaluate(coords)
     strat.close()

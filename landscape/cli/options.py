@@ -66,7 +66,10 @@ Loss = Annotated[
 Sample = Annotated[str | None, typer.Option(help="A bundled sample instead of model/checkpoint/data (see `landscape samples`).", rich_help_panel=LOAD)]
 Samples = Annotated[int | None, typer.Option(help="Use a fixed, seeded subset of N data points (default: all).", rich_help_panel=LOAD)]
 Seed = Annotated[int, typer.Option(help="Seed of random directions and of the --samples subset.", rich_help_panel=RUN)]
-BatchSize = Annotated[int | None, typer.Option(help="Data points per forward pass (default: all, up to 4096).", rich_help_panel=RUN)]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(help="Data points per forward pass (default: tuned by timing, at most all of them, 4096 on CPU, 65536 on GPU).", rich_help_panel=RUN),
+]
 Device = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.", rich_help_panel=RUN)]
 Dtype = Annotated[
     str,
