@@ -7,11 +7,14 @@ sum across ranks. gloo on CPU, NCCL on CUDA. The World is passed explicitly, nev
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from landscape.problem import Problem
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,23 @@ class World:
         per, extra = divmod(n, self.size)
         start = self.rank * per + min(self.rank, extra)
         return slice(start, start + per + (1 if self.rank < extra else 0))
+
+
+def shard_problem(world: World, problem: Problem) -> Problem:
+    """This rank's contiguous share of the problem's data (`World.shard` rows of x and y, copied so the
+    rest can be freed); the problem itself when the world has one rank.
+
+    The shard's own batch weights are |b|/n_local: code that needs the dataset mean (the curvature
+    operator) must weight by the global N, which it gets by summing `problem.n` over the ranks.
+    """
+    if world.size == 1:
+        return problem
+    from landscape.errors import LandscapeError
+
+    if problem.n < world.size:
+        raise LandscapeError(f"{problem.n} samples cannot be shared by {world.size} processes (use more --samples or fewer processes)")
+    part = world.shard(problem.n)
+    return replace(problem, x=problem.x[part].clone(), y=problem.y[part].clone())
 
 
 def init_world(device: str = "auto") -> World:

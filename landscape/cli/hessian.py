@@ -1,4 +1,9 @@
-"""`landscape hessian`: top-k eigenpairs, trace and spectral density of the Hessian (or GGN), per layer too."""
+"""`landscape hessian`: top-k eigenpairs, trace and spectral density of the Hessian (or GGN), per layer too.
+
+Under torchrun every rank loads the problem and keeps its shard of the data; the products are summed
+over the ranks (landscape.hessian.operators), so every rank computes the same estimates; rank 0 alone
+prints and writes the results file.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from landscape.cli.options import (
     say,
     warn,
 )
+from landscape.distributed import close_world, device_for, init_world, shard_problem
 from landscape.errors import LandscapeError
 from landscape.hessian.analysis import BlockResult, CurvatureSettings, run_curvature
 from landscape.hessian.lanczos import WHICH
@@ -41,6 +47,10 @@ from landscape.io.curvature import write_curvature
 from landscape.load import load_problem
 
 CURV = "Curvature"
+
+
+def _quiet(msg: str) -> None:
+    """Ranks other than 0 say nothing."""
 
 
 @app.command(rich_help_panel="Compute")
@@ -111,22 +121,31 @@ def hessian(
         raise LandscapeError("--trace-matvecs must be >= 3")
     if top_k == 0 and not trace and not density:
         raise LandscapeError("nothing to compute: --top-k 0 without --trace or --density")
-    if output.exists() and not force:
+    world = init_world(device)
+    if world.main and output.exists() and not force:
         raise LandscapeError(f"{output} exists: pass --force to overwrite it")
     spec = load_spec(
         model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
-        seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle,
+        seed=seed, batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle,
     )
-    problem, prov = load_problem(spec, say)
+    tell = say if world.main else _quiet
+    problem, prov = load_problem(spec, tell)
+    problem = shard_problem(world, problem)  # this rank's rows; provenance keeps the whole data set's
     settings = CurvatureSettings(
         curvature=curvature, top_k=top_k, which=which, tol=tol, max_iter=max_iter, trace=trace,
         trace_matvecs=trace_matvecs, density=density, probes=probes, steps=steps, per_layer=per_layer,
         eigenvectors=eigenvectors, seed=seed, method=method, batch_size=batch_size,
     )
-    say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, loss {prov['loss']}, {prov['device']} {dtype}, {curvature}")
+    tell(
+        f"{prov['parameters']:,} parameters, {prov['samples']:,} samples, loss {prov['loss']}, {prov['device']} {dtype}, {curvature}"
+        + (f", {world.size} processes" if world.size > 1 else "")
+    )
     t0 = time.perf_counter()
-    result = run_curvature(problem, settings, say)
+    result = run_curvature(problem, settings, tell, world)
     seconds = time.perf_counter() - t0
+    close_world(world)
+    if not world.main:
+        return
     file_settings = {
         **settings.__dict__,
         "model": prov["model"], "checkpoint_sha256": prov["checkpoint_sha256"], "data_sha256": prov["data_sha256"],
@@ -136,7 +155,7 @@ def hessian(
         output,
         result,
         attrs={**prov, "command": command_line(), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "kind": "hessian", "seconds": seconds},
+               "kind": "hessian", "seconds": seconds, "world_size": world.size},
         settings=file_settings,
         layout=problem.layout,
         vector_dtype=np.float64 if dtype == "float64" else np.float32,

@@ -2,6 +2,10 @@
 
 This glues the operators to the algorithms and collects their results (each with its error bar) in
 frozen dataclasses; the CLI stores them with landscape.io.curvature. No I/O here.
+
+Under torchrun, pass the `world` and each rank's shard of the data (`shard_problem`): the operators
+sum their products over the ranks and the algorithms draw their random vectors from seeded
+generators that do not depend on the rank, so every rank computes the same estimates.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from landscape.distributed import World
 from landscape.hessian.density import LanczosRuns, slq
 from landscape.hessian.lanczos import Eigenpairs, lanczos
 from landscape.hessian.operators import CurvatureOperator, layer_blocks
@@ -73,10 +78,12 @@ def estimate_block(
     settings: CurvatureSettings,
     names: tuple[str, ...] | None = None,
     say: Callable[[str], None] = lambda msg: None,
+    world: World | None = None,
 ) -> BlockResult:
-    """Build the operator on `names` (default all) and run what `settings` asks for."""
+    """Build the operator on `names` (default all) and run what `settings` asks for (on every rank of `world`)."""
     op = CurvatureOperator(
-        problem, curvature=settings.curvature, names=names, method=settings.method, batch_size=settings.batch_size
+        problem, curvature=settings.curvature, names=names, method=settings.method, batch_size=settings.batch_size,
+        world=world,
     )
     seconds: dict[str, float] = {}
     eigen = trace = runs = None
@@ -103,10 +110,17 @@ def estimate_block(
 
 
 def run_curvature(
-    problem: Problem, settings: CurvatureSettings, say: Callable[[str], None] = lambda msg: None
+    problem: Problem,
+    settings: CurvatureSettings,
+    say: Callable[[str], None] = lambda msg: None,
+    world: World | None = None,
 ) -> CurvatureResult:
-    """The whole model's estimates, then (with per_layer) the same for each module's parameter block."""
-    model = estimate_block(problem, settings, None, say)
+    """The whole model's estimates, then (with per_layer) the same for each module's parameter block.
+
+    With a `world` of several ranks, `problem` holds this rank's shard of the data and every rank
+    must call this (the products are summed over the ranks); every rank returns the same result.
+    """
+    model = estimate_block(problem, settings, None, say, world)
     op = model.operator
     say(
         f"{settings.curvature} products by {op['method']}: {op['product_to_gradient_ratio']:.2f} gradients per product"
@@ -119,7 +133,7 @@ def run_curvature(
             **{**settings.__dict__, "eigenvectors": False, "method": op["method"] if settings.curvature == "hessian" else "auto"}
         )
         for key, names in layer_blocks(problem.layout).items():
-            layers[key] = estimate_block(problem, layer_settings, names, say)
+            layers[key] = estimate_block(problem, layer_settings, names, say, world)
     return CurvatureResult(settings=settings, model=model, layers=layers)
 
 

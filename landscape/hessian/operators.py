@@ -18,6 +18,12 @@ The generalized Gauss-Newton G = sum_b w_b J_b^T H_out,b J_b (J: Jacobian of the
 H_out: Hessian of the loss in the output) is positive semi-definite for convex losses and is
 multiplied with reverse mode only: Jv by the double-vjp trick, then H_out (Jv), then J^T(.).
 
+Many processes (torchrun): each rank's problem holds its shard of the data, batches are weighted
+by |b|/N with the GLOBAL N, and every product is summed over the ranks (`World.all_sum_`), so every
+rank gets exactly the full-data product and runs the same algorithm on it. Every decision that
+changes the sequence of collective calls (which method, batched or looped vectors, one batch or
+several, a method dropped) is made from numbers summed over the ranks, so all ranks decide alike.
+
 Nothing here does I/O; vectors in and out are float64 on the problem's device.
 """
 
@@ -31,6 +37,7 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
+from landscape.distributed import World
 from landscape.errors import LandscapeError
 from landscape.params import Layout
 from landscape.problem import Problem
@@ -64,6 +71,12 @@ class CurvatureOperator:
     products the algorithms asked for (one per vector); `setup_matvecs` the ones spent measuring
     the methods and checking determinism.
 
+    With a `world` of several ranks, `problem` holds this rank's part of the data (see
+    `landscape.distributed.shard_problem`) and the operator is that of the union of the parts:
+    batches are weighted by |b|/n_total (default: `problem.n` summed over the ranks) and products
+    are summed over the ranks. Every rank must construct the operator and call its products in
+    the same order. `n_total` alone (one process) gives a shard's share of the full product.
+
     Example:
         >>> op = CurvatureOperator(problem)           # doctest: +SKIP
         >>> hv = op.matmat(torch.randn(3, op.size, dtype=torch.float64))
@@ -79,6 +92,8 @@ class CurvatureOperator:
         batch_size: int | None = None,
         max_vectors: int = 16,
         check: bool = True,
+        world: World | None = None,
+        n_total: int | None = None,
     ) -> None:
         if curvature not in CURVATURES:
             raise LandscapeError(f"--curvature {curvature!r}: expected one of {', '.join(CURVATURES)}")
@@ -98,6 +113,9 @@ class CurvatureOperator:
         self.size = self.sub.size
         self.dtype = problem.dtype
         self.device = problem.device
+        self.world = world or World()
+        # the global N of the batch weights |b|/N: the ranks' sample counts summed
+        self.n_total = int(n_total) if n_total else int(self._summed([problem.n])[0])
         self.batch_size = batch_size or problem.batch_size
         self.max_vectors = max(1, int(max_vectors))
         self.matvecs = 0
@@ -108,7 +126,8 @@ class CurvatureOperator:
         self._batched: bool | None = None  # vmap several vectors per call? decided by timing the first chunks
         self._chunk_seconds: dict[str, float] = {}
         self._cache: list[Any] | None = None
-        self._single_batch = problem.n <= self.batch_size
+        # the kept-graph methods only when every rank's data is one batch (the same candidates on all ranks)
+        self._single_batch = self._summed([float(problem.n > self.batch_size)])[0] == 0
         if curvature == "ggn":
             candidates = ("ggn-cached", "ggn") if self._single_batch else ("ggn",)
             if method != "auto":
@@ -130,7 +149,33 @@ class CurvatureOperator:
         return functional_call(self.problem.model, (params, self.problem.buffers), (xb,))
 
     def _batches(self):
-        return self.problem.batches(self.batch_size)
+        """(x_b, y_b, |b| / n_total) over this rank's data: the ranks' weighted sums add up to the dataset mean."""
+        p, bs = self.problem, self.batch_size
+        for start in range(0, p.n, bs):
+            xb, yb = p.x[start : start + bs], p.y[start : start + bs]
+            yield xb, yb, xb.shape[0] / self.n_total
+
+    # ---- agreement between ranks (no-ops for one process) -----------------------------------
+    def _summed(self, values: Sequence[float]) -> list[float]:
+        """Numbers summed over the ranks: the same list on every rank, for decisions all must share."""
+        if self.world.size == 1:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        return self.world.all_sum_(t).tolist()
+
+    def _try_product(self, method: str, v: torch.Tensor) -> tuple[torch.Tensor | None, str]:
+        """The summed product by `method`, or (None, why) on every rank when it raised on any rank."""
+        try:
+            local, why = self._apply(method, v, reduce=False), ""
+        except LandscapeError:
+            raise
+        except Exception as exc:  # e.g. "ZeroTensors are immutable" from jvp(grad) on a linear MSE model
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            local, why = None, msg[:200]
+        if self._summed([float(bool(why))])[0] > 0:
+            return None, why or "failed on another process"
+        assert local is not None
+        return self.world.all_sum_(local), ""
 
     # ---- public products --------------------------------------------------------------------
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -143,7 +188,7 @@ class CurvatureOperator:
         self.matvecs += V.shape[0]
         return out
 
-    def _apply(self, method: str, V: torch.Tensor) -> torch.Tensor:
+    def _apply(self, method: str, V: torch.Tensor, reduce: bool = True) -> torch.Tensor:
         V = V.to(self.device)
         res = torch.empty(V.shape, dtype=torch.float64, device=self.device)
         k = V.shape[0]
@@ -157,7 +202,7 @@ class CurvatureOperator:
             start += chunk.shape[0]
             if self._batched is not None:
                 step = self.max_vectors
-        return res
+        return self.world.all_sum_(res) if reduce else res
 
     def _timed_products(self, method: str, V: torch.Tensor) -> torch.Tensor:
         """Products of a chunk; while undecided, time batched (vmap) and looped chunks and keep the faster."""
@@ -173,8 +218,9 @@ class CurvatureOperator:
             self._chunk_seconds["batched"] = math.inf
             return self._timed_products(method, V)
         self._chunk_seconds[mode] = (time.perf_counter() - t0) / V.shape[0]
-        if len(self._chunk_seconds) == 2:
-            self._batched = self._chunk_seconds["batched"] < self._chunk_seconds["loop"]
+        if len(self._chunk_seconds) == 2:  # every rank decides on the times summed over the ranks
+            batched, loop = self._summed([self._chunk_seconds["batched"], self._chunk_seconds["loop"]])
+            self._batched = batched < loop
         return out
 
     def _products(self, method: str, V: torch.Tensor, batched: bool = False) -> torch.Tensor:
@@ -247,8 +293,9 @@ class CurvatureOperator:
             with torch.enable_grad():
                 u = self.u0.detach().clone().requires_grad_(True)
                 total += torch.autograd.grad(self._loss(u, xb, yb, w), u)[0]
+        total = self.world.all_sum_(total.to(torch.float64))
         self.gradient_seconds = time.perf_counter() - t0
-        return total.to(torch.float64)
+        return total
 
     def _choose(self, candidates: Sequence[str], check: bool) -> str:
         """Time each candidate on one random vector (a warm-up, then one timed product); keep the fastest.
@@ -263,18 +310,17 @@ class CurvatureOperator:
         results: dict[str, torch.Tensor] = {}
         tol = _agree_tol(self.dtype)
         for name in candidates:
-            try:
-                first = self._apply(name, v)  # warm-up (and, for the cached method, building its graph)
-                t0 = time.perf_counter()
-                second = self._apply(name, v)
-                self.timings[name] = time.perf_counter() - t0
-                self.setup_matvecs += 2
-            except LandscapeError:
-                raise
-            except Exception as exc:  # e.g. "ZeroTensors are immutable" from jvp(grad) on a linear MSE model
-                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                self.dropped[name] = msg[:200]
+            first, why = self._try_product(name, v)  # warm-up (and, for the cached method, building its graph)
+            if first is None:
+                self.dropped[name] = why
                 continue
+            t0 = time.perf_counter()
+            second, why = self._try_product(name, v)
+            if second is None:
+                self.dropped[name] = why
+                continue
+            self.timings[name] = time.perf_counter() - t0
+            self.setup_matvecs += 2
             if not torch.isfinite(first).all():
                 raise LandscapeError("the curvature product is NaN or infinite at this checkpoint (is the loss finite?)")
             if check and not name.endswith("cached") and _rel(first, second) > tol:
@@ -295,6 +341,9 @@ class CurvatureOperator:
                         f"the loss is not deterministic: products by {ref_name} and {name} differ by "
                         f"{_rel(results[ref_name], r):.1e} (relative); remove dropout, BN in train mode or random augmentation"
                     )
+        if self.world.size > 1:  # the mean time over the ranks, the same on every rank
+            means = self._summed([self.timings[k] for k in results])
+            self.timings.update({k: t / self.world.size for k, t in zip(results, means)})
         best = min(results, key=lambda k: self.timings[k])
         if best not in ("double-backward-cached", "ggn-cached"):
             self._cache = None  # free the kept graph when it is not used
@@ -322,6 +371,8 @@ class CurvatureOperator:
             "batched_vectors": self._batched,
             "seconds_per_vector_in_chunks": self._chunk_seconds,
             "size": self.size,
+            "samples": self.n_total,
+            "processes": self.world.size,
         }
 
     def close(self) -> None:
