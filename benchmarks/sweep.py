@@ -8,6 +8,8 @@ All timings are taken in this one process on the same model and data, and report
   sweep/limit     the sweep's time over the forward-only limit (best single pass over the data at any
                   batch size, times the number of points); below 1.0 is possible with the first-layer trick
   ll/sweep        how many times faster than loss-landscapes' random_plane (run on a copy of the model)
+Each time is the best of --repeats interleaved runs. The sweep computes loss and accuracy; the
+loop, the limit and loss-landscapes compute the loss only.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def forward_limit(problem, points: int) -> tuple[float, int]:
 def sweep_as_cli(problem, dirs, coords) -> tuple[float, str]:
     """What `landscape sweep` does: probe on the first points, then the winner on the rest."""
     start = time.perf_counter()
-    choice = choose_strategy(problem, dirs, coords[:16])
+    choice = choose_strategy(problem, dirs, coords[:16], total_points=coords.shape[0])
     choice.strategy.evaluate(coords[16:])
     choice.strategy.close()
     return time.perf_counter() - start, choice.strategy.name
@@ -81,9 +83,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", type=int, default=51)
     ap.add_argument("--samples", default="mlp,cnn,transformer,linreg")
+    ap.add_argument("--repeats", type=int, default=3, help="each timing is the best of this many runs (other work on the machine only adds)")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, grid {args.grid}x{args.grid}")
-    header = f"{'sample':12} {'strategy':10} {'sweep pts/s':>11} {'loop pts/s':>10} {'loop/sweep':>10} {'sweep/limit':>11} {'ll pts/s':>9} {'ll/sweep':>8}"
+    header = f"{'sample':12} {'strategy':15} {'sweep pts/s':>11} {'loop pts/s':>10} {'loop/sweep':>10} {'sweep/limit':>11} {'ll pts/s':>9} {'ll/sweep':>8}"
     print(header)
     print("-" * len(header))
     for name in args.samples.split(","):
@@ -93,12 +96,17 @@ def main() -> None:
         axis = torch.linspace(-1, 1, args.grid, dtype=torch.float64)
         coords = grid_coords([axis, axis]).to(problem.dtype)
         n = coords.shape[0]
-        t_sweep, strategy = sweep_as_cli(problem, dirs, coords)
-        t_loop = plain_loop(problem, dirs, coords)
+        sweeps, loops, lls = [], [], []
+        for _ in range(args.repeats):  # interleaved, so a busy spell on the machine hits all alike
+            sweeps.append(sweep_as_cli(problem, dirs, coords))
+            loops.append(plain_loop(problem, dirs, coords))
+            lls.append(loss_landscapes_plane(problem, args.grid))
+        t_sweep, strategy = min(sweeps)
+        t_loop = min(loops)
         t_limit, _ = forward_limit(problem, n)
-        t_ll = loss_landscapes_plane(problem, args.grid)
+        t_ll = None if lls[0] is None else min(lls)
         ll = f"{n / t_ll:9.1f} {t_ll / t_sweep:8.2f}" if t_ll else f"{'-':>9} {'-':>8}"
-        print(f"{name:12} {strategy:10} {n / t_sweep:11.1f} {n / t_loop:10.1f} {t_loop / t_sweep:10.2f} {t_sweep / t_limit:11.2f} {ll}")
+        print(f"{name:12} {strategy:15} {n / t_sweep:11.1f} {n / t_loop:10.1f} {t_loop / t_sweep:10.2f} {t_sweep / t_limit:11.2f} {ll}")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def compute_roughness(
     total = coords.shape[0]
     candidates = STRATEGIES if strategy == "auto" else (strategy,)
     probe = coords[: min(total, 4)]
-    choice = choose_strategy(problem, directions, probe, candidates=candidates, warn=warn)
+    choice = choose_strategy(problem, directions, probe, candidates=candidates, total_points=total, warn=warn)
     strat = choice.strategy
     loss = torch.full((total,), math.nan, dtype=torch.float64)
     acc = torch.full((total,), math.nan, dtype=torch.float64) if problem.classification else None

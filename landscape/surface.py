@@ -131,7 +131,7 @@ def run_sweep(
     start = time.perf_counter()
     candidates = STRATEGIES if strategy == "auto" else (strategy,)
     probe = todo[: min(len(todo), PROBE_POINTS)]
-    choice = choose_strategy(problem, directions, coords[probe], candidates=candidates, warn=warn)
+    choice = choose_strategy(problem, directions, coords[probe], candidates=candidates, total_points=len(todo), warn=warn)
     strat = choice.strategy
     chosen = world.broadcast(strat.name)
     if chosen != strat.name:  # every rank runs rank 0's choice

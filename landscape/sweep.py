@@ -31,6 +31,8 @@ from landscape.problem import Problem
 STRATEGIES = ("loop", "vmap", "firstlayer", "firstlayer-vmap")
 SHORTLIST_POINTS = 4  # the probe's first stage times each strategy on this many points ...
 SHORTLIST_FACTOR = 3.0  # ... and drops those this many times slower than the fastest
+PROBE_SHARE = 0.03  # a short run's probe may cost this share of the run's estimated time ...
+CLOSE_FACTOR = 1.3  # ... so then only candidates this close to the fastest are timed again
 
 
 @dataclass
@@ -381,13 +383,15 @@ def choose_strategy(
     candidates: tuple[str, ...] = STRATEGIES,
     budget: int | None = None,
     repeats: int = 2,
+    total_points: int | None = None,
     warn: Callable[[str], None] = lambda msg: warnings.warn(msg, stacklevel=2),
 ) -> Choice:
     """Time each candidate on `probe_coords` (real grid points) and keep the fastest that agrees with loop.
 
     When the user named no batch size (`problem.auto_batch`), the batch size is tuned first.
     The winner's values at the probe points are returned so the caller can store them.
-    With one candidate nothing is timed.
+    With one candidate nothing is timed. `total_points` (the run's size) bounds the probe's cost:
+    on a run of a second or two, a thorough probe would cost more than the fastest strategy saves.
     """
     budget = memory_budget(problem.device) if budget is None else budget
     batch_size = tune_batch_size(problem) if problem.auto_batch and len(candidates) > 1 else problem.batch_size
@@ -424,7 +428,13 @@ def choose_strategy(
             drop(name, _one_line(exc), f"sweep strategy {name} cannot run this model ({_one_line(exc)}); falling back")
         finally:
             strat.write_params(problem.theta)
-    for name in [n for n in built if first[n] > SHORTLIST_FACTOR * min(first.values())]:
+    fastest = min(first.values(), default=0.0)
+    factor = SHORTLIST_FACTOR
+    if total_points is not None and fastest > 0:
+        stage2 = sum(first[n] for n in built) * len(probe_coords) * repeats - fastest * len(probe_coords)
+        if stage2 > PROBE_SHARE * total_points * fastest:
+            factor = CLOSE_FACTOR
+    for name in [n for n in built if first[n] > factor * fastest]:
         timings[name] = first[name]  # too slow on the first points: not timed further
         built.pop(name).close()
     for name, strat in list(built.items()):  # stage 2: the whole probe, best of `repeats`

@@ -12,8 +12,21 @@ from landscape.io.spec import resolve_callable
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+
+def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits [N, C, ...] against class indices [N, ...] (as F.cross_entropy).
+
+    Written as log_softmax + gather because under torch.vmap F.cross_entropy goes through a
+    decomposition whose first use imports sympy (about a second) and runs slower; probability
+    targets (floating point) are passed on to F.cross_entropy.
+    """
+    if torch.is_floating_point(target):
+        return F.cross_entropy(output, target)
+    return -output.log_softmax(1).gather(1, target.unsqueeze(1)).mean()
+
+
 BUILTIN: dict[str, LossFn] = {
-    "cross-entropy": F.cross_entropy,
+    "cross-entropy": cross_entropy,
     "mse": F.mse_loss,
 }
 
