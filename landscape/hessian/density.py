@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.hessian.lanczos import tridiagonal_eigh
+from landscape.hessian.lanczos import blas_threads, tridiagonal_eigh
 from landscape.hessian.trace import rademacher
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
@@ -54,6 +54,19 @@ class Density:
         return self.per_probe.std(axis=0, ddof=1) / math.sqrt(p) if p > 1 else np.zeros_like(self.values)
 
 
+def orthonormal_probes(R: torch.Tensor) -> torch.Tensor:
+    """Rows of R orthonormalized in consecutive groups of at most n = R.shape[1].
+
+    Each row keeps E[q q^T] = I/n (the Rademacher distribution is invariant under signed
+    permutations of the coordinates, and so is Gram-Schmidt), so every probe's quadrature stays an
+    unbiased estimate of tr f(H)/n; probes of one group are orthogonal, which lowers the variance of
+    their mean, and a full group of n probes gives tr f(H)/n exactly.
+    """
+    n = R.shape[1]
+    groups = [torch.linalg.qr(chunk.T).Q.T for chunk in torch.split(R, n)]
+    return torch.cat(groups).contiguous()
+
+
 def slq(
     matmat: MatMat,
     n: int,
@@ -63,7 +76,9 @@ def slq(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> LanczosRuns:
-    """Run `probes` Lanczos processes of `steps` steps in lockstep from Rademacher vectors (Ghorbani et al. 2019).
+    """Run `probes` Lanczos processes of `steps` steps in lockstep from Rademacher vectors (Ghorbani et al. 2019),
+    orthonormalized in groups of n (`orthonormal_probes`): still unbiased, less variance, exact when probes >= n.
+    When n * n <= probes * steps (tiny models), n probes of n steps are run instead: the exact density.
 
     Full re-orthogonalization within each probe's basis; a probe that breaks down (its Krylov space is
     invariant: e.g. n <= steps) stops there, its remaining entries NaN, its quadrature then exact.
@@ -74,10 +89,12 @@ def slq(
         >>> runs.alpha.shape
         (2, 10)
     """
+    p = int(probes)
+    if n * n <= p * int(steps):  # n orthonormal probes of n steps give the exact spectrum within the budget
+        p, steps = n, n
     steps = max(1, min(int(steps), n))
     gen = torch.Generator().manual_seed(int(seed) + 7919)
-    p = int(probes)
-    V = rademacher(p, n, gen, device) / math.sqrt(n)
+    V = orthonormal_probes(rademacher(p, n, gen, device))
     Q = torch.zeros(p, steps, n, dtype=torch.float64, device=device)
     alpha = np.full((p, steps), np.nan)
     beta = np.full((p, max(steps - 1, 0)), np.nan)
@@ -119,13 +136,14 @@ def quadrature(alpha: np.ndarray, beta: np.ndarray) -> tuple[list[np.ndarray], l
     alpha = np.atleast_2d(np.asarray(alpha, dtype=np.float64))
     beta = np.atleast_2d(np.asarray(beta, dtype=np.float64)) if np.size(beta) else np.zeros((alpha.shape[0], 0))
     nodes, weights = [], []
-    for a, b in zip(alpha, beta):
-        m = int(np.sum(np.isfinite(a)))
-        theta, Y = tridiagonal_eigh(a[:m], b[: m - 1])
-        assert Y is not None
-        w = Y[0] ** 2
-        nodes.append(theta)
-        weights.append(w / w.sum())
+    with blas_threads(1):
+        for a, b in zip(alpha, beta):
+            m = int(np.sum(np.isfinite(a)))
+            theta, Y = tridiagonal_eigh(a[:m], b[: m - 1], limit_threads=False)
+            assert Y is not None
+            w = Y[0] ** 2
+            nodes.append(theta)
+            weights.append(w / w.sum())
     return nodes, weights
 
 

@@ -26,23 +26,32 @@ WHICH = ("largest", "both")
 
 @contextlib.contextmanager
 def blas_threads(n: int = 1) -> Iterator[None]:
-    """Limit BLAS/OpenMP threads of numpy/scipy inside the block (torch keeps its own)."""
+    """Limit the BLAS threads of numpy/scipy inside the block (torch's own threads are left alone).
+
+    Entering costs about a millisecond (threadpoolctl scans the loaded libraries), so callers wrap
+    a whole loop, not each small call.
+    """
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency
         yield
         return
-    with threadpool_limits(limits=n):
+    with threadpool_limits(limits=n, user_api="blas"):
         yield
 
 
-def tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray, vectors: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal matrix (alpha on, beta off the diagonal)."""
+def tridiagonal_eigh(
+    alpha: np.ndarray, beta: np.ndarray, vectors: bool = True, limit_threads: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal matrix (alpha on, beta off the diagonal).
+
+    `limit_threads=False` when the caller already runs inside `blas_threads`.
+    """
     alpha = np.asarray(alpha, dtype=np.float64)
     beta = np.asarray(beta, dtype=np.float64)
     if alpha.size == 1:
         return alpha.copy(), (np.ones((1, 1)) if vectors else None)
-    with blas_threads(1):
+    with blas_threads(1) if limit_threads else contextlib.nullcontext():
         if vectors:
             w, y = eigh_tridiagonal(alpha, beta, lapack_driver="stemr")
             return w, y
@@ -131,36 +140,37 @@ def lanczos(
     idx = np.zeros(0, dtype=int)
     res = np.zeros(0)
     ok = np.zeros(0, dtype=bool)
-    for j in range(max_iter):
-        Q[j] = q
-        w = matmat(q[None])[0].to(torch.float64)
-        matvecs += 1
-        a = float(w @ q)
-        w = w - a * q
-        if j:
-            w = w - betas[-1] * Q[j - 1]
-        for _ in range(2):  # "twice is enough" (Kahan, Parlett)
-            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
-        alphas.append(a)
-        b = float(w.norm())
-        theta, Y = tridiagonal_eigh(np.array(alphas), np.array(betas))
-        assert Y is not None
-        scale = float(np.abs(theta).max()) if theta.size else 0.0
-        floor = 100.0 * precision * max(scale, 1e-300)
-        beta_last = b
-        idx = _wanted(theta, k, which)
-        res = b * np.abs(Y[-1, idx])
-        ok = res <= np.maximum(tol * np.abs(theta[idx]), floor)
-        if j + 1 >= want_count and ok.all():
-            break
-        if j + 1 == max_iter:
-            break
-        if b <= floor * 1e-3 or b == 0.0:  # invariant subspace: restart orthogonally, T becomes block-diagonal
-            betas.append(0.0)
-            q = fresh(Q, j + 1)
-        else:
-            betas.append(b)
-            q = w / b
+    with blas_threads(1):  # entered once: per step it cost more than a small model's product
+        for j in range(max_iter):
+            Q[j] = q
+            w = matmat(q[None])[0].to(torch.float64)
+            matvecs += 1
+            a = float(w @ q)
+            w = w - a * q
+            if j:
+                w = w - betas[-1] * Q[j - 1]
+            for _ in range(2):  # "twice is enough" (Kahan, Parlett)
+                w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+            alphas.append(a)
+            b = float(w.norm())
+            theta, Y = tridiagonal_eigh(np.array(alphas), np.array(betas), limit_threads=False)
+            assert Y is not None
+            scale = float(np.abs(theta).max()) if theta.size else 0.0
+            floor = 100.0 * precision * max(scale, 1e-300)
+            beta_last = b
+            idx = _wanted(theta, k, which)
+            res = b * np.abs(Y[-1, idx])
+            ok = res <= np.maximum(tol * np.abs(theta[idx]), floor)
+            if j + 1 >= want_count and ok.all():
+                break
+            if j + 1 == max_iter:
+                break
+            if b <= floor * 1e-3 or b == 0.0:  # invariant subspace: restart orthogonally, T becomes block-diagonal
+                betas.append(0.0)
+                q = fresh(Q, j + 1)
+            else:
+                betas.append(b)
+                q = w / b
     m = len(alphas)
     evecs = None
     if vectors:

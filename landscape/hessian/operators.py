@@ -79,7 +79,7 @@ class CurvatureOperator:
 
     Example:
         >>> op = CurvatureOperator(problem)           # doctest: +SKIP
-        >>> hv = op.matmat(torch.randn(3, op.size, dtype=torch.float64))
+        >>> hv = op.matmat(torch.randn(3, op.size, dtype=torch.float64))  # doctest: +SKIP
     """
 
     def __init__(
