@@ -494,12 +494,46 @@ def test_export_vtk_reads_back(grid, cli, tmp_path, suffix):
     assert "accuracy" in mesh.point_data
 
 
+def _read_vts(path):
+    """A structured grid as written by pyevtk: its extent and each appended raw array (UInt64 byte-count headers)."""
+    import re
+
+    raw = path.read_bytes()
+    head, _, tail = raw.partition(b'<AppendedData encoding="raw">')
+    blob = tail[tail.index(b"_") + 1 :]
+    extent = [int(v) for v in re.search(rb'WholeExtent="([^"]+)"', head).group(1).split()]
+    arrays = {}
+    for m in re.finditer(rb'<DataArray Name="([^"]+)" NumberOfComponents="(\d+)" type="Float64" format="appended" offset="(\d+)"', head):
+        name, comps, off = m.group(1).decode(), int(m.group(2)), int(m.group(3))
+        size = int(np.frombuffer(blob[off : off + 8], dtype="<u8")[0])
+        values = np.frombuffer(blob[off + 8 : off + 8 + size], dtype="<f8")
+        arrays[name] = values.reshape(-1, comps) if comps > 1 else values
+    return extent, arrays
+
+
+def test_export_vts_structured_grid_reads_back(grid, cli, tmp_path):
+    out = tmp_path / "g.vts"
+    r = cli("export", grid, "-o", out, "--vmax", "3")
+    assert r.code == 0, r.err
+    extent, arrays = _read_vts(out)
+    assert extent == [0, 6, 0, 4, 0, 0]  # 7 x-values, 5 y-values
+    order = lambda a: a.reshape(5, 7).T  # VTK runs x fastest  # noqa: E731
+    pts = arrays["points"]
+    np.testing.assert_allclose(order(pts[:, 0]), np.repeat(XS[:, None], 5, 1))
+    np.testing.assert_allclose(order(pts[:, 1]), np.repeat(YS[None, :], 7, 0))
+    _same(order(arrays["loss"]), expected())
+    ok = ~np.isnan(expected())
+    np.testing.assert_allclose(order(pts[:, 2])[ok], np.minimum(expected()[ok], 3))
+    np.testing.assert_array_equal(order(arrays["valid"]), ok.astype(float))
+    assert "accuracy" in arrays and "done" in arrays
+
+
 def test_export_1d_and_errors(line, grid, cli, tmp_path):
     meshio = pytest.importorskip("meshio")
     assert cli("export", line, "-o", tmp_path / "l.vtu").code == 0
     mesh = meshio.read(tmp_path / "l.vtu")
     assert len(mesh.cells_dict["line"]) == 6 - 1 - 2  # 7 points, a NaN at 0 and 5
-    r = cli("export", grid, "-o", tmp_path / "g.vts")
+    r = cli("export", line, "-o", tmp_path / "l.vts")
     assert r.code == 2 and ".vtu" in r.err
     r = cli("export", grid, "-o", tmp_path / "g.txt")
     assert r.code == 2 and "--format" in r.err

@@ -38,7 +38,7 @@ from landscape.cli.options import (
 )
 from landscape.errors import LandscapeError
 from landscape.io.analysis_store import Group, write_results
-from landscape.load import LoadSpec, load_problem
+from landscape.load import load_problem
 from landscape.sweep import STRATEGIES
 
 ANALYSIS = "Analysis"

@@ -204,13 +204,13 @@ def report(
 @app.command(rich_help_panel=DRAW)
 def export(
     path: Annotated[Path, typer.Argument(help="A results file written by `landscape sweep`.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output file: .vtu or .vtk (VTK, for ParaView) or .csv.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file: .vts (VTK structured grid), .vtu or .vtk (quads; NaN regions are holes) for ParaView, or .csv.")],
     format: Annotated[str | None, typer.Option("--format", help="vtk or csv (default: from the output's suffix).")] = None,
     vmax: Vmax = None,
 ) -> None:
     """Export a sweep: a VTK grid for ParaView (heights = loss, clipped to --vmax) or CSV, one row per point.
 
-    Example: landscape export mlp.h5 -o mlp.vtu && paraview mlp.vtu
+    Example: landscape export mlp.h5 -o mlp.vts && paraview mlp.vts
     """
     from landscape.io.results import read_sweep
     from landscape.render.export import export_csv, export_vtk, format_for

@@ -19,9 +19,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from landscape import __version__
 from landscape.errors import LandscapeError
-from landscape.io.results import FORMAT, FORMAT_VERSION, _attr, _plain, check_ours, write_layout
+from landscape.io.results import _attr, _plain, check_ours, write_layout, write_root_attrs
 from landscape.params import Layout
 
 
@@ -61,14 +60,7 @@ def write_results(
     tmp = path.with_name(path.name + ".partial")
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["tool_version"] = __version__
-            for key, value in attrs.items():
-                f.attrs[key] = _attr(value)
-            f.attrs["kind"] = kind
-            f.attrs["settings"] = json.dumps(dict(settings), sort_keys=True, default=str)
-            f.attrs["complete"] = True
+            write_root_attrs(f, {**attrs, "kind": kind}, settings, complete=True)
             if layout is not None:
                 write_layout(f.require_group("axes"), layout)
             for name, group in groups.items():

@@ -27,9 +27,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from landscape import __version__
 from landscape.errors import LandscapeError
-from landscape.io.results import FORMAT, FORMAT_VERSION, _attr, _plain, check_ours, read_layout, write_layout
+from landscape.io.results import _plain, check_ours, read_layout, write_layout, write_root_attrs
 from landscape.params import Layout
 
 
@@ -84,13 +83,7 @@ def write_curvature(
     tmp = path.with_name(path.name + ".partial")
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["tool_version"] = __version__
-            for key, value in attrs.items():
-                f.attrs[key] = _attr(value)
-            f.attrs["settings"] = json.dumps(dict(settings), sort_keys=True, default=str)
-            f.attrs["complete"] = True
+            write_root_attrs(f, attrs, settings, complete=True)
             h = f.create_group("hessian")
             h.attrs["curvature"] = result.settings.curvature
             write_layout(h, layout)

@@ -48,6 +48,17 @@ def check_ours(path: str | Path) -> None:
         )
 
 
+def write_root_attrs(f: h5py.File, attrs: Mapping[str, Any], settings: Mapping[str, Any], *, complete: bool) -> None:
+    """The attributes on `/` every results file carries: format, versions, provenance, settings JSON, complete."""
+    f.attrs["format"] = FORMAT
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["tool_version"] = __version__
+    for key, value in attrs.items():
+        f.attrs[key] = _attr(value)
+    f.attrs["settings"] = json.dumps(dict(settings), sort_keys=True, default=str)
+    f.attrs["complete"] = complete
+
+
 def _attr(value: Any) -> Any:
     """An HDF5-storable attribute: None as "", containers as JSON, str subclasses as plain str."""
     if value is None:
@@ -117,13 +128,7 @@ class SweepFile:
     @staticmethod
     def _write_new(tmp, attrs, settings, axes, layout, coords, shape, has_accuracy) -> None:
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["tool_version"] = __version__
-            for key, value in attrs.items():
-                f.attrs[key] = _attr(value)
-            f.attrs["settings"] = json.dumps(dict(settings), sort_keys=True)
-            f.attrs["complete"] = False
+            write_root_attrs(f, attrs, settings, complete=False)
             g = f.create_group("axes")
             for name, (vec, vattrs) in axes.items():
                 ds = g.create_dataset(name, data=vec)

@@ -82,7 +82,7 @@ def roughness_figure(path: str | Path) -> Figure:
 def path_figure(path: str | Path) -> Figure:
     """Loss along the path with the straight line between the end losses and the barrier marked."""
     path = Path(path)
-    g, root = read_group(path, "path"), read_root(path)
+    g = read_group(path, "path")
     t, loss = g.arrays["t"], g.arrays["loss"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=150)
     ax.plot(t, loss, color="tab:blue", lw=2, label="loss")

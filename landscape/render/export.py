@@ -4,8 +4,10 @@ VTK: the grid's points are (x, y, height) with the loss as the height (clipped t
 so one diverged corner does not dwarf the rest), joined by quadrilateral cells; a cell touching a
 point without a value is left out, so NaN regions are holes. Every stored value also travels as
 point data (`loss`, `accuracy`, `done`), NaN kept. A 1D line becomes a polyline of (x, loss, 0).
-meshio writes `.vtu` (XML, what ParaView prefers) and `.vtk` (legacy); it has no writer for
-structured `.vts` files, so the grid structure is carried by the cells instead.
+meshio writes `.vtu` (XML, what ParaView prefers) and `.vtk` (legacy). `.vts` is a VTK structured
+grid written by pyevtk (meshio has no structured writer): the same points and point data on the
+nx x ny grid, where a point without a value cannot be left out: it keeps its (x, y), sits at the
+highest finite height, and carries `valid = 0` (ParaView's Threshold on `valid` removes it).
 CSV: one row per grid point, i over x then j over y (the order of loss[i, j]); empty cells where a
 value is NaN.
 """
@@ -20,7 +22,7 @@ import numpy as np
 
 from landscape.errors import LandscapeError
 
-VTK_SUFFIXES = (".vtu", ".vtk")
+VTK_SUFFIXES = (".vtu", ".vtk", ".vts")
 FORMATS = ("vtk", "csv")
 
 
@@ -30,7 +32,7 @@ def format_for(path: Path, fmt: str | None) -> str:
         suffix = path.suffix.lower()
         if suffix == ".csv":
             return "csv"
-        if suffix in VTK_SUFFIXES or suffix == ".vts":
+        if suffix in VTK_SUFFIXES:
             return "vtk"
         raise LandscapeError(f"--output {path}: cannot tell the format from the suffix; give --format vtk or csv")
     if fmt not in FORMATS:
@@ -102,19 +104,45 @@ def vtk_mesh(sweep: dict[str, Any], vmax: float | None = None) -> Any:
 
 
 def export_vtk(sweep: dict[str, Any], path: str | Path, vmax: float | None = None) -> Path:
-    """Write the sweep as a VTK unstructured grid of quads (.vtu or legacy .vtk) with meshio."""
+    """Write the sweep as a VTK unstructured grid of quads (.vtu or legacy .vtk, meshio) or a structured grid (.vts)."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".vts":
-        raise LandscapeError(
-            f"--output {path}: meshio cannot write structured .vts files; use .vtu (ParaView opens it the same way) or .vtk"
-        )
     if suffix not in VTK_SUFFIXES:
-        raise LandscapeError(f"--output {path}: a VTK file needs the suffix .vtu or .vtk")
+        raise LandscapeError(f"--output {path}: a VTK file needs the suffix .vtu, .vts or .vtk")
+    if suffix == ".vts":
+        return export_vts(sweep, path, vmax)
     mesh = vtk_mesh(sweep, vmax)
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".vtu":
         mesh.write(path, file_format="vtu", binary=True)
     else:
         mesh.write(path, file_format="vtk", binary=True)
+    return path
+
+
+def export_vts(sweep: dict[str, Any], path: str | Path, vmax: float | None = None) -> Path:
+    """Write a 2D sweep as a VTK structured grid (.vts) with pyevtk (see the module docstring)."""
+    from pyevtk.hl import gridToVTK
+
+    path = Path(path)
+    names = list(sweep["axes"])
+    if len(names) != 2:
+        raise LandscapeError(f"--output {path}: a .vts structured grid needs a 2D sweep; use .vtu for a 1D line")
+    xs, ys = (np.asarray(sweep["coords"][n], dtype=np.float64) for n in names)
+    values = _values(sweep)
+    loss = values["loss"]
+    height = loss if vmax is None else np.minimum(loss, vmax)
+    finite = np.isfinite(height)
+    top = float(height[finite].max()) if finite.any() else 0.0
+    X, Y = np.meshgrid(xs, ys, indexing="ij")
+    Z = np.where(finite, height, top)
+    data = {k: v for k, v in values.items()}
+    data["done"] = np.asarray(sweep["done"], dtype=np.float64)
+    data["valid"] = finite.astype(np.float64)
+    as3d = lambda a: np.ascontiguousarray(np.asarray(a, dtype=np.float64)[:, :, None])  # noqa: E731
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gridToVTK(str(path.with_suffix("")), as3d(X), as3d(Y), as3d(Z), pointData={k: as3d(v) for k, v in data.items()})
+    written = path.with_suffix(".vts")
+    if written != path:  # pyevtk always writes a lower-case .vts suffix
+        written.replace(path)
     return path
