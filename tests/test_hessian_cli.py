@@ -11,6 +11,7 @@ from conftest import sample_problem
 from landscape.errors import LandscapeError
 from landscape.hessian import hessian_axes
 from landscape.hessian.axes import axes_from_curvature
+from landscape.hessian.density import quadrature
 from landscape.io.curvature import read_curvature
 from landscape.render.spectrum import spectrum_figure, spectrum_plotly
 
@@ -48,7 +49,13 @@ def test_cli_writes_a_complete_curvature_file(linreg_file):
     np.testing.assert_allclose(curv["eigenvalues"], ev[:3], rtol=1e-9)
     assert curv["converged"].all() and curv["eigenvectors"].shape == (3, 11)
     assert curv["trace"]["value"] == pytest.approx(ev.sum(), rel=1e-9)
-    assert curv["lanczos"]["alpha"].shape[0] == 3
+    # 11 parameters: 11 orthonormal probes of 11 steps (121 products) cost less than the 3 x 80 asked
+    # for and give the exact spectrum: each eigenvalue a node of weight 1/11 in the probes' mean
+    assert curv["lanczos"]["alpha"].shape[0] == 11
+    nodes, weights = quadrature(curv["lanczos"]["alpha"], curv["lanczos"]["beta"])
+    for moment in (1, 2, 3):
+        got = np.mean([np.sum(w * t**moment) for t, w in zip(nodes, weights)])
+        assert got == pytest.approx(np.mean(ev**moment), rel=1e-9)
     assert set(curv["layers"]) == {"weight", "bias"}
     assert curv["attrs"]["format"] == "landscape-results" and curv["attrs"]["kind"] == "hessian"
     assert curv["attrs"]["command"]
