@@ -176,3 +176,11 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert a["attrs"]["complete"] and a["done"].all()
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-12)
     np.testing.assert_allclose(a["accuracy"], b["accuracy"], rtol=1e-12)
+
+
+def test_cli_py_from_a_checkout():
+    """`python cli.py --help` works from the checkout without installing the console script."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "cli.py"), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "sweep" in proc.stdout and "hessian" in proc.stdout
