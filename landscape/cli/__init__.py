@@ -18,7 +18,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-from landscape.cli import analysis, files, hessian, plot, sweep  # noqa: E402,F401  (registers the commands)
+from landscape.cli import analysis, checkpoints, files, hessian, plot, sweep  # noqa: E402,F401  (registers the commands)
 
 
 def main(argv: list[str] | None = None) -> None:

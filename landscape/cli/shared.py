@@ -1,0 +1,85 @@
+"""Options and helpers shared by the analysis commands (roughness, sharpness, track, path, plane, trajectory)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+
+from landscape.cli.options import RUN, command_line, err, load_spec, say
+from landscape.errors import LandscapeError
+from landscape.load import load_problem
+from landscape.sweep import STRATEGIES
+
+ANALYSIS = "Analysis"
+Output = Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)]
+Figure = Annotated[
+    Path | None,
+    typer.Option("--figure", help="Also draw the figure to this file (png, svg or pdf), from the results file alone."),
+]
+Strategy = Annotated[
+    str, typer.Option(help="auto (time each on the first points, keep the fastest), loop, vmap or firstlayer.", rich_help_panel=RUN)
+]
+Norm = Annotated[str, typer.Option(help="Direction normalization: filter (Li et al.), layer, model or none.", rich_help_panel=ANALYSIS)]
+Ignore = Annotated[
+    str, typer.Option(help="biasbn: zero directions on 1-D tensors (biases, norm layers); none: keep them.", rich_help_panel=ANALYSIS)
+]
+
+
+def check_output(output: Path, force: bool) -> None:
+    if output.exists() and not force:
+        raise LandscapeError(f"{output} exists: pass --force to overwrite it")
+
+
+def check_strategy(strategy: str) -> None:
+    if strategy != "auto" and strategy not in STRATEGIES:
+        raise LandscapeError(f"--strategy {strategy!r}: expected auto or one of {', '.join(STRATEGIES)}")
+
+
+def root_attrs(prov: dict[str, Any]) -> dict[str, Any]:
+    return {**prov, "command": command_line(), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def draw_figure(figure: Path | None, results: Path) -> None:
+    if figure is None:
+        return
+    from landscape.render.analysis import draw
+
+    err.print(f"[green]wrote[/green] {draw(results, figure)}", soft_wrap=True)
+
+
+Checkpoints = Annotated[
+    list[str] | None,
+    typer.Argument(help="Checkpoints of one model (.pt/.pth/.ckpt/.safetensors); with --sample they default to its training snapshots.", show_default=False),
+]
+
+
+def checkpoint_paths(given: list[str] | None, sample: str | None, default: str) -> list[str]:
+    """The checkpoints named on the line, or the sample's snapshots picked by `default` (all, ends, three)."""
+    if given:
+        return list(given)
+    if not sample:
+        raise LandscapeError("name the checkpoints (e.g. ckpt_000.pt ckpt_004.pt) or use --sample NAME")
+    from landscape.io.samples import sample as find_sample
+
+    snaps = find_sample(sample)["checkpoints"]
+    if default == "ends":
+        return [snaps[0], snaps[-1]]
+    if default == "three":
+        return [snaps[0], snaps[len(snaps) // 2], snaps[-1]]
+    return list(snaps)
+
+
+def load_states(paths: list[str], problem, unsafe_pickle: bool) -> list[dict[str, torch.Tensor]]:
+    from landscape.io.checkpoint import fit_state_dict, read_state_dict
+
+    return [fit_state_dict(read_state_dict(p, unsafe_pickle), problem.model, p, say) for p in paths]
+
+
+def problem_at(spec_kwargs: dict[str, Any], checkpoint_path: str):
+    spec = load_spec(**{**spec_kwargs, "checkpoint": checkpoint_path})
+    return load_problem(spec, say)
