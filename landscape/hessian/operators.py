@@ -44,6 +44,7 @@ from landscape.problem import Problem
 
 CURVATURES = ("hessian", "ggn")
 METHODS = ("double-backward-cached", "double-backward", "forward-over-reverse")
+SLOW_FACTOR = 3.0  # a method whose first (cold) product takes this many times the fastest warm one is not timed again
 
 
 def layer_blocks(layout: Layout) -> dict[str, tuple[str, ...]]:
@@ -300,6 +301,7 @@ class CurvatureOperator:
     def _choose(self, candidates: Sequence[str], check: bool) -> str:
         """Time each candidate on one random vector (a warm-up, then one timed product); keep the fastest.
 
+        A candidate whose warm-up alone is SLOW_FACTOR times the fastest timed product is not timed again.
         Every candidate's products of the same vector must agree (and, for methods that redo the
         forward pass, the two repeats too): otherwise the loss is not a deterministic function of
         the weights and no estimate would mean anything.
@@ -310,12 +312,23 @@ class CurvatureOperator:
         cold = self.gradient_seconds
         self.gradient()  # ... then timed, for the product-to-gradient ratio
         self.gradient_seconds = min(cold or math.inf, self.gradient_seconds or math.inf)
-        results: dict[str, torch.Tensor] = {}
+        results: dict[str, torch.Tensor] = {}  # the candidates, timed warm
+        checked: dict[str, torch.Tensor] = {}  # every product made, for the agreement check
         tol = _agree_tol(self.dtype)
         for name in candidates:
+            t0 = time.perf_counter()
             first, why = self._try_product(name, v)  # warm-up (and, for the cached method, building its graph)
+            cold = time.perf_counter() - t0
             if first is None:
                 self.dropped[name] = why
+                continue
+            self.setup_matvecs += 1
+            if not torch.isfinite(first).all():
+                raise LandscapeError("the curvature product is NaN or infinite at this checkpoint (is the loss finite?)")
+            checked[name] = first
+            fastest = min((self.timings[k] for k in results), default=math.inf)
+            if self._summed([float(cold > SLOW_FACTOR * fastest)])[0] > 0:  # decided alike on every rank
+                self.timings[name] = cold  # its first product alone was far slower than the fastest: not timed again
                 continue
             t0 = time.perf_counter()
             second, why = self._try_product(name, v)
@@ -323,9 +336,7 @@ class CurvatureOperator:
                 self.dropped[name] = why
                 continue
             self.timings[name] = time.perf_counter() - t0
-            self.setup_matvecs += 2
-            if not torch.isfinite(first).all():
-                raise LandscapeError("the curvature product is NaN or infinite at this checkpoint (is the loss finite?)")
+            self.setup_matvecs += 1
             if check and not name.endswith("cached") and _rel(first, second) > tol:
                 raise LandscapeError(
                     f"the loss is not deterministic: two products of the same vector differ by {_rel(first, second):.1e} "
@@ -338,7 +349,7 @@ class CurvatureOperator:
             )
         if check:
             ref_name = next(iter(results))
-            for name, r in results.items():
+            for name, r in checked.items():
                 if _rel(results[ref_name], r) > tol:
                     raise LandscapeError(
                         f"the loss is not deterministic: products by {ref_name} and {name} differ by "
