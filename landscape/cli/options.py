@@ -81,7 +81,7 @@ UnsafePickle = Annotated[
 ]
 Config = Annotated[
     Path | None,
-    typer.Option(help="TOML file with any of these options (a [sweep] table or top-level keys); flags given on the line win.", callback=load_config, is_eager=True),
+    typer.Option(help="TOML file with any of these options (a table named after the command, e.g. \\[sweep], or top-level keys); flags given on the line win.", callback=load_config, is_eager=True),
 ]
 
 
