@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from test_render import make_results
+from test_render_analysis import make_roughness
 
 CHROMIUM = os.environ.get("LANDSCAPE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -158,6 +159,7 @@ def pages(tmp_path_factory):
         "plot-line": ["plot", line],
         "compare": ["compare", grid, evil],
         "report": ["report", grid, line, evil],
+        "plot-roughness": ["plot", make_roughness(d / "rough.h5")],
     }
     out = {}
     for name, args in runs.items():
@@ -170,7 +172,7 @@ def pages(tmp_path_factory):
     return out
 
 
-NAMES = ["plot-all", "plot-contour-log", "plot-line", "compare", "report"]
+NAMES = ["plot-all", "plot-contour-log", "plot-line", "compare", "report", "plot-roughness"]
 
 
 @pytest.mark.parametrize("name", NAMES)

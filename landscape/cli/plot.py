@@ -117,11 +117,18 @@ def plot(
     if kind in SPECTRUM_KINDS or (kind is None and _has_group(path, "hessian") and not _has_group(path, "sweep")):
         _plot_spectrum(path, kind or "density", sigma, output, suffix, plotlyjs, title)
         return
-    if kind is None and suffix != ".html":
-        from landscape.render import analysis
+    if kind is None:
+        from landscape.render import analysis, analysis_interactive
 
-        if analysis.analysis_kind(path) in analysis.FIGURES:  # roughness, path, plane, trajectory, track
+        found = analysis.analysis_kind(path)
+        if suffix != ".html" and found in analysis.FIGURES:  # roughness, path, plane, trajectory, track
             _wrote(analysis.draw(path, output))
+            return
+        if suffix == ".html" and found in analysis_interactive.FIGURES:  # roughness, path, track (plane, trajectory: sweeps)
+            from landscape.render.interactive import figures_page, write_page
+
+            fig = analysis_interactive.FIGURES[found](path)
+            _wrote(write_page(figures_page([fig], title or f"{found}: {path.name}", plotlyjs), output))
             return
     from landscape.io.results import read_sweep
     from landscape.render.common import make_view

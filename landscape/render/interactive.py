@@ -34,7 +34,7 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _nulls(a: np.ndarray) -> list:
+def json_values(a: np.ndarray) -> list:
     """An array as nested lists with None where the value is NaN or infinite (JSON null)."""
     a = np.asarray(a, dtype=np.float64)
     obj = a.astype(object)
@@ -44,7 +44,7 @@ def _nulls(a: np.ndarray) -> list:
 
 def _z(values: np.ndarray) -> list:
     """values[i, j] at (x[i], y[j]) as plotly's z[row=j][col=i]."""
-    return _nulls(np.asarray(values).T)
+    return json_values(np.asarray(values).T)
 
 
 def _hover(view: View, dims: int, extra: str = "") -> str:
@@ -173,7 +173,7 @@ def _scene(view: View, label: str) -> dict[str, Any]:
     }
 
 
-def _layout(fig: go.Figure, title: str, height: int = HEIGHT, note: str = "") -> go.Figure:
+def styled(fig: go.Figure, title: str, height: int = HEIGHT, note: str = "") -> go.Figure:
     fig.update_layout(
         title={"text": esc(title) + (f"<br><sup>{esc(note)}</sup>" if note else "")},
         template="plotly_white", height=height, margin={"l": 70, "r": 30, "t": 80, "b": 60},
@@ -195,11 +195,11 @@ def figure_2d(view: View, kind: str, scale: Scale, levels: int | None = None, ti
         for t in _marks_3d(view, scale):
             fig.add_trace(t)
         fig.update_layout(scene=_scene(view, _transform(view, scale)[1]))
-        return _layout(fig, title or view.name, height=620, note=_nan_note([view]))
+        return styled(fig, title or view.name, height=620, note=_nan_note([view]))
     for t in _marks_2d(view):
         fig.add_trace(t)
     _axes_2d(fig, view, kind)
-    return _layout(fig, title or view.name, note=_nan_note([view]))
+    return styled(fig, title or view.name, note=_nan_note([view]))
 
 
 def _mode(ys: np.ndarray) -> str:
@@ -219,12 +219,12 @@ def figure_line(view: View, scale: Scale | None = None, title: str | None = None
             accs = [view.accuracy[:, j], view.accuracy[i, :]]
     fig = make_subplots(rows=1, cols=len(curves), specs=[[{"secondary_y": True}] * len(curves)])
     for n, ((xs, ys, label), acc) in enumerate(zip(curves, accs)):
-        fig.add_trace(go.Scatter(x=xs.tolist(), y=_nulls(ys), mode=_mode(ys), name=esc(view.unit_label),
+        fig.add_trace(go.Scatter(x=xs.tolist(), y=json_values(ys), mode=_mode(ys), name=esc(view.unit_label),
                                  line={"color": "#1f77b4", "width": 2.5}, connectgaps=False, showlegend=n == 0,
                                  hovertemplate=f"x: %{{x:.4g}}<br>{esc(view.metric)}: %{{y:.5g}}<extra></extra>"),
                       row=1, col=n + 1, secondary_y=False)
         if acc is not None:
-            fig.add_trace(go.Scatter(x=xs.tolist(), y=_nulls(acc), mode=_mode(acc), name="accuracy (%)",
+            fig.add_trace(go.Scatter(x=xs.tolist(), y=json_values(acc), mode=_mode(acc), name="accuracy (%)",
                                      line={"color": "#d62728", "width": 1.8, "dash": "dashdot"}, connectgaps=False,
                                      showlegend=n == 0, hovertemplate="x: %{x:.4g}<br>accuracy: %{y:.4g}%<extra></extra>"),
                           row=1, col=n + 1, secondary_y=True)
@@ -244,7 +244,7 @@ def figure_line(view: View, scale: Scale | None = None, title: str | None = None
                          type="log" if scale is not None and scale.log else None)
         if scale is not None and (scale.clipped_high or scale.clipped_low) and not scale.log:
             fig.update_yaxes(range=[scale.vmin, scale.vmax], row=1, col=n + 1, secondary_y=False)
-    return _layout(fig, title or view.name, height=460)
+    return styled(fig, title or view.name, height=460)
 
 
 def plot_figures(
@@ -295,13 +295,13 @@ def compare_figure(
         fig = go.Figure()
         for v in views:
             xs, ys, _ = slices(v)[0]
-            fig.add_trace(go.Scatter(x=xs.tolist(), y=_nulls(ys), mode=_mode(ys), name=esc(v.name), connectgaps=False,
+            fig.add_trace(go.Scatter(x=xs.tolist(), y=json_values(ys), mode=_mode(ys), name=esc(v.name), connectgaps=False,
                                      hovertemplate=f"x: %{{x:.4g}}<br>{esc(v.metric)}: %{{y:.5g}}<extra>{esc(v.name)}</extra>"))
         fig.update_xaxes(title_text=esc(views[0].labels[0]))
         fig.update_yaxes(title_text=esc(views[0].unit_label), type="log" if scale.log else None)
         if (scale.clipped_high or scale.clipped_low) and not scale.log:
             fig.update_yaxes(range=[scale.vmin, scale.vmax])
-        return _layout(fig, title or "compare", height=460)
+        return styled(fig, title or "compare", height=460)
     kind = "filled" if kind == "all" else kind
     n = len(views)
     cols = min(n, 3)
@@ -328,7 +328,7 @@ def compare_figure(
             fig.update_xaxes(title_text=esc(v.labels[0]), range=xr, row=r, col=c)
             fig.update_yaxes(title_text=esc(v.labels[1]), range=yr, row=r, col=c)
     fig.update_layout(coloraxis={"colorscale": COLORSCALE, "cmin": lo, "cmax": hi, "colorbar": _colorbar(label, scale)})
-    fig = _layout(fig, title or "compare: one colour scale", height=(560 if kind == "surface" else 480) * rows,
+    fig = styled(fig, title or "compare: one colour scale", height=(560 if kind == "surface" else 480) * rows,
                   note=_nan_note(views))
     fig.update_layout(width=None)
     return fig

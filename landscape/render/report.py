@@ -249,6 +249,28 @@ def _curvature_figures(path: Path, ids: _Ids) -> str:
     return "\n".join(out)
 
 
+ANALYSIS_GROUPS = ("roughness", "sharpness", "path", "plane", "trajectory", "track")
+
+
+def _has_group_attrs(path: Path, group: str) -> bool:
+    """A group that holds only attributes (no datasets) still has numbers to show."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return group in f and isinstance(f[group], h5py.Group)
+
+
+def _analysis_figure(path: Path, ids: _Ids) -> str:
+    """The interactive figure of a roughness, path or track file (landscape.render.analysis_interactive), if any."""
+    try:
+        from landscape.render.analysis_interactive import analysis_plotly
+
+        fig = analysis_plotly(path)
+    except Exception as exc:  # noqa: BLE001 - a figure that cannot be drawn costs itself, not the report
+        return f'<p class="note">analysis figure unavailable: {esc(exc)}</p>'
+    return figure_div(fig, ids()) if fig is not None else ""
+
+
 def file_section(path: str | Path, ids: _Ids | None = None) -> str:
     """The report's part for one results file (HTML, every string escaped)."""
     path = Path(path)
@@ -263,8 +285,10 @@ def file_section(path: str | Path, ids: _Ids | None = None) -> str:
     if any(n.startswith("hessian/") for n in names):
         parts.append("<h3>Curvature</h3>" + _table(group_rows(path, "hessian")))
         parts.append(_curvature_figures(path, ids))
-    if any(n.startswith("roughness/") or n == "roughness" for n in names):
-        parts.append("<h3>Roughness</h3>" + _table(group_rows(path, "roughness")))
+    for group in ANALYSIS_GROUPS:  # roughness, sharpness, path, plane, trajectory, track: their numbers, and a figure
+        if any(n.startswith(group + "/") or n == group for n in names) or _has_group_attrs(path, group):
+            parts.append(f"<h3>{esc(group.capitalize())}</h3>" + _table(group_rows(path, group)))
+    parts.append(_analysis_figure(path, ids))
     parts.append(_settings(attrs))
     parts.append("</section>")
     return "\n".join(parts)
