@@ -129,7 +129,8 @@ def lanczos(
                 q -= Q[:j].T @ (Q[:j] @ q)
         return q / q.norm()
 
-    Q = torch.zeros(max_iter, n, dtype=torch.float64, device=device)
+    # the basis grows as needed (doubling): a run that converges in 15 steps holds 16 rows, not max_iter
+    Q = torch.zeros(min(max_iter, 16), n, dtype=torch.float64, device=device)
     alphas: list[float] = []
     betas: list[float] = []  # betas[j] couples q_j and q_{j+1}
     q = fresh(Q, 0)
@@ -142,6 +143,8 @@ def lanczos(
     ok = np.zeros(0, dtype=bool)
     with blas_threads(1):  # entered once: per step it cost more than a small model's product
         for j in range(max_iter):
+            if j == Q.shape[0]:
+                Q = torch.cat([Q, torch.zeros(min(Q.shape[0], max_iter - j), n, dtype=Q.dtype, device=Q.device)])
             Q[j] = q
             w = matmat(q[None])[0].to(torch.float64)
             matvecs += 1
