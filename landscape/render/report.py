@@ -252,12 +252,12 @@ def _curvature_figures(path: Path, ids: _Ids) -> str:
 ANALYSIS_GROUPS = ("roughness", "sharpness", "path", "plane", "trajectory", "track")
 
 
-def _has_group_attrs(path: Path, group: str) -> bool:
-    """A group that holds only attributes (no datasets) still has numbers to show."""
+def _top_groups(path: Path) -> set[str]:
+    """The file's top-level groups (a group may hold only attributes, and still have numbers to show)."""
     import h5py
 
     with h5py.File(path, "r") as f:
-        return group in f and isinstance(f[group], h5py.Group)
+        return {name for name, obj in f.items() if isinstance(obj, h5py.Group)}
 
 
 def _analysis_figure(path: Path, ids: _Ids) -> str:
@@ -285,8 +285,9 @@ def file_section(path: str | Path, ids: _Ids | None = None) -> str:
     if any(n.startswith("hessian/") for n in names):
         parts.append("<h3>Curvature</h3>" + _table(group_rows(path, "hessian")))
         parts.append(_curvature_figures(path, ids))
+    present = _top_groups(path)
     for group in ANALYSIS_GROUPS:  # roughness, sharpness, path, plane, trajectory, track: their numbers, and a figure
-        if any(n.startswith(group + "/") or n == group for n in names) or _has_group_attrs(path, group):
+        if group in present:
             parts.append(f"<h3>{esc(group.capitalize())}</h3>" + _table(group_rows(path, group)))
     parts.append(_analysis_figure(path, ids))
     parts.append(_settings(attrs))
