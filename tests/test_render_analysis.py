@@ -88,3 +88,10 @@ def test_report_and_plot_of_analysis_files(rough, tmp_path, cli):
     r = cli("plot", rough, "-o", out)
     assert r.code == 0, r.err
     assert re.search(r"Plotly\.newPlot", out.read_text())
+
+
+def test_info_shows_the_numbers_of_an_analysis_file(rough, cli):
+    r = cli("info", rough, "--json")
+    assert r.code == 0, r.err
+    numbers = json.loads(r.out)["numbers"]
+    assert numbers["roughness.ri"] == pytest.approx(4.5 / 5.5) and numbers["roughness.mu"] == 5.5

@@ -25,6 +25,10 @@ def info(
     desc = describe(path)
     if "sweep/loss" in desc["datasets"]:
         desc["numbers"] = sweep_numbers(read_sweep(path))
+    else:  # curvature and analysis files: every number they hold, named as `landscape metrics` names them
+        from landscape.metrics import collect
+
+        desc["numbers"] = collect(path)
     if as_json:
         out.print_json(json.dumps(desc, default=str))
         return
