@@ -5,7 +5,7 @@ Run:  .venv/bin/python benchmarks/sweep.py [--grid 51] [--samples mlp,cnn,transf
 
 All timings are taken in this one process on the same model and data, and reported as ratios:
   loop/sweep      how many times faster the sweep is than a plain per-point loop
-  sweep/limit     the sweep's time over the forward-only limit (best single pass over the data at any
+  sweep/limit     the sweep's time over the forward-only limit (a warm pass over the data at the best
                   batch size, times the number of points); below 1.0 is possible with the first-layer trick
   ll/sweep        how many times faster than loss-landscapes' random_plane (run on a copy of the model)
 Each time is the best of --repeats interleaved runs. The sweep computes loss and accuracy; the
@@ -41,16 +41,23 @@ def plain_loop(problem, dirs, coords) -> float:
     return time.perf_counter() - start
 
 
-def forward_limit(problem, points: int) -> tuple[float, int]:
-    """Best time of one pass over the data at any batch size, times the number of points."""
+def forward_limit(problem, points: int, passes: int = 20) -> tuple[float, int]:
+    """The fastest batch size's time per pass over the data, warm (the mean of `passes` passes in a
+    row after one untimed pass, best of three such runs), times the number of points."""
     best, best_bs = float("inf"), problem.n
     with torch.no_grad():
         for bs in sorted({problem.n, 4096, 1024, 256, 64} & set(range(1, problem.n + 1)) | {problem.n}, reverse=True):
-            for _ in range(3):
-                t = time.perf_counter()
+
+            def one_pass() -> None:
                 for s in range(0, problem.n, bs):
                     float(problem.loss_fn(problem.model(problem.x[s : s + bs]), problem.y[s : s + bs]))
-                dt = time.perf_counter() - t
+
+            one_pass()
+            for _ in range(3):
+                t = time.perf_counter()
+                for _ in range(passes):
+                    one_pass()
+                dt = (time.perf_counter() - t) / passes
                 if dt < best:
                     best, best_bs = dt, bs
     return best * points, best_bs
