@@ -24,6 +24,17 @@ from landscape.io.results import _attr, _plain, check_ours, write_layout, write_
 from landscape.params import Layout
 
 
+ANALYSIS_GROUPS = ("roughness", "path", "plane", "trajectory", "track", "sharpness")
+"""The groups the analysis commands write, in the order a figure is looked for."""
+
+
+def analysis_groups(path: str | Path) -> list[str]:
+    """The analysis groups a results file holds, in ANALYSIS_GROUPS order (a group may hold only attributes)."""
+    check_ours(path)
+    with h5py.File(path, "r") as f:
+        return [name for name in ANALYSIS_GROUPS if name in f and isinstance(f[name], h5py.Group)]
+
+
 @dataclass
 class Group:
     """One results group: scalar numbers, arrays, and other (string/JSON) attributes."""

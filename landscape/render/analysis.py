@@ -22,24 +22,12 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from landscape.errors import LandscapeError  # noqa: E402
-from landscape.io.analysis_store import json_attr, read_group, read_root  # noqa: E402
-
-GROUPS = ("roughness", "path", "plane", "trajectory", "track", "sharpness")
-"""The results groups drawn here, in the order `figure` looks for them."""
-
+from landscape.io.analysis_store import analysis_groups, json_attr, read_group, read_root  # noqa: E402
 
 def analysis_kind(path: str | Path) -> str | None:
-    """Which analysis figure a results file has (the first of GROUPS present), or None."""
-    import h5py
-
-    from landscape.io.results import check_ours
-
-    check_ours(path)
-    with h5py.File(path, "r") as f:
-        for name in GROUPS:
-            if name in f and isinstance(f[name], h5py.Group):
-                return name
-    return None
+    """Which analysis figure a results file has (the first of ANALYSIS_GROUPS present), or None."""
+    found = analysis_groups(path)
+    return found[0] if found else None
 
 
 def _title(path: Path, root: dict[str, Any], what: str) -> str:

@@ -68,18 +68,22 @@ def export_csv(sweep: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _point_data(sweep: dict[str, Any], vmax: float | None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The VTK point data (loss, accuracy, done, on the grid's shape), the heights (loss clipped to vmax) and where they are finite."""
+    data = _values(sweep)
+    height = data["loss"] if vmax is None else np.minimum(data["loss"], vmax)
+    data["done"] = np.asarray(sweep["done"], dtype=np.float64)
+    return data, height, np.isfinite(height)
+
+
 def vtk_mesh(sweep: dict[str, Any], vmax: float | None = None) -> Any:
     """A meshio.Mesh of the sweep (see the module docstring for its layout)."""
     import meshio
 
     names = list(sweep["axes"])
     coords = [np.asarray(sweep["coords"][n], dtype=np.float64) for n in names]
-    values = _values(sweep)
-    loss = values["loss"]
-    height = loss if vmax is None else np.minimum(loss, vmax)
-    finite = np.isfinite(height)
-    data = {k: v.reshape(-1) for k, v in values.items()}
-    data["done"] = np.asarray(sweep["done"], dtype=np.float64).reshape(-1)
+    grid_data, height, finite = _point_data(sweep, vmax)
+    data = {k: v.reshape(-1) for k, v in grid_data.items()}
     if len(coords) == 1:
         xs = coords[0]
         points = np.stack([xs, np.where(finite, height, 0.0), np.zeros_like(xs)], axis=1)
@@ -129,15 +133,10 @@ def export_vts(sweep: dict[str, Any], path: str | Path, vmax: float | None = Non
     if len(names) != 2:
         raise LandscapeError(f"--output {path}: a .vts structured grid needs a 2D sweep; use .vtu for a 1D line")
     xs, ys = (np.asarray(sweep["coords"][n], dtype=np.float64) for n in names)
-    values = _values(sweep)
-    loss = values["loss"]
-    height = loss if vmax is None else np.minimum(loss, vmax)
-    finite = np.isfinite(height)
+    data, height, finite = _point_data(sweep, vmax)
     top = float(height[finite].max()) if finite.any() else 0.0
     X, Y = np.meshgrid(xs, ys, indexing="ij")
     Z = np.where(finite, height, top)
-    data = {k: v for k, v in values.items()}
-    data["done"] = np.asarray(sweep["done"], dtype=np.float64)
     data["valid"] = finite.astype(np.float64)
     as3d = lambda a: np.ascontiguousarray(np.asarray(a, dtype=np.float64)[:, :, None])  # noqa: E731
     path.parent.mkdir(parents=True, exist_ok=True)

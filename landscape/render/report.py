@@ -19,6 +19,7 @@ import numpy as np
 
 from landscape import __version__
 from landscape.errors import LandscapeError
+from landscape.io.analysis_store import analysis_groups
 from landscape.io.results import describe, read_sweep
 from landscape.render.common import fmt, make_scale, make_view
 from landscape.render.interactive import (
@@ -249,17 +250,6 @@ def _curvature_figures(path: Path, ids: _Ids) -> str:
     return "\n".join(out)
 
 
-ANALYSIS_GROUPS = ("roughness", "sharpness", "path", "plane", "trajectory", "track")
-
-
-def _top_groups(path: Path) -> set[str]:
-    """The file's top-level groups (a group may hold only attributes, and still have numbers to show)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return {name for name, obj in f.items() if isinstance(obj, h5py.Group)}
-
-
 def _analysis_figure(path: Path, ids: _Ids) -> str:
     """The interactive figure of a roughness, path or track file (landscape.render.analysis_interactive), if any."""
     try:
@@ -285,10 +275,8 @@ def file_section(path: str | Path, ids: _Ids | None = None) -> str:
     if any(n.startswith("hessian/") for n in names):
         parts.append("<h3>Curvature</h3>" + _table(group_rows(path, "hessian")))
         parts.append(_curvature_figures(path, ids))
-    present = _top_groups(path)
-    for group in ANALYSIS_GROUPS:  # roughness, sharpness, path, plane, trajectory, track: their numbers, and a figure
-        if group in present:
-            parts.append(f"<h3>{esc(group.capitalize())}</h3>" + _table(group_rows(path, group)))
+    for group in analysis_groups(path):  # roughness, path, plane, trajectory, track, sharpness: their numbers, and a figure
+        parts.append(f"<h3>{esc(group.capitalize())}</h3>" + _table(group_rows(path, group)))
     parts.append(_analysis_figure(path, ids))
     parts.append(_settings(attrs))
     parts.append("</section>")
