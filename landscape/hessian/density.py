@@ -139,7 +139,7 @@ def quadrature(alpha: np.ndarray, beta: np.ndarray) -> tuple[list[np.ndarray], l
     with blas_threads(1):
         for a, b in zip(alpha, beta):
             m = int(np.sum(np.isfinite(a)))
-            theta, Y = tridiagonal_eigh(a[:m], b[: m - 1], limit_threads=False)
+            theta, Y = tridiagonal_eigh(a[:m], b[: m - 1])
             assert Y is not None
             w = Y[0] ** 2
             nodes.append(theta)

@@ -40,22 +40,19 @@ def blas_threads(n: int = 1) -> Iterator[None]:
         yield
 
 
-def tridiagonal_eigh(
-    alpha: np.ndarray, beta: np.ndarray, vectors: bool = True, limit_threads: bool = True
-) -> tuple[np.ndarray, np.ndarray | None]:
+def tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray, vectors: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal matrix (alpha on, beta off the diagonal).
 
-    `limit_threads=False` when the caller already runs inside `blas_threads`.
+    Callers run it inside `blas_threads` (entered once around their loop).
     """
     alpha = np.asarray(alpha, dtype=np.float64)
     beta = np.asarray(beta, dtype=np.float64)
     if alpha.size == 1:
         return alpha.copy(), (np.ones((1, 1)) if vectors else None)
-    with blas_threads(1) if limit_threads else contextlib.nullcontext():
-        if vectors:
-            w, y = eigh_tridiagonal(alpha, beta, lapack_driver="stemr")
-            return w, y
-        return eigh_tridiagonal(alpha, beta, eigvals_only=True), None
+    if vectors:
+        w, y = eigh_tridiagonal(alpha, beta, lapack_driver="stemr")
+        return w, y
+    return eigh_tridiagonal(alpha, beta, eigvals_only=True), None
 
 
 @dataclass(frozen=True)
@@ -156,7 +153,7 @@ def lanczos(
                 w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
             alphas.append(a)
             b = float(w.norm())
-            theta, Y = tridiagonal_eigh(np.array(alphas), np.array(betas), limit_threads=False)
+            theta, Y = tridiagonal_eigh(np.array(alphas), np.array(betas))
             assert Y is not None
             scale = float(np.abs(theta).max()) if theta.size else 0.0
             floor = 100.0 * precision * max(scale, 1e-300)
