@@ -28,6 +28,7 @@ import torch
 
 from landscape.hessian import CurvatureOperator, density_from_lanczos, hutchpp, lanczos, slq
 from landscape.hessian.density import exact_density, gaussian_mixture, l1_distance
+from landscape.host import keep_freed_memory
 from landscape.load import LoadSpec, load_problem
 
 
@@ -125,6 +126,7 @@ def main() -> None:
                     help="NAME=N: use a seeded subset of N samples for that model (default cnn=256: its exact "
                          "float64 Hessian takes 1946 products of ~0.4 s each on the full set)")
     args = ap.parse_args()
+    keep_freed_memory()  # as the `landscape` process does (landscape/host.py); the baselines share it
     torch.set_num_threads(args.threads)
     rows = []
     subset = {k: int(v) for k, v in (a.split("=") for a in args.subset)}

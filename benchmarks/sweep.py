@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from landscape.host import keep_freed_memory
 from landscape.load import LoadSpec, load_problem
 from landscape.surface import AxesSpec, make_axes
 from landscape.sweep import choose_strategy, grid_coords
@@ -92,6 +93,7 @@ def main() -> None:
     ap.add_argument("--samples", default="mlp,cnn,transformer,linreg")
     ap.add_argument("--repeats", type=int, default=3, help="each timing is the best of this many runs (other work on the machine only adds)")
     args = ap.parse_args()
+    keep_freed_memory()  # as the `landscape` process does (landscape/host.py); the baselines share it
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, grid {args.grid}x{args.grid}")
     header = f"{'sample':12} {'strategy':15} {'sweep pts/s':>11} {'loop pts/s':>10} {'loop/sweep':>10} {'sweep/limit':>11} {'ll pts/s':>9} {'ll/sweep':>8}"
     print(header)

@@ -91,12 +91,21 @@ class _Noisy(nn.Module):
         return F.dropout(self.lin(x), p=0.5, training=True)  # dropout even in eval mode
 
 
-def test_nondeterministic_loss_is_refused():
+@pytest.mark.parametrize("batch_size", [None, 7])  # the kept graph's check; the re-forwarding methods' check
+def test_nondeterministic_loss_is_refused(batch_size):
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
     model = _Noisy()
     p = make_problem(model, model.state_dict(), x, y, F.cross_entropy, device=torch.device("cpu"), dtype=torch.float64)
     with pytest.raises(LandscapeError, match="not deterministic"):
-        CurvatureOperator(p)
+        CurvatureOperator(p, batch_size=batch_size)
+
+
+def test_kept_graph_is_taken_after_one_product():
+    p = sample_problem("mlp", samples=60)
+    op = CurvatureOperator(p)
+    assert op.method == "double-backward-cached" and op.setup_matvecs == 1
+    assert op.gradient_seconds is None  # the ratio is a diagnostic, timed only when asked for
+    assert 0 < op.info()["product_to_gradient_ratio"] < math.inf and op.gradient_seconds is not None
 
 
 def test_ggn_matches_closed_form_and_is_psd():

@@ -24,7 +24,9 @@ from landscape.cli import analysis, checkpoints, files, hessian, plot, sweep  # 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI (on `argv`, default sys.argv); user errors become one line on stderr and exit status 2."""
     from landscape.cli.options import err
+    from landscape.host import keep_freed_memory
 
+    keep_freed_memory()  # large temporaries reused instead of page-faulted in on every forward pass
     try:
         app(args=argv, prog_name="landscape")
     except LandscapeError as exc:

@@ -3,16 +3,19 @@
 The loss is L(theta) = sum_b (|b| / N) * loss_fn(model(x_b; theta), y_b), so a product is the
 batch-size-weighted sum of per-batch products: exact for any batch size, the last batch included.
 
-Two ways to multiply by the Hessian, chosen by measurement on the first product:
+Ways to multiply by the Hessian:
 
 - double backward: g = grad(L, theta, create_graph=True), then Hv = grad(g . v, theta)
-  (with one batch, the graph of g is built once and kept, so a product is one backward pass);
-- forward-over-reverse: Hv = jvp(grad(L), theta, v) with torch.func.
+  (with one batch, the graph of g is built once and kept, so a product is one backward pass; then
+  no other method can be faster and none is timed);
+- forward-over-reverse: Hv = jvp(grad(L), theta, v) with torch.func; with several batches it and
+  the fresh-graph double backward are timed on the first product and the faster is kept.
 
 A method that raises (torch 2.13's `jvp(grad(mse))` on a linear model raises "ZeroTensors are
 immutable") is dropped and the others are used. Several vectors are multiplied per call
-(`is_grads_batched` / `vmap`) in chunks of `max_vectors`. All candidate products of one vector
-must agree, which doubles as the determinism check (dropout, BN in train mode, augmentation).
+(`is_grads_batched` / `vmap`) in chunks of `max_vectors`. The loss must be deterministic (no dropout,
+BN in train mode, augmentation): a fresh forward pass must match the kept graph's, and the timed
+methods' products of one vector must agree.
 
 The generalized Gauss-Newton G = sum_b w_b J_b^T H_out,b J_b (J: Jacobian of the model output,
 H_out: Hessian of the loss in the output) is positive semi-definite for convex losses and is
@@ -185,7 +188,10 @@ class CurvatureOperator:
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """H V^T for vectors stacked as rows [k, size] (float64 in and out); counts k products."""
+        t0 = time.perf_counter()
         out = self._apply(self.method, V)
+        per_vector = (time.perf_counter() - t0) / max(V.shape[0], 1)
+        self.timings[self.method] = min(self.timings.get(self.method, math.inf), per_vector)  # the fastest seen
         self.matvecs += V.shape[0]
         return out
 
@@ -246,8 +252,9 @@ class CurvatureOperator:
                 dummy = torch.zeros_like(out, requires_grad=True)
                 jt = torch.autograd.grad(out, u, grad_outputs=dummy, create_graph=True)[0]
                 return (u, out, z, gz, dummy, jt)
-            g = torch.autograd.grad(self._loss(u, xb, yb, w), u, create_graph=True)[0]
-            return (u, g)
+            out = self._forward(u, xb)
+            g = torch.autograd.grad(w * self.problem.loss_fn(out, yb), u, create_graph=True)[0]
+            return (u, g, out)
 
     @staticmethod
     def _vjp(output: torch.Tensor, inp: torch.Tensor, V: torch.Tensor, batched: bool) -> torch.Tensor:
@@ -270,7 +277,7 @@ class CurvatureOperator:
                 jv = self._vjp(jt, dummy, V, batched)  # J v, [k, *out.shape]
                 hz = self._vjp(gz, z, jv, batched)  # H_out J v
                 return self._vjp(out, u, hz, batched)  # J^T H_out J v
-            u, g = state
+            u, g, _ = state
             return self._vjp(g, u, V, batched)
 
     # ---- forward-over-reverse (torch.func) --------------------------------------------------
@@ -299,15 +306,36 @@ class CurvatureOperator:
         return total
 
     def _choose(self, candidates: Sequence[str], check: bool) -> str:
-        """Time each candidate on one random vector (a warm-up, then one timed product); keep the fastest.
+        """The product method: the kept graph when the data is one batch, else the faster of the others.
 
-        A candidate whose warm-up alone is SLOW_FACTOR times the fastest timed product is not timed again.
-        Every candidate's products of the same vector must agree (and, for methods that redo the
-        forward pass, the two repeats too): otherwise the loss is not a deterministic function of
-        the weights and no estimate would mean anything.
+        The kept-graph methods do strictly less work per product than the others (which redo the
+        forward pass and the first backward for every product), so when one is a candidate and runs,
+        it is taken after a single product and the others are not timed. Otherwise each candidate is
+        timed on one random vector (a warm-up, then one timed product) and the fastest is kept; a
+        candidate whose warm-up alone is SLOW_FACTOR times the fastest timed product is not timed again.
+        Either way the loss must be a deterministic function of the weights (no dropout, BN in train
+        mode or random augmentation), or no estimate would mean anything: a fresh forward pass must
+        match the kept graph's, and the other methods' repeated products must agree.
         """
         gen = torch.Generator().manual_seed(12345)
         v = torch.randn(1, self.size, generator=gen, dtype=torch.float64).to(self.device)
+        kept = [c for c in candidates if c in ("double-backward-cached", "ggn-cached")]
+        if kept:
+            name = kept[0]
+            t0 = time.perf_counter()
+            first, why = self._try_product(name, v)  # builds the graph, then one product
+            if first is not None:
+                self.timings[name] = time.perf_counter() - t0  # cold: matmat keeps the fastest product seen
+                self.setup_matvecs += 1
+                self._require_finite(first)
+                if check:
+                    self._check_kept_graph()
+                return name
+            self.dropped[name] = why
+            self._cache = None
+            candidates = [c for c in candidates if c != name]
+            if not candidates:
+                raise LandscapeError(f"no curvature product works for this model: {name}: {why}")
         self.gradient()  # a warm-up (the first pass pays for allocations) ...
         cold = self.gradient_seconds
         self.gradient()  # ... then timed, for the product-to-gradient ratio
@@ -317,14 +345,13 @@ class CurvatureOperator:
         tol = _agree_tol(self.dtype)
         for name in candidates:
             t0 = time.perf_counter()
-            first, why = self._try_product(name, v)  # warm-up (and, for the cached method, building its graph)
+            first, why = self._try_product(name, v)  # warm-up
             cold = time.perf_counter() - t0
             if first is None:
                 self.dropped[name] = why
                 continue
             self.setup_matvecs += 1
-            if not torch.isfinite(first).all():
-                raise LandscapeError("the curvature product is NaN or infinite at this checkpoint (is the loss finite?)")
+            self._require_finite(first)
             checked[name] = first
             fastest = min((self.timings[k] for k in results), default=math.inf)
             if self._summed([float(cold > SLOW_FACTOR * fastest)])[0] > 0:  # decided alike on every rank
@@ -337,7 +364,7 @@ class CurvatureOperator:
                 continue
             self.timings[name] = time.perf_counter() - t0
             self.setup_matvecs += 1
-            if check and not name.endswith("cached") and _rel(first, second) > tol:
+            if check and _rel(first, second) > tol:
                 raise LandscapeError(
                     f"the loss is not deterministic: two products of the same vector differ by {_rel(first, second):.1e} "
                     "(relative); remove dropout, BN in train mode or random augmentation from the model and data"
@@ -358,10 +385,27 @@ class CurvatureOperator:
         if self.world.size > 1:  # the mean time over the ranks, the same on every rank
             means = self._summed([self.timings[k] for k in results])
             self.timings.update({k: t / self.world.size for k, t in zip(results, means)})
-        best = min(results, key=lambda k: self.timings[k])
-        if best not in ("double-backward-cached", "ggn-cached"):
-            self._cache = None  # free the kept graph when it is not used
-        return best
+        return min(results, key=lambda k: self.timings[k])
+
+    @staticmethod
+    def _require_finite(product: torch.Tensor) -> None:
+        if not torch.isfinite(product).all():
+            raise LandscapeError("the curvature product is NaN or infinite at this checkpoint (is the loss finite?)")
+
+    def _check_kept_graph(self) -> None:
+        """A fresh forward pass must give the kept graph's outputs (else the loss is not deterministic)."""
+        assert self._cache is not None
+        tol = _agree_tol(self.dtype)
+        worst = 0.0
+        with torch.no_grad():
+            for (xb, _, _), state in zip(self._batches(), self._cache):
+                worst = max(worst, _rel(self._forward(self.u0, xb), state[2].detach()))  # the output (hessian) or its detached copy (ggn)
+        worst = self._summed([worst])[0]  # every rank decides alike
+        if worst > tol:
+            raise LandscapeError(
+                f"the loss is not deterministic: two forward passes at the same weights differ by {worst:.1e} "
+                "(relative); remove dropout, BN in train mode or random augmentation from the model and data"
+            )
 
     @property
     def hvp_seconds(self) -> float:
@@ -369,18 +413,28 @@ class CurvatureOperator:
 
     @property
     def ratio(self) -> float:
-        """Seconds per product over seconds per gradient (both on the whole data set)."""
+        """Seconds per product over seconds per gradient (both on the whole data set, the fastest seen).
+
+        When no gradient was timed yet (the kept-graph method needs none), two are timed now: a
+        diagnostic, so it is paid only when asked for (on every rank alike: the gradient is summed).
+        """
+        if self.gradient_seconds is None:
+            self.gradient()
+            cold = self.gradient_seconds
+            self.gradient()
+            self.gradient_seconds = min(cold or math.inf, self.gradient_seconds or math.inf)
         return self.hvp_seconds / max(self.gradient_seconds or math.inf, 1e-12)
 
     def info(self) -> dict[str, Any]:
         """What the operator measured and chose, for the results file and the summary."""
+        ratio = self.ratio  # may time the gradient first
         return {
             "curvature": self.curvature,
             "method": self.method,
             "seconds_per_product": self.timings,
             "dropped_methods": self.dropped,
             "gradient_seconds": self.gradient_seconds,
-            "product_to_gradient_ratio": self.ratio,
+            "product_to_gradient_ratio": ratio,
             "setup_matvecs": self.setup_matvecs,
             "batched_vectors": self._batched,
             "seconds_per_vector_in_chunks": self._chunk_seconds,
