@@ -99,6 +99,7 @@ class SweepReport:
     strategy: str
     timings: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
+    inapplicable: dict[str, str] = field(default_factory=dict)
     points: int = 0
     seconds: float = 0.0
     nonfinite: int = 0
@@ -142,6 +143,7 @@ def run_sweep(
             chosen, problem, directions, points_per_call=points_per_call(problem, budget, size), memory_budget=budget, batch_size=size
         )
     report.strategy, report.timings, report.dropped = chosen, choice.timings, choice.dropped
+    report.inapplicable = choice.inapplicable
     try:
         if world.broadcast(choice.probe_result is not None):  # rank 0's probe values are kept
             if world.main:
@@ -173,6 +175,7 @@ def run_sweep(
                 "strategy": report.strategy,
                 "strategy_timings_s_per_point": report.timings,
                 "strategy_dropped": report.dropped,
+                "strategy_inapplicable": report.inapplicable,
                 "seconds": report.seconds,
                 "world_size": world.size,
             }

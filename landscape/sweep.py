@@ -6,7 +6,9 @@ Three strategies share one interface, `Strategy.evaluate(coords) -> (loss, accur
 - `vmap`: K points per call, `torch.func.functional_call` under `torch.vmap` over stacked weights;
 - `firstlayer`: the first layer (Linear/Conv fed directly by x) is linear in the coordinates, so its
   output at every point is Y0 + sum_k c_k Y_k with Y0 = layer(x; W0), Y_k = layer(x; D_k), computed once;
-  the rest of the network runs per point as in `loop`.
+  the rest of the network runs per point as in `loop`;
+- `fused`, `firstlayer-fused`: `loop` and `firstlayer` through `landscape.fused`'s rewrite of the
+  model (BatchNorm folded into the layer before it, ReLUs in place, channels-last data for 2-D convs).
 
 `choose_strategy` times each one on the first grid points and keeps the fastest (their values are
 kept, so the probe costs no extra points). Nothing here does I/O.
@@ -26,13 +28,18 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from landscape.errors import LandscapeError
+from landscape.fused import channels_last_input, fuse_for_inference, has_conv2d
 from landscape.problem import Problem
 
-STRATEGIES = ("loop", "vmap", "firstlayer", "firstlayer-vmap")
+STRATEGIES = ("loop", "vmap", "firstlayer", "firstlayer-vmap", "fused", "firstlayer-fused")
 SHORTLIST_POINTS = 4  # the probe's first stage times each strategy on this many points ...
 SHORTLIST_FACTOR = 3.0  # ... and drops those this many times slower than the fastest
 PROBE_SHARE = 0.03  # a short run's probe may cost this share of the run's estimated time ...
 CLOSE_FACTOR = 1.3  # ... so then only candidates this close to the fastest are timed again
+
+
+class NotApplicable(ValueError):
+    """The strategy has nothing to offer for this model (no first layer, nothing to fuse): skipped quietly."""
 
 
 @dataclass
@@ -52,6 +59,8 @@ class Strategy:
         self.problem = problem
         self.directions = directions.to(problem.device, problem.theta.dtype)  # [k, P]
         self.batch_size = batch_size or problem.batch_size
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = problem.model  # what the loop strategies call
+        self.x = problem.x  # the data in the layout `forward` prefers
         params = problem.params()
         self._slots = [
             (name, params[name], problem.layout.block(name), shape)
@@ -66,6 +75,12 @@ class Strategy:
         for name, param, block, shape in self._slots:
             if name not in skip:
                 param.copy_(flat[block].view(shape))
+
+    def batches(self):
+        """(x_b, y_b) over the whole data set, x in the layout of `self.x`."""
+        p, bs = self.problem, self.batch_size
+        for start in range(0, p.n, bs):
+            yield self.x[start : start + bs], p.y[start : start + bs]
 
     def shrink(self) -> str | None:
         """Use less memory after an out-of-memory error: say how, or None when it cannot."""
@@ -93,9 +108,9 @@ class LoopStrategy(Strategy):
         correct = torch.zeros_like(loss)
         for i, c in enumerate(coords):
             self.write_params(torch.addmv(p.theta, self.directions.T, c), self.skip)
-            for bi, (xb, yb, _) in enumerate(p.batches(self.batch_size)):
+            for bi, (xb, yb) in enumerate(self.batches()):
                 self.before_batch(bi, c)
-                out = p.model(xb)
+                out = self.forward(xb)
                 loss[i] += p.loss_fn(out, yb).double() * yb.shape[0]
                 if p.classification:
                     correct[i] += (out.argmax(-1) == yb).sum()
@@ -192,7 +207,9 @@ class FirstLayerCache:
     Y0 + sum_k c_k Y_k with Y0 = layer(x; W0, b0) and Y_k = layer(x; D_k weight, D_k bias).
     """
 
-    def __init__(self, problem: Problem, directions: torch.Tensor, first: tuple[str, nn.Module], batch_size: int):
+    def __init__(
+        self, problem: Problem, directions: torch.Tensor, first: tuple[str, nn.Module], batch_size: int, channels_last: bool = False
+    ):
         name, self.layer = first
         prefix = f"{name}." if name else ""
         self.owned = frozenset(prefix + n for n, _ in self.layer.named_parameters(recurse=False))
@@ -201,14 +218,19 @@ class FirstLayerCache:
         w_name, b_name = prefix + "weight", prefix + "bias"
         has_bias = b_name in self.owned
         self.dtype = problem.dtype
-        self.per_batch: list[torch.Tensor] = []  # [1 + k, B, ...]
+        self.per_batch: list[torch.Tensor] = []  # [1 + k, B, ...], or [1 + k, B, H, W, C] channels-last
+        self.channels_last = False
         with torch.no_grad():  # at the weights' precision (float32 when the model runs in bfloat16)
             for xb, _, _ in problem.batches(batch_size):
                 xm = xb.to(problem.theta.dtype)
                 outs = [self._apply(xm, theta[w_name], theta[b_name] if has_bias else None)]
                 for j in range(directions.shape[0]):
                     outs.append(self._apply(xm, dirs[w_name][j], dirs[b_name][j] if has_bias else None))
-                self.per_batch.append(torch.stack(outs))
+                stacked = torch.stack(outs)
+                self.channels_last = channels_last and stacked.dim() == 5
+                if self.channels_last:  # channels innermost, so every point's output comes out channels-last
+                    stacked = stacked.permute(0, 1, 3, 4, 2).contiguous()
+                self.per_batch.append(stacked)
 
     def _apply(self, xb: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if isinstance(self.layer, nn.Linear):
@@ -218,7 +240,8 @@ class FirstLayerCache:
     def outputs(self, batch_index: int, coords: torch.Tensor) -> torch.Tensor:
         """The layer's output for one batch at each point: coords [K, k] -> [K, B, ...] in the model's dtype."""
         coef = torch.cat([coords.new_ones(coords.shape[0], 1), coords], dim=1)
-        return torch.tensordot(coef, self.per_batch[batch_index], dims=1).to(self.dtype)
+        out = torch.tensordot(coef, self.per_batch[batch_index], dims=1).to(self.dtype)
+        return out.permute(0, 1, 4, 2, 3) if self.channels_last else out
 
     def replace_forward(self, source: Callable[[], torch.Tensor | None]) -> None:
         """Make the layer return `source()` instead of computing its output."""
@@ -240,9 +263,16 @@ class FirstLayerStrategy(LoopStrategy):
 
     name = "firstlayer"
 
-    def __init__(self, problem: Problem, directions: torch.Tensor, first: tuple[str, nn.Module], batch_size: int | None = None):
+    def __init__(
+        self,
+        problem: Problem,
+        directions: torch.Tensor,
+        first: tuple[str, nn.Module],
+        batch_size: int | None = None,
+        channels_last: bool = False,
+    ):
         super().__init__(problem, directions, batch_size)
-        self.cache = FirstLayerCache(problem, self.directions, first, self.batch_size)
+        self.cache = FirstLayerCache(problem, self.directions, first, self.batch_size, channels_last)
         self.skip = self.cache.owned
         self._current: torch.Tensor | None = None
 
@@ -301,6 +331,41 @@ class FirstLayerVmapStrategy(VmapStrategy):
         super().close()
 
 
+def _use_fused(strat: LoopStrategy, keep: frozenset[nn.Module] = frozenset()) -> None:
+    """Point a loop strategy at `fuse_for_inference`'s graph (and channels-last data for 2-D convs),
+    after checking on a few samples that it gives the model's outputs."""
+    p = strat.problem
+    fused = fuse_for_inference(p.model, keep)
+    if fused is None:
+        raise NotApplicable("no BatchNorm to fold and no ReLU to run in place (or torch.fx cannot trace the model)")
+    x = channels_last_input(p.x) if has_conv2d(p.model) else p.x
+    with torch.no_grad():
+        want, got = p.model(p.x[:64]), fused(x[:64])
+    if not _agree(want.double().flatten(), got.double().flatten(), p.dtype):
+        raise ValueError("the fused graph's outputs differ from the model's")
+    strat.forward, strat.x = fused, x
+
+
+class FusedStrategy(LoopStrategy):
+    """The per-point loop through the model's graph with BatchNorm folded and ReLUs in place."""
+
+    name = "fused"
+
+    def __init__(self, problem: Problem, directions: torch.Tensor, batch_size: int | None = None):
+        super().__init__(problem, directions, batch_size)
+        _use_fused(self)
+
+
+class FirstLayerFusedStrategy(FirstLayerStrategy):
+    """`firstlayer` through the fused graph (the first layer itself is not folded: its output is cached)."""
+
+    name = "firstlayer-fused"
+
+    def __init__(self, problem: Problem, directions: torch.Tensor, first: tuple[str, nn.Module], batch_size: int | None = None):
+        super().__init__(problem, directions, first, batch_size, channels_last=has_conv2d(problem.model))
+        _use_fused(self, keep=frozenset([first[1]]))
+
+
 def build_strategy(
     name: str,
     problem: Problem,
@@ -315,14 +380,18 @@ def build_strategy(
         return LoopStrategy(problem, directions, batch_size)
     if name == "vmap":
         return VmapStrategy(problem, directions, points_per_call, batch_size)
-    if name in ("firstlayer", "firstlayer-vmap"):
+    if name == "fused":
+        return FusedStrategy(problem, directions, batch_size)
+    if name in ("firstlayer", "firstlayer-vmap", "firstlayer-fused"):
         first = find_first_layer(problem)
         if first is None:
-            raise ValueError("the model does not start with a Linear/Conv layer fed directly by the input")
+            raise NotApplicable("the model does not start with a Linear/Conv layer fed directly by the input")
         if cache_bytes_first_layer(problem, first, directions.shape[0]) > memory_budget:
             raise ValueError("the first layer's cached outputs would not fit the memory budget")
         if name == "firstlayer":
             return FirstLayerStrategy(problem, directions, first, batch_size)
+        if name == "firstlayer-fused":
+            return FirstLayerFusedStrategy(problem, directions, first, batch_size)
         return FirstLayerVmapStrategy(problem, directions, first, points_per_call, batch_size)
     raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
 
@@ -371,6 +440,7 @@ class Choice:
     strategy: Strategy
     timings: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
+    inapplicable: dict[str, str] = field(default_factory=dict)  # nothing to offer this model (not a failure)
     probe_coords: torch.Tensor | None = None
     probe_result: Evaluation | None = None
 
@@ -398,18 +468,21 @@ def choose_strategy(
     k = points_per_call(problem, budget, batch_size)
     built: dict[str, Strategy] = {}
     dropped: dict[str, str] = {}
+    inapplicable: dict[str, str] = {}
     for name in candidates:
         try:
             built[name] = build_strategy(
                 name, problem, directions, points_per_call=k, memory_budget=budget, batch_size=batch_size
             )
+        except NotApplicable as exc:
+            inapplicable[name] = str(exc)
         except Exception as exc:  # a model the strategy cannot run: fall back, say why
             dropped[name] = _one_line(exc)
     if not built:
-        raise ValueError("no sweep strategy can run this model: " + "; ".join(f"{n}: {m}" for n, m in dropped.items()))
+        raise _none_can_run(candidates, {**inapplicable, **dropped})
     if len(built) == 1:
         (only,) = built.values()
-        return Choice(only, dropped=dropped)
+        return Choice(only, dropped=dropped, inapplicable=inapplicable)
     timings: dict[str, float] = {}
     results: dict[str, Evaluation] = {}
     reference: Evaluation | None = None
@@ -452,12 +525,12 @@ def choose_strategy(
             continue
         results[name] = res
     if not built:
-        raise ValueError("no sweep strategy can run this model: " + "; ".join(f"{n}: {m}" for n, m in dropped.items()))
+        raise _none_can_run(candidates, {**inapplicable, **dropped})
     best = min(built, key=lambda n: timings[n])
     for name, strat in built.items():
         if name != best:
             strat.close()
-    return Choice(built[best], timings, dropped, probe_coords, results[best])
+    return Choice(built[best], timings, dropped, inapplicable, probe_coords, results[best])
 
 
 def evaluate_shrinking(strat: Strategy, coords: torch.Tensor, warn: Callable[[str], None]) -> Evaluation:
@@ -497,6 +570,12 @@ def _agree(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
     return bool(torch.equal(torch.isfinite(a), torch.isfinite(b))) and bool(
         torch.allclose(a[both], b[both], rtol=tol, atol=tol)
     )
+
+
+def _none_can_run(candidates: tuple[str, ...], why: dict[str, str]) -> LandscapeError:
+    if len(candidates) == 1:
+        return LandscapeError(f"--strategy {candidates[0]} cannot run this model: {why.get(candidates[0], 'unknown reason')}")
+    return LandscapeError("no sweep strategy can run this model: " + "; ".join(f"{n}: {m}" for n, m in why.items()))
 
 
 def _one_line(exc: BaseException) -> str:

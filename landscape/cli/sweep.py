@@ -82,7 +82,7 @@ def sweep(
     device: Device = "auto",
     dtype: Dtype = "float32",
     strategy: Annotated[
-        str, typer.Option(help="auto (time each on the first points, keep the fastest), loop, vmap or firstlayer.", rich_help_panel=RUN)
+        str, typer.Option(help="auto (time each on the first points, keep the fastest), or one of: " + ", ".join(STRATEGIES) + ".", rich_help_panel=RUN)
     ] = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="Finish a killed run in OUTPUT (same settings required); starts it if OUTPUT is missing.", rich_help_panel=RUN)
@@ -164,10 +164,15 @@ def sweep(
     directions = world.broadcast(directions if world.main else None)
     with progress(disable=not world.main) as bar:
         task = bar.add_task("sweep", total=len(grids[0]) * (len(grids[1]) if len(grids) > 1 else 1))
-        report = run_sweep(
-            problem, directions, store, strategy=strategy, warn=warn if world.main else _quiet, world=world,
-            on_progress=lambda done, total: bar.update(task, completed=done),
-        )
+        try:
+            report = run_sweep(
+                problem, directions, store, strategy=strategy, warn=warn if world.main else _quiet, world=world,
+                on_progress=lambda done, total: bar.update(task, completed=done),
+            )
+        except LandscapeError:
+            if store is not None and not resume and not store.done.any():  # nothing computed: leave no file behind
+                output.unlink(missing_ok=True)
+            raise
     close_world(world)
     if not world.main:
         return
@@ -176,8 +181,8 @@ def sweep(
         say(f"strategy {report.strategy} (probe: {timing})")
     elif report.strategy != "none":
         say(f"strategy {report.strategy}")
-    for name, why in report.dropped.items():
-        if strategy == "auto" and name != "firstlayer":
+    for name, why in report.dropped.items():  # failures only: strategies with nothing to offer are not news
+        if strategy == "auto":
             warn(f"strategy {name} not used: {why}")
     if report.nonfinite:
         warn(f"the loss was NaN or infinite at {report.nonfinite} grid point(s); stored as NaN")
