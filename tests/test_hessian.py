@@ -106,6 +106,29 @@ def test_kept_graph_is_taken_after_one_product():
     assert op.method == "double-backward-cached" and op.setup_matvecs == 1
     assert op.gradient_seconds is None  # the ratio is a diagnostic, timed only when asked for
     assert 0 < op.info()["product_to_gradient_ratio"] < math.inf and op.gradient_seconds is not None
+    v, hv = op.probe  # the set-up's product, for Lanczos to reuse
+    assert torch.allclose(hv, op.matvec(v), rtol=1e-12, atol=0)
+
+
+def test_lanczos_reuses_a_given_first_product():
+    n = 40
+    gen = torch.Generator().manual_seed(0)
+    B = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    A = B + B.T
+    calls: list[int] = []
+
+    def mm(V):
+        calls.append(V.shape[0])
+        return V @ A
+
+    ref = lanczos(mm, n, k=3, tol=1e-10, seed=3)
+    made = sum(calls)
+    calls.clear()
+    v = torch.randn(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)  # lanczos' own seeded start
+    got = lanczos(mm, n, k=3, tol=1e-10, start=(2.5 * v, 2.5 * v @ A))
+    assert sum(calls) == made - 1 and got.matvecs == ref.matvecs
+    np.testing.assert_allclose(got.eigenvalues, ref.eigenvalues, rtol=1e-12)
+    np.testing.assert_allclose(got.eigenvalues, torch.linalg.eigvalsh(A).flip(0)[:3].numpy(), rtol=1e-9)
 
 
 def test_ggn_matches_closed_form_and_is_psd():

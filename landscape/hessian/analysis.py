@@ -83,7 +83,7 @@ def estimate_block(
     """Build the operator on `names` (default all) and run what `settings` asks for (on every rank of `world`)."""
     op = CurvatureOperator(
         problem, curvature=settings.curvature, names=names, method=settings.method, batch_size=settings.batch_size,
-        world=world,
+        world=world, probe_seed=settings.seed,
     )
     seconds: dict[str, float] = {}
     eigen = trace = runs = None
@@ -93,6 +93,7 @@ def estimate_block(
             eigen = lanczos(
                 op.matmat, op.size, k=settings.top_k, which=settings.which, tol=settings.tol, max_iter=settings.max_iter,
                 seed=settings.seed, device=op.device, vectors=settings.eigenvectors, precision=_precision(op.dtype),
+                start=op.probe,  # the set-up's product is Lanczos's first step
             )
             seconds["eigenvalues"] = time.perf_counter() - t0
         if settings.trace:
@@ -144,9 +145,11 @@ def hessian_axes(
 
     Unit vectors (coordinates are distances in weight space: loss ~ L0 + lambda a^2 / 2 along axis a).
     """
-    op = CurvatureOperator(problem, curvature=curvature)
+    op = CurvatureOperator(problem, curvature=curvature, probe_seed=seed)
     try:
-        eig = lanczos(op.matmat, op.size, k=count, tol=tol, seed=seed, device=op.device, precision=_precision(op.dtype))
+        eig = lanczos(
+            op.matmat, op.size, k=count, tol=tol, seed=seed, device=op.device, precision=_precision(op.dtype), start=op.probe
+        )
     finally:
         op.close()
     assert eig.eigenvectors is not None

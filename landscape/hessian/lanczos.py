@@ -13,8 +13,10 @@ limited to one thread so it does not fight torch for the cores.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,19 +26,28 @@ MatMat = Callable[[torch.Tensor], torch.Tensor]
 WHICH = ("largest", "both")
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, scanned once per process (a scan costs
+    about a millisecond and a half; scipy's BLAS is loaded by this module's imports, before any call)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return None
+    return ThreadpoolController()
+
+
 @contextlib.contextmanager
 def blas_threads(n: int = 1) -> Iterator[None]:
     """Limit the BLAS threads of numpy/scipy inside the block (torch's own threads are left alone).
 
-    Entering costs about a millisecond (threadpoolctl scans the loaded libraries), so callers wrap
-    a whole loop, not each small call.
+    Callers wrap a whole loop, not each small call (entering costs tens of microseconds).
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+    controller = _blas_controller()
+    if controller is None:  # pragma: no cover
         yield
         return
-    with threadpool_limits(limits=n, user_api="blas"):
+    with controller.limit(limits=n, user_api="blas"):
         yield
 
 
@@ -96,6 +107,7 @@ def lanczos(
     device: torch.device | str = "cpu",
     vectors: bool = True,
     precision: float = 2.2e-16,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Eigenpairs:
     """Top-k (which='largest') or top-k and bottom-k (which='both') eigenpairs of a symmetric operator.
 
@@ -103,7 +115,9 @@ def lanczos(
     product per step. `matmat` maps float64 rows [j, n] to their products; `precision` is the relative
     precision of those products (float32 products: ~1.2e-7), which floors the attainable residual at
     100 * precision * |lambda_max|. On breakdown (an invariant subspace found) a fresh random vector
-    orthogonal to the basis continues the run, so repeated eigenvalues are not missed.
+    orthogonal to the basis continues the run, so repeated eigenvalues are not missed. `start`, a
+    vector and its product already made (e.g. `CurvatureOperator.probe`), replaces the seeded start
+    vector and saves the first product; it counts in `matvecs` all the same.
 
     Example:
         >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
@@ -130,7 +144,12 @@ def lanczos(
     Q = torch.zeros(min(max_iter, 16), n, dtype=torch.float64, device=device)
     alphas: list[float] = []
     betas: list[float] = []  # betas[j] couples q_j and q_{j+1}
-    q = fresh(Q, 0)
+    known: torch.Tensor | None = None  # the product of the first vector, when given
+    if start is None:
+        q = fresh(Q, 0)
+    else:
+        v, hv = (t.to(device, torch.float64).reshape(n) for t in start)
+        q, known = v / v.norm(), hv / v.norm()
     matvecs = 0
     theta = np.zeros(0)
     Y = np.zeros((0, 0))
@@ -143,7 +162,8 @@ def lanczos(
             if j == Q.shape[0]:
                 Q = torch.cat([Q, torch.zeros(min(Q.shape[0], max_iter - j), n, dtype=Q.dtype, device=Q.device)])
             Q[j] = q
-            w = matmat(q[None])[0].to(torch.float64)
+            w = matmat(q[None])[0].to(torch.float64) if known is None else known
+            known = None
             matvecs += 1
             a = float(w @ q)
             w = w - a * q

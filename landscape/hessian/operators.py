@@ -73,7 +73,8 @@ class CurvatureOperator:
     `names` picks the parameter tensors the operator acts on (default all, in layout order); the
     vector it multiplies is those tensors flattened and concatenated. `matvecs` counts the
     products the algorithms asked for (one per vector); `setup_matvecs` the ones spent measuring
-    the methods and checking determinism.
+    the methods and checking determinism. `probe` is the set-up's vector (seeded by `probe_seed`)
+    and its product by the chosen method, which Lanczos can take as its first step.
 
     With a `world` of several ranks, `problem` holds this rank's part of the data (see
     `landscape.distributed.shard_problem`) and the operator is that of the union of the parts:
@@ -98,6 +99,7 @@ class CurvatureOperator:
         check: bool = True,
         world: World | None = None,
         n_total: int | None = None,
+        probe_seed: int = 12345,
     ) -> None:
         if curvature not in CURVATURES:
             raise LandscapeError(f"--curvature {curvature!r}: expected one of {', '.join(CURVATURES)}")
@@ -142,6 +144,8 @@ class CurvatureOperator:
                 if method == "double-backward-cached":
                     raise LandscapeError("--method double-backward-cached needs the data in one batch (raise --batch-size)")
                 candidates = tuple(c for c in candidates if c != "double-backward-cached")
+        self.probe_seed = int(probe_seed)
+        self.probe: tuple[torch.Tensor, torch.Tensor] | None = None  # (v, H v) by the chosen method: reusable
         self.method = self._choose(candidates, check)
 
     # ---- the loss as a function of the block ------------------------------------------------
@@ -317,7 +321,7 @@ class CurvatureOperator:
         mode or random augmentation), or no estimate would mean anything: a fresh forward pass must
         match the kept graph's, and the other methods' repeated products must agree.
         """
-        gen = torch.Generator().manual_seed(12345)
+        gen = torch.Generator().manual_seed(self.probe_seed)
         v = torch.randn(1, self.size, generator=gen, dtype=torch.float64).to(self.device)
         kept = [c for c in candidates if c in ("double-backward-cached", "ggn-cached")]
         if kept:
@@ -330,6 +334,7 @@ class CurvatureOperator:
                 self._require_finite(first)
                 if check:
                     self._check_kept_graph()
+                self.probe = (v[0], first[0])
                 return name
             self.dropped[name] = why
             self._cache = None
@@ -385,7 +390,9 @@ class CurvatureOperator:
         if self.world.size > 1:  # the mean time over the ranks, the same on every rank
             means = self._summed([self.timings[k] for k in results])
             self.timings.update({k: t / self.world.size for k, t in zip(results, means)})
-        return min(results, key=lambda k: self.timings[k])
+        best = min(results, key=lambda k: self.timings[k])
+        self.probe = (v[0], results[best][0])
+        return best
 
     @staticmethod
     def _require_finite(product: torch.Tensor) -> None:
