@@ -1,6 +1,6 @@
 """Batched evaluation of the dataset-mean loss (and accuracy) at many points theta + c @ D.
 
-Three strategies share one interface, `Strategy.evaluate(coords) -> (loss, accuracy)`:
+The strategies share one interface, `Strategy.evaluate(coords) -> (loss, accuracy)`:
 
 - `loop`: one point at a time, weights written in place, one pass over the data per point;
 - `vmap`: K points per call, `torch.func.functional_call` under `torch.vmap` over stacked weights;
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from landscape.errors import LandscapeError
-from landscape.fused import channels_last_input, fuse_for_inference, has_conv2d
+from landscape.fused import FoldedNorm, channels_last_input, fuse_for_inference, has_conv2d
 from landscape.problem import Problem
 
 STRATEGIES = ("loop", "vmap", "firstlayer", "firstlayer-vmap", "fused", "firstlayer-fused")
@@ -76,7 +76,7 @@ class Strategy:
             if name not in skip:
                 param.copy_(flat[block].view(shape))
 
-    def batches(self):
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x_b, y_b) over the whole data set, x in the layout of `self.x`."""
         p, bs = self.problem, self.batch_size
         for start in range(0, p.n, bs):
@@ -331,14 +331,15 @@ class FirstLayerVmapStrategy(VmapStrategy):
         super().close()
 
 
-def _use_fused(strat: LoopStrategy, keep: frozenset[nn.Module] = frozenset()) -> None:
-    """Point a loop strategy at `fuse_for_inference`'s graph (and channels-last data for 2-D convs),
-    after checking on a few samples that it gives the model's outputs."""
+def _use_fused(strat: LoopStrategy, keep: frozenset[nn.Module] = frozenset(), layout_x: bool = True) -> None:
+    """Point a loop strategy at `fuse_for_inference`'s graph (and, with `layout_x`, channels-last data
+    for 2-D convs), after checking on a few samples that it gives the model's outputs."""
     p = strat.problem
     fused = fuse_for_inference(p.model, keep)
-    if fused is None:
-        raise NotApplicable("no BatchNorm to fold and no ReLU to run in place (or torch.fx cannot trace the model)")
-    x = channels_last_input(p.x) if has_conv2d(p.model) else p.x
+    folded = fused is not None and any(isinstance(m, FoldedNorm) for m in fused.modules())
+    if fused is None or not (folded or has_conv2d(p.model)):  # ReLUs in place alone gained under 5%: not worth probing
+        raise NotApplicable("no BatchNorm after a Conv/Linear to fold and no 2-D convolution (or torch.fx cannot trace the model)")
+    x = channels_last_input(p.x) if layout_x and has_conv2d(p.model) else p.x
     with torch.no_grad():
         want, got = p.model(p.x[:64]), fused(x[:64])
     if not _agree(want.double().flatten(), got.double().flatten(), p.dtype):
@@ -363,7 +364,7 @@ class FirstLayerFusedStrategy(FirstLayerStrategy):
 
     def __init__(self, problem: Problem, directions: torch.Tensor, first: tuple[str, nn.Module], batch_size: int | None = None):
         super().__init__(problem, directions, first, batch_size, channels_last=has_conv2d(problem.model))
-        _use_fused(self, keep=frozenset([first[1]]))
+        _use_fused(self, keep=frozenset([first[1]]), layout_x=False)  # x itself is not read: the cache is channels-last
 
 
 def build_strategy(
