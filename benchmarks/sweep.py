@@ -23,7 +23,7 @@ import torch
 from landscape.host import keep_freed_memory
 from landscape.load import LoadSpec, load_problem
 from landscape.surface import AxesSpec, make_axes
-from landscape.sweep import choose_strategy, grid_coords
+from landscape.sweep import PROBE_POINTS, choose_strategy, grid_coords
 
 
 def plain_loop(problem, dirs, coords) -> float:
@@ -67,8 +67,8 @@ def forward_limit(problem, points: int, passes: int = 20) -> tuple[float, int]:
 def sweep_as_cli(problem, dirs, coords) -> tuple[float, str]:
     """What `landscape sweep` does: probe on the first points, then the winner on the rest."""
     start = time.perf_counter()
-    choice = choose_strategy(problem, dirs, coords[:16], total_points=coords.shape[0])
-    choice.strategy.evaluate(coords[16:])
+    choice = choose_strategy(problem, dirs, coords[:PROBE_POINTS], total_points=coords.shape[0])
+    choice.strategy.evaluate(coords[PROBE_POINTS:])
     choice.strategy.close()
     return time.perf_counter() - start, choice.strategy.name
 

@@ -26,7 +26,7 @@ import torch
 from torch.func import functional_call
 
 from landscape.problem import Problem
-from landscape.sweep import STRATEGIES, Evaluation, choose_strategy
+from landscape.sweep import PROBE_POINTS, STRATEGIES, Evaluation, choose_strategy
 
 
 # --------------------------------------------------------------------------- roughness index
@@ -116,7 +116,7 @@ def compute_roughness(
     coords = roughness_coords(count, alphas)
     total = coords.shape[0]
     candidates = STRATEGIES if strategy == "auto" else (strategy,)
-    probe = coords[: min(total, 4)]
+    probe = coords[: min(total, PROBE_POINTS)]
     choice = choose_strategy(problem, directions, probe, candidates=candidates, total_points=total, warn=warn)
     strat = choice.strategy
     loss = torch.full((total,), math.nan, dtype=torch.float64)

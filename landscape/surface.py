@@ -16,6 +16,7 @@ from landscape.io.results import SweepFile
 from landscape.problem import Problem
 from landscape.distributed import World
 from landscape.sweep import (
+    PROBE_POINTS,
     STRATEGIES,
     build_strategy,
     choose_strategy,
@@ -26,7 +27,6 @@ from landscape.sweep import (
 )
 
 AXIS_NAMES = ("x", "y")
-PROBE_POINTS = 16  # grid points each strategy evaluates in the probe (enough to fill a vmap call)
 
 
 @dataclass(frozen=True)

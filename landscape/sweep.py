@@ -10,8 +10,9 @@ The strategies share one interface, `Strategy.evaluate(coords) -> (loss, accurac
 - `fused`, `firstlayer-fused`: `loop` and `firstlayer` through `landscape.fused`'s rewrite of the
   model (BatchNorm folded into the layer before it, ReLUs in place, channels-last data for 2-D convs).
 
-`choose_strategy` times each one on the first grid points and keeps the fastest (their values are
-kept, so the probe costs no extra points). Nothing here does I/O.
+`choose_strategy` times each one on the first grid points and keeps the fastest (each probe point's
+value is kept from the candidate that evaluated it, so the probe costs no extra points). Nothing
+here does I/O.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ from landscape.fused import FoldedNorm, channels_last_input, fuse_for_inference,
 from landscape.problem import Problem
 
 STRATEGIES = ("loop", "vmap", "firstlayer", "firstlayer-vmap", "fused", "firstlayer-fused")
+PROBE_POINTS = 128  # grid points a caller hands the probe: each is evaluated once, by one candidate, and stored
 SHORTLIST_POINTS = 4  # the probe's first stage times each strategy on this many points ...
 SHORTLIST_FACTOR = 3.0  # ... and drops those this many times slower than the fastest
+STAGE2_POINTS = 16  # the second stage times each survivor on this many points (enough to fill a vmap call) ...
+STAGE2_SECONDS = 0.5  # ... best of `repeats` runs, fewer once a candidate has spent this long
 PROBE_SHARE = 0.03  # a short run's probe may cost this share of the run's estimated time ...
 CLOSE_FACTOR = 1.3  # ... so then only candidates this close to the fastest are timed again
 
@@ -457,12 +461,15 @@ def choose_strategy(
     total_points: int | None = None,
     warn: Callable[[str], None] = lambda msg: warnings.warn(msg, stacklevel=2),
 ) -> Choice:
-    """Time each candidate on `probe_coords` (real grid points) and keep the fastest that agrees with loop.
+    """Time each candidate on `probe_coords` (real grid points) and keep the fastest that agrees with the others.
 
-    When the user named no batch size (`problem.auto_batch`), the batch size is tuned first.
-    The winner's values at the probe points are returned so the caller can store them.
-    With one candidate nothing is timed. `total_points` (the run's size) bounds the probe's cost:
-    on a run of a second or two, a thorough probe would cost more than the fastest strategy saves.
+    When the user named no batch size (`problem.auto_batch`), the batch size is tuned first. Every
+    candidate evaluates the same point first (a warm-up, and the agreement check); then each is
+    timed on fresh probe points, so with enough of them (1 + 4 per candidate + 32 per survivor)
+    no probe work is wasted: the values of every probe point are returned (from whichever
+    candidate evaluated it; the winner fills in any left) so the caller can store them. With one
+    candidate nothing is timed. `total_points` (the run's size) bounds the probe's cost: on a run
+    of a second or two, timing slow candidates again would cost more than the fastest one saves.
     """
     budget = memory_budget(problem.device) if budget is None else budget
     batch_size = tune_batch_size(problem) if problem.auto_batch and len(candidates) > 1 else problem.batch_size
@@ -485,35 +492,21 @@ def choose_strategy(
         (only,) = built.values()
         return Choice(only, dropped=dropped, inapplicable=inapplicable)
     timings: dict[str, float] = {}
-    results: dict[str, Evaluation] = {}
-    reference: Evaluation | None = None
     first: dict[str, float] = {}
+    kept = _ProbeValues(probe_coords, problem.classification)
 
     def drop(name: str, why: str, message: str) -> None:
         dropped[name] = why
         warn(message)
         built.pop(name).close()
 
-    for name, strat in list(built.items()):  # stage 1: a few points each, so a slow candidate costs little
+    # warm-up (vmap tracing, allocator) on the point farthest from the checkpoint, where a strategy
+    # that computes something else would show it: every candidate must agree with the first
+    far = int(probe_coords.norm(dim=1).argmax()) if probe_coords.numel() else 0
+    reference: Evaluation | None = None
+    for name, strat in list(built.items()):
         try:
-            evaluate_shrinking(strat, probe_coords[:1], warn)  # warm-up (vmap tracing, allocator)
-            _, first[name] = _timed(strat, probe_coords[:SHORTLIST_POINTS], 1, warn)
-        except Exception as exc:
-            drop(name, _one_line(exc), f"sweep strategy {name} cannot run this model ({_one_line(exc)}); falling back")
-        finally:
-            strat.write_params(problem.theta)
-    fastest = min(first.values(), default=0.0)
-    factor = SHORTLIST_FACTOR
-    if total_points is not None and fastest > 0:
-        stage2 = sum(first[n] for n in built) * len(probe_coords) * repeats - fastest * len(probe_coords)
-        if stage2 > PROBE_SHARE * total_points * fastest:
-            factor = CLOSE_FACTOR
-    for name in [n for n in built if first[n] > factor * fastest]:
-        timings[name] = first[name]  # too slow on the first points: not timed further
-        built.pop(name).close()
-    for name, strat in list(built.items()):  # stage 2: the whole probe, best of `repeats`
-        try:
-            res, timings[name] = _timed(strat, probe_coords, repeats, warn)
+            res = evaluate_shrinking(strat, probe_coords[far : far + 1], warn)
         except Exception as exc:
             drop(name, _one_line(exc), f"sweep strategy {name} cannot run this model ({_one_line(exc)}); falling back")
             continue
@@ -521,17 +514,101 @@ def choose_strategy(
             strat.write_params(problem.theta)
         if reference is None:
             reference = res
+            kept.put(torch.tensor([far]), res)
         elif not _agree(reference.loss, res.loss, problem.dtype):
             drop(name, "its values disagree with the other strategies", f"sweep strategy {name} gives values that disagree with the others; not using it")
-            continue
-        results[name] = res
+
+    def timed(name: str, strat: Strategy, points: int) -> float | None:
+        """Seconds per point of `strat` on the next `points` probe points (their values kept), None if it raised."""
+        idx = kept.take(points)
+        try:
+            t0 = time.perf_counter()
+            res = evaluate_shrinking(strat, probe_coords[idx], warn)
+            seconds = (time.perf_counter() - t0) / len(idx)
+        except Exception as exc:
+            drop(name, _one_line(exc), f"sweep strategy {name} cannot run this model ({_one_line(exc)}); falling back")
+            return None
+        finally:
+            strat.write_params(problem.theta)
+        kept.put(idx, res)
+        return seconds
+
+    for name, strat in list(built.items()):  # stage 1: a few points each, so a slow candidate costs little
+        seconds = timed(name, strat, SHORTLIST_POINTS)
+        if seconds is not None:
+            first[name] = seconds
+    fastest = min(first.values(), default=0.0)
+    factor = SHORTLIST_FACTOR
+    if total_points is not None and fastest > 0:  # what stage 2 would cost over running the fastest alone
+        excess = sum(first[n] - fastest for n in built) * STAGE2_POINTS * repeats
+        if excess > PROBE_SHARE * total_points * fastest:
+            factor = CLOSE_FACTOR
+    for name in [n for n in built if first[n] > factor * fastest]:
+        timings[name] = first[name]  # too slow on the first points: not timed further
+        built.pop(name).close()
+    for name, strat in list(built.items()):  # stage 2: best of `repeats` runs, each on fresh points
+        best, spent = math.inf, 0.0
+        for _ in range(max(1, repeats)):
+            seconds = timed(name, strat, STAGE2_POINTS)
+            if seconds is None:
+                break
+            best, spent = min(best, seconds), spent + seconds * STAGE2_POINTS
+            if spent > STAGE2_SECONDS:
+                break
+        if name in built:
+            timings[name] = best
     if not built:
         raise _none_can_run(candidates, {**inapplicable, **dropped})
-    best = min(built, key=lambda n: timings[n])
+    best_name = min(built, key=lambda n: timings[n])
     for name, strat in built.items():
-        if name != best:
+        if name != best_name:
             strat.close()
-    return Choice(built[best], timings, dropped, inapplicable, probe_coords, results[best])
+    winner = built[best_name]
+    rest = kept.missing()
+    if len(rest):  # probe points no candidate reached: the winner evaluates them
+        kept.put(rest, evaluate_shrinking(winner, probe_coords[rest], warn))
+    return Choice(winner, timings, dropped, inapplicable, probe_coords, kept.result())
+
+
+class _ProbeValues:
+    """The probe points' values as the candidates evaluate them: each point is kept from the first
+    strategy that evaluated it, so no probe work is thrown away while fresh points last."""
+
+    def __init__(self, coords: torch.Tensor, classification: bool) -> None:
+        n = coords.shape[0]
+        self.loss = torch.full((n,), math.nan, dtype=torch.float64)
+        self.accuracy = torch.full((n,), math.nan, dtype=torch.float64) if classification else None
+        self.have = torch.zeros(n, dtype=torch.bool)
+        self.cursor = 0
+
+    def take(self, count: int) -> torch.Tensor:
+        """Indices of the next `count` points not yet evaluated (once those run out, any points again)."""
+        n = self.have.shape[0]
+        fresh = torch.nonzero(~self.have).flatten()[:count]
+        if len(fresh) == count or n == 0:
+            return fresh
+        extra = (torch.arange(count - len(fresh)) + self.cursor) % n
+        self.cursor += count - len(fresh)
+        return torch.cat([fresh, extra])
+
+    def put(self, idx: torch.Tensor, res: Evaluation) -> None:
+        new = ~self.have[idx]
+        first = torch.zeros_like(new)  # an index repeated within idx is kept once
+        seen: set[int] = set()
+        for j, i in enumerate(idx.tolist()):
+            first[j] = bool(new[j]) and i not in seen
+            seen.add(i)
+        target = idx[first]
+        self.loss[target] = res.loss[first]
+        if self.accuracy is not None and res.accuracy is not None:
+            self.accuracy[target] = res.accuracy[first]
+        self.have[target] = True
+
+    def missing(self) -> torch.Tensor:
+        return torch.nonzero(~self.have).flatten()
+
+    def result(self) -> Evaluation:
+        return Evaluation(self.loss.clone(), None if self.accuracy is None else self.accuracy.clone())
 
 
 def evaluate_shrinking(strat: Strategy, coords: torch.Tensor, warn: Callable[[str], None]) -> Evaluation:
@@ -546,23 +623,6 @@ def evaluate_shrinking(strat: Strategy, coords: torch.Tensor, warn: Callable[[st
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             warn(f"out of memory: going on with {how}")
-
-
-def _timed(
-    strat: Strategy, coords: torch.Tensor, repeats: int, warn: Callable[[str], None], budget_s: float = 0.5
-) -> tuple[Evaluation, float]:
-    """Values at `coords` and the best seconds per point over up to `repeats` runs (the minimum
-    is the least disturbed by other work on the machine); stops repeating once `budget_s` is spent."""
-    best, spent, res = float("inf"), 0.0, None
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        res = evaluate_shrinking(strat, coords, warn)
-        elapsed = time.perf_counter() - start
-        best, spent = min(best, elapsed), spent + elapsed
-        if spent > budget_s:
-            break
-    assert res is not None
-    return res, best / coords.shape[0]
 
 
 def _agree(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:

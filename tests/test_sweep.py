@@ -82,6 +82,31 @@ def test_probe_keeps_fastest_and_its_values():
     choice.strategy.close()
 
 
+def test_probe_wastes_no_points_when_it_has_enough(monkeypatch):
+    """Each probe point is evaluated by one candidate and kept; only the shared warm-up point is repeated."""
+    import landscape.sweep as sweep_module
+
+    problem = sample_problem("mlp", samples=200)
+    dirs = random_directions(2, problem.theta, problem.layout, seed=0)
+    coords = grid_coords([torch.linspace(-1, 1, 20), torch.linspace(-1, 1, 10)])
+    evaluated: list[int] = []
+    real = sweep_module.evaluate_shrinking
+
+    def counting(strat, c, warn):
+        evaluated.append(c.shape[0])
+        return real(strat, c, warn)
+
+    monkeypatch.setattr(sweep_module, "evaluate_shrinking", counting)
+    choice = choose_strategy(problem, dirs, coords, repeats=2)
+    choice.strategy.close()
+    candidates = len(choice.timings)
+    assert sum(evaluated) == coords.shape[0] + candidates - 1
+    for i in range(0, coords.shape[0], 7):
+        loss, acc = direct_loss(problem, problem.theta + coords[i] @ dirs)
+        assert choice.probe_result.loss[i].item() == pytest.approx(loss, rel=1e-9)
+        assert choice.probe_result.accuracy[i].item() == pytest.approx(acc, abs=1e-12)
+
+
 def test_parse_range():
     assert parse_range("-1:1:5", "--x").tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
     assert parse_range("-1:1:51", "--x")[25].item() == 0.0
