@@ -67,9 +67,15 @@ def _foldable(layer: nn.Module, norm: nn.Module) -> bool:
     )
 
 
-def fuse_for_inference(model: nn.Module, keep: frozenset[nn.Module] = frozenset()) -> fx.GraphModule | None:
-    """The model's forward with BatchNorms folded and ReLUs in place; None when fx cannot trace it
-    or there is nothing to rewrite. Modules in `keep` are left as they are (not folded)."""
+def fuse_for_inference(
+    model: nn.Module, keep: frozenset[nn.Module] = frozenset(), fold: bool = True
+) -> fx.GraphModule | None:
+    """The model's forward with BatchNorms folded (unless `fold` is False) and ReLUs in place; None
+    when fx cannot trace it or there is nothing to rewrite. Modules in `keep` are not folded.
+
+    Folding changes the rounding (one product W*s instead of two passes over the activations):
+    below float32 (bfloat16 weights) that moves the outputs by more than rounding, so callers pass
+    fold=False there."""
     try:
         traced = fx.symbolic_trace(model)
     except Exception:  # data-dependent control flow, unpacked shapes, ...: the model is used as it is
@@ -81,7 +87,7 @@ def fuse_for_inference(model: nn.Module, keep: frozenset[nn.Module] = frozenset(
     def module_of(node: fx.Node) -> nn.Module | None:
         return modules.get(str(node.target)) if node.op == "call_module" else None
 
-    for node in list(graph.nodes):  # BatchNorm folded into the layer that feeds it alone
+    for node in list(graph.nodes) if fold else []:  # BatchNorm folded into the layer that feeds it alone
         norm = module_of(node)
         if not isinstance(norm, NORMS) or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
             continue

@@ -339,7 +339,7 @@ def _use_fused(strat: LoopStrategy, keep: frozenset[nn.Module] = frozenset(), la
     """Point a loop strategy at `fuse_for_inference`'s graph (and, with `layout_x`, channels-last data
     for 2-D convs), after checking on a few samples that it gives the model's outputs."""
     p = strat.problem
-    fused = fuse_for_inference(p.model, keep)
+    fused = fuse_for_inference(p.model, keep, fold=p.dtype in (torch.float32, torch.float64))
     folded = fused is not None and any(isinstance(m, FoldedNorm) for m in fused.modules())
     if fused is None or not (folded or has_conv2d(p.model)):  # ReLUs in place alone gained under 5%: not worth probing
         raise NotApplicable("no BatchNorm after a Conv/Linear to fold and no 2-D convolution (or torch.fx cannot trace the model)")

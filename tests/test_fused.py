@@ -38,11 +38,14 @@ def test_conv_and_linear_batchnorm_folded_from_live_weights():
     ).double().eval()
     fused = fuse_for_inference(model)
     assert fused is not None and _folded(fused) == 3 and _inplace_relus(fused) == 3
+    unfolded = fuse_for_inference(model, fold=False)  # bfloat16 runs: ReLUs in place, BatchNorm kept
+    assert unfolded is not None and _folded(unfolded) == 0 and _inplace_relus(unfolded) == 3
     x = torch.randn(7, 3, 6, 6, generator=gen, dtype=torch.float64)
     for _ in range(3):  # weights and statistics changed after fusing are used: nothing was copied
         _randomize(model, gen)
         with torch.no_grad():
             assert torch.allclose(fused(x), model(x), rtol=1e-12, atol=1e-12)
+            assert torch.equal(unfolded(x), model(x))
 
 
 class _Residual(nn.Module):

@@ -189,3 +189,18 @@ def test_bfloat16_close_to_float32():
         strat.close()
     a, b = values["float32"], values["bfloat16"]
     assert (b - a).abs().max() < 0.02 * (a.max() - a.min())
+
+
+def test_fused_strategies_run_in_bfloat16():
+    """Below float32 BatchNorm is not folded (it would round differently); the rest of the rewrite runs."""
+    problem = sample_problem("cnn", dtype="bfloat16", samples=200)
+    dirs = random_directions(2, problem.theta, problem.layout, seed=0)
+    grid = grid_coords([torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 2)])
+    values = {}
+    for name in ("loop", "fused", "firstlayer-fused"):
+        strat = build_strategy(name, problem, dirs)
+        values[name] = strat.evaluate(grid).loss
+        strat.close()
+    ref = values["loop"]
+    for name in ("fused", "firstlayer-fused"):
+        assert (values[name] - ref).abs().max() < 0.02 * (ref.max() - ref.min())
