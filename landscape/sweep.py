@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -64,7 +64,6 @@ class Strategy:
         self.directions = directions.to(problem.device, problem.theta.dtype)  # [k, P]
         self.batch_size = batch_size or problem.batch_size
         self.forward: Callable[[torch.Tensor], torch.Tensor] = problem.model  # what the loop strategies call
-        self.x = problem.x  # the data in the layout `forward` prefers
         params = problem.params()
         self._slots = [
             (name, params[name], problem.layout.block(name), shape)
@@ -79,12 +78,6 @@ class Strategy:
         for name, param, block, shape in self._slots:
             if name not in skip:
                 param.copy_(flat[block].view(shape))
-
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(x_b, y_b) over the whole data set, x in the layout of `self.x`."""
-        p, bs = self.problem, self.batch_size
-        for start in range(0, p.n, bs):
-            yield self.x[start : start + bs], p.y[start : start + bs]
 
     def shrink(self) -> str | None:
         """Use less memory after an out-of-memory error: say how, or None when it cannot."""
@@ -112,7 +105,7 @@ class LoopStrategy(Strategy):
         correct = torch.zeros_like(loss)
         for i, c in enumerate(coords):
             self.write_params(torch.addmv(p.theta, self.directions.T, c), self.skip)
-            for bi, (xb, yb) in enumerate(self.batches()):
+            for bi, (xb, yb, _) in enumerate(p.batches(self.batch_size)):
                 self.before_batch(bi, c)
                 out = self.forward(xb)
                 loss[i] += p.loss_fn(out, yb).double() * yb.shape[0]
@@ -336,8 +329,9 @@ class FirstLayerVmapStrategy(VmapStrategy):
 
 
 def _use_fused(strat: LoopStrategy, keep: frozenset[nn.Module] = frozenset(), layout_x: bool = True) -> None:
-    """Point a loop strategy at `fuse_for_inference`'s graph (and, with `layout_x`, channels-last data
-    for 2-D convs), after checking on a few samples that it gives the model's outputs."""
+    """Point a loop strategy at `fuse_for_inference`'s graph (and, with `layout_x`, at a copy of its
+    problem with channels-last data for 2-D convs), after checking on a few samples that it gives
+    the model's outputs."""
     p = strat.problem
     fused = fuse_for_inference(p.model, keep, fold=p.dtype in (torch.float32, torch.float64))
     folded = fused is not None and any(isinstance(m, FoldedNorm) for m in fused.modules())
@@ -348,7 +342,9 @@ def _use_fused(strat: LoopStrategy, keep: frozenset[nn.Module] = frozenset(), la
         want, got = p.model(p.x[:64]), fused(x[:64])
     if not _agree(want.double().flatten(), got.double().flatten(), p.dtype):
         raise ValueError("the fused graph's outputs differ from the model's")
-    strat.forward, strat.x = fused, x
+    strat.forward = fused
+    if x is not p.x:  # the same problem with its data in the layout the fused graph prefers
+        strat.problem = replace(p, x=x)
 
 
 class FusedStrategy(LoopStrategy):
@@ -584,29 +580,25 @@ class _ProbeValues:
         self.loss = torch.full((n,), math.nan, dtype=torch.float64)
         self.accuracy = torch.full((n,), math.nan, dtype=torch.float64) if classification else None
         self.have = torch.zeros(n, dtype=torch.bool)
-        self.cursor = 0
 
     def take(self, count: int) -> torch.Tensor:
-        """Indices of the next `count` points not yet evaluated (once those run out, any points again)."""
-        n = self.have.shape[0]
+        """Indices of the next `count` points not yet evaluated; once those run out, evaluated ones
+        again (their values are not kept twice)."""
         fresh = torch.nonzero(~self.have).flatten()[:count]
-        if len(fresh) == count or n == 0:
+        if len(fresh) == count:
             return fresh
-        extra = (torch.arange(count - len(fresh)) + self.cursor) % n
-        self.cursor += count - len(fresh)
-        return torch.cat([fresh, extra])
+        done = torch.nonzero(self.have).flatten()
+        pool = done if len(done) else fresh  # nothing evaluated yet: repeats of a point give equal values
+        if len(pool) == 0:
+            return fresh
+        return torch.cat([fresh, pool[torch.arange(count - len(fresh)) % len(pool)]])
 
     def put(self, idx: torch.Tensor, res: Evaluation) -> None:
         new = ~self.have[idx]
-        first = torch.zeros_like(new)  # an index repeated within idx is kept once
-        seen: set[int] = set()
-        for j, i in enumerate(idx.tolist()):
-            first[j] = bool(new[j]) and i not in seen
-            seen.add(i)
-        target = idx[first]
-        self.loss[target] = res.loss[first]
+        target = idx[new]
+        self.loss[target] = res.loss[new]
         if self.accuracy is not None and res.accuracy is not None:
-            self.accuracy[target] = res.accuracy[first]
+            self.accuracy[target] = res.accuracy[new]
         self.have[target] = True
 
     def missing(self) -> torch.Tensor:

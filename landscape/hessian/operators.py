@@ -341,10 +341,7 @@ class CurvatureOperator:
             candidates = [c for c in candidates if c != name]
             if not candidates:
                 raise LandscapeError(f"no curvature product works for this model: {name}: {why}")
-        self.gradient()  # a warm-up (the first pass pays for allocations) ...
-        cold = self.gradient_seconds
-        self.gradient()  # ... then timed, for the product-to-gradient ratio
-        self.gradient_seconds = min(cold or math.inf, self.gradient_seconds or math.inf)
+        self._time_gradient()  # also warms up the allocator before the candidates are timed
         results: dict[str, torch.Tensor] = {}  # the candidates, timed warm
         checked: dict[str, torch.Tensor] = {}  # every product made, for the agreement check
         tol = _agree_tol(self.dtype)
@@ -414,6 +411,13 @@ class CurvatureOperator:
                 "(relative); remove dropout, BN in train mode or random augmentation from the model and data"
             )
 
+    def _time_gradient(self) -> None:
+        """Two gradients, the faster kept in `gradient_seconds` (the first pays for allocations)."""
+        self.gradient()
+        cold = self.gradient_seconds
+        self.gradient()
+        self.gradient_seconds = min(cold or math.inf, self.gradient_seconds or math.inf)
+
     @property
     def hvp_seconds(self) -> float:
         return self.timings[self.method]
@@ -426,10 +430,7 @@ class CurvatureOperator:
         diagnostic, so it is paid only when asked for (on every rank alike: the gradient is summed).
         """
         if self.gradient_seconds is None:
-            self.gradient()
-            cold = self.gradient_seconds
-            self.gradient()
-            self.gradient_seconds = min(cold or math.inf, self.gradient_seconds or math.inf)
+            self._time_gradient()
         return self.hvp_seconds / max(self.gradient_seconds or math.inf, 1e-12)
 
     def info(self) -> dict[str, Any]:
