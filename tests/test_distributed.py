@@ -57,7 +57,7 @@ def _done(path: Path) -> int:
 
 
 def test_killed_two_rank_run_resumes_with_one(tmp_path):
-    grid = [*GRID[:2], "--x", "-1:1:21", "--y", "-1:1:11", *GRID[6:], "--strategy", "loop"]
+    grid = [*GRID[:2], "--x", "-1:1:31", "--y", "-1:1:21", *GRID[6:], "--strategy", "loop"]  # the probe writes 128 points at once: leave time after it
     path = tmp_path / "killed.h5"
     proc = torchrun(2, "sweep", *grid, "-o", str(path))
     deadline = time.time() + 180

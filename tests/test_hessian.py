@@ -13,6 +13,7 @@ from conftest import sample_problem
 
 from landscape.errors import LandscapeError
 from landscape.hessian import CurvatureOperator, density_from_lanczos, hutchpp, lanczos, layer_blocks, slq
+from landscape.hessian.trace import rademacher
 from landscape.hessian.density import exact_density, l1_distance
 from landscape.problem import make_problem
 
@@ -218,6 +219,37 @@ def test_hutchpp_is_exact_when_the_sketch_spans_everything():
     est = hutchpp(op.matmat, op.size, matvecs=60)
     assert est.std_error == 0.0
     assert math.isclose(est.value, float(torch.trace(linreg_closed_form(p))), rel_tol=1e-12)
+
+
+def test_hutchpp_is_exact_on_a_low_rank_operator():
+    """The Krylov sketch of a rank-3 operator becomes invariant after 4 steps: it holds the whole range,
+    the deflated rest is 0, and so are the error and the standard error."""
+    gen = torch.Generator().manual_seed(0)
+    U = torch.linalg.qr(torch.randn(200, 3, generator=gen, dtype=torch.float64))[0]
+    A = U @ torch.diag(torch.tensor([5.0, -2.0, 0.5], dtype=torch.float64)) @ U.T
+    est = hutchpp(lambda V: V @ A, 200, matvecs=30, seed=3)
+    assert est.matvecs == 30 and est.sketch == 20 and est.probes == 10
+    assert math.isclose(est.value, 3.5, rel_tol=1e-10)
+    assert est.std_error < 1e-10
+
+
+def test_hutchpp_krylov_sketch_beats_a_random_sketch_at_a_small_budget():
+    """At 19 products (PyHessian stopped there on the MLP), over 30 seeds on the exact MLP Hessian, the
+    median error is below 2% and under 0.6 times that of Hutch++ with its original random sketch
+    (Q = orth(HS), S: 6 Rademacher columns, then 7 Rademacher probes; the same budget)."""
+    p, H = exact("mlp", 300)
+    n, tr = H.shape[0], float(torch.trace(H))
+    mm = lambda V: V @ H  # noqa: E731
+    ours, random_sketch = [], []
+    for seed in range(30):
+        ours.append(abs(hutchpp(mm, n, matvecs=19, seed=seed).value - tr) / tr)
+        gen = torch.Generator().manual_seed(seed)
+        Q = torch.linalg.qr(mm(rademacher(6, n, gen)).T)[0]
+        G = rademacher(7, n, gen)
+        G = G - (G @ Q) @ Q.T
+        random_sketch.append(abs(float(torch.trace(Q.T @ H @ Q)) + float((G * mm(G)).sum(1).mean()) - tr) / tr)
+    assert np.median(ours) < 0.02
+    assert np.median(ours) < 0.6 * np.median(random_sketch)
 
 
 def test_slq_density_close_to_exactly_smoothed_spectrum():

@@ -98,7 +98,9 @@ def estimate_block(
             seconds["eigenvalues"] = time.perf_counter() - t0
         if settings.trace:
             t0 = time.perf_counter()
-            trace = hutchpp(op.matmat, op.size, matvecs=settings.trace_matvecs, seed=settings.seed + 1, device=op.device)
+            trace = hutchpp(
+                op.matmat, op.size, matvecs=settings.trace_matvecs, seed=settings.seed + 1, device=op.device, start=op.probe
+            )
             seconds["trace"] = time.perf_counter() - t0
         if settings.density:
             t0 = time.perf_counter()
