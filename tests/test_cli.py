@@ -180,6 +180,38 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     np.testing.assert_allclose(a["accuracy"], b["accuracy"], rtol=1e-12)
 
 
+def _interrupt_after_first_line(args: list[str], when=None) -> tuple[int, str]:
+    """Run `landscape ARGS`, send Ctrl-C (SIGINT) once it has printed its first line (and `when()` holds)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "landscape", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()
+    deadline = time.time() + 120
+    while when is not None and time.time() < deadline and proc.poll() is None and not when():
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    return proc.wait(), first + rest
+
+
+def test_ctrl_c_says_what_was_kept(tmp_path):
+    """Ctrl-C: exit status 130 and one line; a sweep says how many points it kept and how to resume."""
+    path = tmp_path / "s.h5"
+    args = ["sweep", "--sample", "cnn", "--x", "-1:1:15", "--y", "-1:1:15", "--dtype", "float64", "--strategy", "loop",
+            "--device", "cpu", "-o", str(path)]
+    rc, text = _interrupt_after_first_line(args, when=lambda: _done(path) > 0)
+    done = _done(path)
+    assert rc == 130 and "Traceback" not in text
+    assert f"interrupted: {done} of 225 points are in {path}; run the same command with --resume" in text
+    assert not read_sweep(path)["attrs"]["complete"]
+    rc, text = _interrupt_after_first_line(
+        ["hessian", "--sample", "cnn", "--density", "--steps", "300", "--device", "cpu", "-o", str(tmp_path / "c.h5")]
+    )
+    assert rc == 130 and "Traceback" not in text and "interrupted:" in text
+    assert not (tmp_path / "c.h5").exists()
+
+
 def test_cli_py_from_a_checkout():
     """`python cli.py --help` works from the checkout without installing the console script."""
     root = Path(__file__).resolve().parents[1]

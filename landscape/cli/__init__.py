@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     except LandscapeError as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("[red]interrupted[/red]: a partial results file can be finished with --resume", soft_wrap=True)
-        sys.exit(130)
+    except SystemExit as exc:
+        # typer turns Ctrl-C into a silent exit 130 (Exit raised from the KeyboardInterrupt); say so.
+        # `sweep` reports its own interrupts (what was kept and how to resume), raising Exit from None.
+        if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
+            err.print("[red]interrupted[/red]: results files are written whole at the end, so none was written", soft_wrap=True)
+        raise

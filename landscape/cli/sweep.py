@@ -162,17 +162,30 @@ def sweep(
         # evaluate exactly the stored directions, so a resumed run gives the same numbers
         directions = torch.from_numpy(directions.numpy().astype(store_dtype)).double()
     directions = world.broadcast(directions if world.main else None)
-    with progress(disable=not world.main) as bar:
-        task = bar.add_task("sweep", total=len(grids[0]) * (len(grids[1]) if len(grids) > 1 else 1))
-        try:
+    try:
+        with progress(disable=not world.main) as bar:
+            task = bar.add_task("sweep", total=len(grids[0]) * (len(grids[1]) if len(grids) > 1 else 1))
             report = run_sweep(
                 problem, directions, store, strategy=strategy, warn=warn if world.main else _quiet, world=world,
                 on_progress=lambda done, total: bar.update(task, completed=done),
             )
-        except LandscapeError:
-            if store is not None and not resume and not store.done.any():  # nothing computed: leave no file behind
+    except LandscapeError:
+        if store is not None and not resume and not store.done.any():  # nothing computed: leave no file behind
+            output.unlink(missing_ok=True)
+        raise
+    except KeyboardInterrupt:  # typer would exit 130 without a word
+        if store is not None:
+            done = int(store.done.sum())
+            if not resume and done == 0:
                 output.unlink(missing_ok=True)
-            raise
+                err.print("[red]interrupted[/red] before any point was done; no file written", soft_wrap=True)
+            else:
+                err.print(
+                    f"[red]interrupted[/red]: {done} of {store.done.size} points are in {output}; "
+                    "run the same command with --resume to finish it",
+                    soft_wrap=True,
+                )
+        raise typer.Exit(130) from None
     close_world(world)
     if not world.main:
         return

@@ -180,8 +180,10 @@ class SweepFile:
                 acc = s["accuracy"][()]
                 acc.reshape(-1)[flat_index] = accuracy
                 s["accuracy"][...] = acc
-            self.done.reshape(-1)[flat_index] = True
-            s["done"][...] = self.done
+            done = self.done.copy()
+            done.reshape(-1)[flat_index] = True
+            s["done"][...] = done
+            self.done = done  # only once the file says so (an interrupt may land between the lines)
 
     def finish(self, attrs: Mapping[str, Any]) -> None:
         """Record how the sweep ran and mark the file complete when every point is done."""
