@@ -120,6 +120,18 @@ def test_bad_options(cli, tmp_path):
     assert not out.exists()
 
 
+def test_user_text_printed_as_it_is(cli, tmp_path):
+    """Paths and option values reach the terminal unchanged: no rich markup ([/x] once crashed the
+    message) and no emoji codes (':b:' in '--x a:b:3' once printed as an emoji)."""
+    one_line_error(cli("sweep", "--sample", "mlp", "--x", "a:b:3", "-o", tmp_path / "o.h5"), "--x 'a:b:3'")
+    odd = tmp_path / "r[/x]" / "[bold]:b:.h5"
+    r = cli("sweep", "--sample", "linreg", *SMALL, "-o", odd)
+    assert r.code == 0, r.err
+    assert f"wrote {odd}" in r.err
+    r = cli("info", odd)
+    assert r.code == 0 and "[bold]:b:.h5" in r.out.replace("\n", "")
+
+
 def test_config_file_and_flags_override(cli, tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text('[sweep]\nsample = "linreg"\nx = "-1:1:3"\ny = "-1:1:2"\nseed = 4\ndtype = "float64"\n')

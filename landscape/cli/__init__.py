@@ -23,18 +23,18 @@ from landscape.cli import analysis, checkpoints, files, hessian, plot, sweep  # 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI (on `argv`, default sys.argv); user errors become one line on stderr and exit status 2."""
-    from landscape.cli.options import err
+    from landscape.cli.options import tagged
     from landscape.host import keep_freed_memory
 
     keep_freed_memory()  # large temporaries reused instead of page-faulted in on every forward pass
     try:
         app(args=argv, prog_name="landscape")
     except LandscapeError as exc:
-        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        tagged("error:", "red", str(exc))
         sys.exit(2)
     except SystemExit as exc:
         # typer turns Ctrl-C into a silent exit 130 (Exit raised from the KeyboardInterrupt); say so.
         # `sweep` reports its own interrupts (what was kept and how to resume), raising Exit from None.
         if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
-            err.print("[red]interrupted[/red]: results files are written whole at the end, so none was written", soft_wrap=True)
+            tagged("interrupted", "red", ": results files are written whole at the end, so none was written", sep="")
         raise

@@ -25,12 +25,13 @@ from landscape.cli.options import (
     Samples,
     Seed,
     UnsafePickle,
-    err,
     load_spec,
     out,
     progress,
     say,
+    tagged,
     warn,
+    wrote,
 )
 from landscape.cli.shared import (
     ANALYSIS,
@@ -42,7 +43,6 @@ from landscape.cli.shared import (
     Output,
     Strategy,
     check_output,
-    check_strategy,
     checkpoint_paths,
     draw_figure,
     load_states,
@@ -110,7 +110,6 @@ def roughness(
     from landscape.directions import random_directions
     from landscape.roughness import compute_roughness
 
-    check_strategy(strategy)
     check_output(output, force)
     if directions < 2:
         raise LandscapeError("--directions: need at least 2 directions for a standard deviation")
@@ -160,7 +159,7 @@ def roughness(
         warn(f"{idx.dropped} direction(s) gave a flat or non-finite profile and were left out of RI")
     out.print(f"roughness index RI = {idx.ri:.4g}  (mu = {idx.mu:.4g}, sigma = {idx.sigma:.4g}, M = {idx.used}; "
               f"a bowl gives T = 1/l = {1 / span:.4g})")
-    err.print(f"[green]wrote[/green] {output}", soft_wrap=True)
+    wrote(output)
     draw_figure(figure, output)
 
 
@@ -208,11 +207,11 @@ def metrics(
                 table.add_row(file, key, _fmt(value))
         out.print(table)
     for b in breaches:
-        err.print(f"[red]FAIL[/red] {b.message()}", soft_wrap=True)
+        tagged("FAIL", "red", b.message())
     if breaches:
         raise typer.Exit(1)
     if conditions:
-        err.print(f"[green]ok[/green]: {len(conditions)} bound(s) hold", soft_wrap=True)
+        tagged("ok", "green", f": {len(conditions)} bound(s) hold", sep="")
 
 
 # --------------------------------------------------------------------------- sharpness
@@ -354,7 +353,7 @@ def sharpness(
     for key, value in numbers.items():
         table.add_row(key, _fmt(value))
     out.print(table)
-    err.print(f"[green]wrote[/green] {output}", soft_wrap=True)
+    wrote(output)
 
 
 # --------------------------------------------------------------------------- track
@@ -465,5 +464,5 @@ def track(
     out.print(table)
     if lr:
         out.print(f"2/lr = {2 / lr:.4g}; last lambda_max is {100 * lam[-1] * lr / 2:.1f}% of it")
-    err.print(f"[green]wrote[/green] {output}", soft_wrap=True)
+    wrote(output)
     draw_figure(figure, output)

@@ -23,11 +23,11 @@ from landscape.cli.options import (
     Samples,
     Seed,
     UnsafePickle,
-    err,
     out,
     progress,
     say,
     warn,
+    wrote,
 )
 from landscape.cli.shared import (
     ANALYSIS,
@@ -37,7 +37,6 @@ from landscape.cli.shared import (
     Output,
     Strategy,
     check_output,
-    check_strategy,
     checkpoint_paths,
     draw_figure,
     load_states,
@@ -135,7 +134,6 @@ def path(
     from landscape.io.spec import sha256_file
     from landscape.paths import CURVES, evaluate_path, has_batchnorm
 
-    check_strategy(strategy)
     check_output(output, force)
     if curve not in CURVES:
         raise LandscapeError(f"--curve {curve!r}: expected one of {', '.join(CURVES)}")
@@ -191,7 +189,7 @@ def path(
                 "bn_recalibrate": bn_recalibrate, "dtype": dtype, "samples": prov["samples"]}
     write_results(output, kind="path", attrs=root_attrs(prov), settings=settings, groups={"path": group}, layout=problem.layout)
     out.print(f"barrier = {res.barrier:.4g} at t = {res.barrier_t:.3g}  (loss {float(res.loss[0]):.4g} -> {float(res.loss[-1]):.4g}; BN buffers {buffers})")
-    err.print(f"[green]wrote[/green] {output}", soft_wrap=True)
+    wrote(output)
     draw_figure(figure, output)
 
 
@@ -235,7 +233,6 @@ def plane(
     from landscape.paths import flat_params, plane_axes, plane_losses, state_losses
     from landscape.sweep import parse_range
 
-    check_strategy(strategy)
     check_output(output, force)
     ckpts = checkpoint_paths(checkpoints, sample, "three")
     if len(ckpts) != 3:
@@ -276,7 +273,7 @@ def plane(
                  grids=[x_grid, y_grid], strategy=strategy, extra={"plane": group})
     for name, p, lo, la in zip(names, pts.tolist(), own_loss.tolist(), at_loss.tolist()):
         out.print(f"{name}: at ({p[0]:.4g}, {p[1]:.4g}), own loss {lo:.4g}, plane loss {la:.4g}")
-    err.print(f"[green]wrote[/green] {output}", soft_wrap=True)
+    wrote(output)
     draw_figure(figure, output)
 
 
@@ -321,7 +318,6 @@ def trajectory(
     from landscape.paths import flat_params, pca_axes, plane_losses, state_losses
     from landscape.sweep import parse_range
 
-    check_strategy(strategy)
     check_output(output, force)
     ckpts = checkpoint_paths(checkpoints, sample, "all")
     if len(ckpts) < 3:
@@ -375,5 +371,5 @@ def trajectory(
         f"checkpoints' own by up to {float(gap.abs().max()):.4g} ({names[worst]}: own {float(own_loss[worst]):.4g}, "
         f"projected {float(proj_loss[worst]):.4g}; {100 * float(traj.relative_residual[worst]):.1f}% of its offset lies off the plane)"
     )
-    err.print(f"[green]wrote[/green] {output}", soft_wrap=True)
+    wrote(output)
     draw_figure(figure, output)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from landscape.cli import app
 from landscape.cli.options import out
@@ -39,7 +40,7 @@ def info(
     for key in ("kind", "created", "command", "model", "checkpoint", "data", "samples", "loss", "parameters", "device", "dtype", "seed", "tool_version", "torch_version"):
         if key in attrs and attrs[key] != "":
             table.add_row(key, str(attrs[key]))
-    table.add_row("complete", "yes" if attrs.get("complete") else "[yellow]no[/yellow] (finish it with --resume)")
+    table.add_row("complete", "yes" if attrs.get("complete") else Text.assemble(("no", "yellow"), " (finish it with --resume)"))
     for key, value in desc.get("numbers", {}).items():
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
     sweep_attrs = desc["datasets"].get("sweep/loss")

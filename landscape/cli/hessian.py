@@ -18,7 +18,6 @@ from rich.table import Table
 
 from landscape.cli import app
 from landscape.cli.options import (
-    RUN,
     BatchSize,
     Checkpoint,
     Config,
@@ -27,16 +26,17 @@ from landscape.cli.options import (
     Dtype,
     Loss,
     Model,
+    RUN,
     Sample,
     Samples,
     Seed,
     UnsafePickle,
     command_line,
-    err,
     load_spec,
     out,
     say,
     warn,
+    wrote,
 )
 from landscape.distributed import close_world, device_for, init_world, shard_problem
 from landscape.errors import LandscapeError
@@ -166,7 +166,7 @@ def hessian(
             f"{int((~result.model.eigen.converged).sum())} eigenpair(s) did not reach --tol {tol:g} in "
             f"{result.model.eigen.iterations} steps (raise --max-iter, or use --dtype float64)"
         )
-    err.print(f"[green]wrote[/green] {output}", soft_wrap=True)
+    wrote(output)
 
 
 def _summary(block: BlockResult, layers: dict[str, BlockResult], curvature: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -14,11 +15,24 @@ from rich.text import Text
 from landscape.errors import LandscapeError
 from landscape.load import LoadSpec
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+# markup and emoji codes off: paths and messages hold "[...]" and ":b:" that must print as they are
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
+out = Console(highlight=False, markup=False, emoji=False)
 
 LOAD = "Model, weights, data"
 RUN = "Running"
+
+
+def one_of(flag: str, values: tuple[str, ...]) -> Callable[[str], str]:
+    """An option callback: a value outside `values` is a one-line error while the line is parsed,
+    before a model is loaded."""
+
+    def check(value: str) -> str:
+        if value not in values:
+            raise LandscapeError(f"{flag} {value!r}: expected one of {', '.join(values)}")
+        return value
+
+    return check
 
 
 def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | None:
@@ -89,12 +103,21 @@ def load_spec(**kwargs: Any) -> LoadSpec:
     return LoadSpec(**kwargs)
 
 
+def tagged(tag: str, style: str, msg: str, sep: str = " ") -> None:
+    """One line on stderr: a coloured tag, then the message as it is."""
+    err.print(Text.assemble((tag, style), sep, msg))
+
+
 def say(msg: str) -> None:
-    err.print(f"[dim]landscape:[/dim] {msg}")
+    tagged("landscape:", "dim", msg)
 
 
 def warn(msg: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {msg}")
+    tagged("warning:", "yellow", msg)
+
+
+def wrote(path: object) -> None:
+    tagged("wrote", "green", str(path))
 
 
 class RateColumn(ProgressColumn):

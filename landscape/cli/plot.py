@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from landscape.cli import app
-from landscape.cli.options import err
+from landscape.cli.options import wrote
 from landscape.errors import LandscapeError
 
 DRAW = "Draw"
@@ -54,10 +54,6 @@ def _has_group(path: Path, group: str) -> bool:
         return group in f
 
 
-def _wrote(path: Path) -> None:
-    err.print(f"[green]wrote[/green] {path}", soft_wrap=True)
-
-
 def _plot_spectrum(path: Path, kind: str, sigma: float | None, output: Path, suffix: str, plotlyjs: str, title: str | None) -> None:
     """A curvature file: Hessian eigenvalues or spectral density (drawn by landscape.render.spectrum)."""
     try:
@@ -70,14 +66,14 @@ def _plot_spectrum(path: Path, kind: str, sigma: float | None, output: Path, suf
         from landscape.render.interactive import figures_page, write_page
 
         fig = spectrum.spectrum_plotly(curv, kind, sigma)
-        _wrote(write_page(figures_page([fig], title or f"{path.name}: {kind}", plotlyjs), output))
+        wrote(write_page(figures_page([fig], title or f"{path.name}: {kind}", plotlyjs), output))
     else:
         from landscape.render.static import save
 
         fig = spectrum.spectrum_figure(curv, kind, sigma)
         if title:
             fig.suptitle(title)
-        _wrote(save(fig, output))
+        wrote(save(fig, output))
 
 
 @app.command(rich_help_panel=DRAW)
@@ -122,13 +118,13 @@ def plot(
 
         found = analysis.analysis_kind(path)
         if suffix != ".html" and found in analysis.FIGURES:  # roughness, path, plane, trajectory, track
-            _wrote(analysis.draw(path, output))
+            wrote(analysis.draw(path, output))
             return
         if suffix == ".html" and found in analysis_interactive.FIGURES:  # roughness, path, track (plane, trajectory: sweeps)
             from landscape.render.interactive import figures_page, write_page
 
             fig = analysis_interactive.FIGURES[found](path)
-            _wrote(write_page(figures_page([fig], title or f"{found}: {path.name}", plotlyjs), output))
+            wrote(write_page(figures_page([fig], title or f"{found}: {path.name}", plotlyjs), output))
             return
     from landscape.io.results import read_sweep
     from landscape.render.common import make_view
@@ -140,11 +136,11 @@ def plot(
         from landscape.render.interactive import figures_page, plot_figures, write_page
 
         figs = plot_figures(view, kind, **opts)
-        _wrote(write_page(figures_page(figs, title or f"{view.name}: {kind}", plotlyjs), output))
+        wrote(write_page(figures_page(figs, title or f"{view.name}: {kind}", plotlyjs), output))
     else:
         from landscape.render.static import plot_figure, save
 
-        _wrote(save(plot_figure(view, kind, **opts), output))
+        wrote(save(plot_figure(view, kind, **opts), output))
 
 
 @app.command(rich_help_panel=DRAW)
@@ -180,11 +176,11 @@ def compare(
         from landscape.render.interactive import compare_figure, figures_page, write_page
 
         fig = compare_figure(views, kind, **opts)
-        _wrote(write_page(figures_page([fig], title or "compare: " + ", ".join(v.name for v in views), plotlyjs), output))
+        wrote(write_page(figures_page([fig], title or "compare: " + ", ".join(v.name for v in views), plotlyjs), output))
     else:
         from landscape.render.static import compare_figure, save
 
-        _wrote(save(compare_figure(views, kind, **opts), output))
+        wrote(save(compare_figure(views, kind, **opts), output))
 
 
 @app.command(rich_help_panel=DRAW)
@@ -205,7 +201,7 @@ def report(
     from landscape.render.interactive import write_page
     from landscape.render.report import build_report
 
-    _wrote(write_page(build_report(list(paths), title=title, plotlyjs=plotlyjs), output))
+    wrote(write_page(build_report(list(paths), title=title, plotlyjs=plotlyjs), output))
 
 
 @app.command(rich_help_panel=DRAW)
@@ -227,6 +223,6 @@ def export(
     if fmt == "csv":
         if output.suffix.lower() != ".csv":
             raise LandscapeError(f"--output {output}: a CSV export needs the suffix .csv")
-        _wrote(export_csv(sweep, output))
+        wrote(export_csv(sweep, output))
     else:
-        _wrote(export_vtk(sweep, output, vmax))
+        wrote(export_vtk(sweep, output, vmax))

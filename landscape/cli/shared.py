@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import torch
 import typer
 
-from landscape.cli.options import RUN, command_line, err, load_spec, say
+from landscape.cli.options import RUN, command_line, load_spec, one_of, say, wrote
+from landscape.directions import IGNORES, NORMS
 from landscape.errors import LandscapeError
 from landscape.load import load_problem
 from landscape.sweep import STRATEGIES
@@ -21,23 +22,32 @@ Figure = Annotated[
     Path | None,
     typer.Option("--figure", help="Also draw the figure to this file (png, svg or pdf), from the results file alone."),
 ]
+STRATEGY_CHOICES = ("auto", *STRATEGIES)
 Strategy = Annotated[
-    str, typer.Option(help="auto (time each on the first points, keep the fastest), loop, vmap or firstlayer.", rich_help_panel=RUN)
+    str,
+    typer.Option(
+        help="auto (time each on the first points, keep the fastest), or one of: " + ", ".join(STRATEGIES) + ".",
+        rich_help_panel=RUN, callback=one_of("--strategy", STRATEGY_CHOICES),
+    ),
 ]
-Norm = Annotated[str, typer.Option(help="Direction normalization: filter (Li et al.), layer, model or none.", rich_help_panel=ANALYSIS)]
+Norm = Annotated[
+    str,
+    typer.Option(
+        help="Direction normalization: filter (Li et al.), layer, model or none.", rich_help_panel=ANALYSIS, callback=one_of("--norm", NORMS)
+    ),
+]
 Ignore = Annotated[
-    str, typer.Option(help="biasbn: zero directions on 1-D tensors (biases, norm layers); none: keep them.", rich_help_panel=ANALYSIS)
+    str,
+    typer.Option(
+        help="biasbn: zero directions on 1-D tensors (biases, norm layers); none: keep them.", rich_help_panel=ANALYSIS,
+        callback=one_of("--ignore", IGNORES),
+    ),
 ]
 
 
 def check_output(output: Path, force: bool) -> None:
     if output.exists() and not force:
         raise LandscapeError(f"{output} exists: pass --force to overwrite it")
-
-
-def check_strategy(strategy: str) -> None:
-    if strategy != "auto" and strategy not in STRATEGIES:
-        raise LandscapeError(f"--strategy {strategy!r}: expected auto or one of {', '.join(STRATEGIES)}")
 
 
 def root_attrs(prov: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +59,7 @@ def draw_figure(figure: Path | None, results: Path) -> None:
         return
     from landscape.render.analysis import draw
 
-    err.print(f"[green]wrote[/green] {draw(results, figure)}", soft_wrap=True)
+    wrote(draw(results, figure))
 
 
 Checkpoints = Annotated[

@@ -12,7 +12,6 @@ import typer
 
 from landscape.cli import app
 from landscape.cli.options import (
-    RUN,
     BatchSize,
     Checkpoint,
     Config,
@@ -21,24 +20,29 @@ from landscape.cli.options import (
     Dtype,
     Loss,
     Model,
+    RUN,
     Sample,
     Samples,
     Seed,
     UnsafePickle,
     command_line,
-    err,
     load_spec,
+    one_of,
     progress,
     say,
+    tagged,
     warn,
+    wrote,
 )
+from landscape.cli.shared import Strategy
+from landscape.directions import IGNORES, NORMS
 from landscape.distributed import close_world, device_for, init_world
 from landscape.errors import LandscapeError
 from landscape.io.results import SweepFile
 from landscape.io.spec import sha256_file
 from landscape.load import load_other_theta, load_problem
 from landscape.surface import AXIS_NAMES, AxesSpec, make_axes, run_sweep
-from landscape.sweep import STRATEGIES, parse_range
+from landscape.sweep import parse_range
 
 AXES = "Axes and grid"
 
@@ -61,17 +65,26 @@ def sweep(
     ] = None,
     y: Annotated[str | None, typer.Option(help="y grid MIN:MAX:POINTS; omit for a 1D line.", rich_help_panel=AXES)] = None,
     norm: Annotated[
-        str, typer.Option(help="Direction normalization: filter (Li et al.), layer, model or none.", rich_help_panel=AXES)
+        str,
+        typer.Option(help="Direction normalization: filter (Li et al.), layer, model or none.", rich_help_panel=AXES, callback=one_of("--norm", NORMS)),
     ] = "filter",
     ignore: Annotated[
-        str, typer.Option(help="biasbn: zero the direction on 1-D tensors (biases, norm layers); none: keep them.", rich_help_panel=AXES)
+        str,
+        typer.Option(
+            help="biasbn: zero the direction on 1-D tensors (biases, norm layers); none: keep them.", rich_help_panel=AXES,
+            callback=one_of("--ignore", IGNORES),
+        ),
     ] = "biasbn",
     to: Annotated[
         str | None,
         typer.Option(help="Second checkpoint: x becomes the straight line from --checkpoint (0) to it (1).", rich_help_panel=AXES),
     ] = None,
     axes: Annotated[
-        str, typer.Option(help="random (normalized Gaussian), or hessian: the top Hessian eigenvectors (unit vectors).", rich_help_panel=AXES)
+        str,
+        typer.Option(
+            help="random (normalized Gaussian), or hessian: the top Hessian eigenvectors (unit vectors).", rich_help_panel=AXES,
+            callback=one_of("--axes", ("random", "hessian")),
+        ),
     ] = "random",
     axes_from: Annotated[
         str | None, typer.Option(help="Take the axes from the eigenvectors stored by `landscape hessian` in this file.", rich_help_panel=AXES)
@@ -81,9 +94,7 @@ def sweep(
     batch_size: BatchSize = None,
     device: Device = "auto",
     dtype: Dtype = "float32",
-    strategy: Annotated[
-        str, typer.Option(help="auto (time each on the first points, keep the fastest), or one of: " + ", ".join(STRATEGIES) + ".", rich_help_panel=RUN)
-    ] = "auto",
+    strategy: Strategy = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="Finish a killed run in OUTPUT (same settings required); starts it if OUTPUT is missing.", rich_help_panel=RUN)
     ] = False,
@@ -104,8 +115,6 @@ def sweep(
 
       landscape sweep --model net.py:make --checkpoint ep90.pt --data val.npz --to ep100.pt -o path.h5
     """
-    if strategy != "auto" and strategy not in STRATEGIES:
-        raise LandscapeError(f"--strategy {strategy!r}: expected auto or one of {', '.join(STRATEGIES)}")
     world = init_world(device)
     if world.main and output.exists() and not resume and not force:
         raise LandscapeError(f"{output} exists: pass --resume to finish it or --force to overwrite it")
@@ -122,8 +131,6 @@ def sweep(
     tell = say if world.main else _quiet
     problem, prov = load_problem(spec, tell)
     other = load_other_theta(to, problem, unsafe_pickle, tell) if to else None
-    if axes not in ("random", "hessian"):
-        raise LandscapeError(f"--axes {axes!r}: expected random or hessian")
     if axes_from and not Path(axes_from).is_file():
         raise LandscapeError(f"--axes-from {axes_from}: file not found")
     axes_spec = AxesSpec(dims=1 if y_grid is None else 2, norm=norm, ignore=ignore, seed=seed, to=to, axes=axes, axes_from=axes_from)
@@ -178,12 +185,12 @@ def sweep(
             done = int(store.done.sum())
             if not resume and done == 0:
                 output.unlink(missing_ok=True)
-                err.print("[red]interrupted[/red] before any point was done; no file written", soft_wrap=True)
+                tagged("interrupted", "red", " before any point was done; no file written", sep="")
             else:
-                err.print(
-                    f"[red]interrupted[/red]: {done} of {store.done.size} points are in {output}; "
-                    "run the same command with --resume to finish it",
-                    soft_wrap=True,
+                tagged(
+                    "interrupted", "red",
+                    f": {done} of {store.done.size} points are in {output}; run the same command with --resume to finish it",
+                    sep="",
                 )
         raise typer.Exit(130) from None
     close_world(world)
@@ -199,4 +206,4 @@ def sweep(
             warn(f"strategy {name} not used: {why}")
     if report.nonfinite:
         warn(f"the loss was NaN or infinite at {report.nonfinite} grid point(s); stored as NaN")
-    err.print(f"[green]wrote[/green] {output}", soft_wrap=True)
+    wrote(output)
