@@ -13,8 +13,10 @@ from conftest import sample_problem
 
 from landscape.errors import LandscapeError
 from landscape.hessian import CurvatureOperator, density_from_lanczos, hutchpp, lanczos, layer_blocks, slq
+from landscape.hessian.analysis import CurvatureSettings, estimate_block
+from landscape.hessian.dense import exact_runs
+from landscape.hessian.density import exact_density, l1_distance, quadrature
 from landscape.hessian.trace import rademacher
-from landscape.hessian.density import exact_density, l1_distance
 from landscape.problem import make_problem
 
 _CACHE: dict = {}
@@ -294,6 +296,32 @@ def test_cnn_with_batchnorm_top5():
     op = CurvatureOperator(p)
     r = lanczos(op.matmat, op.size, k=5, tol=1e-7)
     np.testing.assert_allclose(r.eigenvalues, ev[:5], rtol=1e-6)
+
+
+def test_exact_runs_put_every_eigenvalue_at_weight_one_over_n():
+    lam = np.array([3.0, -1.0, 0.5, 2.0, 0.5, 0.5, 7.0])  # 0.5 three times
+    nodes, weights = quadrature(exact_runs(lam).alpha, exact_runs(lam).beta)
+    order = np.argsort(nodes[0])
+    np.testing.assert_allclose(nodes[0][order], [-1.0, 0.5, 2.0, 3.0, 7.0], atol=1e-12)
+    np.testing.assert_allclose(weights[0][order], np.array([1, 3, 1, 1, 1]) / 7, atol=1e-12)
+
+
+def test_a_small_block_is_computed_whole_and_exactly():
+    """MLP block '2' (330 parameters) with the default density (10 x 80 products planned): the whole
+    block from 330 products; eigenvalues, trace and density those of the exact diagonal block."""
+    p, H = exact("mlp", 300)
+    names = layer_blocks(p.layout)["2"]
+    idx = torch.cat([torch.arange(p.layout.size)[p.layout.block(n)] for n in names])
+    ev = torch.linalg.eigvalsh(H[idx][:, idx]).numpy()
+    settings = CurvatureSettings(top_k=3, trace=True, density=True)
+    block = estimate_block(p, settings, names)
+    assert block.operator["dense"] and block.operator["matvecs"] == 330
+    np.testing.assert_allclose(block.eigen.eigenvalues, ev[::-1][:3], rtol=1e-10)
+    assert block.eigen.residuals.max() < 1e-10 * ev.max()
+    assert block.trace.value == pytest.approx(ev.sum(), rel=1e-10) and block.trace.std_error == 0.0
+    d = density_from_lanczos(block.lanczos.alpha, block.lanczos.beta)
+    assert l1_distance(d.grid, d.values, exact_density(ev, d.grid, d.sigma)) < 1e-6
+    assert not estimate_block(p, CurvatureSettings(top_k=3, trace=True), layer_blocks(p.layout)["0"]).operator["dense"]
 
 
 @pytest.mark.slow

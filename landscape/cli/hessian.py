@@ -43,6 +43,7 @@ from landscape.errors import LandscapeError
 from landscape.hessian.analysis import BlockResult, CurvatureSettings, run_curvature
 from landscape.hessian.lanczos import WHICH
 from landscape.hessian.operators import CURVATURES, METHODS
+from landscape.hessian.trace import EXACT
 from landscape.io.curvature import write_curvature
 from landscape.load import load_problem
 
@@ -172,8 +173,11 @@ def hessian(
 def _summary(block: BlockResult, layers: dict[str, BlockResult], curvature: str) -> None:
     """Eigenvalues with residuals, the trace with its error, products spent; per layer in a second table."""
     title = "Hessian" if curvature == "hessian" else "GGN"
+    dense = bool(block.operator.get("dense"))
+    whole = f"exact: the whole {block.size}x{block.size} matrix from {block.size} products"
     if block.eigen is not None:
-        t = Table(title=f"{title} eigenvalues ({block.eigen.matvecs} products, {block.eigen.iterations} Lanczos steps)")
+        how = whole if dense else f"{block.eigen.matvecs} products, {block.eigen.iterations} Lanczos steps"
+        t = Table(title=f"{title} eigenvalues ({how})")
         t.add_column("#", justify="right")
         t.add_column("eigenvalue", justify="right")
         t.add_column("residual ‖Hv−λv‖", justify="right")
@@ -183,9 +187,17 @@ def _summary(block: BlockResult, layers: dict[str, BlockResult], curvature: str)
         out.print(t)
     if block.trace is not None:
         tr = block.trace
-        out.print(f"trace: {tr.value:.6g} ± {tr.std_error:.2g} (standard error; Hutch++, {tr.matvecs} products)")
+        if tr.method == EXACT:
+            out.print(f"trace: {tr.value:.6g} (exact, from {tr.matvecs} products)")
+        else:
+            out.print(f"trace: {tr.value:.6g} ± {tr.std_error:.2g} (standard error; Hutch++, {tr.matvecs} products)")
     if block.lanczos is not None:
-        out.print(f"density: {block.lanczos.alpha.shape[0]} probes x {block.lanczos.alpha.shape[1]} Lanczos steps ({block.lanczos.matvecs} products)")
+        if dense:
+            out.print(f"density: every eigenvalue ({whole})")
+        else:
+            out.print(
+                f"density: {block.lanczos.alpha.shape[0]} probes x {block.lanczos.alpha.shape[1]} Lanczos steps ({block.lanczos.matvecs} products)"
+            )
     op = block.operator
     out.print(
         f"products by {op['method']}: {op['product_to_gradient_ratio']:.2f} gradients each; "
@@ -197,8 +209,9 @@ def _summary(block: BlockResult, layers: dict[str, BlockResult], curvature: str)
         t.add_column("params", justify="right")
         t.add_column("λ_max", justify="right")
         t.add_column("trace", justify="right")
+        t.add_column("numbers")
         for name, b in layers.items():
             lam = f"{b.eigen.eigenvalues[0]:.4g}" if b.eigen is not None and b.eigen.eigenvalues.size else "-"
-            trc = f"{b.trace.value:.4g} ± {b.trace.std_error:.1g}" if b.trace is not None else "-"
-            t.add_row(name, f"{b.size:,}", lam, trc)
+            trc = "-" if b.trace is None else f"{b.trace.value:.4g}" + (f" ± {b.trace.std_error:.1g}" if b.trace.std_error else "")
+            t.add_row(name, f"{b.size:,}", lam, trc, "exact" if b.operator.get("dense") else "estimated")
         out.print(t)

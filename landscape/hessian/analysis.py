@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from landscape.distributed import World
+from landscape.hessian.dense import dense_matrix, exact_eigenpairs, exact_runs, exact_trace, planned_products, use_dense
 from landscape.hessian.density import LanczosRuns, slq
 from landscape.hessian.lanczos import Eigenpairs, lanczos
 from landscape.hessian.operators import CurvatureOperator, layer_blocks
@@ -85,31 +86,58 @@ def estimate_block(
         problem, curvature=settings.curvature, names=names, method=settings.method, batch_size=settings.batch_size,
         world=world, probe_seed=settings.seed,
     )
-    seconds: dict[str, float] = {}
-    eigen = trace = runs = None
+    planned = planned_products(
+        op.size, top_k=settings.top_k, which=settings.which, trace_matvecs=settings.trace_matvecs if settings.trace else None,
+        probes=settings.probes if settings.density else None, steps=settings.steps,
+    )
+    dense = use_dense(op.size, planned)  # fewer products for the whole matrix than the estimators would spend
     try:
-        if settings.top_k > 0:
-            t0 = time.perf_counter()
-            eigen = lanczos(
-                op.matmat, op.size, k=settings.top_k, which=settings.which, tol=settings.tol, max_iter=settings.max_iter,
-                seed=settings.seed, device=op.device, vectors=settings.eigenvectors, precision=_precision(op.dtype),
-                start=op.probe,  # the set-up's product is Lanczos's first step
-            )
-            seconds["eigenvalues"] = time.perf_counter() - t0
-        if settings.trace:
-            t0 = time.perf_counter()
-            trace = hutchpp(
-                op.matmat, op.size, matvecs=settings.trace_matvecs, seed=settings.seed + 1, device=op.device, start=op.probe
-            )
-            seconds["trace"] = time.perf_counter() - t0
-        if settings.density:
-            t0 = time.perf_counter()
-            runs = slq(op.matmat, op.size, probes=settings.probes, steps=settings.steps, seed=settings.seed + 2, device=op.device)
-            seconds["density"] = time.perf_counter() - t0
+        eigen, trace, runs, seconds = (_exact if dense else _estimated)(op, settings)
     finally:
         op.close()
-    info = {**op.info(), "matvecs": op.matvecs}
+    info = {**op.info(), "matvecs": op.matvecs, "dense": dense}
     return BlockResult(names=op.names, size=op.size, eigen=eigen, trace=trace, lanczos=runs, operator=info, seconds=seconds)
+
+
+Estimates = tuple[Eigenpairs | None, TraceEstimate | None, LanczosRuns | None, dict[str, float]]
+
+
+def _exact(op: CurvatureOperator, settings: CurvatureSettings) -> Estimates:
+    """Everything from the whole matrix (landscape.hessian.dense)."""
+    t0 = time.perf_counter()
+    H = dense_matrix(op.matmat, op.size, op.device)
+    spectrum = torch.linalg.eigh(H)
+    eigen = trace = runs = None
+    if settings.top_k > 0:
+        eigen = exact_eigenpairs(H, spectrum, k=settings.top_k, which=settings.which, tol=settings.tol, vectors=settings.eigenvectors)
+    if settings.trace:
+        trace = exact_trace(H)
+    if settings.density:
+        runs = exact_runs(spectrum.eigenvalues.cpu().numpy(), seed=settings.seed + 2)
+    return eigen, trace, runs, {"dense": time.perf_counter() - t0}
+
+
+def _estimated(op: CurvatureOperator, settings: CurvatureSettings) -> Estimates:
+    """Lanczos, Hutch++ and SLQ from products, each timed."""
+    seconds: dict[str, float] = {}
+    eigen = trace = runs = None
+    if settings.top_k > 0:
+        t0 = time.perf_counter()
+        eigen = lanczos(
+            op.matmat, op.size, k=settings.top_k, which=settings.which, tol=settings.tol, max_iter=settings.max_iter,
+            seed=settings.seed, device=op.device, vectors=settings.eigenvectors, precision=_precision(op.dtype),
+            start=op.probe,  # the set-up's product is Lanczos's first step
+        )
+        seconds["eigenvalues"] = time.perf_counter() - t0
+    if settings.trace:
+        t0 = time.perf_counter()
+        trace = hutchpp(op.matmat, op.size, matvecs=settings.trace_matvecs, seed=settings.seed + 1, device=op.device, start=op.probe)
+        seconds["trace"] = time.perf_counter() - t0
+    if settings.density:
+        t0 = time.perf_counter()
+        runs = slq(op.matmat, op.size, probes=settings.probes, steps=settings.steps, seed=settings.seed + 2, device=op.device)
+        seconds["density"] = time.perf_counter() - t0
+    return eigen, trace, runs, seconds
 
 
 def run_curvature(

@@ -84,8 +84,9 @@ class Eigenpairs:
         return bool(self.converged.all())
 
 
-def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
-    """Indices (into ascending theta) of the wanted Ritz values: largest first, then the most negative."""
+def wanted_indices(theta: np.ndarray, k: int, which: str) -> np.ndarray:
+    """Indices (into ascending theta) of the wanted eigenvalues: the k largest first, then (which='both')
+    the k most negative."""
     m = theta.size
     top = np.arange(m - 1, max(m - 1 - k, -1), -1)
     if which == "largest":
@@ -93,6 +94,13 @@ def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     bottom = np.arange(0, min(k, m))
     bottom = bottom[~np.isin(bottom, top)]
     return np.concatenate([top, bottom])
+
+
+def fixed_sign(vectors: torch.Tensor) -> torch.Tensor:
+    """Rows flipped so that each one's largest-magnitude entry is positive: reproducible eigenvectors."""
+    pivot = vectors.abs().argmax(dim=1)
+    signs = torch.sign(vectors.gather(1, pivot[:, None]))
+    return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
 def lanczos(
@@ -178,7 +186,7 @@ def lanczos(
             scale = float(np.abs(theta).max()) if theta.size else 0.0
             floor = 100.0 * precision * max(scale, 1e-300)
             beta_last = b
-            idx = _wanted(theta, k, which)
+            idx = wanted_indices(theta, k, which)
             res = b * np.abs(Y[-1, idx])
             ok = res <= np.maximum(tol * np.abs(theta[idx]), floor)
             if j + 1 >= want_count and ok.all():
@@ -195,11 +203,7 @@ def lanczos(
     evecs = None
     if vectors:
         evecs = torch.from_numpy(np.ascontiguousarray(Y[:, idx].T)).to(device) @ Q[:m]
-        evecs = evecs / evecs.norm(dim=1, keepdim=True)
-        # a fixed sign: the largest-magnitude entry positive, so results are reproducible
-        pivot = evecs.abs().argmax(dim=1)
-        signs = torch.sign(evecs.gather(1, pivot[:, None]))
-        evecs = evecs * torch.where(signs == 0, torch.ones_like(signs), signs)
+        evecs = fixed_sign(evecs / evecs.norm(dim=1, keepdim=True))
     del beta_last
     return Eigenpairs(
         eigenvalues=theta[idx].copy(),

@@ -27,6 +27,8 @@ import torch
 from landscape.hessian.lanczos import lanczos
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
+HUTCHPP = "Hutch++ (Meyer et al. 2021) with a Krylov sketch (Chen & Hallman 2023)"
+EXACT = "exact: the trace of the whole matrix, from one product per parameter"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class TraceEstimate:
     sketch: int  # Lanczos steps spanning Q
     probes: int  # Hutchinson probes on the deflated rest
     exact_part: float  # tr(Q^T H Q), the part computed exactly
+    method: str = HUTCHPP
 
 
 def rademacher(rows: int, n: int, gen: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -70,7 +73,7 @@ def hutchpp(
     if n <= matvecs:  # the budget covers a basis: the trace is exact from n products
         E = torch.eye(n, dtype=torch.float64, device=device)
         value = float(torch.diagonal(matmat(E).to(torch.float64)).sum())
-        return TraceEstimate(value, 0.0, n, n, 0, value)
+        return TraceEstimate(value, 0.0, n, n, 0, value, EXACT)
     probes = max(2, matvecs // 3)
     steps = matvecs - probes
     # every Ritz pair wanted and none converged (tol 0): exactly `steps` steps, unless the Krylov space

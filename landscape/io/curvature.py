@@ -51,7 +51,7 @@ def _write_block(g: h5py.Group, block: Any, vector_dtype: type) -> None:
         ds = g.create_dataset("trace", data=np.float64(t.value))
         ds.attrs.update(
             {"std_error": t.std_error, "matvecs": t.matvecs, "sketch": t.sketch, "probes": t.probes,
-             "exact_part": t.exact_part, "estimator": "Hutch++ (Meyer et al. 2021) with a Krylov sketch (Chen & Hallman 2023)"}
+             "exact_part": t.exact_part, "estimator": t.method}
         )
     if block.lanczos is not None:
         lz = g.create_group("lanczos")
