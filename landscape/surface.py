@@ -131,8 +131,14 @@ def run_sweep(
         return report
     start = time.perf_counter()
     candidates = STRATEGIES if strategy == "auto" else (strategy,)
-    probe = todo[: min(len(todo), PROBE_POINTS)]
-    choice = choose_strategy(problem, directions, coords[probe], candidates=candidates, total_points=len(todo), warn=warn)
+    # each rank probes its own share of the first points (their values are kept), so no rank repeats
+    # another's work; on a grid too small to share, every rank probes the same points and rank 0's count
+    probe = todo[: min(len(todo), PROBE_POINTS * world.size)]
+    shared = len(probe) >= world.size
+    mine = probe[world.shard(len(probe))] if shared else probe
+    choice = choose_strategy(
+        problem, directions, coords[mine], candidates=candidates, total_points=max(1, len(todo) // world.size), warn=warn
+    )
     strat = choice.strategy
     chosen = world.broadcast(strat.name)
     if chosen != strat.name:  # every rank runs rank 0's choice
@@ -145,10 +151,16 @@ def run_sweep(
     report.strategy, report.timings, report.dropped = chosen, choice.timings, choice.dropped
     report.inapplicable = choice.inapplicable
     try:
-        if world.broadcast(choice.probe_result is not None):  # rank 0's probe values are kept
-            if world.main:
-                _store(store, probe, choice.probe_result, report)
-            todo = todo[len(probe) :]
+        parts = world.gather((mine, choice.probe_result if shared or world.main else None))
+        stored = np.zeros(0, dtype=np.int64)
+        if world.main:
+            for part_idx, part in parts:
+                if part is not None:
+                    _store(store, part_idx, part, report)
+                    stored = np.concatenate([stored, part_idx])
+        stored = world.broadcast(stored)
+        if len(stored):
+            todo = todo[~np.isin(todo, stored)]
             on_progress(total - len(todo), total)
         per_point = choice.timings.get(chosen)
         while len(todo):
