@@ -18,6 +18,7 @@ from rich.table import Table
 
 from landscape.cli import app
 from landscape.cli.options import (
+    RUN,
     BatchSize,
     Checkpoint,
     Config,
@@ -26,7 +27,6 @@ from landscape.cli.options import (
     Dtype,
     Loss,
     Model,
-    RUN,
     Sample,
     Samples,
     Seed,

@@ -12,6 +12,7 @@ import typer
 
 from landscape.cli import app
 from landscape.cli.options import (
+    RUN,
     BatchSize,
     Checkpoint,
     Config,
@@ -20,7 +21,6 @@ from landscape.cli.options import (
     Dtype,
     Loss,
     Model,
-    RUN,
     Sample,
     Samples,
     Seed,

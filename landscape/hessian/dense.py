@@ -68,6 +68,7 @@ def exact_eigenpairs(
 
 
 def exact_trace(H: torch.Tensor) -> TraceEstimate:
+    """The trace of the whole matrix (standard error 0), in the shape of a Hutch++ estimate."""
     value = float(torch.diagonal(H).sum())
     return TraceEstimate(value, 0.0, H.shape[0], H.shape[0], 0, value, EXACT)
 
