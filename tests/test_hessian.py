@@ -13,7 +13,7 @@ from conftest import sample_problem
 
 from landscape.errors import LandscapeError
 from landscape.hessian import CurvatureOperator, density_from_lanczos, hutchpp, lanczos, layer_blocks, slq
-from landscape.hessian.analysis import CurvatureSettings, estimate_block
+from landscape.hessian.analysis import CurvatureSettings, estimate_block, run_curvature
 from landscape.hessian.dense import exact_runs
 from landscape.hessian.density import exact_density, l1_distance, quadrature
 from landscape.hessian.trace import rademacher
@@ -322,6 +322,21 @@ def test_a_small_block_is_computed_whole_and_exactly():
     d = density_from_lanczos(block.lanczos.alpha, block.lanczos.beta)
     assert l1_distance(d.grid, d.values, exact_density(ev, d.grid, d.sigma)) < 1e-6
     assert not estimate_block(p, CurvatureSettings(top_k=3, trace=True), layer_blocks(p.layout)["0"]).operator["dense"]
+
+
+def test_progress_hears_of_every_product():
+    """`on_products` (the CLI's progress display) is told of every product, with the estimate it serves."""
+    p = sample_problem("mlp", dtype="float32", samples=200)
+    seen: dict[str, int] = {}
+
+    def hear(stage: str, n: int) -> None:
+        seen[stage] = seen.get(stage, 0) + n
+
+    res = run_curvature(p, CurvatureSettings(top_k=2, trace=True, trace_matvecs=12, per_layer=True), on_products=hear)
+    assert set(seen) == {"model: eigenvalues", "model: trace", "layer 0 (1/2): eigenvalues", "layer 0 (1/2): trace",
+                         "layer 2 (2/2): eigenvalues", "layer 2 (2/2): trace"}
+    assert seen["model: eigenvalues"] + seen["model: trace"] == res.model.operator["matvecs"]
+    assert seen["layer 2 (2/2): eigenvalues"] + seen["layer 2 (2/2): trace"] == res.layers["2"].operator["matvecs"]
 
 
 @pytest.mark.slow

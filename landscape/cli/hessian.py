@@ -31,6 +31,7 @@ from landscape.cli.options import (
     Samples,
     Seed,
     UnsafePickle,
+    activity,
     command_line,
     load_spec,
     out,
@@ -142,7 +143,12 @@ def hessian(
         + (f", {world.size} processes" if world.size > 1 else "")
     )
     t0 = time.perf_counter()
-    result = run_curvature(problem, settings, tell, world)
+    with activity("products", disable=not world.main) as bar:
+        task = bar.add_task(curvature, total=None)
+        result = run_curvature(
+            problem, settings, tell, world, on_products=lambda stage, n: bar.update(task, advance=n, description=f"{curvature} {stage}")
+        )
+        bar.update(task, total=bar.tasks[task].completed, description=f"{curvature}: done")
     seconds = time.perf_counter() - t0
     close_world(world)
     if not world.main:

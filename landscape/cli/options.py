@@ -9,7 +9,16 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from landscape.errors import LandscapeError
@@ -121,11 +130,15 @@ def wrote(path: object) -> None:
 
 
 class RateColumn(ProgressColumn):
-    """Points per second."""
+    """Units (points, products) per second."""
+
+    def __init__(self, unit: str = "pts") -> None:
+        super().__init__()
+        self.unit = unit
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} pts/s" if speed else "- pts/s", style="cyan")
+        return Text(f"{speed:.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
 
 
 def progress(disable: bool = False) -> Progress:
@@ -137,6 +150,21 @@ def progress(disable: bool = False) -> Progress:
         RateColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=disable,
+    )
+
+
+def activity(unit: str, disable: bool = False) -> Progress:
+    """A spinner for work whose length is not known up front (Lanczos stops when it converges): what
+    is running, how many units are done, their rate and the time so far."""
+    return Progress(
+        SpinnerColumn(finished_text="-"),
+        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.completed:.0f} " + unit),
+        RateColumn(unit),
+        TimeElapsedColumn(),
         console=err,
         transient=False,
         disable=disable,

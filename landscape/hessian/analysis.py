@@ -74,14 +74,28 @@ def _precision(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps)
 
 
+OnProducts = Callable[[str, int], None]  # (what is running, products just made): for progress displays
+
+
+def _counted(matmat: Callable[[torch.Tensor], torch.Tensor], stage: str, on_products: OnProducts):
+    def run(V: torch.Tensor) -> torch.Tensor:
+        out = matmat(V)
+        on_products(stage, V.shape[0])
+        return out
+
+    return run
+
+
 def estimate_block(
     problem: Problem,
     settings: CurvatureSettings,
     names: tuple[str, ...] | None = None,
     say: Callable[[str], None] = lambda msg: None,
     world: World | None = None,
+    on_products: OnProducts = lambda stage, n: None,
 ) -> BlockResult:
-    """Build the operator on `names` (default all) and run what `settings` asks for (on every rank of `world`)."""
+    """Build the operator on `names` (default all) and run what `settings` asks for (on every rank of `world`);
+    `on_products` hears of every product made, with the estimate it serves."""
     op = CurvatureOperator(
         problem, curvature=settings.curvature, names=names, method=settings.method, batch_size=settings.batch_size,
         world=world, probe_seed=settings.seed,
@@ -92,7 +106,7 @@ def estimate_block(
     )
     dense = use_dense(op.size, planned)  # fewer products for the whole matrix than the estimators would spend
     try:
-        eigen, trace, runs, seconds = (_exact if dense else _estimated)(op, settings)
+        eigen, trace, runs, seconds = (_exact if dense else _estimated)(op, settings, on_products)
     finally:
         op.close()
     info = {**op.info(), "matvecs": op.matvecs, "dense": dense}
@@ -102,14 +116,16 @@ def estimate_block(
 Estimates = tuple[Eigenpairs | None, TraceEstimate | None, LanczosRuns | None, dict[str, float]]
 
 
-def _exact(op: CurvatureOperator, settings: CurvatureSettings) -> Estimates:
+def _exact(op: CurvatureOperator, settings: CurvatureSettings, on_products: OnProducts) -> Estimates:
     """Everything from the whole matrix (landscape.hessian.dense)."""
     t0 = time.perf_counter()
-    H = dense_matrix(op.matmat, op.size, op.device)
+    H = dense_matrix(_counted(op.matmat, "whole matrix", on_products), op.size, op.device)
     spectrum = torch.linalg.eigh(H)
     eigen = trace = runs = None
     if settings.top_k > 0:
-        eigen = exact_eigenpairs(H, spectrum, k=settings.top_k, which=settings.which, tol=settings.tol, vectors=settings.eigenvectors)
+        eigen = exact_eigenpairs(
+            H, spectrum, k=settings.top_k, which=settings.which, tol=settings.tol, vectors=settings.eigenvectors
+        )
     if settings.trace:
         trace = exact_trace(H)
     if settings.density:
@@ -117,25 +133,31 @@ def _exact(op: CurvatureOperator, settings: CurvatureSettings) -> Estimates:
     return eigen, trace, runs, {"dense": time.perf_counter() - t0}
 
 
-def _estimated(op: CurvatureOperator, settings: CurvatureSettings) -> Estimates:
+def _estimated(op: CurvatureOperator, settings: CurvatureSettings, on_products: OnProducts) -> Estimates:
     """Lanczos, Hutch++ and SLQ from products, each timed."""
     seconds: dict[str, float] = {}
     eigen = trace = runs = None
     if settings.top_k > 0:
         t0 = time.perf_counter()
         eigen = lanczos(
-            op.matmat, op.size, k=settings.top_k, which=settings.which, tol=settings.tol, max_iter=settings.max_iter,
-            seed=settings.seed, device=op.device, vectors=settings.eigenvectors, precision=_precision(op.dtype),
+            _counted(op.matmat, "eigenvalues", on_products), op.size, k=settings.top_k, which=settings.which, tol=settings.tol,
+            max_iter=settings.max_iter, seed=settings.seed, device=op.device, vectors=settings.eigenvectors, precision=_precision(op.dtype),
             start=op.probe,  # the set-up's product is Lanczos's first step
         )
         seconds["eigenvalues"] = time.perf_counter() - t0
     if settings.trace:
         t0 = time.perf_counter()
-        trace = hutchpp(op.matmat, op.size, matvecs=settings.trace_matvecs, seed=settings.seed + 1, device=op.device, start=op.probe)
+        trace = hutchpp(
+            _counted(op.matmat, "trace", on_products), op.size, matvecs=settings.trace_matvecs, seed=settings.seed + 1,
+            device=op.device, start=op.probe,
+        )
         seconds["trace"] = time.perf_counter() - t0
     if settings.density:
         t0 = time.perf_counter()
-        runs = slq(op.matmat, op.size, probes=settings.probes, steps=settings.steps, seed=settings.seed + 2, device=op.device)
+        runs = slq(
+            _counted(op.matmat, "density", on_products), op.size, probes=settings.probes, steps=settings.steps,
+            seed=settings.seed + 2, device=op.device,
+        )
         seconds["density"] = time.perf_counter() - t0
     return eigen, trace, runs, seconds
 
@@ -145,13 +167,14 @@ def run_curvature(
     settings: CurvatureSettings,
     say: Callable[[str], None] = lambda msg: None,
     world: World | None = None,
+    on_products: OnProducts = lambda stage, n: None,
 ) -> CurvatureResult:
     """The whole model's estimates, then (with per_layer) the same for each module's parameter block.
 
     With a `world` of several ranks, `problem` holds this rank's shard of the data and every rank
     must call this (the products are summed over the ranks); every rank returns the same result.
     """
-    model = estimate_block(problem, settings, None, say, world)
+    model = estimate_block(problem, settings, None, say, world, lambda stage, n: on_products(f"model: {stage}", n))
     op = model.operator
     say(
         f"{settings.curvature} products by {op['method']}: {op['product_to_gradient_ratio']:.2f} gradients per product"
@@ -163,8 +186,12 @@ def run_curvature(
         layer_settings = CurvatureSettings(
             **{**settings.__dict__, "eigenvectors": False, "method": op["method"] if settings.curvature == "hessian" else "auto"}
         )
-        for key, names in layer_blocks(problem.layout).items():
-            layers[key] = estimate_block(problem, layer_settings, names, say, world)
+        blocks = layer_blocks(problem.layout)
+        for i, (key, names) in enumerate(blocks.items()):
+            where = f"layer {key} ({i + 1}/{len(blocks)})"
+            layers[key] = estimate_block(
+                problem, layer_settings, names, say, world, lambda stage, n, where=where: on_products(f"{where}: {stage}", n)
+            )
     return CurvatureResult(settings=settings, model=model, layers=layers)
 
 
