@@ -25,6 +25,7 @@ from landscape.cli.options import (
     Samples,
     Seed,
     UnsafePickle,
+    activity,
     load_spec,
     out,
     progress,
@@ -246,13 +247,18 @@ def _curvature_numbers(curv: dict[str, Any]) -> tuple[dict[str, float], dict[str
     return numbers, {}
 
 
-def _run_curvature(problem, *, trace: bool, density: bool, seed: int, tol: float = 1e-3) -> dict[str, Any]:
-    """λmax (and trace / SLQ runs) of the problem's Hessian with landscape.hessian, as read_curvature-like keys."""
+def _run_curvature(problem, *, trace: bool, density: bool, seed: int, tol: float = 1e-3, show: bool = False) -> dict[str, Any]:
+    """λmax (and trace / SLQ runs) of the problem's Hessian with landscape.hessian, as read_curvature-like keys;
+    with `show`, a progress line of the products (not inside another progress display: rich runs one at a time)."""
     try:
         from landscape.hessian import CurvatureSettings, run_curvature
     except ImportError as exc:  # the curvature package is another module of this project
         raise LandscapeError(f"curvature numbers need landscape.hessian, which cannot be imported here ({exc})") from exc
-    res = run_curvature(problem, CurvatureSettings(top_k=1, tol=tol, trace=trace, density=density, eigenvectors=False, seed=seed))
+    settings = CurvatureSettings(top_k=1, tol=tol, trace=trace, density=density, eigenvectors=False, seed=seed)
+    with activity("products", disable=not show) as bar:
+        task = bar.add_task("hessian", total=None)
+        res = run_curvature(problem, settings, on_products=lambda stage, n: bar.update(task, advance=n, description=f"hessian {stage}"))
+        bar.update(task, total=bar.tasks[task].completed, description="hessian: done")
     block = res.model
     out: dict[str, Any] = {"eigenvalues": None, "residuals": None, "trace": None, "lanczos": None}
     if block.eigen is not None:
@@ -332,7 +338,7 @@ def sharpness(
     source = ""
     if hessian:
         say("curvature: lambda_max by Lanczos, trace by Hutch++, density by SLQ (landscape.hessian)")
-        curv = _run_curvature(problem, trace=True, density=True, seed=seed)
+        curv = _run_curvature(problem, trace=True, density=True, seed=seed, show=True)
         source = "computed (--hessian)"
     elif curv is not None:
         source = str(curvature)

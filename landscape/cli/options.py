@@ -138,6 +138,8 @@ class RateColumn(ProgressColumn):
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
+        if not speed and task.finished and task.elapsed:  # a short task ends before rich has a rate
+            speed = task.completed / task.elapsed
         return Text(f"{speed:.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
 
 
