@@ -99,6 +99,15 @@ class RoughnessResult:
     center_loss: float
 
 
+@dataclass(frozen=True)
+class KnownPoints:
+    """Profile points evaluated before (flat index j*(m+1)+k): values, and which of them are real."""
+
+    loss: torch.Tensor  # [M*(m+1)] float64
+    accuracy: torch.Tensor | None
+    done: torch.Tensor  # [M*(m+1)] bool
+
+
 def compute_roughness(
     problem: Problem,
     directions: torch.Tensor,
@@ -109,31 +118,50 @@ def compute_roughness(
     chunk: int = 256,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
     warn: Callable[[str], None] = lambda msg: None,
+    known: KnownPoints | None = None,
+    on_chunk: Callable[[torch.Tensor, Evaluation], None] = lambda idx, values: None,
 ) -> RoughnessResult:
-    """Evaluate all M x (m+1) profile points with one sweep strategy over directions [M, P] and compute RI."""
+    """Evaluate all M x (m+1) profile points with one sweep strategy over directions [M, P] and compute RI.
+
+    `known` holds the points a killed run already evaluated (flat index j*(m+1)+k): only the others
+    are evaluated, and `on_chunk` hears of each batch of new values (the CLI stores them, so a killed
+    run can be resumed).
+    """
     count = directions.shape[0]
     alphas = roughness_alphas(span, steps)
     coords = roughness_coords(count, alphas)
     total = coords.shape[0]
-    candidates = STRATEGIES if strategy == "auto" else (strategy,)
-    probe = coords[: min(total, PROBE_POINTS)]
-    choice = choose_strategy(problem, directions, probe, candidates=candidates, total_points=total, warn=warn)
-    strat = choice.strategy
     loss = torch.full((total,), math.nan, dtype=torch.float64)
     acc = torch.full((total,), math.nan, dtype=torch.float64) if problem.classification else None
-    done = 0
-    try:
-        if choice.probe_result is not None:
-            _put(loss, acc, 0, choice.probe_result)
-            done = probe.shape[0]
-        on_progress(done, total)
-        while done < total:
-            stop = min(total, done + chunk)
-            _put(loss, acc, done, strat.evaluate(coords[done:stop]))
-            done = stop
-            on_progress(done, total)
-    finally:
-        strat.close()
+    have = torch.zeros(total, dtype=torch.bool)
+    if known is not None:
+        have = known.done.clone()
+        loss[have] = known.loss[have]
+        if acc is not None and known.accuracy is not None:
+            acc[have] = known.accuracy[have]
+    todo = torch.nonzero(~have).flatten()
+    on_progress(total - len(todo), total)
+    strategy_name, timings = "none", {}
+    if len(todo):
+        candidates = STRATEGIES if strategy == "auto" else (strategy,)
+        probe = todo[: min(len(todo), PROBE_POINTS)]
+        choice = choose_strategy(problem, directions, coords[probe], candidates=candidates, total_points=len(todo), warn=warn)
+        strat = choice.strategy
+        strategy_name, timings = strat.name, choice.timings
+        try:
+            if choice.probe_result is not None:
+                _put(loss, acc, probe, choice.probe_result)
+                on_chunk(probe, choice.probe_result)
+                todo = todo[len(probe) :]
+                on_progress(total - len(todo), total)
+            for start in range(0, len(todo), chunk):
+                idx = todo[start : start + chunk]
+                values = strat.evaluate(coords[idx])
+                _put(loss, acc, idx, values)
+                on_chunk(idx, values)
+                on_progress(total - len(todo) + start + len(idx), total)
+        finally:
+            strat.close()
     n = alphas.shape[0]
     loss2 = loss.reshape(count, n)
     loss2 = torch.where(torch.isfinite(loss2), loss2, torch.full_like(loss2, math.nan))
@@ -145,16 +173,16 @@ def compute_roughness(
         accuracy=acc.reshape(count, n) if acc is not None else None,
         t=t,
         index=roughness_index(t),
-        strategy=strat.name,
-        timings=choice.timings,
+        strategy=strategy_name,
+        timings=timings,
         center_loss=center,
     )
 
 
-def _put(loss: torch.Tensor, acc: torch.Tensor | None, start: int, ev: Evaluation) -> None:
-    loss[start : start + ev.loss.shape[0]] = ev.loss
+def _put(loss: torch.Tensor, acc: torch.Tensor | None, idx: torch.Tensor, ev: Evaluation) -> None:
+    loss[idx] = ev.loss
     if acc is not None and ev.accuracy is not None:
-        acc[start : start + ev.accuracy.shape[0]] = ev.accuracy
+        acc[idx] = ev.accuracy
 
 
 def _center_loss(loss: torch.Tensor, alphas: torch.Tensor) -> float:

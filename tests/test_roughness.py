@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -14,6 +20,7 @@ from conftest import sample_problem
 from landscape.directions import random_directions
 from landscape.paths import set_params
 from landscape.roughness import (
+    KnownPoints,
     compute_roughness,
     epsilon_sharpness,
     lla_ratios,
@@ -26,6 +33,9 @@ from landscape.roughness import (
     total_variation,
     with_theta,
 )
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def linreg_at_minimum():
@@ -179,6 +189,59 @@ def test_cli_roughness_writes_group(cli, tmp_path):
     assert fig.stat().st_size > 0
     again = cli("roughness", "--sample", "linreg", "--directions", "6", "-o", out)
     assert again.code == 2 and "--force" in again.err
+
+
+def test_known_points_are_kept_and_only_the_rest_evaluated():
+    """A resumed run: the points given as known are not evaluated again, the rest are, and the profiles
+    equal those of one uninterrupted run."""
+    p = sample_problem("mlp", samples=200)
+    dirs = random_directions(5, p.theta, p.layout, seed=2)
+    whole = compute_roughness(p, dirs, 0.2, 8, strategy="loop")
+    flat_loss, flat_acc = whole.loss.reshape(-1), whole.accuracy.reshape(-1)
+    done = torch.zeros(flat_loss.numel(), dtype=torch.bool)
+    done[::3] = True
+    known = KnownPoints(torch.where(done, flat_loss, torch.nan), torch.where(done, flat_acc, torch.nan), done)
+    seen: list[torch.Tensor] = []
+    part = compute_roughness(p, dirs, 0.2, 8, strategy="loop", known=known, on_chunk=lambda idx, v: seen.append(idx))
+    assert torch.equal(torch.sort(torch.cat(seen)).values, torch.nonzero(~done).flatten())
+    assert torch.allclose(part.loss, whole.loss, rtol=1e-12) and torch.allclose(part.accuracy, whole.accuracy)
+    assert part.index.ri == pytest.approx(whole.index.ri, rel=1e-12)
+
+
+def _points_done(path) -> int:
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["done"][()].sum())
+    except (OSError, KeyError):
+        return 0
+
+
+def test_cli_roughness_resumes_an_interrupted_run(cli, tmp_path):
+    """Ctrl-C leaves OUTPUT.points; --resume finishes the run with the numbers of an uninterrupted one and
+    removes the points file; a run without --resume, or with other settings, is refused."""
+    args = ["roughness", "--sample", "cnn", "--samples", "400", "--directions", "20", "--strategy", "loop", "--device", "cpu"]
+    out, points = tmp_path / "r.h5", tmp_path / "r.h5.points"
+    proc = subprocess.Popen([sys.executable, "-m", "landscape", *args, "-o", str(out)], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and _points_done(points) == 0:
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait() == 130 and "run the same command with --resume" in err
+    kept = _points_done(points)
+    assert 0 < kept < 420 and not out.exists()
+    assert cli(*args, "-o", out).code == 2  # points of a killed run: neither kept nor silently overwritten
+    other = cli(*args, "--steps", "10", "-o", out, "--resume")
+    assert other.code == 2 and "other settings" in other.err
+    resumed = cli(*args, "-o", out, "--resume")
+    assert resumed.code == 0 and f"{kept} of 420 points already done" in resumed.err
+    assert not points.exists()
+    assert cli(*args, "-o", tmp_path / "whole.h5").code == 0
+    with h5py.File(out, "r") as f, h5py.File(tmp_path / "whole.h5", "r") as g:
+        np.testing.assert_allclose(f["roughness/loss"][()], g["roughness/loss"][()], rtol=1e-12)
+        assert f["roughness"].attrs["ri"] == pytest.approx(g["roughness"].attrs["ri"], rel=1e-12)
 
 
 def test_cli_sharpness_and_gate(cli, tmp_path):

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except SystemExit as exc:
         # typer turns Ctrl-C into a silent exit 130 (Exit raised from the KeyboardInterrupt); say so.
-        # `sweep` reports its own interrupts (what was kept and how to resume), raising Exit from None.
+        # `sweep` and `roughness` report their own interrupts (what was kept, how to resume), raising Exit from None.
         if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
             tagged("interrupted", "red", ": results files are written whole at the end, so none was written", sep="")
         raise

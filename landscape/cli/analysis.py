@@ -13,6 +13,7 @@ from rich.table import Table
 
 from landscape.cli import app
 from landscape.cli.options import (
+    RUN,
     BatchSize,
     Checkpoint,
     Config,
@@ -51,7 +52,7 @@ from landscape.cli.shared import (
     root_attrs,
 )
 from landscape.errors import LandscapeError
-from landscape.io.analysis_store import Group, write_results
+from landscape.io.analysis_store import Group, PointStore, write_results
 from landscape.load import load_problem
 
 def _finite(obj: Any) -> Any:
@@ -91,6 +92,12 @@ def roughness(
     device: Device = "auto",
     dtype: Dtype = "float64",
     strategy: Strategy = "auto",
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Finish a killed run: its points are kept in OUTPUT.points (same settings required).", rich_help_panel=RUN
+        ),
+    ] = False,
     force: Force = False,
     figure: Figure = None,
     unsafe_pickle: UnsafePickle = False,
@@ -108,10 +115,15 @@ def roughness(
 
       landscape roughness --sample linreg --directions 20 --span 0.1 --steps 20 -o rough.h5
     """
+    import torch
+
     from landscape.directions import random_directions
-    from landscape.roughness import compute_roughness
+    from landscape.roughness import KnownPoints, compute_roughness
 
     check_output(output, force)
+    points_path = output.with_name(output.name + ".points")  # the points done so far, for --resume
+    if points_path.exists() and not resume and not force:
+        raise LandscapeError(f"{points_path}: points of a killed run; pass --resume to finish it or --force to start over")
     if directions < 2:
         raise LandscapeError("--directions: need at least 2 directions for a standard deviation")
     if not (span > 0 and math.isfinite(span)):
@@ -130,17 +142,33 @@ def roughness(
     )
     if steps % 2:
         warn(f"--steps {steps} is odd: alpha = 0 (the checkpoint) is not on the profile grid")
-    with progress() as bar:
-        task = bar.add_task("roughness", total=directions * (steps + 1))
-        res = compute_roughness(
-            problem, dirs.to(problem.dtype).double(), span, steps, strategy=strategy, warn=warn,
-            on_progress=lambda done, total: bar.update(task, completed=done),
-        )
-    idx = res.index
     settings = {
         "directions": directions, "span": span, "steps": steps, "norm": norm, "ignore": ignore, "seed": seed,
         "dtype": dtype, "samples": prov["samples"], "checkpoint_sha256": prov["checkpoint_sha256"],
     }
+    total = directions * (steps + 1)
+    same = {**settings, "model": prov["model"], "data_sha256": prov["data_sha256"], "loss": prov["loss"]}
+    points = PointStore.open(points_path, same, total, problem.classification, resume)
+    known = None
+    if points.done.any():
+        say(f"resuming from {points_path}: {int(points.done.sum())} of {total} points already done")
+        known = KnownPoints(
+            torch.from_numpy(points.loss), None if points.accuracy is None else torch.from_numpy(points.accuracy),
+            torch.from_numpy(points.done),
+        )
+    try:
+        with progress() as bar:
+            task = bar.add_task("roughness", total=total)
+            res = compute_roughness(
+                problem, dirs.to(problem.dtype).double(), span, steps, strategy=strategy, warn=warn, known=known,
+                on_progress=lambda done, total: bar.update(task, completed=done),
+                on_chunk=lambda idx, v: points.write(idx.numpy(), v.loss.numpy(), None if v.accuracy is None else v.accuracy.numpy()),
+            )
+    except KeyboardInterrupt:  # typer would exit 130 without a word
+        tagged("interrupted", "red", f": {int(points.done.sum())} of {total} points are in {points_path}; "
+               "run the same command with --resume to finish it", sep="")
+        raise typer.Exit(130) from None
+    idx = res.index
     arrays = {"alphas": res.alphas.numpy(), "loss": res.loss.numpy(), "total_variation": res.t.numpy()}
     if res.accuracy is not None:
         arrays["accuracy"] = res.accuracy.numpy()
@@ -155,6 +183,7 @@ def roughness(
                "about": "Wang et al. roughness index: T_j = sum|df| / (2 l (max f - min f)), RI = std(T, ddof=1) / mean(T)"},
     )
     write_results(output, kind="roughness", attrs=root_attrs(prov), settings=settings, groups={"roughness": group}, layout=problem.layout)
+    points.remove()
     say(f"strategy {res.strategy}")
     if idx.dropped:
         warn(f"{idx.dropped} direction(s) gave a flat or non-finite profile and were left out of RI")

@@ -129,3 +129,53 @@ def json_attr(value: Any, default: Any = None) -> Any:
         except json.JSONDecodeError:
             return default if default is not None else value
     return value if value != "" else default
+
+
+class PointStore:
+    """The values of a long run's points (e.g. roughness profiles), written after every chunk beside the
+    results file, so a killed run can be finished with --resume; removed once the results file is written."""
+
+    def __init__(self, path: Path, loss: np.ndarray, accuracy: np.ndarray | None, done: np.ndarray) -> None:
+        self.path, self.loss, self.accuracy, self.done = path, loss, accuracy, done
+
+    @classmethod
+    def open(cls, path: str | Path, settings: Mapping[str, Any], total: int, classification: bool, resume: bool) -> PointStore:
+        """Read the points of a killed run with the same settings (resume), or start a fresh file."""
+        path = Path(path)
+        wanted = json.dumps(dict(settings), sort_keys=True, default=str)
+        if resume and path.exists():
+            check_ours(path)
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("kind") != "points" or f.attrs.get("settings") != wanted:
+                    raise LandscapeError(f"--resume: {path} holds points of a run with other settings; pass --force to start over")
+                acc = f["accuracy"][()] if "accuracy" in f else None
+                return cls(path, f["loss"][()], acc, f["done"][()])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        loss = np.full(total, np.nan)
+        acc = np.full(total, np.nan) if classification else None
+        done = np.zeros(total, dtype=bool)
+        with h5py.File(path, "w") as f:
+            write_root_attrs(f, {"kind": "points"}, settings, complete=False)
+            f.attrs["settings"] = wanted
+            f.create_dataset("loss", data=loss)
+            if acc is not None:
+                f.create_dataset("accuracy", data=acc)
+            f.create_dataset("done", data=done)
+        return cls(path, loss, acc, done)
+
+    def write(self, idx: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None) -> None:
+        """Store values at flat indices and mark them done (the mask last, so a kill between leaves no false 'done')."""
+        self.loss[idx] = loss
+        if self.accuracy is not None and accuracy is not None:
+            self.accuracy[idx] = accuracy
+        done = self.done.copy()
+        done[idx] = True
+        with h5py.File(self.path, "r+") as f:
+            f["loss"][...] = self.loss
+            if self.accuracy is not None:
+                f["accuracy"][...] = self.accuracy
+            f["done"][...] = done
+        self.done = done
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
