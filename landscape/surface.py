@@ -151,13 +151,7 @@ def run_sweep(
     report.strategy, report.timings, report.dropped = chosen, choice.timings, choice.dropped
     report.inapplicable = choice.inapplicable
     try:
-        parts = world.gather((mine, choice.probe_result if shared or world.main else None))
-        stored = np.zeros(0, dtype=np.int64)
-        if world.main:
-            for part_idx, part in parts:
-                if part is not None:
-                    _store(store, part_idx, part, report)
-                    stored = np.concatenate([stored, part_idx])
+        stored = _gather_and_store(world, store, mine, choice.probe_result if shared or world.main else None, report)
         stored = world.broadcast(stored)
         if len(stored):
             todo = todo[~np.isin(todo, stored)]
@@ -171,11 +165,7 @@ def run_sweep(
             t0 = time.perf_counter()
             result = evaluate_shrinking(strat, coords[mine], warn) if len(mine) else None
             per_point = (time.perf_counter() - t0) / max(len(mine), 1)
-            parts = world.gather((mine, result))
-            if world.main:
-                for part_idx, part in parts:
-                    if part is not None:
-                        _store(store, part_idx, part, report)
+            _gather_and_store(world, store, mine, result, report)
             todo = todo[size:]
             on_progress(total - len(todo), total)
     finally:
@@ -193,6 +183,19 @@ def run_sweep(
             }
         )
     return report
+
+
+def _gather_and_store(world: World, store: SweepFile | None, mine: np.ndarray, result, report: SweepReport) -> np.ndarray:
+    """Every rank's (indices, values) to rank 0, which stores them: the indices stored (on rank 0; none elsewhere)."""
+    parts = world.gather((mine, result))
+    if not world.main:
+        return np.zeros(0, dtype=np.int64)
+    stored = []
+    for part_idx, part in parts:
+        if part is not None:
+            _store(store, part_idx, part, report)
+            stored.append(part_idx)
+    return np.concatenate(stored) if stored else np.zeros(0, dtype=np.int64)
 
 
 def _store(store: SweepFile, idx: np.ndarray, result, report: SweepReport) -> None:

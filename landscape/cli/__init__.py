@@ -23,7 +23,7 @@ from landscape.cli import analysis, checkpoints, files, hessian, plot, sweep  # 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI (on `argv`, default sys.argv); user errors become one line on stderr and exit status 2."""
-    from landscape.cli.options import tagged
+    from landscape.cli.options import interrupted, tagged
     from landscape.host import keep_freed_memory
 
     keep_freed_memory()  # large temporaries reused instead of page-faulted in on every forward pass
@@ -36,5 +36,5 @@ def main(argv: list[str] | None = None) -> None:
         # typer turns Ctrl-C into a silent exit 130 (Exit raised from the KeyboardInterrupt); say so.
         # `sweep` and `roughness` report their own interrupts (what was kept, how to resume), raising Exit from None.
         if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
-            tagged("interrupted", "red", ": results files are written whole at the end, so none was written", sep="")
+            interrupted(": results files are written whole at the end, so none was written")
         raise

@@ -26,9 +26,10 @@ from landscape.cli.options import (
     Samples,
     Seed,
     UnsafePickle,
-    activity,
+    interrupted,
     load_spec,
     out,
+    points_kept,
     progress,
     say,
     tagged,
@@ -46,6 +47,7 @@ from landscape.cli.shared import (
     Strategy,
     check_output,
     checkpoint_paths,
+    curvature_with_progress,
     draw_figure,
     load_states,
     problem_at,
@@ -165,8 +167,7 @@ def roughness(
                 on_chunk=lambda idx, v: points.write(idx.numpy(), v.loss.numpy(), None if v.accuracy is None else v.accuracy.numpy()),
             )
     except KeyboardInterrupt:  # typer would exit 130 without a word
-        tagged("interrupted", "red", f": {int(points.done.sum())} of {total} points are in {points_path}; "
-               "run the same command with --resume to finish it", sep="")
+        interrupted(points_kept(int(points.done.sum()), total, points_path))
         raise typer.Exit(130) from None
     idx = res.index
     arrays = {"alphas": res.alphas.numpy(), "loss": res.loss.numpy(), "total_variation": res.t.numpy()}
@@ -278,16 +279,13 @@ def _curvature_numbers(curv: dict[str, Any]) -> tuple[dict[str, float], dict[str
 
 def _run_curvature(problem, *, trace: bool, density: bool, seed: int, tol: float = 1e-3, show: bool = False) -> dict[str, Any]:
     """λmax (and trace / SLQ runs) of the problem's Hessian with landscape.hessian, as read_curvature-like keys;
-    with `show`, a progress line of the products (not inside another progress display: rich runs one at a time)."""
+    with `show`, a progress line of the products (`curvature_with_progress`)."""
     try:
-        from landscape.hessian import CurvatureSettings, run_curvature
+        from landscape.hessian import CurvatureSettings
     except ImportError as exc:  # the curvature package is another module of this project
         raise LandscapeError(f"curvature numbers need landscape.hessian, which cannot be imported here ({exc})") from exc
     settings = CurvatureSettings(top_k=1, tol=tol, trace=trace, density=density, eigenvectors=False, seed=seed)
-    with activity("products", disable=not show) as bar:
-        task = bar.add_task("hessian", total=None)
-        res = run_curvature(problem, settings, on_products=lambda stage, n: bar.update(task, advance=n, description=f"hessian {stage}"))
-        bar.update(task, total=bar.tasks[task].completed, description="hessian: done")
+    res = curvature_with_progress(problem, settings, show=show)
     block = res.model
     out: dict[str, Any] = {"eigenvalues": None, "residuals": None, "trace": None, "lanczos": None}
     if block.eigen is not None:

@@ -31,7 +31,6 @@ from landscape.cli.options import (
     Samples,
     Seed,
     UnsafePickle,
-    activity,
     command_line,
     load_spec,
     out,
@@ -41,7 +40,8 @@ from landscape.cli.options import (
 )
 from landscape.distributed import close_world, device_for, init_world, shard_problem
 from landscape.errors import LandscapeError
-from landscape.hessian.analysis import BlockResult, CurvatureSettings, run_curvature
+from landscape.cli.shared import curvature_with_progress
+from landscape.hessian.analysis import BlockResult, CurvatureSettings
 from landscape.hessian.lanczos import WHICH
 from landscape.hessian.operators import CURVATURES, METHODS
 from landscape.hessian.trace import EXACT
@@ -143,12 +143,7 @@ def hessian(
         + (f", {world.size} processes" if world.size > 1 else "")
     )
     t0 = time.perf_counter()
-    with activity("products", disable=not world.main) as bar:
-        task = bar.add_task(curvature, total=None)
-        result = run_curvature(
-            problem, settings, tell, world, on_products=lambda stage, n: bar.update(task, advance=n, description=f"{curvature} {stage}")
-        )
-        bar.update(task, total=bar.tasks[task].completed, description=f"{curvature}: done")
+    result = curvature_with_progress(problem, settings, tell, world, show=world.main)
     seconds = time.perf_counter() - t0
     close_world(world)
     if not world.main:

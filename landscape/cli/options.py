@@ -173,5 +173,15 @@ def activity(unit: str, disable: bool = False) -> Progress:
     )
 
 
+def interrupted(detail: str) -> None:
+    """The line Ctrl-C leaves (typer alone would exit 130 without a word); `detail` follows the tag."""
+    tagged("interrupted", "red", detail, sep="")
+
+
+def points_kept(done: int, total: int, path: object) -> str:
+    """What an interrupted resumable run kept, and how to finish it."""
+    return f": {done} of {total} points are in {path}; run the same command with --resume to finish it"
+
+
 def command_line() -> str:
     return " ".join(["landscape", *sys.argv[1:]])

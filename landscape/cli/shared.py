@@ -1,15 +1,16 @@
-"""Options and helpers shared by the analysis commands (roughness, sharpness, track, path, plane, trajectory)."""
+"""Options and helpers shared by the analysis commands (roughness, sharpness, track, path, plane, trajectory) and `hessian`."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 import typer
 
-from landscape.cli.options import RUN, command_line, load_spec, one_of, say, wrote
+from landscape.cli.options import RUN, activity, command_line, load_spec, one_of, say, wrote
 from landscape.directions import IGNORES, NORMS
 from landscape.errors import LandscapeError
 from landscape.load import load_problem
@@ -48,6 +49,21 @@ Ignore = Annotated[
 def check_output(output: Path, force: bool) -> None:
     if output.exists() and not force:
         raise LandscapeError(f"{output} exists: pass --force to overwrite it")
+
+
+def curvature_with_progress(problem, settings, say: Callable[[str], None] = lambda msg: None, world=None, show: bool = True):
+    """`run_curvature` with a progress line of its products on stderr (`show`: not inside another
+    progress display, as rich runs one at a time)."""
+    from landscape.hessian.analysis import run_curvature
+
+    label = settings.curvature
+    with activity("products", disable=not show) as bar:
+        task = bar.add_task(label, total=None)
+        result = run_curvature(
+            problem, settings, say, world, on_products=lambda stage, n: bar.update(task, advance=n, description=f"{label} {stage}")
+        )
+        bar.update(task, total=bar.tasks[task].completed, description=f"{label}: done")
+    return result
 
 
 def root_attrs(prov: dict[str, Any]) -> dict[str, Any]:

@@ -26,11 +26,12 @@ from landscape.cli.options import (
     Seed,
     UnsafePickle,
     command_line,
+    interrupted,
     load_spec,
     one_of,
+    points_kept,
     progress,
     say,
-    tagged,
     warn,
     wrote,
 )
@@ -185,13 +186,9 @@ def sweep(
             done = int(store.done.sum())
             if not resume and done == 0:
                 output.unlink(missing_ok=True)
-                tagged("interrupted", "red", " before any point was done; no file written", sep="")
+                interrupted(" before any point was done; no file written")
             else:
-                tagged(
-                    "interrupted", "red",
-                    f": {done} of {store.done.size} points are in {output}; run the same command with --resume to finish it",
-                    sep="",
-                )
+                interrupted(points_kept(done, store.done.size, output))
         raise typer.Exit(130) from None
     close_world(world)
     if not world.main:
