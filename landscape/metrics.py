@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError
+from landscape.io.h5file import open_h5
 from landscape.io.results import _plain, check_ours, read_sweep
 from landscape.summary import sweep_numbers
 
@@ -36,7 +37,7 @@ def collect(path: str | Path) -> dict[str, float]:
     eigenvalues dataset."""
     check_ours(path)
     table: dict[str, float] = {}
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "r") as f:
         has_sweep = "sweep" in f and "loss" in f["sweep"]
 
         def put(name: str, value: Any) -> None:

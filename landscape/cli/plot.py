@@ -45,12 +45,11 @@ def _check_plotlyjs(mode: str) -> None:
 
 
 def _has_group(path: Path, group: str) -> bool:
-    import h5py
-
+    from landscape.io.h5file import open_h5
     from landscape.io.results import check_ours
 
     check_ours(path)
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "r") as f:
         return group in f
 
 

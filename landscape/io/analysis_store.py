@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError
+from landscape.io.h5file import open_h5
 from landscape.io.results import _attr, _plain, check_ours, write_layout, write_root_attrs
 from landscape.params import Layout
 
@@ -31,7 +32,7 @@ ANALYSIS_GROUPS = ("roughness", "path", "plane", "trajectory", "track", "sharpne
 def analysis_groups(path: str | Path) -> list[str]:
     """The analysis groups a results file holds, in ANALYSIS_GROUPS order (a group may hold only attributes)."""
     check_ours(path)
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "r") as f:
         return [name for name in ANALYSIS_GROUPS if name in f and isinstance(f[name], h5py.Group)]
 
 
@@ -70,7 +71,7 @@ def write_results(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     try:
-        with h5py.File(tmp, "w") as f:
+        with open_h5(tmp, "w") as f:
             write_root_attrs(f, {**attrs, "kind": kind}, settings, complete=True)
             if layout is not None:
                 write_layout(f.require_group("axes"), layout)
@@ -85,20 +86,20 @@ def write_results(
 def add_group(path: str | Path, name: str, group: Group) -> None:
     """Add (or replace) one group in an existing results file (e.g. /trajectory beside a sweep)."""
     check_ours(path)
-    with h5py.File(path, "r+") as f:
+    with open_h5(path, "r+") as f:
         _write_group(f, name, group)
 
 
 def has_group(path: str | Path, name: str) -> bool:
     check_ours(path)
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "r") as f:
         return name in f and isinstance(f[name], h5py.Group)
 
 
 def read_group(path: str | Path, name: str) -> Group:
     """Read one group back: numeric scalar attributes as numbers, the rest as attrs, datasets as arrays."""
     check_ours(path)
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "r") as f:
         if name not in f or not isinstance(f[name], h5py.Group):
             raise LandscapeError(f"{path}: holds no /{name} group (made by `landscape {name}`?)")
         g = f[name]
@@ -117,7 +118,7 @@ def read_group(path: str | Path, name: str) -> Group:
 def read_root(path: str | Path) -> dict[str, Any]:
     """The root attributes (provenance, settings, kind) of a results file."""
     check_ours(path)
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "r") as f:
         return {k: _plain(v) for k, v in f.attrs.items()}
 
 
@@ -145,7 +146,7 @@ class PointStore:
         wanted = json.dumps(dict(settings), sort_keys=True, default=str)
         if resume and path.exists():
             check_ours(path)
-            with h5py.File(path, "r") as f:
+            with open_h5(path, "r") as f:
                 if f.attrs.get("kind") != "points" or f.attrs.get("settings") != wanted:
                     raise LandscapeError(f"--resume: {path} holds points of a run with other settings; pass --force to start over")
                 acc = f["accuracy"][()] if "accuracy" in f else None
@@ -154,7 +155,7 @@ class PointStore:
         loss = np.full(total, np.nan)
         acc = np.full(total, np.nan) if classification else None
         done = np.zeros(total, dtype=bool)
-        with h5py.File(path, "w") as f:
+        with open_h5(path, "w") as f:
             write_root_attrs(f, {"kind": "points"}, settings, complete=False)
             f.attrs["settings"] = wanted
             f.create_dataset("loss", data=loss)
@@ -170,7 +171,7 @@ class PointStore:
             self.accuracy[idx] = accuracy
         done = self.done.copy()
         done[idx] = True
-        with h5py.File(self.path, "r+") as f:
+        with open_h5(self.path, "r+") as f:
             f["loss"][...] = self.loss
             if self.accuracy is not None:
                 f["accuracy"][...] = self.accuracy

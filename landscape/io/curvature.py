@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError
+from landscape.io.h5file import open_h5
 from landscape.io.results import _plain, check_ours, read_layout, write_layout, write_root_attrs
 from landscape.params import Layout
 
@@ -82,7 +83,7 @@ def write_curvature(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     try:
-        with h5py.File(tmp, "w") as f:
+        with open_h5(tmp, "w") as f:
             write_root_attrs(f, attrs, settings, complete=True)
             h = f.create_group("hessian")
             h.attrs["curvature"] = result.settings.curvature
@@ -142,7 +143,7 @@ def read_curvature(path: str | Path) -> dict[str, Any]:
     plus layers: {module: the same keys}.
     """
     check_ours(path)
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "r") as f:
         if "hessian" not in f:
             raise LandscapeError(f"{path}: holds no curvature results (write one with `landscape hessian`)")
         h = f["hessian"]

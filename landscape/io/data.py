@@ -40,9 +40,9 @@ def _read_tensor_file(path: Path, unsafe_pickle: bool) -> tuple:
                 _require_xy(keys, path)
                 return torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
         if path.suffix in (".h5", ".hdf5"):
-            import h5py
+            from landscape.io.h5file import open_h5
 
-            with h5py.File(path, "r") as f:
+            with open_h5(path, "r") as f:
                 _require_xy(set(f.keys()), path)
                 return torch.from_numpy(f["x"][()]), torch.from_numpy(f["y"][()])
         obj = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)

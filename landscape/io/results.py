@@ -22,6 +22,7 @@ import numpy as np
 
 from landscape import __version__
 from landscape.errors import LandscapeError
+from landscape.io.h5file import open_h5
 from landscape.params import Layout
 
 FORMAT = "landscape-results"
@@ -34,7 +35,7 @@ def check_ours(path: str | Path) -> None:
     if not path.is_file():
         raise LandscapeError(f"{path}: file not found")
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "r") as f:
             fmt = f.attrs.get("format")
             version = f.attrs.get("format_version")
     except OSError as exc:
@@ -127,7 +128,7 @@ class SweepFile:
 
     @staticmethod
     def _write_new(tmp, attrs, settings, axes, layout, coords, shape, has_accuracy) -> None:
-        with h5py.File(tmp, "w") as f:
+        with open_h5(tmp, "w") as f:
             write_root_attrs(f, attrs, settings, complete=False)
             g = f.create_group("axes")
             for name, (vec, vattrs) in axes.items():
@@ -150,7 +151,7 @@ class SweepFile:
         """Reopen a file made with exactly these settings; anything else is refused with the first difference."""
         path = Path(path)
         check_ours(path)
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "r") as f:
             if "sweep" not in f:
                 raise LandscapeError(f"--resume {path}: the file holds no sweep")
             stored = json.loads(f.attrs["settings"])
@@ -166,12 +167,12 @@ class SweepFile:
             return cls(path, coords, f["sweep/done"][()], "accuracy" in f["sweep"])
 
     def read_axes(self) -> dict[str, np.ndarray]:
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path, "r") as f:
             return {name: f["axes"][name][()] for name in json.loads(f["sweep"].attrs["axes"])}
 
     def write(self, flat_index: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None) -> None:
         """Store values at flat grid indices and mark them done; closes the file (flushes) before returning."""
-        with h5py.File(self.path, "r+") as f:
+        with open_h5(self.path, "r+") as f:
             s = f["sweep"]
             grid = s["loss"][()]
             grid.reshape(-1)[flat_index] = loss
@@ -187,7 +188,7 @@ class SweepFile:
 
     def finish(self, attrs: Mapping[str, Any]) -> None:
         """Record how the sweep ran and mark the file complete when every point is done."""
-        with h5py.File(self.path, "r+") as f:
+        with open_h5(self.path, "r+") as f:
             for key, value in attrs.items():
                 f["sweep"].attrs[key] = _attr(value)
             f.attrs["complete"] = bool(self.done.all())
@@ -196,7 +197,7 @@ class SweepFile:
 def read_sweep(path: str | Path) -> dict[str, Any]:
     """Everything a figure or summary needs from a sweep: coords, loss, accuracy, done, axis attrs, root attrs."""
     check_ours(path)
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "r") as f:
         if "sweep" not in f:
             raise LandscapeError(f"{path}: holds no sweep")
         s = f["sweep"]
@@ -227,7 +228,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     """A JSON-able summary of any results file: root attributes and every dataset's shape and attributes."""
     check_ours(path)
     out: dict[str, Any] = {"file": str(path), "attrs": {}, "datasets": {}}
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "r") as f:
         out["attrs"] = {k: _plain(v) for k, v in f.attrs.items()}
 
         def visit(name: str, obj: Any) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from landscape import __version__
 from landscape.errors import LandscapeError
+from landscape.io.h5file import open_h5
 from landscape.io.analysis_store import analysis_groups
 from landscape.io.results import describe, read_sweep
 from landscape.render.common import fmt, make_scale, make_view
@@ -96,7 +97,7 @@ def group_rows(path: str | Path, group: str) -> list[tuple[str, str]]:
     (and range, when numeric).
     """
     rows: list[tuple[str, str]] = []
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "r") as f:
         if group not in f:
             return rows
         root = f[group]
