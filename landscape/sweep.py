@@ -8,7 +8,10 @@ The strategies share one interface, `Strategy.evaluate(coords) -> (loss, accurac
   output at every point is Y0 + sum_k c_k Y_k with Y0 = layer(x; W0), Y_k = layer(x; D_k), computed once;
   the rest of the network runs per point as in `loop`;
 - `fused`, `firstlayer-fused`: `loop` and `firstlayer` through `landscape.fused`'s rewrite of the
-  model (BatchNorm folded into the layer before it, ReLUs in place, channels-last data for 2-D convs).
+  model (BatchNorm folded into the layer before it, ReLUs in place, channels-last data for 2-D convs);
+- `mlp`: for a chain of Linear layers and elementwise activations with a built-in loss, K points per
+  call without the model: the first layer as in `firstlayer`, the rest as batched products in a
+  features-first layout (`landscape.mlp`).
 
 `choose_strategy` times each one on the first grid points and keeps the fastest (each probe point's
 value is kept from the candidate that evaluated it, so the probe costs no extra points). Nothing
@@ -29,10 +32,11 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from landscape.errors import LandscapeError
-from landscape.fused import FoldedNorm, channels_last_input, fuse_for_inference, has_conv2d
+from landscape.fused import NORMS, FoldedNorm, channels_last_input, fuse_for_inference, has_conv2d
+from landscape.mlp import MlpChain, features_first_loss, loss_kind
 from landscape.problem import Problem
 
-STRATEGIES = ("loop", "vmap", "firstlayer", "firstlayer-vmap", "fused", "firstlayer-fused")
+STRATEGIES = ("loop", "vmap", "firstlayer", "firstlayer-vmap", "fused", "firstlayer-fused", "mlp")
 PROBE_POINTS = 128  # grid points a caller hands the probe: each is evaluated once, by one candidate, and stored
 SHORTLIST_POINTS = 4  # the probe's first stage times each strategy on this many points ...
 SHORTLIST_FACTOR = 3.0  # ... and drops those this many times slower than the fastest
@@ -40,6 +44,12 @@ STAGE2_POINTS = 16  # the second stage times each survivor on this many points (
 STAGE2_SECONDS = 0.5  # ... best of `repeats` runs, fewer once a candidate has spent this long
 PROBE_SHARE = 0.03  # a short run's probe may cost this share of the run's estimated time ...
 CLOSE_FACTOR = 1.3  # ... so then only candidates this close to the fastest are timed again
+LOOP_MARGIN = 1.05  # another strategy replaces the plain loop only when its probe was this many times faster:
+# probe timings jitter by about that much, and on the transformer sample vmap (0.9x the loop over
+# 300 points) won the probe in one run of two
+
+
+MLP_CPU_BLOCK = 4 << 20  # bytes of one layer's activations for the K points of an `mlp` call on a CPU
 
 
 class NotApplicable(ValueError):
@@ -333,10 +343,13 @@ def _use_fused(strat: LoopStrategy, keep: frozenset[nn.Module] = frozenset(), la
     problem with channels-last data for 2-D convs), after checking on a few samples that it gives
     the model's outputs."""
     p = strat.problem
+    why = "no BatchNorm after a Conv/Linear to fold and no 2-D convolution (or torch.fx cannot trace the model)"
+    if not has_conv2d(p.model) and not any(isinstance(m, NORMS) for m in p.model.modules()):
+        raise NotApplicable(why)  # known without tracing (a first trace took up to 0.17 s)
     fused = fuse_for_inference(p.model, keep, fold=p.dtype in (torch.float32, torch.float64))
     folded = fused is not None and any(isinstance(m, FoldedNorm) for m in fused.modules())
     if fused is None or not (folded or has_conv2d(p.model)):  # ReLUs in place alone gained under 5%: not worth probing
-        raise NotApplicable("no BatchNorm after a Conv/Linear to fold and no 2-D convolution (or torch.fx cannot trace the model)")
+        raise NotApplicable(why)
     x = channels_last_input(p.x) if layout_x and has_conv2d(p.model) else p.x
     with torch.no_grad():
         want, got = p.model(p.x[:64]), fused(x[:64])
@@ -367,6 +380,93 @@ class FirstLayerFusedStrategy(FirstLayerStrategy):
         _use_fused(self, keep=frozenset([first[1]]), layout_x=False)  # x itself is not read: the cache is channels-last
 
 
+class MlpStrategy(Strategy):
+    """K points per call for an MLP (`landscape.mlp`): the first layer's outputs from products computed
+    once, every later layer one batched product, activations laid out [K, features, B]."""
+
+    name = "mlp"
+
+    def __init__(
+        self,
+        problem: Problem,
+        directions: torch.Tensor,
+        points_per_call: int = 16,
+        memory_budget: int = 1 << 30,
+        batch_size: int | None = None,
+    ):
+        super().__init__(problem, directions, batch_size)
+        if problem.dtype not in (torch.float32, torch.float64):
+            raise NotApplicable("it runs in float32 or float64 only")
+        chain = MlpChain.of(problem.model, set(problem.layout.names))
+        if chain is None:
+            raise NotApplicable("the model is not a chain of Linear layers and elementwise activations")
+        last = chain.linears[-1][1].out_features
+        kind = loss_kind(problem.loss_fn, problem.y, last)
+        if kind is None:
+            raise NotApplicable("it needs the built-in cross-entropy (class indices) or mse loss")
+        self.chain, self.kind = chain, kind
+        theta = problem.layout.unflatten(problem.theta)
+        dirs = problem.layout.unflatten(self.directions)
+        self.stacks = []  # per Linear: [1 + k, out, in (+ 1 for the bias)], the checkpoint then each direction
+        for prefix, layer in chain.linears:
+            stack = torch.cat([theta[f"{prefix}weight"][None], dirs[f"{prefix}weight"]])
+            if layer.bias is not None:
+                bias = torch.cat([theta[f"{prefix}bias"][None], dirs[f"{prefix}bias"]])
+                stack = torch.cat([stack, bias[..., None]], dim=2)
+            self.stacks.append(stack)
+        first_bias = chain.linears[0][1].bias is not None
+        self.first_out: list[torch.Tensor] = []  # per batch: [1 + k, out, B]
+        with torch.no_grad():
+            for xb, _, _ in problem.batches(self.batch_size):
+                xf = (xb.flatten(1) if chain.flatten else xb).to(problem.theta.dtype)
+                w = self.stacks[0]
+                out = w[..., :-1] @ xf.T + w[..., -1:] if first_bias else w @ xf.T
+                self.first_out.append(out)
+        widest = max(layer.out_features for _, layer in chain.linears)
+        per_point = widest * min(self.batch_size, problem.n) * problem.theta.element_size()
+        cap = memory_budget // (3 * per_point)
+        if problem.device.type == "cpu":  # blocks that stay in cache: on the digits MLP K = 8-32 ran 1.2x K = 64
+            cap = min(cap, MLP_CPU_BLOCK // per_point)
+        self.k = max(1, min(points_per_call, cap))
+
+    @torch.no_grad()
+    def evaluate(self, coords: torch.Tensor) -> Evaluation:
+        p = self.problem
+        coords = coords.to(p.device, p.theta.dtype)
+        loss = torch.zeros(coords.shape[0], dtype=torch.float64, device=p.device)
+        correct = torch.zeros_like(loss)
+        for start in range(0, coords.shape[0], self.k):
+            c = coords[start : start + self.k]
+            at = slice(start, start + c.shape[0])
+            coef = torch.cat([c.new_ones(c.shape[0], 1), c], dim=1)  # [K, 1 + k]
+            weights = [(coef @ s.flatten(1)).view(c.shape[0], *s.shape[1:]) for s in self.stacks[1:]]
+            for bi, (_, yb, _) in enumerate(p.batches(self.batch_size)):
+                first = self.first_out[bi]
+                h = (coef @ first.flatten(1)).view(c.shape[0], *first.shape[1:])
+                layer_weights = iter(weights)
+                for step in self.chain.steps[1:]:
+                    if isinstance(step, tuple):
+                        w = next(layer_weights)
+                        h = torch.baddbmm(w[..., -1:], w[..., :-1], h) if step[1].bias is not None else torch.bmm(w, h)
+                    else:
+                        h = step(h)
+                lb, cb = features_first_loss(h, yb, self.kind, p.classification)
+                loss[at] += lb.double() * yb.shape[0]
+                if cb is not None:
+                    correct[at] += cb.double()
+        return Evaluation((loss / p.n).cpu(), (correct / p.n).cpu() if p.classification else None)
+
+    def shrink(self) -> str | None:
+        if self.k > 1:
+            self.k //= 2
+            return f"{self.k} point{'s' if self.k > 1 else ''} per call"
+        return None  # the outputs are cached per batch; the loop strategy is the fallback
+
+    def close(self) -> None:
+        self.first_out.clear()
+        super().close()
+
+
 def build_strategy(
     name: str,
     problem: Problem,
@@ -383,6 +483,8 @@ def build_strategy(
         return VmapStrategy(problem, directions, points_per_call, batch_size)
     if name == "fused":
         return FusedStrategy(problem, directions, batch_size)
+    if name == "mlp":
+        return MlpStrategy(problem, directions, points_per_call, memory_budget, batch_size)
     if name in ("firstlayer", "firstlayer-vmap", "firstlayer-fused"):
         first = find_first_layer(problem)
         if first is None:
@@ -561,6 +663,8 @@ def choose_strategy(
     if not built:
         raise _none_can_run(candidates, {**inapplicable, **dropped})
     best_name = min(built, key=lambda n: timings[n])
+    if "loop" in built and timings[best_name] * LOOP_MARGIN > timings["loop"]:
+        best_name = "loop"
     for name, strat in built.items():
         if name != best_name:
             strat.close()
