@@ -38,7 +38,9 @@ def chain_of(model: nn.Module) -> MlpChain | None:
 
 def test_which_models_are_mlps():
     seq = chain_of(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.GELU(), nn.Dropout(0.1), nn.Linear(3, 2)))
-    assert seq is not None and seq.flatten and [p for p, _ in seq.linears] == ["1.", "4."] and len(seq.steps) == 4
+    assert seq is not None and seq.flatten and [p for p, _ in seq.linears] == ["1.", "4."] and len(seq.steps) == 3
+    relu = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert chain_of(relu).steps[1].inplace and not relu[1].inplace  # a copy runs in place, the model is untouched
     fun = chain_of(Functional())
     assert fun is not None and not fun.flatten and [p for p, _ in fun.linears] == ["a.", "b."]
     assert chain_of(nn.Linear(3, 1)).linears[0][0] == ""  # linear / logistic regression
@@ -79,7 +81,9 @@ def test_mlp_strategy_matches_direct_pass(case):
         model = nn.Sequential(nn.Linear(6, 8), nn.SiLU(), nn.Linear(8, 2))
         x, y, loss = torch.randn(70, 6), torch.randn(70, 2), F.mse_loss
     else:
-        model = nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 7), nn.ReLU(), nn.Linear(7, 4))
+        model = nn.Sequential(
+            nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 7), nn.Tanh(), nn.Linear(7, 7), nn.ELU(), nn.Linear(7, 4)
+        )
         x, y, loss = torch.randn(70, 1, 3, 4), torch.randint(0, 4, (70,)), cross_entropy
     problem = make_problem(
         model, model.state_dict(), x, y, loss, device=torch.device("cpu"), dtype=torch.float64, batch_size=32
