@@ -1,6 +1,7 @@
 """Batched evaluation of the dataset-mean loss (and accuracy) at many points theta + c @ D.
 
-The strategies share one interface, `Strategy.evaluate(coords) -> (loss, accuracy)`:
+The strategies share one interface, `Strategy.evaluate(coords) -> (loss, accuracy)`, and one loop
+(k points per call, each call over the data's batches); they differ in `per_call` and `on_batch`:
 
 - `loop`: one point at a time, weights written in place, one pass over the data per point;
 - `vmap`: K points per call, `torch.func.functional_call` under `torch.vmap` over stacked weights;
@@ -24,6 +25,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -65,9 +67,12 @@ class Evaluation:
 
 
 class Strategy:
-    """Evaluates points theta + coords @ directions on the whole data set of a problem."""
+    """Evaluates points theta + coords @ directions on the whole data set of a problem, `k` points
+    per call: `per_call` prepares what the call's batches share (the points' weights), `on_batch`
+    gives the k mean losses and numbers of correct predictions (or None) on one batch."""
 
     name = "base"
+    k = 1
 
     def __init__(self, problem: Problem, directions: torch.Tensor, batch_size: int | None = None):
         self.problem = problem
@@ -80,7 +85,29 @@ class Strategy:
             for name, shape in zip(problem.layout.names, problem.layout.shapes)
         ]
 
+    @torch.no_grad()
     def evaluate(self, coords: torch.Tensor) -> Evaluation:
+        p = self.problem
+        coords = coords.to(p.device, p.theta.dtype)
+        loss = torch.zeros(coords.shape[0], dtype=torch.float64, device=p.device)
+        correct = torch.zeros_like(loss)
+        for start in range(0, coords.shape[0], self.k):
+            c = coords[start : start + self.k]
+            at = slice(start, start + c.shape[0])
+            shared = self.per_call(c)
+            for bi, (xb, yb, _) in enumerate(p.batches(self.batch_size)):
+                lb, cb = self.on_batch(shared, bi, xb, yb, c)
+                loss[at] += lb.double() * yb.shape[0]
+                if cb is not None:
+                    correct[at] += cb.double()
+        return Evaluation((loss / p.n).cpu(), (correct / p.n).cpu() if p.classification else None)
+
+    def per_call(self, c: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def on_batch(
+        self, shared: Any, batch_index: int, xb: torch.Tensor, yb: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
     def write_params(self, flat: torch.Tensor, skip: frozenset[str] = frozenset()) -> None:
@@ -96,6 +123,13 @@ class Strategy:
             return f"batch size {self.batch_size}"
         return None
 
+    def fewer_points(self) -> str | None:
+        """Halve the points per call; None once there is one."""
+        if self.k > 1:
+            self.k //= 2
+            return f"{self.k} point{'s' if self.k > 1 else ''} per call"
+        return None
+
     def close(self) -> None:
         """Put the checkpoint weights back into the model."""
         self.write_params(self.problem.theta)
@@ -107,21 +141,16 @@ class LoopStrategy(Strategy):
     name = "loop"
     skip: frozenset[str] = frozenset()
 
-    @torch.no_grad()
-    def evaluate(self, coords: torch.Tensor) -> Evaluation:
-        p = self.problem
-        coords = coords.to(p.device, p.theta.dtype)
-        loss = torch.zeros(coords.shape[0], dtype=torch.float64, device=p.device)
-        correct = torch.zeros_like(loss)
-        for i, c in enumerate(coords):
-            self.write_params(torch.addmv(p.theta, self.directions.T, c), self.skip)
-            for bi, (xb, yb, _) in enumerate(p.batches(self.batch_size)):
-                self.before_batch(bi, c)
-                out = self.forward(xb)
-                loss[i] += p.loss_fn(out, yb).double() * yb.shape[0]
-                if p.classification:
-                    correct[i] += (out.argmax(-1) == yb).sum()
-        return Evaluation((loss / p.n).cpu(), (correct / p.n).cpu() if p.classification else None)
+    def per_call(self, c: torch.Tensor) -> None:
+        self.write_params(torch.addmv(self.problem.theta, self.directions.T, c[0]), self.skip)
+
+    def on_batch(
+        self, shared: None, batch_index: int, xb: torch.Tensor, yb: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.before_batch(batch_index, c[0])
+        out = self.forward(xb)
+        correct = (out.argmax(-1) == yb).sum() if self.problem.classification else None
+        return self.problem.loss_fn(out, yb), correct
 
     def before_batch(self, batch_index: int, c: torch.Tensor) -> None:
         """Hook for subclasses (the first-layer cache)."""
@@ -149,30 +178,21 @@ class VmapStrategy(Strategy):
         self.first_out: torch.Tensor | None = None
 
     def shrink(self) -> str | None:
-        if self.k > 1:
-            self.k //= 2
-            return f"{self.k} point{'s' if self.k > 1 else ''} per call"
-        return super().shrink()
+        """Halve the points per call, then the batch size."""
+        return self.fewer_points() or super().shrink()
 
     def first_layer_outputs(self, batch_index: int, c: torch.Tensor) -> torch.Tensor | None:
         """Per-point outputs of the first layer for one batch, [K, B, ...] (None: computed by the model)."""
         return None
 
-    @torch.no_grad()
-    def evaluate(self, coords: torch.Tensor) -> Evaluation:
-        p = self.problem
-        coords = coords.to(p.device, p.theta.dtype)
-        loss = torch.zeros(coords.shape[0], dtype=torch.float64, device=p.device)
-        correct = torch.zeros_like(loss)
-        for start in range(0, coords.shape[0], self.k):
-            c = coords[start : start + self.k]
-            flat = p.theta + c @ self.directions  # [K, P]
-            params = {k: v.to(p.dtype) for k, v in p.layout.unflatten(flat).items()}
-            for bi, (xb, yb, _) in enumerate(p.batches(self.batch_size)):
-                lb, cb = self._batched(params, xb, yb, self.first_layer_outputs(bi, c))
-                loss[start : start + c.shape[0]] += lb.double() * xb.shape[0]
-                correct[start : start + c.shape[0]] += cb.double()
-        return Evaluation((loss / p.n).cpu(), (correct / p.n).cpu() if p.classification else None)
+    def per_call(self, c: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = self.problem.theta + c @ self.directions  # [K, P]
+        return {k: v.to(self.problem.dtype) for k, v in self.problem.layout.unflatten(flat).items()}
+
+    def on_batch(
+        self, shared: dict[str, torch.Tensor], batch_index: int, xb: torch.Tensor, yb: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._batched(shared, xb, yb, self.first_layer_outputs(batch_index, c))
 
 
 def find_first_layer(problem: Problem) -> tuple[str, nn.Module] | None:
@@ -329,9 +349,7 @@ class FirstLayerVmapStrategy(VmapStrategy):
             self.cache.restore_forward()
 
     def shrink(self) -> str | None:
-        if self.k > 1:
-            return super().shrink()
-        return None
+        return self.fewer_points()  # the cache is laid out per batch; the loop strategy is the fallback
 
     def close(self) -> None:
         self.cache.per_batch.clear()
@@ -429,38 +447,28 @@ class MlpStrategy(Strategy):
             cap = min(cap, MLP_CPU_BLOCK // per_point)
         self.k = max(1, min(points_per_call, cap))
 
-    @torch.no_grad()
-    def evaluate(self, coords: torch.Tensor) -> Evaluation:
-        p = self.problem
-        coords = coords.to(p.device, p.theta.dtype)
-        loss = torch.zeros(coords.shape[0], dtype=torch.float64, device=p.device)
-        correct = torch.zeros_like(loss)
-        for start in range(0, coords.shape[0], self.k):
-            c = coords[start : start + self.k]
-            at = slice(start, start + c.shape[0])
-            coef = torch.cat([c.new_ones(c.shape[0], 1), c], dim=1)  # [K, 1 + k]
-            weights = [(coef @ s.flatten(1)).view(c.shape[0], *s.shape[1:]) for s in self.stacks[1:]]
-            for bi, (_, yb, _) in enumerate(p.batches(self.batch_size)):
-                first = self.first_out[bi]
-                h = (coef @ first.flatten(1)).view(c.shape[0], *first.shape[1:])
-                layer_weights = iter(weights)
-                for step in self.chain.steps[1:]:
-                    if isinstance(step, tuple):
-                        w = next(layer_weights)
-                        h = torch.baddbmm(w[..., -1:], w[..., :-1], h) if step[1].bias is not None else torch.bmm(w, h)
-                    else:
-                        h = step(h)
-                lb, cb = features_first_loss(h, yb, self.kind, p.classification)
-                loss[at] += lb.double() * yb.shape[0]
-                if cb is not None:
-                    correct[at] += cb.double()
-        return Evaluation((loss / p.n).cpu(), (correct / p.n).cpu() if p.classification else None)
+    def per_call(self, c: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The points' coefficients [K, 1 + k] and the weights of every Linear after the first."""
+        coef = torch.cat([c.new_ones(c.shape[0], 1), c], dim=1)
+        return coef, [(coef @ s.flatten(1)).view(c.shape[0], *s.shape[1:]) for s in self.stacks[1:]]
+
+    def on_batch(
+        self, shared: tuple[torch.Tensor, list[torch.Tensor]], batch_index: int, xb: torch.Tensor, yb: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        coef, weights = shared
+        first = self.first_out[batch_index]
+        h = (coef @ first.flatten(1)).view(c.shape[0], *first.shape[1:])
+        layer_weights = iter(weights)
+        for step in self.chain.steps[1:]:
+            if isinstance(step, tuple):
+                w = next(layer_weights)
+                h = torch.baddbmm(w[..., -1:], w[..., :-1], h) if step[1].bias is not None else torch.bmm(w, h)
+            else:
+                h = step(h)
+        return features_first_loss(h, yb, self.kind, self.problem.classification)
 
     def shrink(self) -> str | None:
-        if self.k > 1:
-            self.k //= 2
-            return f"{self.k} point{'s' if self.k > 1 else ''} per call"
-        return None  # the outputs are cached per batch; the loop strategy is the fallback
+        return self.fewer_points()  # the outputs are cached per batch; the loop strategy is the fallback
 
     def close(self) -> None:
         self.first_out.clear()
