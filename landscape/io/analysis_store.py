@@ -21,7 +21,7 @@ import numpy as np
 
 from landscape.errors import LandscapeError
 from landscape.io.h5file import open_h5
-from landscape.io.results import _attr, _plain, check_ours, write_layout, write_root_attrs
+from landscape.io.results import _attr, _plain, check_ours, store_points, write_layout, write_root_attrs
 from landscape.params import Layout
 
 
@@ -165,18 +165,9 @@ class PointStore:
         return cls(path, loss, acc, done)
 
     def write(self, idx: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None) -> None:
-        """Store values at flat indices and mark them done (the mask last, so a kill between leaves no false 'done')."""
-        self.loss[idx] = loss
-        if self.accuracy is not None and accuracy is not None:
-            self.accuracy[idx] = accuracy
-        done = self.done.copy()
-        done[idx] = True
+        """Store values at flat indices and mark them done (`loss`/`accuracy` keep the values read at open)."""
         with open_h5(self.path, "r+") as f:
-            f["loss"][...] = self.loss
-            if self.accuracy is not None:
-                f["accuracy"][...] = self.accuracy
-            f["done"][...] = done
-        self.done = done
+            self.done = store_points(f, idx, loss, accuracy, self.done)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

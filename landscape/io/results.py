@@ -173,18 +173,7 @@ class SweepFile:
     def write(self, flat_index: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None) -> None:
         """Store values at flat grid indices and mark them done; closes the file (flushes) before returning."""
         with open_h5(self.path, "r+") as f:
-            s = f["sweep"]
-            grid = s["loss"][()]
-            grid.reshape(-1)[flat_index] = loss
-            s["loss"][...] = grid
-            if self.has_accuracy and accuracy is not None:
-                acc = s["accuracy"][()]
-                acc.reshape(-1)[flat_index] = accuracy
-                s["accuracy"][...] = acc
-            done = self.done.copy()
-            done.reshape(-1)[flat_index] = True
-            s["done"][...] = done
-            self.done = done  # only once the file says so (an interrupt may land between the lines)
+            self.done = store_points(f["sweep"], flat_index, loss, accuracy, self.done)
 
     def finish(self, attrs: Mapping[str, Any]) -> None:
         """Record how the sweep ran and mark the file complete when every point is done."""
@@ -192,6 +181,23 @@ class SweepFile:
             for key, value in attrs.items():
                 f["sweep"].attrs[key] = _attr(value)
             f.attrs["complete"] = bool(self.done.all())
+
+
+def store_points(
+    group: h5py.Group, flat_index: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None, done: np.ndarray
+) -> np.ndarray:
+    """Write values at flat indices of the group's `loss` (and `accuracy`, where both exist) and mark
+    them in its `done` mask, the mask last so that a kill in between leaves no false 'done'; returns
+    the new mask (for the caller to keep only once the file holds it)."""
+    for name, values in (("loss", loss), ("accuracy", accuracy)):
+        if values is not None and name in group:
+            grid = group[name][()]
+            grid.reshape(-1)[flat_index] = values
+            group[name][...] = grid
+    marked = done.copy()
+    marked.reshape(-1)[flat_index] = True
+    group["done"][...] = marked
+    return marked
 
 
 def read_sweep(path: str | Path) -> dict[str, Any]:
