@@ -194,7 +194,7 @@ def sweep(
     if not world.main:
         return
     if report.timings:
-        timing = ", ".join(f"{n} {1e3 * t:.1f} ms/pt" for n, t in report.timings.items())
+        timing = ", ".join(f"{n} {1e3 * t:.2g} ms/pt" for n, t in report.timings.items())
         say(f"strategy {report.strategy} (probe: {timing})")
     elif report.strategy != "none":
         say(f"strategy {report.strategy}")
