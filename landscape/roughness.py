@@ -26,7 +26,8 @@ import torch
 from torch.func import functional_call
 
 from landscape.problem import Problem
-from landscape.sweep import PROBE_POINTS, STRATEGIES, Evaluation, choose_strategy
+from landscape.surface import evaluate_points
+from landscape.sweep import Evaluation
 
 
 # --------------------------------------------------------------------------- roughness index
@@ -115,7 +116,6 @@ def compute_roughness(
     steps: int,
     *,
     strategy: str = "auto",
-    chunk: int = 256,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
     warn: Callable[[str], None] = lambda msg: None,
     known: KnownPoints | None = None,
@@ -139,29 +139,24 @@ def compute_roughness(
         loss[have] = known.loss[have]
         if acc is not None and known.accuracy is not None:
             acc[have] = known.accuracy[have]
-    todo = torch.nonzero(~have).flatten()
+    todo = np.flatnonzero(~have.numpy())
     on_progress(total - len(todo), total)
     strategy_name, timings = "none", {}
     if len(todo):
-        candidates = STRATEGIES if strategy == "auto" else (strategy,)
-        probe = todo[: min(len(todo), PROBE_POINTS)]
-        choice = choose_strategy(problem, directions, coords[probe], candidates=candidates, total_points=len(todo), warn=warn)
-        strat = choice.strategy
-        strategy_name, timings = strat.name, choice.timings
-        try:
-            if choice.probe_result is not None:
-                _put(loss, acc, probe, choice.probe_result)
-                on_chunk(probe, choice.probe_result)
-                todo = todo[len(probe) :]
-                on_progress(total - len(todo), total)
-            for start in range(0, len(todo), chunk):
-                idx = todo[start : start + chunk]
-                values = strat.evaluate(coords[idx])
-                _put(loss, acc, idx, values)
-                on_chunk(idx, values)
-                on_progress(total - len(todo) + start + len(idx), total)
-        finally:
-            strat.close()
+
+        def keep(idx: np.ndarray, values: Evaluation | None) -> np.ndarray:
+            if values is None:
+                return np.zeros(0, dtype=np.int64)
+            at = torch.from_numpy(idx)
+            _put(loss, acc, at, values)
+            on_chunk(at, values)
+            return idx
+
+        choice = evaluate_points(
+            problem, directions, coords, todo, keep,
+            strategy=strategy, on_progress=lambda left: on_progress(total - left, total), warn=warn,
+        )  # fmt: skip
+        strategy_name, timings = choice.strategy.name, choice.timings
     n = alphas.shape[0]
     loss2 = loss.reshape(count, n)
     loss2 = torch.where(torch.isfinite(loss2), loss2, torch.full_like(loss2, math.nan))

@@ -18,6 +18,8 @@ from landscape.distributed import World
 from landscape.sweep import (
     PROBE_POINTS,
     STRATEGIES,
+    Choice,
+    Evaluation,
     build_strategy,
     choose_strategy,
     evaluate_shrinking,
@@ -130,46 +132,19 @@ def run_sweep(
     if len(todo) == 0:
         return report
     start = time.perf_counter()
-    candidates = STRATEGIES if strategy == "auto" else (strategy,)
-    # each rank probes its own share of the first points (their values are kept), so no rank repeats
-    # another's work; on a grid too small to share, every rank probes the same points and rank 0's count
-    probe = todo[: min(len(todo), PROBE_POINTS * world.size)]
-    shared = len(probe) >= world.size
-    mine = probe[world.shard(len(probe))] if shared else probe
-    choice = choose_strategy(
-        problem, directions, coords[mine], candidates=candidates, total_points=max(1, len(todo) // world.size), warn=warn
-    )
-    strat = choice.strategy
-    chosen = world.broadcast(strat.name)
-    if chosen != strat.name:  # every rank runs rank 0's choice
-        strat.close()
-        budget = memory_budget(problem.device)
-        size = choice.strategy.batch_size
-        strat = build_strategy(
-            chosen, problem, directions, points_per_call=points_per_call(problem, budget, size), memory_budget=budget, batch_size=size
-        )
-    report.strategy, report.timings, report.dropped = chosen, choice.timings, choice.dropped
+
+    def keep(idx: np.ndarray, values: Evaluation | None) -> np.ndarray:
+        return _gather_and_store(world, store, idx, values, report)
+
+    def progress(left: int) -> None:
+        on_progress(total - left, total)
+
+    choice = evaluate_points(
+        problem, directions, coords, todo, keep,
+        strategy=strategy, chunk_seconds=chunk_seconds, on_progress=progress, warn=warn, world=world,
+    )  # fmt: skip
+    report.strategy, report.timings, report.dropped = choice.strategy.name, choice.timings, choice.dropped
     report.inapplicable = choice.inapplicable
-    try:
-        stored = _gather_and_store(world, store, mine, choice.probe_result if shared or world.main else None, report)
-        stored = world.broadcast(stored)
-        if len(stored):
-            todo = todo[~np.isin(todo, stored)]
-            on_progress(total - len(todo), total)
-        per_point = choice.timings.get(chosen)
-        while len(todo):
-            size = 1 if per_point is None else max(1, min(len(todo), 1024 * world.size, math.ceil(world.size * chunk_seconds / max(per_point, 1e-9))))
-            size = world.broadcast(size)
-            idx = todo[:size]
-            mine = idx[world.shard(len(idx))]
-            t0 = time.perf_counter()
-            result = evaluate_shrinking(strat, coords[mine], warn) if len(mine) else None
-            per_point = (time.perf_counter() - t0) / max(len(mine), 1)
-            _gather_and_store(world, store, mine, result, report)
-            todo = todo[size:]
-            on_progress(total - len(todo), total)
-    finally:
-        strat.close()
     report.seconds = time.perf_counter() - start
     if world.main:
         store.finish(
@@ -183,6 +158,66 @@ def run_sweep(
             }
         )
     return report
+
+
+def evaluate_points(
+    problem: Problem,
+    directions: torch.Tensor,
+    coords: torch.Tensor,
+    todo: np.ndarray,
+    keep: Callable[[np.ndarray, Evaluation | None], np.ndarray],
+    *,
+    strategy: str = "auto",
+    chunk_seconds: float = 2.0,
+    on_progress: Callable[[int], None] = lambda left: None,
+    warn: Callable[[str], None] = lambda msg: None,
+    world: World = World(),
+) -> Choice:
+    """Evaluate the points `coords[todo]` with the strategy a probe on the first of them picks, in
+    chunks of about `chunk_seconds`, handing each rank's values to `keep(indices, values)`.
+
+    `keep` runs on every rank (under torchrun it gathers to rank 0) and returns the indices it
+    stored (rank 0; the others are told). `on_progress` hears how many points are left. Returns the
+    probe's choice, with `strategy` the one every rank ran (rank 0's) and closed.
+    """
+    candidates = STRATEGIES if strategy == "auto" else (strategy,)
+    # each rank probes its own share of the first points (their values are kept), so no rank repeats
+    # another's work; on a grid too small to share, every rank probes the same points and rank 0's count
+    probe = todo[: min(len(todo), PROBE_POINTS * world.size)]
+    shared = len(probe) >= world.size
+    mine = probe[world.shard(len(probe))] if shared else probe
+    choice = choose_strategy(
+        problem, directions, coords[mine], candidates=candidates, total_points=max(1, len(todo) // world.size), warn=warn
+    )
+    chosen = world.broadcast(choice.strategy.name)
+    if chosen != choice.strategy.name:  # every rank runs rank 0's choice
+        choice.strategy.close()
+        budget = memory_budget(problem.device)
+        size = choice.strategy.batch_size
+        choice.strategy = build_strategy(
+            chosen, problem, directions, points_per_call=points_per_call(problem, budget, size), memory_budget=budget, batch_size=size
+        )
+    strat = choice.strategy
+    try:
+        stored = world.broadcast(keep(mine, choice.probe_result if shared or world.main else None))
+        if len(stored):
+            todo = todo[~np.isin(todo, stored)]
+            on_progress(len(todo))
+        per_point = choice.timings.get(chosen)
+        while len(todo):
+            size = 1 if per_point is None else max(1, min(len(todo), 1024 * world.size, math.ceil(world.size * chunk_seconds / max(per_point, 1e-9))))
+            size = world.broadcast(size)
+            idx = todo[:size]
+            mine = idx[world.shard(len(idx))]
+            t0 = time.perf_counter()
+            result = evaluate_shrinking(strat, coords[mine], warn) if len(mine) else None
+            per_point = (time.perf_counter() - t0) / max(len(mine), 1)
+            keep(mine, result)
+            todo = todo[size:]
+            on_progress(len(todo))
+    finally:
+        strat.close()
+    return choice
 
 
 def _gather_and_store(world: World, store: SweepFile | None, mine: np.ndarray, result, report: SweepReport) -> np.ndarray:
