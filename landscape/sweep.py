@@ -25,8 +25,8 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -49,8 +49,6 @@ CLOSE_FACTOR = 1.3  # ... so then only candidates this close to the fastest are 
 LOOP_MARGIN = 1.05  # another strategy replaces the plain loop only when its probe was this many times faster:
 # probe timings jitter by about that much, and on the transformer sample vmap (0.9x the loop over
 # 300 points) won the probe in one run of two
-
-
 MLP_CPU_BLOCK = 4 << 20  # bytes of one layer's activations for the K points of an `mlp` call on a CPU
 
 
