@@ -49,3 +49,14 @@ def test_lock_held_too_long_is_one_line(tmp_path):
     proc.kill()
     proc.wait()
     proc.stdout.close()
+
+
+def test_file_system_without_locks_says_what_to_do(tmp_path, monkeypatch):
+    """Some network file systems cannot lock: HDF5 then fails every open; the error says how to go on."""
+
+    def no_locks(*args, **kwargs):
+        raise OSError(38, "Unable to synchronously open file (unable to lock file, errno = 38, error message = 'Function not implemented')")
+
+    monkeypatch.setattr(h5py, "File", no_locks)
+    with pytest.raises(LandscapeError, match="HDF5_USE_FILE_LOCKING=FALSE"):
+        open_h5(tmp_path / "x.h5", "r")

@@ -8,6 +8,7 @@ open here waits for such a lock to be released (readers and writers hold files f
 from __future__ import annotations
 
 import errno
+import re
 import time
 from pathlib import Path
 
@@ -26,7 +27,12 @@ def open_h5(path: str | Path, mode: str = "r", wait: float = LOCK_WAIT_S) -> h5p
         try:
             return h5py.File(path, mode)
         except OSError as exc:
-            if not _locked(exc):
+            code = _lock_errno(exc)
+            if code in (errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise LandscapeError(
+                    f"{path}: this file system cannot lock files; set HDF5_USE_FILE_LOCKING=FALSE to use it without locks"
+                ) from exc
+            if code not in (errno.EAGAIN, errno.EWOULDBLOCK):
                 raise
             if time.monotonic() > deadline:
                 raise LandscapeError(f"{path}: another process has kept the file open (locked) for {wait:.0f} s") from exc
@@ -34,5 +40,10 @@ def open_h5(path: str | Path, mode: str = "r", wait: float = LOCK_WAIT_S) -> h5p
         delay = min(2 * delay, 0.1)
 
 
-def _locked(exc: OSError) -> bool:
-    return exc.errno == errno.EAGAIN or "unable to lock file" in str(exc)
+def _lock_errno(exc: OSError) -> int | None:
+    """The errno of HDF5's failure to lock a file (11: held by another process); None for other errors."""
+    text = str(exc)
+    if "unable to lock file" not in text:
+        return None
+    found = re.search(r"errno = (\d+)", text)
+    return int(found.group(1)) if found else exc.errno
