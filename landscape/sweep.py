@@ -668,9 +668,7 @@ def choose_strategy(
             timings[name] = best
     if not built:
         raise _none_can_run(candidates, {**inapplicable, **dropped})
-    best_name = min(built, key=lambda n: timings[n])
-    if "loop" in built and timings[best_name] * LOOP_MARGIN > timings["loop"]:
-        best_name = "loop"
+    best_name = fastest_or_loop({n: timings[n] for n in built})
     for name, strat in built.items():
         if name != best_name:
             strat.close()
@@ -679,6 +677,14 @@ def choose_strategy(
     if len(rest):  # probe points no candidate reached: the winner evaluates them
         kept.put(rest, evaluate_shrinking(winner, probe_coords[rest], warn))
     return Choice(winner, timings, dropped, inapplicable, probe_coords, kept.result())
+
+
+def fastest_or_loop(timings: dict[str, float]) -> str:
+    """The candidate with the least seconds per point, unless the plain loop is within LOOP_MARGIN of it."""
+    best = min(timings, key=lambda n: timings[n])
+    if "loop" in timings and timings[best] * LOOP_MARGIN > timings["loop"]:
+        return "loop"
+    return best
 
 
 class _ProbeValues:
