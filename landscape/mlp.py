@@ -16,7 +16,8 @@ For such a model the sweep need not go through the model at all. At K points the
   with the class ranks 2x slower than these two reductions.
 
 On the bundled digits MLP (2 CPU cores) this evaluates points 3-4x as fast as the per-point loop
-(2.2-3.4x for a whole 51x51 sweep, the strategy probe included). `MlpChain.of` finds the chain with torch.fx; anything else is not an MLP here.
+(2.2-3.4x for a whole 51x51 sweep, the strategy probe included). `MlpChain.of` finds the chain
+with torch.fx; anything else is not an MLP here.
 """
 
 from __future__ import annotations
