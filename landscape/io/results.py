@@ -97,11 +97,10 @@ def read_layout(group: h5py.Group) -> Layout:
 class SweepFile:
     """A sweep's results file, opened per chunk so a killed run leaves a readable, resumable file."""
 
-    def __init__(self, path: Path, coords: list[np.ndarray], done: np.ndarray, has_accuracy: bool):
+    def __init__(self, path: Path, coords: list[np.ndarray], done: np.ndarray):
         self.path = path
         self.coords = coords
         self.done = done
-        self.has_accuracy = has_accuracy
 
     @classmethod
     def create(
@@ -124,7 +123,7 @@ class SweepFile:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        return cls(path, [np.asarray(c, dtype=np.float64) for c in coords.values()], np.zeros(shape, dtype=bool), has_accuracy)
+        return cls(path, [np.asarray(c, dtype=np.float64) for c in coords.values()], np.zeros(shape, dtype=bool))
 
     @staticmethod
     def _write_new(tmp, attrs, settings, axes, layout, coords, shape, has_accuracy) -> None:
@@ -164,7 +163,7 @@ class SweepFile:
                     )
             names = json.loads(f["sweep"].attrs["axes"])
             coords = [f["sweep/coords"][n][()] for n in names]
-            return cls(path, coords, f["sweep/done"][()], "accuracy" in f["sweep"])
+            return cls(path, coords, f["sweep/done"][()])
 
     def read_axes(self) -> dict[str, np.ndarray]:
         with open_h5(self.path, "r") as f:
