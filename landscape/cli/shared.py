@@ -31,19 +31,25 @@ Strategy = Annotated[
         rich_help_panel=RUN, callback=one_of("--strategy", STRATEGY_CHOICES),
     ),
 ]
-Norm = Annotated[
-    str,
-    typer.Option(
-        help="Direction normalization: filter (Li et al.), layer, model or none.", rich_help_panel=ANALYSIS, callback=one_of("--norm", NORMS)
-    ),
-]
-Ignore = Annotated[
-    str,
-    typer.Option(
-        help="biasbn: zero directions on 1-D tensors (biases, norm layers); none: keep them.", rich_help_panel=ANALYSIS,
+
+
+def norm_option(panel: str) -> Any:
+    """--norm, checked while the line is parsed; `panel` groups it in --help."""
+    return typer.Option(
+        help="Direction normalization: filter (Li et al.), layer, model or none.", rich_help_panel=panel, callback=one_of("--norm", NORMS)
+    )
+
+
+def ignore_option(panel: str) -> Any:
+    """--ignore, checked while the line is parsed; `panel` groups it in --help."""
+    return typer.Option(
+        help="biasbn: zero directions on 1-D tensors (biases, norm layers); none: keep them.", rich_help_panel=panel,
         callback=one_of("--ignore", IGNORES),
-    ),
-]
+    )
+
+
+Norm = Annotated[str, norm_option(ANALYSIS)]
+Ignore = Annotated[str, ignore_option(ANALYSIS)]
 
 
 def check_output(output: Path, force: bool) -> None:

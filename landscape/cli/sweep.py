@@ -35,8 +35,7 @@ from landscape.cli.options import (
     warn,
     wrote,
 )
-from landscape.cli.shared import Strategy
-from landscape.directions import IGNORES, NORMS
+from landscape.cli.shared import Strategy, ignore_option, norm_option
 from landscape.distributed import close_world, device_for, init_world
 from landscape.errors import LandscapeError
 from landscape.io.results import SweepFile
@@ -65,17 +64,8 @@ def sweep(
         typer.Option(help="x grid MIN:MAX:POINTS (default -1:1:51; with --to, -0.5:1.5:41).", rich_help_panel=AXES),
     ] = None,
     y: Annotated[str | None, typer.Option(help="y grid MIN:MAX:POINTS; omit for a 1D line.", rich_help_panel=AXES)] = None,
-    norm: Annotated[
-        str,
-        typer.Option(help="Direction normalization: filter (Li et al.), layer, model or none.", rich_help_panel=AXES, callback=one_of("--norm", NORMS)),
-    ] = "filter",
-    ignore: Annotated[
-        str,
-        typer.Option(
-            help="biasbn: zero the direction on 1-D tensors (biases, norm layers); none: keep them.", rich_help_panel=AXES,
-            callback=one_of("--ignore", IGNORES),
-        ),
-    ] = "biasbn",
+    norm: Annotated[str, norm_option(AXES)] = "filter",
+    ignore: Annotated[str, ignore_option(AXES)] = "biasbn",
     to: Annotated[
         str | None,
         typer.Option(help="Second checkpoint: x becomes the straight line from --checkpoint (0) to it (1).", rich_help_panel=AXES),
