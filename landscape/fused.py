@@ -42,18 +42,24 @@ class FoldedNorm(nn.Module):
         self.norm = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layer, norm = self.layer, self.norm
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
+        layer = self.layer
+        scale, shift = norm_affine(self.norm)
         bias = shift if layer.bias is None else layer.bias * scale + shift
         weight = layer.weight * scale.view(-1, *([1] * (layer.weight.dim() - 1)))
         if isinstance(layer, nn.Linear):
             return F.linear(x, weight, bias)
         return layer._conv_forward(x, weight, bias)  # type: ignore[operator]
+
+
+def norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) of an eval-mode BatchNorm with running statistics: BN(y) = y * scale + shift."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)  # type: ignore[operator]
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale  # type: ignore[operator]
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return scale, shift
 
 
 def _foldable(layer: nn.Module, norm: nn.Module) -> bool:

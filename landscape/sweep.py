@@ -6,10 +6,11 @@ The strategies share one interface, `Strategy.evaluate(coords) -> (loss, accurac
 - `loop`: one point at a time, weights written in place, one pass over the data per point;
 - `vmap`: K points per call, `torch.func.functional_call` under `torch.vmap` over stacked weights;
 - `firstlayer`: the first layer (Linear/Conv fed directly by x) is linear in the coordinates, so its
-  output at every point is Y0 + sum_k c_k Y_k with Y0 = layer(x; W0), Y_k = layer(x; D_k), computed once;
-  the rest of the network runs per point as in `loop`;
+  output at every point is Y0 + sum_k c_k Y_k with Y0 = layer(x; W0), Y_k = layer(x; D_k), computed once
+  (and formed for several points per product); the rest of the network runs per point as in `loop`;
 - `fused`, `firstlayer-fused`: `loop` and `firstlayer` through `landscape.fused`'s rewrite of the
-  model (BatchNorm folded into the layer before it, ReLUs in place, channels-last data for 2-D convs);
+  model (BatchNorm folded into the layer before it, ReLUs in place, channels-last data for 2-D convs;
+  a BatchNorm after the first layer whose weights do not move goes into the cached products);
 - `mlp`: for a chain of Linear layers and elementwise activations with a built-in loss, K points per
   call without the model: the first layer as in `firstlayer`, the rest as batched products in a
   features-first layout (`landscape.mlp`).
@@ -31,10 +32,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import fx
 from torch.func import functional_call
 
 from landscape.errors import LandscapeError
-from landscape.fused import NORMS, FoldedNorm, channels_last_input, fuse_for_inference, has_conv2d
+from landscape.fused import NORMS, FoldedNorm, channels_last_input, fuse_for_inference, has_conv2d, norm_affine
 from landscape.mlp import MlpChain, features_first_loss, loss_kind
 from landscape.problem import Problem
 
@@ -50,6 +52,8 @@ LOOP_MARGIN = 1.05  # another strategy replaces the plain loop only when its pro
 # probe timings jitter by about that much, and on the transformer sample vmap (0.9x the loop over
 # 300 points) won the probe in one run of two
 MLP_CPU_BLOCK = 4 << 20  # bytes of one layer's activations for the K points of an `mlp` call on a CPU
+FIRST_LAYER_POINTS = 8  # points whose first-layer outputs one product of a `firstlayer` strategy forms ...
+FIRST_LAYER_CPU_BLOCK = 32 << 20  # ... within this many bytes on a CPU
 
 
 class NotApplicable(ValueError):
@@ -140,18 +144,22 @@ class LoopStrategy(Strategy):
     skip: frozenset[str] = frozenset()
 
     def per_call(self, c: torch.Tensor) -> None:
-        self.write_params(torch.addmv(self.problem.theta, self.directions.T, c[0]), self.skip)
+        self.write_point(c[0])
 
     def on_batch(
         self, shared: None, batch_index: int, xb: torch.Tensor, yb: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        self.before_batch(batch_index, c[0])
+        return self.point_loss(xb, yb)
+
+    def write_point(self, c: torch.Tensor) -> None:
+        """Write the weights theta + D^T c into the model (but the tensors in `skip`)."""
+        self.write_params(torch.addmv(self.problem.theta, self.directions.T, c), self.skip)
+
+    def point_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean loss and number of correct predictions (classification) on one batch at the written weights."""
         out = self.forward(xb)
         correct = (out.argmax(-1) == yb).sum() if self.problem.classification else None
         return self.problem.loss_fn(out, yb), correct
-
-    def before_batch(self, batch_index: int, c: torch.Tensor) -> None:
-        """Hook for subclasses (the first-layer cache)."""
 
 
 class VmapStrategy(Strategy):
@@ -230,14 +238,26 @@ class FirstLayerCache:
 
     The layer is linear in its weights, so at theta + sum_k c_k D_k its output is
     Y0 + sum_k c_k Y_k with Y0 = layer(x; W0, b0) and Y_k = layer(x; D_k weight, D_k bias).
+    An eval-mode BatchNorm after it whose own weights do not move (`norm`: zero directions, the
+    default `--ignore biasbn`) is an affine map y * s + t fixed for the whole sweep, so it is
+    folded into the products: Y0 = BN(layer(x; W0, b0)), Y_k = s * layer(x; D_k). `target` is the
+    module whose forward the cached outputs replace (the layer, or the graph's layer+norm module).
     """
 
     def __init__(
-        self, problem: Problem, directions: torch.Tensor, first: tuple[str, nn.Module], batch_size: int, channels_last: bool = False
+        self,
+        problem: Problem,
+        directions: torch.Tensor,
+        first: tuple[str, nn.Module],
+        batch_size: int,
+        channels_last: bool = False,
+        norm: tuple[str, nn.Module] | None = None,
+        target: nn.Module | None = None,
     ):
         name, self.layer = first
+        self.target = target or self.layer
+        self.owned = frozenset(_param_names(first) + (_param_names(norm) if norm else ()))
         prefix = f"{name}." if name else ""
-        self.owned = frozenset(prefix + n for n, _ in self.layer.named_parameters(recurse=False))
         theta = problem.layout.unflatten(problem.theta)
         dirs = problem.layout.unflatten(directions)
         w_name, b_name = prefix + "weight", prefix + "bias"
@@ -246,12 +266,17 @@ class FirstLayerCache:
         self.per_batch: list[torch.Tensor] = []  # [1 + k, B, ...], or [1 + k, B, H, W, C] channels-last
         self.channels_last = False
         with torch.no_grad():  # at the weights' precision (float32 when the model runs in bfloat16)
+            scale, shift = norm_affine(norm[1]) if norm else (None, None)
             for xb, _, _ in problem.batches(batch_size):
                 xm = xb.to(problem.theta.dtype)
                 outs = [self._apply(xm, theta[w_name], theta[b_name] if has_bias else None)]
                 for j in range(directions.shape[0]):
                     outs.append(self._apply(xm, dirs[w_name][j], dirs[b_name][j] if has_bias else None))
                 stacked = torch.stack(outs)
+                if scale is not None and shift is not None:  # per channel: dimension 2 of [1 + k, B, C, ...]
+                    view = (1, 1, -1) + (1,) * (stacked.dim() - 3)
+                    stacked *= scale.to(stacked.dtype).view(view)
+                    stacked[0] += shift.to(stacked.dtype).view(view[1:])
                 self.channels_last = channels_last and stacked.dim() == 5
                 if self.channels_last:  # channels innermost, so every point's output comes out channels-last
                     stacked = stacked.permute(0, 1, 3, 4, 2).contiguous()
@@ -262,6 +287,10 @@ class FirstLayerCache:
             return F.linear(xb, weight, bias)
         return self.layer._conv_forward(xb, weight, bias)  # type: ignore[attr-defined]
 
+    def point_bytes(self) -> int:
+        """Bytes of one point's outputs for the largest batch."""
+        return max(t[0].numel() * t.element_size() for t in self.per_batch) if self.per_batch else 0
+
     def outputs(self, batch_index: int, coords: torch.Tensor) -> torch.Tensor:
         """The layer's output for one batch at each point: coords [K, k] -> [K, B, ...] in the model's dtype."""
         coef = torch.cat([coords.new_ones(coords.shape[0], 1), coords], dim=1)
@@ -269,11 +298,18 @@ class FirstLayerCache:
         return out.permute(0, 1, 4, 2, 3) if self.channels_last else out
 
     def replace_forward(self, source: Callable[[], torch.Tensor | None]) -> None:
-        """Make the layer return `source()` instead of computing its output."""
-        self.layer.forward = lambda _x: source()  # type: ignore[method-assign]
+        """Make the target module return `source()` instead of computing its output."""
+        self.target.forward = lambda _x: source()  # type: ignore[method-assign]
 
     def restore_forward(self) -> None:
-        del self.layer.forward
+        del self.target.forward
+
+
+def _param_names(named: tuple[str, nn.Module]) -> tuple[str, ...]:
+    """Flat-layout names of a module's own parameters."""
+    name, module = named
+    prefix = f"{name}." if name else ""
+    return tuple(prefix + n for n, _ in module.named_parameters(recurse=False))
 
 
 def cache_bytes_first_layer(problem: Problem, first: tuple[str, nn.Module], k: int) -> int:
@@ -284,7 +320,9 @@ def cache_bytes_first_layer(problem: Problem, first: tuple[str, nn.Module], k: i
 
 
 class FirstLayerStrategy(LoopStrategy):
-    """The per-point loop with the first layer's output assembled from cached products."""
+    """The per-point loop with the first layer's output assembled from cached products, K points'
+    outputs per product (one pass over the cache for K points: the combination reads 1 + k times
+    the data it writes, which made it 15% of a point's time on the CNN sample)."""
 
     name = "firstlayer"
 
@@ -295,11 +333,16 @@ class FirstLayerStrategy(LoopStrategy):
         first: tuple[str, nn.Module],
         batch_size: int | None = None,
         channels_last: bool = False,
+        norm: tuple[str, nn.Module] | None = None,
+        target: nn.Module | None = None,
+        memory_budget: int = 1 << 30,
     ):
         super().__init__(problem, directions, batch_size)
-        self.cache = FirstLayerCache(problem, self.directions, first, self.batch_size, channels_last)
+        self.cache = FirstLayerCache(problem, self.directions, first, self.batch_size, channels_last, norm, target)
         self.skip = self.cache.owned
         self._current: torch.Tensor | None = None
+        block = memory_budget // 4 if problem.device.type != "cpu" else FIRST_LAYER_CPU_BLOCK
+        self.k = max(1, min(FIRST_LAYER_POINTS, block // max(self.cache.point_bytes(), 1)))
 
     def evaluate(self, coords: torch.Tensor) -> Evaluation:
         self.cache.replace_forward(lambda: self._current)
@@ -308,11 +351,25 @@ class FirstLayerStrategy(LoopStrategy):
         finally:
             self.cache.restore_forward()
 
-    def before_batch(self, batch_index: int, c: torch.Tensor) -> None:
-        self._current = self.cache.outputs(batch_index, c[None])[0]
+    def per_call(self, c: torch.Tensor) -> None:
+        return None  # each point's weights are written in `on_batch`, next to its forward pass
+
+    def on_batch(
+        self, shared: None, batch_index: int, xb: torch.Tensor, yb: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        outputs = self.cache.outputs(batch_index, c)
+        losses, correct = [], []
+        for j in range(c.shape[0]):
+            self.write_point(c[j])
+            self._current = outputs[j]
+            lb, cb = self.point_loss(xb, yb)
+            losses.append(lb)
+            correct.append(cb)
+        self._current = None
+        return torch.stack(losses), (torch.stack(correct) if self.problem.classification else None)  # type: ignore[arg-type]
 
     def shrink(self) -> str | None:
-        return None  # the cache is laid out per batch; the loop strategy is the fallback
+        return self.fewer_points()  # the cache is laid out per batch; the loop strategy is the fallback
 
     def close(self) -> None:
         self.cache.per_batch.clear()
@@ -354,18 +411,23 @@ class FirstLayerVmapStrategy(VmapStrategy):
         super().close()
 
 
-def _use_fused(strat: LoopStrategy, keep: frozenset[nn.Module] = frozenset(), layout_x: bool = True) -> None:
-    """Point a loop strategy at `fuse_for_inference`'s graph (and, with `layout_x`, at a copy of its
-    problem with channels-last data for 2-D convs), after checking on a few samples that it gives
-    the model's outputs."""
-    p = strat.problem
+def _fused_graph(problem: Problem, keep: frozenset[nn.Module] = frozenset()) -> fx.GraphModule:
+    """`fuse_for_inference`'s graph of the problem's model, or NotApplicable when it would not help."""
     why = "no BatchNorm after a Conv/Linear to fold and no 2-D convolution (or torch.fx cannot trace the model)"
-    if not has_conv2d(p.model) and not any(isinstance(m, NORMS) for m in p.model.modules()):
+    model = problem.model
+    if not has_conv2d(model) and not any(isinstance(m, NORMS) for m in model.modules()):
         raise NotApplicable(why)  # known without tracing (a first trace took up to 0.17 s)
-    fused = fuse_for_inference(p.model, keep, fold=p.dtype in (torch.float32, torch.float64))
+    fused = fuse_for_inference(model, keep, fold=problem.dtype in (torch.float32, torch.float64))
     folded = fused is not None and any(isinstance(m, FoldedNorm) for m in fused.modules())
-    if fused is None or not (folded or has_conv2d(p.model)):  # ReLUs in place alone gained under 5%: not worth probing
+    if fused is None or not (folded or has_conv2d(model)):  # ReLUs in place alone gained under 5%: not worth probing
         raise NotApplicable(why)
+    return fused
+
+
+def _use_fused(strat: LoopStrategy, fused: fx.GraphModule, layout_x: bool = True) -> None:
+    """Point a loop strategy at a fused graph (and, with `layout_x`, at a copy of its problem with
+    channels-last data for 2-D convs), after checking on a few samples that it gives the model's outputs."""
+    p = strat.problem
     x = channels_last_input(p.x) if layout_x and has_conv2d(p.model) else p.x
     with torch.no_grad():
         want, got = p.model(p.x[:64]), fused(x[:64])
@@ -383,17 +445,37 @@ class FusedStrategy(LoopStrategy):
 
     def __init__(self, problem: Problem, directions: torch.Tensor, batch_size: int | None = None):
         super().__init__(problem, directions, batch_size)
-        _use_fused(self)
+        _use_fused(self, _fused_graph(problem))
 
 
 class FirstLayerFusedStrategy(FirstLayerStrategy):
-    """`firstlayer` through the fused graph (the first layer itself is not folded: its output is cached)."""
+    """`firstlayer` through the fused graph. A BatchNorm right after the first layer whose weights
+    have zero directions is folded into the cached products (and its pass over the activations
+    saved); otherwise the first layer is kept out of the folding, its output being cached."""
 
     name = "firstlayer-fused"
 
-    def __init__(self, problem: Problem, directions: torch.Tensor, first: tuple[str, nn.Module], batch_size: int | None = None):
-        super().__init__(problem, directions, first, batch_size, channels_last=has_conv2d(problem.model))
-        _use_fused(self, keep=frozenset([first[1]]), layout_x=False)  # x itself is not read: the cache is channels-last
+    def __init__(
+        self,
+        problem: Problem,
+        directions: torch.Tensor,
+        first: tuple[str, nn.Module],
+        batch_size: int | None = None,
+        memory_budget: int = 1 << 30,
+    ):
+        fused = _fused_graph(problem)
+        names = {m: n for n, m in problem.model.named_modules()}
+        pair = next((m for m in fused.modules() if isinstance(m, FoldedNorm) and m.layer is first[1]), None)
+        norm = (names[pair.norm], pair.norm) if pair is not None else None
+        if norm is not None and any(directions[:, problem.layout.block(n)].any() for n in _param_names(norm)):
+            norm = None  # the norm's weights move: its scale differs per point
+        if norm is None:
+            fused = _fused_graph(problem, keep=frozenset([first[1]]))
+        super().__init__(
+            problem, directions, first, batch_size, channels_last=has_conv2d(problem.model),
+            norm=norm, target=pair if norm is not None else None, memory_budget=memory_budget,
+        )
+        _use_fused(self, fused, layout_x=False)  # x itself is not read: the cache is channels-last
 
 
 class MlpStrategy(Strategy):
@@ -498,9 +580,9 @@ def build_strategy(
         if cache_bytes_first_layer(problem, first, directions.shape[0]) > memory_budget:
             raise ValueError("the first layer's cached outputs would not fit the memory budget")
         if name == "firstlayer":
-            return FirstLayerStrategy(problem, directions, first, batch_size)
+            return FirstLayerStrategy(problem, directions, first, batch_size, memory_budget=memory_budget)
         if name == "firstlayer-fused":
-            return FirstLayerFusedStrategy(problem, directions, first, batch_size)
+            return FirstLayerFusedStrategy(problem, directions, first, batch_size, memory_budget)
         return FirstLayerVmapStrategy(problem, directions, first, points_per_call, batch_size)
     raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
 

@@ -9,6 +9,7 @@ from torch.func import functional_call
 
 from conftest import sample_problem
 from landscape.directions import random_directions
+from landscape.fused import FoldedNorm
 from landscape.io.results import read_sweep
 from landscape.sweep import (
     LOOP_MARGIN,
@@ -79,6 +80,25 @@ def test_small_batches_weighted_exactly(sample):
         got = strat.evaluate(coords).loss.item()
         strat.close()
         assert got == pytest.approx(direct_loss(problem, problem.theta + 0.3 * dirs[0])[0], rel=1e-10)
+
+
+@pytest.mark.parametrize("ignore", ["biasbn", "none"])
+def test_first_layer_norm_folded_into_cache_only_when_it_does_not_move(ignore):
+    """The BatchNorm after the CNN's first conv joins the cached products when its directions are zero
+    (the default); with directions on it (--ignore none) its scale moves per point and it runs per point."""
+    problem = sample_problem("cnn", samples=150, batch_size=64)  # 3 batches, the last one short
+    dirs = random_directions(2, problem.theta, problem.layout, seed=5, ignore=ignore)
+    coords = torch.tensor([[0.4, -0.3], [1.0, 0.9], [-0.7, 0.2], [0.0, 0.0], [-1.0, -1.0]], dtype=torch.float64)
+    strat = build_strategy("firstlayer-fused", problem, dirs)
+    assert isinstance(strat.cache.target, FoldedNorm) == (ignore == "biasbn")
+    assert strat.k >= coords.shape[0]  # all five points' first-layer outputs from one product per batch
+    res = strat.evaluate(coords)
+    strat.close()
+    for i, c in enumerate(coords):
+        loss, acc = direct_loss(problem, problem.theta + c @ dirs)
+        assert res.loss[i].item() == pytest.approx(loss, rel=1e-9)
+        assert res.accuracy[i].item() == pytest.approx(acc, abs=1e-12)
+    assert torch.equal(problem.layout.flatten(problem.params()), problem.theta)
 
 
 def test_first_layer_found_only_when_fed_by_input():
