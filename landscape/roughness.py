@@ -18,8 +18,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -321,6 +322,34 @@ def lla_ratios(
         neg = np.sqrt(np.abs(lw[nd < 0])).sum()
         k = abs(float(neg / pos)) if pos > 0 else math.nan
     return LlaRatios(re, k)
+
+
+def curvature_numbers(curv: Mapping[str, Any]) -> dict[str, float]:
+    """lambda_max (with its residual), the trace (with its standard error) and the LLA ratios from a
+    `landscape.io.curvature.read_curvature` dict (or the same keys from a fresh run); those it holds."""
+    numbers: dict[str, float] = {}
+    ev = curv.get("eigenvalues")
+    if ev is not None and np.size(ev):
+        numbers["lambda_max"] = float(np.max(ev))
+        if curv.get("residuals") is not None:
+            numbers["lambda_max_residual"] = float(np.asarray(curv["residuals"])[int(np.argmax(ev))])
+    tr = curv.get("trace")
+    if tr is not None:
+        numbers["trace"] = float(tr["value"])
+        if tr.get("std_error") is not None:
+            numbers["trace_std_error"] = float(tr["std_error"])
+    nodes = weights = None
+    if curv.get("lanczos") is not None:
+        from landscape.hessian.density import quadrature
+
+        nodes, weights = quadrature(curv["lanczos"]["alpha"], curv["lanczos"]["beta"])
+    if ev is not None or nodes is not None:
+        r = lla_ratios(eigenvalues=ev, nodes=nodes, weights=weights)
+        if math.isfinite(r.re):
+            numbers["lla_re"] = r.re
+        if math.isfinite(r.k):
+            numbers["lla_k"] = r.k
+    return numbers
 
 
 def with_theta(problem: Problem, theta: torch.Tensor) -> Problem:

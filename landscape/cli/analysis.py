@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -54,7 +53,8 @@ from landscape.cli.shared import (
     root_attrs,
 )
 from landscape.errors import LandscapeError
-from landscape.io.analysis_store import Group, PointStore, write_results
+from landscape.io.analysis_groups import roughness_group, sharpness_group, track_group
+from landscape.io.analysis_store import PointStore, write_results
 from landscape.load import load_problem
 
 def _finite(obj: Any) -> Any:
@@ -170,19 +170,7 @@ def roughness(
         interrupted(points_kept(int(points.done.sum()), total, points_path))
         raise typer.Exit(130) from None
     idx = res.index
-    arrays = {"alphas": res.alphas.numpy(), "loss": res.loss.numpy(), "total_variation": res.t.numpy()}
-    if res.accuracy is not None:
-        arrays["accuracy"] = res.accuracy.numpy()
-    group = Group(
-        numbers={
-            "ri": idx.ri, "mu": idx.mu, "sigma": idx.sigma, "directions_used": idx.used,
-            "directions_dropped": idx.dropped, "loss_center": res.center_loss, "span": span, "steps": steps,
-        },
-        arrays=arrays,
-        attrs={"norm": norm, "ignore": ignore, "seed": seed, "strategy": res.strategy,
-               "strategy_timings_s_per_point": res.timings,
-               "about": "Wang et al. roughness index: T_j = sum|df| / (2 l (max f - min f)), RI = std(T, ddof=1) / mean(T)"},
-    )
+    group = roughness_group(res, span=span, steps=steps, norm=norm, ignore=ignore, seed=seed)
     write_results(output, kind="roughness", attrs=root_attrs(prov), settings=settings, groups={"roughness": group}, layout=problem.layout)
     points.remove()
     say(f"strategy {res.strategy}")
@@ -248,49 +236,16 @@ def metrics(
 # --------------------------------------------------------------------------- sharpness
 
 
-def _curvature_numbers(curv: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-    """lambda_max, trace and the LLA ratios from a read_curvature() dict (or the same keys from a fresh run)."""
-    from landscape.roughness import lla_ratios
+def _fresh_curvature(problem, seed: int) -> dict[str, Any]:
+    """lambda_max, trace and SLQ runs of the problem's Hessian (landscape.hessian) under a progress line
+    of the products, as the keys `read_curvature` gives (what `curvature_numbers` reads)."""
+    from landscape.hessian import CurvatureSettings
 
-    numbers: dict[str, float] = {}
-    ev = curv.get("eigenvalues")
-    if ev is not None and np.size(ev):
-        numbers["lambda_max"] = float(np.max(ev))
-        if curv.get("residuals") is not None:
-            numbers["lambda_max_residual"] = float(np.asarray(curv["residuals"])[int(np.argmax(ev))])
-    tr = curv.get("trace")
-    if tr is not None:
-        numbers["trace"] = float(tr["value"])
-        if tr.get("std_error") is not None:
-            numbers["trace_std_error"] = float(tr["std_error"])
-    nodes = weights = None
-    if curv.get("lanczos") is not None:
-        from landscape.hessian.density import quadrature
-
-        nodes, weights = quadrature(curv["lanczos"]["alpha"], curv["lanczos"]["beta"])
-    if ev is not None or nodes is not None:
-        r = lla_ratios(eigenvalues=ev, nodes=nodes, weights=weights)
-        if math.isfinite(r.re):
-            numbers["lla_re"] = r.re
-        if math.isfinite(r.k):
-            numbers["lla_k"] = r.k
-    return numbers, {}
-
-
-def _run_curvature(problem, *, trace: bool, density: bool, seed: int, tol: float = 1e-3, show: bool = False) -> dict[str, Any]:
-    """λmax (and trace / SLQ runs) of the problem's Hessian with landscape.hessian, as read_curvature-like keys;
-    with `show`, a progress line of the products (`curvature_with_progress`)."""
-    try:
-        from landscape.hessian import CurvatureSettings
-    except ImportError as exc:  # the curvature package is another module of this project
-        raise LandscapeError(f"curvature numbers need landscape.hessian, which cannot be imported here ({exc})") from exc
-    settings = CurvatureSettings(top_k=1, tol=tol, trace=trace, density=density, eigenvectors=False, seed=seed)
-    res = curvature_with_progress(problem, settings, show=show)
-    block = res.model
+    settings = CurvatureSettings(top_k=1, tol=1e-3, trace=True, density=True, eigenvectors=False, seed=seed)
+    block = curvature_with_progress(problem, settings).model
     out: dict[str, Any] = {"eigenvalues": None, "residuals": None, "trace": None, "lanczos": None}
     if block.eigen is not None:
         out["eigenvalues"], out["residuals"] = block.eigen.eigenvalues, block.eigen.residuals
-        out["converged"] = bool(block.eigen.all_converged)
     if block.trace is not None:
         out["trace"] = {"value": block.trace.value, "std_error": block.trace.std_error}
     if block.lanczos is not None:
@@ -333,7 +288,7 @@ def sharpness(
 
       landscape sharpness --sample cnn --hessian -o sharp.h5 && landscape metrics sharp.h5 --fail-if "lambda_max > 50"
     """
-    from landscape.roughness import epsilon_sharpness, sam_sharpness
+    from landscape.roughness import curvature_numbers, epsilon_sharpness, sam_sharpness
 
     check_output(output, force)
     if rho <= 0 or epsilon <= 0:
@@ -358,32 +313,19 @@ def sharpness(
     say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, {prov['device']} {dtype}")
     sam = sam_sharpness(problem, rho)
     eps = epsilon_sharpness(problem, epsilon, ascent_steps, seed=seed)
-    numbers: dict[str, Any] = {
-        "loss": sam.loss, "sam": sam.sharpness, "sam_rho": rho, "sam_perturbed_loss": sam.perturbed_loss,
-        "grad_norm": sam.grad_norm, "epsilon_sharpness": eps.sharpness, "epsilon": epsilon, "epsilon_max_loss": eps.max_loss,
-    }
     source = ""
     if hessian:
         say("curvature: lambda_max by Lanczos, trace by Hutch++, density by SLQ (landscape.hessian)")
-        curv = _run_curvature(problem, trace=True, density=True, seed=seed, show=True)
+        curv = _fresh_curvature(problem, seed)
         source = "computed (--hessian)"
     elif curv is not None:
         source = str(curvature)
-    if curv is not None:
-        numbers.update(_curvature_numbers(curv)[0])
-    group = Group(
-        numbers=numbers,
-        arrays={"epsilon_trace": np.asarray(eps.trace)},
-        attrs={"curvature_source": source,
-               "about": "sam = L(theta + rho g/|g|) - L(theta) (Foret et al.); epsilon_sharpness = 100 (max_box L - L)/(1 + L), "
-                        "box |y_i| <= eps(|theta_i|+1), by projected sign-gradient ascent (Keskar et al.); "
-                        "lla_re = |lambda_min/lambda_max|, lla_k = share of negative curvature (SLQ weights)"},
-    )
+    group = sharpness_group(sam, eps, curvature_numbers(curv) if curv is not None else {}, source)
     settings = {"rho": rho, "epsilon": epsilon, "ascent_steps": ascent_steps, "seed": seed, "dtype": dtype,
                 "samples": prov["samples"], "checkpoint_sha256": prov["checkpoint_sha256"], "curvature": source}
     write_results(output, kind="sharpness", attrs=root_attrs(prov), settings=settings, groups={"sharpness": group})
     table = Table("number", "value", title="sharpness", title_justify="left")
-    for key, value in numbers.items():
+    for key, value in group.numbers.items():
         table.add_row(key, _fmt(value))
     out.print(table)
     wrote(output)
@@ -425,10 +367,8 @@ def track(
 
       landscape track ep*.pt --model net.py:make --data train.npz --lr 0.1 --trace -o track.h5
     """
-    from dataclasses import replace
-
     from landscape.io.spec import sha256_file
-    from landscape.paths import flat_params, set_buffers, set_params
+    from landscape.track import track_curvature
 
     check_output(output, force)
     ckpts = checkpoint_paths(checkpoints, sample, "all")
@@ -447,55 +387,20 @@ def track(
               device=device, dtype=dtype, unsafe_pickle=unsafe_pickle)
     problem, prov = problem_at(kw, ckpts[-1])
     states = load_states(ckpts, problem, unsafe_pickle)
-    saved = {k: v.clone() for k, v in problem.buffers.items()}
-    lam, lam_res, tr, tr_err, losses, converged = [], [], [], [], [], []
     say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, lambda_max at {len(ckpts)} checkpoints")
-    from landscape.roughness import loss_at
-
-    try:
-        with progress() as bar:
-            task = bar.add_task("track", total=len(ckpts))
-            for i, state in enumerate(states):
-                flat = flat_params(problem, state)
-                set_params(problem, flat)
-                set_buffers(problem, {k: state[k] for k in problem.buffers if k in state})
-                p = replace(problem, theta=flat)
-                curv = _run_curvature(p, trace=trace, density=False, seed=seed, tol=tol)
-                ev = curv["eigenvalues"]
-                lam.append(float(np.max(ev)) if ev is not None else math.nan)
-                lam_res.append(float(np.asarray(curv["residuals"])[int(np.argmax(ev))]) if ev is not None else math.nan)
-                converged.append(bool(curv.get("converged", False)))
-                tr.append(curv["trace"]["value"] if curv["trace"] else math.nan)
-                tr_err.append(curv["trace"]["std_error"] if curv["trace"] else math.nan)
-                losses.append(loss_at(p, flat))
-                bar.update(task, completed=i + 1)
-    finally:
-        set_params(problem, problem.theta)
-        set_buffers(problem, saved)
-    lam_a = np.asarray(lam)
-    numbers: dict[str, Any] = {"lambda_max": lam[-1], "lambda_max_peak": float(np.nanmax(lam_a)), "checkpoints": len(ckpts)}
-    if lr:
-        numbers["lr"] = lr
-        numbers["edge_of_stability"] = 2 / lr
-        numbers["lambda_max_over_edge"] = lam[-1] * lr / 2
-    if trace:
-        numbers["trace"] = tr[-1]
-    arrays = {"step": np.asarray(step_values), "lambda_max": lam_a, "lambda_max_residual": np.asarray(lam_res),
-              "lambda_max_error": np.asarray(lam_res), "converged": np.asarray(converged), "loss": np.asarray(losses)}
-    if trace:
-        arrays["trace"], arrays["trace_std_error"] = np.asarray(tr), np.asarray(tr_err)
-    group = Group(numbers=numbers, arrays=arrays, attrs={
-        "checkpoints": ckpts, "names": [Path(c).name for c in ckpts], "step_label": "training step" if steps else "checkpoint",
-        "about": "lambda_max by Lanczos (landscape.hessian) at each checkpoint; error = residual |Hv - lambda v|; 2/lr = edge of stability",
-    })
+    with progress() as bar:
+        task = bar.add_task("track", total=len(ckpts))
+        res = track_curvature(problem, states, trace=trace, tol=tol, seed=seed, on_checkpoint=lambda done: bar.update(task, completed=done))
+    group = track_group(res, steps=step_values, checkpoints=ckpts, lr=lr, step_label="training step" if steps else "checkpoint")
     settings = {"checkpoints_sha256": [sha256_file(c) for c in ckpts], "lr": lr, "steps": step_values, "trace": trace,
                 "tol": tol, "seed": seed, "dtype": dtype, "samples": prov["samples"]}
     write_results(output, kind="track", attrs=root_attrs(prov), settings=settings, groups={"track": group}, layout=problem.layout)
     table = Table("checkpoint", "step", "loss", "lambda_max", *(["trace"] if trace else []), title="track", title_justify="left")
     for j, c in enumerate(ckpts):
-        table.add_row(Path(c).name, _fmt(step_values[j]), _fmt(losses[j]), _fmt(lam[j]), *([_fmt(tr[j])] if trace else []))
+        table.add_row(Path(c).name, _fmt(step_values[j]), _fmt(res.loss[j]), _fmt(res.lambda_max[j]),
+                      *([_fmt(res.trace[j])] if res.trace is not None else []))
     out.print(table)
     if lr:
-        out.print(f"2/lr = {2 / lr:.4g}; last lambda_max is {100 * lam[-1] * lr / 2:.1f}% of it")
+        out.print(f"2/lr = {2 / lr:.4g}; last lambda_max is {100 * res.lambda_max[-1] * lr / 2:.1f}% of it")
     wrote(output)
     draw_figure(figure, output)

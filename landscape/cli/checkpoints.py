@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +43,7 @@ from landscape.cli.shared import (
     root_attrs,
 )
 from landscape.errors import LandscapeError
+from landscape.io.analysis_groups import path_group, plane_group, trajectory_group
 from landscape.io.analysis_store import Group, write_results
 
 
@@ -168,23 +168,8 @@ def path(
         task = bar.add_task("path", total=points)
         res = evaluate_path(problem, states, t, curve=curve, recalibrate=recal, strategy=strategy, warn=warn,
                             on_point=lambda i: bar.update(task, completed=i))
-    arrays = {"t": res.t.numpy(), "weights": res.weights.numpy(), "loss": res.loss.numpy(), "node_loss": res.node_loss.numpy()}
-    if res.accuracy is not None:
-        arrays["accuracy"] = res.accuracy.numpy()
-    if res.node_accuracy is not None:
-        arrays["node_accuracy"] = res.node_accuracy.numpy()
     buffers = "recalibrated" if res.recalibrated else ("interpolated" if problem.buffers else "none")
-    numbers: dict[str, Any] = {
-        "barrier": res.barrier, "barrier_t": res.barrier_t, "loss_start": float(res.loss[0]), "loss_end": float(res.loss[-1]),
-        "loss_max": float(np.nanmax(res.loss.numpy())) if np.isfinite(res.loss.numpy()).any() else math.nan,
-    }
-    if res.accuracy is not None:
-        numbers["accuracy_barrier"] = res.accuracy_barrier
-    group = Group(numbers=numbers, arrays=arrays, attrs={
-        "curve": curve, "checkpoints": ckpts, "buffers": buffers, "strategy": res.strategy,
-        "train_data": train_data or ("--data" if res.recalibrated else ""),
-        "about": "barrier = max_t [L(t) - ((1-t) L(0) + t L(1))]; node_loss = each checkpoint's own loss",
-    })
+    group = path_group(res, curve=curve, checkpoints=ckpts, buffers=buffers, train_data=train_data or ("--data" if res.recalibrated else ""))
     settings = {"checkpoints_sha256": [sha256_file(c) for c in ckpts], "curve": curve, "points": points,
                 "bn_recalibrate": bn_recalibrate, "dtype": dtype, "samples": prov["samples"]}
     write_results(output, kind="path", attrs=root_attrs(prov), settings=settings, groups={"path": group}, layout=problem.layout)
@@ -249,17 +234,7 @@ def plane(
     own_loss, own_acc = state_losses(problem, states)
     at_loss, at_acc = plane_losses(problem, pa.axes, pts)
     names = [Path(c).name for c in ckpts]
-    arrays = {"points": pts.numpy(), "own_loss": own_loss.numpy(), "plane_loss": at_loss.numpy(), "gap": (at_loss - own_loss).numpy()}
-    if own_acc is not None and at_acc is not None:
-        arrays["own_accuracy"], arrays["plane_accuracy"] = own_acc.numpy(), at_acc.numpy()
-    gap = (at_loss - own_loss).abs()
-    group = Group(
-        numbers={"distance_ab": float(pts[1].norm()), "distance_ac": float(pts[2].norm()),
-                 "distance_bc": float((pts[2] - pts[1]).norm()), "gap_max_abs": float(gap.max())},
-        arrays=arrays,
-        attrs={"checkpoints": ckpts, "names": names, "buffers": "those of the first checkpoint everywhere on the grid",
-               "about": "origin A; e1 = (B-A)/|B-A|; e2 = orthogonalized C-A; gap = plane_loss - own_loss (buffers differ)"},
-    )
+    group = plane_group(pts, (own_loss, own_acc), (at_loss, at_acc), ckpts)
     labels = [f"e1: toward {names[1]} (parameter distance)", f"e2: toward {names[2]}, orthogonalized (parameter distance)"]
     axis_attrs = [
         {"kind": "plane", "normalization": "orthonormal", "ignore": "none", "seed": seed, "source": ckpts[1 + i], "label": labels[i]}
@@ -334,25 +309,7 @@ def trajectory(
     proj_loss, proj_acc = plane_losses(problem, traj.axes, c)
     gap = proj_loss - own_loss
     names = [Path(p).name for p in ckpts]
-    arrays = {
-        "coords": c.numpy(), "own_loss": own_loss.numpy(), "projected_loss": proj_loss.numpy(), "gap": gap.numpy(),
-        "residual": traj.residual.numpy(), "relative_residual": traj.relative_residual.numpy(),
-        "explained_variance": traj.explained.numpy(), "singular_values": traj.singular_values.numpy(),
-    }
-    if own_acc is not None and proj_acc is not None:
-        arrays["own_accuracy"], arrays["projected_accuracy"] = own_acc.numpy(), proj_acc.numpy()
-    rel_gap = (gap.abs() / own_loss.abs().clamp_min(1e-12))
-    group = Group(
-        numbers={
-            "explained_variance_1": float(traj.explained[0]), "explained_variance_2": float(traj.explained[1]),
-            "explained_variance": float(traj.explained.sum()), "gap_max_abs": float(gap.abs().max()),
-            "gap_max_relative": float(rel_gap.max()), "relative_residual_max": float(traj.relative_residual.max()),
-        },
-        arrays=arrays,
-        attrs={"checkpoints": ckpts, "names": names, "centered": center,
-               "buffers": "those of the final checkpoint everywhere on the grid",
-               "about": "axes: top-2 right singular vectors of theta_i - theta_final; gap = projected_loss - own_loss"},
-    )
+    group = trajectory_group(traj, (own_loss, own_acc), (proj_loss, proj_acc), ckpts)
     axis_attrs = [
         {"kind": "pca", "normalization": "orthonormal", "ignore": "none", "seed": seed, "source": f"principal direction {i + 1} of {len(ckpts)} checkpoints",
          "label": f"PC{i + 1} ({100 * float(traj.explained[i]):.1f}% of the squared offsets)", "explained_variance": float(traj.explained[i])}

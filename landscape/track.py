@@ -1,0 +1,78 @@
+"""The Hessian's lambda_max (and trace) at each checkpoint of a training run. Plain functions; no I/O.
+
+With gradient descent at step size eta, lambda_max rises to about 2/eta and hovers there: the edge
+of stability (Cohen et al. 2021, "Gradient Descent on Neural Networks Typically Occurs at the Edge
+of Stability"). Each checkpoint's weights and buffers are written into the one model in turn, and
+the problem's own are put back at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from landscape.hessian import CurvatureSettings
+from landscape.hessian.analysis import run_curvature
+from landscape.paths import flat_params, set_buffers, set_params
+from landscape.problem import Problem
+from landscape.roughness import loss_at
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """Per checkpoint, in the order given: lambda_max with its residual ||Hv - lambda v|| (the error bar),
+    whether Lanczos converged, the loss, and (when asked for) the trace with its standard error."""
+
+    lambda_max: np.ndarray
+    lambda_max_residual: np.ndarray
+    converged: np.ndarray
+    loss: np.ndarray
+    trace: np.ndarray | None = None
+    trace_std_error: np.ndarray | None = None
+
+
+def track_curvature(
+    problem: Problem,
+    states: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    trace: bool = False,
+    tol: float = 1e-3,
+    seed: int = 0,
+    on_checkpoint: Callable[[int], None] = lambda done: None,
+) -> TrackResult:
+    """lambda_max by Lanczos (relative residual `tol`), the loss, and with `trace` the Hutch++ trace at
+    each state (a checkpoint's state_dict: its parameters and buffers); `on_checkpoint(done)` after each."""
+    settings = CurvatureSettings(top_k=1, tol=tol, trace=trace, density=False, eigenvectors=False, seed=seed)
+    saved = {k: v.clone() for k, v in problem.buffers.items()}
+    lam, res, converged, losses, tr, tr_err = [], [], [], [], [], []
+    try:
+        for i, state in enumerate(states):
+            flat = flat_params(problem, state)
+            set_params(problem, flat)
+            set_buffers(problem, {k: state[k] for k in problem.buffers if k in state})
+            at = replace(problem, theta=flat)
+            block = run_curvature(at, settings).model
+            if block.eigen is not None:
+                top = int(np.argmax(block.eigen.eigenvalues))
+                lam.append(float(block.eigen.eigenvalues[top]))
+                res.append(float(block.eigen.residuals[top]))
+                converged.append(bool(block.eigen.all_converged))
+            else:
+                lam.append(math.nan)
+                res.append(math.nan)
+                converged.append(False)
+            tr.append(block.trace.value if block.trace is not None else math.nan)
+            tr_err.append(block.trace.std_error if block.trace is not None else math.nan)
+            losses.append(loss_at(at, flat))
+            on_checkpoint(i + 1)
+    finally:
+        set_params(problem, problem.theta)
+        set_buffers(problem, saved)
+    return TrackResult(
+        np.asarray(lam), np.asarray(res), np.asarray(converged, dtype=bool), np.asarray(losses),
+        np.asarray(tr) if trace else None, np.asarray(tr_err) if trace else None,
+    )
