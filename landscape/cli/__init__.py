@@ -18,7 +18,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-from landscape.cli import analysis, checkpoints, files, hessian, plot, sweep  # noqa: E402,F401  (registers the commands)
+# registers the commands; `--help` lists them in this order: the main jobs first
+from landscape.cli import sweep, hessian, analysis, checkpoints, files, plot  # noqa: E402,F401,I001
 
 
 def main(argv: list[str] | None = None) -> None:
