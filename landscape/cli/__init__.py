@@ -14,6 +14,7 @@ app = typer.Typer(
     "Start with `landscape samples`, then `landscape sweep --sample mlp -o out.h5` and `landscape plot out.h5 -o fig.png`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -93,7 +93,7 @@ def sweep(
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,
 ) -> None:
-    """Evaluate the loss (and accuracy) on a grid of points theta + a*d1 (+ b*d2) around a checkpoint.
+    """Evaluate the loss (and accuracy) on a grid of points theta + a·d1 (+ b·d2) around a checkpoint.
 
     Directions are Gaussian and filter-normalized by default (Li et al. 2018); the results go to one
     HDF5 file, written after every chunk, so a killed run continues with --resume.
