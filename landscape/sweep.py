@@ -468,12 +468,12 @@ class FirstLayerFusedStrategy(FirstLayerStrategy):
         pair = next((m for m in fused.modules() if isinstance(m, FoldedNorm) and m.layer is first[1]), None)
         norm = (names[pair.norm], pair.norm) if pair is not None else None
         if norm is not None and any(directions[:, problem.layout.block(n)].any() for n in _param_names(norm)):
-            norm = None  # the norm's weights move: its scale differs per point
-        if norm is None:
-            fused = _fused_graph(problem, keep=frozenset([first[1]]))
+            # its weights move, so its scale differs per point: the first layer stays out of the folding
+            # and the norm runs per point on the cached outputs
+            fused, pair, norm = _fused_graph(problem, keep=frozenset([first[1]])), None, None
         super().__init__(
             problem, directions, first, batch_size, channels_last=has_conv2d(problem.model),
-            norm=norm, target=pair if norm is not None else None, memory_budget=memory_budget,
+            norm=norm, target=pair, memory_budget=memory_budget,
         )
         _use_fused(self, fused, layout_x=False)  # x itself is not read: the cache is channels-last
 
