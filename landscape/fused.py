@@ -69,8 +69,12 @@ def _foldable(layer: nn.Module, norm: nn.Module) -> bool:
         and norm.running_mean is not None
         and norm.running_var is not None
         and norm.num_features == out
-        and (isinstance(layer, nn.Linear) == isinstance(norm, nn.BatchNorm1d))
+        and any(isinstance(layer, kind) and isinstance(norm, bn) for kind, bn in _NORM_OF)
     )
+
+
+_NORM_OF = ((nn.Linear, nn.BatchNorm1d), (nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
+"""Each layer kind with the BatchNorm that normalizes its output channels (dimension 1)."""
 
 
 def fuse_for_inference(

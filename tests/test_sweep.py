@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 from torch.func import functional_call
 
 from conftest import sample_problem
 from landscape.directions import random_directions
 from landscape.fused import FoldedNorm
+from landscape.io.loss import cross_entropy
+from landscape.problem import make_problem
 from landscape.io.results import read_sweep
 from landscape.sweep import (
     LOOP_MARGIN,
@@ -99,6 +102,37 @@ def test_first_layer_norm_folded_into_cache_only_when_it_does_not_move(ignore):
         assert res.loss[i].item() == pytest.approx(loss, rel=1e-9)
         assert res.accuracy[i].item() == pytest.approx(acc, abs=1e-12)
     assert torch.equal(problem.layout.flatten(problem.params()), problem.theta)
+
+
+@pytest.mark.parametrize("layers", ["linear-bn1d", "conv1d-bn1d"])
+def test_first_layer_norm_folded_into_cache_for_other_layer_kinds(layers):
+    """Linear + BatchNorm1d on [B, C] and Conv1d + BatchNorm1d on [B, C, L] are folded, and the
+    per-channel scale lands on the right axis."""
+    torch.manual_seed(0)
+    if layers == "linear-bn1d":
+        model, x = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)), torch.randn(40, 6)
+    else:
+        model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5, 3))
+        x = torch.randn(40, 2, 7)
+    bn = model[1]
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 2)
+    bn.bias.data.uniform_(-1, 1)
+    model.eval()
+    problem = make_problem(model, model.state_dict(), x, torch.randint(0, 3, (40,)), cross_entropy,
+                           device=torch.device("cpu"), dtype=torch.float64, batch_size=16)
+    dirs = random_directions(2, problem.theta, problem.layout, seed=2)
+    coords = torch.tensor([[0.5, -0.5], [-1.0, 0.3], [0.9, 0.9]], dtype=torch.float64)
+    for name in ("fused", "firstlayer-fused"):  # the norm folded per point into the layer, or into the cache
+        strat = build_strategy(name, problem, dirs)
+        assert any(isinstance(m, FoldedNorm) for m in strat.forward.modules())
+        if name == "firstlayer-fused":
+            assert isinstance(strat.cache.target, FoldedNorm)
+        res = strat.evaluate(coords)
+        strat.close()
+        for i, c in enumerate(coords):
+            assert res.loss[i].item() == pytest.approx(direct_loss(problem, problem.theta + c @ dirs)[0], rel=1e-10)
 
 
 def test_first_layer_found_only_when_fed_by_input():
