@@ -161,7 +161,6 @@ def lanczos(
     matvecs = 0
     theta = np.zeros(0)
     Y = np.zeros((0, 0))
-    beta_last = 0.0
     idx = np.zeros(0, dtype=int)
     res = np.zeros(0)
     ok = np.zeros(0, dtype=bool)
@@ -170,29 +169,32 @@ def lanczos(
             if j == Q.shape[0]:
                 Q = torch.cat([Q, torch.zeros(min(Q.shape[0], max_iter - j), n, dtype=Q.dtype, device=Q.device)])
             Q[j] = q
-            w = matmat(q[None])[0].to(torch.float64) if known is None else known
+            # a copy: updated in place below, and a matmat may hand back a tensor it keeps
+            w = (matmat(q[None])[0] if known is None else known).to(torch.float64, copy=True)
             known = None
             matvecs += 1
             a = float(w @ q)
-            w = w - a * q
+            w.sub_(q, alpha=a)
             if j:
-                w = w - betas[-1] * Q[j - 1]
+                w.sub_(Q[j - 1], alpha=betas[-1])
+            basis = Q[: j + 1]
             for _ in range(2):  # "twice is enough" (Kahan, Parlett)
-                w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+                w.addmv_(basis.T, basis @ w, alpha=-1.0)
             alphas.append(a)
             b = float(w.norm())
-            theta, Y = tridiagonal_eigh(np.array(alphas), np.array(betas))
-            assert Y is not None
-            scale = float(np.abs(theta).max()) if theta.size else 0.0
+            last = j + 1 == max_iter
+            if j + 1 >= want_count or last:  # before that, not all wanted pairs exist: no need to look
+                theta, Y = tridiagonal_eigh(np.array(alphas), np.array(betas))
+                assert Y is not None
+                scale = float(np.abs(theta).max())
+                idx = wanted_indices(theta, k, which)
+                res = b * np.abs(Y[-1, idx])
+                ok = res <= np.maximum(tol * np.abs(theta[idx]), 100.0 * precision * max(scale, 1e-300))
+                if ok.all() or last:
+                    break
+            else:  # the breakdown test's scale: a bound on |theta| (Gershgorin) without solving for it
+                scale = max(abs(x) for x in alphas) + 2.0 * max(betas, default=0.0)
             floor = 100.0 * precision * max(scale, 1e-300)
-            beta_last = b
-            idx = wanted_indices(theta, k, which)
-            res = b * np.abs(Y[-1, idx])
-            ok = res <= np.maximum(tol * np.abs(theta[idx]), floor)
-            if j + 1 >= want_count and ok.all():
-                break
-            if j + 1 == max_iter:
-                break
             if b <= floor * 1e-3 or b == 0.0:  # invariant subspace: restart orthogonally, T becomes block-diagonal
                 betas.append(0.0)
                 q = fresh(Q, j + 1)
@@ -204,7 +206,6 @@ def lanczos(
     if vectors:
         evecs = torch.from_numpy(np.ascontiguousarray(Y[:, idx].T)).to(device) @ Q[:m]
         evecs = fixed_sign(evecs / evecs.norm(dim=1, keepdim=True))
-    del beta_last
     return Eigenpairs(
         eigenvalues=theta[idx].copy(),
         residuals=res.copy(),
