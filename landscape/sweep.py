@@ -242,6 +242,8 @@ class FirstLayerCache:
     default `--ignore biasbn`) is an affine map y * s + t fixed for the whole sweep, so it is
     folded into the products: Y0 = BN(layer(x; W0, b0)), Y_k = s * layer(x; D_k). `target` is the
     module whose forward the cached outputs replace (the layer, or the graph's layer+norm module).
+    The norm's statistics and weights are checked before every use (`refresh`): the commands over
+    checkpoints write each point's BatchNorm buffers, and then the products are made again.
     """
 
     def __init__(
@@ -257,17 +259,40 @@ class FirstLayerCache:
         name, self.layer = first
         self.target = target or self.layer
         self.owned = frozenset(_param_names(first) + (_param_names(norm) if norm else ()))
-        prefix = f"{name}." if name else ""
+        self.norm = norm[1] if norm else None
+        self.problem, self.directions, self.batch_size = problem, directions, batch_size
+        self.want_channels_last = channels_last  # 2-D conv outputs stored channels-innermost (`channels_last`: they are)
+        self.channels_last = False
+        self.prefix = f"{name}." if name else ""
+        self.per_batch: list[torch.Tensor] = []  # [1 + k, B, ...], or [1 + k, B, H, W, C] channels-last
+        self._norm_seen: list[torch.Tensor] = []
+        self._build()
+
+    def _norm_now(self) -> list[torch.Tensor]:
+        norm = self.norm
+        if norm is None:
+            return []
+        parts = [norm.running_mean, norm.running_var, norm.weight, norm.bias, torch.tensor(norm.eps)]
+        return [t.detach() for t in parts if t is not None]  # type: ignore[union-attr]
+
+    def refresh(self) -> None:
+        """Make the products again if the folded norm's statistics or weights changed since they were made."""
+        now = self._norm_now()
+        if len(now) != len(self._norm_seen) or not all(torch.equal(a, b) for a, b in zip(now, self._norm_seen)):
+            self._build()
+
+    def _build(self) -> None:
+        problem, directions = self.problem, self.directions
         theta = problem.layout.unflatten(problem.theta)
         dirs = problem.layout.unflatten(directions)
-        w_name, b_name = prefix + "weight", prefix + "bias"
+        w_name, b_name = self.prefix + "weight", self.prefix + "bias"
         has_bias = b_name in self.owned
         self.dtype = problem.dtype
-        self.per_batch: list[torch.Tensor] = []  # [1 + k, B, ...], or [1 + k, B, H, W, C] channels-last
-        self.channels_last = False
+        self.per_batch.clear()
+        self._norm_seen = [t.clone() for t in self._norm_now()]
         with torch.no_grad():  # at the weights' precision (float32 when the model runs in bfloat16)
-            scale, shift = norm_affine(norm[1]) if norm else (None, None)
-            for xb, _, _ in problem.batches(batch_size):
+            scale, shift = norm_affine(self.norm) if self.norm is not None else (None, None)
+            for xb, _, _ in problem.batches(self.batch_size):
                 xm = xb.to(problem.theta.dtype)
                 outs = [self._apply(xm, theta[w_name], theta[b_name] if has_bias else None)]
                 for j in range(directions.shape[0]):
@@ -277,7 +302,7 @@ class FirstLayerCache:
                     view = (1, 1, -1) + (1,) * (stacked.dim() - 3)
                     stacked *= scale.to(stacked.dtype).view(view)
                     stacked[0] += shift.to(stacked.dtype).view(view[1:])
-                self.channels_last = channels_last and stacked.dim() == 5
+                self.channels_last = self.want_channels_last and stacked.dim() == 5
                 if self.channels_last:  # channels innermost, so every point's output comes out channels-last
                     stacked = stacked.permute(0, 1, 3, 4, 2).contiguous()
                 self.per_batch.append(stacked)
@@ -345,6 +370,7 @@ class FirstLayerStrategy(LoopStrategy):
         self.k = max(1, min(FIRST_LAYER_POINTS, block // max(self.cache.point_bytes(), 1)))
 
     def evaluate(self, coords: torch.Tensor) -> Evaluation:
+        self.cache.refresh()
         self.cache.replace_forward(lambda: self._current)
         try:
             return super().evaluate(coords)

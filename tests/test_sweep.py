@@ -104,6 +104,31 @@ def test_first_layer_norm_folded_into_cache_only_when_it_does_not_move(ignore):
     assert torch.equal(problem.layout.flatten(problem.params()), problem.theta)
 
 
+def test_first_layer_norm_in_cache_follows_buffers_written_between_calls():
+    """`path` writes each point's BatchNorm statistics (interpolated or recalibrated) into the model
+    between calls: the cached products that hold the first norm must follow them."""
+    problem = sample_problem("cnn", samples=100)
+    dirs = random_directions(2, problem.theta, problem.layout, seed=4)
+    strat = build_strategy("firstlayer-fused", problem, dirs)
+    assert isinstance(strat.cache.target, FoldedNorm)
+    norm = strat.cache.target.norm
+    c = torch.tensor([[0.3, -0.6]], dtype=torch.float64)
+    before = strat.evaluate(c).loss.item()
+    saved = norm.running_mean.clone(), norm.running_var.clone()
+    with torch.no_grad():
+        norm.running_mean.add_(0.5)
+        norm.running_var.mul_(2.0)
+    try:
+        after = strat.evaluate(c).loss.item()
+        assert after == pytest.approx(direct_loss(problem, problem.theta + c[0] @ dirs)[0], rel=1e-10)
+        assert after != pytest.approx(before, rel=1e-6)
+    finally:
+        with torch.no_grad():
+            norm.running_mean.copy_(saved[0])
+            norm.running_var.copy_(saved[1])
+        strat.close()
+
+
 @pytest.mark.parametrize("layers", ["linear-bn1d", "conv1d-bn1d"])
 def test_first_layer_norm_folded_into_cache_for_other_layer_kinds(layers):
     """Linear + BatchNorm1d on [B, C] and Conv1d + BatchNorm1d on [B, C, L] are folded, and the
