@@ -225,12 +225,10 @@ def find_first_layer(problem: Problem) -> tuple[str, nn.Module] | None:
             h.remove()
     if not hits:
         return None
-    name, module = hits[0]
-    prefix = f"{name}." if name else ""
-    owned = {prefix + n for n, _ in module.named_parameters(recurse=False)}
+    owned = set(_param_names(hits[0]))
     if not owned or not owned <= set(problem.layout.names):
         return None
-    return name, module
+    return hits[0]
 
 
 class FirstLayerCache:
@@ -265,20 +263,19 @@ class FirstLayerCache:
         self.channels_last = False
         self.prefix = f"{name}." if name else ""
         self.per_batch: list[torch.Tensor] = []  # [1 + k, B, ...], or [1 + k, B, H, W, C] channels-last
-        self._norm_seen: list[torch.Tensor] = []
+        self._folded: tuple[torch.Tensor, torch.Tensor] | None = None  # the norm's (scale, shift) in the products
         self._build()
 
-    def _norm_now(self) -> list[torch.Tensor]:
-        norm = self.norm
-        if norm is None:
-            return []
-        parts = [norm.running_mean, norm.running_var, norm.weight, norm.bias, torch.tensor(norm.eps)]
-        return [t.detach() for t in parts if t is not None]  # type: ignore[union-attr]
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.norm is None:
+            return None
+        with torch.no_grad():
+            return norm_affine(self.norm)
 
     def refresh(self) -> None:
-        """Make the products again if the folded norm's statistics or weights changed since they were made."""
-        now = self._norm_now()
-        if len(now) != len(self._norm_seen) or not all(torch.equal(a, b) for a, b in zip(now, self._norm_seen)):
+        """Make the products again if the folded norm's map (from its statistics and weights) changed since."""
+        now = self._affine()
+        if now is not None and self._folded is not None and not all(map(torch.equal, now, self._folded)):
             self._build()
 
     def _build(self) -> None:
@@ -289,9 +286,9 @@ class FirstLayerCache:
         has_bias = b_name in self.owned
         self.dtype = problem.dtype
         self.per_batch.clear()
-        self._norm_seen = [t.clone() for t in self._norm_now()]
+        self._folded = self._affine()
+        scale, shift = self._folded or (None, None)
         with torch.no_grad():  # at the weights' precision (float32 when the model runs in bfloat16)
-            scale, shift = norm_affine(self.norm) if self.norm is not None else (None, None)
             for xb, _, _ in problem.batches(self.batch_size):
                 xm = xb.to(problem.theta.dtype)
                 outs = [self._apply(xm, theta[w_name], theta[b_name] if has_bias else None)]
@@ -330,6 +327,13 @@ class FirstLayerCache:
         del self.target.forward
 
 
+def points_within(per_point: int, most: int, device: torch.device, budget: int, cpu_block: int) -> int:
+    """Points per call (1 to `most`) whose `per_point` bytes of temporaries fit `budget`, and on a CPU
+    also `cpu_block` (blocks that stay in cache ran faster than larger ones)."""
+    limit = min(budget, cpu_block) if device.type == "cpu" else budget
+    return max(1, min(most, limit // max(per_point, 1)))
+
+
 def _param_names(named: tuple[str, nn.Module]) -> tuple[str, ...]:
     """Flat-layout names of a module's own parameters."""
     name, module = named
@@ -366,8 +370,7 @@ class FirstLayerStrategy(LoopStrategy):
         self.cache = FirstLayerCache(problem, self.directions, first, self.batch_size, channels_last, norm, target)
         self.skip = self.cache.owned
         self._current: torch.Tensor | None = None
-        block = memory_budget // 4 if problem.device.type != "cpu" else FIRST_LAYER_CPU_BLOCK
-        self.k = max(1, min(FIRST_LAYER_POINTS, block // max(self.cache.point_bytes(), 1)))
+        self.k = points_within(self.cache.point_bytes(), FIRST_LAYER_POINTS, problem.device, memory_budget // 4, FIRST_LAYER_CPU_BLOCK)
 
     def evaluate(self, coords: torch.Tensor) -> Evaluation:
         self.cache.refresh()
@@ -548,10 +551,8 @@ class MlpStrategy(Strategy):
                 self.first_out.append(out)
         widest = max(layer.out_features for _, layer in chain.linears)
         per_point = widest * min(self.batch_size, problem.n) * problem.theta.element_size()
-        cap = memory_budget // (3 * per_point)
-        if problem.device.type == "cpu":  # blocks that stay in cache: on the digits MLP K = 8-32 ran 1.2x K = 64
-            cap = min(cap, MLP_CPU_BLOCK // per_point)
-        self.k = max(1, min(points_per_call, cap))
+        # on a CPU, blocks that stay in cache: on the digits MLP K = 8-32 ran 1.2x K = 64
+        self.k = points_within(per_point, points_per_call, problem.device, memory_budget // 3, MLP_CPU_BLOCK)
 
     def per_call(self, c: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The points' coefficients [K, 1 + k] and the weights of every Linear after the first."""
