@@ -11,6 +11,9 @@ assembled column by column from exact products, then eigh):
   density HVPs and L1 distance to the exactly smoothed spectrum (same sigma and grid for both;
           PyHessian: SLQ, 1 probe x 100 steps; landscape: 10 probes x 80 steps), and the lowest node;
   and the HVP-to-gradient time ratio of the method landscape chose.
+Then, for top-5, work against precision: each tool at several tolerances (PyHessian's is the relative
+change of an eigenvalue between power steps, ours the residual ||Hv - lambda v|| / |lambda|), so the two
+can be compared at equal accuracy too: the cheapest setting of each whose worst error is <= 1e-4.
 PyHessian 0.1 needs cuda=False on the CPU and calls torch.eig (removed from torch); this process
 patches torch.eig with an eigh-based stand-in so its density() runs. Timings on a shared machine are
 noisy: read the ratios, not the absolute times.
@@ -72,15 +75,15 @@ def _counting_pyhessian():
     return ph, count
 
 
-def pyhessian_top5(problem) -> tuple[np.ndarray, int, float]:
-    """PyHessian's top-5 eigenvalues with its defaults (set-up included): values, products, seconds."""
+def pyhessian_top5(problem, tol: float = 1e-3) -> tuple[np.ndarray, int, float]:
+    """PyHessian's top-5 eigenvalues (set-up included; tol 1e-3 is its default): values, products, seconds."""
     ph, count = _counting_pyhessian()
     model = copy.deepcopy(problem.model)
     for q in model.parameters():
         q.requires_grad_(True)
     t0 = time.perf_counter()
     h = ph.hessian(model, problem.loss_fn, data=(problem.x, problem.y), cuda=False)
-    eigs, _ = h.eigenvalues(top_n=5)
+    eigs, _ = h.eigenvalues(top_n=5, tol=tol)
     return np.sort(np.asarray(eigs))[::-1], count["n"], time.perf_counter() - t0
 
 
@@ -104,12 +107,13 @@ def pyhessian_run(problem) -> dict:
     return out
 
 
-def ours_top5(problem) -> tuple[np.ndarray, int, float, int, float]:
-    """landscape's top-5 (operator set-up included): values, products, seconds, set-up products, Lanczos seconds."""
+def ours_top5(problem, tol: float = 1e-4) -> tuple[np.ndarray, int, float, int, float]:
+    """landscape's top-5 (operator set-up included; tol 1e-4 is the CLI's default): values, products,
+    seconds, set-up products, Lanczos seconds."""
     t0 = time.perf_counter()
     op = CurvatureOperator(problem)
     t1 = time.perf_counter()
-    r = lanczos(op.matmat, op.size, k=5, tol=1e-4, precision=float(torch.finfo(problem.dtype).eps), start=op.probe)
+    r = lanczos(op.matmat, op.size, k=5, tol=tol, precision=float(torch.finfo(problem.dtype).eps), start=op.probe)
     t2 = time.perf_counter()
     return r.eigenvalues, r.matvecs, t2 - t0, op.setup_matvecs, t2 - t1
 
@@ -141,6 +145,8 @@ def main() -> None:
     ap.add_argument("--samples", nargs="+", default=["mlp", "cnn", "linreg"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both tools (default 1: 2 shared cores)")
     ap.add_argument("--repeats", type=int, default=5, help="top-5 runs of each tool, interleaved (times: the best; products: the median)")
+    ap.add_argument("--ph-tols", nargs="*", type=float, default=[1e-3, 1e-4, 1e-5], help="PyHessian tolerances for the work-precision table")
+    ap.add_argument("--our-tols", nargs="*", type=float, default=[1e-2, 1e-3, 1e-4, 1e-6], help="landscape tolerances for the work-precision table")
     ap.add_argument("--subset", nargs="*", default=["cnn=256"],
                     help="NAME=N: use a seeded subset of N samples for that model (default cnn=256: its exact "
                          "float64 Hessian takes 1946 products of ~0.4 s each on the full set)")
@@ -148,6 +154,7 @@ def main() -> None:
     keep_freed_memory()  # as the `landscape` process does (landscape/host.py); the baselines share it
     torch.set_num_threads(args.threads)
     rows = []
+    precision: list[tuple[str, str, float, int, float, float]] = []  # sample, tool, tol, HVPs, seconds, worst error
     subset = {k: int(v) for k, v in (a.split("=") for a in args.subset)}
     for name in args.samples:
         n = subset.get(name)
@@ -169,6 +176,16 @@ def main() -> None:
         us["top5"] = (None, int(np.median([t[1] for t in us_top])), min(t[2] for t in us_top),
                       us_top[0][3], min(t[4] for t in us_top))
         print(f"{name}: landscape done", file=sys.stderr)
+        label = name + (f"[{n}]" if n else "")
+        for tool, tols, run in (("PyHessian", args.ph_tols, pyhessian_top5), ("landscape", args.our_tols, ours_top5)):
+            for tol in tols:
+                runs = []
+                for rep in range(3):
+                    torch.manual_seed(rep)
+                    runs.append(run(problem, tol))
+                worst = max(float(np.max(np.abs(t[0][:5] - top) / np.abs(top))) for t in runs)
+                precision.append((label, tool, tol, int(np.median([t[1] for t in runs])), min(t[2] for t in runs), worst))
+        print(f"{name}: work-precision done", file=sys.stderr)
         # top-5
         ph_err = max(float(np.max(np.abs(t[0][:5] - top) / np.abs(top))) for t in ph_top)  # the worst run
         us_err = max(float(np.max(np.abs(t[0][:5] - top) / np.abs(top))) for t in us_top)
@@ -217,6 +234,22 @@ def main() -> None:
     for r in rows:
         print(f"{r['sample']:10} | {r['ph_d_hvp']:8d} {r['us_d_hvp']:5d} | {r['ph_l1']:8.4f} {r['us_l1']:8.4f} | "
               f"{r['ph_min_node']:12.3e} {r['us_min_node']:10.3e} {r['ex_min']:10.3e}")
+    print("\ntop-5 work against precision (HVPs: median of 3 runs; time: best of 3; error: the worst run)")
+    print(f"{'sample':10} {'tool':10} {'tol':>7} | {'HVPs':>5} {'time':>8} | {'rel err':>8}")
+    for sample, tool, tol, hvps, secs, err in precision:
+        print(f"{sample:10} {tool:10} {tol:7.0e} | {hvps:5d} {secs:7.3f}s | {err:8.1e}")
+    print("at equal accuracy (the cheapest setting of each tool with every error <= 1e-4): PyHessian / landscape")
+    for sample in dict.fromkeys(r[0] for r in precision):
+        best = {}
+        for tool in ("PyHessian", "landscape"):
+            ok = [r for r in precision if r[0] == sample and r[1] == tool and r[5] <= 1e-4]
+            best[tool] = min(ok, key=lambda r: r[3]) if ok else None
+        ph_b, us_b = best["PyHessian"], best["landscape"]
+        if ph_b is None or us_b is None:
+            print(f"{sample:10} none of {'PyHessian' if ph_b is None else 'landscape'}'s settings reached 1e-4")
+        else:
+            print(f"{sample:10} HVPs {ph_b[3]}/{us_b[3]} = {ph_b[3] / us_b[3]:.1f}, time {ph_b[4] / us_b[4]:.1f}x "
+                  f"(PyHessian tol {ph_b[2]:.0e}, landscape tol {us_b[2]:.0e})")
     print("\nHVP / gradient time (landscape's chosen method, medians of 7)")
     for r in rows:
         print(f"{r['sample']:10} {r['method']:24} {r['ratio']:5.2f}")

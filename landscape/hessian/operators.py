@@ -201,8 +201,11 @@ class CurvatureOperator:
 
     def _apply(self, method: str, V: torch.Tensor, reduce: bool = True) -> torch.Tensor:
         V = V.to(self.device)
-        res = torch.empty(V.shape, dtype=torch.float64, device=self.device)
         k = V.shape[0]
+        if k == 1:  # Lanczos's case: no chunks to time or fill (a tenth of an MLP product's time went there)
+            one = self._products(method, V.to(self.dtype)).to(torch.float64)
+            return self.world.all_sum_(one) if reduce else one
+        res = torch.empty(V.shape, dtype=torch.float64, device=self.device)
         step = self.max_vectors
         if k > 1 and self._batched is None:
             step = max(1, min(self.max_vectors, k // 2))  # the first two chunks measure batched against a loop
@@ -240,10 +243,15 @@ class CurvatureOperator:
         if method in ("double-backward-cached", "ggn-cached"):
             if self._cache is None:
                 self._cache = [self._state(method, xb, yb, w) for xb, yb, w in self._batches()]
-            return sum(self._product(method, st, V, batched) for st in self._cache)  # type: ignore[return-value]
-        return sum(  # type: ignore[return-value]
-            self._product(method, self._state(method, xb, yb, w), V, batched) for xb, yb, w in self._batches()
-        )
+            states = iter(self._cache)
+        else:
+            states = (self._state(method, xb, yb, w) for xb, yb, w in self._batches())
+        total: torch.Tensor | None = None
+        for st in states:  # summed in place: no 0 + tensor copy for the usual single batch
+            part = self._product(method, st, V, batched)
+            total = part if total is None else total.add_(part)
+        assert total is not None
+        return total
 
     # ---- double backward and GGN (autograd) -------------------------------------------------
     def _state(self, method: str, xb, yb, w):
@@ -272,7 +280,7 @@ class CurvatureOperator:
         for v in V:
             (r,) = torch.autograd.grad(output, inp, grad_outputs=v, retain_graph=True, allow_unused=True)
             rows.append(torch.zeros_like(inp) if r is None else r)
-        return torch.stack(rows)
+        return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
     def _product(self, method: str, state, V: torch.Tensor, batched: bool) -> torch.Tensor:
         with torch.enable_grad():
