@@ -190,6 +190,25 @@ def test_lanczos_both_ends_of_an_indefinite_matrix():
     np.testing.assert_allclose(r.eigenvalues, [50.0, 20.0, -30.0, -8.0], rtol=1e-8)
 
 
+def test_a_product_going_nan_midway_is_a_clear_error():
+    A = torch.diag(torch.arange(1.0, 51.0, dtype=torch.float64))
+    calls = {"n": 0}
+
+    def matmat(V: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        out = V @ A
+        return out * float("nan") if calls["n"] == 7 else out
+
+    with pytest.raises(LandscapeError, match="NaN or infinite"):  # caught at the tridiagonal solve
+        lanczos(matmat, 50, k=3, tol=1e-12)
+    problem = sample_problem("linreg")
+    op = CurvatureOperator(problem)
+    V = torch.ones(2, op.size, dtype=torch.float64)
+    V[1, 0] = float("inf")
+    with pytest.raises(LandscapeError, match="NaN or infinite"):  # the operator checks every product
+        op.matmat(V)
+
+
 @pytest.mark.parametrize("block", ["0", "2"])
 def test_per_layer_eigenvalues_are_those_of_the_exact_diagonal_block(block):
     p, H = exact("mlp", 300)

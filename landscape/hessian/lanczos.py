@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
+from landscape.errors import LandscapeError
+
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 WHICH = ("largest", "both")
 
@@ -58,12 +60,14 @@ def tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray, vectors: bool = True) 
     """
     alpha = np.asarray(alpha, dtype=np.float64)
     beta = np.asarray(beta, dtype=np.float64)
+    if not (np.isfinite(alpha).all() and np.isfinite(beta).all()):  # a clear error, and scipy's own check skipped
+        raise LandscapeError("a curvature product came out NaN or infinite (is the loss finite near these weights?)")
     if alpha.size == 1:
         return alpha.copy(), (np.ones((1, 1)) if vectors else None)
     if vectors:
-        w, y = eigh_tridiagonal(alpha, beta, lapack_driver="stemr")
+        w, y = eigh_tridiagonal(alpha, beta, lapack_driver="stemr", check_finite=False)
         return w, y
-    return eigh_tridiagonal(alpha, beta, eigvals_only=True), None
+    return eigh_tridiagonal(alpha, beta, eigvals_only=True, check_finite=False), None
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,7 @@ class CurvatureOperator:
         """H V^T for vectors stacked as rows [k, size] (float64 in and out); counts k products."""
         t0 = time.perf_counter()
         out = self._apply(self.method, V)
+        self._require_finite(out)  # one pass over the products: a NaN must stop a run, not end up in a file
         per_vector = (time.perf_counter() - t0) / max(V.shape[0], 1)
         self.timings[self.method] = min(self.timings.get(self.method, math.inf), per_vector)  # the fastest seen
         self.matvecs += V.shape[0]
