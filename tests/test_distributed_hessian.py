@@ -26,7 +26,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize(("curvature", "method"), [("hessian", "double-backward"), ("hessian", "forward-over-reverse"), ("ggn", "auto")])
+@pytest.mark.parametrize(
+    ("curvature", "method"),
+    [("hessian", "double-backward"), ("hessian", "forward-over-reverse"), ("ggn", "auto"), ("fisher", "auto")],
+)
 def test_shard_products_sum_to_the_full_product(curvature, method):
     full = sample_problem("mlp", samples=121)  # shards of 41, 40, 40 rows; batches of 16 leave uneven last batches
     V = torch.randn(3, full.layout.size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))

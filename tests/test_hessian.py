@@ -161,6 +161,63 @@ def test_ggn_equals_hessian_for_linear_regression():
     assert torch.allclose(op.matmat(V), V @ H, rtol=1e-12, atol=1e-12)
 
 
+def per_sample_fisher(p) -> torch.Tensor:
+    """(1/N) sum_i g_i g_i^T from a plain loop of autograd gradients of each sample's own loss."""
+    rows = []
+    for i in range(p.n):
+        t = p.theta.detach().clone().requires_grad_(True)
+        out = torch.func.functional_call(p.model, (p.layout.unflatten(t), p.buffers), (p.x[i : i + 1],))
+        rows.append(torch.autograd.grad(p.loss_fn(out, p.y[i : i + 1]), t)[0])
+    G = torch.stack(rows)
+    return G.T @ G / p.n
+
+
+def test_fisher_of_linear_regression_matches_closed_form():
+    p = sample_problem("linreg")  # loss (x.w + b - y)^2 per sample: g_i = 2 r_i [x_i, 1], F = 4/N Xa^T diag(r^2) Xa
+    xa = torch.cat([p.x, torch.ones(p.n, 1, dtype=p.x.dtype)], dim=1)
+    r = (p.model(p.x) - p.y).reshape(-1).detach()
+    F_exact = 4.0 / p.n * xa.T @ (r[:, None] ** 2 * xa)
+    for batch_size in (None, 37):  # one batch (kept) and uneven batches
+        op = CurvatureOperator(p, curvature="fisher", batch_size=batch_size)
+        V = torch.randn(4, op.size, dtype=torch.float64)
+        assert op.method == "fisher-cached"
+        assert torch.allclose(op.matmat(V), V @ F_exact, rtol=1e-10, atol=1e-13)
+
+
+def test_fisher_matches_a_per_sample_loop_cached_or_not(monkeypatch):
+    p = sample_problem("mlp", samples=50)
+    F_exact = per_sample_fisher(p)
+    ev = torch.linalg.eigvalsh(F_exact)
+    assert float(ev.min()) > -1e-12 * float(ev.max())  # PSD
+    cached = CurvatureOperator(p, curvature="fisher", batch_size=16)
+    monkeypatch.setattr("landscape.hessian.operators.FISHER_CACHE_BYTES", 0)
+    fresh = CurvatureOperator(p, curvature="fisher", batch_size=16)
+    assert (cached.method, fresh.method) == ("fisher-cached", "fisher")
+    V = torch.randn(3, cached.size, dtype=torch.float64)
+    for op in (cached, fresh):
+        assert torch.allclose(op.matmat(V), V @ F_exact, rtol=1e-10, atol=1e-14)
+    r = lanczos(cached.matmat, cached.size, k=3, tol=1e-8)
+    np.testing.assert_allclose(r.eigenvalues, ev.flip(0)[:3].numpy(), rtol=1e-7)
+
+
+def test_fisher_of_a_model_vmap_cannot_batch_falls_back_to_a_loop():
+    class Branchy(nn.Module):  # .item() in forward: vmap raises, the per-sample loop does not
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) if float(x.sum().item()) > -1e9 else -self.lin(x)
+
+    torch.manual_seed(0)
+    model = Branchy().double()
+    x, y = torch.randn(20, 4, dtype=torch.float64), torch.randint(0, 3, (20,))
+    p = make_problem(model, model.state_dict(), x, y, F.cross_entropy, device=torch.device("cpu"), dtype=torch.float64)
+    op = CurvatureOperator(p, curvature="fisher")
+    V = torch.randn(2, op.size, dtype=torch.float64)
+    assert torch.allclose(op.matmat(V), V @ per_sample_fisher(p), rtol=1e-10, atol=1e-14)
+
+
 # ---- Lanczos --------------------------------------------------------------------------------
 
 

@@ -81,7 +81,7 @@ def test_cli_refuses_bad_options_and_existing_output(cli, linreg_file):
     assert r.code == 2 and "exists" in r.err
     r = cli("hessian", "--sample", "linreg", "--which", "smallest", "-o", linreg_file.with_name("x.h5"))
     assert r.code == 2 and "--which" in r.err
-    r = cli("hessian", "--sample", "linreg", "--curvature", "fisher", "-o", linreg_file.with_name("x.h5"))
+    r = cli("hessian", "--sample", "linreg", "--curvature", "hvp", "-o", linreg_file.with_name("x.h5"))
     assert r.code == 2 and "--curvature" in r.err
 
 
@@ -94,6 +94,20 @@ def test_cli_ggn_on_mlp_subset(cli, tmp_path):
     assert curv["curvature"] == "ggn"
     assert curv["eigenvalues"].shape == (4,)
     assert curv["eigenvalues"].min() > -1e-4 * curv["eigenvalues"].max()  # PSD up to float32 rounding
+
+
+def test_cli_fisher_on_mlp_subset(cli, tmp_path):
+    out, fig = tmp_path / "fisher.h5", tmp_path / "fisher.png"
+    r = cli("hessian", "--sample", "mlp", "--samples", "64", "--curvature", "fisher", "--top-k", "3", "--trace",
+            "--device", "cpu", "-o", out)
+    assert r.code == 0, r.err
+    assert "empirical Fisher eigenvalues" in r.out
+    curv = read_curvature(out)
+    assert curv["curvature"] == "fisher" and curv["eigenvalues"].shape == (3,)
+    assert curv["trace"]["value"] >= curv["eigenvalues"].sum() * (1 - 1e-4)  # PSD: the trace holds the top three
+    assert cli("plot", out, "--kind", "eigenvalues", "-o", fig).code == 0 and fig.stat().st_size > 0
+    r = cli("hessian", "--sample", "mlp", "--curvature", "fisher", "--method", "double-backward", "-o", tmp_path / "x.h5")
+    assert r.code != 0 and "--method applies to --curvature hessian only" in r.err
 
 
 def test_hessian_axes_fresh_and_from_file(linreg_file):

@@ -1,4 +1,5 @@
-"""`landscape hessian`: top-k eigenpairs, trace and spectral density of the Hessian (or GGN), per layer too.
+"""`landscape hessian`: top-k eigenpairs, trace and spectral density of the Hessian (or the GGN, or the
+empirical Fisher), per layer too.
 
 Under torchrun every rank loads the problem and keeps its shard of the data; the products are summed
 over the ranks (landscape.hessian.operators), so every rank computes the same estimates; rank 0 alone
@@ -43,7 +44,7 @@ from landscape.errors import LandscapeError
 from landscape.cli.shared import curvature_with_progress
 from landscape.hessian.analysis import BlockResult, CurvatureSettings
 from landscape.hessian.lanczos import WHICH
-from landscape.hessian.operators import CURVATURES, METHODS
+from landscape.hessian.operators import CURVATURE_TITLES, CURVATURES, METHODS
 from landscape.hessian.trace import EXACT
 from landscape.io.curvature import write_curvature
 from landscape.load import load_problem
@@ -72,7 +73,14 @@ def hessian(
     per_layer: Annotated[
         bool, typer.Option("--per-layer", help="The same numbers for each module's parameter block.", rich_help_panel=CURV)
     ] = False,
-    curvature: Annotated[str, typer.Option(help="hessian, or ggn (generalized Gauss-Newton, PSD).", rich_help_panel=CURV)] = "hessian",
+    curvature: Annotated[
+        str,
+        typer.Option(
+            help="hessian; ggn (generalized Gauss-Newton, PSD); or fisher (empirical Fisher (1/N) Σ g_i g_iᵀ of the "
+            "per-sample gradients, PSD).",
+            rich_help_panel=CURV,
+        ),
+    ] = "hessian",
     tol: Annotated[
         float,
         typer.Option(
@@ -111,6 +119,8 @@ def hessian(
       landscape hessian --sample mlp -o curv.h5                         (top-5 eigenvalues)
 
       landscape hessian --sample transformer --trace --density --per-layer -o curv.h5
+
+      landscape hessian --sample cnn --curvature fisher --trace -o fisher.h5   (empirical Fisher)
 
       landscape plot curv.h5 --kind density -o density.png
     """
@@ -180,7 +190,7 @@ def hessian(
 
 def _summary(block: BlockResult, layers: dict[str, BlockResult], curvature: str) -> None:
     """Eigenvalues with residuals, the trace with its error, products spent; per layer in a second table."""
-    title = "Hessian" if curvature == "hessian" else "GGN"
+    title = CURVATURE_TITLES[curvature]
     dense = bool(block.operator.get("dense"))
     whole = f"exact: the whole {block.size}x{block.size} matrix from {block.size} products"
     if block.eigen is not None:

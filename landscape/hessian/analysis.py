@@ -22,7 +22,7 @@ from landscape.distributed import World
 from landscape.hessian.dense import dense_matrix, exact_eigenpairs, exact_runs, exact_trace, planned_products, use_dense
 from landscape.hessian.density import LanczosRuns, slq
 from landscape.hessian.lanczos import Eigenpairs, lanczos
-from landscape.hessian.operators import CurvatureOperator, layer_blocks
+from landscape.hessian.operators import CURVATURE_TITLES, CurvatureOperator, layer_blocks
 from landscape.hessian.trace import TraceEstimate, hutchpp
 from landscape.problem import Problem
 
@@ -218,7 +218,7 @@ def axis_attrs(
     eigenvalues: np.ndarray, residuals: np.ndarray, seed: int, source: str, curvature: str = "hessian"
 ) -> list[dict[str, Any]]:
     """Per-axis attributes of eigenvector axes for the results file."""
-    title = "Hessian" if curvature == "hessian" else "GGN"
+    title = CURVATURE_TITLES.get(curvature, curvature)
     return [
         {
             "kind": "hessian",

@@ -1,4 +1,4 @@
-"""Matrix-free curvature operators: products with the Hessian or the GGN of the dataset-mean loss.
+"""Matrix-free curvature operators: products with the Hessian, the GGN or the empirical Fisher of the dataset-mean loss.
 
 The loss is L(theta) = sum_b (|b| / N) * loss_fn(model(x_b; theta), y_b), so a product is the
 batch-size-weighted sum of per-batch products: exact for any batch size, the last batch included.
@@ -20,6 +20,12 @@ methods' products of one vector must agree.
 The generalized Gauss-Newton G = sum_b w_b J_b^T H_out,b J_b (J: Jacobian of the model output,
 H_out: Hessian of the loss in the output) is positive semi-definite for convex losses and is
 multiplied with reverse mode only: Jv by the double-vjp trick, then H_out (Jv), then J^T(.).
+
+The empirical Fisher F = (1/N) sum_i g_i g_i^T (g_i: the gradient of sample i's own loss, the loss
+function applied to that sample alone) is positive semi-definite and needs no second derivatives:
+the per-sample gradients of a batch come from one `vmap` of `grad` (a loop over the samples when the
+model does not vmap), and F v = (1/N) G^T (G v). They are kept between products when all of them fit
+in FISHER_CACHE_BYTES (then a product is two matrix products), else made again for every product.
 
 Many processes (torchrun): each rank's problem holds its shard of the data, batches are weighted
 by |b|/N with the GLOBAL N, and every product is summed over the ranks (`World.all_sum_`), so every
@@ -45,8 +51,11 @@ from landscape.errors import LandscapeError
 from landscape.params import Layout
 from landscape.problem import Problem
 
-CURVATURES = ("hessian", "ggn")
+CURVATURES = ("hessian", "ggn", "fisher")
+CURVATURE_TITLES = {"hessian": "Hessian", "ggn": "GGN", "fisher": "empirical Fisher"}
+FISHER_CACHE_BYTES = 1 << 30  # per-sample gradients kept between products up to this size (all batches, per rank)
 METHODS = ("double-backward-cached", "double-backward", "forward-over-reverse")
+KEPT = ("double-backward-cached", "ggn-cached", "fisher-cached")  # per-batch state built once, kept between products
 SLOW_FACTOR = 3.0  # a method whose first (cold) product takes this many times the fastest warm one is not timed again
 
 
@@ -68,7 +77,7 @@ def _agree_tol(dtype: torch.dtype) -> float:
 
 
 class CurvatureOperator:
-    """The symmetric matrix H (Hessian) or G (GGN) of the dataset-mean loss, restricted to a block.
+    """The symmetric matrix H (Hessian), G (GGN) or F (empirical Fisher) of the dataset-mean loss, restricted to a block.
 
     `names` picks the parameter tensors the operator acts on (default all, in layout order); the
     vector it multiplies is those tensors flattened and concatenated. `matvecs` counts the
@@ -134,10 +143,13 @@ class CurvatureOperator:
         self._cache: list[Any] | None = None
         # the kept-graph methods only when every rank's data is one batch (the same candidates on all ranks)
         self._single_batch = self._summed([float(problem.n > self.batch_size)])[0] == 0
+        if curvature != "hessian" and method != "auto":
+            raise LandscapeError("--method applies to --curvature hessian only")
         if curvature == "ggn":
             candidates = ("ggn-cached", "ggn") if self._single_batch else ("ggn",)
-            if method != "auto":
-                raise LandscapeError("--method applies to --curvature hessian only")
+        elif curvature == "fisher":  # cached when every rank's per-sample gradients fit (decided alike on all ranks)
+            fits = problem.n * self.size * torch.finfo(self.dtype).bits // 8 <= FISHER_CACHE_BYTES
+            candidates = ("fisher-cached", "fisher") if self._summed([float(not fits)])[0] == 0 else ("fisher",)
         else:
             candidates = METHODS if method == "auto" else (method,)
             if not self._single_batch:
@@ -241,7 +253,7 @@ class CurvatureOperator:
     def _products(self, method: str, V: torch.Tensor, batched: bool = False) -> torch.Tensor:
         if method == "forward-over-reverse":
             return self._for(V, batched)
-        if method in ("double-backward-cached", "ggn-cached"):
+        if method in KEPT:
             if self._cache is None:
                 self._cache = [self._state(method, xb, yb, w) for xb, yb, w in self._batches()]
             states = iter(self._cache)
@@ -256,6 +268,9 @@ class CurvatureOperator:
 
     # ---- double backward and GGN (autograd) -------------------------------------------------
     def _state(self, method: str, xb, yb, w):
+        if method.startswith("fisher"):
+            G, out = self._per_sample_gradients(xb, yb)
+            return (G, w / xb.shape[0], out)  # F_b = (|b|/N) mean_i g_i g_i^T: each sample weighs 1/N
         with torch.enable_grad():
             u = self.u0.detach().clone().requires_grad_(True)
             if method.startswith("ggn"):
@@ -284,6 +299,9 @@ class CurvatureOperator:
         return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
     def _product(self, method: str, state, V: torch.Tensor, batched: bool) -> torch.Tensor:
+        if method.startswith("fisher"):
+            G, w, _ = state
+            return (G @ V.T).T @ G * w  # rows (1/N) G^T G v
         with torch.enable_grad():
             if method.startswith("ggn"):
                 u, out, z, gz, dummy, jt = state
@@ -292,6 +310,21 @@ class CurvatureOperator:
                 return self._vjp(out, u, hz, batched)  # J^T H_out J v
             u, g, _ = state
             return self._vjp(g, u, V, batched)
+
+    def _per_sample_gradients(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients of each sample's own loss on the block, [|b|, size], and the batch's outputs."""
+
+        def one(u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self._forward(u, x[None])
+            return self.problem.loss_fn(out, y[None]), out[0].detach()
+
+        per_sample = torch.func.grad(one, has_aux=True)
+        try:
+            G, out = torch.func.vmap(per_sample, in_dims=(None, 0, 0))(self.u0, xb, yb)
+        except Exception:  # a model vmap cannot batch (data-dependent control flow, in-place batch ops): one at a time
+            rows = [per_sample(self.u0, x, y) for x, y in zip(xb, yb)]
+            G, out = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+        return G.detach(), out
 
     # ---- forward-over-reverse (torch.func) --------------------------------------------------
     def _for(self, V: torch.Tensor, batched: bool) -> torch.Tensor:
@@ -332,7 +365,7 @@ class CurvatureOperator:
         """
         gen = torch.Generator().manual_seed(self.probe_seed)
         v = torch.randn(1, self.size, generator=gen, dtype=torch.float64).to(self.device)
-        kept = [c for c in candidates if c in ("double-backward-cached", "ggn-cached")]
+        kept = [c for c in candidates if c in KEPT]
         if kept:
             name = kept[0]
             t0 = time.perf_counter()
@@ -412,7 +445,7 @@ class CurvatureOperator:
         worst = 0.0
         with torch.no_grad():
             for (xb, _, _), state in zip(self._batches(), self._cache):
-                worst = max(worst, _rel(self._forward(self.u0, xb), state[2].detach()))  # the output (hessian) or its detached copy (ggn)
+                worst = max(worst, _rel(self._forward(self.u0, xb), state[2].detach()))  # the kept outputs (every method's state[2])
         worst = self._summed([worst])[0]  # every rank decides alike
         if worst > tol:
             raise LandscapeError(

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from landscape.errors import LandscapeError  # noqa: E402
+from landscape.hessian.operators import CURVATURE_TITLES  # noqa: E402
 
 KINDS = ("density", "eigenvalues")
 FLOOR = 1e-8  # a log axis needs a floor: densities below it are drawn at it
@@ -39,8 +40,9 @@ def _density(block: dict[str, Any], sigma: float | None) -> dict[str, np.ndarray
 
 def _title(curv: dict[str, Any]) -> str:
     name = Path(str(curv.get("attrs", {}).get("checkpoint", ""))).name
-    what = "Hessian" if curv.get("curvature", "hessian") == "hessian" else "GGN"
-    return f"{what} spectrum" + (f" of {name}" if name else "")
+    what = str(curv.get("curvature", "hessian"))
+    what = CURVATURE_TITLES.get(what, what)
+    return f"{what[:1].upper()}{what[1:]} spectrum" + (f" of {name}" if name else "")
 
 
 def _check(kind: str, curv: dict[str, Any]) -> None:
