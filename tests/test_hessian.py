@@ -184,8 +184,9 @@ def test_fisher_of_linear_regression_matches_closed_form():
         assert torch.allclose(op.matmat(V), V @ F_exact, rtol=1e-10, atol=1e-13)
 
 
-def test_fisher_matches_a_per_sample_loop_cached_or_not(monkeypatch):
-    p = sample_problem("mlp", samples=50)
+@pytest.mark.parametrize("name,samples", [("mlp", 50), ("cnn", 24)])
+def test_fisher_matches_a_per_sample_loop_cached_or_not(monkeypatch, name, samples):
+    p = sample_problem(name, samples=samples)
     F_exact = per_sample_fisher(p)
     ev = torch.linalg.eigvalsh(F_exact)
     assert float(ev.min()) > -1e-12 * float(ev.max())  # PSD

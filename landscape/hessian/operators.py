@@ -23,9 +23,10 @@ multiplied with reverse mode only: Jv by the double-vjp trick, then H_out (Jv), 
 
 The empirical Fisher F = (1/N) sum_i g_i g_i^T (g_i: the gradient of sample i's own loss, the loss
 function applied to that sample alone) is positive semi-definite and needs no second derivatives:
-the per-sample gradients of a batch come from one `vmap` of `grad` (a loop over the samples when the
-model does not vmap), and F v = (1/N) G^T (G v). They are kept between products when all of them fit
-in FISHER_CACHE_BYTES (then a product is two matrix products), else made again for every product.
+when all the per-sample gradients fit in FISHER_CACHE_BYTES they are made once (one `vmap` of `grad`
+per batch, a loop over the samples when the model does not vmap) and kept, and F v = (1/N) G^T (G v) is
+two matrix products; otherwise F v = (1/N) J^T (J v) with J the Jacobian of the batch's per-sample
+losses, by reverse mode as for the GGN, in the memory of a few gradients.
 
 Many processes (torchrun): each rank's problem holds its shard of the data, batches are weighted
 by |b|/N with the GLOBAL N, and every product is summed over the ranks (`World.all_sum_`), so every
@@ -268,11 +269,17 @@ class CurvatureOperator:
 
     # ---- double backward and GGN (autograd) -------------------------------------------------
     def _state(self, method: str, xb, yb, w):
-        if method.startswith("fisher"):
+        if method == "fisher-cached":
             G, out = self._per_sample_gradients(xb, yb)
             return (G, w / xb.shape[0], out)  # F_b = (|b|/N) mean_i g_i g_i^T: each sample weighs 1/N
         with torch.enable_grad():
             u = self.u0.detach().clone().requires_grad_(True)
+            if method == "fisher":  # F_b v = (1/N) J^T (J v), J: the Jacobian of the batch's per-sample losses
+                out = self._forward(u, xb)
+                losses = self._per_sample_losses(out, yb)
+                dummy = torch.zeros_like(losses, requires_grad=True)
+                jt = torch.autograd.grad(losses, u, grad_outputs=dummy, create_graph=True)[0]
+                return (u, losses, dummy, jt, w / xb.shape[0])
             if method.startswith("ggn"):
                 out = self._forward(u, xb)
                 z = out.detach().requires_grad_(True)
@@ -299,10 +306,14 @@ class CurvatureOperator:
         return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
     def _product(self, method: str, state, V: torch.Tensor, batched: bool) -> torch.Tensor:
-        if method.startswith("fisher"):
+        if method == "fisher-cached":
             G, w, _ = state
             return (G @ V.T).T @ G * w  # rows (1/N) G^T G v
         with torch.enable_grad():
+            if method == "fisher":
+                u, losses, dummy, jt, w = state
+                jv = self._vjp(jt, dummy, V, batched)  # J v, [k, |b|]: each sample's g_i . v
+                return self._vjp(losses, u, jv, batched) * w
             if method.startswith("ggn"):
                 u, out, z, gz, dummy, jt = state
                 jv = self._vjp(jt, dummy, V, batched)  # J v, [k, *out.shape]
@@ -325,6 +336,13 @@ class CurvatureOperator:
             rows = [per_sample(self.u0, x, y) for x, y in zip(xb, yb)]
             G, out = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
         return G.detach(), out
+
+    def _per_sample_losses(self, out: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """The loss function applied to each sample alone, [|b|] (in the graph of `out`)."""
+        try:
+            return torch.func.vmap(lambda o, y: self.problem.loss_fn(o[None], y[None]))(out, yb)
+        except Exception:  # a loss vmap cannot batch: one sample at a time
+            return torch.stack([self.problem.loss_fn(out[i : i + 1], yb[i : i + 1]) for i in range(out.shape[0])])
 
     # ---- forward-over-reverse (torch.func) --------------------------------------------------
     def _for(self, V: torch.Tensor, batched: bool) -> torch.Tensor:
