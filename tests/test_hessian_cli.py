@@ -106,6 +106,8 @@ def test_cli_fisher_on_mlp_subset(cli, tmp_path):
     assert curv["curvature"] == "fisher" and curv["eigenvalues"].shape == (3,)
     assert curv["trace"]["value"] >= curv["eigenvalues"].sum() * (1 - 1e-4)  # PSD: the trace holds the top three
     assert cli("plot", out, "--kind", "eigenvalues", "-o", fig).code == 0 and fig.stat().st_size > 0
+    r = cli("info", out)
+    assert r.code == 0 and "│ curvature" in r.out and "fisher" in r.out
     r = cli("hessian", "--sample", "mlp", "--curvature", "fisher", "--method", "double-backward", "-o", tmp_path / "x.h5")
     assert r.code != 0 and "--method applies to --curvature hessian only" in r.err
 
