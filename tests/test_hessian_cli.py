@@ -76,6 +76,18 @@ def test_figures_from_the_file_alone(linreg_file, tmp_path):
         spectrum_figure(curv, "contour")
 
 
+def test_per_layer_eigenvalues_go_on_a_log_axis_only_when_positive_and_far_apart():
+    def curv(layer_values):
+        return {"eigenvalues": np.array([5.0, 2.0]), "residuals": np.zeros(2),
+                "layers": {f"l{i}": {"eigenvalues": np.array(v)} for i, v in enumerate(layer_values)}}
+
+    for values, log in (([[900.0, 80.0], [0.5, 0.01]], True), ([[9.0, 8.0], [0.5, 0.2]], False), ([[900.0, 1.0], [0.5, -0.01]], False)):
+        ax = spectrum_figure(curv(values), "eigenvalues").axes[1]
+        assert (ax.get_yscale() == "log") is log
+        layout = spectrum_plotly(curv(values), "eigenvalues").layout
+        assert (layout.yaxis2.type == "log") is log
+
+
 def test_cli_refuses_bad_options_and_existing_output(cli, linreg_file):
     r = cli("hessian", "--sample", "linreg", "-o", linreg_file)
     assert r.code == 2 and "exists" in r.err

@@ -45,6 +45,19 @@ def _title(curv: dict[str, Any]) -> str:
     return f"{what[:1].upper()}{what[1:]} spectrum" + (f" of {name}" if name else "")
 
 
+def _layer_values(layers: dict[str, Any], names: list[str]) -> list[list[float]]:
+    """Per rank j, the j-th top eigenvalue of each named layer (NaN where a layer has fewer)."""
+    k = max(len(layers[n]["eigenvalues"]) for n in names)
+    return [[float(layers[n]["eigenvalues"][j]) if j < len(layers[n]["eigenvalues"]) else np.nan for n in names] for j in range(k)]
+
+
+def _log_scale(rows: list[list[float]]) -> bool:
+    """A log axis when every value is positive and they span more than 100x (a small layer next to a big one)."""
+    v = np.asarray([x for row in rows for x in row], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return v.size > 1 and bool((v > 0).all()) and float(v.max()) > 100.0 * float(v.min())
+
+
 def _check(kind: str, curv: dict[str, Any]) -> None:
     if kind not in KINDS:
         raise LandscapeError(f"--kind {kind!r}: expected one of {', '.join(KINDS)} for a curvature file")
@@ -111,14 +124,17 @@ def spectrum_figure(curv: dict[str, Any], kind: str, sigma: float | None = None)
     ax.legend(fontsize=7)
     if with_layers:
         ax2 = axes[0, 1]
-        k = max(len(layers[n]["eigenvalues"]) for n in with_layers)
-        width = 0.8 / k
-        for j in range(k):
-            vals = [layers[n]["eigenvalues"][j] if j < len(layers[n]["eigenvalues"]) else np.nan for n in with_layers]
+        rows = _layer_values(layers, with_layers)
+        width = 0.8 / len(rows)
+        for j, vals in enumerate(rows):
             ax2.bar(np.arange(len(with_layers)) + j * width - 0.4 + width / 2, vals, width=width, label=f"λ{j + 1}")
         ax2.set_xticks(np.arange(len(with_layers)))
         ax2.set_xticklabels(with_layers, rotation=45, ha="right", fontsize=7)
-        ax2.set_ylabel("eigenvalue")
+        log = _log_scale(rows)
+        if log:
+            ax2.set_yscale("log")
+        ax2.set_ylabel("eigenvalue (log)" if log else "eigenvalue")
+        k = len(rows)
         ax2.set_title("top eigenvalues per layer", fontsize=9)
         ax2.legend(fontsize=6, ncol=min(k, 5))
     fig.tight_layout()
@@ -162,9 +178,10 @@ def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None)
     fig.add_trace(go.Scatter(x=np.arange(1, lam.size + 1), y=lam, mode="markers", name="eigenvalue",
                              error_y=dict(type="data", array=np.asarray(curv["residuals"], dtype=np.float64))), 1, 1)
     if with_layers:
-        k = max(len(layers[n]["eigenvalues"]) for n in with_layers)
-        for j in range(k):
-            vals = [float(layers[n]["eigenvalues"][j]) if j < len(layers[n]["eigenvalues"]) else None for n in with_layers]
-            fig.add_trace(go.Bar(x=list(with_layers), y=vals, name=f"λ{j + 1}"), 1, 2)
+        rows = _layer_values(layers, with_layers)
+        for j, vals in enumerate(rows):
+            fig.add_trace(go.Bar(x=list(with_layers), y=[None if np.isnan(v) else v for v in vals], name=f"λ{j + 1}"), 1, 2)
+        if _log_scale(rows):
+            fig.update_yaxes(type="log", title_text="eigenvalue (log)", row=1, col=2)
     fig.update_layout(title=f"{_title(curv)}: top eigenvalues (Lanczos)", barmode="group")
     return fig
