@@ -88,6 +88,23 @@ def test_per_layer_eigenvalues_go_on_a_log_axis_only_when_positive_and_far_apart
         assert (layout.yaxis2.type == "log") is log
 
 
+def test_per_layer_densities_are_compared_by_shape():
+    def runs(lam):  # SLQ on diag(lam): the layer's stored tridiagonals
+        from landscape.hessian import slq
+
+        r = slq(lambda V: V * torch.as_tensor(lam, dtype=torch.float64), len(lam), probes=3, steps=len(lam))
+        return {"lanczos": {"alpha": r.alpha, "beta": r.beta}, "size": len(lam)}
+
+    small, big = np.linspace(0.0, 0.3, 40), np.linspace(-20.0, 900.0, 40)
+    curv = {**runs(np.concatenate([small, big])), "layers": {"a": runs(small), "b": runs(big)}}
+    ax = spectrum_figure(curv, "density").axes[1]
+    for line in ax.get_lines()[:2]:
+        x, y = line.get_xdata(), line.get_ydata()
+        assert 0.98 < np.abs(x).max() < 1.1  # eigenvalue / max|eigenvalue|, plus the 5 sigma margin
+        assert abs(np.trapezoid(y, x) - 1.0) < 0.02  # unit area kept
+    assert "max|λ| 900" in ax.get_lines()[1].get_label()
+
+
 def test_cli_refuses_bad_options_and_existing_output(cli, linreg_file):
     r = cli("hessian", "--sample", "linreg", "-o", linreg_file)
     assert r.code == 2 and "exists" in r.err

@@ -45,6 +45,14 @@ def _title(curv: dict[str, Any]) -> str:
     return f"{what[:1].upper()}{what[1:]} spectrum" + (f" of {name}" if name else "")
 
 
+def _shape(d: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+    """A block's density against eigenvalue / max|eigenvalue| (the grid spans the nodes and 5 sigma), rescaled
+    to keep unit area: blocks whose scales differ 1000x can be compared by the shape of their spectra."""
+    g = d["grid"]
+    scale = max(float(np.abs(g[[0, -1]]).max()) - 5.0 * float(d["sigma"]), 1e-300)
+    return g / scale, d["mean"] * scale, scale
+
+
 def _layer_values(layers: dict[str, Any], names: list[str]) -> list[list[float]]:
     """Per rank j, the j-th top eigenvalue of each named layer (NaN where a layer has fewer)."""
     k = max(len(layers[n]["eigenvalues"]) for n in names)
@@ -98,13 +106,15 @@ def spectrum_figure(curv: dict[str, Any], kind: str, sigma: float | None = None)
                 dl = _density(layers[name], sigma)
                 if dl is None:
                     continue
-                ax2.plot(dl["grid"], np.maximum(dl["mean"], FLOOR), lw=1.2, color=cmap(i % cmap.N), label=f"{name} ({layers[name]['size']:,})")
+                x, y, scale = _shape(dl)
+                ax2.plot(x, np.maximum(y, FLOOR), lw=1.2, color=cmap(i % cmap.N),
+                         label=f"{name} ({layers[name]['size']:,}; max|λ| {scale:.3g})")
             ax2.set_yscale("log")
             ax2.set_ylim(bottom=FLOOR * 10)
             ax2.axvline(0.0, color="0.5", lw=0.6)
-            ax2.set_xlabel("eigenvalue")
+            ax2.set_xlabel("eigenvalue / max |eigenvalue| of the block")
             ax2.set_ylabel("density (log)")
-            ax2.set_title("per layer (parameter block)", fontsize=9)
+            ax2.set_title("per layer (parameter block): shapes of the spectra", fontsize=9)
             ax2.legend(fontsize=6, loc="upper right", ncol=2 if len(with_layers) > 8 else 1)
         fig.tight_layout()
         return fig
@@ -151,7 +161,7 @@ def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None)
     if kind == "density":
         with_layers = [k for k, b in layers.items() if b.get("lanczos") is not None or b.get("density") is not None]
         cols = 2 if with_layers else 1
-        fig = make_subplots(rows=1, cols=cols, subplot_titles=["whole model", "per layer"][:cols])
+        fig = make_subplots(rows=1, cols=cols, subplot_titles=["whole model", "per layer: shapes of the spectra"][:cols])
         d = _density(curv, sigma)
         assert d is not None
         g = d["grid"]
@@ -165,10 +175,11 @@ def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None)
         for name in with_layers:
             dl = _density(layers[name], sigma)
             if dl is not None:
-                fig.add_trace(go.Scatter(x=dl["grid"], y=np.maximum(dl["mean"], FLOOR), mode="lines", name=str(name)), 1, 2)
+                x, y, scale = _shape(dl)
+                fig.add_trace(go.Scatter(x=x, y=np.maximum(y, FLOOR), mode="lines", name=f"{name} (max|λ| {scale:.3g})"), 1, 2)
         for c in range(1, cols + 1):
             fig.update_yaxes(type="log", title_text="density (log)", row=1, col=c)
-            fig.update_xaxes(title_text="eigenvalue", row=1, col=c)
+            fig.update_xaxes(title_text="eigenvalue" if c == 1 else "eigenvalue / max |eigenvalue| of the block", row=1, col=c)
         fig.update_layout(title=f"{_title(curv)} (SLQ, σ={float(d['sigma']):.2g})")
         return fig
     lam = np.asarray(curv["eigenvalues"], dtype=np.float64)
