@@ -257,6 +257,11 @@ def test_cli_sharpness_and_gate(cli, tmp_path):
     lam = float(np.linalg.eigvalsh(hess).max())
     assert cli("metrics", out, "--fail-if", f"lambda_max > {lam * 1.01}").code == 0
     assert cli("metrics", out, "--fail-if", f"lambda_max > {lam * 0.99}").code == 1
+    fisher = tmp_path / "fisher.h5"  # another matrix's lambda_max must not pass for the Hessian's
+    assert cli("hessian", "--sample", "linreg", "--curvature", "fisher", "--top-k", "1", "-o", fisher).code == 0
+    res = cli("sharpness", "--sample", "linreg", "--curvature", fisher, "-o", tmp_path / "s2.h5")
+    assert res.code != 0 and "holds the empirical Fisher, not the Hessian" in res.err
+    assert not (tmp_path / "s2.h5").exists()
 
 
 def test_cli_track_linreg_constant_hessian(cli, tmp_path):

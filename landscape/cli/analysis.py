@@ -297,9 +297,15 @@ def sharpness(
         raise LandscapeError("--curvature and --hessian: give one (a file to read, or compute here)")
     curv = None
     if curvature is not None:
+        from landscape.hessian.operators import CURVATURE_TITLES
         from landscape.io.curvature import read_curvature
 
         curv = read_curvature(curvature)
+        if curv["curvature"] != "hessian":  # lambda_max and the LLA ratios are the Hessian's (a PSD matrix has no negative share)
+            raise LandscapeError(
+                f"--curvature {curvature}: holds the {CURVATURE_TITLES.get(curv['curvature'], curv['curvature'])}, "
+                "not the Hessian (run `landscape hessian` without --curvature, or use --hessian here)"
+            )
     spec = load_spec(
         model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
         seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle,
