@@ -347,6 +347,25 @@ def test_slq_density_close_to_exactly_smoothed_spectrum():
     assert l1_distance(d2.grid, d2.values, exact_density(ev, d2.grid, d2.sigma)) <= dist + 1e-9
 
 
+def test_slq_in_groups_within_a_memory_budget_gives_the_same_runs():
+    gen = torch.Generator().manual_seed(5)
+    Qm, _ = torch.linalg.qr(torch.randn(120, 120, generator=gen, dtype=torch.float64))
+    A = Qm @ torch.diag(torch.linspace(-1.0, 4.0, 120, dtype=torch.float64)) @ Qm.T
+    widths = []
+
+    def matmat(V: torch.Tensor) -> torch.Tensor:
+        widths.append(V.shape[0])
+        return V @ A
+
+    whole = slq(matmat, 120, probes=7, steps=12, seed=3)
+    assert max(widths) == 7
+    widths.clear()
+    grouped = slq(matmat, 120, probes=7, steps=12, seed=3, basis_bytes=3 * 12 * 120 * 8)  # bases of 3 probes at a time
+    assert max(widths) == 3 and grouped.matvecs == whole.matvecs == 84
+    np.testing.assert_allclose(grouped.alpha, whole.alpha, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grouped.beta, whole.beta, rtol=1e-12, atol=1e-12)
+
+
 def test_density_from_lanczos_needs_no_operator():
     # the tridiagonal of a 2x2 diagonal matrix diag(1, 3) from v = (1, 1)/sqrt 2: alpha = (2, 2), beta = (1,)
     d = density_from_lanczos(np.array([[2.0, 2.0]]), np.array([[1.0]]), grid=np.linspace(0, 4, 4001), sigma=0.05)

@@ -8,7 +8,8 @@ weights tau_j = Y[0, j]^2, so v^T f(H) v ~= sum_j tau_j f(theta_j). The smoothed
 
 an estimate of (1/n) sum_i N(t; lambda_i, sigma^2). The per-probe (alpha, beta) are kept so the
 density can be redrawn with another sigma or grid by `density_from_lanczos`, without any product.
-Probes run in lockstep, so every step multiplies n_v vectors in one call.
+Probes run in lockstep, so every step multiplies n_v vectors in one call; when their bases
+([n_v, m, n] float64) would pass `basis_bytes`, in consecutive groups that fit (the same numbers).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from landscape.hessian.lanczos import blas_threads, tridiagonal_eigh
 from landscape.hessian.trace import rademacher
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
+SLQ_BASIS_BYTES = 2 << 30  # the probes' Lanczos bases held at once (float64); more probes run in groups
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ def slq(
     steps: int = 80,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    basis_bytes: int = SLQ_BASIS_BYTES,
 ) -> LanczosRuns:
     """Run `probes` Lanczos processes of `steps` steps in lockstep from Rademacher vectors (Ghorbani et al. 2019),
     orthonormalized in groups of n (`orthonormal_probes`): still unbiased, less variance, exact when probes >= n.
@@ -82,6 +85,7 @@ def slq(
 
     Full re-orthogonalization within each probe's basis; a probe that breaks down (its Krylov space is
     invariant: e.g. n <= steps) stops there, its remaining entries NaN, its quadrature then exact.
+    At most `basis_bytes` of bases are held at once: beyond it the probes run in groups, in order.
 
     Example:
         >>> A = torch.diag(torch.linspace(0, 1, 50, dtype=torch.float64))
@@ -95,9 +99,21 @@ def slq(
     steps = max(1, min(int(steps), n))
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     V = orthonormal_probes(rademacher(p, n, gen, device))
-    Q = torch.zeros(p, steps, n, dtype=torch.float64, device=device)
     alpha = np.full((p, steps), np.nan)
     beta = np.full((p, max(steps - 1, 0)), np.nan)
+    group = max(1, min(p, int(basis_bytes) // (steps * n * 8)))
+    matvecs = 0
+    for start in range(0, p, group):
+        rows = slice(start, min(p, start + group))
+        matvecs += _lockstep(matmat, V[rows], steps, alpha[rows], beta[rows])
+    return LanczosRuns(alpha=alpha, beta=beta, matvecs=matvecs, seed=int(seed))
+
+
+def _lockstep(matmat: MatMat, V: torch.Tensor, steps: int, alpha: np.ndarray, beta: np.ndarray) -> int:
+    """Lanczos from each row of V (unit vectors, updated in place), all in one product call per step,
+    filling alpha [p, steps] and beta [p, steps - 1] (views); returns the products made."""
+    p, n = V.shape
+    Q = torch.zeros(p, steps, n, dtype=torch.float64, device=V.device)
     active = np.ones(p, dtype=bool)
     prev_beta = np.zeros(p)
     matvecs = 0
@@ -128,7 +144,7 @@ def slq(
                     beta[i, j] = b
                     prev_beta[i] = b
                     V[i] = w / b
-    return LanczosRuns(alpha=alpha, beta=beta, matvecs=matvecs, seed=int(seed))
+    return matvecs
 
 
 def quadrature(alpha: np.ndarray, beta: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
