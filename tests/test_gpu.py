@@ -1,4 +1,5 @@
-"""The CUDA path (runs only where a GPU is present): the batched strategy on the device equals the CPU loop."""
+"""The CUDA path (runs only where a GPU is present): the batched sweep strategies and the curvature products
+on the device equal the CPU."""
 
 from __future__ import annotations
 
@@ -27,3 +28,19 @@ def test_cuda_matches_cpu(name, strategy):
     strat.close()
     torch.testing.assert_close(got.loss, ref.loss, rtol=1e-6, atol=1e-9)
     assert gpu.x.device.type == "cuda" and next(gpu.model.parameters()).device.type == "cuda"
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("curvature", ["hessian", "ggn", "fisher"])
+def test_cuda_curvature_products_and_lanczos_match_cpu(name, curvature):
+    from landscape.hessian import CurvatureOperator, lanczos
+
+    cpu = sample_problem(name, samples=128)
+    gpu = sample_problem(name, samples=128, device="cuda")
+    V = torch.randn(3, cpu.layout.size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ops = [CurvatureOperator(p, curvature=curvature) for p in (cpu, gpu)]
+    ref, got = (op.matmat(V) for op in ops)
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), ref, rtol=1e-8, atol=1e-10)
+    eig = [lanczos(op.matmat, op.size, k=3, tol=1e-8, device=op.device, start=op.probe) for op in ops]
+    torch.testing.assert_close(torch.as_tensor(eig[1].eigenvalues), torch.as_tensor(eig[0].eigenvalues), rtol=1e-7, atol=1e-10)
