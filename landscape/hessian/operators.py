@@ -267,7 +267,7 @@ class CurvatureOperator:
         assert total is not None
         return total
 
-    # ---- double backward and GGN (autograd) -------------------------------------------------
+    # ---- double backward, GGN and empirical Fisher (autograd) ---------------------------------
     def _state(self, method: str, xb, yb, w):
         if method == "fisher-cached":
             G, out = self._per_sample_gradients(xb, yb)

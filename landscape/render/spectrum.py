@@ -16,7 +16,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from landscape.errors import LandscapeError  # noqa: E402
-from landscape.hessian.operators import CURVATURE_TITLES  # noqa: E402
 
 KINDS = ("density", "eigenvalues")
 FLOOR = 1e-8  # a log axis needs a floor: densities below it are drawn at it
@@ -39,6 +38,8 @@ def _density(block: dict[str, Any], sigma: float | None) -> dict[str, np.ndarray
 
 
 def _title(curv: dict[str, Any]) -> str:
+    from landscape.hessian.operators import CURVATURE_TITLES  # the names only (imported lazily, as _density's)
+
     name = Path(str(curv.get("attrs", {}).get("checkpoint", ""))).name
     what = str(curv.get("curvature", "hessian"))
     what = CURVATURE_TITLES.get(what, what)
