@@ -145,6 +145,9 @@ def lanczos(
     max_iter = max(max_iter, min(n, want_count))
     gen = torch.Generator().manual_seed(int(seed))
 
+    def floor_at(scale: float) -> float:  # the residual the products' precision allows at this |theta| scale
+        return 100.0 * precision * max(scale, 1e-300)
+
     def fresh(Q: torch.Tensor, j: int) -> torch.Tensor:
         q = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
         for _ in range(2):
@@ -190,15 +193,14 @@ def lanczos(
             if j + 1 >= want_count or last:  # before that, not all wanted pairs exist: no need to look
                 theta, Y = tridiagonal_eigh(np.array(alphas), np.array(betas))
                 assert Y is not None
-                scale = float(np.abs(theta).max())
+                floor = floor_at(float(np.abs(theta).max()))
                 idx = wanted_indices(theta, k, which)
                 res = b * np.abs(Y[-1, idx])
-                ok = res <= np.maximum(tol * np.abs(theta[idx]), 100.0 * precision * max(scale, 1e-300))
+                ok = res <= np.maximum(tol * np.abs(theta[idx]), floor)
                 if ok.all() or last:
                     break
             else:  # the breakdown test's scale: a bound on |theta| (Gershgorin) without solving for it
-                scale = max(abs(x) for x in alphas) + 2.0 * max(betas, default=0.0)
-            floor = 100.0 * precision * max(scale, 1e-300)
+                floor = floor_at(max(abs(x) for x in alphas) + 2.0 * max(betas, default=0.0))
             if b <= floor * 1e-3 or b == 0.0:  # invariant subspace: restart orthogonally, T becomes block-diagonal
                 betas.append(0.0)
                 q = fresh(Q, j + 1)
