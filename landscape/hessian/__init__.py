@@ -1,4 +1,4 @@
-"""Curvature of the dataset-mean loss: HVP/GGN operators, Lanczos top-k, Hutch++ trace, SLQ density.
+"""Curvature of the dataset-mean loss: Hessian, GGN and empirical-Fisher product operators, Lanczos top-k, Hutch++ trace, SLQ density.
 
 Numerical core only (plain functions on tensors, no I/O); results are frozen dataclasses that carry
 their error bars. landscape.io.curvature stores them; landscape.render.spectrum draws them.
