@@ -73,7 +73,9 @@ def shard_problem(world: World, problem: Problem) -> Problem:
     if problem.n < world.size:
         raise LandscapeError(f"{problem.n} samples cannot be shared by {world.size} processes (use more --samples or fewer processes)")
     part = world.shard(problem.n)
-    return replace(problem, x=problem.x[part].clone(), y=problem.y[part].clone())
+    from landscape.model_io import map_inputs
+
+    return replace(problem, x=map_inputs(lambda t: t[part].clone(), problem.x), y=problem.y[part].clone())
 
 
 def init_world(device: str = "auto") -> World:

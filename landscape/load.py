@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from landscape.errors import LandscapeError
-from landscape.io.checkpoint import fit_state_dict, read_state_dict
-from landscape.io.data import load_data, subset
+from landscape.io.checkpoint import fit_state_dict, read_checkpoint
+from landscape.io.data import Columns, load_data, subset
 from landscape.io.loss import default_loss, resolve_loss
-from landscape.io.model import build_model
+from landscape.io.model import build_model, is_model_dir
 from landscape.io.samples import sample as find_sample
 from landscape.io.spec import sha256_file
 from landscape.problem import Problem, Say, make_problem, resolve_device, resolve_dtype
@@ -33,6 +33,11 @@ class LoadSpec:
     device: str = "auto"
     dtype: str = "float32"
     unsafe_pickle: bool = False
+    checkpoint_key: str | None = None  # which dict of the checkpoint holds the weights (e.g. state_dict_ema)
+    prefix: str | None = None  # the prefix before the model's own key names (e.g. net.)
+    params: str = "trainable"  # trainable, all, or a regular expression over parameter names
+    input_key: str | None = None  # dict data: the input key(s), comma-separated (default: all but the targets)
+    target_key: str | None = None  # dict data: the targets' key (default: labels, label, y, targets, target)
 
     def resolved(self) -> LoadSpec:
         """Fill model/checkpoint/data/loss from --sample; check that the three are named."""
@@ -48,6 +53,8 @@ class LoadSpec:
                     "loss": spec.loss or s["loss"],
                 }
             )
+        if not spec.model and spec.checkpoint and is_model_dir(spec.checkpoint):  # a Hugging Face directory builds itself
+            spec = replace(spec, model=spec.checkpoint)
         missing = [f"--{k}" for k in ("model", "checkpoint", "data") if not getattr(spec, k)]
         if missing:
             raise LandscapeError(f"missing {', '.join(missing)} (or use --sample NAME; `landscape samples` lists them)")
@@ -59,10 +66,12 @@ def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, 
     spec = spec.resolved()
     assert spec.model and spec.checkpoint and spec.data
     device, dtype = resolve_device(spec.device), resolve_dtype(spec.dtype)
-    state = read_state_dict(spec.checkpoint, spec.unsafe_pickle)
-    model = build_model(spec.model)
-    state = fit_state_dict(state, model, spec.checkpoint, say)
-    x, y = load_data(spec.data, spec.unsafe_pickle)
+    checkpoint = read_checkpoint(spec.checkpoint, spec.unsafe_pickle)
+    model = build_model(spec.model, say)
+    state = fit_state_dict(checkpoint, model, spec.checkpoint, say, key=spec.checkpoint_key, prefix=spec.prefix)
+    input_keys = tuple(k.strip() for k in spec.input_key.split(",") if k.strip()) if spec.input_key else None
+    columns = Columns(input_keys, spec.target_key, targets_from_inputs=spec.loss == "next-token")
+    x, y = load_data(spec.data, spec.unsafe_pickle, columns)
     x, y = subset(x, y, spec.samples, spec.seed)
     loss_name = spec.loss or default_loss(y)
     problem = make_problem(
@@ -75,6 +84,8 @@ def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, 
         dtype=dtype,
         batch_size=spec.batch_size,
         data_name=f"--data {spec.data}",
+        params=spec.params,
+        say=say,
     )
     data_path = Path(spec.data)
     provenance = {
@@ -95,8 +106,13 @@ def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, 
     return problem, provenance
 
 
-def load_other_theta(path: str, problem: Problem, unsafe_pickle: bool, say: Say = lambda msg: None) -> torch.Tensor:
-    """The flat trainable parameters of a second checkpoint of the same model (for --to)."""
-    state = read_state_dict(path, unsafe_pickle)
-    state = fit_state_dict(state, problem.model, path, say)
+def load_other_state(path: str, problem: Problem, spec: LoadSpec, say: Say = lambda msg: None) -> dict[str, torch.Tensor]:
+    """A second checkpoint of the same model, read as the first one was (--checkpoint-key, --prefix)."""
+    checkpoint = read_checkpoint(path, spec.unsafe_pickle)
+    return fit_state_dict(checkpoint, problem.model, path, say, key=spec.checkpoint_key, prefix=spec.prefix)
+
+
+def load_other_theta(path: str, problem: Problem, spec: LoadSpec, say: Say = lambda msg: None) -> torch.Tensor:
+    """The flat parameters (those the landscape is over) of a second checkpoint of the same model (for --to)."""
+    state = load_other_state(path, problem, spec, say)
     return problem.layout.flatten({n: state[n] for n in problem.layout.names}).to(problem.device, problem.dtype)

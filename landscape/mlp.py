@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
 
-from landscape.io.loss import cross_entropy
+from landscape.io.loss import cross_entropy, mse
 
 # modules and functions that act elementwise (so any memory layout is fine), without parameters;
 # the functions map to their in-place forms (None: none), as every step's input is a fresh product
@@ -159,7 +159,7 @@ def loss_kind(loss_fn: Callable, y: torch.Tensor, outputs: int) -> str | None:
     and `outputs` model outputs per sample; None otherwise (a user's loss is only known as a call)."""
     if loss_fn is cross_entropy and not torch.is_floating_point(y) and y.dim() == 1:
         return "cross-entropy"
-    if loss_fn is F.mse_loss and torch.is_floating_point(y) and y.dim() == 2 and y.shape[1] == outputs:
+    if (loss_fn is mse or loss_fn is F.mse_loss) and torch.is_floating_point(y) and y.dim() == 2 and y.shape[1] == outputs:
         return "mse"
     return None
 

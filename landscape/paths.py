@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from landscape.errors import LandscapeError
+from landscape.model_io import Inputs, call, rows, take
 from landscape.problem import Problem
 from landscape.sweep import STRATEGIES, Strategy, choose_strategy
 
@@ -128,7 +129,7 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int) -> bool:
+def recalibrate_bn(model: nn.Module, x: Inputs, batch_size: int) -> bool:
     """Recompute BatchNorm running statistics at the model's current weights from inputs `x`.
 
     Running stats are reset and re-estimated as a cumulative average over batches (momentum None), in
@@ -144,8 +145,8 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int) -> bool:
     model.train()
     try:
         with torch.no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                model(x[start : start + batch_size])
+            for start in range(0, rows(x), batch_size):
+                call(model, take(x, slice(start, start + batch_size)))
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -9,8 +10,21 @@ import torch
 import torch.nn as nn
 
 from landscape.errors import LandscapeError
-from landscape.io.loss import LossFn
+from landscape.io.loss import LossFn, is_builtin
+from landscape.model_io import (
+    Inputs,
+    call,
+    describe,
+    describe_output,
+    output_kind,
+    predictions_correct,
+    rows,
+    take,
+    to_device,
+)
 from landscape.params import Layout
+
+PARAMS_CHOICES = ("trainable", "all")
 
 
 @dataclass
@@ -20,13 +34,15 @@ class Problem:
     `theta` is the flat vector of the model's trainable parameters at the checkpoint (in `dtype`,
     or float32 when `dtype` is bfloat16, so perturbed weights are formed at full precision);
     `model` holds those weights, is in eval mode, and lives on `device` in `dtype` like `x`.
+    `x` is one tensor or a dict of tensors (keyword arguments of the model), all with N rows;
+    the parameters outside `layout` (frozen ones, or those `--params` leaves out) never move.
     """
 
     model: nn.Module
     layout: Layout
     theta: torch.Tensor
     buffers: dict[str, torch.Tensor]
-    x: torch.Tensor
+    x: Inputs
     y: torch.Tensor
     loss_fn: LossFn
     classification: bool
@@ -37,24 +53,46 @@ class Problem:
 
     @property
     def n(self) -> int:
-        return int(self.x.shape[0])
+        return rows(self.x)
 
-    def batches(self, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+    def batches(self, batch_size: int | None = None) -> Iterator[tuple[Inputs, torch.Tensor, float]]:
         """(x_b, y_b, weight) with weight = len(b) / N, so weighted batch means sum to the dataset mean."""
         bs = batch_size or self.batch_size
         for start in range(0, self.n, bs):
-            xb, yb = self.x[start : start + bs], self.y[start : start + bs]
-            yield xb, yb, xb.shape[0] / self.n
+            xb, yb = take(self.x, slice(start, start + bs)), self.y[start : start + bs]
+            yield xb, yb, yb.shape[0] / self.n
+
+    def forward(self, x: Inputs) -> object:
+        """The model's output for inputs `x` (a tensor, or a dict passed as keyword arguments)."""
+        return call(self.model, x)
 
     def params(self) -> dict[str, torch.Tensor]:
         """The model's own parameter tensors (live; writing them changes the model)."""
         return dict(self.model.named_parameters())
 
 
+def select_parameters(model: nn.Module, params: str = "trainable") -> dict[str, nn.Parameter]:
+    """The parameters the landscape is over: `trainable` (requires_grad, the default), `all`, or
+    those whose name matches a regular expression (`re.search`)."""
+    named = dict(model.named_parameters())
+    if params == "all":
+        return named
+    if params == "trainable":
+        return {n: p for n, p in named.items() if p.requires_grad}
+    try:
+        pattern = re.compile(params)
+    except re.error as exc:
+        raise LandscapeError(f"--params {params!r}: expected trainable, all or a regular expression ({exc})") from None
+    chosen = {n: p for n, p in named.items() if pattern.search(n)}
+    if not chosen:
+        raise LandscapeError(f"--params {params!r}: matches none of the model's {len(named)} parameter tensors (e.g. {', '.join(list(named)[:3])})")
+    return chosen
+
+
 def make_problem(
     model: nn.Module,
     state: dict[str, torch.Tensor],
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     loss_fn: LossFn,
     *,
@@ -63,20 +101,31 @@ def make_problem(
     batch_size: int | None = None,
     classification: bool | None = None,
     data_name: str = "--data",
+    params: str = "trainable",
+    say: Callable[[str], None] = lambda msg: None,
 ) -> Problem:
     """Load `state` into `model`, move model and data to `device`/`dtype`, and check they fit together."""
     model.load_state_dict(state)
     # weights are combined (theta + c @ D) in float32 when the model runs in bfloat16
     master = torch.float32 if dtype == torch.bfloat16 else dtype
-    theta_params = dict(model.to(device=device).named_parameters())
-    if not theta_params:
+    model.to(device=device)
+    if not list(model.parameters()):
         raise LandscapeError("--model: the model has no parameters")
+    theta_params = select_parameters(model, params)
+    if not theta_params:
+        raise LandscapeError("--params trainable: every parameter of the model is frozen (requires_grad=False); pass --params all")
+    left = [p for n, p in model.named_parameters() if n not in theta_params]
+    if left:
+        why = "frozen (requires_grad=False)" if params == "trainable" else f"not matched by --params {params}"
+        say(
+            f"{len(left)} parameter tensors ({sum(p.numel() for p in left):,} values) are {why} and left out: "
+            f"the landscape is over the other {sum(p.numel() for p in theta_params.values()):,}"
+            + (" (--params all includes them)" if params == "trainable" else "")
+        )
     layout = Layout.of(theta_params)
     theta = layout.flatten(theta_params).detach().to(master).clone()
-    model = model.to(dtype=dtype).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    x = x.to(device=device, dtype=dtype) if torch.is_floating_point(x) else x.to(device)
+    model = model.to(dtype=dtype).eval()  # requires_grad is left as the user set it: it says what is trainable
+    x = to_device(x, device, dtype)
     y = y.to(device=device, dtype=dtype) if torch.is_floating_point(y) else y.to(device)
     if classification is None:
         classification = not torch.is_floating_point(y) and y.ndim == 1
@@ -90,30 +139,37 @@ def make_problem(
         y=y,
         loss_fn=loss_fn,
         classification=classification,
-        batch_size=int(batch_size or min(x.shape[0], 4096 if device.type == "cpu" else 65536)),
+        batch_size=int(batch_size or min(rows(x), 4096 if device.type == "cpu" else 65536)),
         device=device,
         dtype=dtype,
         auto_batch=batch_size is None,
     )
-    check_fits(problem, data_name)
+    check_fits(problem, data_name, say)
     return problem
 
 
-def check_fits(problem: Problem, data_name: str) -> None:
+def check_fits(problem: Problem, data_name: str, say: Callable[[str], None] = lambda msg: None) -> None:
     """Run the model and loss on two samples; turn a failure into a one-line error."""
-    xb, yb = problem.x[:2], problem.y[:2]
+    xb, yb = take(problem.x, slice(0, 2)), problem.y[:2]
     try:
         with torch.no_grad():
-            out = problem.model(xb)
+            out = problem.forward(xb)
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LandscapeError(f"{data_name}: the model cannot take inputs x of shape {tuple(problem.x.shape)}: {msg}") from exc
+        raise LandscapeError(f"{data_name}: the model cannot take {describe(problem.x)}: {msg}") from exc
+    kind = output_kind(out)
+    if kind is not None and is_builtin(problem.loss_fn):
+        say(f"the model returns {kind}")
     try:
         loss = problem.loss_fn(out, yb)
+        if problem.classification:
+            predictions_correct(out, yb)
+    except LandscapeError:
+        raise
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise LandscapeError(
-            f"{data_name}: the loss cannot compare model outputs {tuple(out.shape)} with targets y {tuple(yb.shape)}: {msg}"
+            f"{data_name}: the loss cannot compare model outputs ({describe_output(out)}) with targets y {tuple(yb.shape)}: {msg}"
         ) from exc
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise LandscapeError("--loss: the loss function must return a scalar (the mean over the batch)")

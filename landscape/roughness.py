@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.func import functional_call
 
+from landscape.model_io import call_functional
 from landscape.problem import Problem
 from landscape.surface import evaluate_points
 from landscape.sweep import Evaluation
@@ -198,7 +198,7 @@ def loss_and_grad(problem: Problem, flat: torch.Tensor) -> tuple[float, torch.Te
     total = 0.0
     for xb, yb, w in problem.batches():
         params = problem.layout.unflatten(leaf)
-        out = functional_call(problem.model, (params, problem.buffers), (xb,))
+        out = call_functional(problem.model, (params, problem.buffers), xb)
         lb = problem.loss_fn(out, yb) * w
         (g,) = torch.autograd.grad(lb, leaf)
         grad += g
@@ -212,7 +212,7 @@ def loss_at(problem: Problem, flat: torch.Tensor) -> float:
         params = problem.layout.unflatten(flat.detach().to(problem.device, problem.dtype))
         total = 0.0
         for xb, yb, w in problem.batches():
-            out = functional_call(problem.model, (params, problem.buffers), (xb,))
+            out = call_functional(problem.model, (params, problem.buffers), xb)
             total += float(problem.loss_fn(out, yb)) * w
     return total
 

@@ -33,11 +33,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
-from torch.func import functional_call
 
 from landscape.errors import LandscapeError
 from landscape.fused import NORMS, FoldedNorm, channels_last_input, fuse_for_inference, has_conv2d, norm_affine
 from landscape.mlp import MlpChain, features_first_loss, loss_kind
+from landscape.model_io import Inputs, call, call_functional, logits_of, output_numel, predictions_correct, take
 from landscape.problem import Problem
 
 STRATEGIES = ("loop", "vmap", "firstlayer", "firstlayer-vmap", "fused", "firstlayer-fused", "mlp")
@@ -80,7 +80,7 @@ class Strategy:
         self.problem = problem
         self.directions = directions.to(problem.device, problem.theta.dtype)  # [k, P]
         self.batch_size = batch_size or problem.batch_size
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = problem.model  # what the loop strategies call
+        self.forward: Callable[..., Any] = problem.model  # what the loop strategies call
         params = problem.params()
         self._slots = [
             (name, params[name], problem.layout.block(name), shape)
@@ -108,15 +108,16 @@ class Strategy:
         raise NotImplementedError
 
     def on_batch(
-        self, shared: Any, batch_index: int, xb: torch.Tensor, yb: torch.Tensor, c: torch.Tensor
+        self, shared: Any, batch_index: int, xb: Inputs, yb: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
     def write_params(self, flat: torch.Tensor, skip: frozenset[str] = frozenset()) -> None:
         """Copy a flat weight vector into the model's parameters, in place."""
-        for name, param, block, shape in self._slots:
-            if name not in skip:
-                param.copy_(flat[block].view(shape))
+        with torch.no_grad():
+            for name, param, block, shape in self._slots:
+                if name not in skip:
+                    param.copy_(flat[block].view(shape))
 
     def shrink(self) -> str | None:
         """Use less memory after an out-of-memory error: say how, or None when it cannot."""
@@ -147,7 +148,7 @@ class LoopStrategy(Strategy):
         self.write_point(c[0])
 
     def on_batch(
-        self, shared: None, batch_index: int, xb: torch.Tensor, yb: torch.Tensor, c: torch.Tensor
+        self, shared: None, batch_index: int, xb: Inputs, yb: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.point_loss(xb, yb)
 
@@ -155,10 +156,10 @@ class LoopStrategy(Strategy):
         """Write the weights theta + D^T c into the model (but the tensors in `skip`)."""
         self.write_params(torch.addmv(self.problem.theta, self.directions.T, c), self.skip)
 
-    def point_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def point_loss(self, xb: Inputs, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean loss and number of correct predictions (classification) on one batch at the written weights."""
-        out = self.forward(xb)
-        correct = (out.argmax(-1) == yb).sum() if self.problem.classification else None
+        out = call(self.forward, xb)
+        correct = predictions_correct(out, yb) if self.problem.classification else None
         return self.problem.loss_fn(out, yb), correct
 
 
@@ -173,11 +174,11 @@ class VmapStrategy(Strategy):
         self.k = points_per_call
         model, buffers, loss_fn, cls = problem.model, problem.buffers, problem.loss_fn, problem.classification
 
-        def one(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, first_out: torch.Tensor | None):
+        def one(params: dict[str, torch.Tensor], xb: Inputs, yb: torch.Tensor, first_out: torch.Tensor | None):
             self.first_out = first_out  # read by the first layer's replaced forward (FirstLayerVmapStrategy)
-            out = functional_call(model, (params, buffers), (xb,))
+            out = call_functional(model, (params, buffers), xb)
             loss = loss_fn(out, yb)
-            correct = (out.argmax(-1) == yb).sum() if cls else torch.zeros((), device=out.device)
+            correct = predictions_correct(out, yb) if cls else torch.zeros((), device=yb.device)
             return loss, correct
 
         self._batched = torch.vmap(one, in_dims=(0, None, None, 0 if self.feeds_first_layer else None))
@@ -196,13 +197,15 @@ class VmapStrategy(Strategy):
         return {k: v.to(self.problem.dtype) for k, v in self.problem.layout.unflatten(flat).items()}
 
     def on_batch(
-        self, shared: dict[str, torch.Tensor], batch_index: int, xb: torch.Tensor, yb: torch.Tensor, c: torch.Tensor
+        self, shared: dict[str, torch.Tensor], batch_index: int, xb: Inputs, yb: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._batched(shared, xb, yb, self.first_layer_outputs(batch_index, c))
 
 
 def find_first_layer(problem: Problem) -> tuple[str, nn.Module] | None:
     """The Linear/Conv module that receives the raw input x, if the model starts with one."""
+    if not isinstance(problem.x, torch.Tensor):
+        return None  # keyword inputs (token ids and masks): the first layer is not fed by one input tensor
     hits: list[tuple[str, nn.Module]] = []
     probe = problem.x[:2]
     handles = []
@@ -384,7 +387,7 @@ class FirstLayerStrategy(LoopStrategy):
         return None  # each point's weights are written in `on_batch`, next to its forward pass
 
     def on_batch(
-        self, shared: None, batch_index: int, xb: torch.Tensor, yb: torch.Tensor, c: torch.Tensor
+        self, shared: None, batch_index: int, xb: Inputs, yb: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         outputs = self.cache.outputs(batch_index, c)
         losses, correct = [], []
@@ -444,6 +447,8 @@ def _fused_graph(problem: Problem, keep: frozenset[nn.Module] = frozenset()) -> 
     """`fuse_for_inference`'s graph of the problem's model, or NotApplicable when it would not help."""
     why = "no BatchNorm after a Conv/Linear to fold and no 2-D convolution (or torch.fx cannot trace the model)"
     model = problem.model
+    if not isinstance(problem.x, torch.Tensor):
+        raise NotApplicable("the model takes keyword inputs")
     if not has_conv2d(model) and not any(isinstance(m, NORMS) for m in model.modules()):
         raise NotApplicable(why)  # known without tracing (a first trace took up to 0.17 s)
     fused = fuse_for_inference(model, keep, fold=problem.dtype in (torch.float32, torch.float64))
@@ -459,7 +464,7 @@ def _use_fused(strat: LoopStrategy, fused: fx.GraphModule, layout_x: bool = True
     p = strat.problem
     x = channels_last_input(p.x) if layout_x and has_conv2d(p.model) else p.x
     with torch.no_grad():
-        want, got = p.model(p.x[:64]), fused(x[:64])
+        want, got = logits_of(p.model(p.x[:64])), logits_of(fused(x[:64]))
     if not _agree(want.double().flatten(), got.double().flatten(), p.dtype):
         raise ValueError("the fused graph's outputs differ from the model's")
     strat.forward = fused
@@ -524,6 +529,8 @@ class MlpStrategy(Strategy):
         super().__init__(problem, directions, batch_size)
         if problem.dtype not in (torch.float32, torch.float64):
             raise NotApplicable("it runs in float32 or float64 only")
+        if not isinstance(problem.x, torch.Tensor):
+            raise NotApplicable("the model takes keyword inputs")
         chain = MlpChain.of(problem.model, set(problem.layout.names))
         if chain is None:
             raise NotApplicable("the model is not a chain of Linear layers and elementwise activations")
@@ -625,9 +632,9 @@ def memory_budget(device: torch.device) -> int:
 def points_per_call(problem: Problem, memory_budget: int, batch_size: int | None = None) -> int:
     """How many points the vmap strategies stack per call: bounded by weights and activations memory."""
     with torch.no_grad():
-        out = problem.model(problem.x[:1])
+        out = problem.forward(take(problem.x, slice(0, 1)))
     per_point = problem.layout.size * problem.theta.element_size() * 2
-    per_point += 8 * out.numel() * (batch_size or problem.batch_size) * out.element_size()  # rough activation allowance
+    per_point += 8 * output_numel(out) * (batch_size or problem.batch_size) * problem.theta.element_size()  # rough activation allowance
     return int(max(1, min(64, memory_budget // max(per_point, 1))))
 
 
@@ -650,7 +657,7 @@ def tune_batch_size(problem: Problem, rounds: int = 3, margin: float = 0.9) -> i
             for size in sizes:
                 start = time.perf_counter()
                 for xb, yb, _ in problem.batches(size):
-                    problem.loss_fn(problem.model(xb), yb).item()
+                    problem.loss_fn(problem.forward(xb), yb).item()
                 best[size] = min(best[size], time.perf_counter() - start)
     fastest = min(sizes, key=lambda s: best[s])
     return fastest if best[fastest] < margin * best[sizes[0]] else sizes[0]

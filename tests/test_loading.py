@@ -83,7 +83,7 @@ def test_data_files(tmp_path):
         gx, gy = load_data(str(tmp_path / name))
         assert torch.equal(gx, x) and torch.equal(gy, y)
     np.savez(tmp_path / "bad.npz", inputs=x.numpy())
-    with pytest.raises(LandscapeError, match="needs arrays named 'x' and 'y'"):
+    with pytest.raises(LandscapeError, match="no targets among inputs; expected 'x' and 'y'"):
         load_data(str(tmp_path / "bad.npz"))
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from landscape.cli import app
 from landscape.cli.options import (
+    model_options,
     RUN,
     BatchSize,
     Checkpoint,
@@ -76,6 +77,7 @@ def _fmt(value: float) -> str:
 
 
 @app.command(rich_help_panel="Compute")
+@model_options
 def roughness(
     output: Output = Path("landscape-out/roughness.h5"),
     sample: Sample = None,
@@ -104,6 +106,7 @@ def roughness(
     figure: Figure = None,
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
     """Roughness index of the loss around a checkpoint (Wang et al.): RI = sigma/mu of the normalized
     total variation of M random 1D profiles.
@@ -134,7 +137,7 @@ def roughness(
         raise LandscapeError(f"--steps {steps}: need at least 2 intervals")
     spec = load_spec(
         model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
-        seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle,
+        seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
     )
     problem, prov = load_problem(spec, say)
     dirs = random_directions(directions, problem.theta, problem.layout, seed=seed, norm=norm, ignore=ignore)
@@ -254,6 +257,7 @@ def _fresh_curvature(problem, seed: int) -> dict[str, Any]:
 
 
 @app.command(rich_help_panel="Compute")
+@model_options
 def sharpness(
     output: Output = Path("landscape-out/sharpness.h5"),
     sample: Sample = None,
@@ -278,6 +282,7 @@ def sharpness(
     force: Force = False,
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
     """Sharpness numbers of a checkpoint: SAM sharpness, epsilon-sharpness, and (with --curvature or
     --hessian) lambda_max, the Hessian trace and the Loss Landscape Analysis ratios re and K.
@@ -308,7 +313,7 @@ def sharpness(
             )
     spec = load_spec(
         model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
-        seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle,
+        seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
     )
     problem, prov = load_problem(spec, say)
     if curv is not None:
@@ -341,6 +346,7 @@ def sharpness(
 
 
 @app.command(rich_help_panel="Compute")
+@model_options
 def track(
     checkpoints: Checkpoints = None,
     output: Output = Path("landscape-out/track.h5"),
@@ -361,6 +367,7 @@ def track(
     figure: Figure = None,
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
     """lambda_max (and the trace with --trace) of the Hessian at each checkpoint in training order.
 
@@ -390,9 +397,9 @@ def track(
     else:
         step_values = [float(i) for i in range(len(ckpts))]
     kw = dict(model=model, data=data, loss=loss, sample=sample, samples=samples, seed=seed, batch_size=batch_size,
-              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle)
+              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))
     problem, prov = problem_at(kw, ckpts[-1])
-    states = load_states(ckpts, problem, unsafe_pickle)
+    states = load_states(ckpts, problem, kw)
     say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, lambda_max at {len(ckpts)} checkpoints")
     with progress() as bar:
         task = bar.add_task("track", total=len(ckpts))

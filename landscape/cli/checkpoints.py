@@ -11,6 +11,7 @@ import typer
 
 from landscape.cli import app
 from landscape.cli.options import (
+    model_options,
     BatchSize,
     Config,
     Data,
@@ -89,6 +90,7 @@ def _plane_sweep(
 
 
 @app.command(rich_help_panel="Compute")
+@model_options
 def path(
     checkpoints: Checkpoints = None,
     output: Output = Path("landscape-out/path.h5"),
@@ -116,6 +118,7 @@ def path(
     figure: Figure = None,
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
     """Loss along the path between checkpoints over the whole state (BatchNorm buffers too), and its barrier.
 
@@ -131,6 +134,7 @@ def path(
       landscape path a.pt b.pt --sample cnn --bn-recalibrate --train-data train.npz -o path.h5
     """
     from landscape.io.data import load_data, subset
+    from landscape.model_io import to_device
     from landscape.io.spec import sha256_file
     from landscape.paths import CURVES, evaluate_path, has_batchnorm
 
@@ -147,9 +151,9 @@ def path(
     if train_data and not bn_recalibrate:
         raise LandscapeError("--train-data is only used with --bn-recalibrate")
     kw = dict(model=model, data=data, loss=loss, sample=sample, samples=samples, seed=seed, batch_size=batch_size,
-              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle)
+              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))
     problem, prov = problem_at(kw, ckpts[0])
-    states = load_states(ckpts, problem, unsafe_pickle)
+    states = load_states(ckpts, problem, kw)
     recal = None
     if bn_recalibrate:
         if not has_batchnorm(problem.model):
@@ -161,7 +165,7 @@ def path(
             else:
                 say("--bn-recalibrate without --train-data: recalibrating on --data")
                 xt = problem.x
-            recal = xt.to(problem.device, problem.dtype) if torch.is_floating_point(xt) else xt.to(problem.device)
+            recal = to_device(xt, problem.device, problem.dtype)
     t = torch.linspace(0, 1, points, dtype=torch.float64)
     say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, {curve} path through {len(ckpts)} checkpoints, {points} points")
     with progress() as bar:
@@ -182,6 +186,7 @@ def path(
 
 
 @app.command(rich_help_panel="Compute")
+@model_options
 def plane(
     checkpoints: Checkpoints = None,
     output: Output = Path("landscape-out/plane.h5"),
@@ -201,6 +206,7 @@ def plane(
     figure: Figure = None,
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
     """The loss on the plane through three checkpoints A, B, C (A at the origin, orthonormal axes).
 
@@ -223,9 +229,9 @@ def plane(
     if len(ckpts) != 3:
         raise LandscapeError(f"plane: name exactly three checkpoints (got {len(ckpts)})")
     kw = dict(model=model, data=data, loss=loss, sample=sample, samples=samples, seed=seed, batch_size=batch_size,
-              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle)
+              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))
     problem, prov = problem_at(kw, ckpts[0])
-    states = load_states(ckpts, problem, unsafe_pickle)
+    states = load_states(ckpts, problem, kw)
     flats = [flat_params(problem, s) for s in states]
     pa = plane_axes(*flats)
     pts = pa.points
@@ -256,6 +262,7 @@ def plane(
 
 
 @app.command(rich_help_panel="Compute")
+@model_options
 def trajectory(
     checkpoints: Checkpoints = None,
     output: Output = Path("landscape-out/trajectory.h5"),
@@ -276,6 +283,7 @@ def trajectory(
     figure: Figure = None,
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
     """The training path projected on the PCA plane of the checkpoints, over the loss contour of that plane (Li et al.).
 
@@ -298,9 +306,9 @@ def trajectory(
     if len(ckpts) < 3:
         raise LandscapeError(f"trajectory: need at least three checkpoints (got {len(ckpts)})")
     kw = dict(model=model, data=data, loss=loss, sample=sample, samples=samples, seed=seed, batch_size=batch_size,
-              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle)
+              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))
     problem, prov = problem_at(kw, ckpts[-1])
-    states = load_states(ckpts, problem, unsafe_pickle)
+    states = load_states(ckpts, problem, kw)
     traj = pca_axes([flat_params(problem, s) for s in states], center=center)
     c = traj.coords
     x_grid = parse_range(x or _default_range(float(c[:, 0].min()), float(c[:, 0].max()), 21), "--x")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -19,6 +19,7 @@ from rich.table import Table
 
 from landscape.cli import app
 from landscape.cli.options import (
+    model_options,
     RUN,
     BatchSize,
     Checkpoint,
@@ -57,6 +58,7 @@ def _quiet(msg: str) -> None:
 
 
 @app.command(rich_help_panel="Compute")
+@model_options
 def hessian(
     output: Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")] = Path("landscape-out/curv.h5"),
     sample: Sample = None,
@@ -107,6 +109,7 @@ def hessian(
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)] = False,
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
     """Curvature of the loss at a checkpoint: top-k eigenpairs (Lanczos), trace (Hutch++), density (SLQ).
 
@@ -145,7 +148,7 @@ def hessian(
         raise LandscapeError(f"{output} exists: pass --force to overwrite it")
     spec = load_spec(
         model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
-        seed=seed, batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle,
+        seed=seed, batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
     )
     tell = say if world.main else _quiet
     problem, prov = load_problem(spec, tell)

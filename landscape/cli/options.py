@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -73,10 +76,13 @@ def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | No
     return value
 
 
-Model = Annotated[str | None, typer.Option(help="Model factory: MODULE:FACTORY or path/to/file.py:FACTORY.", rich_help_panel=LOAD)]
+Model = Annotated[
+    str | None,
+    typer.Option(help="Model factory: MODULE:FACTORY or path/to/file.py:FACTORY, or a Hugging Face model directory (default: --checkpoint when it is one).", rich_help_panel=LOAD),
+]
 Checkpoint = Annotated[
     str | None,
-    typer.Option(help="Weights: .pt/.pth/.ckpt (state_dict, raw or under state_dict/model/model_state_dict) or .safetensors.", rich_help_panel=LOAD),
+    typer.Option(help="Weights: .pt/.pth/.ckpt/.bin/.safetensors, or a Hugging Face model directory. The dict of tensors and the key prefix (module., net., _orig_mod., ...) are found by the model's own names.", rich_help_panel=LOAD),
 ]
 Data = Annotated[
     str | None,
@@ -84,7 +90,7 @@ Data = Annotated[
 ]
 Loss = Annotated[
     str | None,
-    typer.Option(help="cross-entropy (default for integer targets), mse (default otherwise), or file.py:fn(output, target) -> mean loss.", rich_help_panel=LOAD),
+    typer.Option(help="cross-entropy (default for integer targets; logits [N, C, ...] or [B, T, V]; targets -100 ignored), next-token (causal language models: logits [B, T, V] predict the next of the tokens [B, T]), mse (default otherwise), or file.py:fn(output, target) -> mean loss. The built-ins read .logits, ['logits'] or a tuple's first element of the output; your function gets the output as it is.", rich_help_panel=LOAD),
 ]
 Sample = Annotated[str | None, typer.Option(help="A bundled sample instead of model/checkpoint/data (see `landscape samples`).", rich_help_panel=LOAD)]
 Samples = Annotated[int | None, typer.Option(help="Use a fixed, seeded subset of N data points (default: all).", rich_help_panel=LOAD)]
@@ -110,6 +116,46 @@ Config = Annotated[
 
 def load_spec(**kwargs: Any) -> LoadSpec:
     return LoadSpec(**kwargs)
+
+
+MODEL_OPTIONS = (  # how to read a real model's files: added to every command that loads one by `model_options`
+    inspect.Parameter("checkpoint_key", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        str | None,
+        typer.Option(help="Which dict of the checkpoint holds the weights (e.g. state_dict_ema), when several fit the model.", rich_help_panel=LOAD),
+    ]),
+    inspect.Parameter("prefix", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        str | None,
+        typer.Option(help="The prefix in front of the model's own key names (e.g. net. or ema.module.), when several fit.", rich_help_panel=LOAD),
+    ]),
+    inspect.Parameter("params", inspect.Parameter.KEYWORD_ONLY, default="trainable", annotation=Annotated[
+        str,
+        typer.Option(help="The parameters to perturb and differentiate: trainable (requires_grad, default), all, or a regular expression over names (e.g. 'layer4|fc').", rich_help_panel=LOAD),
+    ]),
+    inspect.Parameter("input_key", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        str | None,
+        typer.Option(help="Data as dicts: the key(s) the model takes, comma-separated (default: all but the targets; one key is passed positionally, several as keyword arguments).", rich_help_panel=LOAD),
+    ]),
+    inspect.Parameter("target_key", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        str | None,
+        typer.Option(help="Data as dicts: the targets' key (default: the first of labels, label, y, targets, target).", rich_help_panel=LOAD),
+    ]),
+)
+
+
+def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the MODEL_OPTIONS; it receives them as one dict `model_options` of LoadSpec fields."""
+    signature = inspect.signature(command)
+    hints = typing.get_type_hints(command, include_extras=True)  # the annotations as objects (typer reads them)
+    visible = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "model_options"]
+    names = [p.name for p in MODEL_OPTIONS]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return command(*args, model_options={n: kwargs.pop(n) for n in names}, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*visible, *MODEL_OPTIONS])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in [*visible, *MODEL_OPTIONS]}
+    return wrapper
 
 
 def tagged(tag: str, style: str, msg: str, sep: str = " ") -> None:

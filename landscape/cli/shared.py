@@ -106,10 +106,12 @@ def checkpoint_paths(given: list[str] | None, sample: str | None, default: str) 
     return list(snaps)
 
 
-def load_states(paths: list[str], problem, unsafe_pickle: bool) -> list[dict[str, torch.Tensor]]:
-    from landscape.io.checkpoint import fit_state_dict, read_state_dict
+def load_states(paths: list[str], problem, spec_kwargs: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    """The checkpoints' state_dicts for `problem`'s model, read as `spec_kwargs` say (--checkpoint-key, --prefix)."""
+    from landscape.load import load_other_state
 
-    return [fit_state_dict(read_state_dict(p, unsafe_pickle), problem.model, p, say) for p in paths]
+    spec = load_spec(**spec_kwargs)
+    return [load_other_state(p, problem, spec, say) for p in paths]
 
 
 def problem_at(spec_kwargs: dict[str, Any], checkpoint_path: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ import typer
 
 from landscape.cli import app
 from landscape.cli.options import (
+    model_options,
     RUN,
     BatchSize,
     Checkpoint,
@@ -52,6 +53,7 @@ def _quiet(msg: str) -> None:
 
 
 @app.command(rich_help_panel="Compute")
+@model_options
 def sweep(
     output: Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")] = Path("landscape-out/sweep.h5"),
     sample: Sample = None,
@@ -92,6 +94,7 @@ def sweep(
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)] = False,
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
     """Evaluate the loss (and accuracy) on a grid of points theta + a·d1 (+ b·d2) around a checkpoint.
 
@@ -117,11 +120,11 @@ def sweep(
     y_grid = parse_range(y, "--y") if y else None
     spec = load_spec(
         model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples, seed=seed,
-        batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle,
+        batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
     )
     tell = say if world.main else _quiet
     problem, prov = load_problem(spec, tell)
-    other = load_other_theta(to, problem, unsafe_pickle, tell) if to else None
+    other = load_other_theta(to, problem, spec, tell) if to else None
     if axes_from and not Path(axes_from).is_file():
         raise LandscapeError(f"--axes-from {axes_from}: file not found")
     axes_spec = AxesSpec(dims=1 if y_grid is None else 2, norm=norm, ignore=ignore, seed=seed, to=to, axes=axes, axes_from=axes_from)

@@ -45,10 +45,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.func import functional_call
 
 from landscape.distributed import World
 from landscape.errors import LandscapeError
+from landscape.io.loss import is_builtin
+from landscape.model_io import Inputs, call_functional, logits_of, map_inputs, take
 from landscape.params import Layout
 from landscape.problem import Problem
 
@@ -162,19 +163,32 @@ class CurvatureOperator:
         self.method = self._choose(candidates, check)
 
     # ---- the loss as a function of the block ------------------------------------------------
-    def _loss(self, u: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, w: float) -> torch.Tensor:
+    def _loss(self, u: torch.Tensor, xb: Inputs, yb: torch.Tensor, w: float) -> torch.Tensor:
         return w * self.problem.loss_fn(self._forward(u, xb), yb)
 
-    def _forward(self, u: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+    def _forward(self, u: torch.Tensor, xb: Inputs) -> Any:
+        """The model's output at block weights `u`, attention through a twice-differentiable kernel."""
         params = {**self.fixed, **self.sub.unflatten(u)}
-        return functional_call(self.problem.model, (params, self.problem.buffers), (xb,))
+        with twice_differentiable():
+            return call_functional(self.problem.model, (params, self.problem.buffers), xb)
+
+    def _logits(self, out: Any) -> torch.Tensor:
+        """The output as the one tensor the GGN and Fisher differentiate through (a built-in loss reads its logits)."""
+        if isinstance(out, torch.Tensor):
+            return out
+        if is_builtin(self.problem.loss_fn):
+            return logits_of(out)
+        raise LandscapeError(
+            f"--curvature {self.curvature} needs the model's output as one tensor, or a built-in --loss (which reads "
+            f"its logits); the model returns {type(out).__name__}: use --curvature hessian, or a model that returns the logits"
+        )
 
     def _batches(self):
         """(x_b, y_b, |b| / n_total) over this rank's data: the ranks' weighted sums add up to the dataset mean."""
         p, bs = self.problem, self.batch_size
         for start in range(0, p.n, bs):
-            xb, yb = p.x[start : start + bs], p.y[start : start + bs]
-            yield xb, yb, xb.shape[0] / self.n_total
+            xb, yb = take(p.x, slice(start, start + bs)), p.y[start : start + bs]
+            yield xb, yb, yb.shape[0] / self.n_total
 
     # ---- agreement between ranks (no-ops for one process) -----------------------------------
     def _summed(self, values: Sequence[float]) -> list[float]:
@@ -275,13 +289,13 @@ class CurvatureOperator:
         with torch.enable_grad():
             u = self.u0.detach().clone().requires_grad_(True)
             if method == "fisher":  # F_b v = (1/N) J^T (J v), J: the Jacobian of the batch's per-sample losses
-                out = self._forward(u, xb)
+                out = self._logits(self._forward(u, xb))
                 losses = self._per_sample_losses(out, yb)
                 dummy = torch.zeros_like(losses, requires_grad=True)
                 jt = torch.autograd.grad(losses, u, grad_outputs=dummy, create_graph=True)[0]
                 return (u, losses, dummy, jt, w / xb.shape[0])
             if method.startswith("ggn"):
-                out = self._forward(u, xb)
+                out = self._logits(self._forward(u, xb))
                 z = out.detach().requires_grad_(True)
                 gz = torch.autograd.grad(w * self.problem.loss_fn(z, yb), z, create_graph=True)[0]
                 dummy = torch.zeros_like(out, requires_grad=True)
@@ -289,7 +303,7 @@ class CurvatureOperator:
                 return (u, out, z, gz, dummy, jt)
             out = self._forward(u, xb)
             g = torch.autograd.grad(w * self.problem.loss_fn(out, yb), u, create_graph=True)[0]
-            return (u, g, out)
+            return (u, g, _kept(out))
 
     @staticmethod
     def _vjp(output: torch.Tensor, inp: torch.Tensor, V: torch.Tensor, batched: bool) -> torch.Tensor:
@@ -322,18 +336,20 @@ class CurvatureOperator:
             u, g, _ = state
             return self._vjp(g, u, V, batched)
 
-    def _per_sample_gradients(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _per_sample_gradients(self, xb: Inputs, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of each sample's own loss on the block, [|b|, size], and the batch's outputs."""
 
-        def one(u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            out = self._forward(u, x[None])
+        def one(u: torch.Tensor, x: Inputs, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self._logits(self._forward(u, map_inputs(lambda t: t[None], x)))
             return self.problem.loss_fn(out, y[None]), out[0].detach()
 
         per_sample = torch.func.grad(one, has_aux=True)
         try:
             G, out = torch.func.vmap(per_sample, in_dims=(None, 0, 0))(self.u0, xb, yb)
+        except LandscapeError:
+            raise
         except Exception:  # a model vmap cannot batch (data-dependent control flow, in-place batch ops): one at a time
-            rows = [per_sample(self.u0, x, y) for x, y in zip(xb, yb)]
+            rows = [per_sample(self.u0, take(xb, i), yb[i]) for i in range(yb.shape[0])]
             G, out = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
         return G.detach(), out
 
@@ -463,7 +479,9 @@ class CurvatureOperator:
         worst = 0.0
         with torch.no_grad():
             for (xb, _, _), state in zip(self._batches(), self._cache):
-                worst = max(worst, _rel(self._forward(self.u0, xb), state[2].detach()))  # the kept outputs (every method's state[2])
+                fresh = self._forward(self.u0, xb)
+                fresh = self._logits(fresh) if self.curvature != "hessian" else _kept(fresh)
+                worst = max(worst, _rel(fresh, state[2].detach()))  # the kept outputs (every method's state[2])
         worst = self._summed([worst])[0]  # every rank decides alike
         if worst > tol:
             raise LandscapeError(
@@ -517,3 +535,23 @@ class CurvatureOperator:
 
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
+
+
+def twice_differentiable():
+    """A context in which scaled-dot-product attention runs through its plain math kernel: the fused
+    (flash, memory-efficient) kernels have no double backward, which every Hessian product needs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def _kept(out: Any) -> torch.Tensor:
+    """The tensor of a model output kept to check that a fresh forward pass gives the same (any output:
+    the logits where they are found, else its first floating-point tensor)."""
+    try:
+        return logits_of(out)
+    except LandscapeError:
+        leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        if not leaves:
+            raise
+        return leaves[0]

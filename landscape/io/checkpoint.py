@@ -1,25 +1,86 @@
-"""Read checkpoints safely (weights_only unless told otherwise) and fit them to a model."""
+"""Read checkpoints safely (weights_only unless told otherwise) and fit them to a model by its own names.
+
+A checkpoint file (or a Hugging Face model directory, sharded or not) is read into every dict of
+tensors it holds, nested or not (`{"state_dict": ...}` from Lightning, `{"net": ..., "acc": ...}`,
+timm's `state_dict` and `state_dict_ema`). Fitting then looks, in each of them, for the key prefix
+that makes the keys the model's own (`net.`, `module.`, `model.`, `_orig_mod.`, or none), keeping
+only the tensors whose shapes fit; the one dict and prefix that cover every tensor of the model
+win, and what was stripped or ignored is said. Tensors the model ties to another one (a language
+model's output layer tied to its embedding, which `save_pretrained` leaves out) are not missing.
+When two choices fit alike (the weights and an EMA copy), the user picks with `--checkpoint-key`
+or `--prefix`.
+"""
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from landscape.errors import LandscapeError
 
-NESTED_KEYS = ("state_dict", "model_state_dict", "model")
-PREFIXES = ("module.", "model.")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+COMPILED = "_orig_mod."  # the segment torch.compile puts in front of a compiled module's keys
+MAX_DEPTH = 4  # nesting searched for dicts of tensors
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Every dict of tensors found in a checkpoint, by where it was found ('' for the top level,
+    'state_dict', 'callbacks/ema', ...)."""
+
+    source: str
+    candidates: dict[str, dict[str, torch.Tensor]]
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The files a checkpoint path stands for: itself, or a model directory's weights (the shards
+    that `*.index.json` names, else its one weights file, safetensors preferred)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise LandscapeError(f"checkpoint not found: {path}")
+    for index in sorted(path.glob("*.index.json")):
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return [path / name for name in sorted(set(weight_map.values()))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise LandscapeError(f"{index}: not a readable shard index ({type(exc).__name__}: {exc})") from exc
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    files = safetensors or files
+    if len(files) == 1:
+        return files
+    if not files:
+        raise LandscapeError(f"{path}: a directory without weights (no {', '.join(WEIGHT_SUFFIXES)} file)")
+    raise LandscapeError(f"{path}: several weight files ({', '.join(p.name for p in files[:4])}); pass --checkpoint FILE")
+
+
+def read_checkpoint(path: str | Path, unsafe_pickle: bool = False) -> Checkpoint:
+    """Every dict of tensors in a .pt/.pth/.ckpt/.bin/.safetensors file or a model directory."""
+    path = Path(path)
+    candidates: dict[str, dict[str, torch.Tensor]] = {}
+    for file in weight_files(path):
+        for key, tensors in _tensor_dicts(_load_file(file, unsafe_pickle)).items():
+            candidates.setdefault(key, {}).update(tensors)  # shards of one state_dict add up
+    if not candidates:
+        raise LandscapeError(f"{path}: no state_dict found (no dict of tensors in it, at any level)")
+    return Checkpoint(str(path), candidates)
 
 
 def read_state_dict(path: str | Path, unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Load a flat name -> tensor dict from .pt/.pth/.ckpt (raw or nested) or .safetensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise LandscapeError(f"checkpoint not found: {path}")
+    """The one dict of tensors of a checkpoint (the top level first); for files of a known layout."""
+    ckpt = read_checkpoint(path, unsafe_pickle)
+    return ckpt.candidates.get("") or next(iter(ckpt.candidates.values()))
+
+
+def _load_file(path: Path, unsafe_pickle: bool) -> Any:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -28,7 +89,7 @@ def read_state_dict(path: str | Path, unsafe_pickle: bool = False) -> dict[str, 
         except Exception as exc:
             raise LandscapeError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
+        return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
     except pickle.UnpicklingError as exc:
         raise LandscapeError(
             f"{path}: holds pickled Python objects that torch.load(weights_only=True) refuses; "
@@ -36,51 +97,173 @@ def read_state_dict(path: str | Path, unsafe_pickle: bool = False) -> dict[str, 
         ) from exc
     except Exception as exc:
         raise LandscapeError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+
+
+def _tensor_dicts(obj: Any, where: str = "", depth: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """The tensors of `obj` (a dict or a pickled module) and of the dicts nested in it, by path."""
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
-    if isinstance(obj, Mapping):
-        for key in NESTED_KEYS:
-            inner = obj.get(key)
-            if isinstance(inner, nn.Module):
-                inner = inner.state_dict()
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise LandscapeError(
-            f"{path}: no state_dict found (expected a dict of tensors, or one under {', '.join(NESTED_KEYS)})"
-        )
-    return dict(obj)
+    if not isinstance(obj, Mapping) or depth > MAX_DEPTH:
+        return {}
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if tensors:
+        found[where] = tensors
+    for k, v in obj.items():
+        if isinstance(k, str) and isinstance(v, (Mapping, nn.Module)):
+            found.update(_tensor_dicts(v, f"{where}/{k}" if where else k, depth + 1))
+    return found
+
+
+def tied_keys(model: nn.Module) -> dict[str, str]:
+    """Keys of the model's state_dict that hold the same tensor as an earlier key: tied -> source."""
+    first: dict[int, str] = {}
+    ties: dict[str, str] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        ties.update({name: first[id(tensor)]} if id(tensor) in first else {})
+        first.setdefault(id(tensor), name)
+    return ties
+
+
+@dataclass
+class _Fit:
+    """One way to read the model's tensors out of a checkpoint: a candidate dict and a prefix."""
+
+    key: str
+    prefix: str
+    state: dict[str, torch.Tensor]  # model key -> tensor (shapes fit)
+    mismatched: dict[str, tuple[int, ...]]  # model key -> the checkpoint's shape
+    unused: list[str]  # the candidate's keys this fit does not read
+    compiled: int  # keys that had torch.compile's segment
+
+
+def _fits(key: str, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[_Fit]:
+    """Every prefix after which some of the candidate's keys are model keys, with what it reads."""
+    clean = {k.replace(COMPILED, ""): v for k, v in tensors.items()}
+    compiled = sum(COMPILED in k for k in tensors)
+    by_prefix: dict[str, _Fit] = {}
+    for name, tensor in clean.items():
+        cuts = [0] + [i + 1 for i, ch in enumerate(name) if ch == "."]
+        for cut in cuts:
+            rest = name[cut:]
+            if rest not in expected:
+                continue
+            fit = by_prefix.setdefault(name[:cut], _Fit(key, name[:cut], {}, {}, [], compiled))
+            if tuple(tensor.shape) == tuple(expected[rest].shape):
+                fit.state[rest] = tensor
+            else:
+                fit.mismatched[rest] = tuple(tensor.shape)
+    for fit in by_prefix.values():
+        used = {fit.prefix + k for k in fit.state}
+        fit.unused = [k for k in clean if k not in used and k[len(fit.prefix):] not in fit.mismatched]
+    return list(by_prefix.values())
 
 
 def fit_state_dict(
-    state: dict[str, torch.Tensor],
+    checkpoint: Checkpoint | Mapping[str, torch.Tensor],
     model: nn.Module,
     source: str,
     say: Callable[[str], None] = lambda msg: None,
+    *,
+    key: str | None = None,
+    prefix: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Strip DDP/Lightning prefixes if that makes the keys match, then check keys and shapes."""
+    """The model's state_dict read out of `checkpoint` by the model's own key names (see the module
+    docstring); `key` and `prefix` (--checkpoint-key, --prefix) narrow the choice."""
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(source, {"": dict(checkpoint)})
+    candidates = ckpt.candidates
+    if key is not None:
+        key = key.strip("/")
+        if key not in candidates:
+            raise LandscapeError(f"--checkpoint-key {key!r}: {source} has no dict of tensors there (it has: {_names(candidates)})")
+        candidates = {key: candidates[key]}
     expected = model.state_dict()
-    if not set(expected) <= set(state):
-        for prefix in PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                stripped = {k[len(prefix):]: v for k, v in state.items()}
-                if set(expected) <= set(stripped) or len(set(expected) & set(stripped)) > len(set(expected) & set(state)):
-                    say(f"{source}: stripped the {prefix!r} prefix from every key")
-                    state = stripped
-                    break
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
-        raise LandscapeError(f"{source}: checkpoint keys do not match the model: {'; '.join(parts)}")
-    for name, ref in expected.items():
-        if tuple(state[name].shape) != tuple(ref.shape):
-            raise LandscapeError(
-                f"{source}: shape mismatch for {name}: checkpoint {tuple(state[name].shape)}, model {tuple(ref.shape)}"
-            )
+    ties = tied_keys(model)
+    required = [k for k in expected if k not in ties]
+    fits = [f for k, t in candidates.items() for f in _fits(k, t, expected)]
+    if prefix is not None:
+        fits = [f for f in fits if f.prefix == prefix]
+        if not fits:
+            raise LandscapeError(f"--prefix {prefix!r}: no key of {source} starts with it and continues with a key of the model")
+    full = [f for f in fits if all(k in f.state for k in required)]
+    if not full:
+        raise LandscapeError(_mismatch_message(fits, candidates, expected, required, source))
+    if len(full) > 1:
+        raise LandscapeError(
+            f"{source}: the model's weights are there more than once: "
+            + "; ".join(_where(f) for f in full[:4])
+            + ". Pick one with "
+            + ("--prefix" if len({f.key for f in full}) == 1 else "--checkpoint-key (and --prefix)")
+        )
+    (fit,) = full
+    top = {k.split(".", 1)[0] for k in expected}
+    stray = [k for k in fit.unused if k.startswith(fit.prefix) and k[len(fit.prefix):].split(".", 1)[0] in top]
+    if stray:  # keys inside the model's own modules that it has no place for: another architecture
+        raise LandscapeError(
+            f"{source}: checkpoint keys do not match the model: unexpected {len(stray)} (e.g. {', '.join(stray[:3])})"
+        )
+    _report(fit, candidates, say, source)
+    state = dict(fit.state)
+    for tied, origin in ties.items():
+        state.setdefault(tied, state[origin])
+    _note_precision(state, expected, source, say)
     return {k: state[k] for k in expected}
+
+
+def _where(fit: _Fit) -> str:
+    place = f"under {fit.key!r}" if fit.key else "at the top level"
+    return f"{place} with prefix {fit.prefix!r}" if fit.prefix else f"{place} with no prefix"
+
+
+def _names(candidates: Mapping[str, Any]) -> str:
+    return ", ".join(repr(k) if k else "'' (the top level)" for k in list(candidates)[:6])
+
+
+def _report(fit: _Fit, candidates: Mapping[str, Any], say: Callable[[str], None], source: str) -> None:
+    """Say which dict, which prefix and which extra keys were used or ignored (nothing for a plain fit)."""
+    parts = []
+    if fit.key and len(candidates) > 1:
+        parts.append(f"read the weights under {fit.key!r}")
+    if fit.prefix:
+        parts.append(f"stripped the {fit.prefix!r} prefix")
+    if fit.compiled:
+        parts.append(f"dropped torch.compile's {COMPILED!r} from {fit.compiled} keys")
+    if fit.unused:
+        parts.append(f"ignored {len(fit.unused)} other tensors (e.g. {', '.join(fit.unused[:3])})")
+    if parts:
+        say(f"{source}: " + "; ".join(parts))
+
+
+def _mismatch_message(
+    fits: list[_Fit], candidates: Mapping[str, Any], expected: dict[str, torch.Tensor], required: list[str], source: str
+) -> str:
+    if not fits:
+        keys = [k for t in candidates.values() for k in t][:3]
+        return (
+            f"{source}: checkpoint keys do not match the model: none of its keys (e.g. {', '.join(keys)}) ends "
+            f"with a key of the model (e.g. {', '.join(list(expected)[:3])})"
+        )
+    best = max(fits, key=lambda f: (len(f.state) + len(f.mismatched), len(f.state), -len(f.unused)))
+    missing = [k for k in required if k not in best.state and k not in best.mismatched]
+    if not missing:  # every key is there: the shapes say what differs
+        name = next(k for k in required if k in best.mismatched)
+        return f"{source}: shape mismatch for {name}: checkpoint {best.mismatched[name]}, model {tuple(expected[name].shape)}"
+    parts = [f"missing {len(missing)} (e.g. {', '.join(missing[:3])})"]
+    if best.unused:
+        parts.append(f"unexpected {len(best.unused)} (e.g. {', '.join(best.unused[:3])})")
+    where = f" ({_where(best)})" if best.prefix or best.key else ""
+    return f"{source}: checkpoint keys do not match the model{where}: {'; '.join(parts)}"
+
+
+def _note_precision(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str, say: Callable[[str], None]) -> None:
+    """Say once when the checkpoint stores floating-point tensors at a lower precision than the model."""
+    low = {
+        str(t.dtype).removeprefix("torch.")
+        for k, t in state.items()
+        if t.is_floating_point() and expected[k].is_floating_point() and torch.finfo(t.dtype).bits < torch.finfo(expected[k].dtype).bits
+    }
+    if low:
+        say(
+            f"{source}: stores {'/'.join(sorted(low))} weights; they are upcast to the model's precision, "
+            "so the values differ from a run in that precision by its rounding"
+        )

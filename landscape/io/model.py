@@ -1,6 +1,10 @@
-"""Build the user's model from a factory spec."""
+"""Build the user's model: from a factory spec, or from a Hugging Face model directory's config."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
 
 import torch.nn as nn
 
@@ -8,8 +12,16 @@ from landscape.errors import LandscapeError
 from landscape.io.spec import resolve_callable
 
 
-def build_model(spec: str) -> nn.Module:
-    """Call the factory named by `spec` (MODULE:FACTORY or file.py:FACTORY) and check it gives a module."""
+def is_model_dir(path: str | Path) -> bool:
+    """A directory written by Hugging Face `save_pretrained` (it has a config.json)."""
+    return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+def build_model(spec: str, say: Callable[[str], None] = lambda msg: None) -> nn.Module:
+    """Call the factory named by `spec` (MODULE:FACTORY or file.py:FACTORY) and check it gives a module;
+    a Hugging Face model directory is built from its config.json (random weights, loaded after)."""
+    if is_model_dir(spec):
+        return _from_config(Path(spec), say)
     factory = resolve_callable(spec, "--model")
     try:
         model = factory()
@@ -17,4 +29,28 @@ def build_model(spec: str) -> nn.Module:
         raise LandscapeError(f"--model {spec}: the factory raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise LandscapeError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _from_config(path: Path, say: Callable[[str], None]) -> nn.Module:
+    """The class that config.json's `architectures` names, built from that config without a download."""
+    try:
+        arch = (json.loads((path / "config.json").read_text()).get("architectures") or [None])[0]
+    except (OSError, ValueError, AttributeError) as exc:
+        raise LandscapeError(f"--model {path}: config.json is not readable JSON ({exc})") from exc
+    if not arch:
+        raise LandscapeError(f"--model {path}: config.json names no architecture; pass --model file.py:FACTORY")
+    try:
+        import transformers
+    except ImportError as exc:
+        raise LandscapeError(f"--model {path}: a Hugging Face model directory needs transformers (pip install transformers)") from exc
+    cls = getattr(transformers, arch, None)
+    if cls is None:
+        raise LandscapeError(f"--model {path}: transformers {transformers.__version__} has no class {arch}; pass --model file.py:FACTORY")
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        model = cls(config)
+    except Exception as exc:
+        raise LandscapeError(f"--model {path}: building {arch} from its config failed: {type(exc).__name__}: {exc}") from exc
+    say(f"--model {path}: {arch} from its config.json")
     return model

@@ -47,9 +47,14 @@ def resolve_callable(spec: str, option: str) -> Any:
 
 
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (provenance)."""
+    """Hex sha256 of a file's bytes, or of a directory's files (names and bytes, in name order): provenance."""
+    path = Path(path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            h.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()

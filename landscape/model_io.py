@@ -1,0 +1,126 @@
+"""What goes into a model and what comes out of it, as real models have them.
+
+Inputs are one tensor (passed positionally) or a dict of tensors with the same first dimension
+(passed as keyword arguments, the Hugging Face convention: `input_ids`, `attention_mask`, ...).
+Outputs are a tensor or anything holding one: a Hugging Face `ModelOutput` (its `.logits`), a dict
+(its `"logits"`), a tuple or list (its first element). The built-in losses and the accuracy read the
+logits found that way; a user's loss gets the output as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Union
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from landscape.errors import LandscapeError
+
+Inputs = Union[torch.Tensor, dict[str, torch.Tensor]]
+
+
+def rows(x: Inputs) -> int:
+    """Number of samples (the first dimension, shared by every tensor of a dict)."""
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0])
+    return int(next(iter(x.values())).shape[0])
+
+
+def map_inputs(fn: Callable[[torch.Tensor], torch.Tensor], x: Inputs) -> Inputs:
+    """`fn` applied to the tensor, or to every tensor of the dict."""
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    return {k: fn(v) for k, v in x.items()}
+
+
+def take(x: Inputs, index: Any) -> Inputs:
+    """The rows `index` (a slice, an index tensor or None for a new leading axis) of the inputs."""
+    return map_inputs(lambda t: t[index], x)
+
+
+def to_device(x: Inputs, device: torch.device, dtype: torch.dtype) -> Inputs:
+    """Floating-point tensors to `dtype` on `device`; integer tensors (token ids, masks) keep their dtype."""
+    return map_inputs(lambda t: t.to(device=device, dtype=dtype) if torch.is_floating_point(t) else t.to(device), x)
+
+
+def describe(x: Inputs) -> str:
+    """'x of shape (N, ...)' or 'inputs input_ids (N, T), attention_mask (N, T)' for messages."""
+    if isinstance(x, torch.Tensor):
+        return f"inputs x of shape {tuple(x.shape)}"
+    return "inputs " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in x.items())
+
+
+def call(model: Callable[..., Any], x: Inputs) -> Any:
+    """model(x) for a tensor, model(**x) for a dict."""
+    return model(**x) if isinstance(x, Mapping) else model(x)
+
+
+def call_functional(model: nn.Module, tensors: tuple[dict[str, torch.Tensor], ...], x: Inputs) -> Any:
+    """`torch.func.functional_call` with the module's parameters and buffers replaced by `tensors`."""
+    if isinstance(x, Mapping):
+        return functional_call(model, tensors, (), dict(x))
+    return functional_call(model, tensors, (x,))
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """The tensor a built-in loss reads from a model output: the output itself, `.logits`, `["logits"]`
+    or the first element of a tuple/list (recursively)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, Mapping):
+        if isinstance(out.get("logits"), torch.Tensor):
+            return out["logits"]
+        if len(out) == 1:
+            return logits_of(next(iter(out.values())))
+    if isinstance(out, (tuple, list)) and out:
+        return logits_of(out[0])
+    raise LandscapeError(
+        f"the model returned {describe_output(out)}; the built-in losses read a tensor, .logits, ['logits'] "
+        "or a tuple's first element: pass --loss file.py:function to compute the loss from this output"
+    )
+
+
+def output_kind(out: Any) -> str | None:
+    """How `logits_of` finds the logits in `out` (None for a plain tensor), for a note to the user."""
+    if isinstance(out, torch.Tensor):
+        return None
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
+        return f"{type(out).__name__}: reading its .logits"
+    if isinstance(out, Mapping):
+        return f"a dict: reading its {'logits' if 'logits' in out else next(iter(out))!r} entry"
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of {len(out)}: reading its first element"
+    return type(out).__name__
+
+
+def describe_output(out: Any) -> str:
+    """A short description of a model output for error messages (shapes, keys, types)."""
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, Mapping):
+        keys = ", ".join(str(k) for k in list(out)[:5])
+        return f"{type(out).__name__} with keys {keys}"
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of {len(out)}"
+    return f"an object of type {type(out).__name__}"
+
+
+def output_numel(out: Any) -> int:
+    """Number of values of all the tensors in a model output (a memory estimate)."""
+    if isinstance(out, torch.Tensor):
+        return out.numel()
+    if isinstance(out, Mapping):
+        return sum(output_numel(v) for v in out.values())
+    if isinstance(out, (tuple, list)):
+        return sum(output_numel(v) for v in out)
+    return 0
+
+
+def predictions_correct(out: Any, y: torch.Tensor) -> torch.Tensor:
+    """Number of samples whose predicted class (argmax of the logits' last dimension) is the target."""
+    return (logits_of(out).argmax(-1) == y).sum()
