@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch's CPU build first when none is installed (a plain `torch` requirement would pull a CUDA build)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	# torch with the torchvision built for it, pinned as a pair (the test extra needs torchvision, which
+	# fails to import beside any other torch build: 'operator torchvision::nms does not exist')
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 

@@ -10,6 +10,7 @@ logits found that way; a user's loss gets the output as it is.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Union
 
 import torch
@@ -62,6 +63,15 @@ def call_functional(model: nn.Module, tensors: tuple[dict[str, torch.Tensor], ..
     if isinstance(x, Mapping):
         return functional_call(model, tensors, (), dict(x))
     return functional_call(model, tensors, (x,))
+
+
+def math_attention() -> AbstractContextManager[None]:
+    """A context in which scaled-dot-product attention runs through its plain math kernel. The fused
+    kernels (flash, memory-efficient) have no double backward, which every Hessian product needs,
+    and no batching rule, so under torch.vmap they fall back to a slow per-sample loop with a warning."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def logits_of(out: Any) -> torch.Tensor:

@@ -37,7 +37,16 @@ from torch import fx
 from landscape.errors import LandscapeError
 from landscape.fused import NORMS, FoldedNorm, channels_last_input, fuse_for_inference, has_conv2d, norm_affine
 from landscape.mlp import MlpChain, features_first_loss, loss_kind
-from landscape.model_io import Inputs, call, call_functional, logits_of, output_numel, predictions_correct, take
+from landscape.model_io import (
+    Inputs,
+    call,
+    call_functional,
+    logits_of,
+    math_attention,
+    output_numel,
+    predictions_correct,
+    take,
+)
 from landscape.problem import Problem
 
 STRATEGIES = ("loop", "vmap", "firstlayer", "firstlayer-vmap", "fused", "firstlayer-fused", "mlp")
@@ -199,7 +208,8 @@ class VmapStrategy(Strategy):
     def on_batch(
         self, shared: dict[str, torch.Tensor], batch_index: int, xb: Inputs, yb: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self._batched(shared, xb, yb, self.first_layer_outputs(batch_index, c))
+        with math_attention():  # fused attention has no batching rule: vmap would loop over the points
+            return self._batched(shared, xb, yb, self.first_layer_outputs(batch_index, c))
 
 
 def find_first_layer(problem: Problem) -> tuple[str, nn.Module] | None:

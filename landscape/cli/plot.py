@@ -53,7 +53,7 @@ def _has_group(path: Path, group: str) -> bool:
         return group in f
 
 
-def _plot_spectrum(path: Path, kind: str, sigma: float | None, output: Path, suffix: str, plotlyjs: str, title: str | None) -> None:
+def _plot_spectrum(path: Path, kind: str | None, sigma: float | None, output: Path, suffix: str, plotlyjs: str, title: str | None) -> None:
     """A curvature file: Hessian eigenvalues or spectral density (drawn by landscape.render.spectrum)."""
     try:
         from landscape.io.curvature import read_curvature
@@ -61,6 +61,7 @@ def _plot_spectrum(path: Path, kind: str, sigma: float | None, output: Path, suf
     except ImportError as exc:
         raise LandscapeError(f"{path}: drawing curvature results needs landscape.render.spectrum, not available here ({exc})") from exc
     curv = read_curvature(path)
+    kind = kind or spectrum.default_kind(curv)
     if suffix == ".html":
         from landscape.render.interactive import figures_page, write_page
 
@@ -110,7 +111,7 @@ def plot(
     if levels is not None and levels < 1:
         raise LandscapeError(f"--levels {levels}: must be at least 1")
     if kind in SPECTRUM_KINDS or (kind is None and _has_group(path, "hessian") and not _has_group(path, "sweep")):
-        _plot_spectrum(path, kind or "density", sigma, output, suffix, plotlyjs, title)
+        _plot_spectrum(path, kind, sigma, output, suffix, plotlyjs, title)
         return
     if kind is None:
         from landscape.render import analysis, analysis_interactive

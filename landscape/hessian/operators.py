@@ -49,7 +49,7 @@ import torch
 from landscape.distributed import World
 from landscape.errors import LandscapeError
 from landscape.io.loss import is_builtin
-from landscape.model_io import Inputs, call_functional, logits_of, map_inputs, take
+from landscape.model_io import Inputs, call_functional, logits_of, map_inputs, math_attention, take
 from landscape.params import Layout
 from landscape.problem import Problem
 
@@ -169,7 +169,7 @@ class CurvatureOperator:
     def _forward(self, u: torch.Tensor, xb: Inputs) -> Any:
         """The model's output at block weights `u`, attention through a twice-differentiable kernel."""
         params = {**self.fixed, **self.sub.unflatten(u)}
-        with twice_differentiable():
+        with math_attention():  # the fused attention kernels have no double backward
             return call_functional(self.problem.model, (params, self.problem.buffers), xb)
 
     def _logits(self, out: Any) -> torch.Tensor:
@@ -535,14 +535,6 @@ class CurvatureOperator:
 
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
-
-
-def twice_differentiable():
-    """A context in which scaled-dot-product attention runs through its plain math kernel: the fused
-    (flash, memory-efficient) kernels have no double backward, which every Hessian product needs."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _kept(out: Any) -> torch.Tensor:

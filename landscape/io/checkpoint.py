@@ -222,7 +222,7 @@ def _names(candidates: Mapping[str, Any]) -> str:
 def _report(fit: _Fit, candidates: Mapping[str, Any], say: Callable[[str], None], source: str) -> None:
     """Say which dict, which prefix and which extra keys were used or ignored (nothing for a plain fit)."""
     parts = []
-    if fit.key and len(candidates) > 1:
+    if fit.key:
         parts.append(f"read the weights under {fit.key!r}")
     if fit.prefix:
         parts.append(f"stripped the {fit.prefix!r} prefix")

@@ -67,6 +67,11 @@ def _log_scale(rows: list[list[float]]) -> bool:
     return v.size > 1 and bool((v > 0).all()) and float(v.max()) > 100.0 * float(v.min())
 
 
+def default_kind(curv: dict[str, Any]) -> str:
+    """What a curvature file holds: its density when it has one, else its eigenvalues."""
+    return "density" if curv.get("lanczos") is not None or curv.get("density") is not None else "eigenvalues"
+
+
 def _check(kind: str, curv: dict[str, Any]) -> None:
     if kind not in KINDS:
         raise LandscapeError(f"--kind {kind!r}: expected one of {', '.join(KINDS)} for a curvature file")

@@ -1,0 +1,495 @@
+"""Real library models through the CLI, as the README's "Your model" section runs them.
+
+Each model is built here with random weights (no downloads) from torchvision, timm, Hugging Face
+transformers and Lightning, saved the way its library saves it, and run through `sweep`,
+`hessian` and `roughness`. Every number is checked against an independent computation: the
+library's own loss (Hugging Face `.loss`, `F.cross_entropy`) on a model loaded by the library's
+own loader (`from_pretrained`, `load_state_dict`), with the direction added by name, and the exact
+Hessian of a parameter block (`torch.func.hessian` + `eigh`, float64).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+LossAt = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]  # (truth model, params to swap in) -> loss
+
+
+def _import(name: str):
+    """The library, or a skip that prints why (e.g. a torchvision wheel built for another torch)."""
+    try:
+        return pytest.importorskip(name)
+    except ImportError as exc:  # importorskip only covers ModuleNotFoundError
+        pytest.skip(f"{name} does not import beside torch {torch.__version__}: {exc}")
+
+
+def _layout(path: Path) -> tuple[list[str], list[tuple[int, ...]]]:
+    with h5py.File(path, "r") as f:
+        table = f["axes/layout"][()] if "axes/layout" in f else f["hessian/layout"][()]
+    names = [r[0].decode() if isinstance(r[0], bytes) else str(r[0]) for r in table]
+    shapes = [tuple(int(s) for s in (r[1].decode() if isinstance(r[1], bytes) else str(r[1])).split(",") if s) for r in table]
+    return names, shapes
+
+
+def _unflatten(flat: np.ndarray, names: list[str], shapes: list[tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    out, at = {}, 0
+    for name, shape in zip(names, shapes):
+        n = math.prod(shape)
+        out[name] = torch.as_tensor(flat[at : at + n], dtype=torch.float64).view(shape)
+        at += n
+    return out
+
+
+def check_sweep(path: Path, truth: nn.Module, loss_at: LossAt, rel: float = 2e-5) -> None:
+    """Every stored point equals the library's loss at theta + x d (d added to the named parameters)."""
+    names, shapes = _layout(path)
+    with h5py.File(path, "r") as f:
+        d = _unflatten(f["axes/x"][()], names, shapes)
+        xs, stored = f["sweep/coords/x"][()], f["sweep/loss"][()]
+        assert bool(f.attrs["complete"])
+    params = dict(truth.named_parameters())
+    assert set(names) <= set(params)
+    for xv, got in zip(xs, stored):
+        want = float(loss_at(truth, {n: params[n].detach() + xv * d[n] for n in names}))
+        assert got == pytest.approx(want, rel=rel, abs=1e-7), (xv, got, want)
+
+
+def exact_top(truth: nn.Module, loss_at: LossAt, names: list[str], k: int) -> np.ndarray:
+    """The top-k eigenvalues of the exact Hessian of the loss in the parameters `names` (float64)."""
+    params = dict(truth.named_parameters())
+    shapes = [params[n].shape for n in names]
+    u0 = torch.cat([params[n].detach().reshape(-1) for n in names])
+
+    def f(u: torch.Tensor) -> torch.Tensor:
+        parts, at = {}, 0
+        for n, s in zip(names, shapes):
+            parts[n] = u[at : at + math.prod(s)].view(s)
+            at += math.prod(s)
+        return loss_at(truth, parts)
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        h = torch.func.hessian(f)(u0)
+    return np.sort(np.linalg.eigvalsh(h.detach().numpy()))[::-1][:k]
+
+
+def check_hessian(path: Path, truth: nn.Module, loss_at: LossAt, k: int, rel: float = 1e-4) -> list[str]:
+    names, _ = _layout(path)
+    with h5py.File(path, "r") as f:
+        got = f["hessian/eigenvalues"][()]
+    want = exact_top(truth, loss_at, names, k)
+    np.testing.assert_allclose(got, want, rtol=rel, atol=rel * abs(want[0]))
+    return names
+
+
+def check_roughness(path: Path, truth: nn.Module, loss_at: LossAt, rel: float = 2e-5) -> None:
+    """The profiles' centres are the library's loss at the checkpoint; T_j is the formula on the profiles."""
+    with h5py.File(path, "r") as f:
+        g = f["roughness"]
+        loss, alphas, t = g["loss"][()], g["alphas"][()], g["total_variation"][()]
+        center = g.attrs["loss_center"]
+    want = float(loss_at(truth, {}))
+    mid = int(np.argmin(np.abs(alphas)))
+    assert alphas[mid] == 0
+    np.testing.assert_allclose(loss[:, mid], want, rtol=rel)
+    assert center == pytest.approx(want, rel=rel)
+    span = alphas[-1]
+    tv = np.abs(np.diff(loss, axis=1)).sum(axis=1) / (2 * span * (loss.max(axis=1) - loss.min(axis=1)))
+    np.testing.assert_allclose(t, tv, rtol=1e-9)
+
+
+def run_all(cli, tmp: Path, load: list[str], truth: nn.Module, loss_at: LossAt, block: str, k: int = 2) -> None:
+    """sweep, hessian (on the parameters `block` matches) and roughness through the CLI, each checked."""
+    r = cli("sweep", *load, "--x", "-1:1:3", "-o", tmp / "s.h5")
+    assert r.code == 0, r.err
+    check_sweep(tmp / "s.h5", truth, loss_at)
+    r = cli("hessian", *load, "--params", block, "--top-k", str(k), "-o", tmp / "h.h5")
+    assert r.code == 0, r.err
+    check_hessian(tmp / "h.h5", truth, loss_at, k)
+    r = cli("roughness", *load, "--directions", "3", "--steps", "4", "--span", "0.2", "--dtype", "float32", "-o", tmp / "r.h5")
+    assert r.code == 0, r.err
+    check_roughness(tmp / "r.h5", truth, loss_at)
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+def test_gpt2_save_pretrained_next_token(cli, tmp_path):
+    """A causal LM saved by save_pretrained (lm_head tied to the embedding, left out of the file),
+    loaded as a model directory, with the built-in next-token loss; the Hessian of a LayerNorm before
+    the attention needs attention's double backward."""
+    transformers = _import("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=16, eos_token_id=0, bos_token_id=0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    ids = torch.randint(0, 64, (8, 12))
+    mask = torch.ones_like(ids)
+    torch.save({"input_ids": ids, "attention_mask": mask}, tmp_path / "tokens.pt")
+    truth = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").double().eval()
+    assert truth.lm_head.weight is truth.transformer.wte.weight
+
+    def loss_at(model, params):
+        return functional_call(model, params, (), {"input_ids": ids, "attention_mask": mask, "labels": ids}).loss
+
+    load = ["--checkpoint", tmp_path / "gpt2", "--data", tmp_path / "tokens.pt", "--loss", "next-token"]
+    r = cli("sweep", *load, "--x", "0:0:1", "-o", tmp_path / "c.h5")
+    assert r.code == 0 and "reading its .logits" in r.err and "GPT2LMHeadModel" in r.err, r.err
+    run_all(cli, tmp_path, load, truth, loss_at, block=r"h\.0\.ln_1")
+
+
+def test_bert_dict_dataloader_and_sharded_checkpoint(cli, tmp_path):
+    """A sequence classifier whose data is a DataLoader of HF-style dict batches (labels int32), its
+    checkpoint saved in shards (an index file and several safetensors)."""
+    transformers = _import("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=48,
+                                     vocab_size=64, max_position_embeddings=32, num_labels=3)
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "bert", max_shard_size="40KB")
+    assert (tmp_path / "bert" / "model.safetensors.index.json").is_file()
+    ids, labels = torch.randint(0, 64, (12, 10)), torch.randint(0, 3, (12,), dtype=torch.int32)
+    mask = torch.ones_like(ids)
+    mask[:4, 7:] = 0  # padded rows
+    (tmp_path / "data.py").write_text(textwrap.dedent("""
+        import torch
+        from torch.utils.data import DataLoader, Dataset
+
+        class Rows(Dataset):
+            def __init__(self, d): self.d = d
+            def __len__(self): return len(self.d["labels"])
+            def __getitem__(self, i): return {k: v[i] for k, v in self.d.items()}
+
+        def loader():
+            return DataLoader(Rows(torch.load("%s")), batch_size=5)
+    """ % (tmp_path / "rows.pt")))
+    torch.save({"input_ids": ids, "attention_mask": mask, "labels": labels}, tmp_path / "rows.pt")
+    truth = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "bert").double().eval()
+
+    def loss_at(model, params):
+        return functional_call(model, params, (), {"input_ids": ids, "attention_mask": mask, "labels": labels.long()}).loss
+
+    load = ["--checkpoint", tmp_path / "bert", "--data", f"{tmp_path / 'data.py'}:loader"]
+    run_all(cli, tmp_path, load, truth, loss_at, block=r"embeddings\.LayerNorm|classifier\.bias")
+
+
+# --------------------------------------------------------------------------- torchvision, timm
+
+
+def _images(tmp_path: Path, n: int = 16, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-shaped arrays as they ship: float images, uint8 labels."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 3, 32, 32, generator=gen)
+    y = torch.randint(0, classes, (n,), generator=gen)
+    np.savez(tmp_path / "images.npz", x=x.numpy(), y=y.numpy().astype(np.uint8))
+    return x, y
+
+
+def test_torchvision_resnet18_fine_tuned_head(cli, tmp_path):
+    """torchvision's ResNet-18 with everything frozen but the head (fine-tuning), saved as the CIFAR
+    training scripts do ({"net": DataParallel state_dict, "acc", "epoch"}): the landscape is over the
+    trainable parameters only."""
+    torchvision = _import("torchvision")
+    (tmp_path / "models.py").write_text(textwrap.dedent("""
+        import torchvision
+
+        def resnet():
+            return torchvision.models.resnet18(num_classes=10)
+
+        def finetune():
+            m = resnet()
+            for name, p in m.named_parameters():
+                p.requires_grad_(name in ("layer4.1.bn2.bias", "fc.bias"))
+            return m
+    """))
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    with torch.no_grad():  # BatchNorm statistics that are not the defaults
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    torch.save({"net": {f"module.{k}": v for k, v in net.state_dict().items()}, "acc": 93.1, "epoch": 200}, tmp_path / "ckpt.pth")
+    x, y = _images(tmp_path)
+    truth = copy.deepcopy(net).double()
+
+    def loss_at(model, params):
+        return F.cross_entropy(functional_call(model, params, (x.double(),)), y)
+
+    load = ["--model", f"{tmp_path / 'models.py'}:finetune", "--checkpoint", tmp_path / "ckpt.pth", "--data", tmp_path / "images.npz"]
+    r = cli("hessian", *load, "--top-k", "2", "-o", tmp_path / "h.h5")
+    assert r.code == 0, r.err
+    assert "stripped the 'module.' prefix" in r.err and "read the weights under 'net'" in r.err
+    assert "are frozen (requires_grad=False) and left out" in r.err
+    names = check_hessian(tmp_path / "h.h5", truth, loss_at, 2)
+    assert names == ["layer4.1.bn2.bias", "fc.bias"]
+    r = cli("sweep", *load, "--x", "-1:1:3", "-o", tmp_path / "s.h5")
+    assert r.code == 0, r.err
+    check_sweep(tmp_path / "s.h5", truth, loss_at)
+    # all parameters (the factory without frozen ones): every strategy agrees with the direct loss
+    load[1] = f"{tmp_path / 'models.py'}:resnet"
+    r = cli("roughness", *load, "--directions", "2", "--steps", "4", "--span", "0.2", "-o", tmp_path / "r.h5")
+    assert r.code == 0, r.err
+    check_roughness(tmp_path / "r.h5", truth, loss_at)
+
+
+def test_timm_vit_train_script_checkpoint(cli, tmp_path):
+    """timm's ViT (patch 4, 32x32) in the layout of timm's train script (state_dict and state_dict_ema):
+    ambiguous until --checkpoint-key picks one; its attention runs through F.scaled_dot_product_attention."""
+    timm = _import("timm")
+    (tmp_path / "models.py").write_text(textwrap.dedent("""
+        import timm
+
+        def vit():
+            return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32,
+                                     patch_size=4, embed_dim=32, depth=2, num_heads=2)
+    """))
+    torch.manual_seed(0)
+    make = {"pretrained": False, "num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    net, ema = timm.create_model("vit_tiny_patch16_224", **make).eval(), timm.create_model("vit_tiny_patch16_224", **make).eval()
+    torch.save({"epoch": 3, "arch": "vit", "state_dict": net.state_dict(), "state_dict_ema": ema.state_dict()}, tmp_path / "last.pth.tar")
+    x, y = _images(tmp_path)
+    load = ["--model", f"{tmp_path / 'models.py'}:vit", "--checkpoint", tmp_path / "last.pth.tar", "--data", tmp_path / "images.npz"]
+    r = cli("sweep", *load, "-o", tmp_path / "a.h5")
+    assert r.code == 2 and "more than once" in r.err and "--checkpoint-key" in r.err and "Traceback" not in r.err, r.err
+    truth = copy.deepcopy(ema).double()
+
+    def loss_at(model, params):
+        return F.cross_entropy(functional_call(model, params, (x.double(),)), y)
+
+    run_all(cli, tmp_path, [*load, "--checkpoint-key", "state_dict_ema"], truth, loss_at, block=r"blocks\.0\.norm1")
+
+
+# --------------------------------------------------------------------------- Lightning, torch.compile
+
+
+def test_lightning_checkpoint_with_ema_and_loss_weights(cli, tmp_path):
+    """A checkpoint written by Trainer.fit of a LightningModule holding the net, a loss with a weight
+    buffer and an EMA copy of the net: the prefix must be picked (--prefix net.), the rest is ignored."""
+    lightning = _import("lightning")
+    (tmp_path / "lit.py").write_text(textwrap.dedent("""
+        import copy
+        import lightning as L
+        import torch
+        import torch.nn as nn
+
+        def net():
+            return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10))
+
+        class Classifier(L.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.net = net()
+                self.ema = copy.deepcopy(self.net)
+                self.criterion = nn.CrossEntropyLoss(weight=torch.linspace(0.5, 1.5, 10))
+
+            def training_step(self, batch, i):
+                x, y = batch
+                return self.criterion(self.net(x), y)
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.net.parameters(), lr=0.05)
+    """))
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("lit_for_test", tmp_path / "lit.py")
+    lit = importlib.util.module_from_spec(spec)
+    sys.modules["lit_for_test"] = lit
+    spec.loader.exec_module(lit)
+    x, y = _images(tmp_path, n=32)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    torch.manual_seed(0)
+    trainer = lightning.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    module = lit.Classifier()
+    trainer.fit(module, data)
+    trainer.save_checkpoint(tmp_path / "epoch=0.ckpt")
+    load = ["--model", f"{tmp_path / 'lit.py'}:net", "--checkpoint", tmp_path / "epoch=0.ckpt", "--data", tmp_path / "images.npz"]
+    r = cli("sweep", *load, "-o", tmp_path / "a.h5")
+    assert r.code == 2 and "--prefix" in r.err and "'net.'" in r.err and "'ema.'" in r.err, r.err
+    truth = copy.deepcopy(module.net).double().eval()
+
+    def loss_at(model, params):
+        return F.cross_entropy(functional_call(model, params, (x.double(),)), y)
+
+    r = cli("sweep", *load, "--prefix", "net.", "--x", "0:0:1", "-o", tmp_path / "c.h5")
+    assert r.code == 0 and "stripped the 'net.' prefix" in r.err and "ignored 10 other tensors" in r.err, r.err
+    run_all(cli, tmp_path, [*load, "--prefix", "net."], truth, loss_at, block=r"^5\.")
+
+
+@pytest.mark.parametrize("layout", ["_orig_mod.", "module._orig_mod.", "inner"])
+def test_compiled_state_dicts(cli, tmp_path, layout):
+    """torch.compile'd models' state_dicts (whole model, under DDP, or one compiled submodule)."""
+    torchvision = _import("torchvision")
+    torch.manual_seed(0)
+    net = torchvision.ops.MLP(3 * 32 * 32, [16, 10])
+    flat = nn.Sequential(nn.Flatten(), net)
+    if layout == "inner":
+        outer = nn.Sequential(nn.Flatten(), torch.compile(net))
+        state = outer.state_dict()
+        assert any("._orig_mod." in k for k in state)
+    else:
+        state = {layout + k: v for k, v in flat.state_dict().items()}
+        if layout == "_orig_mod.":
+            assert set(torch.compile(flat).state_dict()) == set(state)
+    torch.save(state, tmp_path / "compiled.pt")
+    (tmp_path / "models.py").write_text(
+        "import torch.nn as nn, torchvision\n"
+        "def mlp():\n    return nn.Sequential(nn.Flatten(), torchvision.ops.MLP(3 * 32 * 32, [16, 10]))\n"
+    )
+    x, y = _images(tmp_path)
+    r = cli("sweep", "--model", f"{tmp_path / 'models.py'}:mlp", "--checkpoint", tmp_path / "compiled.pt",
+            "--data", tmp_path / "images.npz", "--x", "-1:1:3", "-o", tmp_path / "s.h5")
+    assert r.code == 0 and "_orig_mod." in r.err, r.err
+    truth = copy.deepcopy(flat).double().eval()
+    check_sweep(tmp_path / "s.h5", truth, lambda m, p: F.cross_entropy(functional_call(m, p, (x.double(),)), y))
+
+
+# --------------------------------------------------------------------------- outputs and data as people have them
+
+
+class _Structured(nn.Module):
+    """A torchvision model whose forward returns a tuple, a dict or a ModelOutput-like object."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        import torchvision
+
+        self.body = torchvision.ops.MLP(6, [12, 3], activation_layer=nn.Tanh)
+        self.kind = kind
+
+    def forward(self, x):
+        logits = self.body(x)
+        feats = logits.tanh()
+        if self.kind == "tuple":
+            return logits, feats
+        if self.kind == "dict":
+            return {"logits": logits, "features": feats}
+        return _Output(logits, feats)
+
+
+class _Output(dict):
+    """Like a Hugging Face ModelOutput: a dict whose entries are also attributes."""
+
+    def __init__(self, logits, features):
+        super().__init__(logits=logits, features=features)
+        self.logits, self.features = logits, features
+
+
+@pytest.mark.parametrize("kind", ["tuple", "dict", "object"])
+def test_structured_outputs_every_strategy_and_curvature(kind):
+    """The built-in losses read the logits of any output; every sweep strategy and every curvature
+    product gives the plain model's numbers."""
+    _import("torchvision")
+    from landscape.directions import random_directions
+    from landscape.hessian.operators import CURVATURES, CurvatureOperator
+    from landscape.io.loss import cross_entropy
+    from landscape.problem import make_problem
+    from landscape.sweep import STRATEGIES, NotApplicable, build_strategy
+
+    torch.manual_seed(0)
+    model = _Structured(kind)
+    plain = copy.deepcopy(model.body)
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    said: list[str] = []
+    problem = make_problem(model, model.state_dict(), x, y, cross_entropy, device=torch.device("cpu"), dtype=torch.float64, say=said.append)
+    assert any("reading its" in s for s in said), said
+    dirs = random_directions(1, problem.theta, problem.layout, seed=0)
+    coords = torch.tensor([[-0.5], [0.0], [0.7]], dtype=torch.float64)
+    names, d = problem.layout.names, problem.layout.unflatten(dirs[0])
+    want = []
+    for c in coords[:, 0]:
+        params = {n.removeprefix("body."): p + c * d[n] for n, p in problem.layout.unflatten(problem.theta).items()}
+        want.append(float(F.cross_entropy(functional_call(plain.double(), params, (x.double(),)), y)))
+    ran = []
+    for name in STRATEGIES:
+        try:
+            strat = build_strategy(name, problem, dirs)
+        except NotApplicable:
+            continue
+        ran.append(name)
+        got = strat.evaluate(coords)
+        strat.close()
+        np.testing.assert_allclose(got.loss.numpy(), want, rtol=1e-10, err_msg=name)
+    assert {"loop", "vmap", "firstlayer"} <= set(ran)
+    plain_problem = make_problem(copy.deepcopy(model.body), model.body.state_dict(), x, y, cross_entropy,
+                                 device=torch.device("cpu"), dtype=torch.float64)
+    v = torch.randn(2, problem.layout.size, dtype=torch.float64)
+    for curvature in CURVATURES:
+        got = CurvatureOperator(problem, curvature=curvature).matmat(v)
+        ref = CurvatureOperator(plain_problem, curvature=curvature).matmat(v)
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12, msg=curvature)
+
+
+def test_structured_output_reaches_a_users_loss_as_it_is(cli, tmp_path):
+    """A user's --loss gets the tuple itself; a GGN of a user loss on a tuple says what to do."""
+    (tmp_path / "m.py").write_text(textwrap.dedent("""
+        import torch, torch.nn as nn, torch.nn.functional as F, torchvision
+
+        class Two(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = torchvision.ops.MLP(6, [12, 3])
+            def forward(self, x):
+                out = self.body(x)
+                return out, out.pow(2).mean()
+
+        def make():
+            return Two()
+
+        def loss(output, target):
+            logits, penalty = output
+            return F.cross_entropy(logits, target) + 0.1 * penalty
+
+        def data():
+            g = torch.Generator().manual_seed(0)
+            return torch.randn(30, 6, generator=g), torch.randint(0, 3, (30,), generator=g)
+    """))
+    _import("torchvision")
+    torch.manual_seed(0)
+    torch.save(__import__("landscape.io.spec", fromlist=["x"]).resolve_callable(f"{tmp_path / 'm.py'}:make", "--model")().state_dict(),
+               tmp_path / "w.pt")
+    load = ["--model", f"{tmp_path / 'm.py'}:make", "--checkpoint", tmp_path / "w.pt", "--data", f"{tmp_path / 'm.py'}:data",
+            "--loss", f"{tmp_path / 'm.py'}:loss"]
+    r = cli("sweep", *load, "--x", "-1:1:3", "-o", tmp_path / "s.h5")
+    assert r.code == 0, r.err
+    r = cli("hessian", *load, "--top-k", "1", "-o", tmp_path / "h.h5")
+    assert r.code == 0, r.err
+    r = cli("hessian", *load, "--top-k", "1", "--curvature", "ggn", "-o", tmp_path / "g.h5")
+    assert r.code == 2 and "needs the model's output as one tensor" in r.err and "Traceback" not in r.err, r.err
+    assert not (tmp_path / "g.h5").exists()
+
+
+def test_pil_dataset_is_refused_with_a_hint_and_a_transform_fixes_it(cli, tmp_path):
+    """torchvision's FakeData without a transform yields PIL images: one line saying what to pass."""
+    _import("torchvision")
+    (tmp_path / "d.py").write_text(textwrap.dedent("""
+        import torchvision
+
+        def pil():
+            return torchvision.datasets.FakeData(size=8, image_size=(3, 8, 8), num_classes=4)
+
+        def tensors():
+            return torchvision.datasets.FakeData(size=8, image_size=(3, 8, 8), num_classes=4,
+                                                 transform=torchvision.transforms.ToTensor())
+    """))
+    (tmp_path / "m.py").write_text("import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(192, 4))\n")
+    torch.manual_seed(0)
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(192, 4)).state_dict(), tmp_path / "w.pt")
+    base = ["--model", f"{tmp_path / 'm.py'}:make", "--checkpoint", tmp_path / "w.pt", "--x", "-1:1:3"]
+    r = cli("sweep", *base, "--data", f"{tmp_path / 'd.py'}:pil", "-o", tmp_path / "a.h5")
+    assert r.code == 2 and "PIL images" in r.err and "ToTensor" in r.err and "Traceback" not in r.err, r.err
+    r = cli("sweep", *base, "--data", f"{tmp_path / 'd.py'}:tensors", "-o", tmp_path / "b.h5")
+    assert r.code == 0, r.err
