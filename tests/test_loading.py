@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from landscape.errors import LandscapeError
-from landscape.io.checkpoint import fit_state_dict, read_state_dict
+from landscape.io.checkpoint import fit_state_dict, read_checkpoint, read_state_dict
 from landscape.io.data import load_data, subset
 from landscape.io.samples import sample
 from landscape.sample_models.models import mlp
@@ -67,6 +67,70 @@ def test_mismatch_messages(state):
     wrong["0.weight"] = torch.zeros(5, 64)
     with pytest.raises(LandscapeError, match=r"shape mismatch for 0.weight: checkpoint \(5, 64\), model \(32, 64\)"):
         fit_state_dict(wrong, mlp(), "c.pt")
+
+
+def test_weights_found_by_the_models_names_in_any_layout(tmp_path, state):
+    """Nested at any depth beside other entries, under any prefix, with torch.compile's segment inside."""
+    layouts = {
+        "cifar": {"net": {f"module.{k}": v for k, v in state.items()}, "acc": 93.0, "epoch": 200},
+        "deep": {"checkpoint": {"weights": {f"backbone._orig_mod.{k}": v for k, v in state.items()}}, "step": 7},
+        "beside": {**{f"net.{k}": v for k, v in state.items()}, "criterion.weight": torch.ones(10), "metric.total": torch.zeros(())},
+    }
+    for name, obj in layouts.items():
+        torch.save(obj, tmp_path / f"{name}.pt")
+        said: list[str] = []
+        fitted = fit_state_dict(read_checkpoint(tmp_path / f"{name}.pt"), mlp(), name, said.append)
+        assert all(torch.equal(fitted[k], state[k]) for k in state), name
+        assert said and "prefix" in said[0], (name, said)
+    assert "ignored 2 other tensors" in said[0]
+
+
+def test_two_equal_fits_need_a_choice(tmp_path, state):
+    ema = {k: v + 1 for k, v in state.items()}
+    torch.save({"state_dict": state, "state_dict_ema": ema}, tmp_path / "t.pt")
+    ckpt = read_checkpoint(tmp_path / "t.pt")
+    with pytest.raises(LandscapeError, match="more than once.*--checkpoint-key"):
+        fit_state_dict(ckpt, mlp(), "t.pt")
+    got = fit_state_dict(ckpt, mlp(), "t.pt", key="state_dict_ema")
+    assert torch.equal(got["0.weight"], ema["0.weight"])
+    with pytest.raises(LandscapeError, match="--checkpoint-key 'nope'.*state_dict_ema"):
+        fit_state_dict(ckpt, mlp(), "t.pt", key="nope")
+    both = {**{f"net.{k}": v for k, v in state.items()}, **{f"ema.{k}": v for k, v in ema.items()}}
+    with pytest.raises(LandscapeError, match="prefix 'ema.'.*prefix 'net.'.*--prefix|prefix 'net.'.*prefix 'ema.'.*--prefix"):
+        fit_state_dict(both, mlp(), "b.pt")
+    assert torch.equal(fit_state_dict(both, mlp(), "b.pt", prefix="net.")["2.bias"], state["2.bias"])
+
+
+def test_tied_weights_are_not_missing():
+    """A model whose output layer shares the embedding's tensor: a file without the tied key loads."""
+    model = torch.nn.Sequential(torch.nn.Embedding(7, 4), torch.nn.Linear(4, 7, bias=False))
+    model[1].weight = model[0].weight
+    state = {"0.weight": torch.randn(7, 4)}
+    fitted = fit_state_dict(state, model, "tied.safetensors")
+    assert torch.equal(fitted["1.weight"], state["0.weight"])
+    model.load_state_dict(fitted)
+
+
+def test_low_precision_checkpoint_is_said_once(state):
+    said: list[str] = []
+    fit_state_dict({k: v.to(torch.bfloat16) for k, v in state.items()}, mlp(), "half.pt", said.append)
+    assert len(said) == 1 and "bfloat16" in said[0] and "upcast" in said[0]
+
+
+def test_dict_columns_and_targets():
+    """Named columns: labels are the targets (int32 -> int64), the rest are keyword inputs; next-token
+    takes the input_ids as targets."""
+    from landscape.io.data import Columns, _check_pair, _split
+
+    ids, mask, labels = torch.randint(0, 9, (5, 4)), torch.ones(5, 4), torch.arange(5, dtype=torch.int32)
+    x, y = _check_pair(_split({"input_ids": ids, "attention_mask": mask, "labels": labels}, "d", Columns()), "d")
+    assert set(x) == {"input_ids", "attention_mask"} and y.dtype == torch.int64 and torch.equal(y, labels.long())
+    x, y = _split({"input_ids": ids}, "d", Columns(targets_from_inputs=True))
+    assert x is ids and y is ids
+    x, y = _split({"image": mask, "target": labels}, "d", Columns(input_keys=("image",)))
+    assert x is mask and y is labels
+    with pytest.raises(LandscapeError, match="--target-key 'lbl'"):
+        _split({"input_ids": ids}, "d", Columns(target_key="lbl"))
 
 
 def _xy():

@@ -412,6 +412,8 @@ def test_report_uses_spectrum_when_available(grid, cli, tmp_path, monkeypatch):
 def _fake_spectrum(monkeypatch, seen):
     import plotly.graph_objects as go
 
+    from landscape.render.spectrum import default_kind as real_default_kind
+
     curvature = types.ModuleType("landscape.io.curvature")
     curvature.read_curvature = lambda path: {"path": str(path), "eigenvalues": np.ones(1), "lanczos": {}}
     spectrum = types.ModuleType("landscape.render.spectrum")
@@ -428,6 +430,7 @@ def _fake_spectrum(monkeypatch, seen):
 
     spectrum.spectrum_figure = spectrum_figure
     spectrum.spectrum_plotly = spectrum_plotly
+    spectrum.default_kind = real_default_kind
     monkeypatch.setitem(sys.modules, "landscape.io.curvature", curvature)
     monkeypatch.setitem(sys.modules, "landscape.render.spectrum", spectrum)
     import landscape.io
@@ -453,6 +456,16 @@ def test_plot_dispatches_curvature(grid, cli, tmp_path, monkeypatch):
     assert seen[-1] == ("plotly", "density")
     r = cli("plot", hess, "--kind", "eigenvalues", "-o", tmp_path / "e.svg")
     assert r.code == 0 and seen[-1] == ("mpl", "eigenvalues", None)
+
+
+def test_plot_of_a_curvature_file_draws_what_it_holds(cli, tmp_path):
+    """No --kind: a file with eigenvalues and no density gets the eigenvalue figure (it used to fail
+    asking for a density)."""
+    curv = tmp_path / "c.h5"
+    assert cli("hessian", "--sample", "linreg", "--top-k", "2", "-o", curv).code == 0
+    r = cli("plot", curv, "-o", tmp_path / "c.png")
+    assert r.code == 0, r.err
+    assert (tmp_path / "c.png").stat().st_size > 0
 
 
 # ---------------------------------------------------------------- export
