@@ -181,6 +181,18 @@ def test_bert_dict_dataloader_and_sharded_checkpoint(cli, tmp_path):
 
     load = ["--checkpoint", tmp_path / "bert", "--data", f"{tmp_path / 'data.py'}:loader"]
     run_all(cli, tmp_path, load, truth, loss_at, block=r"embeddings\.LayerNorm|classifier\.bias")
+    # the empirical Fisher over keyword inputs: (1/N) sum_i g_i g_i^T from each sample's own HF loss
+    r = cli("hessian", *load, "--curvature", "fisher", "--params", r"classifier\.bias", "--top-k", "2", "-o", tmp_path / "f.h5")
+    assert r.code == 0, r.err
+    bias = truth.classifier.bias
+    grads = []
+    for i in range(len(labels)):
+        one = truth(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1], labels=labels[i : i + 1].long()).loss
+        grads.append(torch.autograd.grad(one, bias)[0])
+    g = torch.stack(grads)
+    want = np.sort(np.linalg.eigvalsh((g.T @ g / len(labels)).numpy()))[::-1][:2]
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        np.testing.assert_allclose(f["hessian/eigenvalues"][()], want, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------- torchvision, timm

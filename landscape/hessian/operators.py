@@ -285,7 +285,7 @@ class CurvatureOperator:
     def _state(self, method: str, xb, yb, w):
         if method == "fisher-cached":
             G, out = self._per_sample_gradients(xb, yb)
-            return (G, w / xb.shape[0], out)  # F_b = (|b|/N) mean_i g_i g_i^T: each sample weighs 1/N
+            return (G, w / yb.shape[0], out)  # F_b = (|b|/N) mean_i g_i g_i^T: each sample weighs 1/N
         with torch.enable_grad():
             u = self.u0.detach().clone().requires_grad_(True)
             if method == "fisher":  # F_b v = (1/N) J^T (J v), J: the Jacobian of the batch's per-sample losses
@@ -293,7 +293,7 @@ class CurvatureOperator:
                 losses = self._per_sample_losses(out, yb)
                 dummy = torch.zeros_like(losses, requires_grad=True)
                 jt = torch.autograd.grad(losses, u, grad_outputs=dummy, create_graph=True)[0]
-                return (u, losses, dummy, jt, w / xb.shape[0])
+                return (u, losses, dummy, jt, w / yb.shape[0])
             if method.startswith("ggn"):
                 out = self._logits(self._forward(u, xb))
                 z = out.detach().requires_grad_(True)
