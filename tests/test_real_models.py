@@ -195,6 +195,26 @@ def test_bert_dict_dataloader_and_sharded_checkpoint(cli, tmp_path):
         np.testing.assert_allclose(f["hessian/eigenvalues"][()], want, rtol=1e-4)
 
 
+def test_hf_vision_model_whose_library_renames_keys_on_load(cli, tmp_path):
+    """transformers 5 saves some models (ViT) under older key names than it builds them with and
+    renames them in from_pretrained: a model directory is read by the library's own loader. The data
+    is one named column (pixel_values), passed positionally."""
+    transformers = _import("transformers")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=48, num_labels=5)
+    transformers.ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    x, y = torch.randn(10, 3, 16, 16), torch.randint(0, 5, (10,))
+    torch.save({"pixel_values": x, "labels": y}, tmp_path / "pixels.pt")
+    truth = transformers.ViTForImageClassification.from_pretrained(tmp_path / "vit").double().eval()
+
+    def loss_at(model, params):
+        return functional_call(model, params, (), {"pixel_values": x.double(), "labels": y}).loss
+
+    load = ["--checkpoint", tmp_path / "vit", "--data", tmp_path / "pixels.pt"]
+    run_all(cli, tmp_path, load, truth, loss_at, block=r"layernorm\.|classifier\.bias")
+
+
 # --------------------------------------------------------------------------- torchvision, timm
 
 

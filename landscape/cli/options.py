@@ -118,27 +118,19 @@ def load_spec(**kwargs: Any) -> LoadSpec:
     return LoadSpec(**kwargs)
 
 
+def _load_option(name: str, help: str, default: Any = None, kind: Any = str | None) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[kind, typer.Option(help=help, rich_help_panel=LOAD)])
+
+
 MODEL_OPTIONS = (  # how to read a real model's files: added to every command that loads one by `model_options`
-    inspect.Parameter("checkpoint_key", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        str | None,
-        typer.Option(help="Which dict of the checkpoint holds the weights (e.g. state_dict_ema), when several fit the model.", rich_help_panel=LOAD),
-    ]),
-    inspect.Parameter("prefix", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        str | None,
-        typer.Option(help="The prefix in front of the model's own key names (e.g. net. or ema.module.), when several fit.", rich_help_panel=LOAD),
-    ]),
-    inspect.Parameter("params", inspect.Parameter.KEYWORD_ONLY, default="trainable", annotation=Annotated[
-        str,
-        typer.Option(help="The parameters to perturb and differentiate: trainable (requires_grad, default), all, or a regular expression over names (e.g. 'layer4|fc').", rich_help_panel=LOAD),
-    ]),
-    inspect.Parameter("input_key", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        str | None,
-        typer.Option(help="Data as dicts: the key(s) the model takes, comma-separated (default: all but the targets; one key is passed positionally, several as keyword arguments).", rich_help_panel=LOAD),
-    ]),
-    inspect.Parameter("target_key", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        str | None,
-        typer.Option(help="Data as dicts: the targets' key (default: the first of labels, label, y, targets, target).", rich_help_panel=LOAD),
-    ]),
+    _load_option("checkpoint_key", "Which dict of the checkpoint holds the weights (e.g. state_dict_ema), when several fit the model."),
+    _load_option("prefix", "The prefix in front of the model's own key names (e.g. net. or ema.module.), when several fit."),
+    _load_option("params", "The parameters to perturb and differentiate: trainable (requires_grad, default), all, or a regular "
+                 "expression over names (e.g. 'layer4|fc').", default="trainable", kind=str),
+    _load_option("input_key", "Data as dicts: the key(s) the model takes, comma-separated (default: all but the targets; one key is "
+                 "passed positionally, several as keyword arguments)."),
+    _load_option("target_key", "Data as dicts: the targets' key (default: the first of labels, label, y, targets, target)."),
 )
 
 

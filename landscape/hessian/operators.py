@@ -416,7 +416,8 @@ class CurvatureOperator:
             self._cache = None
             candidates = [c for c in candidates if c != name]
             if not candidates:
-                raise LandscapeError(f"no curvature product works for this model: {name}: {why}")
+                hint = " (--curvature fisher needs first derivatives only)" if "not implemented" in why else ""
+                raise LandscapeError(f"no curvature product works for this model: {name}: {why}{hint}")
         self._time_gradient()  # also warms up the allocator before the candidates are timed
         results: dict[str, torch.Tensor] = {}  # the candidates, timed warm
         checked: dict[str, torch.Tensor] = {}  # every product made, for the agreement check
@@ -449,9 +450,10 @@ class CurvatureOperator:
                 )
             results[name] = second
         if not results:
-            raise LandscapeError(
-                "no curvature product works for this model: " + "; ".join(f"{k}: {v}" for k, v in self.dropped.items())
-            )
+            why = "; ".join(f"{k}: {v}" for k, v in self.dropped.items())
+            hint = (" (an operation without second derivatives in PyTorch: --curvature fisher needs first derivatives only)"
+                    if self.curvature != "fisher" and "not implemented" in why or "does not support" in why else "")
+            raise LandscapeError(f"no curvature product works for this model: {why}{hint}")
         if check:
             ref_name = next(iter(results))
             for name, r in checked.items():

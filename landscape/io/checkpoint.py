@@ -63,8 +63,14 @@ def weight_files(path: Path) -> list[Path]:
 
 
 def read_checkpoint(path: str | Path, unsafe_pickle: bool = False) -> Checkpoint:
-    """Every dict of tensors in a .pt/.pth/.ckpt/.bin/.safetensors file or a model directory."""
+    """Every dict of tensors in a .pt/.pth/.ckpt/.bin/.safetensors file or a model directory (a Hugging
+    Face one read by its library's `from_pretrained`, else its weight files)."""
     path = Path(path)
+    from landscape.io.model import pretrained_state
+
+    pretrained = pretrained_state(path)
+    if pretrained is not None:
+        return Checkpoint(str(path), {"": pretrained})
     candidates: dict[str, dict[str, torch.Tensor]] = {}
     for file in weight_files(path):
         for key, tensors in _tensor_dicts(_load_file(file, unsafe_pickle)).items():

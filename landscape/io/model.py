@@ -32,8 +32,9 @@ def build_model(spec: str, say: Callable[[str], None] = lambda msg: None) -> nn.
     return model
 
 
-def _from_config(path: Path, say: Callable[[str], None]) -> nn.Module:
-    """The class that config.json's `architectures` names, built from that config without a download."""
+def _from_config(path: Path, say: Callable[[str], None], weights: bool = False) -> nn.Module:
+    """The class that config.json's `architectures` names, built from that config without a download
+    (with `weights`, by its own `from_pretrained`, which knows the library's key renames and ties)."""
     try:
         arch = (json.loads((path / "config.json").read_text()).get("architectures") or [None])[0]
     except (OSError, ValueError, AttributeError) as exc:
@@ -48,9 +49,32 @@ def _from_config(path: Path, say: Callable[[str], None]) -> nn.Module:
     if cls is None:
         raise LandscapeError(f"--model {path}: transformers {transformers.__version__} has no class {arch}; pass --model file.py:FACTORY")
     try:
-        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-        model = cls(config)
+        if weights:
+            bars = transformers.utils.logging.is_progress_bar_enabled()
+            transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar, for a tiny model too
+            try:
+                model = cls.from_pretrained(str(path), local_files_only=True)
+            finally:
+                if bars:
+                    transformers.utils.logging.enable_progress_bar()
+        else:
+            model = cls(transformers.AutoConfig.from_pretrained(str(path), local_files_only=True))
     except Exception as exc:
-        raise LandscapeError(f"--model {path}: building {arch} from its config failed: {type(exc).__name__}: {exc}") from exc
-    say(f"--model {path}: {arch} from its config.json")
+        what = "reading its weights" if weights else "building it from its config"
+        raise LandscapeError(f"{path}: {arch}: {what} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if not weights:
+        say(f"--model {path}: {arch} from its config.json")
     return model
+
+
+def pretrained_state(path: str | Path) -> dict | None:
+    """A Hugging Face model directory's weights as its library loads them (renamed and tied keys
+    included: transformers 5 saves some models under older key names than it builds them with),
+    or None when it is not one or transformers is not installed."""
+    if not is_model_dir(path):
+        return None
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return None
+    return _from_config(Path(path), lambda msg: None, weights=True).state_dict()
