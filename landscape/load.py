@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,9 @@ class LoadSpec:
         return spec
 
 
+LOAD_OPTION_DEFAULTS = {"checkpoint_key": None, "prefix": None, "params": "trainable", "input_key": None, "target_key": None}
+
+
 def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, dict[str, Any]]:
     """Build the model, read and fit the checkpoint, load data and loss; return the problem and provenance."""
     spec = spec.resolved()
@@ -103,6 +107,9 @@ def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, 
         "torch_version": str(torch.__version__),
         "parameters": problem.layout.size,
     }
+    chosen = {k: v for k, v in asdict(spec).items() if k in LOAD_OPTION_DEFAULTS and v != LOAD_OPTION_DEFAULTS[k]}
+    if chosen:  # how the files were read, where it is not the default: it fixes the numbers as much as the files do
+        provenance["load_options"] = json.dumps(chosen, sort_keys=True)
     return problem, provenance
 
 

@@ -181,3 +181,12 @@ def test_user_model_file_via_cli(tmp_path, cli, state):
             "--data", sample("mlp")["data"], "--x", "-1:1:3", "--samples", "50", "-o", tmp_path / "o.h5")
     assert r.code == 0, r.err
     assert "stripped the 'module.' prefix" in r.err
+
+
+def test_resume_refuses_other_load_options(cli, tmp_path):
+    """--params (like --checkpoint-key and --prefix) fixes the numbers: a resume with another one is refused."""
+    out = tmp_path / "s.h5"
+    r = cli("sweep", "--sample", "mlp", "--params", r"^0\.", "--x", "-1:1:3", "-o", out)
+    assert r.code == 0 and "left out" in r.err, r.err
+    r = cli("sweep", "--sample", "mlp", "--x", "-1:1:3", "-o", out, "--resume")
+    assert r.code == 2 and "load_options" in r.err, r.err

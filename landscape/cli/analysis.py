@@ -150,6 +150,7 @@ def roughness(
     settings = {
         "directions": directions, "span": span, "steps": steps, "norm": norm, "ignore": ignore, "seed": seed,
         "dtype": dtype, "samples": prov["samples"], "checkpoint_sha256": prov["checkpoint_sha256"],
+        **({"load_options": prov["load_options"]} if "load_options" in prov else {}),
     }
     total = directions * (steps + 1)
     same = {**settings, "model": prov["model"], "data_sha256": prov["data_sha256"], "loss": prov["loss"]}

@@ -135,6 +135,7 @@ def sweep(
         "data": "" if prov["data_sha256"] else prov["data"], "samples": prov["samples"], "loss": prov["loss"],
         "dtype": dtype, "norm": norm, "ignore": ignore, "seed": seed, "to_sha256": sha256_file(to) if to else "",
         "coords": {n: g.tolist() for n, g in zip(names, grids)},
+        **({"load_options": prov["load_options"]} if "load_options" in prov else {}),
         **({"axes": axes, "axes_from_sha256": sha256_file(axes_from) if axes_from else ""} if axes != "random" or axes_from else {}),
     }
     tell(
