@@ -188,5 +188,6 @@ def test_resume_refuses_other_load_options(cli, tmp_path):
     out = tmp_path / "s.h5"
     r = cli("sweep", "--sample", "mlp", "--params", r"^0\.", "--x", "-1:1:3", "-o", out)
     assert r.code == 0 and "left out" in r.err, r.err
+    assert "load_options" in cli("info", out).out
     r = cli("sweep", "--sample", "mlp", "--x", "-1:1:3", "-o", out, "--resume")
     assert r.code == 2 and "load_options" in r.err, r.err

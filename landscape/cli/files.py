@@ -37,7 +37,7 @@ def info(
     table = Table(title=str(path), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    for key in ("kind", "created", "command", "model", "checkpoint", "data", "samples", "loss", "parameters", "device", "dtype", "seed", "tool_version", "torch_version"):
+    for key in ("kind", "created", "command", "model", "checkpoint", "data", "samples", "loss", "load_options", "parameters", "device", "dtype", "seed", "tool_version", "torch_version"):
         if key in attrs and attrs[key] != "":
             table.add_row(key, str(attrs[key]))
     try:
