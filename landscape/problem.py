@@ -24,9 +24,6 @@ from landscape.model_io import (
 )
 from landscape.params import Layout
 
-PARAMS_CHOICES = ("trainable", "all")
-
-
 @dataclass
 class Problem:
     """Everything needed to evaluate the dataset-mean loss at any weights.

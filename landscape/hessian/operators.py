@@ -452,7 +452,7 @@ class CurvatureOperator:
         if not results:
             why = "; ".join(f"{k}: {v}" for k, v in self.dropped.items())
             hint = (" (an operation without second derivatives in PyTorch: --curvature fisher needs first derivatives only)"
-                    if self.curvature != "fisher" and "not implemented" in why or "does not support" in why else "")
+                    if self.curvature != "fisher" and ("not implemented" in why or "does not support" in why) else "")
             raise LandscapeError(f"no curvature product works for this model: {why}{hint}")
         if check:
             ref_name = next(iter(results))
