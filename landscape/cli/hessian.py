@@ -125,6 +125,8 @@ def hessian(
 
       landscape hessian --sample cnn --curvature fisher --trace -o fisher.h5   (empirical Fisher)
 
+      landscape hessian --checkpoint my-gpt2 --data tokens.pt --loss next-token --params 'h.0.ln' -o lm.h5
+
       landscape plot curv.h5 --kind density -o density.png
     """
     if which not in WHICH:

@@ -86,7 +86,7 @@ Checkpoint = Annotated[
 ]
 Data = Annotated[
     str | None,
-    typer.Option(help="Data: a .pt/.npz/.h5 file holding x and y, or file.py:fn returning tensors, a Dataset or a DataLoader.", rich_help_panel=LOAD),
+    typer.Option(help="Data: a .pt/.npz/.h5 file holding x and y (or named columns: input_ids, attention_mask, labels, ...), or file.py:fn returning tensors, a Dataset or a DataLoader (of pairs or of dicts).", rich_help_panel=LOAD),
 ]
 Loss = Annotated[
     str | None,

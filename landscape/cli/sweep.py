@@ -108,6 +108,8 @@ def sweep(
       landscape sweep --sample cnn --x -1:1:31 --y -1:1:31 -o cnn.h5
 
       landscape sweep --model net.py:make --checkpoint ep90.pt --data val.npz --to ep100.pt -o path.h5
+
+      landscape sweep --checkpoint my-gpt2 --data tokens.pt --loss next-token -o lm.h5   (a save_pretrained directory)
     """
     world = init_world(device)
     if world.main and output.exists() and not resume and not force:
