@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from landscape.errors import LandscapeError
-from landscape.io.checkpoint import fit_state_dict, read_checkpoint
+from landscape.io.checkpoint import Checkpoint, fit_state_dict, read_checkpoint
 from landscape.io.data import Columns, load_data, subset
 from landscape.io.loss import default_loss, resolve_loss
 from landscape.io.model import build_model, is_model_dir
@@ -70,8 +70,12 @@ def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, 
     spec = spec.resolved()
     assert spec.model and spec.checkpoint and spec.data
     device, dtype = resolve_device(spec.device), resolve_dtype(spec.dtype)
-    checkpoint = read_checkpoint(spec.checkpoint, spec.unsafe_pickle)
-    model = build_model(spec.model, say)
+    if is_model_dir(spec.model) and Path(spec.model).resolve() == Path(spec.checkpoint).resolve():
+        model = build_model(spec.model, say, weights=True)  # built and loaded once, by the library's own loader
+        checkpoint = Checkpoint(spec.checkpoint, {"": model.state_dict()})
+    else:
+        checkpoint = read_checkpoint(spec.checkpoint, spec.unsafe_pickle)
+        model = build_model(spec.model, say)
     state = fit_state_dict(checkpoint, model, spec.checkpoint, say, key=spec.checkpoint_key, prefix=spec.prefix)
     input_keys = tuple(k.strip() for k in spec.input_key.split(",") if k.strip()) if spec.input_key else None
     columns = Columns(input_keys, spec.target_key, targets_from_inputs=spec.loss == "next-token")

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from landscape.errors import LandscapeError
+from landscape.io.model import pretrained_state
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 COMPILED = "_orig_mod."  # the segment torch.compile puts in front of a compiled module's keys
@@ -66,8 +67,6 @@ def read_checkpoint(path: str | Path, unsafe_pickle: bool = False) -> Checkpoint
     """Every dict of tensors in a .pt/.pth/.ckpt/.bin/.safetensors file or a model directory (a Hugging
     Face one read by its library's `from_pretrained`, else its weight files)."""
     path = Path(path)
-    from landscape.io.model import pretrained_state
-
     pretrained = pretrained_state(path)
     if pretrained is not None:
         return Checkpoint(str(path), {"": pretrained})
@@ -126,8 +125,10 @@ def tied_keys(model: nn.Module) -> dict[str, str]:
     first: dict[int, str] = {}
     ties: dict[str, str] = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
-        ties.update({name: first[id(tensor)]} if id(tensor) in first else {})
-        first.setdefault(id(tensor), name)
+        if id(tensor) in first:
+            ties[name] = first[id(tensor)]
+        else:
+            first[id(tensor)] = name
     return ties
 
 

@@ -10,7 +10,7 @@ import torch
 
 from landscape.errors import LandscapeError
 from landscape.io.spec import resolve_callable
-from landscape.model_io import Inputs, describe, map_inputs, take
+from landscape.model_io import Inputs, describe, take
 
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz", ".h5", ".hdf5")
 
@@ -85,7 +85,7 @@ def _split(obj: tuple | dict, spec: str, columns: Columns) -> tuple:
         raise LandscapeError(f"--input-key {unknown[0]!r}: --data {spec} has no such key (it has: {', '.join(cols)})")
     if not inputs:
         raise LandscapeError(f"--data {spec}: no inputs (found only {', '.join(cols) or 'nothing'}); expected 'x' and 'y' or named columns")
-    x = cols[inputs[0]] if len(inputs) == 1 else {k: torch.as_tensor(cols[k]) for k in inputs}
+    x = cols[inputs[0]] if len(inputs) == 1 else {k: cols[k] for k in inputs}
     if target is not None:
         return x, cols[target]
     if columns.targets_from_inputs:  # a causal LM predicts its own tokens
@@ -147,7 +147,7 @@ def _stack(records: list[dict], spec: str, join) -> tuple | dict:
 
 
 def _check_pair(pair: tuple, spec: str) -> tuple[Inputs, torch.Tensor]:
-    x = map_inputs(torch.as_tensor, pair[0] if isinstance(pair[0], dict) else torch.as_tensor(pair[0]))
+    x = {k: torch.as_tensor(v) for k, v in pair[0].items()} if isinstance(pair[0], dict) else torch.as_tensor(pair[0])
     y = torch.as_tensor(pair[1])
     leaves = list(x.values()) if isinstance(x, dict) else [x]
     if y.ndim == 0 or any(t.ndim == 0 or t.shape[0] != y.shape[0] for t in leaves):

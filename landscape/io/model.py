@@ -17,11 +17,12 @@ def is_model_dir(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").is_file()
 
 
-def build_model(spec: str, say: Callable[[str], None] = lambda msg: None) -> nn.Module:
+def build_model(spec: str, say: Callable[[str], None] = lambda msg: None, weights: bool = False) -> nn.Module:
     """Call the factory named by `spec` (MODULE:FACTORY or file.py:FACTORY) and check it gives a module;
-    a Hugging Face model directory is built from its config.json (random weights, loaded after)."""
+    a Hugging Face model directory is built from its config.json (random weights, loaded after; with
+    `weights`, loaded by its library's `from_pretrained`)."""
     if is_model_dir(spec):
-        return _from_config(Path(spec), say)
+        return _from_config(Path(spec), say, weights)
     factory = resolve_callable(spec, "--model")
     try:
         model = factory()
@@ -62,8 +63,7 @@ def _from_config(path: Path, say: Callable[[str], None], weights: bool = False) 
     except Exception as exc:
         what = "reading its weights" if weights else "building it from its config"
         raise LandscapeError(f"{path}: {arch}: {what} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    if not weights:
-        say(f"--model {path}: {arch} from its config.json")
+    say(f"--model {path}: {arch} from its config.json" + (", weights by from_pretrained" if weights else ""))
     return model
 
 
