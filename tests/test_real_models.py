@@ -525,3 +525,22 @@ def test_pil_dataset_is_refused_with_a_hint_and_a_transform_fixes_it(cli, tmp_pa
     assert r.code == 2 and "PIL images" in r.err and "ToTensor" in r.err and "Traceback" not in r.err, r.err
     r = cli("sweep", *base, "--data", f"{tmp_path / 'd.py'}:tensors", "-o", tmp_path / "b.h5")
     assert r.code == 0, r.err
+
+
+def test_input_and_target_keys_name_the_columns(cli, tmp_path):
+    """--input-key and --target-key pick the columns of dict data (an extra column is left alone);
+    the stored values are the direct loss of the torchvision model on those columns."""
+    torchvision = _import("torchvision")
+    (tmp_path / "m.py").write_text("import torchvision\ndef make():\n    return torchvision.ops.MLP(6, [12, 4])\n")
+    torch.manual_seed(0)
+    net = torchvision.ops.MLP(6, [12, 4]).eval()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    x, y = torch.randn(20, 6), torch.randint(0, 4, (20,), dtype=torch.int32)
+    torch.save({"features": x, "class_id": y, "sample_id": torch.arange(20)}, tmp_path / "cols.pt")
+    load = ["--model", f"{tmp_path / 'm.py'}:make", "--checkpoint", tmp_path / "w.pt", "--data", tmp_path / "cols.pt"]
+    r = cli("sweep", *load, "--x", "-1:1:3", "-o", tmp_path / "a.h5")
+    assert r.code == 2 and "--target-key" in r.err and "Traceback" not in r.err, r.err  # no column says it is the targets
+    r = cli("sweep", *load, "--input-key", "features", "--target-key", "class_id", "--x", "-1:1:3", "-o", tmp_path / "s.h5")
+    assert r.code == 0, r.err
+    truth = copy.deepcopy(net).double()
+    check_sweep(tmp_path / "s.h5", truth, lambda m, p: F.cross_entropy(functional_call(m, p, (x.double(),)), y.long()))
