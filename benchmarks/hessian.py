@@ -30,10 +30,10 @@ import time
 import numpy as np
 import torch
 
-from landscape.hessian import CurvatureOperator, density_from_lanczos, hutchpp, lanczos, slq
-from landscape.hessian.density import exact_density, gaussian_mixture, l1_distance
+from landscape.curvature import CurvatureOperator, density_from_lanczos, hutchpp, lanczos, slq
+from landscape.curvature.density import exact_density, gaussian_mixture, l1_distance
 from landscape.host import keep_freed_memory
-from landscape.load import LoadSpec, load_problem
+from landscape.io.load import LoadSpec, load_problem
 
 
 def _torch_eig(T, eigenvectors=True):  # what PyHessian's density() expects from the removed torch.eig

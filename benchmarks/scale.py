@@ -79,8 +79,8 @@ def gpt2_small() -> torch.nn.Module:
 
 def gpu_large() -> None:
     from landscape.problem import make_problem
-    from landscape.surface import AxesSpec, make_axes
-    from landscape.sweep import choose_strategy, grid_coords
+    from landscape.axes import random_axes
+    from landscape.strategies import choose_strategy, grid_coords
 
     torch.manual_seed(0)
     x = torch.randint(0, 50257, (64, 256))
@@ -92,7 +92,7 @@ def gpu_large() -> None:
         torch.cuda.reset_peak_memory_stats()
         p = make_problem(model, model.state_dict(), x, y, torch.nn.functional.cross_entropy,
                          device=torch.device("cuda"), dtype=dtype, batch_size=64)
-        dirs, _ = make_axes(p, AxesSpec(dims=2))
+        dirs = random_axes(p, 2).directions
         coords = grid_coords([torch.linspace(-1, 1, 5)] * 2)
         torch.cuda.synchronize()
         t = time.perf_counter()

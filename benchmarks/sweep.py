@@ -21,9 +21,9 @@ import time
 import torch
 
 from landscape.host import keep_freed_memory
-from landscape.load import LoadSpec, load_problem
-from landscape.surface import AxesSpec, make_axes
-from landscape.sweep import PROBE_POINTS, choose_strategy, grid_coords
+from landscape.io.load import LoadSpec, load_problem
+from landscape.axes import random_axes
+from landscape.strategies import PROBE_POINTS, choose_strategy, grid_coords
 
 
 def plain_loop(problem, dirs, coords) -> float:
@@ -100,7 +100,7 @@ def main() -> None:
     print("-" * len(header))
     for name in args.samples.split(","):
         problem, _ = load_problem(LoadSpec(sample=name, device="cpu"))
-        dirs, _ = make_axes(problem, AxesSpec(dims=2))
+        dirs = random_axes(problem, 2).directions
         dirs = dirs.to(problem.dtype)
         axis = torch.linspace(-1, 1, args.grid, dtype=torch.float64)
         coords = grid_coords([axis, axis]).to(problem.dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from landscape.errors import LandscapeError
+from landscape.errors import ArgumentError
 from landscape.params import Layout
 
 NORMS = ("filter", "layer", "model", "none")
@@ -29,9 +29,9 @@ def normalize(direction: torch.Tensor, theta: torch.Tensor, layout: Layout, norm
     A tensor with one dimension or fewer counts as a single filter under filter normalization.
     """
     if norm not in NORMS:
-        raise LandscapeError(f"--norm {norm!r}: expected one of {', '.join(NORMS)}")
+        raise ArgumentError("norm", norm, f"expected one of {', '.join(NORMS)}")
     if ignore not in IGNORES:
-        raise LandscapeError(f"--ignore {ignore!r}: expected one of {', '.join(IGNORES)}")
+        raise ArgumentError("ignore", ignore, f"expected one of {', '.join(IGNORES)}")
     out = direction.clone()
     d_parts = layout.unflatten(out)
     w_parts = layout.unflatten(theta.to(out.dtype))

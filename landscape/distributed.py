@@ -7,7 +7,7 @@ sum across ranks. gloo on CPU, NCCL on CUDA. The World is passed explicitly, nev
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -71,11 +71,11 @@ def shard_problem(world: World, problem: Problem) -> Problem:
     from landscape.errors import LandscapeError
 
     if problem.n < world.size:
-        raise LandscapeError(f"{problem.n} samples cannot be shared by {world.size} processes (use more --samples or fewer processes)")
+        raise LandscapeError(f"{problem.n} samples cannot be shared by {world.size} processes (use more samples or fewer processes)")
     part = world.shard(problem.n)
     from landscape.model_io import map_inputs
 
-    return replace(problem, x=map_inputs(lambda t: t[part].clone(), problem.x), y=problem.y[part].clone())
+    return problem.replace(x=map_inputs(lambda t: t[part].clone(), problem.x), y=problem.y[part].clone())
 
 
 def init_world(device: str = "auto") -> World:

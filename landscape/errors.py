@@ -1,5 +1,26 @@
-"""The one exception the CLI turns into a one-line message and a non-zero exit."""
+"""The exceptions meant for users: one line each, which the CLI shows as is and exits with status 2."""
+
+from __future__ import annotations
 
 
 class LandscapeError(Exception):
-    """A user-facing problem (bad file, bad option): the message is shown as is, on one line."""
+    """A user-facing problem (bad file, bad value, a model that cannot run): the message is one line."""
+
+
+class ArgumentError(LandscapeError, ValueError):
+    """A bad value for the parameter `name` of a library function.
+
+    The message names the parameter as Python spells it (`norm='fliter': expected one of ...`);
+    the CLI shows the same error under its option (`--norm 'fliter': ...`) with `option_message`.
+    """
+
+    def __init__(self, name: str, value: object, message: str) -> None:
+        self.name, self.value, self.message = name, value, message
+        shown = "" if value is None else f"={value!r}"
+        super().__init__(f"{name}{shown}: {message}")
+
+    def option_message(self, option: str | None = None) -> str:
+        """The message under a command-line option (default `--name` with dashes)."""
+        flag = option or "--" + self.name.replace("_", "-")
+        shown = "" if self.value is None else f" {self.value!r}"
+        return f"{flag}{shown}: {self.message}"

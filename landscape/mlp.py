@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
 
-from landscape.io.loss import cross_entropy, mse
+from landscape.losses import cross_entropy, mse
 
 # modules and functions that act elementwise (so any memory layout is fine), without parameters;
 # the functions map to their in-place forms (None: none), as every step's input is a fresh product

@@ -91,7 +91,7 @@ def logits_of(out: Any) -> torch.Tensor:
         return logits_of(out[0])
     raise LandscapeError(
         f"the model returned {describe_output(out)}; the built-in losses read a tensor, .logits, ['logits'] "
-        "or a tuple's first element: pass --loss file.py:function to compute the loss from this output"
+        "or a tuple's first element: give a loss function that computes the loss from this output"
     )
 
 

@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from landscape.errors import LandscapeError
+from landscape.errors import ArgumentError, LandscapeError
 from landscape.model_io import Inputs, call, rows, take
 from landscape.problem import Problem
-from landscape.sweep import STRATEGIES, Strategy, choose_strategy
+from landscape.strategies import STRATEGIES, Strategy, choose_strategy
 
 State = dict[str, torch.Tensor]
 CURVES = ("linear", "bezier")
@@ -63,7 +63,7 @@ def polyline_weights(t: torch.Tensor, count: int) -> torch.Tensor:
 def curve_weights(t: torch.Tensor, count: int, curve: str) -> torch.Tensor:
     """linear: the straight line (two points) or polyline (more); bezier: Bernstein weights."""
     if curve not in CURVES:
-        raise LandscapeError(f"--curve {curve!r}: expected one of {', '.join(CURVES)}")
+        raise ArgumentError("curve", curve, f"expected one of {', '.join(CURVES)}")
     if count < 2:
         raise LandscapeError("a path needs at least two checkpoints")
     return polyline_weights(t, count) if curve == "linear" else bezier_weights(t, count)
@@ -169,7 +169,7 @@ class _Points:
         self.problem = problem
         self.states = list(states)
         self.flats = [flat_params(problem, s) for s in self.states]
-        self.base = replace(problem, theta=self.flats[0].clone())
+        self.base = problem.replace(theta=self.flats[0].clone())
         self.saved_buffers = {k: v.detach().clone() for k, v in problem.buffers.items()}
         n = len(self.states)
         if n > 1:
@@ -241,7 +241,7 @@ def state_losses(
 
 
 @dataclass
-class PathResult:
+class PathRun:
     """Loss (and accuracy) along a curve through checkpoints, its barrier, and each checkpoint's own loss."""
 
     t: torch.Tensor
@@ -267,7 +267,7 @@ def evaluate_path(
     strategy: str = "auto",
     warn: Callable[[str], None] = lambda msg: None,
     on_point: Callable[[int], None] = lambda i: None,
-) -> PathResult:
+) -> PathRun:
     """Loss along the curve through `states` at parameters t in [0, 1], over the whole state.
 
     `recalibrate`: training inputs on which BatchNorm statistics are recomputed at every point
@@ -287,7 +287,7 @@ def evaluate_path(
         # accuracy barrier: the largest drop below the straight line between the end points' accuracies
         drop, _ = barrier(t, -acc)
         acc_barrier = drop
-    return PathResult(
+    return PathRun(
         t=t.double(), weights=weights, loss=loss, accuracy=acc, barrier=height, barrier_t=where,
         accuracy_barrier=acc_barrier, node_loss=node_loss, node_accuracy=node_acc, strategy=name,
         recalibrated=recalibrate is not None and has_batchnorm(problem.model),

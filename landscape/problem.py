@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from landscape.errors import LandscapeError
-from landscape.io.loss import LossFn, is_builtin
+from landscape.data import Columns, collect_data
+from landscape.errors import ArgumentError, LandscapeError
+from landscape.losses import LossFn, is_builtin, loss_function
 from landscape.model_io import (
     Inputs,
     call,
@@ -24,33 +27,99 @@ from landscape.model_io import (
 )
 from landscape.params import Layout
 
-@dataclass
-class Problem:
-    """Everything needed to evaluate the dataset-mean loss at any weights.
+Say = Callable[[str], None]
 
-    `theta` is the flat vector of the model's trainable parameters at the checkpoint (in `dtype`,
-    or float32 when `dtype` is bfloat16, so perturbed weights are formed at full precision);
-    `model` holds those weights, is in eval mode, and lives on `device` in `dtype` like `x`.
-    `x` is one tensor or a dict of tensors (keyword arguments of the model), all with N rows;
-    the parameters outside `layout` (frozen ones, or those `--params` leaves out) never move.
+
+class Problem:
+    """Everything needed to evaluate the dataset-mean loss at any weights: a model, data and a loss.
+
+    >>> import torch, landscape as ls
+    >>> model = torch.nn.Linear(4, 3)
+    >>> problem = ls.Problem(model, (torch.randn(32, 4), torch.randint(0, 3, (32,))), loss="cross-entropy")
+    >>> problem.n, problem.layout.size
+    (32, 15)
+
+    `data` is an (x, y) pair (x a tensor or a dict of tensors: the model's keyword arguments), a
+    dict of columns, a Dataset or a DataLoader (of pairs or of dicts); or inputs alone, with
+    `targets`. `loss` is a built-in's name (cross-entropy, next-token, mse; default by the targets)
+    or a function (output, target) -> batch mean. `device` and `dtype` default to the model's.
+    `params`: the parameters the landscape is over (trainable, all, or a regular expression over
+    their names); the others never move. The model is put in eval mode on `device` in `dtype`;
+    `theta` is the flat vector of the chosen parameters (float32 when the model runs in bfloat16,
+    so perturbed weights are formed at full precision).
     """
 
-    model: nn.Module
-    layout: Layout
-    theta: torch.Tensor
-    buffers: dict[str, torch.Tensor]
-    x: Inputs
-    y: torch.Tensor
-    loss_fn: LossFn
-    classification: bool
-    batch_size: int
-    device: torch.device
-    dtype: torch.dtype
-    auto_batch: bool = False  # True when the user named no batch size: the sweep may tune it
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        loss: str | LossFn | None = None,
+        *,
+        targets: Any = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        batch_size: int | None = None,
+        params: str = "trainable",
+        columns: Columns = Columns(),
+        classification: bool | None = None,
+        provenance: Mapping[str, Any] | None = None,
+        where: str = "data",
+        say: Say = lambda msg: None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ArgumentError("model", type(model).__name__, "expected a torch.nn.Module")
+        first = next(iter(model.parameters()), None)
+        if first is None:
+            raise ArgumentError("model", None, "the model has no parameters")
+        x, y = collect_data(data, targets, columns, where)
+        self.loss_fn, self.loss_name = loss_function(loss, y)
+        self.device = resolve_device(device) if device is not None else first.device
+        self.dtype = resolve_dtype(dtype) if dtype is not None else first.dtype
+        # weights are combined (theta + c @ D) in float32 when the model runs in bfloat16
+        master = torch.float32 if self.dtype == torch.bfloat16 else self.dtype
+        model.to(device=self.device)
+        theta_params = select_parameters(model, params)
+        _say_left_out(model, theta_params, params, say)
+        self.layout = Layout.of(theta_params)
+        self.theta = self.layout.flatten(theta_params).detach().to(master).clone()
+        self.model = model.to(dtype=self.dtype).eval()  # requires_grad is left as the user set it: it says what is trainable
+        self.x = to_device(x, self.device, self.dtype)
+        self.y = y.to(device=self.device, dtype=self.dtype) if torch.is_floating_point(y) else y.to(self.device)
+        self.classification = (not torch.is_floating_point(y) and y.ndim == 1) if classification is None else classification
+        self.buffers = dict(model.named_buffers())
+        if batch_size is not None and batch_size < 1:
+            raise ArgumentError("batch_size", batch_size, "must be positive")
+        self.batch_size = int(batch_size or min(rows(self.x), 4096 if self.device.type == "cpu" else 65536))
+        self.auto_batch = batch_size is None  # True when the user named no batch size: the sweep may tune it
+        self._provenance = dict(provenance) if provenance is not None else None
+        check_fits(self, where, say)
 
     @property
     def n(self) -> int:
         return rows(self.x)
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What the problem was made from, as a results file's root attributes record it (files and
+        their sha256 from the CLI; for objects in memory, their class and a sha256 of their values)."""
+        if self._provenance is None:
+            self._provenance = memory_provenance(self)
+        return self._provenance
+
+    def with_provenance(self, provenance: Mapping[str, Any]) -> Problem:
+        """The same problem recording where it came from (the CLI: the files it read)."""
+        other = copy.copy(self)
+        other._provenance = dict(provenance)
+        return other
+
+    def replace(self, **changes: Any) -> Problem:
+        """A shallow copy with some attributes changed (the model and data are shared, not copied)."""
+        other = copy.copy(self)
+        for name, value in changes.items():
+            if not hasattr(self, name):
+                raise AttributeError(f"Problem has no attribute {name!r}")
+            setattr(other, name, value)
+        return other
 
     def batches(self, batch_size: int | None = None) -> Iterator[tuple[Inputs, torch.Tensor, float]]:
         """(x_b, y_b, weight) with weight = len(b) / N, so weighted batch means sum to the dataset mean."""
@@ -75,20 +144,61 @@ def select_parameters(model: nn.Module, params: str = "trainable") -> dict[str, 
     if params == "all":
         return named
     if params == "trainable":
-        return {n: p for n, p in named.items() if p.requires_grad}
+        trainable = {n: p for n, p in named.items() if p.requires_grad}
+        if not trainable:
+            raise ArgumentError("params", params, "every parameter of the model is frozen (requires_grad=False); choose 'all' or a regular expression")
+        return trainable
     try:
         pattern = re.compile(params)
     except re.error as exc:
-        raise LandscapeError(f"--params {params!r}: expected trainable, all or a regular expression ({exc})") from None
+        raise ArgumentError("params", params, f"expected trainable, all or a regular expression ({exc})") from None
     chosen = {n: p for n, p in named.items() if pattern.search(n)}
     if not chosen:
-        raise LandscapeError(f"--params {params!r}: matches none of the model's {len(named)} parameter tensors (e.g. {', '.join(list(named)[:3])})")
+        raise ArgumentError("params", params, f"matches none of the model's {len(named)} parameter tensors (e.g. {', '.join(list(named)[:3])})")
     return chosen
+
+
+def _say_left_out(model: nn.Module, chosen: Mapping[str, nn.Parameter], params: str, say: Say) -> None:
+    left = [p for n, p in model.named_parameters() if n not in chosen]
+    if left:
+        why = "frozen (requires_grad=False)" if params == "trainable" else f"not matched by params {params!r}"
+        say(
+            f"{len(left)} parameter tensors ({sum(p.numel() for p in left):,} values) are {why} and left out: "
+            f"the landscape is over the other {sum(p.numel() for p in chosen.values()):,}"
+            + (" (params 'all' includes them)" if params == "trainable" else "")
+        )
+
+
+def memory_provenance(problem: Problem) -> dict[str, Any]:
+    """Provenance of a problem built from objects in memory: the model's class, sha256 of the weights and data."""
+    model = type(problem.model)
+    return {
+        "model": f"{model.__module__}.{model.__qualname__}",
+        "checkpoint": "(in memory)",
+        "checkpoint_sha256": _sha256([problem.theta, *problem.buffers.values()]),
+        "data": "(in memory)",
+        "data_sha256": _sha256([*(problem.x.values() if isinstance(problem.x, dict) else [problem.x]), problem.y]),
+        "samples": problem.n,
+        "loss": problem.loss_name,
+        "sample": "",
+        "device": str(problem.device),
+        "dtype": str(problem.dtype).removeprefix("torch."),
+        "seed": 0,
+        "torch_version": str(torch.__version__),
+        "parameters": problem.layout.size,
+    }
+
+
+def _sha256(tensors: list[torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def make_problem(
     model: nn.Module,
-    state: dict[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
     x: Inputs,
     y: torch.Tensor,
     loss_fn: LossFn,
@@ -97,52 +207,16 @@ def make_problem(
     dtype: torch.dtype,
     batch_size: int | None = None,
     classification: bool | None = None,
-    data_name: str = "--data",
+    data_name: str = "data",
     params: str = "trainable",
-    say: Callable[[str], None] = lambda msg: None,
+    say: Say = lambda msg: None,
 ) -> Problem:
-    """Load `state` into `model`, move model and data to `device`/`dtype`, and check they fit together."""
+    """Load `state` into `model`, then the Problem of the model on (x, y)."""
     model.load_state_dict(state)
-    # weights are combined (theta + c @ D) in float32 when the model runs in bfloat16
-    master = torch.float32 if dtype == torch.bfloat16 else dtype
-    model.to(device=device)
-    if not list(model.parameters()):
-        raise LandscapeError("--model: the model has no parameters")
-    theta_params = select_parameters(model, params)
-    if not theta_params:
-        raise LandscapeError("--params trainable: every parameter of the model is frozen (requires_grad=False); pass --params all")
-    left = [p for n, p in model.named_parameters() if n not in theta_params]
-    if left:
-        why = "frozen (requires_grad=False)" if params == "trainable" else f"not matched by --params {params}"
-        say(
-            f"{len(left)} parameter tensors ({sum(p.numel() for p in left):,} values) are {why} and left out: "
-            f"the landscape is over the other {sum(p.numel() for p in theta_params.values()):,}"
-            + (" (--params all includes them)" if params == "trainable" else "")
-        )
-    layout = Layout.of(theta_params)
-    theta = layout.flatten(theta_params).detach().to(master).clone()
-    model = model.to(dtype=dtype).eval()  # requires_grad is left as the user set it: it says what is trainable
-    x = to_device(x, device, dtype)
-    y = y.to(device=device, dtype=dtype) if torch.is_floating_point(y) else y.to(device)
-    if classification is None:
-        classification = not torch.is_floating_point(y) and y.ndim == 1
-    buffers = dict(model.named_buffers())
-    problem = Problem(
-        model=model,
-        layout=layout,
-        theta=theta,
-        buffers=buffers,
-        x=x,
-        y=y,
-        loss_fn=loss_fn,
-        classification=classification,
-        batch_size=int(batch_size or min(rows(x), 4096 if device.type == "cpu" else 65536)),
-        device=device,
-        dtype=dtype,
-        auto_batch=batch_size is None,
+    return Problem(
+        model, (x, y), loss_fn, device=device, dtype=dtype, batch_size=batch_size, classification=classification,
+        params=params, where=data_name, say=say,
     )
-    check_fits(problem, data_name, say)
-    return problem
 
 
 def check_fits(problem: Problem, data_name: str, say: Callable[[str], None] = lambda msg: None) -> None:
@@ -169,28 +243,32 @@ def check_fits(problem: Problem, data_name: str, say: Callable[[str], None] = la
             f"{data_name}: the loss cannot compare model outputs ({describe_output(out)}) with targets y {tuple(yb.shape)}: {msg}"
         ) from exc
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise LandscapeError("--loss: the loss function must return a scalar (the mean over the batch)")
+        raise ArgumentError("loss", None, "the loss function must return a scalar (the mean over the batch)")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | torch.device) -> torch.device:
     """auto -> cuda when available, else cpu; a named device is checked once here."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LandscapeError(f"--device {name}: CUDA is not available on this machine")
+        raise ArgumentError("device", name, "CUDA is not available on this machine")
     try:
         return torch.device(name)
     except RuntimeError as exc:
-        raise LandscapeError(f"--device {name!r}: {exc}") from exc
+        raise ArgumentError("device", name, str(exc)) from exc
 
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
-def resolve_dtype(name: str) -> torch.dtype:
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise ArgumentError("dtype", str(name), f"expected one of {', '.join(DTYPES)}")
+        return name
     if name not in DTYPES:
-        raise LandscapeError(f"--dtype {name!r}: expected one of {', '.join(DTYPES)}")
+        raise ArgumentError("dtype", name, f"expected one of {', '.join(DTYPES)}")
     return DTYPES[name]
 
-
-Say = Callable[[str], None]

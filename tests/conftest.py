@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from landscape.cli import main
-from landscape.load import LoadSpec, load_problem
+from landscape.io.load import LoadSpec, load_problem
 from landscape.problem import Problem
 
 

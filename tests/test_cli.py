@@ -116,7 +116,7 @@ def test_bad_options(cli, tmp_path):
     one_line_error(cli("sweep", "--sample", "mlp", *SMALL, "--strategy", "fast", "-o", out), "--strategy")
     one_line_error(cli("sweep", "--sample", "nope", "-o", out), "--sample", "mlp")
     # a strategy that cannot run this model (linear regression has nothing to fuse): no file left behind
-    one_line_error(cli("sweep", "--sample", "linreg", *SMALL, "--strategy", "fused", "-o", out), "--strategy fused")
+    one_line_error(cli("sweep", "--sample", "linreg", *SMALL, "--strategy", "fused", "-o", out), "--strategy 'fused'")
     assert not out.exists()
 
 

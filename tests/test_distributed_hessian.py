@@ -14,7 +14,7 @@ import torch
 
 from landscape.distributed import World, shard_problem
 from landscape.errors import LandscapeError
-from landscape.hessian import CurvatureOperator
+from landscape.curvature import CurvatureOperator
 from landscape.io.curvature import read_curvature
 from conftest import sample_problem
 

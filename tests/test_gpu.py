@@ -8,7 +8,7 @@ import torch
 
 from conftest import sample_problem
 from landscape.directions import random_directions
-from landscape.sweep import build_strategy, grid_coords
+from landscape.strategies import build_strategy, grid_coords
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -33,7 +33,7 @@ def test_cuda_matches_cpu(name, strategy):
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 @pytest.mark.parametrize("curvature", ["hessian", "ggn", "fisher"])
 def test_cuda_curvature_products_and_lanczos_match_cpu(name, curvature):
-    from landscape.hessian import CurvatureOperator, lanczos
+    from landscape.curvature import CurvatureOperator, lanczos
 
     cpu = sample_problem(name, samples=128)
     gpu = sample_problem(name, samples=128, device="cuda")

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from conftest import sample_problem
 
 from landscape.errors import LandscapeError
-from landscape.hessian import CurvatureOperator, density_from_lanczos, hutchpp, lanczos, layer_blocks, slq
-from landscape.hessian.analysis import CurvatureSettings, estimate_block, run_curvature
-from landscape.hessian.dense import exact_runs
-from landscape.hessian.density import exact_density, l1_distance, quadrature
-from landscape.hessian.trace import rademacher
+from landscape.curvature import CurvatureOperator, density_from_lanczos, hutchpp, lanczos, layer_blocks, slq
+from landscape.curvature.analysis import CurvatureSettings, estimate_block, run_curvature
+from landscape.curvature.dense import exact_runs
+from landscape.curvature.density import exact_density, l1_distance, quadrature
+from landscape.curvature.trace import rademacher
 from landscape.problem import make_problem
 
 _CACHE: dict = {}
@@ -191,7 +191,7 @@ def test_fisher_matches_a_per_sample_loop_cached_or_not(monkeypatch, name, sampl
     ev = torch.linalg.eigvalsh(F_exact)
     assert float(ev.min()) > -1e-12 * float(ev.max())  # PSD
     cached = CurvatureOperator(p, curvature="fisher", batch_size=16)
-    monkeypatch.setattr("landscape.hessian.operators.FISHER_CACHE_BYTES", 0)
+    monkeypatch.setattr("landscape.curvature.operators.FISHER_CACHE_BYTES", 0)
     fresh = CurvatureOperator(p, curvature="fisher", batch_size=16)
     assert (cached.method, fresh.method) == ("fisher-cached", "fisher")
     V = torch.randn(3, cached.size, dtype=torch.float64)

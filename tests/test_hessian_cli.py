@@ -9,9 +9,9 @@ import torch
 from conftest import sample_problem
 
 from landscape.errors import LandscapeError
-from landscape.hessian import hessian_axes
-from landscape.hessian.axes import axes_from_curvature
-from landscape.hessian.density import quadrature
+import landscape as ls
+from landscape.axes import hessian_axes
+from landscape.curvature.density import quadrature
 from landscape.io.curvature import read_curvature
 from landscape.render.spectrum import spectrum_figure, spectrum_plotly
 
@@ -90,7 +90,7 @@ def test_per_layer_eigenvalues_go_on_a_log_axis_only_when_positive_and_far_apart
 
 def test_per_layer_densities_are_compared_by_shape():
     def runs(lam):  # SLQ on diag(lam): the layer's stored tridiagonals
-        from landscape.hessian import slq
+        from landscape.curvature import slq
 
         r = slq(lambda V: V * torch.as_tensor(lam, dtype=torch.float64), len(lam), probes=3, steps=len(lam))
         return {"lanczos": {"alpha": r.alpha, "beta": r.beta}, "size": len(lam)}
@@ -138,20 +138,22 @@ def test_cli_fisher_on_mlp_subset(cli, tmp_path):
     r = cli("info", out)
     assert r.code == 0 and "│ curvature" in r.out and "fisher" in r.out
     r = cli("hessian", "--sample", "mlp", "--curvature", "fisher", "--method", "double-backward", "-o", tmp_path / "x.h5")
-    assert r.code != 0 and "--method applies to --curvature hessian only" in r.err
+    assert r.code != 0 and "--method 'double-backward': applies to the Hessian only" in r.err
 
 
 def test_hessian_axes_fresh_and_from_file(linreg_file):
     p = sample_problem("linreg")
-    dirs, attrs = hessian_axes(p, count=2, tol=1e-8)
+    axes = hessian_axes(p, 2, tol=1e-8)
+    dirs, attrs = axes.directions, axes.attrs
     assert dirs.shape == (2, 11) and dirs.dtype == torch.float64
     np.testing.assert_allclose(dirs.norm(dim=1).numpy(), 1.0, rtol=1e-12)
     ev = _linreg_eigs()
     assert attrs[0]["kind"] == "hessian" and attrs[0]["eigenvalue"] == pytest.approx(ev[0], rel=1e-9)
     assert "Hessian eigenvector 1" in attrs[0]["label"]
-    stored, sattrs = axes_from_curvature(linreg_file, p)
+    from_file = ls.axes_from(p, ls.load(linreg_file), 2)
+    stored, sattrs = from_file.directions, from_file.attrs
     assert torch.allclose(stored.abs(), dirs.abs(), atol=1e-8)
     assert sattrs[1]["eigenvalue"] == pytest.approx(ev[1], rel=1e-9)
     other = sample_problem("mlp", samples=10)
     with pytest.raises(LandscapeError, match="another model"):
-        axes_from_curvature(linreg_file, other)
+        ls.axes_from(other, ls.load(linreg_file), 2)

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from landscape.errors import LandscapeError
 from landscape.io.checkpoint import fit_state_dict, read_checkpoint, read_state_dict
-from landscape.io.data import load_data, subset
+from landscape.data import subset
+from landscape.io.data import load_data
 from landscape.io.samples import sample
 from landscape.sample_models.models import mlp
 
@@ -120,7 +121,7 @@ def test_low_precision_checkpoint_is_said_once(state):
 def test_dict_columns_and_targets():
     """Named columns: labels are the targets (int32 -> int64), the rest are keyword inputs; next-token
     takes the input_ids as targets."""
-    from landscape.io.data import Columns, _check_pair, _split
+    from landscape.data import Columns, check_pair as _check_pair, split as _split
 
     ids, mask, labels = torch.randint(0, 9, (5, 4)), torch.ones(5, 4), torch.arange(5, dtype=torch.int32)
     x, y = _check_pair(_split({"input_ids": ids, "attention_mask": mask, "labels": labels}, "d", Columns()), "d")
@@ -129,7 +130,7 @@ def test_dict_columns_and_targets():
     assert x is ids and y is ids
     x, y = _split({"image": mask, "target": labels}, "d", Columns(input_keys=("image",)))
     assert x is mask and y is labels
-    with pytest.raises(LandscapeError, match="--target-key 'lbl'"):
+    with pytest.raises(LandscapeError, match="target_key='lbl'"):
         _split({"input_ids": ids}, "d", Columns(target_key="lbl"))
 
 

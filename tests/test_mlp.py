@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from landscape.directions import random_directions
-from landscape.io.loss import cross_entropy
+from landscape.losses import cross_entropy
 from landscape.mlp import MlpChain, features_first_loss
 from landscape.problem import make_problem
-from landscape.sweep import NotApplicable, build_strategy, grid_coords
+from landscape.strategies import NotApplicable, build_strategy, grid_coords
 
 
 class Functional(nn.Module):

@@ -24,7 +24,7 @@ from landscape.paths import (
     recalibrate_bn,
     state_losses,
 )
-from landscape.roughness import loss_at
+from landscape.measures import loss_at
 
 
 def states_of(problem, paths):

@@ -426,10 +426,10 @@ def test_structured_outputs_every_strategy_and_curvature(kind):
     product gives the plain model's numbers."""
     _import("torchvision")
     from landscape.directions import random_directions
-    from landscape.hessian.operators import CURVATURES, CurvatureOperator
-    from landscape.io.loss import cross_entropy
+    from landscape.curvature.operators import CURVATURES, CurvatureOperator
+    from landscape.losses import cross_entropy
     from landscape.problem import make_problem
-    from landscape.sweep import STRATEGIES, NotApplicable, build_strategy
+    from landscape.strategies import STRATEGIES, NotApplicable, build_strategy
 
     torch.manual_seed(0)
     model = _Structured(kind)

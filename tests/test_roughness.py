@@ -19,7 +19,7 @@ import torch
 from conftest import sample_problem
 from landscape.directions import random_directions
 from landscape.paths import set_params
-from landscape.roughness import (
+from landscape.measures import (
     KnownPoints,
     compute_roughness,
     epsilon_sharpness,

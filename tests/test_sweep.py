@@ -11,10 +11,10 @@ from torch.func import functional_call
 from conftest import sample_problem
 from landscape.directions import random_directions
 from landscape.fused import FoldedNorm
-from landscape.io.loss import cross_entropy
+from landscape.losses import cross_entropy
 from landscape.problem import make_problem
 from landscape.io.results import read_sweep
-from landscape.sweep import (
+from landscape.strategies import (
     LOOP_MARGIN,
     STRATEGIES,
     NotApplicable,
@@ -23,7 +23,6 @@ from landscape.sweep import (
     fastest_or_loop,
     find_first_layer,
     grid_coords,
-    parse_range,
 )
 
 SAMPLES = ("mlp", "cnn", "transformer", "linreg")
@@ -187,7 +186,7 @@ def test_loop_kept_unless_clearly_beaten():
 
 def test_probe_wastes_no_points_when_it_has_enough(monkeypatch):
     """Each probe point is evaluated by one candidate and kept; only the shared warm-up point is repeated."""
-    import landscape.sweep as sweep_module
+    import landscape.strategies.probe as sweep_module
 
     problem = sample_problem("mlp", samples=200)
     dirs = random_directions(2, problem.theta, problem.layout, seed=0)
@@ -211,9 +210,12 @@ def test_probe_wastes_no_points_when_it_has_enough(monkeypatch):
 
 
 def test_parse_range():
-    assert parse_range("-1:1:5", "--x").tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
-    assert parse_range("-1:1:51", "--x")[25].item() == 0.0
-    assert parse_range("0.5:0.5:1", "--x").tolist() == [0.5]
+    from landscape.cli.options import parse_range
+    from landscape.strategies import axis_grid
+
+    assert axis_grid(*parse_range("-1:1:5", "--x")).tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert axis_grid(*parse_range("-1:1:51", "--x"))[25].item() == 0.0
+    assert axis_grid(*parse_range("0.5:0.5:1", "--x")).tolist() == [0.5]
 
 
 @pytest.mark.parametrize("name", SAMPLES)
@@ -258,7 +260,7 @@ def test_cli_sweep_1d_and_line_to_other_checkpoint(cli, tmp_path):
 
 def test_out_of_memory_shrinks_and_goes_on():
     """An OOM (as CUDA raises it) halves the points per call, then the batch size, and the values stay right."""
-    from landscape.sweep import VmapStrategy, evaluate_shrinking
+    from landscape.strategies import VmapStrategy, evaluate_shrinking
 
     problem = sample_problem("mlp", samples=120, batch_size=120)
     dirs = random_directions(2, problem.theta, problem.layout, seed=0)

@@ -1,4 +1,4 @@
-"""lambda_max along training (landscape.track) against the exact Hessian at each checkpoint."""
+"""lambda_max along training (landscape.tracking) against the exact Hessian at each checkpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from conftest import sample_problem
 
 from landscape.io.checkpoint import read_state_dict
 from landscape.io.samples import sample
-from landscape.track import track_curvature
+from landscape.tracking import track_curvature
 
 
 def _states(name: str, count: int) -> list[dict[str, torch.Tensor]]:

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from landscape.errors import LandscapeError
+from landscape.errors import ArgumentError, LandscapeError
 
 app = typer.Typer(
     name="landscape",
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="landscape")
     except LandscapeError as exc:
-        tagged("error:", "red", str(exc))
+        tagged("error:", "red", exc.option_message() if isinstance(exc, ArgumentError) else str(exc))
         sys.exit(2)
     except SystemExit as exc:
         # typer turns Ctrl-C into a silent exit 130 (Exit raised from the KeyboardInterrupt); say so.

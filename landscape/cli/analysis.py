@@ -26,6 +26,7 @@ from landscape.cli.options import (
     Samples,
     Seed,
     UnsafePickle,
+    command_line,
     interrupted,
     load_spec,
     out,
@@ -51,12 +52,10 @@ from landscape.cli.shared import (
     draw_figure,
     load_states,
     problem_at,
-    root_attrs,
 )
 from landscape.errors import LandscapeError
-from landscape.io.analysis_groups import roughness_group, sharpness_group, track_group
-from landscape.io.analysis_store import PointStore, write_results
-from landscape.load import load_problem
+from landscape.io.analysis_store import PointStore
+from landscape.io.load import load_problem
 
 def _finite(obj: Any) -> Any:
     """NaN/inf as null, so the JSON is strict (CI tools reject NaN)."""
@@ -122,38 +121,27 @@ def roughness(
     """
     import torch
 
-    from landscape.directions import random_directions
-    from landscape.roughness import KnownPoints, compute_roughness
+    import landscape as ls
+    from landscape.api import roughness_settings
+    from landscape.measures import KnownPoints
 
     check_output(output, force)
     points_path = output.with_name(output.name + ".points")  # the points done so far, for --resume
     if points_path.exists() and not resume and not force:
         raise LandscapeError(f"{points_path}: points of a killed run; pass --resume to finish it or --force to start over")
-    if directions < 2:
-        raise LandscapeError("--directions: need at least 2 directions for a standard deviation")
-    if not (span > 0 and math.isfinite(span)):
-        raise LandscapeError(f"--span {span}: must be a positive number")
-    if steps < 2:
-        raise LandscapeError(f"--steps {steps}: need at least 2 intervals")
     spec = load_spec(
         model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
         seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
-    )
+    )  # fmt: skip
     problem, prov = load_problem(spec, say)
-    dirs = random_directions(directions, problem.theta, problem.layout, seed=seed, norm=norm, ignore=ignore)
     say(
         f"{prov['parameters']:,} parameters, {problem.n:,} samples, {directions} directions x {steps + 1} points "
         f"in [-{span:g}, {span:g}], {prov['device']} {dtype}"
     )
     if steps % 2:
         warn(f"--steps {steps} is odd: alpha = 0 (the checkpoint) is not on the profile grid")
-    settings = {
-        "directions": directions, "span": span, "steps": steps, "norm": norm, "ignore": ignore, "seed": seed,
-        "dtype": dtype, "samples": prov["samples"], "checkpoint_sha256": prov["checkpoint_sha256"],
-        **({"load_options": prov["load_options"]} if "load_options" in prov else {}),
-    }
     total = directions * (steps + 1)
-    same = {**settings, "model": prov["model"], "data_sha256": prov["data_sha256"], "loss": prov["loss"]}
+    same = roughness_settings(problem, directions, span, steps, norm=norm, ignore=ignore, seed=seed).as_dict()
     points = PointStore.open(points_path, same, total, problem.classification, resume)
     known = None
     if points.done.any():
@@ -165,23 +153,21 @@ def roughness(
     try:
         with progress() as bar:
             task = bar.add_task("roughness", total=total)
-            res = compute_roughness(
-                problem, dirs.to(problem.dtype).double(), span, steps, strategy=strategy, warn=warn, known=known,
-                on_progress=lambda done, total: bar.update(task, completed=done),
+            res = ls.roughness(
+                problem, directions, span, steps, norm=norm, ignore=ignore, seed=seed, strategy=strategy, warn=warn, known=known,
+                progress=lambda done, total: bar.update(task, completed=done), command=command_line(),
                 on_chunk=lambda idx, v: points.write(idx.numpy(), v.loss.numpy(), None if v.accuracy is None else v.accuracy.numpy()),
-            )
+            )  # fmt: skip
     except KeyboardInterrupt:  # typer would exit 130 without a word
         interrupted(points_kept(int(points.done.sum()), total, points_path))
         raise typer.Exit(130) from None
-    idx = res.index
-    group = roughness_group(res, span=span, steps=steps, norm=norm, ignore=ignore, seed=seed)
-    write_results(output, kind="roughness", attrs=root_attrs(prov), settings=settings, groups={"roughness": group}, layout=problem.layout)
+    res.save(output)
     points.remove()
-    say(f"strategy {res.strategy}")
-    if idx.dropped:
-        warn(f"{idx.dropped} direction(s) gave a flat or non-finite profile and were left out of RI")
-    out.print(f"roughness index RI = {idx.ri:.4g}  (mu = {idx.mu:.4g}, sigma = {idx.sigma:.4g}, M = {idx.used}; "
-              f"a bowl gives T = 1/l = {1 / span:.4g})")
+    say(f"strategy {res.attrs['strategy']}")
+    if res["directions_dropped"]:
+        warn(f"{res['directions_dropped']} direction(s) gave a flat or non-finite profile and were left out of RI")
+    out.print(f"roughness index RI = {res['ri']:.4g}  (mu = {res['mu']:.4g}, sigma = {res['sigma']:.4g}, M = {res['directions_used']}; "
+              f"a bowl gives T = 1/l = {1 / span:.4g})")  # fmt: skip
     wrote(output)
     draw_figure(figure, output)
 
@@ -240,23 +226,6 @@ def metrics(
 # --------------------------------------------------------------------------- sharpness
 
 
-def _fresh_curvature(problem, seed: int) -> dict[str, Any]:
-    """lambda_max, trace and SLQ runs of the problem's Hessian (landscape.hessian) under a progress line
-    of the products, as the keys `read_curvature` gives (what `curvature_numbers` reads)."""
-    from landscape.hessian import CurvatureSettings
-
-    settings = CurvatureSettings(top_k=1, tol=1e-3, trace=True, density=True, eigenvectors=False, seed=seed)
-    block = curvature_with_progress(problem, settings).model
-    out: dict[str, Any] = {"eigenvalues": None, "residuals": None, "trace": None, "lanczos": None}
-    if block.eigen is not None:
-        out["eigenvalues"], out["residuals"] = block.eigen.eigenvalues, block.eigen.residuals
-    if block.trace is not None:
-        out["trace"] = {"value": block.trace.value, "std_error": block.trace.std_error}
-    if block.lanczos is not None:
-        out["lanczos"] = {"alpha": block.lanczos.alpha, "beta": block.lanczos.beta}
-    return out
-
-
 @app.command(rich_help_panel="Compute")
 @model_options
 def sharpness(
@@ -294,50 +263,39 @@ def sharpness(
 
       landscape sharpness --sample cnn --hessian -o sharp.h5 && landscape metrics sharp.h5 --fail-if "lambda_max > 50"
     """
-    from landscape.roughness import curvature_numbers, epsilon_sharpness, sam_sharpness
+    import landscape as ls
 
     check_output(output, force)
     if rho <= 0 or epsilon <= 0:
         raise LandscapeError("--rho and --epsilon must be positive")
     if curvature is not None and hessian:
         raise LandscapeError("--curvature and --hessian: give one (a file to read, or compute here)")
-    curv = None
+    curv: ls.CurvatureResult | bool = hessian
     if curvature is not None:
-        from landscape.hessian.operators import CURVATURE_TITLES
-        from landscape.io.curvature import read_curvature
-
-        curv = read_curvature(curvature)
-        if curv["curvature"] != "hessian":  # lambda_max and the LLA ratios are the Hessian's (a PSD matrix has no negative share)
-            raise LandscapeError(
-                f"--curvature {curvature}: holds the {CURVATURE_TITLES.get(curv['curvature'], curv['curvature'])}, "
-                "not the Hessian (run `landscape hessian` without --curvature, or use --hessian here)"
-            )
+        loaded = ls.load(curvature)
+        if not isinstance(loaded, ls.CurvatureResult):
+            raise LandscapeError(f"--curvature {curvature}: holds no curvature results (write one with `landscape hessian`)")
+        curv = loaded
     spec = load_spec(
         model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
         seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
-    )
+    )  # fmt: skip
     problem, prov = load_problem(spec, say)
-    if curv is not None:
+    if isinstance(curv, ls.CurvatureResult):
         ours = prov["checkpoint_sha256"]
-        theirs = str(curv.get("attrs", {}).get("checkpoint_sha256", ""))
+        theirs = str(curv.provenance.get("checkpoint_sha256", ""))
         if theirs and theirs != ours:
             raise LandscapeError(f"--curvature {curvature}: computed for another checkpoint (sha256 {theirs[:12]}..., this one {ours[:12]}...)")
     say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, {prov['device']} {dtype}")
-    sam = sam_sharpness(problem, rho)
-    eps = epsilon_sharpness(problem, epsilon, ascent_steps, seed=seed)
-    source = ""
+    source = str(curvature or "")
     if hessian:
-        say("curvature: lambda_max by Lanczos, trace by Hutch++, density by SLQ (landscape.hessian)")
-        curv = _fresh_curvature(problem, seed)
+        say("curvature: lambda_max by Lanczos, trace by Hutch++, density by SLQ (landscape.curvature)")
+        curv = curvature_with_progress(problem, top_k=1, tol=1e-3, trace=True, density=True, eigenvectors=False, seed=seed)
         source = "computed (--hessian)"
-    elif curv is not None:
-        source = str(curvature)
-    group = sharpness_group(sam, eps, curvature_numbers(curv) if curv is not None else {}, source)
-    settings = {"rho": rho, "epsilon": epsilon, "ascent_steps": ascent_steps, "seed": seed, "dtype": dtype,
-                "samples": prov["samples"], "checkpoint_sha256": prov["checkpoint_sha256"], "curvature": source}
-    write_results(output, kind="sharpness", attrs=root_attrs(prov), settings=settings, groups={"sharpness": group})
+    res = ls.sharpness(problem, rho, epsilon, ascent_steps, curvature=curv, seed=seed, source=source, command=command_line())
+    res.save(output)
     table = Table("number", "value", title="sharpness", title_justify="left")
-    for key, value in group.numbers.items():
+    for key, value in res.numbers.items():
         table.add_row(key, _fmt(value))
     out.print(table)
     wrote(output)
@@ -381,13 +339,14 @@ def track(
 
       landscape track ep*.pt --model net.py:make --data train.npz --lr 0.1 --trace -o track.h5
     """
+    import landscape as ls
     from landscape.io.spec import sha256_file
-    from landscape.track import track_curvature
 
     check_output(output, force)
     ckpts = checkpoint_paths(checkpoints, sample, "all")
     if lr is not None and not lr > 0:
         raise LandscapeError(f"--lr {lr}: must be positive")
+    step_values = None
     if steps:
         try:
             step_values = [float(s) for s in steps.split(",")]
@@ -395,26 +354,26 @@ def track(
             raise LandscapeError(f"--steps {steps!r}: expected numbers separated by commas, e.g. 0,10,30") from None
         if len(step_values) != len(ckpts):
             raise LandscapeError(f"--steps: {len(step_values)} values for {len(ckpts)} checkpoints")
-    else:
-        step_values = [float(i) for i in range(len(ckpts))]
     kw = dict(model=model, data=data, loss=loss, sample=sample, samples=samples, seed=seed, batch_size=batch_size,
-              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))
+              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))  # fmt: skip
     problem, prov = problem_at(kw, ckpts[-1])
     states = load_states(ckpts, problem, kw)
     say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, lambda_max at {len(ckpts)} checkpoints")
     with progress() as bar:
         task = bar.add_task("track", total=len(ckpts))
-        res = track_curvature(problem, states, trace=trace, tol=tol, seed=seed, on_checkpoint=lambda done: bar.update(task, completed=done))
-    group = track_group(res, steps=step_values, checkpoints=ckpts, lr=lr, step_label="training step" if steps else "checkpoint")
-    settings = {"checkpoints_sha256": [sha256_file(c) for c in ckpts], "lr": lr, "steps": step_values, "trace": trace,
-                "tol": tol, "seed": seed, "dtype": dtype, "samples": prov["samples"]}
-    write_results(output, kind="track", attrs=root_attrs(prov), settings=settings, groups={"track": group}, layout=problem.layout)
+        res = ls.track(
+            problem, states, lr=lr, steps=step_values, trace=trace, tol=tol, seed=seed, names=ckpts,
+            checkpoints_sha256=[sha256_file(c) for c in ckpts], progress=lambda done, total: bar.update(task, completed=done),
+            command=command_line(),
+        )  # fmt: skip
+    res.save(output)
     table = Table("checkpoint", "step", "loss", "lambda_max", *(["trace"] if trace else []), title="track", title_justify="left")
     for j, c in enumerate(ckpts):
-        table.add_row(Path(c).name, _fmt(step_values[j]), _fmt(res.loss[j]), _fmt(res.lambda_max[j]),
-                      *([_fmt(res.trace[j])] if res.trace is not None else []))
+        arr = res.arrays
+        row = [_fmt(float(arr["step"][j])), _fmt(float(arr["loss"][j])), _fmt(float(arr["lambda_max"][j]))]
+        table.add_row(Path(c).name, *row, *([_fmt(float(arr["trace"][j]))] if trace else []))
     out.print(table)
     if lr:
-        out.print(f"2/lr = {2 / lr:.4g}; last lambda_max is {100 * res.lambda_max[-1] * lr / 2:.1f}% of it")
+        out.print(f"2/lr = {2 / lr:.4g}; last lambda_max is {100 * float(res.arrays['lambda_max'][-1]) * lr / 2:.1f}% of it")
     wrote(output)
     draw_figure(figure, output)

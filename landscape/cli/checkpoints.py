@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-import torch
 import typer
+
+import landscape as ls
 
 from landscape.cli import app
 from landscape.cli.options import (
@@ -23,7 +24,9 @@ from landscape.cli.options import (
     Samples,
     Seed,
     UnsafePickle,
+    command_line,
     out,
+    parse_range,
     progress,
     say,
     warn,
@@ -41,49 +44,26 @@ from landscape.cli.shared import (
     draw_figure,
     load_states,
     problem_at,
-    root_attrs,
 )
 from landscape.errors import LandscapeError
-from landscape.io.analysis_groups import path_group, plane_group, trajectory_group
-from landscape.io.analysis_store import Group, write_results
+from landscape.problem import Problem
 
 
-def _default_range(lo: float, hi: float, points: int, margin: float = 0.25) -> str:
-    pad = margin * max(hi - lo, 1e-12)
-    return f"{lo - pad}:{hi + pad}:{points}"
-
-
-def _plane_sweep(
-    output: Path, problem, prov: dict[str, Any], *, kind: str, settings: dict[str, Any], axes: torch.Tensor,
-    axis_attrs: list[dict[str, Any]], grids: list[torch.Tensor], strategy: str, extra: dict[str, Group],
-) -> None:
-    """A 2D sweep of the plane spanned by `axes` around problem.theta, stored like `landscape sweep` plus `extra` groups."""
+def _run_plane(output: Path, problem: Problem, planned: ls.SweepResult, strategy: str) -> None:
+    """A plane's grid into OUTPUT: the file made first with the plane's own group, then filled chunk by chunk."""
     from landscape.io.analysis_store import add_group
-    from landscape.io.results import SweepFile
-    from landscape.surface import run_sweep
 
-    store_dtype = np.float64 if problem.dtype == torch.float64 else np.float32
-    output.parent.mkdir(parents=True, exist_ok=True)
-    store = SweepFile.create(
-        output,
-        attrs={**root_attrs(prov), "kind": kind},
-        settings=settings,
-        axes={n: (axes[i].numpy().astype(store_dtype), axis_attrs[i]) for i, n in enumerate(("x", "y"))},
-        layout=problem.layout,
-        coords={"x": grids[0].numpy(), "y": grids[1].numpy()},
-        has_accuracy=problem.classification,
-    )
-    for name, group in extra.items():
+    store = planned.create_file(output)
+    for name, group in planned.groups.items():
         add_group(output, name, group)
     with progress() as bar:
-        task = bar.add_task(kind, total=store.done.size)
-        report = run_sweep(
-            problem, axes.to(problem.dtype).double(), store, strategy=strategy, warn=warn,
-            on_progress=lambda done, total: bar.update(task, completed=done),
-        )
-    say(f"strategy {report.strategy}")
-    if report.nonfinite:
-        warn(f"the loss was NaN or infinite at {report.nonfinite} grid point(s); stored as NaN")
+        task = bar.add_task(planned.kind, total=store.done.size)
+        result = ls.run_planned(problem, planned, store, strategy=strategy, warn=warn,
+                                progress=lambda done, total: bar.update(task, completed=done))  # fmt: skip
+    say(f"strategy {result.run.get('strategy', 'none')}")
+    nonfinite = int((result.done & ~np.isfinite(result.loss)).sum())
+    if nonfinite:
+        warn(f"the loss was NaN or infinite at {nonfinite} grid point(s); stored as NaN")
 
 
 # --------------------------------------------------------------------------- path
@@ -133,10 +113,11 @@ def path(
 
       landscape path a.pt b.pt --sample cnn --bn-recalibrate --train-data train.npz -o path.h5
     """
-    from landscape.io.data import load_data, subset
-    from landscape.model_io import to_device
+    from landscape.data import subset
+    from landscape.io.data import load_data
     from landscape.io.spec import sha256_file
-    from landscape.paths import CURVES, evaluate_path, has_batchnorm
+    from landscape.model_io import to_device
+    from landscape.paths import CURVES, has_batchnorm
 
     check_output(output, force)
     if curve not in CURVES:
@@ -151,7 +132,7 @@ def path(
     if train_data and not bn_recalibrate:
         raise LandscapeError("--train-data is only used with --bn-recalibrate")
     kw = dict(model=model, data=data, loss=loss, sample=sample, samples=samples, seed=seed, batch_size=batch_size,
-              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))
+              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))  # fmt: skip
     problem, prov = problem_at(kw, ckpts[0])
     states = load_states(ckpts, problem, kw)
     recal = None
@@ -166,18 +147,20 @@ def path(
                 say("--bn-recalibrate without --train-data: recalibrating on --data")
                 xt = problem.x
             recal = to_device(xt, problem.device, problem.dtype)
-    t = torch.linspace(0, 1, points, dtype=torch.float64)
     say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, {curve} path through {len(ckpts)} checkpoints, {points} points")
     with progress() as bar:
         task = bar.add_task("path", total=points)
-        res = evaluate_path(problem, states, t, curve=curve, recalibrate=recal, strategy=strategy, warn=warn,
-                            on_point=lambda i: bar.update(task, completed=i))
-    buffers = "recalibrated" if res.recalibrated else ("interpolated" if problem.buffers else "none")
-    group = path_group(res, curve=curve, checkpoints=ckpts, buffers=buffers, train_data=train_data or ("--data" if res.recalibrated else ""))
-    settings = {"checkpoints_sha256": [sha256_file(c) for c in ckpts], "curve": curve, "points": points,
-                "bn_recalibrate": bn_recalibrate, "dtype": dtype, "samples": prov["samples"]}
-    write_results(output, kind="path", attrs=root_attrs(prov), settings=settings, groups={"path": group}, layout=problem.layout)
-    out.print(f"barrier = {res.barrier:.4g} at t = {res.barrier_t:.3g}  (loss {float(res.loss[0]):.4g} -> {float(res.loss[-1]):.4g}; BN buffers {buffers})")
+        res = ls.path(
+            problem, states[1:], points, curve, start=states[0], recalibrate=recal, strategy=strategy, warn=warn, names=ckpts,
+            checkpoints_sha256=[sha256_file(c) for c in ckpts], train_data=train_data or "", command=command_line(),
+            progress=lambda done, total: bar.update(task, completed=done),
+        )  # fmt: skip
+    res.save(output)
+    loss_along = res.arrays["loss"]
+    out.print(
+        f"barrier = {res.barrier:.4g} at t = {res['barrier_t']:.3g}  (loss {float(loss_along[0]):.4g} -> {float(loss_along[-1]):.4g}; "
+        f"BN buffers {res.attrs['buffers']})"
+    )
     wrote(output)
     draw_figure(figure, output)
 
@@ -221,38 +204,24 @@ def plane(
       landscape plane a.pt b.pt c.pt --model net.py:make --data val.npz --x -5:30:31 --y -5:20:21 -o plane.h5
     """
     from landscape.io.spec import sha256_file
-    from landscape.paths import flat_params, plane_axes, plane_losses, state_losses
-    from landscape.sweep import parse_range
 
     check_output(output, force)
     ckpts = checkpoint_paths(checkpoints, sample, "three")
     if len(ckpts) != 3:
         raise LandscapeError(f"plane: name exactly three checkpoints (got {len(ckpts)})")
     kw = dict(model=model, data=data, loss=loss, sample=sample, samples=samples, seed=seed, batch_size=batch_size,
-              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))
+              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))  # fmt: skip
     problem, prov = problem_at(kw, ckpts[0])
     states = load_states(ckpts, problem, kw)
-    flats = [flat_params(problem, s) for s in states]
-    pa = plane_axes(*flats)
-    pts = pa.points
-    x_grid = parse_range(x or _default_range(float(pts[:, 0].min()), float(pts[:, 0].max()), 21), "--x")
-    y_grid = parse_range(y or _default_range(float(pts[:, 1].min()), float(pts[:, 1].max()), 21), "--y")
-    own_loss, own_acc = state_losses(problem, states)
-    at_loss, at_acc = plane_losses(problem, pa.axes, pts)
+    planned = ls.plan_plane(
+        problem, states, parse_range(x, "--x") if x else None, parse_range(y, "--y") if y else None, names=ckpts,
+        checkpoints_sha256=[sha256_file(c) for c in ckpts], seed=seed, command=command_line(),
+    )  # fmt: skip
     names = [Path(c).name for c in ckpts]
-    group = plane_group(pts, (own_loss, own_acc), (at_loss, at_acc), ckpts)
-    labels = [f"e1: toward {names[1]} (parameter distance)", f"e2: toward {names[2]}, orthogonalized (parameter distance)"]
-    axis_attrs = [
-        {"kind": "plane", "normalization": "orthonormal", "ignore": "none", "seed": seed, "source": ckpts[1 + i], "label": labels[i]}
-        for i in range(2)
-    ]
-    axis_attrs[0]["cosine_with_y"] = axis_attrs[1]["cosine_with_x"] = 0.0
-    settings = {"checkpoints_sha256": [sha256_file(c) for c in ckpts], "dtype": dtype, "samples": prov["samples"],
-                "coords": {"x": x_grid.tolist(), "y": y_grid.tolist()}, "loss": prov["loss"]}
-    say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, plane through {', '.join(names)}; grid {len(x_grid)} x {len(y_grid)}")
-    _plane_sweep(output, problem, prov, kind="plane", settings=settings, axes=pa.axes, axis_attrs=axis_attrs,
-                 grids=[x_grid, y_grid], strategy=strategy, extra={"plane": group})
-    for name, p, lo, la in zip(names, pts.tolist(), own_loss.tolist(), at_loss.tolist()):
+    say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, plane through {', '.join(names)}; grid {len(planned.x)} x {len(planned.y)}")
+    _run_plane(output, problem, planned, strategy)
+    g = planned.groups["plane"].arrays
+    for name, p, lo, la in zip(names, g["points"].tolist(), g["own_loss"].tolist(), g["plane_loss"].tolist()):
         out.print(f"{name}: at ({p[0]:.4g}, {p[1]:.4g}), own loss {lo:.4g}, plane loss {la:.4g}")
     wrote(output)
     draw_figure(figure, output)
@@ -298,43 +267,31 @@ def trajectory(
       landscape trajectory ep*.pt final.pt --model net.py:make --data val.npz -o traj.h5
     """
     from landscape.io.spec import sha256_file
-    from landscape.paths import flat_params, pca_axes, plane_losses, state_losses
-    from landscape.sweep import parse_range
 
     check_output(output, force)
     ckpts = checkpoint_paths(checkpoints, sample, "all")
     if len(ckpts) < 3:
         raise LandscapeError(f"trajectory: need at least three checkpoints (got {len(ckpts)})")
     kw = dict(model=model, data=data, loss=loss, sample=sample, samples=samples, seed=seed, batch_size=batch_size,
-              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))
+              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))  # fmt: skip
     problem, prov = problem_at(kw, ckpts[-1])
     states = load_states(ckpts, problem, kw)
-    traj = pca_axes([flat_params(problem, s) for s in states], center=center)
-    c = traj.coords
-    x_grid = parse_range(x or _default_range(float(c[:, 0].min()), float(c[:, 0].max()), 21), "--x")
-    y_grid = parse_range(y or _default_range(float(c[:, 1].min()), float(c[:, 1].max()), 21), "--y")
-    own_loss, own_acc = state_losses(problem, states)
-    proj_loss, proj_acc = plane_losses(problem, traj.axes, c)
-    gap = proj_loss - own_loss
-    names = [Path(p).name for p in ckpts]
-    group = trajectory_group(traj, (own_loss, own_acc), (proj_loss, proj_acc), ckpts)
-    axis_attrs = [
-        {"kind": "pca", "normalization": "orthonormal", "ignore": "none", "seed": seed, "source": f"principal direction {i + 1} of {len(ckpts)} checkpoints",
-         "label": f"PC{i + 1} ({100 * float(traj.explained[i]):.1f}% of the squared offsets)", "explained_variance": float(traj.explained[i])}
-        for i in range(2)
-    ]
-    axis_attrs[0]["cosine_with_y"] = axis_attrs[1]["cosine_with_x"] = 0.0
-    settings = {"checkpoints_sha256": [sha256_file(p) for p in ckpts], "dtype": dtype, "samples": prov["samples"],
-                "coords": {"x": x_grid.tolist(), "y": y_grid.tolist()}, "center": center, "loss": prov["loss"]}
+    planned = ls.plan_trajectory(
+        problem, states, parse_range(x, "--x") if x else None, parse_range(y, "--y") if y else None, center=center, names=ckpts,
+        checkpoints_sha256=[sha256_file(p) for p in ckpts], seed=seed, command=command_line(),
+    )  # fmt: skip
+    group = planned.groups["trajectory"]
+    explained = group.arrays["explained_variance"]
     say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, {len(ckpts)} checkpoints; explained variance "
-        f"{100 * float(traj.explained[0]):.1f}% + {100 * float(traj.explained[1]):.1f}%; grid {len(x_grid)} x {len(y_grid)}")
-    _plane_sweep(output, problem, prov, kind="trajectory", settings=settings, axes=traj.axes, axis_attrs=axis_attrs,
-                 grids=[x_grid, y_grid], strategy=strategy, extra={"trajectory": group})
-    worst = int(gap.abs().argmax())
+        f"{100 * float(explained[0]):.1f}% + {100 * float(explained[1]):.1f}%; grid {len(planned.x)} x {len(planned.y)}")  # fmt: skip
+    _run_plane(output, problem, planned, strategy)
+    own, projected, rel = group.arrays["own_loss"], group.arrays["projected_loss"], group.arrays["relative_residual"]
+    gap = projected - own
+    worst = int(np.abs(gap).argmax())
     out.print(
-        f"explained variance {100 * float(traj.explained.sum()):.1f}%; the projected path's loss differs from the "
-        f"checkpoints' own by up to {float(gap.abs().max()):.4g} ({names[worst]}: own {float(own_loss[worst]):.4g}, "
-        f"projected {float(proj_loss[worst]):.4g}; {100 * float(traj.relative_residual[worst]):.1f}% of its offset lies off the plane)"
+        f"explained variance {100 * float(explained.sum()):.1f}%; the projected path's loss differs from the "
+        f"checkpoints' own by up to {float(np.abs(gap).max()):.4g} ({Path(ckpts[worst]).name}: own {float(own[worst]):.4g}, "
+        f"projected {float(projected[worst]):.4g}; {100 * float(rel[worst]):.1f}% of its offset lies off the plane)"
     )
     wrote(output)
     draw_figure(figure, output)

@@ -2,18 +2,15 @@
 empirical Fisher), per layer too.
 
 Under torchrun every rank loads the problem and keeps its shard of the data; the products are summed
-over the ranks (landscape.hessian.operators), so every rank computes the same estimates; rank 0 alone
+over the ranks (landscape.curvature.operators), so every rank computes the same estimates; rank 0 alone
 prints and writes the results file.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -33,22 +30,19 @@ from landscape.cli.options import (
     Samples,
     Seed,
     UnsafePickle,
-    command_line,
     load_spec,
     out,
     say,
     warn,
     wrote,
 )
+from landscape.cli.shared import curvature_with_progress
+from landscape.curvature.analysis import BlockResult
+from landscape.curvature.operators import CURVATURE_TITLES, CURVATURES, METHODS
+from landscape.curvature.trace import EXACT
 from landscape.distributed import close_world, device_for, init_world, shard_problem
 from landscape.errors import LandscapeError
-from landscape.cli.shared import curvature_with_progress
-from landscape.hessian.analysis import BlockResult, CurvatureSettings
-from landscape.hessian.lanczos import WHICH
-from landscape.hessian.operators import CURVATURE_TITLES, CURVATURES, METHODS
-from landscape.hessian.trace import EXACT
-from landscape.io.curvature import write_curvature
-from landscape.load import load_problem
+from landscape.io.load import load_problem
 
 CURV = "Curvature"
 
@@ -129,62 +123,34 @@ def hessian(
 
       landscape plot curv.h5 --kind density -o density.png
     """
-    if which not in WHICH:
-        raise LandscapeError(f"--which {which!r}: expected one of {', '.join(WHICH)}")
-    if curvature not in CURVATURES:
+    if curvature not in CURVATURES:  # before anything is loaded
         raise LandscapeError(f"--curvature {curvature!r}: expected one of {', '.join(CURVATURES)}")
     if method != "auto" and method not in METHODS:
         raise LandscapeError(f"--method {method!r}: expected auto or one of {', '.join(METHODS)}")
-    if top_k < 0:
-        raise LandscapeError("--top-k must be 0 or more")
-    if not tol > 0:
-        raise LandscapeError("--tol must be positive")
-    if density and (probes < 1 or steps < 2):
-        raise LandscapeError("--probes must be >= 1 and --steps >= 2")
-    if trace and trace_matvecs < 3:
-        raise LandscapeError("--trace-matvecs must be >= 3")
-    if top_k == 0 and not trace and not density:
-        raise LandscapeError("nothing to compute: --top-k 0 without --trace or --density")
     world = init_world(device)
     if world.main and output.exists() and not force:
         raise LandscapeError(f"{output} exists: pass --force to overwrite it")
     spec = load_spec(
         model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
         seed=seed, batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
-    )
+    )  # fmt: skip
     tell = say if world.main else _quiet
     problem, prov = load_problem(spec, tell)
     problem = shard_problem(world, problem)  # this rank's rows; provenance keeps the whole data set's
-    settings = CurvatureSettings(
-        curvature=curvature, top_k=top_k, which=which, tol=tol, max_iter=max_iter, trace=trace,
-        trace_matvecs=trace_matvecs, density=density, probes=probes, steps=steps, per_layer=per_layer,
-        eigenvectors=eigenvectors, seed=seed, method=method, batch_size=batch_size,
-    )
     tell(
         f"{prov['parameters']:,} parameters, {prov['samples']:,} samples, loss {prov['loss']}, {prov['device']} {dtype}, {curvature}"
         + (f", {world.size} processes" if world.size > 1 else "")
     )
-    t0 = time.perf_counter()
-    result = curvature_with_progress(problem, settings, tell, world, show=world.main)
-    seconds = time.perf_counter() - t0
+    result = curvature_with_progress(
+        problem, show=world.main, top_k=top_k, which=which, trace=trace, density=density, per_layer=per_layer, curvature=curvature,
+        tol=tol, max_iter=max_iter, probes=probes, steps=steps, trace_matvecs=trace_matvecs, eigenvectors=eigenvectors,
+        method=method, seed=seed, batch_size=batch_size, say=tell, world=world,
+    )  # fmt: skip
     close_world(world)
     if not world.main:
         return
-    file_settings = {
-        **settings.__dict__,
-        "model": prov["model"], "checkpoint_sha256": prov["checkpoint_sha256"], "data_sha256": prov["data_sha256"],
-        "data": prov["data"], "samples": prov["samples"], "loss": prov["loss"], "dtype": dtype,
-    }
-    write_curvature(
-        output,
-        result,
-        attrs={**prov, "command": command_line(), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "kind": "hessian", "seconds": seconds, "world_size": world.size},
-        settings=file_settings,
-        layout=problem.layout,
-        vector_dtype=np.float64 if dtype == "float64" else np.float32,
-    )
-    _summary(result.model, result.layers, curvature)
+    result.save(output)
+    _summary(result.model, dict(result.layers), curvature)
     if result.model.eigen is not None and not result.model.eigen.all_converged:
         warn(
             f"{int((~result.model.eigen.converged).sum())} eigenpair(s) did not reach --tol {tol:g} in "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import sys
 import typing
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from rich.progress import (
 from rich.text import Text
 
 from landscape.errors import LandscapeError
-from landscape.load import LoadSpec
+from landscape.io.load import LoadSpec
 
 # markup and emoji codes off: paths and messages hold "[...]" and ":b:" that must print as they are
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
@@ -223,3 +224,17 @@ def points_kept(done: int, total: int, path: object) -> str:
 
 def command_line() -> str:
     return " ".join(["landscape", *sys.argv[1:]])
+
+
+def parse_range(text: str, option: str) -> tuple[float, float, int]:
+    """'a:b:n' -> (a, b, n): n evenly spaced points from a to b (inclusive), as in Li et al.'s tool."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        a, b, n = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise LandscapeError(f"{option} {text!r}: expected MIN:MAX:POINTS, e.g. -1:1:51") from None
+    if n < 1 or not (math.isfinite(a) and math.isfinite(b)):
+        raise LandscapeError(f"{option} {text!r}: need finite bounds and at least one point")
+    return a, b, n

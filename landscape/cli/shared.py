@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 import typer
 
+import landscape as ls
+
 from landscape.cli.options import RUN, activity, command_line, load_spec, one_of, say, wrote
 from landscape.directions import IGNORES, NORMS
 from landscape.errors import LandscapeError
-from landscape.load import load_problem
-from landscape.sweep import STRATEGIES
+from landscape.io.load import load_problem
+from landscape.problem import Problem
+from landscape.strategies import STRATEGIES
 
 ANALYSIS = "Analysis"
 Output = Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")]
@@ -57,16 +59,15 @@ def check_output(output: Path, force: bool) -> None:
         raise LandscapeError(f"{output} exists: pass --force to overwrite it")
 
 
-def curvature_with_progress(problem, settings, say: Callable[[str], None] = lambda msg: None, world=None, show: bool = True):
-    """`run_curvature` with a progress line of its products on stderr (`show`: not inside another
+def curvature_with_progress(problem: Problem, show: bool = True, **options: Any) -> ls.CurvatureResult:
+    """`landscape.hessian` with a progress line of its products on stderr (`show`: not inside another
     progress display, as rich runs one at a time)."""
-    from landscape.hessian.analysis import run_curvature
-
-    label = settings.curvature
+    label = options.get("curvature", "hessian")
     with activity("products", disable=not show) as bar:
         task = bar.add_task(label, total=None)
-        result = run_curvature(
-            problem, settings, say, world, on_products=lambda stage, n: bar.update(task, advance=n, description=f"{label} {stage}")
+        result = ls.hessian(
+            problem, on_products=lambda stage, n: bar.update(task, advance=n, description=f"{label} {stage}"), command=command_line(),
+            **options,
         )
         bar.update(task, total=bar.tasks[task].completed, description=f"{label}: done")
     return result
@@ -108,7 +109,7 @@ def checkpoint_paths(given: list[str] | None, sample: str | None, default: str) 
 
 def load_states(paths: list[str], problem, spec_kwargs: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
     """The checkpoints' state_dicts for `problem`'s model, read as `spec_kwargs` say (--checkpoint-key, --prefix)."""
-    from landscape.load import load_other_state
+    from landscape.io.load import load_other_state
 
     spec = load_spec(**spec_kwargs)
     return [load_other_state(p, problem, spec, say) for p in paths]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,13 +36,15 @@ from landscape.cli.options import (
     wrote,
 )
 from landscape.cli.shared import Strategy, ignore_option, norm_option
+import landscape as ls
+from landscape.axes import Axes, axes_settings
+from landscape.cli.options import parse_range
 from landscape.distributed import close_world, device_for, init_world
 from landscape.errors import LandscapeError
-from landscape.io.results import SweepFile
+from landscape.io.results import SweepFile, read_axes
 from landscape.io.spec import sha256_file
-from landscape.load import load_other_theta, load_problem
-from landscape.surface import AXIS_NAMES, AxesSpec, make_axes, run_sweep
-from landscape.sweep import parse_range
+from landscape.io.load import load_other_theta, load_problem
+from landscape.problem import Problem
 
 AXES = "Axes and grid"
 
@@ -120,59 +121,46 @@ def sweep(
         resume = False
     x_grid = parse_range(x or ("-0.5:1.5:41" if to else "-1:1:51"), "--x")
     y_grid = parse_range(y, "--y") if y else None
+    if axes_from and not Path(axes_from).is_file():
+        raise LandscapeError(f"--axes-from {axes_from}: file not found")
     spec = load_spec(
         model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples, seed=seed,
         batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
-    )
+    )  # fmt: skip
     tell = say if world.main else _quiet
     problem, prov = load_problem(spec, tell)
     other = load_other_theta(to, problem, spec, tell) if to else None
-    if axes_from and not Path(axes_from).is_file():
-        raise LandscapeError(f"--axes-from {axes_from}: file not found")
-    axes_spec = AxesSpec(dims=1 if y_grid is None else 2, norm=norm, ignore=ignore, seed=seed, to=to, axes=axes, axes_from=axes_from)
-    grids = [x_grid] if y_grid is None else [x_grid, y_grid]
-    names = AXIS_NAMES[: len(grids)]
-    settings = {
-        "model": prov["model"], "checkpoint_sha256": prov["checkpoint_sha256"], "data_sha256": prov["data_sha256"],
-        "data": "" if prov["data_sha256"] else prov["data"], "samples": prov["samples"], "loss": prov["loss"],
-        "dtype": dtype, "norm": norm, "ignore": ignore, "seed": seed, "to_sha256": sha256_file(to) if to else "",
-        "coords": {n: g.tolist() for n, g in zip(names, grids)},
-        **({"load_options": prov["load_options"]} if "load_options" in prov else {}),
-        **({"axes": axes, "axes_from_sha256": sha256_file(axes_from) if axes_from else ""} if axes != "random" or axes_from else {}),
-    }
     tell(
         f"{prov['parameters']:,} parameters, {problem.n:,} samples, loss {prov['loss']}, "
-        f"{prov['device']} {dtype}, grid {' x '.join(str(len(g)) for g in grids)}"
+        f"{prov['device']} {dtype}, grid {' x '.join(str(g[2]) for g in (x_grid, y_grid) if g)}"
         + (f", {world.size} processes" if world.size > 1 else "")
     )
+    dims = 1 if y_grid is None else 2
     store = None
     if world.main and resume:
-        store = SweepFile.resume(output, settings)
-        directions = torch.from_numpy(np.stack(list(store.read_axes().values()))).double()
+        kind = "hessian" if axes == "hessian" or axes_from else "random"
+        identity = axes_settings(
+            kind, norm=norm, ignore=ignore, seed=seed, to_sha256=sha256_file(to) if to else "",
+            axes_from_sha256=sha256_file(axes_from) if axes_from else "",
+        )  # fmt: skip
+        stored = read_axes(output)
+        planned = ls.plan_sweep(problem, Axes(stored.directions, stored.attrs, stored.layout, identity), x_grid, y_grid, command=command_line())
+        store = SweepFile.resume(output, planned.settings)
         say(f"resuming {output}: {int(store.done.sum())} of {store.done.size} points already done")
     elif world.main:
-        directions, axis_attrs = make_axes(problem, axes_spec, other)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        store_dtype = np.float64 if dtype == "float64" else np.float32
-        store = SweepFile.create(
-            output,
-            attrs={**prov, "command": command_line(), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kind": "sweep"},
-            settings=settings,
-            axes={n: (directions[i].numpy().astype(store_dtype), axis_attrs[i]) for i, n in enumerate(names)},
-            layout=problem.layout,
-            coords=dict(zip(names, [g.numpy() for g in grids])),
-            has_accuracy=problem.classification,
-        )
-        # evaluate exactly the stored directions, so a resumed run gives the same numbers
-        directions = torch.from_numpy(directions.numpy().astype(store_dtype)).double()
-    directions = world.broadcast(directions if world.main else None)
+        the_axes = _make_axes(problem, dims, axes, axes_from, norm=norm, ignore=ignore, seed=seed, to=to, other=other)
+        planned = ls.plan_sweep(problem, the_axes, x_grid, y_grid, command=command_line())
+        store = planned.create_file(output)
+    else:
+        planned = None
+    planned = world.broadcast(planned)
     try:
         with progress(disable=not world.main) as bar:
-            task = bar.add_task("sweep", total=len(grids[0]) * (len(grids[1]) if len(grids) > 1 else 1))
-            report = run_sweep(
-                problem, directions, store, strategy=strategy, warn=warn if world.main else _quiet, world=world,
-                on_progress=lambda done, total: bar.update(task, completed=done),
-            )
+            task = bar.add_task("sweep", total=int(planned.done.size))
+            result = ls.run_planned(
+                problem, planned, store, strategy=strategy, warn=warn if world.main else _quiet, world=world,
+                progress=lambda done, total: bar.update(task, completed=done),
+            )  # fmt: skip
     except LandscapeError:
         if store is not None and not resume and not store.done.any():  # nothing computed: leave no file behind
             output.unlink(missing_ok=True)
@@ -187,16 +175,39 @@ def sweep(
                 interrupted(points_kept(done, store.done.size, output))
         raise typer.Exit(130) from None
     close_world(world)
-    if not world.main:
-        return
-    if report.timings:
-        timing = ", ".join(f"{n} {1e3 * t:.2g} ms/pt" for n, t in report.timings.items())
-        say(f"strategy {report.strategy} (probe: {timing})")
-    elif report.strategy != "none":
-        say(f"strategy {report.strategy}")
-    for name, why in report.dropped.items():  # failures only: strategies with nothing to offer are not news
+    if world.main:
+        _report(result, strategy, output)
+
+
+def _make_axes(
+    problem: Problem, dims: int, axes: str, axes_from: str | None, *, norm: str, ignore: str, seed: int, to: str | None,
+    other: torch.Tensor | None,
+) -> Axes:
+    """The sweep's axes as the options name them: random, Hessian eigenvectors, or those a curvature file stored."""
+    line = {"to": other, "to_label": to, "to_sha256": sha256_file(to)} if to else {}
+    if axes_from:
+        curv = ls.load(axes_from)
+        if not isinstance(curv, ls.CurvatureResult):
+            raise LandscapeError(f"--axes-from {axes_from}: holds no curvature results (write one with `landscape hessian`)")
+        return ls.axes_from(problem, curv, dims, source=axes_from, source_sha256=sha256_file(axes_from), **line)
+    if axes == "hessian" and dims - (1 if to else 0) > 0:
+        return ls.hessian_axes(problem, dims, seed=seed, **line)
+    return ls.random_axes(problem, dims, norm=norm, ignore=ignore, seed=seed, **line)
+
+
+def _report(result: ls.SweepResult, strategy: str, output: Path) -> None:
+    """The strategy and its probe's timings, the strategies that failed, non-finite points; the file."""
+    run = result.run
+    timings = run.get("strategy_timings_s_per_point") or {}
+    if timings:
+        timing = ", ".join(f"{n} {1e3 * t:.2g} ms/pt" for n, t in timings.items())
+        say(f"strategy {run['strategy']} (probe: {timing})")
+    elif run.get("strategy", "none") != "none":
+        say(f"strategy {run['strategy']}")
+    for name, why in (run.get("strategy_dropped") or {}).items():  # failures only: strategies with nothing to offer are not news
         if strategy == "auto":
             warn(f"strategy {name} not used: {why}")
-    if report.nonfinite:
-        warn(f"the loss was NaN or infinite at {report.nonfinite} grid point(s); stored as NaN")
+    nonfinite = int((result.done & ~np.isfinite(result.loss)).sum())
+    if nonfinite:
+        warn(f"the loss was NaN or infinite at {nonfinite} grid point(s); stored as NaN")
     wrote(output)

@@ -19,14 +19,14 @@ from landscape.io.analysis_store import Group
 if TYPE_CHECKING:
     import torch
 
-    from landscape.paths import PathResult, Trajectory
-    from landscape.roughness import EpsilonSharpness, RoughnessResult, SamSharpness
-    from landscape.track import TrackResult
+    from landscape.paths import PathRun, Trajectory
+    from landscape.measures import EpsilonSharpness, RoughnessRun, SamSharpness
+    from landscape.tracking import TrackRun
 
 Losses = tuple["torch.Tensor", "torch.Tensor | None"]  # loss [n] and accuracy [n] (classification) per checkpoint or point
 
 
-def roughness_group(res: RoughnessResult, *, span: float, steps: int, norm: str, ignore: str, seed: int) -> Group:
+def roughness_group(res: RoughnessRun, *, span: float, steps: int, norm: str, ignore: str, seed: int) -> Group:
     """/roughness: RI with its mean and spread, the profiles and each direction's T_j."""
     idx = res.index
     arrays = {"alphas": res.alphas.numpy(), "loss": res.loss.numpy(), "total_variation": res.t.numpy()}
@@ -61,7 +61,7 @@ def sharpness_group(sam: SamSharpness, eps: EpsilonSharpness, curvature: Mapping
     )
 
 
-def track_group(res: TrackResult, *, steps: Sequence[float], checkpoints: Sequence[str], lr: float | None, step_label: str) -> Group:
+def track_group(res: TrackRun, *, steps: Sequence[float], checkpoints: Sequence[str], lr: float | None, step_label: str) -> Group:
     """/track: lambda_max (and the trace) per checkpoint, with the edge of stability 2/lr when the step size is known."""
     numbers: dict[str, Any] = {
         "lambda_max": float(res.lambda_max[-1]), "lambda_max_peak": float(np.nanmax(res.lambda_max)), "checkpoints": len(checkpoints),
@@ -77,11 +77,11 @@ def track_group(res: TrackResult, *, steps: Sequence[float], checkpoints: Sequen
         arrays["trace"], arrays["trace_std_error"] = res.trace, res.trace_std_error
     return Group(numbers=numbers, arrays=arrays, attrs={
         "checkpoints": list(checkpoints), "names": [Path(c).name for c in checkpoints], "step_label": step_label,
-        "about": "lambda_max by Lanczos (landscape.hessian) at each checkpoint; error = residual |Hv - lambda v|; 2/lr = edge of stability",
+        "about": "lambda_max by Lanczos (landscape.curvature) at each checkpoint; error = residual |Hv - lambda v|; 2/lr = edge of stability",
     })
 
 
-def path_group(res: PathResult, *, curve: str, checkpoints: Sequence[str], buffers: str, train_data: str) -> Group:
+def path_group(res: PathRun, *, curve: str, checkpoints: Sequence[str], buffers: str, train_data: str) -> Group:
     """/path: the loss along the curve, its barrier, and each checkpoint's own loss."""
     loss = res.loss.numpy()
     arrays = {"t": res.t.numpy(), "weights": res.weights.numpy(), "loss": loss, "node_loss": res.node_loss.numpy()}

@@ -10,7 +10,6 @@ half-written file is ever left under the final name.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError
-from landscape.io.h5file import open_h5
+from landscape.io.h5file import open_h5, write_atomically
 from landscape.io.results import _attr, _plain, check_ours, store_points, write_layout, write_root_attrs
 from landscape.params import Layout
 
@@ -68,18 +67,12 @@ def write_results(
 ) -> Path:
     """Write a complete results file (temp file, then rename) holding `groups` beside the usual root attributes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with open_h5(tmp, "w") as f:
-            write_root_attrs(f, {**attrs, "kind": kind}, settings, complete=True)
-            if layout is not None:
-                write_layout(f.require_group("axes"), layout)
-            for name, group in groups.items():
-                _write_group(f, name, group)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with write_atomically(path) as f:
+        write_root_attrs(f, {**attrs, "kind": kind}, settings, complete=True)
+        if layout is not None:
+            write_layout(f.require_group("axes"), layout)
+        for name, group in groups.items():
+            _write_group(f, name, group)
     return path
 
 

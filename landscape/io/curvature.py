@@ -19,7 +19,6 @@ The file is written to OUTPUT.partial and renamed, so no half-written file is le
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,13 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError
-from landscape.io.h5file import open_h5
+from landscape.io.h5file import open_h5, write_atomically
 from landscape.io.results import _plain, check_ours, read_layout, write_layout, write_root_attrs
 from landscape.params import Layout
 
 
 def _write_block(g: h5py.Group, block: Any, vector_dtype: type) -> None:
-    """One BlockResult (landscape.hessian.analysis) into group g."""
+    """One BlockResult (landscape.curvature.analysis) into group g."""
     g.attrs["tensors"] = json.dumps(list(block.names))
     g.attrs["size"] = int(block.size)
     g.attrs["operator"] = json.dumps(block.operator, default=str)
@@ -59,9 +58,8 @@ def _write_block(g: h5py.Group, block: Any, vector_dtype: type) -> None:
         lz.create_dataset("alpha", data=block.lanczos.alpha)
         lz.create_dataset("beta", data=block.lanczos.beta)
         lz.attrs.update({"matvecs": block.lanczos.matvecs, "seed": block.lanczos.seed, "probes": block.lanczos.alpha.shape[0]})
-        from landscape.hessian.density import density_from_lanczos
-
-        d = density_from_lanczos(block.lanczos.alpha, block.lanczos.beta)
+    if block.density is not None:
+        d = block.density
         dg = g.create_group("density")
         dg.create_dataset("grid", data=d.grid)
         dg.create_dataset("values", data=d.values)
@@ -78,25 +76,19 @@ def write_curvature(
     layout: Layout,
     vector_dtype: type = np.float32,
 ) -> Path:
-    """Write a CurvatureResult (landscape.hessian.analysis) as a new results file at `path` (atomically)."""
+    """Write a CurvatureResult (landscape.curvature.analysis) as a new results file at `path` (atomically)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with open_h5(tmp, "w") as f:
-            write_root_attrs(f, attrs, settings, complete=True)
-            h = f.create_group("hessian")
-            h.attrs["curvature"] = result.settings.curvature
-            write_layout(h, layout)
-            _write_block(h, result.model, vector_dtype)
-            if result.layers:
-                lg = h.create_group("layers")
-                lg.attrs["order"] = json.dumps(list(result.layers))
-                for name, block in result.layers.items():
-                    _write_block(lg.create_group(name.replace("/", "|")), block, vector_dtype)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with write_atomically(path) as f:
+        write_root_attrs(f, attrs, settings, complete=True)
+        h = f.create_group("hessian")
+        h.attrs["curvature"] = result.settings.curvature
+        write_layout(h, layout)
+        _write_block(h, result.model, vector_dtype)
+        if result.layers:
+            lg = h.create_group("layers")
+            lg.attrs["order"] = json.dumps(list(result.layers))
+            for name, block in result.layers.items():
+                _write_block(lg.create_group(name.replace("/", "|")), block, vector_dtype)
     return path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +9,10 @@ import torch
 
 from landscape.errors import LandscapeError
 from landscape.io.spec import resolve_callable
-from landscape.model_io import Inputs, describe, take
+from landscape.data import Columns, check_pair, collect_data, split
+from landscape.model_io import Inputs
 
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz", ".h5", ".hdf5")
-
-
-TARGET_KEYS = ("labels", "label", "y", "targets", "target")  # looked for, in this order, when --target-key is not given
-
-
-@dataclass(frozen=True)
-class Columns:
-    """How to split dict records ({"input_ids": ..., "labels": ...}) into the model's inputs and the targets."""
-
-    input_keys: tuple[str, ...] | None = None  # None: every key but the target's
-    target_key: str | None = None  # None: the first of TARGET_KEYS present
-    targets_from_inputs: bool = False  # no target key: the targets are the inputs' token ids (next-token loss)
 
 
 def load_data(spec: str, unsafe_pickle: bool = False, columns: Columns = Columns()) -> tuple[Inputs, torch.Tensor]:
@@ -34,14 +22,14 @@ def load_data(spec: str, unsafe_pickle: bool = False, columns: Columns = Columns
     if path.suffix in TENSOR_SUFFIXES:
         if not path.is_file():
             raise LandscapeError(f"--data: file not found: {path}")
-        return _check_pair(_split(_read_tensor_file(path, unsafe_pickle), spec, columns), spec)
+        return check_pair(split(_read_tensor_file(path, unsafe_pickle), f"--data {spec}", columns), f"--data {spec}")
     if ":" in spec:
         fn = resolve_callable(spec, "--data")
         try:
             obj = fn() if callable(fn) else fn
         except Exception as exc:
             raise LandscapeError(f"--data {spec}: the function raised {type(exc).__name__}: {exc}") from exc
-        return _check_pair(_split(_collect(obj, spec), spec, columns), spec)
+        return collect_data(obj, columns=columns, where=f"--data {spec}")
     if not path.exists():
         raise LandscapeError(f"--data: file not found: {path}")
     raise LandscapeError(f"--data {spec}: expected a {'/'.join(TENSOR_SUFFIXES)} file or file.py:function")
@@ -69,102 +57,3 @@ def _read_tensor_file(path: Path, unsafe_pickle: bool) -> tuple | dict:
     raise LandscapeError(f"--data {path}: expected a dict with keys 'x' and 'y' (or named columns), or an (x, y) pair")
 
 
-def _split(obj: tuple | dict, spec: str, columns: Columns) -> tuple:
-    """(x, y) from a pair, or from named columns by `columns` (x and y when nothing else is named)."""
-    if isinstance(obj, tuple):
-        return obj
-    cols = {k: v for k, v in obj.items() if isinstance(v, (torch.Tensor, np.ndarray))}
-    if columns.input_keys is None and columns.target_key is None and {"x", "y"} <= set(cols):
-        return cols["x"], cols["y"]
-    target = columns.target_key or next((k for k in TARGET_KEYS if k in cols), None)
-    if columns.target_key is not None and columns.target_key not in cols:
-        raise LandscapeError(f"--target-key {columns.target_key!r}: --data {spec} has no such key (it has: {', '.join(cols)})")
-    inputs = list(columns.input_keys) if columns.input_keys else [k for k in cols if k != target]
-    unknown = [k for k in inputs if k not in cols]
-    if unknown:
-        raise LandscapeError(f"--input-key {unknown[0]!r}: --data {spec} has no such key (it has: {', '.join(cols)})")
-    if not inputs:
-        raise LandscapeError(f"--data {spec}: no inputs (found only {', '.join(cols) or 'nothing'}); expected 'x' and 'y' or named columns")
-    x = cols[inputs[0]] if len(inputs) == 1 else {k: cols[k] for k in inputs}
-    if target is not None:
-        return x, cols[target]
-    if columns.targets_from_inputs:  # a causal LM predicts its own tokens
-        return x, cols["input_ids"] if "input_ids" in cols else cols[inputs[0]]
-    raise LandscapeError(
-        f"--data {spec}: no targets among {', '.join(cols)}; expected 'x' and 'y', name the targets with --target-key, "
-        "or use --loss next-token (its targets are the input_ids)"
-    )
-
-
-def _collect(obj, spec: str) -> tuple | dict:
-    """Turn a (x, y) pair, a dict of columns, a Dataset or a DataLoader into tensors."""
-    if isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in obj):
-        return tuple(torch.as_tensor(t) for t in obj)
-    if isinstance(obj, dict):
-        return obj
-    if isinstance(obj, torch.utils.data.DataLoader):
-        return _stack([_record(b, spec, "batch") for b in obj], spec, torch.cat)
-    if isinstance(obj, torch.utils.data.Dataset):
-        items = [_record(obj[i], spec, "item") for i in range(len(obj))]  # type: ignore[arg-type]
-        return _stack(items, spec, torch.stack)
-    raise LandscapeError(f"--data {spec}: returned {type(obj).__name__}; expected (x, y) tensors, a Dataset or a DataLoader")
-
-
-def _record(item, spec: str, what: str) -> dict:
-    """One Dataset item or DataLoader batch as named tensors ("0", "1" for a pair)."""
-    fields = item if isinstance(item, dict) else {str(i): v for i, v in enumerate(item[:2])} if isinstance(item, (tuple, list)) else None
-    if fields is None:
-        raise LandscapeError(f"--data {spec}: each {what} is a {type(item).__name__}; expected an (x, y) pair or a dict of tensors")
-    out = {}
-    for k, v in fields.items():
-        if type(v).__module__.startswith("PIL"):
-            raise LandscapeError(
-                f"--data {spec}: the Dataset yields PIL images; give it a transform that makes tensors "
-                "(e.g. transform=torchvision.transforms.ToTensor())"
-            )
-        if isinstance(v, str) or (isinstance(v, (list, tuple)) and v and isinstance(v[0], str)):
-            raise LandscapeError(f"--data {spec}: the {what}'s {k!r} is text; tokenize it into tensors first")
-        try:
-            out[k] = torch.as_tensor(v)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise LandscapeError(f"--data {spec}: the {what}'s {k!r} is a {type(v).__name__}, not a tensor ({exc})") from exc
-    return out
-
-
-def _stack(records: list[dict], spec: str, join) -> tuple | dict:
-    if not records:
-        raise LandscapeError(f"--data {spec}: the data set is empty")
-    cols = {}
-    for k in records[0]:
-        try:
-            cols[k] = join([r[k] for r in records])
-        except (RuntimeError, KeyError) as exc:
-            raise LandscapeError(
-                f"--data {spec}: {k!r} differs in shape between items or batches (pad every sequence to one length): "
-                f"{str(exc).splitlines()[0]}"
-            ) from exc
-    return (cols["0"], cols["1"]) if set(cols) == {"0", "1"} else cols
-
-
-def _check_pair(pair: tuple, spec: str) -> tuple[Inputs, torch.Tensor]:
-    x = {k: torch.as_tensor(v) for k, v in pair[0].items()} if isinstance(pair[0], dict) else torch.as_tensor(pair[0])
-    y = torch.as_tensor(pair[1])
-    leaves = list(x.values()) if isinstance(x, dict) else [x]
-    if y.ndim == 0 or any(t.ndim == 0 or t.shape[0] != y.shape[0] for t in leaves):
-        raise LandscapeError(f"--data {spec}: inputs and targets must have the same first dimension (got {describe(x)} and y {tuple(y.shape)})")
-    if y.shape[0] == 0:
-        raise LandscapeError(f"--data {spec}: the data set is empty")
-    if not torch.is_floating_point(y) and not torch.is_complex(y) and y.dtype not in (torch.int64, torch.bool):
-        y = y.long()  # class indices as arrays ship them (uint8, int32): the losses index with int64
-    return x, y
-
-
-def subset(x: Inputs, y: torch.Tensor, samples: int | None, seed: int) -> tuple[Inputs, torch.Tensor]:
-    """A fixed, seeded subset of `samples` rows (all rows when None or larger than the set)."""
-    if samples is None or samples >= y.shape[0]:
-        return x, y
-    if samples <= 0:
-        raise LandscapeError(f"--samples must be positive (got {samples})")
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(y.shape[0], generator=gen)[:samples].sort().values
-    return take(x, idx), y[idx]

@@ -8,8 +8,11 @@ open here waits for such a lock to be released (readers and writers hold files f
 from __future__ import annotations
 
 import errno
+import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -47,3 +50,18 @@ def _lock_errno(exc: OSError) -> int | None:
         return None
     found = re.search(r"errno = (\d+)", text)
     return int(found.group(1)) if found else exc.errno
+
+
+@contextmanager
+def write_atomically(path: str | Path) -> Iterator[h5py.File]:
+    """A new HDF5 file that appears at `path` whole or not at all: written to `PATH.partial` (the
+    folder made if needed), renamed over `path` when the block ends, removed if it raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        with open_h5(tmp, "w") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,88 +1,10 @@
-"""Resolve the loss: a named built-in or the user's function (output, target) -> mean loss.
-
-The built-ins read the logits of any model output (`landscape.model_io.logits_of`: a tensor,
-`.logits`, `["logits"]`, a tuple's first element); a user's function gets the output as it is.
-Class-index targets equal to IGNORE_INDEX (-100, the PyTorch and Hugging Face convention for
-padding and unlabelled tokens) count for nothing, as in `F.cross_entropy`.
-"""
+"""A loss named on the command line: a built-in's name, or `file.py:fn` / `module:fn` (output, target) -> mean loss."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-
 from landscape.errors import LandscapeError
 from landscape.io.spec import resolve_callable
-from landscape.model_io import logits_of
-
-LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
-IGNORE_INDEX = -100
-
-
-def _class_dim(logits: torch.Tensor, target: torch.Tensor) -> int:
-    """Where the classes are: last ([B, T, V] against [B, T], the language-model layout) or 1
-    ([N, C, d...] against [N, d...], PyTorch's); the same for [N, C] against [N]."""
-    if logits.dim() == target.dim() + 1 and logits.shape[:-1] == target.shape:
-        return -1
-    return 1
-
-
-def _nll(logits: torch.Tensor, target: torch.Tensor, dim: int) -> torch.Tensor:
-    """Mean negative log-likelihood of class indices, IGNORE_INDEX left out (log_softmax + gather)."""
-    keep = target != IGNORE_INDEX
-    picked = logits.log_softmax(dim).gather(dim, target.clamp_min(0).unsqueeze(dim)).squeeze(dim)
-    return -(picked * keep).sum() / keep.sum()
-
-
-def cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits against class indices, as F.cross_entropy (ignore_index -100).
-
-    Logits [N, C, ...] against [N, ...] (PyTorch's layout) or [..., C] against [...] (token-level
-    outputs [B, T, V] of a language model). Written as log_softmax + gather because under torch.vmap
-    F.cross_entropy goes through a decomposition whose first use imports sympy (about a second) and
-    runs slower; probability targets (floating point) are passed on to F.cross_entropy.
-    """
-    logits = logits_of(output)
-    if torch.is_floating_point(target):
-        return F.cross_entropy(logits, target)
-    return _nll(logits, target, _class_dim(logits, target))
-
-
-def next_token(output: Any, target: torch.Tensor) -> torch.Tensor:
-    """Causal language-model loss: logits [B, T, V] at position t predict token t + 1 of the targets
-    [B, T] (the token ids themselves, or labels with -100 where nothing is to be predicted)."""
-    logits = logits_of(output)
-    if logits.dim() != 3 or target.dim() != 2 or logits.shape[:2] != target.shape:
-        raise LandscapeError(
-            f"--loss next-token: expected logits [B, T, V] and token targets [B, T], got {tuple(logits.shape)} "
-            f"and {tuple(target.shape)}"
-        )
-    return _nll(logits[:, :-1], target[:, 1:], -1)
-
-
-def mse(output: Any, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of the model's output (its logits, for a structured output) against the targets."""
-    return F.mse_loss(logits_of(output), target)
-
-
-BUILTIN: dict[str, LossFn] = {
-    "cross-entropy": cross_entropy,
-    "next-token": next_token,
-    "mse": mse,
-}
-
-
-def default_loss(y: torch.Tensor) -> str:
-    """cross-entropy for integer class targets, mse otherwise."""
-    return "cross-entropy" if not torch.is_floating_point(y) else "mse"
-
-
-def is_builtin(fn: LossFn) -> bool:
-    """True for the built-in losses, which read the logits of any output."""
-    return fn in BUILTIN.values()
+from landscape.losses import BUILTIN, LossFn
 
 
 def resolve_loss(spec: str) -> LossFn:

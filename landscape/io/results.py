@@ -12,17 +12,18 @@ Layout (docs/architecture.md and DESIGN.md):
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+import torch
 
 from landscape import __version__
+from landscape.axes import Axes
 from landscape.errors import LandscapeError
-from landscape.io.h5file import open_h5
+from landscape.io.h5file import open_h5, write_atomically
 from landscape.params import Layout
 
 FORMAT = "landscape-results"
@@ -117,33 +118,37 @@ class SweepFile:
         """Write a new file with every point marked not done (loss NaN) and complete=False."""
         path = Path(path)
         shape = tuple(len(c) for c in coords.values())
-        tmp = path.with_name(path.name + ".partial")
-        try:
-            cls._write_new(tmp, attrs, settings, axes, layout, coords, shape, has_accuracy)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with write_atomically(path) as f:
+            cls._write_new(f, attrs, settings, axes, layout, coords, shape, has_accuracy)
         return cls(path, [np.asarray(c, dtype=np.float64) for c in coords.values()], np.zeros(shape, dtype=bool))
 
     @staticmethod
-    def _write_new(tmp, attrs, settings, axes, layout, coords, shape, has_accuracy) -> None:
-        with open_h5(tmp, "w") as f:
-            write_root_attrs(f, attrs, settings, complete=False)
-            g = f.create_group("axes")
-            for name, (vec, vattrs) in axes.items():
-                ds = g.create_dataset(name, data=vec)
-                for key, value in vattrs.items():
-                    ds.attrs[key] = _attr(value)
-            write_layout(g, layout)
-            s = f.create_group("sweep")
-            s.attrs["axes"] = json.dumps(list(coords))
-            cg = s.create_group("coords")
-            for name, c in coords.items():
-                cg.create_dataset(name, data=np.asarray(c, dtype=np.float64))
-            s.create_dataset("loss", data=np.full(shape, np.nan))
-            if has_accuracy:
-                s.create_dataset("accuracy", data=np.full(shape, np.nan))
-            s.create_dataset("done", data=np.zeros(shape, dtype=bool))
+    def _write_new(
+        f: h5py.File,
+        attrs: Mapping[str, Any],
+        settings: Mapping[str, Any],
+        axes: Mapping[str, tuple[np.ndarray, Mapping[str, Any]]],
+        layout: Layout,
+        coords: Mapping[str, np.ndarray],
+        shape: tuple[int, ...],
+        has_accuracy: bool,
+    ) -> None:
+        write_root_attrs(f, attrs, settings, complete=False)
+        g = f.create_group("axes")
+        for name, (vec, vattrs) in axes.items():
+            ds = g.create_dataset(name, data=vec)
+            for key, value in vattrs.items():
+                ds.attrs[key] = _attr(value)
+        write_layout(g, layout)
+        s = f.create_group("sweep")
+        s.attrs["axes"] = json.dumps(list(coords))
+        cg = s.create_group("coords")
+        for name, c in coords.items():
+            cg.create_dataset(name, data=np.asarray(c, dtype=np.float64))
+        s.create_dataset("loss", data=np.full(shape, np.nan))
+        if has_accuracy:
+            s.create_dataset("accuracy", data=np.full(shape, np.nan))
+        s.create_dataset("done", data=np.zeros(shape, dtype=bool))
 
     @classmethod
     def resume(cls, path: str | Path, settings: Mapping[str, Any]) -> SweepFile:
@@ -174,6 +179,12 @@ class SweepFile:
         with open_h5(self.path, "r+") as f:
             self.done = store_points(f["sweep"], flat_index, loss, accuracy, self.done)
 
+    def values(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The loss and accuracy grids as the file holds them (NaN where not done)."""
+        with open_h5(self.path, "r") as f:
+            s = f["sweep"]
+            return s["loss"][()], s["accuracy"][()] if "accuracy" in s else None
+
     def finish(self, attrs: Mapping[str, Any]) -> None:
         """Record how the sweep ran and mark the file complete when every point is done."""
         with open_h5(self.path, "r+") as f:
@@ -197,6 +208,18 @@ def store_points(
     marked.reshape(-1)[flat_index] = True
     group["done"][...] = marked
     return marked
+
+
+def read_axes(path: str | Path) -> Axes:
+    """The directions a sweep stored (float64), with each axis's attributes and the parameter layout."""
+    check_ours(path)
+    with open_h5(path, "r") as f:
+        if "sweep" not in f:
+            raise LandscapeError(f"{path}: holds no sweep")
+        names = json.loads(f["sweep"].attrs["axes"])
+        vectors = np.stack([f["axes"][n][()] for n in names]).astype(np.float64)
+        attrs = tuple({k: _plain(v) for k, v in f["axes"][n].attrs.items()} for n in names)
+        return Axes(torch.from_numpy(vectors), attrs, read_layout(f["axes"]))
 
 
 def read_sweep(path: str | Path) -> dict[str, Any]:

@@ -25,7 +25,7 @@ def _density(block: dict[str, Any], sigma: float | None) -> dict[str, np.ndarray
     """grid, mean, lo, hi (spread between probes) of a block, recomputed from alpha/beta when sigma is given."""
     lz, d = block.get("lanczos"), block.get("density")
     if lz is not None and (sigma is not None or d is None):
-        from landscape.hessian.density import density_from_lanczos
+        from landscape.curvature.density import density_from_lanczos
 
         dens = density_from_lanczos(lz["alpha"], lz["beta"], sigma=sigma)
         grid, values, per, sig = dens.grid, dens.values, dens.per_probe, dens.sigma
@@ -38,7 +38,7 @@ def _density(block: dict[str, Any], sigma: float | None) -> dict[str, np.ndarray
 
 
 def _title(curv: dict[str, Any]) -> str:
-    from landscape.hessian.operators import CURVATURE_TITLES  # the names only (imported lazily, as _density's)
+    from landscape.curvature.operators import CURVATURE_TITLES  # the names only (imported lazily, as _density's)
 
     name = Path(str(curv.get("attrs", {}).get("checkpoint", ""))).name
     what = str(curv.get("curvature", "hessian"))

@@ -1,97 +1,64 @@
-"""A loss surface run: axes for a problem, then the grid evaluated chunk by chunk into a SweepFile."""
+"""A sweep run: every grid point a sink has not done yet, evaluated chunk by chunk with the strategy
+the probe picks, each chunk handed to the sink (in memory, or a results file that a killed run resumes).
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from landscape.directions import cosine, line_to, random_directions
-from landscape.io.results import SweepFile
-from landscape.problem import Problem
 from landscape.distributed import World
-from landscape.sweep import (
-    PROBE_POINTS,
-    STRATEGIES,
-    Choice,
-    Evaluation,
-    build_strategy,
-    choose_strategy,
-    evaluate_shrinking,
-    grid_coords,
-    memory_budget,
-    points_per_call,
-)
-
-AXIS_NAMES = ("x", "y")
+from landscape.problem import Problem
+from landscape.strategies.base import Evaluation, evaluate_shrinking, memory_budget, points_per_call
+from landscape.strategies.grid import grid_coords
+from landscape.strategies.probe import PROBE_POINTS, Choice, choose_strategy
+from landscape.strategies.registry import STRATEGIES, build_strategy
 
 
-@dataclass(frozen=True)
-class AxesSpec:
-    """How the axes are made: random normalized directions, or x along the line to another checkpoint."""
+class SweepSink(Protocol):
+    """Where a sweep's values go: the grid's coordinates and `done` mask, written chunk by chunk."""
 
-    dims: int = 2
-    norm: str = "filter"
-    ignore: str = "biasbn"
-    seed: int = 0
-    to: str | None = None  # path of the second checkpoint: x runs from this checkpoint (0) to it (1)
-    axes: str = "random"  # random, or hessian: top Hessian eigenvectors (unit vectors) instead of random directions
-    axes_from: str | None = None  # a `landscape hessian` results file whose stored eigenvectors are the axes
+    coords: list[np.ndarray]
+    done: np.ndarray
 
+    def write(self, flat_index: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None) -> None:
+        """Store values at flat grid indices and mark them done."""
 
-def make_axes(
-    problem: Problem, spec: AxesSpec, other_theta: torch.Tensor | None = None
-) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """Directions [dims, P] (float64, CPU) and one attribute dict per axis for the results file."""
-    randoms = spec.dims - (1 if other_theta is not None else 0)
-    if (spec.axes == "hessian" or spec.axes_from) and randoms > 0:
-        from landscape.hessian.axes import axes_from_curvature, hessian_axes
+    def finish(self, attrs: Mapping[str, Any]) -> None:
+        """Record how the sweep ran."""
 
-        if spec.axes_from:
-            dirs, attrs = axes_from_curvature(spec.axes_from, problem, randoms)
-        else:
-            dirs, attrs = hessian_axes(problem, randoms, seed=spec.seed)
-    else:
-        dirs, attrs = _random_axes(problem, spec, randoms)
-    if other_theta is not None:
-        line = line_to(problem.theta, other_theta)
-        dirs = torch.cat([line[None], dirs])
-        attrs.insert(
-            0,
-            {
-                "kind": "interpolation",
-                "normalization": "none",
-                "ignore": "none",
-                "seed": spec.seed,
-                "source": spec.to,
-                "label": f"toward {spec.to}",
-            },
-        )
-    if spec.dims == 2:
-        attrs[0]["cosine_with_y"] = attrs[1]["cosine_with_x"] = cosine(dirs[0], dirs[1])
-    return dirs, attrs
+    def values(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The loss and accuracy grids as they stand (NaN where not done)."""
 
 
-def _random_axes(problem: Problem, spec: AxesSpec, randoms: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """Normalized Gaussian directions (Li et al. 2018) and their attributes."""
-    dirs = random_directions(randoms, problem.theta, problem.layout, seed=spec.seed, norm=spec.norm, ignore=spec.ignore)
-    attrs = [
-        {
-            "kind": "random",
-            "normalization": spec.norm,
-            "ignore": spec.ignore,
-            "seed": spec.seed,
-            "source": f"gaussian direction {i + 1} of seed {spec.seed}",
-            "label": f"{'filter-normalized' if spec.norm == 'filter' else spec.norm + '-normalized' if spec.norm != 'none' else 'unnormalized'} random direction {i + 1}",
-        }
-        for i in range(randoms)
-    ]
-    return dirs, attrs
+class MemorySink:
+    """A sweep's values in numpy arrays (the library's default: nothing is written to disk)."""
+
+    def __init__(self, coords: list[np.ndarray], classification: bool) -> None:
+        shape = tuple(len(c) for c in coords)
+        self.coords = [np.asarray(c, dtype=np.float64) for c in coords]
+        self.loss = np.full(shape, np.nan)
+        self.accuracy = np.full(shape, np.nan) if classification else None
+        self.done = np.zeros(shape, dtype=bool)
+        self.attrs: dict[str, Any] = {}
+
+    def write(self, flat_index: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None) -> None:
+        self.loss.reshape(-1)[flat_index] = loss
+        if self.accuracy is not None and accuracy is not None:
+            self.accuracy.reshape(-1)[flat_index] = accuracy
+        self.done.reshape(-1)[flat_index] = True
+
+    def finish(self, attrs: Mapping[str, Any]) -> None:
+        self.attrs.update(attrs)
+
+    def values(self) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.loss.copy(), None if self.accuracy is None else self.accuracy.copy()
 
 
 @dataclass
@@ -106,11 +73,22 @@ class SweepReport:
     seconds: float = 0.0
     nonfinite: int = 0
 
+    def attrs(self, world_size: int = 1) -> dict[str, Any]:
+        """How the sweep ran, as the results file's /sweep attributes record it."""
+        return {
+            "strategy": self.strategy,
+            "strategy_timings_s_per_point": self.timings,
+            "strategy_dropped": self.dropped,
+            "strategy_inapplicable": self.inapplicable,
+            "seconds": self.seconds,
+            "world_size": world_size,
+        }
+
 
 def run_sweep(
     problem: Problem,
     directions: torch.Tensor,
-    store: SweepFile | None,
+    sink: SweepSink | None,
     *,
     strategy: str = "auto",
     chunk_seconds: float = 2.0,
@@ -120,10 +98,10 @@ def run_sweep(
 ) -> SweepReport:
     """Evaluate every grid point the store has not done yet, writing after each chunk.
 
-    Under torchrun every rank calls this; rank 0 holds the store (others pass None), the grid
+    Under torchrun every rank calls this; rank 0 holds the sink (others pass None), the grid
     points of each chunk are split over the ranks and gathered back to rank 0, which writes them.
     """
-    grid, done = world.broadcast((store.coords, store.done) if world.main else None)
+    grid, done = world.broadcast((sink.coords, sink.done) if world.main else None)
     coords = grid_coords([torch.from_numpy(c) for c in grid])
     todo = np.flatnonzero(~done.reshape(-1))
     total = int(done.size)
@@ -134,7 +112,7 @@ def run_sweep(
     start = time.perf_counter()
 
     def keep(idx: np.ndarray, values: Evaluation | None) -> np.ndarray:
-        return _gather_and_store(world, store, idx, values, report)
+        return _gather_and_store(world, sink, idx, values, report)
 
     def progress(left: int) -> None:
         on_progress(total - left, total)
@@ -147,16 +125,7 @@ def run_sweep(
     report.inapplicable = choice.inapplicable
     report.seconds = time.perf_counter() - start
     if world.main:
-        store.finish(
-            {
-                "strategy": report.strategy,
-                "strategy_timings_s_per_point": report.timings,
-                "strategy_dropped": report.dropped,
-                "strategy_inapplicable": report.inapplicable,
-                "seconds": report.seconds,
-                "world_size": world.size,
-            }
-        )
+        sink.finish(report.attrs(world.size))
     return report
 
 
@@ -220,7 +189,7 @@ def evaluate_points(
     return choice
 
 
-def _gather_and_store(world: World, store: SweepFile | None, mine: np.ndarray, result, report: SweepReport) -> np.ndarray:
+def _gather_and_store(world: World, sink: SweepSink | None, mine: np.ndarray, result, report: SweepReport) -> np.ndarray:
     """Every rank's (indices, values) to rank 0, which stores them: the indices stored (on rank 0; none elsewhere)."""
     parts = world.gather((mine, result))
     if not world.main:
@@ -228,12 +197,12 @@ def _gather_and_store(world: World, store: SweepFile | None, mine: np.ndarray, r
     stored = []
     for part_idx, part in parts:
         if part is not None:
-            _store(store, part_idx, part, report)
+            _store(sink, part_idx, part, report)
             stored.append(part_idx)
     return np.concatenate(stored) if stored else np.zeros(0, dtype=np.int64)
 
 
-def _store(store: SweepFile, idx: np.ndarray, result, report: SweepReport) -> None:
+def _store(sink: SweepSink, idx: np.ndarray, result, report: SweepReport) -> None:
     loss = result.loss.numpy().copy()
     bad = ~np.isfinite(loss)
     report.nonfinite += int(bad.sum())
@@ -241,5 +210,5 @@ def _store(store: SweepFile, idx: np.ndarray, result, report: SweepReport) -> No
     acc = result.accuracy.numpy().copy() if result.accuracy is not None else None
     if acc is not None:
         acc[bad] = np.nan
-    store.write(idx, loss, acc)
+    sink.write(idx, loss, acc)
     report.points += len(idx)

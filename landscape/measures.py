@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,8 @@ import torch
 
 from landscape.model_io import call_functional
 from landscape.problem import Problem
-from landscape.surface import evaluate_points
-from landscape.sweep import Evaluation
+from landscape.strategies import evaluate_points
+from landscape.strategies import Evaluation
 
 
 # --------------------------------------------------------------------------- roughness index
@@ -88,7 +88,7 @@ def roughness_index(t: torch.Tensor) -> RoughnessIndex:
 
 
 @dataclass
-class RoughnessResult:
+class RoughnessRun:
     """Profiles [M, m+1] of loss (and accuracy), their T_j [M], the index, and how they were evaluated."""
 
     alphas: torch.Tensor
@@ -121,7 +121,7 @@ def compute_roughness(
     warn: Callable[[str], None] = lambda msg: None,
     known: KnownPoints | None = None,
     on_chunk: Callable[[torch.Tensor, Evaluation], None] = lambda idx, values: None,
-) -> RoughnessResult:
+) -> RoughnessRun:
     """Evaluate all M x (m+1) profile points with one sweep strategy over directions [M, P] and compute RI.
 
     `known` holds the points a killed run already evaluated (flat index j*(m+1)+k): only the others
@@ -163,7 +163,7 @@ def compute_roughness(
     loss2 = torch.where(torch.isfinite(loss2), loss2, torch.full_like(loss2, math.nan))
     t = total_variation(loss2, span)
     center = _center_loss(loss2, alphas)
-    return RoughnessResult(
+    return RoughnessRun(
         alphas=alphas,
         loss=loss2,
         accuracy=acc.reshape(count, n) if acc is not None else None,
@@ -303,7 +303,7 @@ def lla_ratios(
     re = |lambda_min / lambda_max| from `eigenvalues` when they hold both signs' extremes, else from the
     extreme SLQ nodes (Ritz values, which bracket the spectrum well); K = |sum_{lambda<0} |lambda w|^0.5 /
     sum_{lambda>0} (lambda w)^0.5| over the pooled nodes, each probe's weights divided by the number of
-    probes. Per-probe nodes/weights come from landscape.hessian.density.quadrature.
+    probes. Per-probe nodes/weights come from landscape.curvature.density.quadrature.
     """
     re = math.nan
     pooled_nodes = np.concatenate([np.asarray(n, dtype=np.float64).ravel() for n in nodes]) if nodes else np.zeros(0)
@@ -340,7 +340,7 @@ def curvature_numbers(curv: Mapping[str, Any]) -> dict[str, float]:
             numbers["trace_std_error"] = float(tr["std_error"])
     nodes = weights = None
     if curv.get("lanczos") is not None:
-        from landscape.hessian.density import quadrature
+        from landscape.curvature.density import quadrature
 
         nodes, weights = quadrature(curv["lanczos"]["alpha"], curv["lanczos"]["beta"])
     if ev is not None or nodes is not None:
@@ -354,4 +354,4 @@ def curvature_numbers(curv: Mapping[str, Any]) -> dict[str, float]:
 
 def with_theta(problem: Problem, theta: torch.Tensor) -> Problem:
     """The same problem centred at other trainable parameters (the model is shared, not copied)."""
-    return replace(problem, theta=theta.detach().to(problem.device, problem.dtype).clone())
+    return problem.replace(theta=theta.detach().to(problem.device, problem.dtype).clone())

@@ -47,8 +47,8 @@ from typing import Any
 import torch
 
 from landscape.distributed import World
-from landscape.errors import LandscapeError
-from landscape.io.loss import is_builtin
+from landscape.errors import ArgumentError, LandscapeError
+from landscape.losses import is_builtin
 from landscape.model_io import Inputs, call_functional, logits_of, map_inputs, math_attention, take
 from landscape.params import Layout
 from landscape.problem import Problem
@@ -113,9 +113,9 @@ class CurvatureOperator:
         probe_seed: int = 12345,
     ) -> None:
         if curvature not in CURVATURES:
-            raise LandscapeError(f"--curvature {curvature!r}: expected one of {', '.join(CURVATURES)}")
+            raise ArgumentError("curvature", curvature, f"expected one of {', '.join(CURVATURES)}")
         if method != "auto" and method not in METHODS:
-            raise LandscapeError(f"--method {method!r}: expected auto or one of {', '.join(METHODS)}")
+            raise ArgumentError("method", method, f"expected auto or one of {', '.join(METHODS)}")
         self.problem = problem
         self.curvature = curvature
         names = tuple(names) if names is not None else problem.layout.names
@@ -146,7 +146,7 @@ class CurvatureOperator:
         # the kept-graph methods only when every rank's data is one batch (the same candidates on all ranks)
         self._single_batch = self._summed([float(problem.n > self.batch_size)])[0] == 0
         if curvature != "hessian" and method != "auto":
-            raise LandscapeError("--method applies to --curvature hessian only")
+            raise ArgumentError("method", method, "applies to the Hessian only (curvature hessian)")
         if curvature == "ggn":
             candidates = ("ggn-cached", "ggn") if self._single_batch else ("ggn",)
         elif curvature == "fisher":  # cached when every rank's per-sample gradients fit (decided alike on all ranks)
@@ -156,7 +156,7 @@ class CurvatureOperator:
             candidates = METHODS if method == "auto" else (method,)
             if not self._single_batch:
                 if method == "double-backward-cached":
-                    raise LandscapeError("--method double-backward-cached needs the data in one batch (raise --batch-size)")
+                    raise ArgumentError("method", method, "needs the data in one batch (raise the batch size)")
                 candidates = tuple(c for c in candidates if c != "double-backward-cached")
         self.probe_seed = int(probe_seed)
         self.probe: tuple[torch.Tensor, torch.Tensor] | None = None  # (v, H v) by the chosen method: reusable
@@ -179,8 +179,8 @@ class CurvatureOperator:
         if is_builtin(self.problem.loss_fn):
             return logits_of(out)
         raise LandscapeError(
-            f"--curvature {self.curvature} needs the model's output as one tensor, or a built-in --loss (which reads "
-            f"its logits); the model returns {type(out).__name__}: use --curvature hessian, or a model that returns the logits"
+            f"curvature {self.curvature} needs the model's output as one tensor, or a built-in loss (which reads "
+            f"its logits); the model returns {type(out).__name__}: use the hessian, or a model that returns the logits"
         )
 
     def _batches(self):
@@ -416,7 +416,7 @@ class CurvatureOperator:
             self._cache = None
             candidates = [c for c in candidates if c != name]
             if not candidates:
-                hint = " (--curvature fisher needs first derivatives only)" if "not implemented" in why else ""
+                hint = " (the empirical Fisher, curvature fisher, needs first derivatives only)" if "not implemented" in why else ""
                 raise LandscapeError(f"no curvature product works for this model: {name}: {why}{hint}")
         self._time_gradient()  # also warms up the allocator before the candidates are timed
         results: dict[str, torch.Tensor] = {}  # the candidates, timed warm
@@ -451,7 +451,7 @@ class CurvatureOperator:
             results[name] = second
         if not results:
             why = "; ".join(f"{k}: {v}" for k, v in self.dropped.items())
-            hint = (" (an operation without second derivatives in PyTorch: --curvature fisher needs first derivatives only)"
+            hint = (" (an operation without second derivatives in PyTorch: the empirical Fisher, curvature fisher, needs first derivatives only)"
                     if self.curvature != "fisher" and ("not implemented" in why or "does not support" in why) else "")
             raise LandscapeError(f"no curvature product works for this model: {why}{hint}")
         if check:

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from landscape.hessian import CurvatureSettings
-from landscape.hessian.analysis import run_curvature
+from landscape.curvature import CurvatureSettings
+from landscape.curvature.analysis import run_curvature
 from landscape.paths import flat_params, set_buffers, set_params
 from landscape.problem import Problem
-from landscape.roughness import loss_at
+from landscape.measures import loss_at
 
 
 @dataclass(frozen=True)
-class TrackResult:
+class TrackRun:
     """Per checkpoint, in the order given: lambda_max with its residual ||Hv - lambda v|| (the error bar),
     whether Lanczos converged, the loss, and (when asked for) the trace with its standard error."""
 
@@ -43,7 +43,7 @@ def track_curvature(
     tol: float = 1e-3,
     seed: int = 0,
     on_checkpoint: Callable[[int], None] = lambda done: None,
-) -> TrackResult:
+) -> TrackRun:
     """lambda_max by Lanczos (relative residual `tol`), the loss, and with `trace` the Hutch++ trace at
     each state (a checkpoint's state_dict: its parameters and buffers); `on_checkpoint(done)` after each."""
     settings = CurvatureSettings(top_k=1, tol=tol, trace=trace, density=False, eigenvectors=False, seed=seed)
@@ -54,7 +54,7 @@ def track_curvature(
             flat = flat_params(problem, state)
             set_params(problem, flat)
             set_buffers(problem, {k: state[k] for k in problem.buffers if k in state})
-            at = replace(problem, theta=flat)
+            at = problem.replace(theta=flat)
             block = run_curvature(at, settings).model
             if block.eigen is not None:
                 top = int(np.argmax(block.eigen.eigenvalues))
@@ -72,7 +72,7 @@ def track_curvature(
     finally:
         set_params(problem, problem.theta)
         set_buffers(problem, saved)
-    return TrackResult(
+    return TrackRun(
         np.asarray(lam), np.asarray(res), np.asarray(converged, dtype=bool), np.asarray(losses),
         np.asarray(tr) if trace else None, np.asarray(tr_err) if trace else None,
     )

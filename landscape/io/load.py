@@ -11,8 +11,10 @@ import torch
 
 from landscape.errors import LandscapeError
 from landscape.io.checkpoint import Checkpoint, fit_state_dict, read_checkpoint
-from landscape.io.data import Columns, load_data, subset
-from landscape.io.loss import default_loss, resolve_loss
+from landscape.data import Columns, subset
+from landscape.io.data import load_data
+from landscape.io.loss import resolve_loss
+from landscape.losses import default_loss
 from landscape.io.model import build_model, is_model_dir
 from landscape.io.samples import sample as find_sample
 from landscape.io.spec import sha256_file
@@ -114,7 +116,7 @@ def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, 
     chosen = {k: v for k, v in asdict(spec).items() if k in LOAD_OPTION_DEFAULTS and v != LOAD_OPTION_DEFAULTS[k]}
     if chosen:  # how the files were read, where it is not the default: it fixes the numbers as much as the files do
         provenance["load_options"] = json.dumps(chosen, sort_keys=True)
-    return problem, provenance
+    return problem.with_provenance(provenance), provenance
 
 
 def load_other_state(path: str, problem: Problem, spec: LoadSpec, say: Say = lambda msg: None) -> dict[str, torch.Tensor]:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.hessian.lanczos import blas_threads, tridiagonal_eigh
-from landscape.hessian.trace import rademacher
+from landscape.curvature.lanczos import blas_threads, tridiagonal_eigh
+from landscape.curvature.trace import rademacher
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 SLQ_BASIS_BYTES = 2 << 30  # the probes' Lanczos bases held at once (float64); more probes run in groups

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.hessian.lanczos import lanczos
+from landscape.curvature.lanczos import lanczos
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 HUTCHPP = "Hutch++ (Meyer et al. 2021) with a Krylov sketch (Chen & Hallman 2023)"

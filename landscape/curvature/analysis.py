@@ -15,15 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from landscape.distributed import World
-from landscape.hessian.dense import dense_matrix, exact_eigenpairs, exact_runs, exact_trace, planned_products, use_dense
-from landscape.hessian.density import LanczosRuns, slq
-from landscape.hessian.lanczos import Eigenpairs, lanczos
-from landscape.hessian.operators import CURVATURE_TITLES, CurvatureOperator, layer_blocks
-from landscape.hessian.trace import TraceEstimate, hutchpp
+from landscape.curvature.dense import dense_matrix, exact_eigenpairs, exact_runs, exact_trace, planned_products, use_dense
+from landscape.curvature.density import Density, LanczosRuns, density_from_lanczos, slq
+from landscape.curvature.lanczos import Eigenpairs, lanczos
+from landscape.curvature.operators import CurvatureOperator, layer_blocks
+from landscape.curvature.trace import TraceEstimate, hutchpp
 from landscape.problem import Problem
 
 
@@ -59,10 +58,11 @@ class BlockResult:
     lanczos: LanczosRuns | None
     operator: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
+    density: Density | None = None  # the spectral density smoothed from `lanczos` (SLQ)
 
 
 @dataclass(frozen=True)
-class CurvatureResult:
+class CurvatureRun:
     """A whole run: the model's block and, with per_layer, one block per module."""
 
     settings: CurvatureSettings
@@ -110,14 +110,17 @@ def estimate_block(
     finally:
         op.close()
     info = {**op.info(), "matvecs": op.matvecs, "dense": dense}
-    return BlockResult(names=op.names, size=op.size, eigen=eigen, trace=trace, lanczos=runs, operator=info, seconds=seconds)
+    density = density_from_lanczos(runs.alpha, runs.beta) if runs is not None else None
+    return BlockResult(
+        names=op.names, size=op.size, eigen=eigen, trace=trace, lanczos=runs, operator=info, seconds=seconds, density=density
+    )
 
 
 Estimates = tuple[Eigenpairs | None, TraceEstimate | None, LanczosRuns | None, dict[str, float]]
 
 
 def _exact(op: CurvatureOperator, settings: CurvatureSettings, on_products: OnProducts) -> Estimates:
-    """Everything from the whole matrix (landscape.hessian.dense)."""
+    """Everything from the whole matrix (landscape.curvature.dense)."""
     t0 = time.perf_counter()
     H = dense_matrix(_counted(op.matmat, "whole matrix", on_products), op.size, op.device)
     spectrum = torch.linalg.eigh(H)
@@ -168,7 +171,7 @@ def run_curvature(
     say: Callable[[str], None] = lambda msg: None,
     world: World | None = None,
     on_products: OnProducts = lambda stage, n: None,
-) -> CurvatureResult:
+) -> CurvatureRun:
     """The whole model's estimates, then (with per_layer) the same for each module's parameter block.
 
     With a `world` of several ranks, `problem` holds this rank's shard of the data and every rank
@@ -192,43 +195,17 @@ def run_curvature(
             layers[key] = estimate_block(
                 problem, layer_settings, names, say, world, lambda stage, n, where=where: on_products(f"{where}: {stage}", n)
             )
-    return CurvatureResult(settings=settings, model=model, layers=layers)
+    return CurvatureRun(settings=settings, model=model, layers=layers)
 
 
-def hessian_axes(
+def top_eigenvectors(
     problem: Problem, count: int = 2, seed: int = 0, tol: float = 1e-3, curvature: str = "hessian"
-) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """The top-`count` eigenvectors of the Hessian as sweep axes: directions [count, P] float64 CPU, attrs per axis.
-
-    Unit vectors (coordinates are distances in weight space: loss ~ L0 + lambda a^2 / 2 along axis a).
-    """
+) -> Eigenpairs:
+    """The top-`count` eigenpairs of the curvature by Lanczos, eigenvectors included (for sweep axes)."""
     op = CurvatureOperator(problem, curvature=curvature, probe_seed=seed)
     try:
-        eig = lanczos(
+        return lanczos(
             op.matmat, op.size, k=count, tol=tol, seed=seed, device=op.device, precision=_precision(op.dtype), start=op.probe
         )
     finally:
         op.close()
-    assert eig.eigenvectors is not None
-    dirs = eig.eigenvectors.detach().to("cpu", torch.float64)
-    return dirs, axis_attrs(eig.eigenvalues, eig.residuals, seed, source=f"lanczos on the {curvature}, tol {tol:g}", curvature=curvature)
-
-
-def axis_attrs(
-    eigenvalues: np.ndarray, residuals: np.ndarray, seed: int, source: str, curvature: str = "hessian"
-) -> list[dict[str, Any]]:
-    """Per-axis attributes of eigenvector axes for the results file."""
-    title = CURVATURE_TITLES.get(curvature, curvature)
-    return [
-        {
-            "kind": "hessian",
-            "normalization": "unit",
-            "ignore": "none",
-            "seed": seed,
-            "source": source,
-            "label": f"{title} eigenvector {i + 1} (λ={float(lam):.4g})",
-            "eigenvalue": float(lam),
-            "residual": float(res),
-        }
-        for i, (lam, res) in enumerate(zip(eigenvalues, residuals))
-    ]

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from landscape.hessian.density import LanczosRuns
-from landscape.hessian.lanczos import Eigenpairs, fixed_sign, wanted_indices
-from landscape.hessian.trace import EXACT, TraceEstimate
+from landscape.curvature.density import LanczosRuns
+from landscape.curvature.lanczos import Eigenpairs, fixed_sign, wanted_indices
+from landscape.curvature.trace import EXACT, TraceEstimate
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 DENSE_LIMIT = 1024  # parameters: an 8 MB matrix, and the exact density's Lanczos run stays under a second

@@ -1,0 +1,545 @@
+"""The library: one function per command, on Python objects, returning typed results.
+
+Each takes a `Problem` (a module, its data and a loss, in memory) and plain values, writes no file
+and prints nothing unless asked (`progress=True`; messages go to the `landscape` logger), and
+returns a frozen result from `landscape.results` whose `save(path)` writes the file the CLI writes.
+The CLI is a shell over these functions: it reads files into a Problem, calls one, saves, reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from landscape import progress as messages
+from landscape.axes import Axes, axes_settings, hessian_axes, random_axes, stored_axes
+from landscape.distributed import World
+from landscape.errors import ArgumentError
+from landscape.curvature.analysis import CurvatureSettings, OnProducts, run_curvature
+from landscape.curvature.operators import CURVATURE_TITLES
+from landscape.problem import Problem
+from landscape.progress import Progress, Say, progress_to
+from landscape.results import CurvatureResult, PathResult, RoughnessResult, SharpnessResult, SweepResult, TrackResult, stamp
+from landscape.settings import (
+    PathSettings,
+    PlaneSettings,
+    RoughnessSettings,
+    SharpnessSettings,
+    Source,
+    SweepSettings,
+    TrackSettings,
+)
+from landscape.strategies import MemorySink, SweepSink, axis_grid, run_sweep
+
+State = Mapping[str, torch.Tensor]
+Grid = tuple[float, float, int]
+
+__all__ = [
+    "axes_from",
+    "hessian",
+    "hessian_axes",
+    "path",
+    "plan_plane",
+    "plan_sweep",
+    "plan_trajectory",
+    "plane",
+    "random_axes",
+    "roughness",
+    "run_planned",
+    "sharpness",
+    "stored_axes",
+    "sweep",
+    "track",
+    "trajectory",
+]
+
+
+# --------------------------------------------------------------------------- axes
+
+
+def axes_from(problem: Problem, curvature: CurvatureResult, dims: int = 2, *, source: str = "", source_sha256: str = "") -> Axes:
+    """The top stored eigenvectors of an earlier curvature run as axes (it must have kept them)."""
+    eig = curvature.model.eigen
+    if eig is None or eig.eigenvectors is None:
+        raise ArgumentError("axes_from", source or None, "holds no eigenvectors (compute them with eigenvectors=True)")
+    title = CURVATURE_TITLES.get(curvature.settings.curvature, curvature.settings.curvature)
+    seed = int(curvature.provenance.get("seed", 0) or 0)
+    return stored_axes(
+        problem, eig.eigenvectors.numpy(), eig.eigenvalues, eig.residuals, dims=dims, layout=curvature.layout,
+        source=source, title=title, which=eig.which, seed=seed, source_sha256=source_sha256,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def plan_sweep(
+    problem: Problem,
+    axes: Axes,
+    x: Grid = (-1.0, 1.0, 51),
+    y: Grid | None = None,
+    *,
+    command: str = "",
+    kind: str = "sweep",
+    settings: Mapping[str, Any] | None = None,
+) -> SweepResult:
+    """The sweep before any point is done: grid, settings, and the axes as they are stored and
+    evaluated (float32 unless the problem runs in float64, so a resumed run gives the same numbers)."""
+    grids = [axis_grid(*x, name="x")] + ([axis_grid(*y, name="y")] if y is not None else [])
+    if len(grids) != len(axes):
+        raise ArgumentError("y", y, f"{len(axes)} axes need {len(axes)} grid(s): x{' and y' if len(axes) == 2 else ' only'}")
+    store = torch.float64 if problem.dtype == torch.float64 else torch.float32
+    stored = Axes(axes.directions.to(store).double(), axes.attrs, axes.layout, axes.settings)
+    if settings is None:
+        coords = {n: g.tolist() for n, g in zip(axes.names, grids)}
+        settings = SweepSettings(Source.of(problem.provenance), coords=coords, **_sweep_axes_settings(axes)).as_dict()
+    shape = tuple(len(g) for g in grids)
+    return SweepResult(
+        axes=stored, coords=tuple(g.numpy() for g in grids), loss=np.full(shape, np.nan),
+        accuracy=np.full(shape, np.nan) if problem.classification else None, done=np.zeros(shape, dtype=bool),
+        settings=dict(settings), provenance=stamp(problem.provenance, command), kind=kind,
+    )  # fmt: skip
+
+
+def _sweep_axes_settings(axes: Axes) -> dict[str, Any]:
+    fields = {f.name for f in dataclasses.fields(SweepSettings)}
+    return {k: v for k, v in (axes.settings or axes_settings()).items() if k in fields}
+
+
+def run_planned(
+    problem: Problem,
+    planned: SweepResult,
+    sink: SweepSink | None = None,
+    *,
+    strategy: str = "auto",
+    progress: Progress = False,
+    warn: Say = messages.warn,
+    world: World | None = None,
+) -> SweepResult:
+    """Evaluate the points of `planned` that its sink has not done (all, for a fresh in-memory sink).
+
+    `sink`: where the values go as they are computed (default: arrays in memory); the CLI passes
+    the results file, which a killed run resumes from. Under torchrun every rank calls this, rank 0
+    with the sink and the others with None (they get `planned` back)."""
+    world = world or World()
+    if sink is None and world.main:
+        sink = MemorySink(list(planned.coords), planned.accuracy is not None)
+    with progress_to(progress, planned.kind, int(planned.done.size)) as bar:
+        report = run_sweep(problem, planned.axes.directions, sink, strategy=strategy, warn=warn, world=world, on_progress=bar)
+    if sink is None:
+        return planned
+    loss, accuracy = sink.values()
+    return dataclasses.replace(planned, loss=loss, accuracy=accuracy, done=sink.done.copy(), run=report.attrs(world.size))
+
+
+def sweep(
+    problem: Problem,
+    axes: Axes,
+    x: Grid = (-1.0, 1.0, 51),
+    y: Grid | None = None,
+    *,
+    strategy: str = "auto",
+    progress: Progress = False,
+    warn: Say = messages.warn,
+) -> SweepResult:
+    """The loss (and accuracy) at theta + a x_axis (+ b y_axis) on the grid `x` (and `y`), each
+    (min, max, points); the strategy is picked by a timed probe unless named.
+
+    >>> import torch, landscape as ls
+    >>> problem = ls.Problem(torch.nn.Linear(4, 3), (torch.randn(64, 4), torch.randint(0, 3, (64,))))
+    >>> surf = ls.sweep(problem, ls.random_axes(problem, 2), x=(-1, 1, 5), y=(-1, 1, 5))
+    >>> surf.loss.shape, bool(surf.done.all())
+    ((5, 5), True)
+    """
+    return run_planned(problem, plan_sweep(problem, axes, x, y), strategy=strategy, progress=progress, warn=warn)
+
+
+# --------------------------------------------------------------------------- curvature
+
+
+def hessian(
+    problem: Problem,
+    top_k: int = 5,
+    *,
+    which: str = "largest",
+    trace: bool = False,
+    density: bool = False,
+    per_layer: bool = False,
+    curvature: str = "hessian",
+    tol: float = 1e-4,
+    max_iter: int | None = None,
+    probes: int = 10,
+    steps: int = 80,
+    trace_matvecs: int = 60,
+    eigenvectors: bool = True,
+    method: str = "auto",
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: Progress = False,
+    on_products: OnProducts | None = None,
+    say: Say = messages.say,
+    world: World | None = None,
+    command: str = "",
+) -> CurvatureResult:
+    """Top-k eigenpairs (Lanczos) with residuals, the trace (Hutch++) with its standard error, the
+    spectral density (SLQ) with the spread between probes; of the Hessian, GGN or empirical Fisher.
+
+    >>> import torch, landscape as ls
+    >>> x = torch.randn(64, 3, dtype=torch.float64)
+    >>> problem = ls.Problem(torch.nn.Linear(3, 1).double(), (x, torch.randn(64, 1, dtype=torch.float64)), loss="mse")
+    >>> curv = ls.hessian(problem, top_k=1, trace=True)
+    >>> exact = torch.linalg.eigvalsh(2 * torch.cat([x, torch.ones(64, 1)], 1).T @ torch.cat([x, torch.ones(64, 1)], 1) / 64)
+    >>> abs(curv.lambda_max - float(exact[-1])) < 1e-8
+    True
+    """
+    settings = CurvatureSettings(
+        curvature=curvature, top_k=top_k, which=which, tol=tol, max_iter=max_iter, trace=trace, trace_matvecs=trace_matvecs,
+        density=density, probes=probes, steps=steps, per_layer=per_layer, eigenvectors=eigenvectors, seed=seed, method=method,
+        batch_size=batch_size,
+    )  # fmt: skip
+    _check_curvature(settings)
+    with progress_to(progress, f"{curvature} products") as bar:
+        made = [0]
+
+        def products(stage: str, n: int) -> None:
+            made[0] += n
+            bar(made[0], None)
+            if on_products is not None:
+                on_products(stage, n)
+
+        t0 = time.perf_counter()
+        run = run_curvature(problem, settings, say, world, on_products=products)
+        seconds = time.perf_counter() - t0
+    stored = {**dataclasses.asdict(settings), **Source.of(problem.provenance).as_dict()}
+    return CurvatureResult(
+        settings=settings, model=run.model, layers=run.layers, layout=problem.layout,
+        provenance={**stamp(problem.provenance, command), "seconds": seconds, "world_size": (world or World()).size}, stored_settings=stored,
+    )  # fmt: skip
+
+
+def _check_curvature(s: CurvatureSettings) -> None:
+    from landscape.curvature.lanczos import WHICH
+
+    if s.which not in WHICH:
+        raise ArgumentError("which", s.which, f"expected one of {', '.join(WHICH)}")
+    if s.top_k < 0:
+        raise ArgumentError("top_k", s.top_k, "must be 0 or more")
+    if not s.tol > 0:
+        raise ArgumentError("tol", s.tol, "must be positive")
+    if s.density and s.probes < 1:
+        raise ArgumentError("probes", s.probes, "must be at least 1")
+    if s.density and s.steps < 2:
+        raise ArgumentError("steps", s.steps, "must be at least 2")
+    if s.trace and s.trace_matvecs < 3:
+        raise ArgumentError("trace_matvecs", s.trace_matvecs, "must be at least 3")
+    if s.top_k == 0 and not s.trace and not s.density:
+        raise ArgumentError("top_k", 0, "nothing to compute: no eigenvalues, trace or density asked for")
+
+
+# --------------------------------------------------------------------------- roughness and sharpness
+
+
+def roughness(
+    problem: Problem,
+    directions: int = 100,
+    span: float = 0.1,
+    steps: int = 20,
+    *,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    seed: int = 0,
+    strategy: str = "auto",
+    progress: Progress = False,
+    warn: Say = messages.warn,
+    known: Any = None,
+    on_chunk: Callable[..., None] | None = None,
+    command: str = "",
+) -> RoughnessResult:
+    """Roughness index (Wang et al.): RI = sigma / mu of the normalized total variation of `directions`
+    random 1D profiles of half-width `span` (`steps` intervals each), evaluated as one batched sweep.
+
+    `known` (`landscape.measures.KnownPoints`) and `on_chunk(indices, values)` let a caller keep the
+    points of a long run and finish it after a kill (the CLI's --resume)."""
+    from landscape.directions import random_directions
+    from landscape.io.analysis_groups import roughness_group
+    from landscape.measures import compute_roughness
+
+    if directions < 2:
+        raise ArgumentError("directions", directions, "need at least 2 directions for a standard deviation")
+    if not (span > 0 and math.isfinite(span)):
+        raise ArgumentError("span", span, "must be a positive number")
+    if steps < 2:
+        raise ArgumentError("steps", steps, "need at least 2 intervals")
+    settings = roughness_settings(problem, directions, span, steps, norm=norm, ignore=ignore, seed=seed)
+    dirs = random_directions(directions, problem.theta, problem.layout, seed=seed, norm=norm, ignore=ignore)
+    with progress_to(progress, "roughness", directions * (steps + 1)) as bar:
+        res = compute_roughness(
+            problem, dirs.to(problem.dtype).double(), span, steps, strategy=strategy, warn=warn, known=known,
+            on_progress=bar, on_chunk=on_chunk or (lambda idx, values: None),
+        )  # fmt: skip
+    group = roughness_group(res, span=span, steps=steps, norm=norm, ignore=ignore, seed=seed)
+    return RoughnessResult(
+        group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command),
+        problem.layout,
+    )
+
+
+def roughness_settings(
+    problem: Problem, directions: int, span: float, steps: int, *, norm: str, ignore: str, seed: int
+) -> RoughnessSettings:
+    """What fixes a roughness run's numbers (a resumed run must match it)."""
+    return RoughnessSettings(Source.of(problem.provenance), directions=directions, span=span, steps=steps, norm=norm, ignore=ignore, seed=seed)
+
+
+def sharpness(
+    problem: Problem,
+    rho: float = 0.05,
+    epsilon: float = 1e-3,
+    ascent_steps: int = 20,
+    *,
+    curvature: CurvatureResult | bool = False,
+    seed: int = 0,
+    source: str = "",
+    progress: Progress = False,
+    command: str = "",
+) -> SharpnessResult:
+    """SAM sharpness (Foret et al.), epsilon-sharpness (Keskar et al.), and with `curvature`
+    (a CurvatureResult of the Hessian at these weights, or True to compute one) lambda_max, the trace
+    and the Loss Landscape Analysis ratios."""
+    from landscape.io.analysis_groups import sharpness_group
+    from landscape.measures import curvature_numbers, epsilon_sharpness, sam_sharpness
+
+    if not rho > 0:
+        raise ArgumentError("rho", rho, "must be positive")
+    if not epsilon > 0:
+        raise ArgumentError("epsilon", epsilon, "must be positive")
+    if isinstance(curvature, CurvatureResult) and curvature.settings.curvature != "hessian":
+        title = CURVATURE_TITLES.get(curvature.settings.curvature, curvature.settings.curvature)
+        raise ArgumentError("curvature", source or None, f"holds the {title}, not the Hessian (lambda_max and the LLA ratios are the Hessian's)")
+    sam = sam_sharpness(problem, rho)
+    eps = epsilon_sharpness(problem, epsilon, ascent_steps, seed=seed)
+    if curvature is True:
+        curvature = hessian(problem, top_k=1, tol=1e-3, trace=True, density=True, eigenvectors=False, seed=seed, progress=progress)
+        source = source or "computed"
+    numbers = curvature_numbers(_curvature_numbers_input(curvature)) if isinstance(curvature, CurvatureResult) else {}
+    group = sharpness_group(sam, eps, numbers, source)
+    settings = SharpnessSettings(Source.of(problem.provenance), rho=rho, epsilon=epsilon, ascent_steps=ascent_steps, seed=seed, curvature=source)
+    return SharpnessResult(group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command))
+
+
+def _curvature_numbers_input(curv: CurvatureResult) -> dict[str, Any]:
+    """The keys `landscape.measures.curvature_numbers` reads, from a curvature result."""
+    block = curv.model
+    out: dict[str, Any] = {"eigenvalues": None, "residuals": None, "trace": None, "lanczos": None}
+    if block.eigen is not None:
+        out["eigenvalues"], out["residuals"] = block.eigen.eigenvalues, block.eigen.residuals
+    if block.trace is not None:
+        out["trace"] = {"value": block.trace.value, "std_error": block.trace.std_error}
+    if block.lanczos is not None:
+        out["lanczos"] = {"alpha": block.lanczos.alpha, "beta": block.lanczos.beta}
+    return out
+
+
+# --------------------------------------------------------------------------- several checkpoints
+
+
+def _names(names: Sequence[str] | None, count: int) -> list[str]:
+    if names is None:
+        return ["start"] + [f"checkpoint {i}" for i in range(1, count)]
+    if len(names) != count:
+        raise ArgumentError("names", len(names), f"{count} names expected, one per checkpoint")
+    return list(names)
+
+
+def own_state(problem: Problem) -> dict[str, torch.Tensor]:
+    """The problem's weights and buffers as a state_dict (the start of a path)."""
+    return {k: v.detach().clone() for k, v in problem.model.state_dict().items()}
+
+
+def path(
+    problem: Problem,
+    others: State | Sequence[State],
+    points: int = 61,
+    curve: str = "linear",
+    *,
+    recalibrate: Any = None,
+    strategy: str = "auto",
+    names: Sequence[str] | None = None,
+    checkpoints_sha256: Sequence[str] = (),
+    train_data: str = "",
+    start: State | None = None,
+    progress: Progress = False,
+    warn: Say = messages.warn,
+    command: str = "",
+) -> PathResult:
+    """The loss along the path from the problem's weights (or `start`) through `others` (state_dicts
+    of the same model; BatchNorm buffers move along too), and its barrier
+    max_t [L(t) - ((1-t) L(0) + t L(1))]. `curve`: linear (a polyline through more than two) or
+    bezier (the middle ones as bends). `recalibrate`: inputs on which the BatchNorm statistics are
+    recomputed at every point instead."""
+    from landscape.io.analysis_groups import path_group
+    from landscape.paths import evaluate_path
+
+    rest = [others] if isinstance(others, Mapping) else list(others)
+    states = [start if start is not None else own_state(problem), *rest]
+    if points < 2:
+        raise ArgumentError("points", points, "need at least 2")
+    labels = _names(names, len(states))
+    t = torch.linspace(0, 1, points, dtype=torch.float64)
+    with progress_to(progress, "path", points) as bar:
+        res = evaluate_path(problem, states, t, curve=curve, recalibrate=recalibrate, strategy=strategy, warn=warn,
+                            on_point=lambda i: bar(i, points))  # fmt: skip
+    buffers = "recalibrated" if res.recalibrated else ("interpolated" if problem.buffers else "none")
+    group = path_group(res, curve=curve, checkpoints=labels, buffers=buffers, train_data=train_data or ("--data" if res.recalibrated else ""))
+    settings = PathSettings(
+        Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), curve=curve, points=points,
+        bn_recalibrate=recalibrate is not None,
+    )  # fmt: skip
+    return PathResult(group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command), problem.layout)
+
+
+def track(
+    problem: Problem,
+    states: Sequence[State],
+    *,
+    lr: float | None = None,
+    steps: Sequence[float] | None = None,
+    trace: bool = False,
+    tol: float = 1e-3,
+    seed: int = 0,
+    names: Sequence[str] | None = None,
+    checkpoints_sha256: Sequence[str] = (),
+    progress: Progress = False,
+    command: str = "",
+) -> TrackResult:
+    """lambda_max (and with `trace` the Hutch++ trace) of the Hessian at each state of a training run;
+    `lr` records 2/lr (the edge of stability, Cohen et al. 2021)."""
+    from landscape.io.analysis_groups import track_group
+    from landscape.tracking import track_curvature
+
+    if lr is not None and not lr > 0:
+        raise ArgumentError("lr", lr, "must be positive")
+    step_values = [float(s) for s in steps] if steps is not None else [float(i) for i in range(len(states))]
+    if len(step_values) != len(states):
+        raise ArgumentError("steps", len(step_values), f"one step per checkpoint expected ({len(states)})")
+    labels = _names(names, len(states))
+    with progress_to(progress, "track", len(states)) as bar:
+        res = track_curvature(problem, states, trace=trace, tol=tol, seed=seed, on_checkpoint=lambda done: bar(done, len(states)))
+    group = track_group(res, steps=step_values, checkpoints=labels, lr=lr, step_label="training step" if steps is not None else "checkpoint")
+    settings = TrackSettings(
+        Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), lr=lr, steps=tuple(step_values), trace=trace,
+        tol=tol, seed=seed,
+    )  # fmt: skip
+    return TrackResult(group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command), problem.layout)
+
+
+# --------------------------------------------------------------------------- planes through checkpoints
+
+
+def _default_grid(values: torch.Tensor, points: int = 21, margin: float = 0.25) -> Grid:
+    lo, hi = float(values.min()), float(values.max())
+    pad = margin * max(hi - lo, 1e-12)
+    return lo - pad, hi + pad, points
+
+
+def plan_plane(
+    problem: Problem,
+    states: Sequence[State],
+    x: Grid | None = None,
+    y: Grid | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    checkpoints_sha256: Sequence[str] = (),
+    seed: int = 0,
+    command: str = "",
+) -> SweepResult:
+    """`plane` before any grid point is done: its axes, grid, and the checkpoints' own and in-plane losses."""
+    from landscape.io.analysis_groups import plane_group
+    from landscape.paths import flat_params, plane_axes, plane_losses, state_losses
+
+    if len(states) != 3:
+        raise ArgumentError("states", len(states), "a plane needs exactly three checkpoints")
+    labels = _names(names, 3)
+    pa = plane_axes(*[flat_params(problem, s) for s in states])
+    pts = pa.points
+    x, y = x or _default_grid(pts[:, 0]), y or _default_grid(pts[:, 1])
+    own, at = state_losses(problem, states), plane_losses(problem, pa.axes, pts)
+    short = [Path(n).name for n in labels]
+    text = [f"e1: toward {short[1]} (parameter distance)", f"e2: toward {short[2]}, orthogonalized (parameter distance)"]
+    attrs = tuple(
+        {"kind": "plane", "normalization": "orthonormal", "ignore": "none", "seed": seed, "source": labels[1 + i], "label": text[i]}
+        for i in range(2)
+    )
+    axes = Axes(pa.axes.detach().to("cpu", torch.float64), attrs, problem.layout)
+    settings = PlaneSettings(Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), coords=_coords(x, y))
+    planned = plan_sweep(problem, _orthogonal(axes), x, y, command=command, kind="plane", settings=settings.as_dict())
+    return dataclasses.replace(planned, groups={"plane": plane_group(pts, own, at, labels)})
+
+
+def plane(problem: Problem, states: Sequence[State], x: Grid | None = None, y: Grid | None = None, *, strategy: str = "auto",
+          progress: Progress = False, **plan: Any) -> SweepResult:  # fmt: skip
+    """The loss on the plane through three checkpoints A, B, C (A at the origin, orthonormal axes in
+    parameter distance: e1 along B - A, e2 the part of C - A orthogonal to it). Off the three points the
+    BatchNorm buffers are A's; each checkpoint's own loss and the plane's loss at its position are kept."""
+    return run_planned(problem, plan_plane(problem, states, x, y, **plan), strategy=strategy, progress=progress)
+
+
+def plan_trajectory(
+    problem: Problem,
+    states: Sequence[State],
+    x: Grid | None = None,
+    y: Grid | None = None,
+    *,
+    center: bool = False,
+    names: Sequence[str] | None = None,
+    checkpoints_sha256: Sequence[str] = (),
+    seed: int = 0,
+    command: str = "",
+) -> SweepResult:
+    """`trajectory` before any grid point is done: the PCA plane of the checkpoints and the path's losses."""
+    from landscape.io.analysis_groups import trajectory_group
+    from landscape.paths import flat_params, pca_axes, plane_losses, state_losses
+
+    if len(states) < 3:
+        raise ArgumentError("states", len(states), "a trajectory needs at least three checkpoints")
+    labels = _names(names, len(states))
+    traj = pca_axes([flat_params(problem, s) for s in states], center=center)
+    c = traj.coords
+    x, y = x or _default_grid(c[:, 0]), y or _default_grid(c[:, 1])
+    own, projected = state_losses(problem, states), plane_losses(problem, traj.axes, c)
+    attrs = tuple(
+        {"kind": "pca", "normalization": "orthonormal", "ignore": "none", "seed": seed,
+         "source": f"principal direction {i + 1} of {len(states)} checkpoints",
+         "label": f"PC{i + 1} ({100 * float(traj.explained[i]):.1f}% of the squared offsets)", "explained_variance": float(traj.explained[i])}
+        for i in range(2)
+    )  # fmt: skip
+    axes = Axes(traj.axes.detach().to("cpu", torch.float64), attrs, problem.layout)
+    settings = PlaneSettings(Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), coords=_coords(x, y), center=center)
+    planned = plan_sweep(problem, _orthogonal(axes), x, y, command=command, kind="trajectory", settings=settings.as_dict())
+    return dataclasses.replace(planned, groups={"trajectory": trajectory_group(traj, own, projected, labels)})
+
+
+def trajectory(problem: Problem, states: Sequence[State], x: Grid | None = None, y: Grid | None = None, *, strategy: str = "auto",
+               progress: Progress = False, **plan: Any) -> SweepResult:  # fmt: skip
+    """The training path (checkpoints in order, the final one last: the origin) projected on the PCA
+    plane of the checkpoints, over the loss on that plane (Li et al. 2018); the explained variance and
+    the gap between each checkpoint's own loss and the loss at its projection are kept."""
+    return run_planned(problem, plan_trajectory(problem, states, x, y, **plan), strategy=strategy, progress=progress)
+
+
+def _coords(x: Grid, y: Grid) -> dict[str, list[float]]:
+    return {"x": axis_grid(*x, name="x").tolist(), "y": axis_grid(*y, name="y").tolist()}
+
+
+def _orthogonal(axes: Axes) -> Axes:
+    """Orthonormal axes (plane, PCA) carry a zero cosine between them."""
+    a, b = dict(axes.attrs[0]), dict(axes.attrs[1])
+    a["cosine_with_y"] = b["cosine_with_x"] = 0.0
+    return Axes(axes.directions, (a, b), axes.layout, axes.settings)

@@ -1,0 +1,200 @@
+"""The axes of a sweep: flat directions in weight space with what each one is (for the results file).
+
+Random Gaussian directions normalized per filter, layer or model (Li et al. 2018), the top
+eigenvectors of the Hessian (unit vectors), stored eigenvectors of an earlier curvature run, and
+the straight line to another checkpoint. Plain functions on tensors; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from landscape.directions import cosine, line_to, random_directions
+from landscape.errors import ArgumentError
+from landscape.params import Layout
+from landscape.problem import Problem
+
+AXIS_NAMES = ("x", "y")
+
+
+@dataclass(frozen=True)
+class Axes:
+    """Directions [k, P] (float64, CPU) over a problem's parameter layout, and one attribute dict per axis."""
+
+    directions: torch.Tensor
+    attrs: tuple[Mapping[str, Any], ...]
+    layout: Layout
+    settings: Mapping[str, Any] = field(default_factory=dict)  # how they were made: norm, ignore, seed, axes, to_sha256, ...
+
+    def __post_init__(self) -> None:
+        if self.directions.ndim != 2 or self.directions.shape[0] not in (1, 2):
+            raise ArgumentError("axes", tuple(self.directions.shape), "expected 1 or 2 directions, shape [k, P]")
+        if self.directions.shape[1] != self.layout.size:
+            raise ArgumentError("axes", self.directions.shape[1], f"directions of {self.layout.size} parameters expected")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return AXIS_NAMES[: self.directions.shape[0]]
+
+    def __len__(self) -> int:
+        return int(self.directions.shape[0])
+
+
+def axes_settings(
+    kind: str = "random", *, norm: str = "filter", ignore: str = "biasbn", seed: int = 0, to_sha256: str = "", axes_from_sha256: str = ""
+) -> dict[str, Any]:
+    """What fixes a sweep's axes (part of its settings): random ones by their normalization and seed,
+    eigenvector ones (unit vectors) by their seed or the file they came from, and the line's other end."""
+    if kind != "random":
+        norm, ignore = "unit", "none"
+    return {"norm": norm, "ignore": ignore, "seed": seed, "axes": kind, "to_sha256": to_sha256, "axes_from_sha256": axes_from_sha256}
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 of a tensor's values (the identity of a point in weight space given in memory)."""
+    return hashlib.sha256(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _with_cosines(
+    directions: torch.Tensor, attrs: Sequence[Mapping[str, Any]], layout: Layout, settings: Mapping[str, Any]
+) -> Axes:
+    out = [dict(a) for a in attrs]
+    if len(out) == 2:
+        out[0]["cosine_with_y"] = out[1]["cosine_with_x"] = cosine(directions[0], directions[1])
+    return Axes(directions, tuple(out), layout, dict(settings))
+
+
+def _random_attrs(count: int, norm: str, ignore: str, seed: int) -> list[dict[str, Any]]:
+    normed = "filter-normalized" if norm == "filter" else f"{norm}-normalized" if norm != "none" else "unnormalized"
+    return [
+        {
+            "kind": "random",
+            "normalization": norm,
+            "ignore": ignore,
+            "seed": seed,
+            "source": f"gaussian direction {i + 1} of seed {seed}",
+            "label": f"{normed} random direction {i + 1}",
+        }
+        for i in range(count)
+    ]
+
+
+def random_axes(
+    problem: Problem,
+    dims: int = 2,
+    *,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    seed: int = 0,
+    to: torch.Tensor | None = None,
+    to_label: str = "the other checkpoint",
+    to_sha256: str | None = None,
+) -> Axes:
+    """`dims` normalized Gaussian directions (Li et al. 2018); with `to` (another point's flat
+    parameters), x is the straight line from the problem's weights (0) to it (1) and y, if any, random.
+
+    >>> import torch, landscape as ls
+    >>> problem = ls.Problem(torch.nn.Linear(4, 3), (torch.randn(8, 4), torch.randint(0, 3, (8,))))
+    >>> ls.random_axes(problem, 2, seed=0).directions.shape
+    torch.Size([2, 15])
+    """
+    if dims not in (1, 2):
+        raise ArgumentError("dims", dims, "a sweep has 1 or 2 axes")
+    randoms = dims - (1 if to is not None else 0)
+    dirs = random_directions(randoms, problem.theta, problem.layout, seed=seed, norm=norm, ignore=ignore)
+    sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
+    settings = axes_settings("random", norm=norm, ignore=ignore, seed=seed, to_sha256=sha)
+    attrs = _random_attrs(randoms, norm, ignore, seed)
+    return _prepend_line(problem, dirs.detach().to("cpu", torch.float64), attrs, to, to_label, seed, settings)
+
+
+def eigenvector_attrs(
+    eigenvalues: np.ndarray, residuals: np.ndarray, seed: int, source: str, title: str, which: str | None = None
+) -> list[dict[str, Any]]:
+    """Per-axis attributes of eigenvector axes for the results file."""
+    return [
+        {
+            "kind": "hessian",
+            "normalization": "unit",
+            "ignore": "none",
+            "seed": seed,
+            "source": source,
+            "label": f"{title} eigenvector {i + 1} (λ={float(lam):.4g})",
+            "eigenvalue": float(lam),
+            "residual": float(res),
+            **({"which": which} if which is not None else {}),
+        }
+        for i, (lam, res) in enumerate(zip(eigenvalues, residuals))
+    ]
+
+
+def hessian_axes(
+    problem: Problem, dims: int = 2, *, seed: int = 0, tol: float = 1e-3, curvature: str = "hessian", to: torch.Tensor | None = None,
+    to_label: str = "the other checkpoint", to_sha256: str | None = None,
+) -> Axes:
+    """The top eigenvectors of the Hessian (or GGN, Fisher) by Lanczos as axes: unit vectors, so a
+    coordinate is a distance in weight space (loss ~ L0 + lambda a^2 / 2 along axis a). With `to`,
+    x is the line to that point and y the top eigenvector."""
+    from landscape.curvature.analysis import top_eigenvectors
+    from landscape.curvature.operators import CURVATURE_TITLES
+
+    count = dims - (1 if to is not None else 0)
+    eig = top_eigenvectors(problem, count, seed=seed, tol=tol, curvature=curvature)
+    assert eig.eigenvectors is not None
+    attrs = eigenvector_attrs(eig.eigenvalues, eig.residuals, seed, f"lanczos on the {curvature}, tol {tol:g}", CURVATURE_TITLES.get(curvature, curvature))
+    sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
+    settings = axes_settings("hessian", seed=seed, to_sha256=sha)
+    return _prepend_line(problem, eig.eigenvectors.detach().to("cpu", torch.float64), attrs, to, to_label, seed, settings)
+
+
+def stored_axes(
+    problem: Problem,
+    vectors: np.ndarray,
+    eigenvalues: np.ndarray,
+    residuals: np.ndarray,
+    *,
+    dims: int = 2,
+    layout: Layout | None = None,
+    source: str = "",
+    title: str = "Hessian",
+    which: str = "largest",
+    seed: int = 0,
+    to: torch.Tensor | None = None,
+    to_label: str = "the other checkpoint",
+    to_sha256: str | None = None,
+    source_sha256: str = "",
+) -> Axes:
+    """Axes from eigenvectors computed before (an earlier curvature run): the first ones, normalized.
+    `layout` is theirs, checked against the problem's (same names and shapes)."""
+    count = dims - (1 if to is not None else 0)
+    if layout is not None and (layout.names != problem.layout.names or layout.shapes != problem.layout.shapes):
+        raise ArgumentError("axes_from", source or None, "its eigenvectors belong to another model (parameter names or shapes differ)")
+    if vectors.shape[0] < count:
+        raise ArgumentError("axes_from", source or None, f"holds {vectors.shape[0]} eigenvector(s), {count} needed (compute top_k={count})")
+    dirs = torch.from_numpy(np.asarray(vectors[:count], dtype=np.float64)).clone()
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    attrs = eigenvector_attrs(eigenvalues[:count], residuals[:count], seed, source, title, which)
+    sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
+    settings = axes_settings("hessian", seed=seed, to_sha256=sha, axes_from_sha256=source_sha256 or tensor_sha256(dirs))
+    return _prepend_line(problem, dirs, attrs, to, to_label, seed, settings)
+
+
+def _prepend_line(
+    problem: Problem, dirs: torch.Tensor, attrs: list[dict[str, Any]], to: torch.Tensor | None, to_label: str, seed: int,
+    settings: Mapping[str, Any],
+) -> Axes:
+    if to is not None:
+        line = line_to(problem.theta, to.to(problem.theta.device, problem.theta.dtype)).detach().to("cpu", torch.float64)
+        dirs = torch.cat([line[None], dirs])
+        attrs.insert(
+            0,
+            {"kind": "interpolation", "normalization": "none", "ignore": "none", "seed": seed, "source": to_label,
+             "label": f"toward {to_label}"},
+        )  # fmt: skip
+    return _with_cosines(dirs, attrs, problem.layout, settings)

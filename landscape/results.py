@@ -1,0 +1,374 @@
+"""Typed, frozen results of every command, as the library returns them and `load` reads them back.
+
+Each result holds numpy arrays, its settings (the JSON object that fixes its numbers) and its
+provenance (the results file's root attributes), and `save(path)` writes exactly the file the CLI
+writes for the same run: the CLI itself saves through these classes, or, for a sweep, through a
+results-file sink of the same layout. `plot()` draws a figure from the result alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from landscape.axes import Axes
+from landscape.curvature.analysis import BlockResult, CurvatureSettings
+from landscape.curvature.density import LanczosRuns, density_from_lanczos
+from landscape.curvature.lanczos import Eigenpairs
+from landscape.curvature.trace import TraceEstimate
+from landscape.io.analysis_store import Group, read_group, read_root, write_results
+from landscape.io.curvature import read_curvature, write_curvature
+from landscape.io.results import SweepFile, check_ours, read_axes, read_sweep
+from landscape.params import Layout
+
+ROOT_KEYS = ("format", "format_version", "tool_version", "settings", "complete", "kind")
+"""Root attributes every file carries that are not provenance."""
+
+
+def stamp(provenance: Mapping[str, Any], command: str = "") -> dict[str, Any]:
+    """Provenance with the command line and the time of the run, as a results file records them."""
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return {**provenance, "command": command, "created": created}
+
+
+def _store_dtype(provenance: Mapping[str, Any]) -> type:
+    return np.float64 if provenance.get("dtype") == "float64" else np.float32
+
+
+def _provenance_of(root: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in root.items() if k not in ROOT_KEYS}
+
+
+def _figure_from_file(result: Any, draw: Any) -> Any:
+    """Draw a figure from the file the result would write (figures come from results files alone)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = result.save(Path(folder) / f"{result.kind}.h5")
+        return draw(path)
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """The loss (and accuracy) on a 1D line or 2D grid: `loss[i, j]` at (`coords[0][i]`, `coords[1][j]`).
+
+    NaN where a point is not done (`done`) or its loss was not finite. `axes` are the directions
+    evaluated; `run` says how (strategy, probe timings, seconds). A plane or trajectory also holds
+    its own group of numbers (`groups`).
+    """
+
+    axes: Axes
+    coords: tuple[np.ndarray, ...]
+    loss: np.ndarray
+    accuracy: np.ndarray | None
+    done: np.ndarray
+    settings: Mapping[str, Any]
+    provenance: Mapping[str, Any]
+    run: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = "sweep"
+    groups: Mapping[str, Group] = field(default_factory=dict)
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.coords[0]
+
+    @property
+    def y(self) -> np.ndarray | None:
+        return self.coords[1] if len(self.coords) > 1 else None
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done.all())
+
+    def create_file(self, path: str | Path) -> SweepFile:
+        """A new results file of this sweep's layout with no point done yet (the CLI then fills it)."""
+        store_dtype = _store_dtype(self.provenance)
+        return SweepFile.create(
+            path,
+            attrs={**self.provenance, "kind": self.kind},
+            settings=self.settings,
+            axes={n: (self.axes.directions[i].numpy().astype(store_dtype), self.axes.attrs[i]) for i, n in enumerate(self.axes.names)},
+            layout=self.axes.layout,
+            coords=dict(zip(self.axes.names, self.coords)),
+            has_accuracy=self.accuracy is not None,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the results file `landscape sweep` writes for this run."""
+        from landscape.io.analysis_store import add_group
+
+        store = self.create_file(path)
+        idx = np.flatnonzero(self.done.reshape(-1))
+        acc = None if self.accuracy is None else self.accuracy.reshape(-1)[idx]
+        store.write(idx, self.loss.reshape(-1)[idx], acc)
+        for name, group in self.groups.items():
+            add_group(store.path, name, group)
+        store.finish(self.run)
+        return store.path
+
+    def as_dict(self) -> dict[str, Any]:
+        """The sweep as `landscape.io.results.read_sweep` gives it (what the figures read)."""
+        names = list(self.axes.names)
+        return {
+            "attrs": {**self.provenance, "kind": self.kind, "settings": json.dumps(dict(self.settings), sort_keys=True, default=str),
+                      "complete": self.complete},
+            "axes": names,
+            "coords": dict(zip(names, self.coords)),
+            "axis_attrs": {n: dict(a) for n, a in zip(names, self.axes.attrs)},
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "done": self.done,
+            "sweep_attrs": dict(self.run),
+        }
+
+    def plot(self, kind: str | None = None, *, backend: str = "matplotlib", metric: str = "loss", **options: Any) -> Any:
+        """A figure of the sweep: `kind` line, contour, filled, heatmap, surface or all (default: line
+        for 1D, contour for 2D); a matplotlib Figure, or with backend="plotly" a plotly Figure (a list for `all`).
+        `options`: vmin, vmax, log, levels, title."""
+        from landscape.render.common import make_view
+
+        view = make_view(self.as_dict(), metric)
+        kind = kind or ("line" if view.dims == 1 else "contour")
+        if backend == "plotly":
+            from landscape.render.interactive import plot_figures
+
+            figs = plot_figures(view, kind, **options)
+            return figs[0] if len(figs) == 1 else figs
+        if backend != "matplotlib":
+            from landscape.errors import ArgumentError
+
+            raise ArgumentError("backend", backend, "expected matplotlib or plotly")
+        from landscape.render.static import plot_figure
+
+        return plot_figure(view, kind, **options)
+
+    @classmethod
+    def read(cls, path: str | Path) -> SweepResult:
+        from landscape.io.analysis_store import analysis_groups
+
+        s = read_sweep(path)
+        names = s["axes"]
+        axes = read_axes(path)
+        root = s["attrs"]
+        groups = {g: read_group(path, g) for g in analysis_groups(path)}
+        return cls(
+            axes=axes, coords=tuple(s["coords"][n] for n in names), loss=s["loss"], accuracy=s["accuracy"], done=s["done"],
+            settings=json.loads(root.get("settings", "{}")), provenance=_provenance_of(root), run=s["sweep_attrs"],
+            kind=str(root.get("kind", "sweep")), groups=groups,
+        )
+
+
+# --------------------------------------------------------------------------- curvature
+
+
+@dataclass(frozen=True)
+class CurvatureResult:
+    """Top eigenpairs with residuals, the trace with its standard error, the spectral density with
+    the spread between probes; for the whole model (`model`) and per module (`layers`)."""
+
+    settings: CurvatureSettings
+    model: BlockResult
+    layers: Mapping[str, BlockResult]
+    layout: Layout
+    provenance: Mapping[str, Any]
+    stored_settings: Mapping[str, Any]
+    kind: ClassVar[str] = "hessian"
+
+    @property
+    def eigenvalues(self) -> np.ndarray | None:
+        return None if self.model.eigen is None else self.model.eigen.eigenvalues
+
+    @property
+    def residuals(self) -> np.ndarray | None:
+        return None if self.model.eigen is None else self.model.eigen.residuals
+
+    @property
+    def lambda_max(self) -> float | None:
+        ev = self.eigenvalues
+        return float(ev[0]) if ev is not None and ev.size else None
+
+    @property
+    def trace(self) -> float | None:
+        return None if self.model.trace is None else self.model.trace.value
+
+    @property
+    def trace_error(self) -> float | None:
+        return None if self.model.trace is None else self.model.trace.std_error
+
+    def save(self, path: str | Path) -> Path:
+        """Write the results file `landscape hessian` writes for this run."""
+        return write_curvature(
+            path, self, attrs={**self.provenance, "kind": "hessian"}, settings=self.stored_settings, layout=self.layout,
+            vector_dtype=_store_dtype(self.provenance),
+        )
+
+    def plot(self, kind: str | None = None, *, backend: str = "matplotlib", sigma: float | None = None) -> Any:
+        """The spectral density (`density`) or the eigenvalues (`eigenvalues`, per layer too); default by what was computed."""
+        from landscape.render.spectrum import default_kind, spectrum_figure, spectrum_plotly
+
+        draw = spectrum_plotly if backend == "plotly" else spectrum_figure
+
+        def from_file(path: Path) -> Any:
+            curv = read_curvature(path)
+            return draw(curv, kind or default_kind(curv), sigma)
+
+        return _figure_from_file(self, from_file)
+
+    @classmethod
+    def read(cls, path: str | Path) -> CurvatureResult:
+        curv = read_curvature(path)
+        stored = json.loads(curv["attrs"].get("settings", "{}"))
+        names = {f.name for f in fields(CurvatureSettings)}
+        settings = CurvatureSettings(**{k: v for k, v in stored.items() if k in names})
+        return cls(
+            settings=settings, model=_block(curv), layers={n: _block(b) for n, b in curv["layers"].items()},
+            layout=curv["layout"], provenance=_provenance_of(curv["attrs"]), stored_settings=stored,
+        )
+
+
+def _block(d: Mapping[str, Any]) -> BlockResult:
+    """A BlockResult from the dict `read_curvature` gives for one block."""
+    eigen = trace = runs = None
+    if d["eigenvalues"] is not None:
+        a = d["eigen_attrs"]
+        vectors = None if d["eigenvectors"] is None else torch.from_numpy(np.asarray(d["eigenvectors"], dtype=np.float64))
+        eigen = Eigenpairs(d["eigenvalues"], d["residuals"], d["converged"], vectors, int(a.get("iterations", 0)),
+                           int(a.get("matvecs", 0)), str(a.get("which", "largest")), float(a.get("tol", 0.0)))  # fmt: skip
+    if d["trace"] is not None:
+        t = d["trace"]
+        trace = TraceEstimate(t["value"], t["std_error"], int(t["matvecs"]), int(t["sketch"]), int(t["probes"]),
+                              float(t["exact_part"]), str(t["estimator"]))  # fmt: skip
+    if d["lanczos"] is not None:
+        lz = d["lanczos"]
+        runs = LanczosRuns(lz["alpha"], lz["beta"], int(lz.get("matvecs", 0)), int(lz.get("seed", 0)))
+    density = density_from_lanczos(runs.alpha, runs.beta) if runs is not None else None
+    return BlockResult(tuple(d["tensors"]), int(d["size"]), eigen, trace, runs, dict(d["operator"]), dict(d["seconds"]), density)
+
+
+# --------------------------------------------------------------------------- analysis groups
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """One analysis command's group: headline numbers (what `landscape metrics` reads), arrays, labels."""
+
+    numbers: Mapping[str, float | int]
+    arrays: Mapping[str, np.ndarray]
+    attrs: Mapping[str, Any]
+    settings: Mapping[str, Any]
+    provenance: Mapping[str, Any]
+    layout: Layout | None = None
+    kind: ClassVar[str] = ""
+
+    def __getitem__(self, name: str) -> Any:
+        """A number or an array by its name in the results file (`result["ri"]`, `result["loss"]`)."""
+        for table in (self.numbers, self.arrays, self.attrs):
+            if name in table:
+                return table[name]
+        raise KeyError(f"{self.kind} results hold no {name!r} (numbers: {', '.join(self.numbers)}; arrays: {', '.join(self.arrays)})")
+
+    @property
+    def group(self) -> Group:
+        return Group(dict(self.numbers), dict(self.arrays), dict(self.attrs))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the results file the CLI command writes for this run."""
+        return write_results(
+            path, kind=self.kind, attrs=self.provenance, settings=self.settings, groups={self.kind: self.group}, layout=self.layout
+        )
+
+    def plot(self, *, backend: str = "matplotlib") -> Any:
+        """The command's figure (matplotlib, or with backend="plotly" a plotly Figure)."""
+        if backend == "plotly":
+            from landscape.render.analysis_interactive import analysis_plotly
+
+            return _figure_from_file(self, analysis_plotly)
+        from landscape.render.analysis import figure
+
+        return _figure_from_file(self, figure)
+
+    @classmethod
+    def read(cls, path: str | Path) -> AnalysisResult:
+        root = read_root(path)
+        from landscape.io.h5file import open_h5
+        from landscape.io.results import read_layout
+
+        with open_h5(path, "r") as f:
+            layout = read_layout(f["axes"]) if "axes" in f and "layout" in f["axes"] else None
+        g = read_group(path, cls.kind)
+        return cls(g.numbers, g.arrays, g.attrs, json.loads(root.get("settings", "{}")), _provenance_of(root), layout)
+
+
+class RoughnessResult(AnalysisResult):
+    """Roughness index RI = sigma / mu of the normalized total variation of M random 1D profiles (Wang et al.)."""
+
+    kind = "roughness"
+
+    @property
+    def ri(self) -> float:
+        return float(self.numbers["ri"])
+
+    @property
+    def profiles(self) -> np.ndarray:
+        """[M, m + 1] loss along each direction at `alphas`."""
+        return self.arrays["loss"]
+
+
+class SharpnessResult(AnalysisResult):
+    """SAM sharpness, epsilon-sharpness, and (when asked) lambda_max, the trace and the LLA ratios."""
+
+    kind = "sharpness"
+
+    @property
+    def sam(self) -> float:
+        return float(self.numbers["sam"])
+
+
+class PathResult(AnalysisResult):
+    """The loss along the path between checkpoints, each checkpoint's own loss, and the barrier."""
+
+    kind = "path"
+
+    @property
+    def barrier(self) -> float:
+        return float(self.numbers["barrier"])
+
+
+class TrackResult(AnalysisResult):
+    """lambda_max (and the trace) at each checkpoint of a training run."""
+
+    kind = "track"
+
+
+ANALYSIS_RESULTS: dict[str, type[AnalysisResult]] = {c.kind: c for c in (RoughnessResult, SharpnessResult, PathResult, TrackResult)}
+
+Result = SweepResult | CurvatureResult | AnalysisResult
+
+
+def load(path: str | Path) -> Result:
+    """The result stored in a results file, as the type the library returns for its command.
+
+    >>> import landscape as ls  # doctest: +SKIP
+    >>> ls.load("landscape-out/sweep.h5").loss.shape  # doctest: +SKIP
+    (51, 51)
+    """
+    check_ours(path)
+    kind = str(read_root(path).get("kind", ""))
+    if kind in ("sweep", "plane", "trajectory"):
+        return SweepResult.read(path)
+    if kind == "hessian":
+        return CurvatureResult.read(path)
+    if kind in ANALYSIS_RESULTS:
+        return ANALYSIS_RESULTS[kind].read(path)
+    from landscape.errors import LandscapeError
+
+    raise LandscapeError(f"{path}: a results file of kind {kind!r}, which this landscape cannot load")

@@ -1,0 +1,160 @@
+"""What every sweep strategy shares: the interface, the loop over a problem's batches, memory sizing.
+
+A strategy evaluates the dataset-mean loss (and accuracy) at points theta + c @ D, `k` points per
+call: `per_call` prepares what the call's batches share, `on_batch` gives the k mean losses and
+numbers of correct predictions on one batch. `build` says whether it applies to a problem
+(raising `NotApplicable` when it has nothing to offer) and constructs it. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from landscape.model_io import Inputs, output_numel, take
+from landscape.problem import Problem
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a strategy may use: points per call (vmap-like strategies), a memory budget in bytes, a batch size."""
+
+    points_per_call: int = 16
+    memory_budget: int = 1 << 30
+    batch_size: int | None = None
+
+
+class NotApplicable(ValueError):
+    """The strategy has nothing to offer for this model (no first layer, nothing to fuse): skipped quietly."""
+
+
+@dataclass
+class Evaluation:
+    """Loss and accuracy (NaN-free only where finite) at a batch of points."""
+
+    loss: torch.Tensor  # float64 [n]
+    accuracy: torch.Tensor | None  # float64 [n] or None for non-classification tasks
+
+
+class Strategy:
+    """Evaluates points theta + coords @ directions on the whole data set of a problem, `k` points
+    per call: `per_call` prepares what the call's batches share (the points' weights), `on_batch`
+    gives the k mean losses and numbers of correct predictions (or None) on one batch."""
+
+    name = "base"
+    k = 1
+
+    @classmethod
+    def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
+        """This strategy for `problem`; raises NotApplicable when it has nothing to offer this model."""
+        return cls(problem, directions, ctx.batch_size)
+
+    def __init__(self, problem: Problem, directions: torch.Tensor, batch_size: int | None = None):
+        self.problem = problem
+        self.directions = directions.to(problem.device, problem.theta.dtype)  # [k, P]
+        self.batch_size = batch_size or problem.batch_size
+        self.forward: Callable[..., Any] = problem.model  # what the loop strategies call
+        params = problem.params()
+        self._slots = [
+            (name, params[name], problem.layout.block(name), shape)
+            for name, shape in zip(problem.layout.names, problem.layout.shapes)
+        ]
+
+    @torch.no_grad()
+    def evaluate(self, coords: torch.Tensor) -> Evaluation:
+        p = self.problem
+        coords = coords.to(p.device, p.theta.dtype)
+        loss = torch.zeros(coords.shape[0], dtype=torch.float64, device=p.device)
+        correct = torch.zeros_like(loss)
+        for start in range(0, coords.shape[0], self.k):
+            c = coords[start : start + self.k]
+            at = slice(start, start + c.shape[0])
+            shared = self.per_call(c)
+            for bi, (xb, yb, _) in enumerate(p.batches(self.batch_size)):
+                lb, cb = self.on_batch(shared, bi, xb, yb, c)
+                loss[at] += lb.double() * yb.shape[0]
+                if cb is not None:
+                    correct[at] += cb.double()
+        return Evaluation((loss / p.n).cpu(), (correct / p.n).cpu() if p.classification else None)
+
+    def per_call(self, c: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def on_batch(
+        self, shared: Any, batch_index: int, xb: Inputs, yb: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def write_params(self, flat: torch.Tensor, skip: frozenset[str] = frozenset()) -> None:
+        """Copy a flat weight vector into the model's parameters, in place."""
+        with torch.no_grad():
+            for name, param, block, shape in self._slots:
+                if name not in skip:
+                    param.copy_(flat[block].view(shape))
+
+    def shrink(self) -> str | None:
+        """Use less memory after an out-of-memory error: say how, or None when it cannot."""
+        if self.batch_size > 1:
+            self.batch_size //= 2
+            return f"batch size {self.batch_size}"
+        return None
+
+    def fewer_points(self) -> str | None:
+        """Halve the points per call; None once there is one."""
+        if self.k > 1:
+            self.k //= 2
+            return f"{self.k} point{'s' if self.k > 1 else ''} per call"
+        return None
+
+    def close(self) -> None:
+        """Put the checkpoint weights back into the model."""
+        self.write_params(self.problem.theta)
+
+
+def points_within(per_point: int, most: int, device: torch.device, budget: int, cpu_block: int) -> int:
+    """Points per call (1 to `most`) whose `per_point` bytes of temporaries fit `budget`, and on a CPU
+    also `cpu_block` (blocks that stay in cache ran faster than larger ones)."""
+    limit = min(budget, cpu_block) if device.type == "cpu" else budget
+    return max(1, min(most, limit // max(per_point, 1)))
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes a strategy may use for stacked weights and caches: 60% of the free GPU memory, 1 GiB on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.6 * free)
+    return 1 << 30
+
+
+def points_per_call(problem: Problem, memory_budget: int, batch_size: int | None = None) -> int:
+    """How many points the vmap strategies stack per call: bounded by weights and activations memory."""
+    with torch.no_grad():
+        out = problem.forward(take(problem.x, slice(0, 1)))
+    per_point = problem.layout.size * problem.theta.element_size() * 2
+    per_point += 8 * output_numel(out) * (batch_size or problem.batch_size) * problem.theta.element_size()  # rough activation allowance
+    return int(max(1, min(64, memory_budget // max(per_point, 1))))
+
+
+def evaluate_shrinking(strat: Strategy, coords: torch.Tensor, warn: Callable[[str], None]) -> Evaluation:
+    """`strat.evaluate`, retried with less memory after each out-of-memory error (GPU)."""
+    while True:
+        try:
+            return strat.evaluate(coords)
+        except torch.OutOfMemoryError:
+            how = strat.shrink()
+            if how is None:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            warn(f"out of memory: going on with {how}")
+
+
+def agree(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
+    tol = {torch.float64: 1e-9, torch.float32: 1e-3}.get(dtype, 3e-2)
+    both = torch.isfinite(a) & torch.isfinite(b)
+    return bool(torch.equal(torch.isfinite(a), torch.isfinite(b))) and bool(
+        torch.allclose(a[both], b[both], rtol=tol, atol=tol)
+    )

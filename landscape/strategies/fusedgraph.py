@@ -1,0 +1,90 @@
+"""`fused`, `firstlayer-fused`: `loop` and `firstlayer` through `landscape.fused`'s rewrite of the model
+(BatchNorm folded into the layer before it, ReLUs in place, channels-last data for 2-D convs; a
+BatchNorm after the first layer whose weights do not move goes into the cached products)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import fx
+
+from landscape.fused import NORMS, FoldedNorm, channels_last_input, fuse_for_inference, has_conv2d
+from landscape.model_io import logits_of
+from landscape.problem import Problem
+from landscape.strategies.base import BuildContext, NotApplicable, Strategy, agree
+from landscape.strategies.firstlayer import FirstLayerStrategy, _param_names, first_layer_of
+from landscape.strategies.loop import LoopStrategy
+
+
+def _fused_graph(problem: Problem, keep: frozenset[nn.Module] = frozenset()) -> fx.GraphModule:
+    """`fuse_for_inference`'s graph of the problem's model, or NotApplicable when it would not help."""
+    why = "no BatchNorm after a Conv/Linear to fold and no 2-D convolution (or torch.fx cannot trace the model)"
+    model = problem.model
+    if not isinstance(problem.x, torch.Tensor):
+        raise NotApplicable("the model takes keyword inputs")
+    if not has_conv2d(model) and not any(isinstance(m, NORMS) for m in model.modules()):
+        raise NotApplicable(why)  # known without tracing (a first trace took up to 0.17 s)
+    fused = fuse_for_inference(model, keep, fold=problem.dtype in (torch.float32, torch.float64))
+    folded = fused is not None and any(isinstance(m, FoldedNorm) for m in fused.modules())
+    if fused is None or not (folded or has_conv2d(model)):  # ReLUs in place alone gained under 5%: not worth probing
+        raise NotApplicable(why)
+    return fused
+
+
+def _use_fused(strat: LoopStrategy, fused: fx.GraphModule, layout_x: bool = True) -> None:
+    """Point a loop strategy at a fused graph (and, with `layout_x`, at a copy of its problem with
+    channels-last data for 2-D convs), after checking on a few samples that it gives the model's outputs."""
+    p = strat.problem
+    x = channels_last_input(p.x) if layout_x and has_conv2d(p.model) else p.x
+    with torch.no_grad():
+        want, got = logits_of(p.model(p.x[:64])), logits_of(fused(x[:64]))
+    if not agree(want.double().flatten(), got.double().flatten(), p.dtype):
+        raise ValueError("the fused graph's outputs differ from the model's")
+    strat.forward = fused
+    if x is not p.x:  # the same problem with its data in the layout the fused graph prefers
+        strat.problem = p.replace(x=x)
+
+
+class FusedStrategy(LoopStrategy):
+    """The per-point loop through the model's graph with BatchNorm folded and ReLUs in place."""
+
+    name = "fused"
+
+    def __init__(self, problem: Problem, directions: torch.Tensor, batch_size: int | None = None):
+        super().__init__(problem, directions, batch_size)
+        _use_fused(self, _fused_graph(problem))
+
+
+class FirstLayerFusedStrategy(FirstLayerStrategy):
+    """`firstlayer` through the fused graph. A BatchNorm right after the first layer whose weights
+    have zero directions is folded into the cached products (and its pass over the activations
+    saved); otherwise the first layer is kept out of the folding, its output being cached."""
+
+    name = "firstlayer-fused"
+
+    @classmethod
+    def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
+        first = first_layer_of(problem, directions, ctx.memory_budget)
+        return cls(problem, directions, first, ctx.batch_size, ctx.memory_budget)
+
+    def __init__(
+        self,
+        problem: Problem,
+        directions: torch.Tensor,
+        first: tuple[str, nn.Module],
+        batch_size: int | None = None,
+        memory_budget: int = 1 << 30,
+    ):
+        fused = _fused_graph(problem)
+        names = {m: n for n, m in problem.model.named_modules()}
+        pair = next((m for m in fused.modules() if isinstance(m, FoldedNorm) and m.layer is first[1]), None)
+        norm = (names[pair.norm], pair.norm) if pair is not None else None
+        if norm is not None and any(directions[:, problem.layout.block(n)].any() for n in _param_names(norm)):
+            # its weights move, so its scale differs per point: the first layer stays out of the folding
+            # and the norm runs per point on the cached outputs
+            fused, pair, norm = _fused_graph(problem, keep=frozenset([first[1]])), None, None
+        super().__init__(
+            problem, directions, first, batch_size, channels_last=has_conv2d(problem.model),
+            norm=norm, target=pair, memory_budget=memory_budget,
+        )
+        _use_fused(self, fused, layout_x=False)  # x itself is not read: the cache is channels-last

@@ -1,0 +1,33 @@
+"""`loop`: one point per forward pass over the data, the weights written into the model in place."""
+
+from __future__ import annotations
+
+import torch
+
+from landscape.model_io import Inputs, call, predictions_correct
+from landscape.strategies.base import Strategy
+
+
+class LoopStrategy(Strategy):
+    """One point per forward pass over the data, weights updated in place."""
+
+    name = "loop"
+    skip: frozenset[str] = frozenset()
+
+    def per_call(self, c: torch.Tensor) -> None:
+        self.write_point(c[0])
+
+    def on_batch(
+        self, shared: None, batch_index: int, xb: Inputs, yb: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.point_loss(xb, yb)
+
+    def write_point(self, c: torch.Tensor) -> None:
+        """Write the weights theta + D^T c into the model (but the tensors in `skip`)."""
+        self.write_params(torch.addmv(self.problem.theta, self.directions.T, c), self.skip)
+
+    def point_loss(self, xb: Inputs, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean loss and number of correct predictions (classification) on one batch at the written weights."""
+        out = call(self.forward, xb)
+        correct = predictions_correct(out, yb) if self.problem.classification else None
+        return self.problem.loss_fn(out, yb), correct

@@ -1,0 +1,242 @@
+"""The timed probe that picks a sweep strategy per run: batch size first, then every strategy that
+applies, timed on real grid points whose values are kept."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from landscape.errors import ArgumentError, LandscapeError
+from landscape.problem import Problem
+from landscape.strategies.base import Evaluation, NotApplicable, Strategy, agree, evaluate_shrinking, memory_budget, points_per_call
+from landscape.strategies.registry import STRATEGIES, build_strategy
+
+PROBE_POINTS = 128  # grid points a caller hands the probe: each is evaluated once, by one candidate, and stored
+SHORTLIST_POINTS = 4  # the probe's first stage times each strategy on this many points ...
+SHORTLIST_FACTOR = 3.0  # ... and drops those this many times slower than the fastest
+STAGE2_POINTS = 16  # the second stage times each survivor on this many points (enough to fill a vmap call) ...
+STAGE2_SECONDS = 0.5  # ... best of `repeats` runs, fewer once a candidate has spent this long
+PROBE_SHARE = 0.03  # a short run's probe may cost this share of the run's estimated time ...
+CLOSE_FACTOR = 1.3  # ... so then only candidates this close to the fastest are timed again
+LOOP_MARGIN = 1.05  # another strategy replaces the plain loop only when its probe was this many times faster:
+# probe timings jitter by about that much, and on the transformer sample vmap (0.9x the loop over
+# 300 points) won the probe in one run of two
+
+
+
+def tune_batch_size(problem: Problem, rounds: int = 3, margin: float = 0.9) -> int:
+    """The batch size whose forward passes over the whole data set are fastest (cache effects make
+    the whole set in one batch slower for some models on a CPU).
+
+    The sizes are timed in interleaved rounds (the best of `rounds` per size), so a busy spell on
+    the machine hits every size alike, and a size below the cap is taken only when it is clearly
+    faster (under `margin` times the cap's time): a lucky pass once made the transformer sample run
+    at half its batch, 15% slower.
+    """
+    cap = problem.batch_size
+    sizes = sorted({min(problem.n, s) for s in (cap, cap // 2, cap // 4, cap // 16) if s >= 1}, reverse=True)
+    if len(sizes) == 1:
+        return sizes[0]
+    best = dict.fromkeys(sizes, math.inf)
+    with torch.no_grad():
+        for _ in range(rounds):
+            for size in sizes:
+                start = time.perf_counter()
+                for xb, yb, _ in problem.batches(size):
+                    problem.loss_fn(problem.forward(xb), yb).item()
+                best[size] = min(best[size], time.perf_counter() - start)
+    fastest = min(sizes, key=lambda s: best[s])
+    return fastest if best[fastest] < margin * best[sizes[0]] else sizes[0]
+
+
+@dataclass
+class Choice:
+    """The strategy picked for a run, the seconds per point each candidate took, and why others dropped out."""
+
+    strategy: Strategy
+    timings: dict[str, float] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
+    inapplicable: dict[str, str] = field(default_factory=dict)  # nothing to offer this model (not a failure)
+    probe_coords: torch.Tensor | None = None
+    probe_result: Evaluation | None = None
+
+
+def choose_strategy(
+    problem: Problem,
+    directions: torch.Tensor,
+    probe_coords: torch.Tensor,
+    *,
+    candidates: tuple[str, ...] = STRATEGIES,
+    budget: int | None = None,
+    repeats: int = 2,
+    total_points: int | None = None,
+    warn: Callable[[str], None] = lambda msg: warnings.warn(msg, stacklevel=2),
+) -> Choice:
+    """Time each candidate on `probe_coords` (real grid points) and keep the fastest that agrees with the others.
+
+    When the user named no batch size (`problem.auto_batch`), the batch size is tuned first. Every
+    candidate evaluates the same point first (a warm-up, and the agreement check); then each is
+    timed on fresh probe points, so with enough of them (1 + 4 per candidate + 32 per survivor)
+    no probe work is wasted: the values of every probe point are returned (from whichever
+    candidate evaluated it; the winner fills in any left) so the caller can store them. With one
+    candidate nothing is timed. `total_points` (the run's size) bounds the probe's cost: on a run
+    of a second or two, timing slow candidates again would cost more than the fastest one saves.
+    """
+    budget = memory_budget(problem.device) if budget is None else budget
+    batch_size = tune_batch_size(problem) if problem.auto_batch and len(candidates) > 1 else problem.batch_size
+    k = points_per_call(problem, budget, batch_size)
+    built: dict[str, Strategy] = {}
+    dropped: dict[str, str] = {}
+    inapplicable: dict[str, str] = {}
+    for name in candidates:
+        try:
+            built[name] = build_strategy(
+                name, problem, directions, points_per_call=k, memory_budget=budget, batch_size=batch_size
+            )
+        except NotApplicable as exc:
+            inapplicable[name] = str(exc)
+        except Exception as exc:  # a model the strategy cannot run: fall back, say why
+            dropped[name] = _one_line(exc)
+    if not built:
+        raise _none_can_run(candidates, {**inapplicable, **dropped})
+    if len(built) == 1:
+        (only,) = built.values()
+        return Choice(only, dropped=dropped, inapplicable=inapplicable)
+    timings: dict[str, float] = {}
+    first: dict[str, float] = {}
+    kept = _ProbeValues(probe_coords, problem.classification)
+
+    def drop(name: str, why: str, message: str) -> None:
+        dropped[name] = why
+        warn(message)
+        built.pop(name).close()
+
+    # warm-up (vmap tracing, allocator) on the point farthest from the checkpoint, where a strategy
+    # that computes something else would show it: every candidate must agree with the first
+    far = int(probe_coords.norm(dim=1).argmax()) if probe_coords.numel() else 0
+    reference: Evaluation | None = None
+    for name, strat in list(built.items()):
+        try:
+            res = evaluate_shrinking(strat, probe_coords[far : far + 1], warn)
+        except Exception as exc:
+            drop(name, _one_line(exc), f"sweep strategy {name} cannot run this model ({_one_line(exc)}); falling back")
+            continue
+        finally:
+            strat.write_params(problem.theta)
+        if reference is None:
+            reference = res
+            kept.put(torch.tensor([far]), res)
+        elif not agree(reference.loss, res.loss, problem.dtype):
+            drop(name, "its values disagree with the other strategies", f"sweep strategy {name} gives values that disagree with the others; not using it")
+
+    def timed(name: str, strat: Strategy, points: int) -> float | None:
+        """Seconds per point of `strat` on the next `points` probe points (their values kept), None if it raised."""
+        idx = kept.take(points)
+        try:
+            t0 = time.perf_counter()
+            res = evaluate_shrinking(strat, probe_coords[idx], warn)
+            seconds = (time.perf_counter() - t0) / len(idx)
+        except Exception as exc:
+            drop(name, _one_line(exc), f"sweep strategy {name} cannot run this model ({_one_line(exc)}); falling back")
+            return None
+        finally:
+            strat.write_params(problem.theta)
+        kept.put(idx, res)
+        return seconds
+
+    for name, strat in list(built.items()):  # stage 1: a few points each, so a slow candidate costs little
+        seconds = timed(name, strat, SHORTLIST_POINTS)
+        if seconds is not None:
+            first[name] = seconds
+    fastest = min(first.values(), default=0.0)
+    factor = SHORTLIST_FACTOR
+    if total_points is not None and fastest > 0:  # what stage 2 would cost over running the fastest alone
+        excess = sum(first[n] - fastest for n in built) * STAGE2_POINTS * repeats
+        if excess > PROBE_SHARE * total_points * fastest:
+            factor = CLOSE_FACTOR
+    for name in [n for n in built if first[n] > factor * fastest]:
+        timings[name] = first[name]  # too slow on the first points: not timed further
+        built.pop(name).close()
+    for name, strat in list(built.items()):  # stage 2: best of `repeats` runs, each on fresh points
+        best, spent = math.inf, 0.0
+        for _ in range(max(1, repeats)):
+            seconds = timed(name, strat, STAGE2_POINTS)
+            if seconds is None:
+                break
+            best, spent = min(best, seconds), spent + seconds * STAGE2_POINTS
+            if spent > STAGE2_SECONDS:
+                break
+        if name in built:
+            timings[name] = best
+    if not built:
+        raise _none_can_run(candidates, {**inapplicable, **dropped})
+    best_name = fastest_or_loop({n: timings[n] for n in built})
+    for name, strat in built.items():
+        if name != best_name:
+            strat.close()
+    winner = built[best_name]
+    rest = kept.missing()
+    if len(rest):  # probe points no candidate reached: the winner evaluates them
+        kept.put(rest, evaluate_shrinking(winner, probe_coords[rest], warn))
+    return Choice(winner, timings, dropped, inapplicable, probe_coords, kept.result())
+
+
+def fastest_or_loop(timings: dict[str, float]) -> str:
+    """The candidate with the least seconds per point, unless the plain loop is within LOOP_MARGIN of it."""
+    best = min(timings, key=lambda n: timings[n])
+    if "loop" in timings and timings[best] * LOOP_MARGIN > timings["loop"]:
+        return "loop"
+    return best
+
+
+class _ProbeValues:
+    """The probe points' values as the candidates evaluate them: each point is kept from the first
+    strategy that evaluated it, so no probe work is thrown away while fresh points last."""
+
+    def __init__(self, coords: torch.Tensor, classification: bool) -> None:
+        n = coords.shape[0]
+        self.loss = torch.full((n,), math.nan, dtype=torch.float64)
+        self.accuracy = torch.full((n,), math.nan, dtype=torch.float64) if classification else None
+        self.have = torch.zeros(n, dtype=torch.bool)
+
+    def take(self, count: int) -> torch.Tensor:
+        """Indices of the next `count` points not yet evaluated; once those run out, evaluated ones
+        again (their values are not kept twice)."""
+        fresh = torch.nonzero(~self.have).flatten()[:count]
+        if len(fresh) == count:
+            return fresh
+        done = torch.nonzero(self.have).flatten()
+        pool = done if len(done) else fresh  # nothing evaluated yet: repeats of a point give equal values
+        if len(pool) == 0:
+            return fresh
+        return torch.cat([fresh, pool[torch.arange(count - len(fresh)) % len(pool)]])
+
+    def put(self, idx: torch.Tensor, res: Evaluation) -> None:
+        new = ~self.have[idx]
+        target = idx[new]
+        self.loss[target] = res.loss[new]
+        if self.accuracy is not None and res.accuracy is not None:
+            self.accuracy[target] = res.accuracy[new]
+        self.have[target] = True
+
+    def missing(self) -> torch.Tensor:
+        return torch.nonzero(~self.have).flatten()
+
+    def result(self) -> Evaluation:
+        return Evaluation(self.loss.clone(), None if self.accuracy is None else self.accuracy.clone())
+
+
+def _none_can_run(candidates: tuple[str, ...], why: dict[str, str]) -> LandscapeError:
+    if len(candidates) == 1:
+        return ArgumentError("strategy", candidates[0], f"cannot run this model: {why.get(candidates[0], 'unknown reason')}")
+    return LandscapeError("no sweep strategy can run this model: " + "; ".join(f"{n}: {m}" for n, m in why.items()))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

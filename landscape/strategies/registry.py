@@ -1,0 +1,47 @@
+"""The sweep strategies by name, in the order the probe tries them.
+
+A new strategy is one new module (a `Strategy` subclass with a `name` and a `build` that raises
+`NotApplicable` where it has nothing to offer) and one line here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from landscape.problem import Problem
+from landscape.strategies.base import BuildContext, Strategy
+from landscape.strategies.firstlayer import FirstLayerStrategy, FirstLayerVmapStrategy
+from landscape.strategies.fusedgraph import FirstLayerFusedStrategy, FusedStrategy
+from landscape.strategies.loop import LoopStrategy
+from landscape.strategies.mlpchain import MlpStrategy
+from landscape.strategies.vmap import VmapStrategy
+
+REGISTRY: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (
+        LoopStrategy,
+        VmapStrategy,
+        FirstLayerStrategy,
+        FirstLayerVmapStrategy,
+        FusedStrategy,
+        FirstLayerFusedStrategy,
+        MlpStrategy,
+    )
+}
+STRATEGIES: tuple[str, ...] = tuple(REGISTRY)
+
+
+def build_strategy(
+    name: str,
+    problem: Problem,
+    directions: torch.Tensor,
+    *,
+    points_per_call: int = 16,
+    memory_budget: int = 1 << 30,
+    batch_size: int | None = None,
+) -> Strategy:
+    """Construct strategy `name`; raises NotApplicable (a ValueError) when it cannot run this model."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    ctx = BuildContext(points_per_call=points_per_call, memory_budget=memory_budget, batch_size=batch_size)
+    return REGISTRY[name].build(problem, directions, ctx)

@@ -1,0 +1,53 @@
+"""`vmap`: K points per call, stacked weights through `torch.func.functional_call` under `torch.vmap`."""
+
+from __future__ import annotations
+
+import torch
+
+from landscape.model_io import Inputs, call_functional, math_attention, predictions_correct
+from landscape.problem import Problem
+from landscape.strategies.base import BuildContext, Strategy
+
+
+class VmapStrategy(Strategy):
+    """K points per call: stacked weights through functional_call under torch.vmap."""
+
+    name = "vmap"
+    feeds_first_layer = False  # True: the first layer's per-point outputs are passed in, not computed
+
+    @classmethod
+    def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
+        return cls(problem, directions, ctx.points_per_call, ctx.batch_size)
+
+    def __init__(self, problem: Problem, directions: torch.Tensor, points_per_call: int = 16, batch_size: int | None = None):
+        super().__init__(problem, directions, batch_size)
+        self.k = points_per_call
+        model, buffers, loss_fn, cls = problem.model, problem.buffers, problem.loss_fn, problem.classification
+
+        def one(params: dict[str, torch.Tensor], xb: Inputs, yb: torch.Tensor, first_out: torch.Tensor | None):
+            self.first_out = first_out  # read by the first layer's replaced forward (FirstLayerVmapStrategy)
+            out = call_functional(model, (params, buffers), xb)
+            loss = loss_fn(out, yb)
+            correct = predictions_correct(out, yb) if cls else torch.zeros((), device=yb.device)
+            return loss, correct
+
+        self._batched = torch.vmap(one, in_dims=(0, None, None, 0 if self.feeds_first_layer else None))
+        self.first_out: torch.Tensor | None = None
+
+    def shrink(self) -> str | None:
+        """Halve the points per call, then the batch size."""
+        return self.fewer_points() or super().shrink()
+
+    def first_layer_outputs(self, batch_index: int, c: torch.Tensor) -> torch.Tensor | None:
+        """Per-point outputs of the first layer for one batch, [K, B, ...] (None: computed by the model)."""
+        return None
+
+    def per_call(self, c: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = self.problem.theta + c @ self.directions  # [K, P]
+        return {k: v.to(self.problem.dtype) for k, v in self.problem.layout.unflatten(flat).items()}
+
+    def on_batch(
+        self, shared: dict[str, torch.Tensor], batch_index: int, xb: Inputs, yb: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with math_attention():  # fused attention has no batching rule: vmap would loop over the points
+            return self._batched(shared, xb, yb, self.first_layer_outputs(batch_index, c))
