@@ -204,7 +204,7 @@ def hessian(
         density=density, probes=probes, steps=steps, per_layer=per_layer, eigenvectors=eigenvectors, seed=seed, method=method,
         batch_size=batch_size,
     )  # fmt: skip
-    _check_curvature(settings)
+    check_curvature(settings)
     with progress_to(progress, f"{curvature} products") as bar:
         made = [0]
 
@@ -224,7 +224,8 @@ def hessian(
     )  # fmt: skip
 
 
-def _check_curvature(s: CurvatureSettings) -> None:
+def check_curvature(s: CurvatureSettings) -> None:
+    """Raise ArgumentError for settings that cannot run (before anything is loaded, in the CLI)."""
     from landscape.curvature.lanczos import WHICH
 
     if s.which not in WHICH:

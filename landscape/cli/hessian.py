@@ -37,7 +37,8 @@ from landscape.cli.options import (
     wrote,
 )
 from landscape.cli.shared import curvature_with_progress
-from landscape.curvature.analysis import BlockResult
+from landscape.api import check_curvature
+from landscape.curvature.analysis import BlockResult, CurvatureSettings
 from landscape.curvature.operators import CURVATURE_TITLES, CURVATURES, METHODS
 from landscape.curvature.trace import EXACT
 from landscape.distributed import close_world, device_for, init_world, shard_problem
@@ -127,6 +128,12 @@ def hessian(
         raise LandscapeError(f"--curvature {curvature!r}: expected one of {', '.join(CURVATURES)}")
     if method != "auto" and method not in METHODS:
         raise LandscapeError(f"--method {method!r}: expected auto or one of {', '.join(METHODS)}")
+    options = dict(
+        top_k=top_k, which=which, trace=trace, density=density, per_layer=per_layer, curvature=curvature, tol=tol,
+        max_iter=max_iter, probes=probes, steps=steps, trace_matvecs=trace_matvecs, eigenvectors=eigenvectors, method=method,
+        seed=seed, batch_size=batch_size,
+    )  # fmt: skip
+    check_curvature(CurvatureSettings(**options))  # before anything is loaded
     world = init_world(device)
     if world.main and output.exists() and not force:
         raise LandscapeError(f"{output} exists: pass --force to overwrite it")
@@ -141,11 +148,7 @@ def hessian(
         f"{prov['parameters']:,} parameters, {prov['samples']:,} samples, loss {prov['loss']}, {prov['device']} {dtype}, {curvature}"
         + (f", {world.size} processes" if world.size > 1 else "")
     )
-    result = curvature_with_progress(
-        problem, show=world.main, top_k=top_k, which=which, trace=trace, density=density, per_layer=per_layer, curvature=curvature,
-        tol=tol, max_iter=max_iter, probes=probes, steps=steps, trace_matvecs=trace_matvecs, eigenvectors=eigenvectors,
-        method=method, seed=seed, batch_size=batch_size, say=tell, world=world,
-    )  # fmt: skip
+    result = curvature_with_progress(problem, show=world.main, say=tell, world=world, **options)
     close_world(world)
     if not world.main:
         return
