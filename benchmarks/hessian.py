@@ -102,8 +102,12 @@ def pyhessian_run(problem) -> dict:
     count["n"] = 0
     t0 = time.perf_counter()
     nodes, weights = h.density()
-    out["density"] = ([np.asarray(x, dtype=np.float64) for x in nodes], [np.asarray(w, dtype=np.float64) for w in weights],
-                      count["n"], time.perf_counter() - t0)
+    out["density"] = (
+        [np.asarray(x, dtype=np.float64) for x in nodes],
+        [np.asarray(w, dtype=np.float64) for w in weights],
+        count["n"],
+        time.perf_counter() - t0,
+    )
     return out
 
 
@@ -133,8 +137,12 @@ def ours_run(problem, trace_budget: int) -> dict:
     v = torch.randn(1, op.size, dtype=torch.float64)
     hv, gr = [], []
     for _ in range(7):
-        t = time.perf_counter(); op.matmat(v); hv.append(time.perf_counter() - t)  # noqa: E702
-        t = time.perf_counter(); op.gradient(); gr.append(time.perf_counter() - t)  # noqa: E702
+        t = time.perf_counter()
+        op.matmat(v)
+        hv.append(time.perf_counter() - t)  # noqa: E702
+        t = time.perf_counter()
+        op.gradient()
+        gr.append(time.perf_counter() - t)  # noqa: E702
     out["ratio"] = statistics.median(hv) / statistics.median(gr)
     out["method"] = op.method
     return out
@@ -144,12 +152,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", nargs="+", default=["mlp", "cnn", "linreg"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both tools (default 1: 2 shared cores)")
-    ap.add_argument("--repeats", type=int, default=5, help="top-5 runs of each tool, interleaved (times: the best; products: the median)")
-    ap.add_argument("--ph-tols", nargs="*", type=float, default=[1e-3, 1e-4, 1e-5], help="PyHessian tolerances for the work-precision table")
-    ap.add_argument("--our-tols", nargs="*", type=float, default=[1e-2, 1e-3, 1e-4, 1e-6], help="landscape tolerances for the work-precision table")
-    ap.add_argument("--subset", nargs="*", default=["cnn=256"],
-                    help="NAME=N: use a seeded subset of N samples for that model (default cnn=256: its exact "
-                         "float64 Hessian takes 1946 products of ~0.4 s each on the full set)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="top-5 runs of each tool, interleaved (times: the best; products: the median)",
+    )
+    ap.add_argument(
+        "--ph-tols",
+        nargs="*",
+        type=float,
+        default=[1e-3, 1e-4, 1e-5],
+        help="PyHessian tolerances for the work-precision table",
+    )
+    ap.add_argument(
+        "--our-tols",
+        nargs="*",
+        type=float,
+        default=[1e-2, 1e-3, 1e-4, 1e-6],
+        help="landscape tolerances for the work-precision table",
+    )
+    ap.add_argument(
+        "--subset",
+        nargs="*",
+        default=["cnn=256"],
+        help="NAME=N: use a seeded subset of N samples for that model (default cnn=256: its exact "
+        "float64 Hessian takes 1946 products of ~0.4 s each on the full set)",
+    )
     args = ap.parse_args()
     keep_freed_memory()  # as the `landscape` process does (landscape/host.py); the baselines share it
     torch.set_num_threads(args.threads)
@@ -173,8 +202,13 @@ def main() -> None:
         print(f"{name}: pyhessian done", file=sys.stderr)
         us = ours_run(problem, ph["trace"][1])
         ph["top5"] = (None, int(np.median([t[1] for t in ph_top])), min(t[2] for t in ph_top))
-        us["top5"] = (None, int(np.median([t[1] for t in us_top])), min(t[2] for t in us_top),
-                      us_top[0][3], min(t[4] for t in us_top))
+        us["top5"] = (
+            None,
+            int(np.median([t[1] for t in us_top])),
+            min(t[2] for t in us_top),
+            us_top[0][3],
+            min(t[4] for t in us_top),
+        )
         print(f"{name}: landscape done", file=sys.stderr)
         label = name + (f"[{n}]" if n else "")
         for tool, tols, run in (("PyHessian", args.ph_tols, pyhessian_top5), ("landscape", args.our_tols, ours_top5)):
@@ -184,7 +218,9 @@ def main() -> None:
                     torch.manual_seed(rep)
                     runs.append(run(problem, tol))
                 worst = max(float(np.max(np.abs(t[0][:5] - top) / np.abs(top))) for t in runs)
-                precision.append((label, tool, tol, int(np.median([t[1] for t in runs])), min(t[2] for t in runs), worst))
+                precision.append(
+                    (label, tool, tol, int(np.median([t[1] for t in runs])), min(t[2] for t in runs), worst)
+                )
         print(f"{name}: work-precision done", file=sys.stderr)
         # top-5
         ph_err = max(float(np.max(np.abs(t[0][:5] - top) / np.abs(top))) for t in ph_top)  # the worst run
@@ -200,40 +236,75 @@ def main() -> None:
         exact_d = exact_density(ev, grid, sigma)
         us_d = density_from_lanczos(runs.alpha, runs.beta, grid=grid, sigma=sigma).values
         ph_d = np.mean([gaussian_mixture(grid, t, w / w.sum(), sigma) for t, w in zip(*ph["density"][:2])], axis=0)
-        rows.append({
-            "sample": name + (f"[{n}]" if n else ""), "P": ev.size,
-            "ph_top_hvp": ph["top5"][1], "us_top_hvp": us["top5"][1], "us_setup_hvp": us["top5"][3],
-            "ph_top_s": ph["top5"][2], "us_top_s": us["top5"][2], "us_lanczos_s": us["top5"][4], "ph_top_err": ph_err, "us_top_err": us_err,
-            "ph_tr_hvp": ph["trace"][1], "us_tr_hvp": us["trace"][1],
-            "ph_tr_err": abs(ph["trace"][0] - ex_tr) / abs(ex_tr), "us_tr_err": abs(us["trace"][0] - ex_tr) / abs(ex_tr),
-            "us_tr_se": us["trace"][3] / abs(ex_tr),
-            "us_tr2_hvp": us["trace_same"][1], "us_tr2_err": abs(us["trace_same"][0] - ex_tr) / abs(ex_tr),
-            "us_tr2_se": us["trace_same"][2] / abs(ex_tr),
-            "ph_d_hvp": ph["density"][2], "us_d_hvp": us["density"][1],
-            "ph_l1": l1_distance(grid, ph_d, exact_d), "us_l1": l1_distance(grid, us_d, exact_d),
-            "ph_min_node": float(min(t.min() for t in ph["density"][0])), "us_min_node": float(min(t.min() for t in d_us.nodes)),
-            "ex_min": float(ev.min()), "ratio": us["ratio"], "method": us["method"], "sigma": sigma,
-        })
+        rows.append(
+            {
+                "sample": name + (f"[{n}]" if n else ""),
+                "P": ev.size,
+                "ph_top_hvp": ph["top5"][1],
+                "us_top_hvp": us["top5"][1],
+                "us_setup_hvp": us["top5"][3],
+                "ph_top_s": ph["top5"][2],
+                "us_top_s": us["top5"][2],
+                "us_lanczos_s": us["top5"][4],
+                "ph_top_err": ph_err,
+                "us_top_err": us_err,
+                "ph_tr_hvp": ph["trace"][1],
+                "us_tr_hvp": us["trace"][1],
+                "ph_tr_err": abs(ph["trace"][0] - ex_tr) / abs(ex_tr),
+                "us_tr_err": abs(us["trace"][0] - ex_tr) / abs(ex_tr),
+                "us_tr_se": us["trace"][3] / abs(ex_tr),
+                "us_tr2_hvp": us["trace_same"][1],
+                "us_tr2_err": abs(us["trace_same"][0] - ex_tr) / abs(ex_tr),
+                "us_tr2_se": us["trace_same"][2] / abs(ex_tr),
+                "ph_d_hvp": ph["density"][2],
+                "us_d_hvp": us["density"][1],
+                "ph_l1": l1_distance(grid, ph_d, exact_d),
+                "us_l1": l1_distance(grid, us_d, exact_d),
+                "ph_min_node": float(min(t.min() for t in ph["density"][0])),
+                "us_min_node": float(min(t.min() for t in d_us.nodes)),
+                "ex_min": float(ev.min()),
+                "ratio": us["ratio"],
+                "method": us["method"],
+                "sigma": sigma,
+            }
+        )
     print(f"\ntorch {torch.__version__}, {args.threads} thread(s); float32 products, exact = float64 Hessian + eigh\n")
     print("top-5 eigenvalues (PyHessian: power iteration + deflation, tol 1e-3; landscape: Lanczos, tol 1e-4)")
-    print(f"{'sample':10} {'P':>5} | {'HVPs PyH':>8} {'ours':>5} {'ratio':>6} | {'time PyH':>9} {'ours':>7} {'ratio':>6} {'Lanczos only':>12} | {'rel err PyH':>11} {'ours':>8}")
+    print(
+        f"{'sample':10} {'P':>5} | {'HVPs PyH':>8} {'ours':>5} {'ratio':>6} | {'time PyH':>9} {'ours':>7} {'ratio':>6} {'Lanczos only':>12} | {'rel err PyH':>11} {'ours':>8}"
+    )
     for r in rows:
-        print(f"{r['sample']:10} {r['P']:5d} | {r['ph_top_hvp']:8d} {r['us_top_hvp']:5d} {r['ph_top_hvp'] / r['us_top_hvp']:6.1f} | "
-              f"{r['ph_top_s']:8.3f}s {r['us_top_s']:6.3f}s {r['ph_top_s'] / r['us_top_s']:6.1f} {r['us_lanczos_s']:11.3f}s | {r['ph_top_err']:11.1e} {r['us_top_err']:8.1e}")
-    print("  (landscape's times include choosing the product method: %s set-up products, the last reused as Lanczos's first step)"
-          % ", ".join(f"{r['us_setup_hvp']}" for r in rows))
+        print(
+            f"{r['sample']:10} {r['P']:5d} | {r['ph_top_hvp']:8d} {r['us_top_hvp']:5d} {r['ph_top_hvp'] / r['us_top_hvp']:6.1f} | "
+            f"{r['ph_top_s']:8.3f}s {r['us_top_s']:6.3f}s {r['ph_top_s'] / r['us_top_s']:6.1f} {r['us_lanczos_s']:11.3f}s | {r['ph_top_err']:11.1e} {r['us_top_err']:8.1e}"
+        )
+    print(
+        "  (landscape's times include choosing the product method: "
+        + ", ".join(f"{r['us_setup_hvp']}" for r in rows)
+        + " set-up products, the last reused as Lanczos's first step)"
+    )
     print("\ntrace (PyHessian: Hutchinson up to 100 probes, tol 1e-3; landscape: Hutch++ with 60 products)")
-    print(f"{'sample':10} | {'HVPs PyH':>8} {'ours':>5} | {'rel err PyH':>11} {'ours':>8} {'ours s.e.':>9} | "
-          f"{'ours at PyH HVPs':>16} {'rel err':>8} {'s.e.':>8}")
+    print(
+        f"{'sample':10} | {'HVPs PyH':>8} {'ours':>5} | {'rel err PyH':>11} {'ours':>8} {'ours s.e.':>9} | "
+        f"{'ours at PyH HVPs':>16} {'rel err':>8} {'s.e.':>8}"
+    )
     for r in rows:
-        print(f"{r['sample']:10} | {r['ph_tr_hvp']:8d} {r['us_tr_hvp']:5d} | {r['ph_tr_err']:11.1e} {r['us_tr_err']:8.1e} {r['us_tr_se']:9.1e} | "
-              f"{r['us_tr2_hvp']:16d} {r['us_tr2_err']:8.1e} {r['us_tr2_se']:8.1e}")
-    print("\ndensity, L1 = integral |phi - phi_exact| (0..2), sigma = 0.2% of the exact span "
-          "(PyHessian: 1 probe x 100 steps; landscape: 10 x 80)")
-    print(f"{'sample':10} | {'HVPs PyH':>8} {'ours':>5} | {'L1 PyH':>8} {'ours':>8} | {'min node PyH':>12} {'ours':>10} {'exact':>10}")
+        print(
+            f"{r['sample']:10} | {r['ph_tr_hvp']:8d} {r['us_tr_hvp']:5d} | {r['ph_tr_err']:11.1e} {r['us_tr_err']:8.1e} {r['us_tr_se']:9.1e} | "
+            f"{r['us_tr2_hvp']:16d} {r['us_tr2_err']:8.1e} {r['us_tr2_se']:8.1e}"
+        )
+    print(
+        "\ndensity, L1 = integral |phi - phi_exact| (0..2), sigma = 0.2% of the exact span "
+        "(PyHessian: 1 probe x 100 steps; landscape: 10 x 80)"
+    )
+    print(
+        f"{'sample':10} | {'HVPs PyH':>8} {'ours':>5} | {'L1 PyH':>8} {'ours':>8} | {'min node PyH':>12} {'ours':>10} {'exact':>10}"
+    )
     for r in rows:
-        print(f"{r['sample']:10} | {r['ph_d_hvp']:8d} {r['us_d_hvp']:5d} | {r['ph_l1']:8.4f} {r['us_l1']:8.4f} | "
-              f"{r['ph_min_node']:12.3e} {r['us_min_node']:10.3e} {r['ex_min']:10.3e}")
+        print(
+            f"{r['sample']:10} | {r['ph_d_hvp']:8d} {r['us_d_hvp']:5d} | {r['ph_l1']:8.4f} {r['us_l1']:8.4f} | "
+            f"{r['ph_min_node']:12.3e} {r['us_min_node']:10.3e} {r['ex_min']:10.3e}"
+        )
     print("\ntop-5 work against precision (HVPs: median of 3 runs; time: best of 3; error: the worst run)")
     print(f"{'sample':10} {'tool':10} {'tol':>7} | {'HVPs':>5} {'time':>8} | {'rel err':>8}")
     for sample, tool, tol, hvps, secs, err in precision:
@@ -248,8 +319,10 @@ def main() -> None:
         if ph_b is None or us_b is None:
             print(f"{sample:10} none of {'PyHessian' if ph_b is None else 'landscape'}'s settings reached 1e-4")
         else:
-            print(f"{sample:10} HVPs {ph_b[3]}/{us_b[3]} = {ph_b[3] / us_b[3]:.1f}, time {ph_b[4] / us_b[4]:.1f}x "
-                  f"(PyHessian tol {ph_b[2]:.0e}, landscape tol {us_b[2]:.0e})")
+            print(
+                f"{sample:10} HVPs {ph_b[3]}/{us_b[3]} = {ph_b[3] / us_b[3]:.1f}, time {ph_b[4] / us_b[4]:.1f}x "
+                f"(PyHessian tol {ph_b[2]:.0e}, landscape tol {us_b[2]:.0e})"
+            )
     print("\nHVP / gradient time (landscape's chosen method, medians of 7)")
     for r in rows:
         print(f"{r['sample']:10} {r['method']:24} {r['ratio']:5.2f}")

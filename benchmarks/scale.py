@@ -35,8 +35,19 @@ def cpu_ranks(sample: str, grid: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for ranks in (1, 2):
             out = str(Path(tmp) / f"r{ranks}.h5")
-            launcher = [sys.executable, "-m", "landscape"] if ranks == 1 else [
-                sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", "-m", "landscape"]
+            launcher = (
+                [sys.executable, "-m", "landscape"]
+                if ranks == 1
+                else [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc-per-node={ranks}",
+                    "-m",
+                    "landscape",
+                ]
+            )
             subprocess.run([*launcher, *args, "-o", out], env=env, check=True, capture_output=True)
             s = read_sweep(out)
             rate = s["done"].size / float(s["sweep_attrs"]["seconds"])
@@ -59,7 +70,9 @@ def gpt2_small() -> torch.nn.Module:
         def forward(self, x):
             b, t, d = x.shape
             q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).unbind(2)
-            a = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+            a = nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+            )
             x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
             return x + self.out(nn.functional.gelu(self.fc(self.ln2(x))))
 
@@ -78,8 +91,8 @@ def gpt2_small() -> torch.nn.Module:
 
 
 def gpu_large() -> None:
-    from landscape.problem import make_problem
     from landscape.axes import random_axes
+    from landscape.problem import make_problem
     from landscape.strategies import choose_strategy, grid_coords
 
     torch.manual_seed(0)
@@ -90,8 +103,16 @@ def gpu_large() -> None:
     for dtype in (torch.bfloat16, torch.float32):
         model = gpt2_small()
         torch.cuda.reset_peak_memory_stats()
-        p = make_problem(model, model.state_dict(), x, y, torch.nn.functional.cross_entropy,
-                         device=torch.device("cuda"), dtype=dtype, batch_size=64)
+        p = make_problem(
+            model,
+            model.state_dict(),
+            x,
+            y,
+            torch.nn.functional.cross_entropy,
+            device=torch.device("cuda"),
+            dtype=dtype,
+            batch_size=64,
+        )
         dirs = random_axes(p, 2).directions
         coords = grid_coords([torch.linspace(-1, 1, 5)] * 2)
         torch.cuda.synchronize()
@@ -108,8 +129,10 @@ def gpu_large() -> None:
                 torch.cuda.synchronize()
                 t_fwd = time.perf_counter() - t
         n = coords.shape[0]
-        print(f"{str(dtype).split('.')[1]:9} {p.layout.size / 1e6:7.0f}M {choice.strategy.name:9} {n / t_sweep:7.2f} "
-              f"{t_sweep / (n * t_fwd):11.2f} {torch.cuda.max_memory_allocated() / 2**30:8.1f}")
+        print(
+            f"{str(dtype).split('.')[1]:9} {p.layout.size / 1e6:7.0f}M {choice.strategy.name:9} {n / t_sweep:7.2f} "
+            f"{t_sweep / (n * t_fwd):11.2f} {torch.cuda.max_memory_allocated() / 2**30:8.1f}"
+        )
         choice.strategy.close()
         del p, model
         torch.cuda.empty_cache()

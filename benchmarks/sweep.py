@@ -20,9 +20,9 @@ import time
 
 import torch
 
+from landscape.axes import random_axes
 from landscape.host import keep_freed_memory
 from landscape.io.load import LoadSpec, load_problem
-from landscape.axes import random_axes
 from landscape.strategies import PROBE_POINTS, choose_strategy, grid_coords
 
 
@@ -49,7 +49,7 @@ def forward_limit(problem, points: int, passes: int = 20) -> tuple[float, int]:
     with torch.no_grad():
         for bs in sorted({problem.n, 4096, 1024, 256, 64} & set(range(1, problem.n + 1)) | {problem.n}, reverse=True):
 
-            def one_pass() -> None:
+            def one_pass(bs: int = bs) -> None:
                 for s in range(0, problem.n, bs):
                     float(problem.loss_fn(problem.model(problem.x[s : s + bs]), problem.y[s : s + bs]))
 
@@ -83,7 +83,9 @@ def loss_landscapes_plane(problem, steps: int) -> float | None:
     metric = loss_landscapes.metrics.Loss(problem.loss_fn, problem.x, problem.y)
     start = time.perf_counter()
     with torch.no_grad():
-        loss_landscapes.random_plane(model, metric, distance=2, steps=steps, normalization="filter", deepcopy_model=False)
+        loss_landscapes.random_plane(
+            model, metric, distance=2, steps=steps, normalization="filter", deepcopy_model=False
+        )
     return time.perf_counter() - start
 
 
@@ -91,7 +93,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", type=int, default=51)
     ap.add_argument("--samples", default="mlp,cnn,transformer,linreg")
-    ap.add_argument("--repeats", type=int, default=3, help="each timing is the best of this many runs (other work on the machine only adds)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="each timing is the best of this many runs (other work on the machine only adds)",
+    )
     args = ap.parse_args()
     keep_freed_memory()  # as the `landscape` process does (landscape/host.py); the baselines share it
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, grid {args.grid}x{args.grid}")
@@ -115,7 +122,9 @@ def main() -> None:
         t_limit, _ = forward_limit(problem, n)
         t_ll = None if lls[0] is None else min(lls)
         ll = f"{n / t_ll:9.1f} {t_ll / t_sweep:8.2f}" if t_ll else f"{'-':>9} {'-':>8}"
-        print(f"{name:12} {strategy:15} {n / t_sweep:11.1f} {n / t_loop:10.1f} {t_loop / t_sweep:10.2f} {t_sweep / t_limit:11.2f} {ll}")
+        print(
+            f"{name:12} {strategy:15} {n / t_sweep:11.1f} {n / t_loop:10.1f} {t_loop / t_sweep:10.2f} {t_sweep / t_limit:11.2f} {ll}"
+        )
 
 
 if __name__ == "__main__":

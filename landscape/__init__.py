@@ -32,15 +32,36 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 if TYPE_CHECKING:
     from landscape.api import (
-        axes_from, hessian, hessian_axes, path, plan_plane, plan_sweep, plan_trajectory, plane, random_axes, roughness,
-        run_planned, sharpness, stored_axes, sweep, track, trajectory,
+        axes_from,
+        hessian,
+        hessian_axes,
+        path,
+        plan_plane,
+        plan_sweep,
+        plan_trajectory,
+        plane,
+        random_axes,
+        roughness,
+        run_planned,
+        sharpness,
+        stored_axes,
+        sweep,
+        track,
+        trajectory,
     )  # fmt: skip
     from landscape.axes import Axes
     from landscape.errors import ArgumentError, LandscapeError
     from landscape.problem import Problem
     from landscape.progress import show_messages
     from landscape.results import (
-        AnalysisResult, CurvatureResult, PathResult, RoughnessResult, SharpnessResult, SweepResult, TrackResult, load,
+        AnalysisResult,
+        CurvatureResult,
+        PathResult,
+        RoughnessResult,
+        SharpnessResult,
+        SweepResult,
+        TrackResult,
+        load,
     )  # fmt: skip
 
 

@@ -20,13 +20,21 @@ import torch
 
 from landscape import progress as messages
 from landscape.axes import Axes, axes_settings, hessian_axes, random_axes, stored_axes
-from landscape.distributed import World
-from landscape.errors import ArgumentError
 from landscape.curvature.analysis import CurvatureSettings, OnProducts, run_curvature
 from landscape.curvature.operators import CURVATURE_TITLES
+from landscape.distributed import World
+from landscape.errors import ArgumentError
 from landscape.problem import Problem
 from landscape.progress import Progress, Say, progress_to
-from landscape.results import CurvatureResult, PathResult, RoughnessResult, SharpnessResult, SweepResult, TrackResult, stamp
+from landscape.results import (
+    CurvatureResult,
+    PathResult,
+    RoughnessResult,
+    SharpnessResult,
+    SweepResult,
+    TrackResult,
+    stamp,
+)
 from landscape.settings import (
     PathSettings,
     PlaneSettings,
@@ -64,7 +72,9 @@ __all__ = [
 # --------------------------------------------------------------------------- axes
 
 
-def axes_from(problem: Problem, curvature: CurvatureResult, dims: int = 2, *, source: str = "", source_sha256: str = "") -> Axes:
+def axes_from(
+    problem: Problem, curvature: CurvatureResult, dims: int = 2, *, source: str = "", source_sha256: str = ""
+) -> Axes:
     """The top stored eigenvectors of an earlier curvature run as axes (it must have kept them)."""
     eig = curvature.model.eigen
     if eig is None or eig.eigenvectors is None:
@@ -94,7 +104,9 @@ def plan_sweep(
     evaluated (float32 unless the problem runs in float64, so a resumed run gives the same numbers)."""
     grids = [axis_grid(*x, name="x")] + ([axis_grid(*y, name="y")] if y is not None else [])
     if len(grids) != len(axes):
-        raise ArgumentError("y", y, f"{len(axes)} axes need {len(axes)} grid(s): x{' and y' if len(axes) == 2 else ' only'}")
+        raise ArgumentError(
+            "y", y, f"{len(axes)} axes need {len(axes)} grid(s): x{' and y' if len(axes) == 2 else ' only'}"
+        )
     store = torch.float64 if problem.dtype == torch.float64 else torch.float32
     stored = Axes(axes.directions.to(store).double(), axes.attrs, axes.layout, axes.settings)
     if settings is None:
@@ -132,11 +144,15 @@ def run_planned(
     if sink is None and world.main:
         sink = MemorySink(list(planned.coords), planned.accuracy is not None)
     with progress_to(progress, planned.kind, int(planned.done.size)) as bar:
-        report = run_sweep(problem, planned.axes.directions, sink, strategy=strategy, warn=warn, world=world, on_progress=bar)
+        report = run_sweep(
+            problem, planned.axes.directions, sink, strategy=strategy, warn=warn, world=world, on_progress=bar
+        )
     if sink is None:
         return planned
     loss, accuracy = sink.values()
-    return dataclasses.replace(planned, loss=loss, accuracy=accuracy, done=sink.done.copy(), run=report.attrs(world.size))
+    return dataclasses.replace(
+        planned, loss=loss, accuracy=accuracy, done=sink.done.copy(), run=report.attrs(world.size)
+    )
 
 
 def sweep(
@@ -287,7 +303,11 @@ def roughness(
         )  # fmt: skip
     group = roughness_group(res, span=span, steps=steps, norm=norm, ignore=ignore, seed=seed)
     return RoughnessResult(
-        group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command),
+        group.numbers,
+        group.arrays,
+        group.attrs,
+        settings.as_dict(),
+        stamp(problem.provenance, command),
         problem.layout,
     )
 
@@ -296,7 +316,15 @@ def roughness_settings(
     problem: Problem, directions: int, span: float, steps: int, *, norm: str, ignore: str, seed: int
 ) -> RoughnessSettings:
     """What fixes a roughness run's numbers (a resumed run must match it)."""
-    return RoughnessSettings(Source.of(problem.provenance), directions=directions, span=span, steps=steps, norm=norm, ignore=ignore, seed=seed)
+    return RoughnessSettings(
+        Source.of(problem.provenance),
+        directions=directions,
+        span=span,
+        steps=steps,
+        norm=norm,
+        ignore=ignore,
+        seed=seed,
+    )
 
 
 def sharpness(
@@ -323,16 +351,26 @@ def sharpness(
         raise ArgumentError("epsilon", epsilon, "must be positive")
     if isinstance(curvature, CurvatureResult) and curvature.settings.curvature != "hessian":
         title = CURVATURE_TITLES.get(curvature.settings.curvature, curvature.settings.curvature)
-        raise ArgumentError("curvature", source or None, f"holds the {title}, not the Hessian (lambda_max and the LLA ratios are the Hessian's)")
+        raise ArgumentError(
+            "curvature",
+            source or None,
+            f"holds the {title}, not the Hessian (lambda_max and the LLA ratios are the Hessian's)",
+        )
     sam = sam_sharpness(problem, rho)
     eps = epsilon_sharpness(problem, epsilon, ascent_steps, seed=seed)
     if curvature is True:
-        curvature = hessian(problem, top_k=1, tol=1e-3, trace=True, density=True, eigenvectors=False, seed=seed, progress=progress)
+        curvature = hessian(
+            problem, top_k=1, tol=1e-3, trace=True, density=True, eigenvectors=False, seed=seed, progress=progress
+        )
         source = source or "computed"
     numbers = curvature_numbers(_curvature_numbers_input(curvature)) if isinstance(curvature, CurvatureResult) else {}
     group = sharpness_group(sam, eps, numbers, source)
-    settings = SharpnessSettings(Source.of(problem.provenance), rho=rho, epsilon=epsilon, ascent_steps=ascent_steps, seed=seed, curvature=source)
-    return SharpnessResult(group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command))
+    settings = SharpnessSettings(
+        Source.of(problem.provenance), rho=rho, epsilon=epsilon, ascent_steps=ascent_steps, seed=seed, curvature=source
+    )
+    return SharpnessResult(
+        group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command)
+    )
 
 
 def _curvature_numbers_input(curv: CurvatureResult) -> dict[str, Any]:
@@ -398,12 +436,20 @@ def path(
         res = evaluate_path(problem, states, t, curve=curve, recalibrate=recalibrate, strategy=strategy, warn=warn,
                             on_point=lambda i: bar(i, points))  # fmt: skip
     buffers = "recalibrated" if res.recalibrated else ("interpolated" if problem.buffers else "none")
-    group = path_group(res, curve=curve, checkpoints=labels, buffers=buffers, train_data=train_data or ("--data" if res.recalibrated else ""))
+    group = path_group(
+        res,
+        curve=curve,
+        checkpoints=labels,
+        buffers=buffers,
+        train_data=train_data or ("--data" if res.recalibrated else ""),
+    )
     settings = PathSettings(
         Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), curve=curve, points=points,
         bn_recalibrate=recalibrate is not None,
     )  # fmt: skip
-    return PathResult(group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command), problem.layout)
+    return PathResult(
+        group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command), problem.layout
+    )
 
 
 def track(
@@ -432,13 +478,23 @@ def track(
         raise ArgumentError("steps", len(step_values), f"one step per checkpoint expected ({len(states)})")
     labels = _names(names, len(states))
     with progress_to(progress, "track", len(states)) as bar:
-        res = track_curvature(problem, states, trace=trace, tol=tol, seed=seed, on_checkpoint=lambda done: bar(done, len(states)))
-    group = track_group(res, steps=step_values, checkpoints=labels, lr=lr, step_label="training step" if steps is not None else "checkpoint")
+        res = track_curvature(
+            problem, states, trace=trace, tol=tol, seed=seed, on_checkpoint=lambda done: bar(done, len(states))
+        )
+    group = track_group(
+        res,
+        steps=step_values,
+        checkpoints=labels,
+        lr=lr,
+        step_label="training step" if steps is not None else "checkpoint",
+    )
     settings = TrackSettings(
         Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), lr=lr, steps=tuple(step_values), trace=trace,
         tol=tol, seed=seed,
     )  # fmt: skip
-    return TrackResult(group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command), problem.layout)
+    return TrackResult(
+        group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command), problem.layout
+    )
 
 
 # --------------------------------------------------------------------------- planes through checkpoints
@@ -473,13 +529,25 @@ def plan_plane(
     x, y = x or _default_grid(pts[:, 0]), y or _default_grid(pts[:, 1])
     own, at = state_losses(problem, states), plane_losses(problem, pa.axes, pts)
     short = [Path(n).name for n in labels]
-    text = [f"e1: toward {short[1]} (parameter distance)", f"e2: toward {short[2]}, orthogonalized (parameter distance)"]
+    text = [
+        f"e1: toward {short[1]} (parameter distance)",
+        f"e2: toward {short[2]}, orthogonalized (parameter distance)",
+    ]
     attrs = tuple(
-        {"kind": "plane", "normalization": "orthonormal", "ignore": "none", "seed": seed, "source": labels[1 + i], "label": text[i]}
+        {
+            "kind": "plane",
+            "normalization": "orthonormal",
+            "ignore": "none",
+            "seed": seed,
+            "source": labels[1 + i],
+            "label": text[i],
+        }
         for i in range(2)
     )
     axes = Axes(pa.axes.detach().to("cpu", torch.float64), attrs, problem.layout)
-    settings = PlaneSettings(Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), coords=_coords(x, y))
+    settings = PlaneSettings(
+        Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), coords=_coords(x, y)
+    )
     planned = plan_sweep(problem, _orthogonal(axes), x, y, command=command, kind="plane", settings=settings.as_dict())
     return dataclasses.replace(planned, groups={"plane": plane_group(pts, own, at, labels)})
 
@@ -522,8 +590,12 @@ def plan_trajectory(
         for i in range(2)
     )  # fmt: skip
     axes = Axes(traj.axes.detach().to("cpu", torch.float64), attrs, problem.layout)
-    settings = PlaneSettings(Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), coords=_coords(x, y), center=center)
-    planned = plan_sweep(problem, _orthogonal(axes), x, y, command=command, kind="trajectory", settings=settings.as_dict())
+    settings = PlaneSettings(
+        Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), coords=_coords(x, y), center=center
+    )
+    planned = plan_sweep(
+        problem, _orthogonal(axes), x, y, command=command, kind="trajectory", settings=settings.as_dict()
+    )
     return dataclasses.replace(planned, groups={"trajectory": trajectory_group(traj, own, projected, labels)})
 
 

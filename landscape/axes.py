@@ -7,8 +7,8 @@ the straight line to another checkpoint. Plain functions on tensors; no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,13 +30,17 @@ class Axes:
     directions: torch.Tensor
     attrs: tuple[Mapping[str, Any], ...]
     layout: Layout
-    settings: Mapping[str, Any] = field(default_factory=dict)  # how they were made: norm, ignore, seed, axes, to_sha256, ...
+    settings: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # how they were made: norm, ignore, seed, axes, to_sha256, ...
 
     def __post_init__(self) -> None:
         if self.directions.ndim != 2 or self.directions.shape[0] not in (1, 2):
             raise ArgumentError("axes", tuple(self.directions.shape), "expected 1 or 2 directions, shape [k, P]")
         if self.directions.shape[1] != self.layout.size:
-            raise ArgumentError("axes", self.directions.shape[1], f"directions of {self.layout.size} parameters expected")
+            raise ArgumentError(
+                "axes", self.directions.shape[1], f"directions of {self.layout.size} parameters expected"
+            )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -47,13 +51,26 @@ class Axes:
 
 
 def axes_settings(
-    kind: str = "random", *, norm: str = "filter", ignore: str = "biasbn", seed: int = 0, to_sha256: str = "", axes_from_sha256: str = ""
+    kind: str = "random",
+    *,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    seed: int = 0,
+    to_sha256: str = "",
+    axes_from_sha256: str = "",
 ) -> dict[str, Any]:
     """What fixes a sweep's axes (part of its settings): random ones by their normalization and seed,
     eigenvector ones (unit vectors) by their seed or the file they came from, and the line's other end."""
     if kind != "random":
         norm, ignore = "unit", "none"
-    return {"norm": norm, "ignore": ignore, "seed": seed, "axes": kind, "to_sha256": to_sha256, "axes_from_sha256": axes_from_sha256}
+    return {
+        "norm": norm,
+        "ignore": ignore,
+        "seed": seed,
+        "axes": kind,
+        "to_sha256": to_sha256,
+        "axes_from_sha256": axes_from_sha256,
+    }
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -135,8 +152,15 @@ def eigenvector_attrs(
 
 
 def hessian_axes(
-    problem: Problem, dims: int = 2, *, seed: int = 0, tol: float = 1e-3, curvature: str = "hessian", to: torch.Tensor | None = None,
-    to_label: str = "the other checkpoint", to_sha256: str | None = None,
+    problem: Problem,
+    dims: int = 2,
+    *,
+    seed: int = 0,
+    tol: float = 1e-3,
+    curvature: str = "hessian",
+    to: torch.Tensor | None = None,
+    to_label: str = "the other checkpoint",
+    to_sha256: str | None = None,
 ) -> Axes:
     """The top eigenvectors of the Hessian (or GGN, Fisher) by Lanczos as axes: unit vectors, so a
     coordinate is a distance in weight space (loss ~ L0 + lambda a^2 / 2 along axis a). With `to`,
@@ -147,10 +171,18 @@ def hessian_axes(
     count = dims - (1 if to is not None else 0)
     eig = top_eigenvectors(problem, count, seed=seed, tol=tol, curvature=curvature)
     assert eig.eigenvectors is not None
-    attrs = eigenvector_attrs(eig.eigenvalues, eig.residuals, seed, f"lanczos on the {curvature}, tol {tol:g}", CURVATURE_TITLES.get(curvature, curvature))
+    attrs = eigenvector_attrs(
+        eig.eigenvalues,
+        eig.residuals,
+        seed,
+        f"lanczos on the {curvature}, tol {tol:g}",
+        CURVATURE_TITLES.get(curvature, curvature),
+    )
     sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
     settings = axes_settings("hessian", seed=seed, to_sha256=sha)
-    return _prepend_line(problem, eig.eigenvectors.detach().to("cpu", torch.float64), attrs, to, to_label, seed, settings)
+    return _prepend_line(
+        problem, eig.eigenvectors.detach().to("cpu", torch.float64), attrs, to, to_label, seed, settings
+    )
 
 
 def stored_axes(
@@ -174,9 +206,15 @@ def stored_axes(
     `layout` is theirs, checked against the problem's (same names and shapes)."""
     count = dims - (1 if to is not None else 0)
     if layout is not None and (layout.names != problem.layout.names or layout.shapes != problem.layout.shapes):
-        raise ArgumentError("axes_from", source or None, "its eigenvectors belong to another model (parameter names or shapes differ)")
+        raise ArgumentError(
+            "axes_from", source or None, "its eigenvectors belong to another model (parameter names or shapes differ)"
+        )
     if vectors.shape[0] < count:
-        raise ArgumentError("axes_from", source or None, f"holds {vectors.shape[0]} eigenvector(s), {count} needed (compute top_k={count})")
+        raise ArgumentError(
+            "axes_from",
+            source or None,
+            f"holds {vectors.shape[0]} eigenvector(s), {count} needed (compute top_k={count})",
+        )
     dirs = torch.from_numpy(np.asarray(vectors[:count], dtype=np.float64)).clone()
     dirs = dirs / dirs.norm(dim=1, keepdim=True)
     attrs = eigenvector_attrs(eigenvalues[:count], residuals[:count], seed, source, title, which)
@@ -186,11 +224,18 @@ def stored_axes(
 
 
 def _prepend_line(
-    problem: Problem, dirs: torch.Tensor, attrs: list[dict[str, Any]], to: torch.Tensor | None, to_label: str, seed: int,
+    problem: Problem,
+    dirs: torch.Tensor,
+    attrs: list[dict[str, Any]],
+    to: torch.Tensor | None,
+    to_label: str,
+    seed: int,
     settings: Mapping[str, Any],
 ) -> Axes:
     if to is not None:
-        line = line_to(problem.theta, to.to(problem.theta.device, problem.theta.dtype)).detach().to("cpu", torch.float64)
+        line = (
+            line_to(problem.theta, to.to(problem.theta.device, problem.theta.dtype)).detach().to("cpu", torch.float64)
+        )
         dirs = torch.cat([line[None], dirs])
         attrs.insert(
             0,

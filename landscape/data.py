@@ -42,15 +42,19 @@ def split(obj: tuple | dict, where: str, columns: Columns) -> tuple:
     if unknown:
         raise ArgumentError("input_keys", unknown[0], f"{where} has no such key (it has: {', '.join(cols)})")
     if not inputs:
-        raise LandscapeError(f"{where}: no inputs (found only {', '.join(cols) or 'nothing'}); expected 'x' and 'y' or named columns")
+        raise LandscapeError(
+            f"{where}: no inputs (found only {', '.join(cols) or 'nothing'}); expected 'x' and 'y' or named columns"
+        )
     x = cols[inputs[0]] if len(inputs) == 1 else {k: cols[k] for k in inputs}
     if target is not None:
         return x, cols[target]
     if columns.targets_from_inputs:  # a causal LM predicts its own tokens
         return x, cols["input_ids"] if "input_ids" in cols else cols[inputs[0]]
     raise ArgumentError(
-        "target_key", None, f"{where}: no targets among {', '.join(cols)}; expected 'x' and 'y', name the targets' key, "
-        "or use the next-token loss (its targets are the input_ids)"
+        "target_key",
+        None,
+        f"{where}: no targets among {', '.join(cols)}; expected 'x' and 'y', name the targets' key, "
+        "or use the next-token loss (its targets are the input_ids)",
     )
 
 
@@ -70,9 +74,17 @@ def collect(obj, where: str) -> tuple | dict:
 
 def _record(item, where: str, what: str) -> dict:
     """One Dataset item or DataLoader batch as named tensors ("0", "1" for a pair)."""
-    fields = item if isinstance(item, dict) else {str(i): v for i, v in enumerate(item[:2])} if isinstance(item, (tuple, list)) else None
+    fields = (
+        item
+        if isinstance(item, dict)
+        else {str(i): v for i, v in enumerate(item[:2])}
+        if isinstance(item, (tuple, list))
+        else None
+    )
     if fields is None:
-        raise LandscapeError(f"{where}: each {what} is a {type(item).__name__}; expected an (x, y) pair or a dict of tensors")
+        raise LandscapeError(
+            f"{where}: each {what} is a {type(item).__name__}; expected an (x, y) pair or a dict of tensors"
+        )
     out = {}
     for k, v in fields.items():
         if type(v).__module__.startswith("PIL"):
@@ -109,7 +121,9 @@ def check_pair(pair: tuple, where: str) -> tuple[Inputs, torch.Tensor]:
     y = torch.as_tensor(pair[1])
     leaves = list(x.values()) if isinstance(x, dict) else [x]
     if y.ndim == 0 or any(t.ndim == 0 or t.shape[0] != y.shape[0] for t in leaves):
-        raise LandscapeError(f"{where}: inputs and targets must have the same first dimension (got {describe(x)} and y {tuple(y.shape)})")
+        raise LandscapeError(
+            f"{where}: inputs and targets must have the same first dimension (got {describe(x)} and y {tuple(y.shape)})"
+        )
     if y.shape[0] == 0:
         raise LandscapeError(f"{where}: the data set is empty")
     if not torch.is_floating_point(y) and not torch.is_complex(y) and y.dtype not in (torch.int64, torch.bool):
@@ -128,7 +142,9 @@ def subset(x: Inputs, y: torch.Tensor, samples: int | None, seed: int) -> tuple[
     return take(x, idx), y[idx]
 
 
-def collect_data(data: Any, targets: Any = None, columns: Columns = Columns(), where: str = "data") -> tuple[Inputs, torch.Tensor]:
+def collect_data(
+    data: Any, targets: Any = None, columns: Columns = Columns(), where: str = "data"
+) -> tuple[Inputs, torch.Tensor]:
     """(x, y) from an (x, y) pair, a dict of columns, a Dataset or a DataLoader; or inputs `data`
     (a tensor or a dict of tensors) with `targets` beside them."""
     if targets is not None:

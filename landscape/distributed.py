@@ -71,7 +71,9 @@ def shard_problem(world: World, problem: Problem) -> Problem:
     from landscape.errors import LandscapeError
 
     if problem.n < world.size:
-        raise LandscapeError(f"{problem.n} samples cannot be shared by {world.size} processes (use more samples or fewer processes)")
+        raise LandscapeError(
+            f"{problem.n} samples cannot be shared by {world.size} processes (use more samples or fewer processes)"
+        )
     part = world.shard(problem.n)
     from landscape.model_io import map_inputs
 

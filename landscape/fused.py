@@ -73,7 +73,12 @@ def _foldable(layer: nn.Module, norm: nn.Module) -> bool:
     )
 
 
-_NORM_OF = ((nn.Linear, nn.BatchNorm1d), (nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
+_NORM_OF = (
+    (nn.Linear, nn.BatchNorm1d),
+    (nn.Conv1d, nn.BatchNorm1d),
+    (nn.Conv2d, nn.BatchNorm2d),
+    (nn.Conv3d, nn.BatchNorm3d),
+)
 """Each layer kind with the BatchNorm that normalizes its output channels (dimension 1)."""
 
 

@@ -91,9 +91,13 @@ def loss_function(loss: str | LossFn | None, y: torch.Tensor) -> tuple[LossFn, s
         loss = default_loss(y)
     if isinstance(loss, str):
         if loss not in BUILTIN:
-            raise ArgumentError("loss", loss, f"expected one of {', '.join(BUILTIN)} or a function (output, target) -> mean loss")
+            raise ArgumentError(
+                "loss", loss, f"expected one of {', '.join(BUILTIN)} or a function (output, target) -> mean loss"
+            )
         return BUILTIN[loss], loss
     if not callable(loss):
-        raise ArgumentError("loss", type(loss).__name__, "expected a built-in's name or a function (output, target) -> mean loss")
+        raise ArgumentError(
+            "loss", type(loss).__name__, "expected a built-in's name or a function (output, target) -> mean loss"
+        )
     name = next((n for n, fn in BUILTIN.items() if fn is loss), None)
     return loss, name or f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__name__)}"

@@ -27,9 +27,7 @@ import torch
 
 from landscape.model_io import call_functional
 from landscape.problem import Problem
-from landscape.strategies import evaluate_points
-from landscape.strategies import Evaluation
-
+from landscape.strategies import Evaluation, evaluate_points
 
 # --------------------------------------------------------------------------- roughness index
 

@@ -61,7 +61,11 @@ def collect(path: str | Path) -> dict[str, float]:
                     return
                 if obj.shape == () or obj.size == 1:
                     put(key, obj[()].reshape(-1)[0] if obj.shape != () else obj[()])
-                elif obj.name.rsplit("/", 1)[-1] == "eigenvalues" and obj.ndim == 1 and np.issubdtype(obj.dtype, np.number):
+                elif (
+                    obj.name.rsplit("/", 1)[-1] == "eigenvalues"
+                    and obj.ndim == 1
+                    and np.issubdtype(obj.dtype, np.number)
+                ):
                     ev = obj[()]
                     ev = ev[np.isfinite(ev)]
                     parent = key.rsplit(".", 1)[0]
@@ -117,7 +121,7 @@ def parse_condition(text: str) -> Condition:
         flip = True
     if m is None:
         raise LandscapeError(
-            f"--fail-if {text!r}: expected NAME OP NUMBER with OP one of < <= > >= == != (e.g. \"lambda_max > 50\")"
+            f'--fail-if {text!r}: expected NAME OP NUMBER with OP one of < <= > >= == != (e.g. "lambda_max > 50")'
         )
     op = FLIP[m["op"]] if flip else m["op"]
     return Condition(m["name"], op, float(m["num"]), text.strip())
@@ -159,6 +163,10 @@ def check(conditions: Iterable[Condition], tables: Mapping[str, Mapping[str, flo
         if not found:
             known = sorted({k for t in tables.values() for k in t})
             close = [k for k in known if cond.name.split(".")[-1] in k][:6]
-            hint = f"; similar: {', '.join(close)}" if close else f"; known: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}"
+            hint = (
+                f"; similar: {', '.join(close)}"
+                if close
+                else f"; known: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}"
+            )
             raise LandscapeError(f"--fail-if {cond.text!r}: no number named {cond.name!r} in the given files{hint}")
     return breaches

@@ -87,7 +87,9 @@ class MlpChain:
                 previous = node
                 continue
             if node.op == "output":
-                return cls(steps, flatten) if steps and node.args[0] is previous and isinstance(steps[0], tuple) else None
+                return (
+                    cls(steps, flatten) if steps and node.args[0] is previous and isinstance(steps[0], tuple) else None
+                )
             if not node.args or node.args[0] is not previous or _reads_other_nodes(node):
                 return None
             step = _step(node, modules)
@@ -155,11 +157,16 @@ def _step(node: fx.Node, modules: dict[str, nn.Module]) -> Step | str | None:
 
 
 def loss_kind(loss_fn: Callable, y: torch.Tensor, outputs: int) -> str | None:
-    """"cross-entropy" or "mse" when the built-in loss can be computed features-first for targets `y`
+    """ "cross-entropy" or "mse" when the built-in loss can be computed features-first for targets `y`
     and `outputs` model outputs per sample; None otherwise (a user's loss is only known as a call)."""
     if loss_fn is cross_entropy and not torch.is_floating_point(y) and y.dim() == 1:
         return "cross-entropy"
-    if (loss_fn is mse or loss_fn is F.mse_loss) and torch.is_floating_point(y) and y.dim() == 2 and y.shape[1] == outputs:
+    if (
+        (loss_fn is mse or loss_fn is F.mse_loss)
+        and torch.is_floating_point(y)
+        and y.dim() == 2
+        and y.shape[1] == outputs
+    ):
         return "mse"
     return None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 from landscape.errors import LandscapeError
 
-Inputs = Union[torch.Tensor, dict[str, torch.Tensor]]
+Inputs = torch.Tensor | dict[str, torch.Tensor]
 
 
 def rows(x: Inputs) -> int:

@@ -288,8 +288,16 @@ def evaluate_path(
         drop, _ = barrier(t, -acc)
         acc_barrier = drop
     return PathRun(
-        t=t.double(), weights=weights, loss=loss, accuracy=acc, barrier=height, barrier_t=where,
-        accuracy_barrier=acc_barrier, node_loss=node_loss, node_accuracy=node_acc, strategy=name,
+        t=t.double(),
+        weights=weights,
+        loss=loss,
+        accuracy=acc,
+        barrier=height,
+        barrier_t=where,
+        accuracy_barrier=acc_barrier,
+        node_loss=node_loss,
+        node_accuracy=node_acc,
+        strategy=name,
         recalibrated=recalibrate is not None and has_batchnorm(problem.model),
     )
 

@@ -82,10 +82,14 @@ class Problem:
         _say_left_out(model, theta_params, params, say)
         self.layout = Layout.of(theta_params)
         self.theta = self.layout.flatten(theta_params).detach().to(master).clone()
-        self.model = model.to(dtype=self.dtype).eval()  # requires_grad is left as the user set it: it says what is trainable
+        self.model = model.to(
+            dtype=self.dtype
+        ).eval()  # requires_grad is left as the user set it: it says what is trainable
         self.x = to_device(x, self.device, self.dtype)
         self.y = y.to(device=self.device, dtype=self.dtype) if torch.is_floating_point(y) else y.to(self.device)
-        self.classification = (not torch.is_floating_point(y) and y.ndim == 1) if classification is None else classification
+        self.classification = (
+            (not torch.is_floating_point(y) and y.ndim == 1) if classification is None else classification
+        )
         self.buffers = dict(model.named_buffers())
         if batch_size is not None and batch_size < 1:
             raise ArgumentError("batch_size", batch_size, "must be positive")
@@ -146,7 +150,11 @@ def select_parameters(model: nn.Module, params: str = "trainable") -> dict[str, 
     if params == "trainable":
         trainable = {n: p for n, p in named.items() if p.requires_grad}
         if not trainable:
-            raise ArgumentError("params", params, "every parameter of the model is frozen (requires_grad=False); choose 'all' or a regular expression")
+            raise ArgumentError(
+                "params",
+                params,
+                "every parameter of the model is frozen (requires_grad=False); choose 'all' or a regular expression",
+            )
         return trainable
     try:
         pattern = re.compile(params)
@@ -154,7 +162,11 @@ def select_parameters(model: nn.Module, params: str = "trainable") -> dict[str, 
         raise ArgumentError("params", params, f"expected trainable, all or a regular expression ({exc})") from None
     chosen = {n: p for n, p in named.items() if pattern.search(n)}
     if not chosen:
-        raise ArgumentError("params", params, f"matches none of the model's {len(named)} parameter tensors (e.g. {', '.join(list(named)[:3])})")
+        raise ArgumentError(
+            "params",
+            params,
+            f"matches none of the model's {len(named)} parameter tensors (e.g. {', '.join(list(named)[:3])})",
+        )
     return chosen
 
 
@@ -214,8 +226,16 @@ def make_problem(
     """Load `state` into `model`, then the Problem of the model on (x, y)."""
     model.load_state_dict(state)
     return Problem(
-        model, (x, y), loss_fn, device=device, dtype=dtype, batch_size=batch_size, classification=classification,
-        params=params, where=data_name, say=say,
+        model,
+        (x, y),
+        loss_fn,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        classification=classification,
+        params=params,
+        where=data_name,
+        say=say,
     )
 
 
@@ -271,4 +291,3 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     if name not in DTYPES:
         raise ArgumentError("dtype", name, f"expected one of {', '.join(DTYPES)}")
     return DTYPES[name]
-

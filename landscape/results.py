@@ -96,7 +96,10 @@ class SweepResult:
             path,
             attrs={**self.provenance, "kind": self.kind},
             settings=self.settings,
-            axes={n: (self.axes.directions[i].numpy().astype(store_dtype), self.axes.attrs[i]) for i, n in enumerate(self.axes.names)},
+            axes={
+                n: (self.axes.directions[i].numpy().astype(store_dtype), self.axes.attrs[i])
+                for i, n in enumerate(self.axes.names)
+            },
             layout=self.axes.layout,
             coords=dict(zip(self.axes.names, self.coords)),
             has_accuracy=self.accuracy is not None,
@@ -119,8 +122,12 @@ class SweepResult:
         """The sweep as `landscape.io.results.read_sweep` gives it (what the figures read)."""
         names = list(self.axes.names)
         return {
-            "attrs": {**self.provenance, "kind": self.kind, "settings": json.dumps(dict(self.settings), sort_keys=True, default=str),
-                      "complete": self.complete},
+            "attrs": {
+                **self.provenance,
+                "kind": self.kind,
+                "settings": json.dumps(dict(self.settings), sort_keys=True, default=str),
+                "complete": self.complete,
+            },
             "axes": names,
             "coords": dict(zip(names, self.coords)),
             "axis_attrs": {n: dict(a) for n, a in zip(names, self.axes.attrs)},
@@ -130,7 +137,9 @@ class SweepResult:
             "sweep_attrs": dict(self.run),
         }
 
-    def plot(self, kind: str | None = None, *, backend: str = "matplotlib", metric: str = "loss", **options: Any) -> Any:
+    def plot(
+        self, kind: str | None = None, *, backend: str = "matplotlib", metric: str = "loss", **options: Any
+    ) -> Any:
         """A figure of the sweep: `kind` line, contour, filled, heatmap, surface or all (default: line
         for 1D, contour for 2D); a matplotlib Figure, or with backend="plotly" a plotly Figure (a list for `all`).
         `options`: vmin, vmax, log, levels, title."""
@@ -161,9 +170,16 @@ class SweepResult:
         root = s["attrs"]
         groups = {g: read_group(path, g) for g in analysis_groups(path)}
         return cls(
-            axes=axes, coords=tuple(s["coords"][n] for n in names), loss=s["loss"], accuracy=s["accuracy"], done=s["done"],
-            settings=json.loads(root.get("settings", "{}")), provenance=_provenance_of(root), run=s["sweep_attrs"],
-            kind=str(root.get("kind", "sweep")), groups=groups,
+            axes=axes,
+            coords=tuple(s["coords"][n] for n in names),
+            loss=s["loss"],
+            accuracy=s["accuracy"],
+            done=s["done"],
+            settings=json.loads(root.get("settings", "{}")),
+            provenance=_provenance_of(root),
+            run=s["sweep_attrs"],
+            kind=str(root.get("kind", "sweep")),
+            groups=groups,
         )
 
 
@@ -207,7 +223,11 @@ class CurvatureResult:
     def save(self, path: str | Path) -> Path:
         """Write the results file `landscape hessian` writes for this run."""
         return write_curvature(
-            path, self, attrs={**self.provenance, "kind": "hessian"}, settings=self.stored_settings, layout=self.layout,
+            path,
+            self,
+            attrs={**self.provenance, "kind": "hessian"},
+            settings=self.stored_settings,
+            layout=self.layout,
             vector_dtype=_store_dtype(self.provenance),
         )
 
@@ -230,8 +250,12 @@ class CurvatureResult:
         names = {f.name for f in fields(CurvatureSettings)}
         settings = CurvatureSettings(**{k: v for k, v in stored.items() if k in names})
         return cls(
-            settings=settings, model=_block(curv), layers={n: _block(b) for n, b in curv["layers"].items()},
-            layout=curv["layout"], provenance=_provenance_of(curv["attrs"]), stored_settings=stored,
+            settings=settings,
+            model=_block(curv),
+            layers={n: _block(b) for n, b in curv["layers"].items()},
+            layout=curv["layout"],
+            provenance=_provenance_of(curv["attrs"]),
+            stored_settings=stored,
         )
 
 
@@ -240,7 +264,9 @@ def _block(d: Mapping[str, Any]) -> BlockResult:
     eigen = trace = runs = None
     if d["eigenvalues"] is not None:
         a = d["eigen_attrs"]
-        vectors = None if d["eigenvectors"] is None else torch.from_numpy(np.asarray(d["eigenvectors"], dtype=np.float64))
+        vectors = (
+            None if d["eigenvectors"] is None else torch.from_numpy(np.asarray(d["eigenvectors"], dtype=np.float64))
+        )
         eigen = Eigenpairs(d["eigenvalues"], d["residuals"], d["converged"], vectors, int(a.get("iterations", 0)),
                            int(a.get("matvecs", 0)), str(a.get("which", "largest")), float(a.get("tol", 0.0)))  # fmt: skip
     if d["trace"] is not None:
@@ -251,7 +277,9 @@ def _block(d: Mapping[str, Any]) -> BlockResult:
         lz = d["lanczos"]
         runs = LanczosRuns(lz["alpha"], lz["beta"], int(lz.get("matvecs", 0)), int(lz.get("seed", 0)))
     density = density_from_lanczos(runs.alpha, runs.beta) if runs is not None else None
-    return BlockResult(tuple(d["tensors"]), int(d["size"]), eigen, trace, runs, dict(d["operator"]), dict(d["seconds"]), density)
+    return BlockResult(
+        tuple(d["tensors"]), int(d["size"]), eigen, trace, runs, dict(d["operator"]), dict(d["seconds"]), density
+    )
 
 
 # --------------------------------------------------------------------------- analysis groups
@@ -274,7 +302,9 @@ class AnalysisResult:
         for table in (self.numbers, self.arrays, self.attrs):
             if name in table:
                 return table[name]
-        raise KeyError(f"{self.kind} results hold no {name!r} (numbers: {', '.join(self.numbers)}; arrays: {', '.join(self.arrays)})")
+        raise KeyError(
+            f"{self.kind} results hold no {name!r} (numbers: {', '.join(self.numbers)}; arrays: {', '.join(self.arrays)})"
+        )
 
     @property
     def group(self) -> Group:
@@ -283,7 +313,12 @@ class AnalysisResult:
     def save(self, path: str | Path) -> Path:
         """Write the results file the CLI command writes for this run."""
         return write_results(
-            path, kind=self.kind, attrs=self.provenance, settings=self.settings, groups={self.kind: self.group}, layout=self.layout
+            path,
+            kind=self.kind,
+            attrs=self.provenance,
+            settings=self.settings,
+            groups={self.kind: self.group},
+            layout=self.layout,
         )
 
     def plot(self, *, backend: str = "matplotlib") -> Any:
@@ -349,7 +384,9 @@ class TrackResult(AnalysisResult):
     kind = "track"
 
 
-ANALYSIS_RESULTS: dict[str, type[AnalysisResult]] = {c.kind: c for c in (RoughnessResult, SharpnessResult, PathResult, TrackResult)}
+ANALYSIS_RESULTS: dict[str, type[AnalysisResult]] = {
+    c.kind: c for c in (RoughnessResult, SharpnessResult, PathResult, TrackResult)
+}
 
 Result = SweepResult | CurvatureResult | AnalysisResult
 

@@ -17,9 +17,9 @@ import torch
 
 from landscape.curvature import CurvatureSettings
 from landscape.curvature.analysis import run_curvature
+from landscape.measures import loss_at
 from landscape.paths import flat_params, set_buffers, set_params
 from landscape.problem import Problem
-from landscape.measures import loss_at
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ def track_curvature(
         set_params(problem, problem.theta)
         set_buffers(problem, saved)
     return TrackRun(
-        np.asarray(lam), np.asarray(res), np.asarray(converged, dtype=bool), np.asarray(losses),
-        np.asarray(tr) if trace else None, np.asarray(tr_err) if trace else None,
+        np.asarray(lam),
+        np.asarray(res),
+        np.asarray(converged, dtype=bool),
+        np.asarray(losses),
+        np.asarray(tr) if trace else None,
+        np.asarray(tr_err) if trace else None,
     )

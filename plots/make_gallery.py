@@ -54,16 +54,45 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="landscape-gallery-") as tmp:
         res = args.keep_results or Path(tmp)
         res.mkdir(parents=True, exist_ok=True)
-        h5 = {name: res / f"{name}.h5" for name in ("mlp", "cnn", "linreg", "transformer", "mlp_path", "transformer_curv")}
+        h5 = {
+            name: res / f"{name}.h5" for name in ("mlp", "cnn", "linreg", "transformer", "mlp_path", "transformer_curv")
+        }
 
         run("sweep", "--sample", "mlp", "--x", "-1:1:31", "--y", "-1:1:31", "--force", "-o", h5["mlp"])
-        run("sweep", "--sample", "cnn", "--x", "-1:1:21", "--y", "-1:1:21", "--samples", "512", "--force", "-o", h5["cnn"])
+        run(
+            "sweep",
+            "--sample",
+            "cnn",
+            "--x",
+            "-1:1:21",
+            "--y",
+            "-1:1:21",
+            "--samples",
+            "512",
+            "--force",
+            "-o",
+            h5["cnn"],
+        )
         run("sweep", "--sample", "linreg", "--x", "-1:1:25", "--y", "-1:1:25", "--force", "-o", h5["linreg"])
-        run("sweep", "--sample", "transformer", "--x", "-1:1:41", "--samples", "512", "--force", "-o", h5["transformer"])
+        run(
+            "sweep", "--sample", "transformer", "--x", "-1:1:41", "--samples", "512", "--force", "-o", h5["transformer"]
+        )
         mid = ROOT / "sample_models" / "mlp" / "ckpt_002.pt"
         run("sweep", "--sample", "mlp", "--to", mid, "--x", "-0.25:1.25:31", "--force", "-o", h5["mlp_path"])
-        run("hessian", "--sample", "transformer", "--samples", "512", "--top-k", "5", "--density", "--per-layer",
-            "--force", "-o", h5["transformer_curv"])
+        run(
+            "hessian",
+            "--sample",
+            "transformer",
+            "--samples",
+            "512",
+            "--top-k",
+            "5",
+            "--density",
+            "--per-layer",
+            "--force",
+            "-o",
+            h5["transformer_curv"],
+        )
 
         run("plot", h5["mlp"], "--kind", "contour", "-o", out / "mlp_contour.png")
         run("plot", h5["mlp"], "--kind", "surface", "-o", out / "mlp_surface.png")
@@ -75,9 +104,20 @@ def main(argv: list[str] | None = None) -> None:
         run("plot", h5["mlp_path"], "-o", out / "mlp_path.png")
         run("plot", h5["transformer_curv"], "--kind", "eigenvalues", "-o", out / "transformer_eigenvalues.png")
         run("plot", h5["transformer_curv"], "--kind", "density", "-o", out / "transformer_density.png")
-        run("report", h5["mlp"], h5["cnn"], h5["transformer"], h5["mlp_path"], h5["transformer_curv"],
-            "--title", "landscape gallery: bundled samples",
-            "--plotlyjs", "inline" if args.self_contained else "cdn", "-o", out / "report.html")
+        run(
+            "report",
+            h5["mlp"],
+            h5["cnn"],
+            h5["transformer"],
+            h5["mlp_path"],
+            h5["transformer_curv"],
+            "--title",
+            "landscape gallery: bundled samples",
+            "--plotlyjs",
+            "inline" if args.self_contained else "cdn",
+            "-o",
+            out / "report.html",
+        )
     print(f"gallery: wrote {out} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 

@@ -24,7 +24,7 @@ SAMPLES: dict[str, dict] = {
     },
     "transformer": {
         "about": "1-block 2-head transformer, 'most frequent token' task (1000 sequences, length 8, vocab 8), "
-                 "2120 params, final train accuracy 100%",
+        "2120 params, final train accuracy 100%",
         "model": "landscape.sample_models.models:transformer",
         "checkpoint": "transformer/final.pt",
         "checkpoints": _ckpts("transformer"),

@@ -3,6 +3,7 @@
 Every factory takes no arguments and returns a fresh float32 ``nn.Module``.
 The checkpoints next to this file are raw ``state_dict``s of these modules.
 """
+
 from __future__ import annotations
 
 import math

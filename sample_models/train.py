@@ -6,6 +6,7 @@ initialization, the last one the end of training) and ``<name>/final.pt``
 (identical to the last snapshot). Everything is seeded; only this script needs
 scikit-learn (for the bundled 8x8 digits data set), loading the samples does not.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,6 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -104,8 +104,13 @@ def train(
     model.eval()
     with torch.no_grad():
         out_t = model(xt)
-        res = {"name": name, "loss": loss_fn(out_t, yt).item(), "snapshots": len(paths),
-               "params": sum(p.numel() for p in model.parameters()), "seconds": time.time() - t0}
+        res = {
+            "name": name,
+            "loss": loss_fn(out_t, yt).item(),
+            "snapshots": len(paths),
+            "params": sum(p.numel() for p in model.parameters()),
+            "seconds": time.time() - t0,
+        }
         if yt.dtype == torch.int64:
             res["accuracy"] = (out_t.argmax(-1) == yt).float().mean().item()
     return res
@@ -115,21 +120,27 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     xd, yd = digits()
     results = []
-    adam = lambda lr: (lambda params: torch.optim.Adam(params, lr=lr))  # noqa: E731
-    results.append(train("mlp", models.mlp, xd, yd, F.cross_entropy, 300,
-                         [0, 10, 30, 100, 300], adam(1e-2)))
-    results.append(train("cnn", models.cnn, xd.reshape(-1, 1, 8, 8), yd, F.cross_entropy, 300,
-                         [0, 10, 30, 100, 300], adam(1e-2)))
+    adam = lambda lr: lambda params: torch.optim.Adam(params, lr=lr)  # noqa: E731
+    results.append(train("mlp", models.mlp, xd, yd, F.cross_entropy, 300, [0, 10, 30, 100, 300], adam(1e-2)))
+    results.append(
+        train("cnn", models.cnn, xd.reshape(-1, 1, 8, 8), yd, F.cross_entropy, 300, [0, 10, 30, 100, 300], adam(1e-2))
+    )
     xs, ys = most_frequent_token()
-    results.append(train("transformer", models.transformer, xs, ys, F.cross_entropy, 400,
-                         [0, 25, 75, 200, 400], adam(3e-3)))
+    results.append(
+        train("transformer", models.transformer, xs, ys, F.cross_entropy, 400, [0, 25, 75, 200, 400], adam(3e-3))
+    )
     xl, yl = linear_data()
-    results.append(train("linreg", models.linreg, xl, yl, F.mse_loss, 300,
-                         [0, 5, 20, 75, 300], lambda p: torch.optim.SGD(p, lr=0.02)))
+    results.append(
+        train(
+            "linreg", models.linreg, xl, yl, F.mse_loss, 300, [0, 5, 20, 75, 300], lambda p: torch.optim.SGD(p, lr=0.02)
+        )
+    )
     for r in results:
         acc = f"  accuracy {r['accuracy']:.4f}" if "accuracy" in r else ""
-        print(f"{r['name']:12s} params {r['params']:5d}  snapshots {r['snapshots']}  "
-              f"loss {r['loss']:.4f}{acc}  ({r['seconds']:.1f}s)")
+        print(
+            f"{r['name']:12s} params {r['params']:5d}  snapshots {r['snapshots']}  "
+            f"loss {r['loss']:.4f}{acc}  ({r['seconds']:.1f}s)"
+        )
 
 
 if __name__ == "__main__":

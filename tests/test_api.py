@@ -72,7 +72,19 @@ def test_notebook_script_matches_the_cli(cli, tmp_path):
     assert surf.loss[i, j] == pytest.approx(want, rel=1e-12)
 
     curv = ls.hessian(problem, top_k=3, trace=True, density=True, seed=0)
-    cli("hessian", "--sample", "mlp", "--top-k", "3", "--trace", "--density", "--dtype", "float64", "-o", tmp_path / "c.h5")
+    cli(
+        "hessian",
+        "--sample",
+        "mlp",
+        "--top-k",
+        "3",
+        "--trace",
+        "--density",
+        "--dtype",
+        "float64",
+        "-o",
+        tmp_path / "c.h5",
+    )
     from_cli = ls.load(tmp_path / "c.h5")
     assert isinstance(from_cli, ls.CurvatureResult)
     np.testing.assert_allclose(curv.eigenvalues, from_cli.eigenvalues, rtol=1e-12)
@@ -80,7 +92,19 @@ def test_notebook_script_matches_the_cli(cli, tmp_path):
     np.testing.assert_allclose(curv.model.density.values, from_cli.model.density.values, rtol=1e-10, atol=1e-12)
 
     rough = ls.roughness(problem, directions=4, span=0.1, steps=4, seed=0)
-    cli("roughness", "--sample", "mlp", "--directions", "4", "--steps", "4", "--dtype", "float64", "-o", tmp_path / "r.h5")
+    cli(
+        "roughness",
+        "--sample",
+        "mlp",
+        "--directions",
+        "4",
+        "--steps",
+        "4",
+        "--dtype",
+        "float64",
+        "-o",
+        tmp_path / "r.h5",
+    )
     assert rough.ri == pytest.approx(ls.load(tmp_path / "r.h5").ri, rel=1e-12, abs=1e-12)
 
     first = torch.load(SAMPLES / "mlp" / "ckpt_000.pt", weights_only=True)
@@ -213,6 +237,8 @@ def test_import_rules_hold():
             if name.startswith(("landscape.render", "landscape.io")) and imported.startswith("landscape.cli"):
                 broken.append(f"{name} imports {imported}")
             core = any(name == c or name.startswith(c + ".") for c in LAYERS["core"])
-            if core and imported.startswith(("landscape.io", "landscape.render", "landscape.cli", "landscape.api", "landscape.results")):
+            if core and imported.startswith(
+                ("landscape.io", "landscape.render", "landscape.cli", "landscape.api", "landscape.results")
+            ):
                 broken.append(f"{name} imports {imported}")
     assert broken == []

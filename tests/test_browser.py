@@ -22,20 +22,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_render import make_results
 from test_render_analysis import make_roughness
 
 CHROMIUM = os.environ.get("LANDSCAPE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-extensions", "--disable-default-apps", "--mute-audio", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--mute-audio",
+    "--hide-scrollbars",
     # 3D surfaces need WebGL; with no GPU, Chromium's software renderer provides it
-    "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
-    "--remote-allow-origins=*", "--window-size=1280,1600", "--remote-debugging-port=0",
+    "--enable-unsafe-swiftshader",
+    "--use-angle=swiftshader",
+    "--remote-allow-origins=*",
+    "--window-size=1280,1600",
+    "--remote-debugging-port=0",
 ]
-
 
 
 class Browser:
@@ -46,7 +56,8 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="landscape-chromium-")
         self.proc = subprocess.Popen(
             [exe, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         port_file = Path(self.profile) / "DevToolsActivePort"
         deadline = time.time() + 30
@@ -109,7 +120,9 @@ class Browser:
                 d = p["exceptionDetails"]
                 out.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')}")
             elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                out.append("console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", [])))
+                out.append(
+                    "console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", []))
+                )
             elif m == "Log.entryAdded" and p["entry"].get("level") == "error":
                 out.append(f"log: {p['entry'].get('text')} {p['entry'].get('url', '')}")
         return out
@@ -154,7 +167,7 @@ def pages(tmp_path_factory):
     line = make_results(d / "line.h5", dims=1)
     evil = make_results(d / "evil.h5", evil=True)
     runs = {
-        "plot-all": ["plot", grid, "--kind", "all"],          # filled, heatmap, 3D surface, lines
+        "plot-all": ["plot", grid, "--kind", "all"],  # filled, heatmap, 3D surface, lines
         "plot-contour-log": ["plot", grid, "--kind", "contour", "--log"],
         "plot-line": ["plot", line],
         "compare": ["compare", grid, evil],
@@ -189,8 +202,10 @@ def test_html_renders_offline_without_errors(browser, pages, name):
     )
     assert n >= 1 and drawn == n
     img = browser.screenshot()
-    box = browser.evaluate("(() => { const r = document.querySelector('div.figure').getBoundingClientRect();"
-                           " return [r.top + window.scrollY, r.bottom + window.scrollY, r.left, r.right]; })()")
+    box = browser.evaluate(
+        "(() => { const r = document.querySelector('div.figure').getBoundingClientRect();"
+        " return [r.top + window.scrollY, r.bottom + window.scrollY, r.left, r.right]; })()"
+    )
     top, bottom, left, right = (int(v) for v in box)
     keep = os.environ.get("LANDSCAPE_SCREENSHOTS")  # a folder: keep the screenshots to look at
     if keep:

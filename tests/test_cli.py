@@ -11,7 +11,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 import torch
 
 from landscape.io.results import read_sweep
@@ -33,32 +32,51 @@ def one_line_error(r, *needles):
 
 def test_missing_files(cli, tmp_path):
     out = tmp_path / "o.h5"
-    one_line_error(cli("sweep", "--sample", "mlp", "--checkpoint", tmp_path / "nope.pt", *SMALL, "-o", out), "nope.pt", "not found")
-    one_line_error(cli("sweep", "--sample", "mlp", "--data", tmp_path / "nope.npz", *SMALL, "-o", out), "--data", "nope.npz")
-    one_line_error(cli("sweep", "--sample", "mlp", "--model", f"{tmp_path}/nope.py:f", *SMALL, "-o", out), "--model", "nope.py")
+    one_line_error(
+        cli("sweep", "--sample", "mlp", "--checkpoint", tmp_path / "nope.pt", *SMALL, "-o", out), "nope.pt", "not found"
+    )
+    one_line_error(
+        cli("sweep", "--sample", "mlp", "--data", tmp_path / "nope.npz", *SMALL, "-o", out), "--data", "nope.npz"
+    )
+    one_line_error(
+        cli("sweep", "--sample", "mlp", "--model", f"{tmp_path}/nope.py:f", *SMALL, "-o", out), "--model", "nope.py"
+    )
     one_line_error(cli("sweep", "--model", "x:y", "-o", out), "missing --checkpoint, --data")
     assert not out.exists()
 
 
 def test_wrong_keys_and_shapes(cli, tmp_path):
     out = tmp_path / "o.h5"
-    one_line_error(cli("sweep", "--sample", "mlp", "--checkpoint", sample("cnn")["checkpoint"], *SMALL, "-o", out),
-                   "keys do not match", "missing", "e.g.")
+    one_line_error(
+        cli("sweep", "--sample", "mlp", "--checkpoint", sample("cnn")["checkpoint"], *SMALL, "-o", out),
+        "keys do not match",
+        "missing",
+        "e.g.",
+    )
     sd = torch.load(sample("mlp")["checkpoint"], weights_only=True)
     sd["2.weight"] = torch.zeros(10, 33)
     torch.save(sd, tmp_path / "bad.pt")
-    one_line_error(cli("sweep", "--sample", "mlp", "--checkpoint", tmp_path / "bad.pt", *SMALL, "-o", out),
-                   "shape mismatch for 2.weight")
+    one_line_error(
+        cli("sweep", "--sample", "mlp", "--checkpoint", tmp_path / "bad.pt", *SMALL, "-o", out),
+        "shape mismatch for 2.weight",
+    )
     assert not out.exists()
 
 
 def test_data_that_does_not_fit(cli, tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((10, 63), np.float32), y=np.zeros(10, np.int64))
     out = tmp_path / "o.h5"
-    one_line_error(cli("sweep", "--sample", "mlp", "--data", tmp_path / "d.npz", *SMALL, "-o", out),
-                   "--data", "cannot take inputs x of shape (10, 63)")
+    one_line_error(
+        cli("sweep", "--sample", "mlp", "--data", tmp_path / "d.npz", *SMALL, "-o", out),
+        "--data",
+        "cannot take inputs x of shape (10, 63)",
+    )
     np.savez(tmp_path / "d2.npz", x=np.zeros((10, 64), np.float32), y=np.full(10, 42, np.int64))
-    one_line_error(cli("sweep", "--sample", "mlp", "--data", tmp_path / "d2.npz", *SMALL, "-o", out), "--data", "loss cannot compare")
+    one_line_error(
+        cli("sweep", "--sample", "mlp", "--data", tmp_path / "d2.npz", *SMALL, "-o", out),
+        "--data",
+        "loss cannot compare",
+    )
     assert not out.exists()
 
 
@@ -69,7 +87,9 @@ def test_pickled_checkpoint_refused_then_allowed(cli, tmp_path):
     m.load_state_dict(torch.load(sample("mlp")["checkpoint"], weights_only=True))
     torch.save(m, tmp_path / "whole.pt")
     out = tmp_path / "o.h5"
-    one_line_error(cli("sweep", "--sample", "mlp", "--checkpoint", tmp_path / "whole.pt", *SMALL, "-o", out), "--unsafe-pickle")
+    one_line_error(
+        cli("sweep", "--sample", "mlp", "--checkpoint", tmp_path / "whole.pt", *SMALL, "-o", out), "--unsafe-pickle"
+    )
     assert not out.exists()
     r = cli("sweep", "--sample", "mlp", "--checkpoint", tmp_path / "whole.pt", "--unsafe-pickle", *SMALL, "-o", out)
     assert r.code == 0, r.err
@@ -81,7 +101,19 @@ def test_nonfinite_loss_stored_as_nan_and_run_goes_on(cli, tmp_path):
         "def loss(out, y):\n    l = F.cross_entropy(out, y)\n    return l * float('nan') if l > 1.0 else l\n"
     )
     out = tmp_path / "o.h5"
-    r = cli("sweep", "--sample", "mlp", "--loss", f"{tmp_path / 'loss.py'}:loss", "--x", "-1:1:5", "--samples", "100", "-o", out)
+    r = cli(
+        "sweep",
+        "--sample",
+        "mlp",
+        "--loss",
+        f"{tmp_path / 'loss.py'}:loss",
+        "--x",
+        "-1:1:5",
+        "--samples",
+        "100",
+        "-o",
+        out,
+    )
     assert r.code == 0, r.err
     s = read_sweep(out)
     assert np.isnan(s["loss"][0]) and np.isnan(s["loss"][-1]) and np.isfinite(s["loss"][2])
@@ -103,8 +135,14 @@ def test_not_our_file(cli, tmp_path):
 def test_resume_with_other_settings_refused(cli, tmp_path):
     out = tmp_path / "o.h5"
     assert cli("sweep", "--sample", "mlp", *SMALL, "-o", out).code == 0
-    one_line_error(cli("sweep", "--sample", "mlp", "--x", "-1:1:5", "--samples", "64", "--resume", "-o", out), "other settings", "coords")
-    one_line_error(cli("sweep", "--sample", "mlp", *SMALL, "--seed", "1", "--resume", "-o", out), "other settings", "seed")
+    one_line_error(
+        cli("sweep", "--sample", "mlp", "--x", "-1:1:5", "--samples", "64", "--resume", "-o", out),
+        "other settings",
+        "coords",
+    )
+    one_line_error(
+        cli("sweep", "--sample", "mlp", *SMALL, "--seed", "1", "--resume", "-o", out), "other settings", "seed"
+    )
     one_line_error(cli("sweep", "--sample", "mlp", *SMALL, "-o", out), "exists", "--resume", "--force")
     assert cli("sweep", "--sample", "mlp", *SMALL, "--resume", "-o", out).code == 0  # nothing left: a no-op
 
@@ -168,11 +206,29 @@ def _done(path: Path) -> int:
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """Kill a sweep with SIGKILL mid-run, resume it, and compare with an uninterrupted run."""
-    args = ["sweep", "--sample", "cnn", "--x", "-1:1:15", "--y", "-1:1:15", "--dtype", "float64", "--strategy", "loop", "--device", "cpu"]
+    args = [
+        "sweep",
+        "--sample",
+        "cnn",
+        "--x",
+        "-1:1:15",
+        "--y",
+        "-1:1:15",
+        "--dtype",
+        "float64",
+        "--strategy",
+        "loop",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     killed = tmp_path / "killed.h5"
-    proc = subprocess.Popen([sys.executable, "-m", "landscape", *args, "-o", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "landscape", *args, "-o", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and _done(killed) == 0:
         time.sleep(0.05)
@@ -182,10 +238,16 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     partial = read_sweep(killed)
     assert not partial["attrs"]["complete"] and 0 < partial["done"].sum() < partial["done"].size
     assert np.isnan(partial["loss"][~partial["done"]]).all()
-    subprocess.run([sys.executable, "-m", "landscape", *args[:-4], "--resume", "-o", str(killed)], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "landscape", *args[:-4], "--resume", "-o", str(killed)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     whole = tmp_path / "whole.h5"
-    subprocess.run([sys.executable, "-m", "landscape", *args, "-o", str(whole)], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "landscape", *args, "-o", str(whole)], env=env, check=True, capture_output=True
+    )
     a, b = read_sweep(killed), read_sweep(whole)
     assert a["attrs"]["complete"] and a["done"].all()
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-12)
@@ -195,8 +257,13 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
 def _interrupt_after_first_line(args: list[str], when=None) -> tuple[int, str]:
     """Run `landscape ARGS`, send Ctrl-C (SIGINT) once it has printed its first line (and `when()` holds)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "landscape", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "landscape", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = proc.stderr.readline()
     deadline = time.time() + 120
     while when is not None and time.time() < deadline and proc.poll() is None and not when():
@@ -210,8 +277,23 @@ def _interrupt_after_first_line(args: list[str], when=None) -> tuple[int, str]:
 def test_ctrl_c_says_what_was_kept(tmp_path):
     """Ctrl-C: exit status 130 and one line; a sweep says how many points it kept and how to resume."""
     path = tmp_path / "s.h5"
-    args = ["sweep", "--sample", "cnn", "--x", "-1:1:15", "--y", "-1:1:15", "--dtype", "float64", "--strategy", "loop",
-            "--device", "cpu", "-o", str(path)]
+    args = [
+        "sweep",
+        "--sample",
+        "cnn",
+        "--x",
+        "-1:1:15",
+        "--y",
+        "-1:1:15",
+        "--dtype",
+        "float64",
+        "--strategy",
+        "loop",
+        "--device",
+        "cpu",
+        "-o",
+        str(path),
+    ]
     rc, text = _interrupt_after_first_line(args, when=lambda: _done(path) > 0)
     done = _done(path)
     assert rc == 130 and "Traceback" not in text

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import sample_problem
+
 from landscape.directions import cosine, line_to, random_directions
 
 
@@ -36,7 +36,9 @@ def test_layer_and_model_norm():
     p = sample_problem("mlp", samples=4)
     d = random_directions(1, p.theta, p.layout, seed=0, norm="layer", ignore="none")[0]
     for n in p.layout.names:
-        assert p.layout.unflatten(d)[n].norm().item() == pytest.approx(p.layout.unflatten(p.theta)[n].norm().item(), rel=1e-8)
+        assert p.layout.unflatten(d)[n].norm().item() == pytest.approx(
+            p.layout.unflatten(p.theta)[n].norm().item(), rel=1e-8
+        )
     d = random_directions(1, p.theta, p.layout, seed=0, norm="model", ignore="none")[0]
     assert d.norm().item() == pytest.approx(p.theta.norm().item(), rel=1e-8)
     raw = random_directions(1, p.theta, p.layout, seed=0, norm="none", ignore="none")[0]

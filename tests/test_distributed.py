@@ -18,12 +18,36 @@ from landscape.io.results import read_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-GRID = ["--sample", "cnn", "--x", "-1:1:9", "--y", "-1:1:5", "--dtype", "float64", "--samples", "400", "--device", "cpu"]
+GRID = [
+    "--sample",
+    "cnn",
+    "--x",
+    "-1:1:9",
+    "--y",
+    "-1:1:5",
+    "--dtype",
+    "float64",
+    "--samples",
+    "400",
+    "--device",
+    "cpu",
+]
 
 
 def torchrun(n: int, *args: str, **kw) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "landscape", *args]
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={n}",
+        "-m",
+        "landscape",
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **kw
+    )
 
 
 def single(*args: str) -> None:

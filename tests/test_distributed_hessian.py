@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import sample_problem
 
+from landscape.curvature import CurvatureOperator
 from landscape.distributed import World, shard_problem
 from landscape.errors import LandscapeError
-from landscape.curvature import CurvatureOperator
 from landscape.io.curvature import read_curvature
-from conftest import sample_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -49,14 +49,48 @@ def test_shard_problem_one_rank_and_too_few_samples():
         shard_problem(World(rank=0, size=4), p)
 
 
-ARGS = ["hessian", "--sample", "mlp", "--samples", "300", "--dtype", "float64", "--device", "cpu", "--top-k", "3",
-        "--trace", "--density", "--probes", "2", "--steps", "10"]
+ARGS = [
+    "hessian",
+    "--sample",
+    "mlp",
+    "--samples",
+    "300",
+    "--dtype",
+    "float64",
+    "--device",
+    "cpu",
+    "--top-k",
+    "3",
+    "--trace",
+    "--density",
+    "--probes",
+    "2",
+    "--steps",
+    "10",
+]
 
 
 def test_two_ranks_equal_one_process(tmp_path):
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
-    subprocess.run([sys.executable, "-m", "landscape", *ARGS, "-o", str(one)], env=ENV, check=True, capture_output=True, timeout=120)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "landscape", *ARGS, "-o", str(two)]
+    subprocess.run(
+        [sys.executable, "-m", "landscape", *ARGS, "-o", str(one)],
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "landscape",
+        *ARGS,
+        "-o",
+        str(two),
+    ]
     proc = subprocess.run(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=180)
     assert proc.returncode == 0, proc.stdout.decode()
     a, b = read_curvature(one), read_curvature(two)

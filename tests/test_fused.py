@@ -31,11 +31,23 @@ def _inplace_relus(gm) -> int:
 
 def test_conv_and_linear_batchnorm_folded_from_live_weights():
     gen = torch.Generator().manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5, affine=False), nn.ReLU(),
-        nn.Flatten(), nn.Linear(5 * 4 * 4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2),
-    ).double().eval()
+    model = (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Conv2d(4, 5, 3),
+            nn.BatchNorm2d(5, affine=False),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(5 * 4 * 4, 6),
+            nn.BatchNorm1d(6),
+            nn.ReLU(),
+            nn.Linear(6, 2),
+        )
+        .double()
+        .eval()
+    )
     fused = fuse_for_inference(model)
     assert fused is not None and _folded(fused) == 3 and _inplace_relus(fused) == 3
     unfolded = fuse_for_inference(model, fold=False)  # bfloat16 runs: ReLUs in place, BatchNorm kept

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import sample_problem
+
 from landscape.directions import random_directions
 from landscape.strategies import build_strategy, grid_coords
 
@@ -43,4 +43,6 @@ def test_cuda_curvature_products_and_lanczos_match_cpu(name, curvature):
     assert got.device.type == "cuda"
     torch.testing.assert_close(got.cpu(), ref, rtol=1e-8, atol=1e-10)
     eig = [lanczos(op.matmat, op.size, k=3, tol=1e-8, device=op.device, start=op.probe) for op in ops]
-    torch.testing.assert_close(torch.as_tensor(eig[1].eigenvalues), torch.as_tensor(eig[0].eigenvalues), rtol=1e-7, atol=1e-10)
+    torch.testing.assert_close(
+        torch.as_tensor(eig[1].eigenvalues), torch.as_tensor(eig[0].eigenvalues), rtol=1e-7, atol=1e-10
+    )

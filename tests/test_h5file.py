@@ -13,7 +13,9 @@ import pytest
 from landscape.errors import LandscapeError
 from landscape.io.h5file import open_h5
 
-HOLD = "import h5py, sys, time; f = h5py.File(sys.argv[1], 'r'); print('open', flush=True); time.sleep(float(sys.argv[2]))"
+HOLD = (
+    "import h5py, sys, time; f = h5py.File(sys.argv[1], 'r'); print('open', flush=True); time.sleep(float(sys.argv[2]))"
+)
 
 
 def _held(path, seconds: float) -> subprocess.Popen:
@@ -55,7 +57,10 @@ def test_file_system_without_locks_says_what_to_do(tmp_path, monkeypatch):
     """Some network file systems cannot lock: HDF5 then fails every open; the error says how to go on."""
 
     def no_locks(*args, **kwargs):
-        raise OSError(38, "Unable to synchronously open file (unable to lock file, errno = 38, error message = 'Function not implemented')")
+        raise OSError(
+            38,
+            "Unable to synchronously open file (unable to lock file, errno = 38, error message = 'Function not implemented')",
+        )
 
     monkeypatch.setattr(h5py, "File", no_locks)
     with pytest.raises(LandscapeError, match="HDF5_USE_FILE_LOCKING=FALSE"):

@@ -11,12 +11,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from conftest import sample_problem
 
-from landscape.errors import LandscapeError
 from landscape.curvature import CurvatureOperator, density_from_lanczos, hutchpp, lanczos, layer_blocks, slq
 from landscape.curvature.analysis import CurvatureSettings, estimate_block, run_curvature
 from landscape.curvature.dense import exact_runs
 from landscape.curvature.density import exact_density, l1_distance, quadrature
 from landscape.curvature.trace import rademacher
+from landscape.errors import LandscapeError
 from landscape.problem import make_problem
 
 _CACHE: dict = {}
@@ -429,8 +429,14 @@ def test_progress_hears_of_every_product():
         seen[stage] = seen.get(stage, 0) + n
 
     res = run_curvature(p, CurvatureSettings(top_k=2, trace=True, trace_matvecs=12, per_layer=True), on_products=hear)
-    assert set(seen) == {"model: eigenvalues", "model: trace", "layer 0 (1/2): eigenvalues", "layer 0 (1/2): trace",
-                         "layer 2 (2/2): eigenvalues", "layer 2 (2/2): trace"}
+    assert set(seen) == {
+        "model: eigenvalues",
+        "model: trace",
+        "layer 0 (1/2): eigenvalues",
+        "layer 0 (1/2): trace",
+        "layer 2 (2/2): eigenvalues",
+        "layer 2 (2/2): trace",
+    }
     assert seen["model: eigenvalues"] + seen["model: trace"] == res.model.operator["matvecs"]
     assert seen["layer 2 (2/2): eigenvalues"] + seen["layer 2 (2/2): trace"] == res.layers["2"].operator["matvecs"]
 

@@ -19,14 +19,58 @@ def _one_thread():
 
 def test_sweep_along_hessian_axes(cli, tmp_path):
     curv = tmp_path / "curv.h5"
-    r = cli("hessian", "--sample", "linreg", "--dtype", "float64", "--device", "cpu", "--top-k", "2", "--tol", "1e-8", "-o", curv)
+    r = cli(
+        "hessian",
+        "--sample",
+        "linreg",
+        "--dtype",
+        "float64",
+        "--device",
+        "cpu",
+        "--top-k",
+        "2",
+        "--tol",
+        "1e-8",
+        "-o",
+        curv,
+    )
     assert r.code == 0, r.err
     fresh, stored = tmp_path / "fresh.h5", tmp_path / "stored.h5"
-    r = cli("sweep", "--sample", "linreg", "--dtype", "float64", "--device", "cpu", "--axes", "hessian",
-            "--x", "-1:1:5", "--y", "-1:1:3", "-o", fresh)
+    r = cli(
+        "sweep",
+        "--sample",
+        "linreg",
+        "--dtype",
+        "float64",
+        "--device",
+        "cpu",
+        "--axes",
+        "hessian",
+        "--x",
+        "-1:1:5",
+        "--y",
+        "-1:1:3",
+        "-o",
+        fresh,
+    )
     assert r.code == 0, r.err
-    r = cli("sweep", "--sample", "linreg", "--dtype", "float64", "--device", "cpu", "--axes-from", curv,
-            "--x", "-1:1:5", "--y", "-1:1:3", "-o", stored)
+    r = cli(
+        "sweep",
+        "--sample",
+        "linreg",
+        "--dtype",
+        "float64",
+        "--device",
+        "cpu",
+        "--axes-from",
+        curv,
+        "--x",
+        "-1:1:5",
+        "--y",
+        "-1:1:3",
+        "-o",
+        stored,
+    )
     assert r.code == 0, r.err
     a, b = read_sweep(fresh), read_sweep(stored)
     assert a["axis_attrs"]["x"]["kind"] == "hessian" and "Hessian eigenvector 1" in a["axis_attrs"]["x"]["label"]

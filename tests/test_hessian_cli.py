@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import sample_problem
 
-from landscape.errors import LandscapeError
 import landscape as ls
 from landscape.axes import hessian_axes
 from landscape.curvature.density import quadrature
+from landscape.errors import LandscapeError
 from landscape.io.curvature import read_curvature
 from landscape.render.spectrum import spectrum_figure, spectrum_plotly
 
@@ -36,8 +36,28 @@ def linreg_file(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("curv") / "linreg.h5"
     try:
-        main(["hessian", "--sample", "linreg", "--dtype", "float64", "--device", "cpu", "--trace", "--density",
-              "--per-layer", "--top-k", "3", "--tol", "1e-8", "--probes", "3", "-o", str(out)])
+        main(
+            [
+                "hessian",
+                "--sample",
+                "linreg",
+                "--dtype",
+                "float64",
+                "--device",
+                "cpu",
+                "--trace",
+                "--density",
+                "--per-layer",
+                "--top-k",
+                "3",
+                "--tol",
+                "1e-8",
+                "--probes",
+                "3",
+                "-o",
+                str(out),
+            ]
+        )
     except SystemExit as exc:
         assert exc.code in (0, None)
     return out
@@ -60,7 +80,9 @@ def test_cli_writes_a_complete_curvature_file(linreg_file):
     assert curv["attrs"]["format"] == "landscape-results" and curv["attrs"]["kind"] == "hessian"
     assert curv["attrs"]["command"]
     with h5py.File(linreg_file, "r") as f:
-        assert {"eigenvalues", "residuals", "eigenvectors", "trace", "lanczos", "density", "layers", "layout"} <= set(f["hessian"])
+        assert {"eigenvalues", "residuals", "eigenvectors", "trace", "lanczos", "density", "layers", "layout"} <= set(
+            f["hessian"]
+        )
     assert not linreg_file.with_name(linreg_file.name + ".partial").exists()
 
 
@@ -78,10 +100,17 @@ def test_figures_from_the_file_alone(linreg_file, tmp_path):
 
 def test_per_layer_eigenvalues_go_on_a_log_axis_only_when_positive_and_far_apart():
     def curv(layer_values):
-        return {"eigenvalues": np.array([5.0, 2.0]), "residuals": np.zeros(2),
-                "layers": {f"l{i}": {"eigenvalues": np.array(v)} for i, v in enumerate(layer_values)}}
+        return {
+            "eigenvalues": np.array([5.0, 2.0]),
+            "residuals": np.zeros(2),
+            "layers": {f"l{i}": {"eigenvalues": np.array(v)} for i, v in enumerate(layer_values)},
+        }
 
-    for values, log in (([[900.0, 80.0], [0.5, 0.01]], True), ([[9.0, 8.0], [0.5, 0.2]], False), ([[900.0, 1.0], [0.5, -0.01]], False)):
+    for values, log in (
+        ([[900.0, 80.0], [0.5, 0.01]], True),
+        ([[9.0, 8.0], [0.5, 0.2]], False),
+        ([[900.0, 1.0], [0.5, -0.01]], False),
+    ):
         ax = spectrum_figure(curv(values), "eigenvalues").axes[1]
         assert (ax.get_yscale() == "log") is log
         layout = spectrum_plotly(curv(values), "eigenvalues").layout
@@ -116,8 +145,23 @@ def test_cli_refuses_bad_options_and_existing_output(cli, linreg_file):
 
 def test_cli_ggn_on_mlp_subset(cli, tmp_path):
     out = tmp_path / "ggn.h5"
-    r = cli("hessian", "--sample", "mlp", "--samples", "64", "--curvature", "ggn", "--top-k", "2", "--which", "both",
-            "--device", "cpu", "-o", out)
+    r = cli(
+        "hessian",
+        "--sample",
+        "mlp",
+        "--samples",
+        "64",
+        "--curvature",
+        "ggn",
+        "--top-k",
+        "2",
+        "--which",
+        "both",
+        "--device",
+        "cpu",
+        "-o",
+        out,
+    )
     assert r.code == 0, r.err
     curv = read_curvature(out)
     assert curv["curvature"] == "ggn"
@@ -127,8 +171,22 @@ def test_cli_ggn_on_mlp_subset(cli, tmp_path):
 
 def test_cli_fisher_on_mlp_subset(cli, tmp_path):
     out, fig = tmp_path / "fisher.h5", tmp_path / "fisher.png"
-    r = cli("hessian", "--sample", "mlp", "--samples", "64", "--curvature", "fisher", "--top-k", "3", "--trace",
-            "--device", "cpu", "-o", out)
+    r = cli(
+        "hessian",
+        "--sample",
+        "mlp",
+        "--samples",
+        "64",
+        "--curvature",
+        "fisher",
+        "--top-k",
+        "3",
+        "--trace",
+        "--device",
+        "cpu",
+        "-o",
+        out,
+    )
     assert r.code == 0, r.err
     assert "empirical Fisher eigenvalues" in r.out
     curv = read_curvature(out)
@@ -137,7 +195,9 @@ def test_cli_fisher_on_mlp_subset(cli, tmp_path):
     assert cli("plot", out, "--kind", "eigenvalues", "-o", fig).code == 0 and fig.stat().st_size > 0
     r = cli("info", out)
     assert r.code == 0 and "│ curvature" in r.out and "fisher" in r.out
-    r = cli("hessian", "--sample", "mlp", "--curvature", "fisher", "--method", "double-backward", "-o", tmp_path / "x.h5")
+    r = cli(
+        "hessian", "--sample", "mlp", "--curvature", "fisher", "--method", "double-backward", "-o", tmp_path / "x.h5"
+    )
     assert r.code != 0 and "--method 'double-backward': applies to the Hessian only" in r.err
 
 

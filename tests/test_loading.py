@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from landscape.data import subset
 from landscape.errors import LandscapeError
 from landscape.io.checkpoint import fit_state_dict, read_checkpoint, read_state_dict
-from landscape.data import subset
 from landscape.io.data import load_data
 from landscape.io.samples import sample
 from landscape.sample_models.models import mlp
@@ -75,7 +75,11 @@ def test_weights_found_by_the_models_names_in_any_layout(tmp_path, state):
     layouts = {
         "cifar": {"net": {f"module.{k}": v for k, v in state.items()}, "acc": 93.0, "epoch": 200},
         "deep": {"checkpoint": {"weights": {f"backbone._orig_mod.{k}": v for k, v in state.items()}}, "step": 7},
-        "beside": {**{f"net.{k}": v for k, v in state.items()}, "criterion.weight": torch.ones(10), "metric.total": torch.zeros(())},
+        "beside": {
+            **{f"net.{k}": v for k, v in state.items()},
+            "criterion.weight": torch.ones(10),
+            "metric.total": torch.zeros(()),
+        },
     }
     for name, obj in layouts.items():
         torch.save(obj, tmp_path / f"{name}.pt")
@@ -97,7 +101,9 @@ def test_two_equal_fits_need_a_choice(tmp_path, state):
     with pytest.raises(LandscapeError, match="--checkpoint-key 'nope'.*state_dict_ema"):
         fit_state_dict(ckpt, mlp(), "t.pt", key="nope")
     both = {**{f"net.{k}": v for k, v in state.items()}, **{f"ema.{k}": v for k, v in ema.items()}}
-    with pytest.raises(LandscapeError, match="prefix 'ema.'.*prefix 'net.'.*--prefix|prefix 'net.'.*prefix 'ema.'.*--prefix"):
+    with pytest.raises(
+        LandscapeError, match="prefix 'ema.'.*prefix 'net.'.*--prefix|prefix 'net.'.*prefix 'ema.'.*--prefix"
+    ):
         fit_state_dict(both, mlp(), "b.pt")
     assert torch.equal(fit_state_dict(both, mlp(), "b.pt", prefix="net.")["2.bias"], state["2.bias"])
 
@@ -121,7 +127,9 @@ def test_low_precision_checkpoint_is_said_once(state):
 def test_dict_columns_and_targets():
     """Named columns: labels are the targets (int32 -> int64), the rest are keyword inputs; next-token
     takes the input_ids as targets."""
-    from landscape.data import Columns, check_pair as _check_pair, split as _split
+    from landscape.data import Columns
+    from landscape.data import check_pair as _check_pair
+    from landscape.data import split as _split
 
     ids, mask, labels = torch.randint(0, 9, (5, 4)), torch.ones(5, 4), torch.arange(5, dtype=torch.int32)
     x, y = _check_pair(_split({"input_ids": ids, "attention_mask": mask, "labels": labels}, "d", Columns()), "d")
@@ -178,8 +186,21 @@ def test_subset_is_seeded():
 def test_user_model_file_via_cli(tmp_path, cli, state):
     (tmp_path / "net.py").write_text(MODEL_PY)
     torch.save({"model_state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "ddp.pt")
-    r = cli("sweep", "--model", f"{tmp_path / 'net.py'}:make", "--checkpoint", tmp_path / "ddp.pt",
-            "--data", sample("mlp")["data"], "--x", "-1:1:3", "--samples", "50", "-o", tmp_path / "o.h5")
+    r = cli(
+        "sweep",
+        "--model",
+        f"{tmp_path / 'net.py'}:make",
+        "--checkpoint",
+        tmp_path / "ddp.pt",
+        "--data",
+        sample("mlp")["data"],
+        "--x",
+        "-1:1:3",
+        "--samples",
+        "50",
+        "-o",
+        tmp_path / "o.h5",
+    )
     assert r.code == 0, r.err
     assert "stripped the 'module.' prefix" in r.err
 

@@ -15,7 +15,9 @@ from landscape.metrics import Condition, check, collect, matches, parse_conditio
 
 
 def fake_file(path, ri=0.25, extra_groups=None):
-    groups = {"roughness": Group(numbers={"ri": ri, "mu": 9.0}, arrays={"loss": np.zeros((2, 3))}, attrs={"norm": "filter"})}
+    groups = {
+        "roughness": Group(numbers={"ri": ri, "mu": 9.0}, arrays={"loss": np.zeros((2, 3))}, attrs={"norm": "filter"})
+    }
     groups.update(extra_groups or {})
     return write_results(path, kind="roughness", attrs={"checkpoint": "x.pt"}, settings={"span": 0.1}, groups=groups)
 
@@ -36,7 +38,9 @@ def test_parse_condition(text, name, op, bound):
     assert (c.name, c.op, c.bound) == (name, op, bound)
 
 
-@pytest.mark.parametrize("text", ["lambda_max >> 5", "__import__('os').system('true') > 1", "ri > abc", "ri", "> 5", "a > 1 and b < 2"])
+@pytest.mark.parametrize(
+    "text", ["lambda_max >> 5", "__import__('os').system('true') > 1", "ri > abc", "ri", "> 5", "a > 1 and b < 2"]
+)
 def test_parse_condition_rejects(text):
     with pytest.raises(LandscapeError, match="--fail-if"):
         parse_condition(text)
@@ -61,7 +65,9 @@ def test_check_exactly_at_the_bound():
 
 
 def test_collect_groups_and_sweep(tmp_path, cli):
-    f = fake_file(tmp_path / "a.h5", extra_groups={"hessian": Group(arrays={"eigenvalues": np.array([3.0, -1.0, 7.5])})})
+    f = fake_file(
+        tmp_path / "a.h5", extra_groups={"hessian": Group(arrays={"eigenvalues": np.array([3.0, -1.0, 7.5])})}
+    )
     table = collect(f)
     assert table["roughness.ri"] == 0.25 and table["roughness.mu"] == 9.0
     assert table["hessian.lambda_max"] == 7.5 and table["hessian.lambda_min"] == -1.0

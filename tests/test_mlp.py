@@ -82,7 +82,14 @@ def test_mlp_strategy_matches_direct_pass(case):
         x, y, loss = torch.randn(70, 6), torch.randn(70, 2), F.mse_loss
     else:
         model = nn.Sequential(
-            nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 7), nn.Tanh(), nn.Linear(7, 7), nn.ELU(), nn.Linear(7, 4)
+            nn.Flatten(),
+            nn.Linear(12, 7),
+            nn.ReLU(),
+            nn.Linear(7, 7),
+            nn.Tanh(),
+            nn.Linear(7, 7),
+            nn.ELU(),
+            nn.Linear(7, 4),
         )
         x, y, loss = torch.randn(70, 1, 3, 4), torch.randint(0, 4, (70,)), cross_entropy
     problem = make_problem(
@@ -95,7 +102,9 @@ def test_mlp_strategy_matches_direct_pass(case):
     strat.close()
     for i, c in enumerate(coords):
         with torch.no_grad():
-            out = functional_call(problem.model, (problem.layout.unflatten(problem.theta + c @ dirs), problem.buffers), (x.double(),))
+            out = functional_call(
+                problem.model, (problem.layout.unflatten(problem.theta + c @ dirs), problem.buffers), (x.double(),)
+            )
         assert res.loss[i].item() == pytest.approx(loss(out, problem.y).item(), rel=1e-10)
         if problem.classification:
             assert res.accuracy[i].item() == (out.argmax(-1) == problem.y).double().mean().item()

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import sample_problem
+
 from landscape.io.checkpoint import fit_state_dict, read_state_dict
 from landscape.io.samples import sample
+from landscape.measures import loss_at
 from landscape.paths import (
     barrier,
     bezier_weights,
@@ -24,7 +25,6 @@ from landscape.paths import (
     recalibrate_bn,
     state_losses,
 )
-from landscape.measures import loss_at
 
 
 def states_of(problem, paths):
@@ -101,7 +101,9 @@ def test_recalibrated_path_on_cnn():
     ckpts = sample("cnn")["checkpoints"]
     p = sample_problem("cnn", samples=200, checkpoint=ckpts[0])
     before = {k: v.clone() for k, v in p.buffers.items()}
-    res = evaluate_path(p, states_of(p, [ckpts[0], ckpts[-1]]), torch.linspace(0, 1, 3, dtype=torch.float64), recalibrate=p.x)
+    res = evaluate_path(
+        p, states_of(p, [ckpts[0], ckpts[-1]]), torch.linspace(0, 1, 3, dtype=torch.float64), recalibrate=p.x
+    )
     assert res.recalibrated and torch.isfinite(res.loss).all()
     for k, v in p.buffers.items():
         assert torch.equal(v, before[k])
@@ -158,17 +160,57 @@ def test_projected_loss_equals_own_loss_in_plane_without_buffers():
 
 
 def test_cli_path_plane_trajectory(cli, tmp_path):
-    res = cli("path", "--sample", "mlp", "--points", "5", "--samples", "200", "-o", tmp_path / "p.h5", "--figure", tmp_path / "p.png")
+    res = cli(
+        "path",
+        "--sample",
+        "mlp",
+        "--points",
+        "5",
+        "--samples",
+        "200",
+        "-o",
+        tmp_path / "p.h5",
+        "--figure",
+        tmp_path / "p.png",
+    )
     assert res.code == 0, res.err
     assert "barrier" in res.out
     with h5py.File(tmp_path / "p.h5", "r") as f:
         assert f["path/loss"].shape == (5,) and "barrier" in f["path"].attrs
-    res = cli("plane", "--sample", "mlp", "--samples", "200", "--x", "-5:25:4", "--y", "-5:20:3", "-o", tmp_path / "pl.h5", "--figure", tmp_path / "pl.png")
+    res = cli(
+        "plane",
+        "--sample",
+        "mlp",
+        "--samples",
+        "200",
+        "--x",
+        "-5:25:4",
+        "--y",
+        "-5:20:3",
+        "-o",
+        tmp_path / "pl.h5",
+        "--figure",
+        tmp_path / "pl.png",
+    )
     assert res.code == 0, res.err
     with h5py.File(tmp_path / "pl.h5", "r") as f:
         assert f["sweep/loss"].shape == (4, 3) and f["sweep/done"][()].all()
         assert np.allclose(f["plane/own_loss"][()], f["plane/plane_loss"][()], rtol=1e-4)
-    res = cli("trajectory", "--sample", "mlp", "--samples", "200", "--x", "-5:30:3", "--y", "-6:5:3", "-o", tmp_path / "t.h5", "--figure", tmp_path / "t.png")
+    res = cli(
+        "trajectory",
+        "--sample",
+        "mlp",
+        "--samples",
+        "200",
+        "--x",
+        "-5:30:3",
+        "--y",
+        "-6:5:3",
+        "-o",
+        tmp_path / "t.h5",
+        "--figure",
+        tmp_path / "t.png",
+    )
     assert res.code == 0, res.err
     assert "explained variance" in res.out
     with h5py.File(tmp_path / "t.h5", "r") as f:

@@ -40,7 +40,9 @@ def _layout(path: Path) -> tuple[list[str], list[tuple[int, ...]]]:
     with h5py.File(path, "r") as f:
         table = f["axes/layout"][()] if "axes/layout" in f else f["hessian/layout"][()]
     names = [r[0].decode() if isinstance(r[0], bytes) else str(r[0]) for r in table]
-    shapes = [tuple(int(s) for s in (r[1].decode() if isinstance(r[1], bytes) else str(r[1])).split(",") if s) for r in table]
+    shapes = [
+        tuple(int(s) for s in (r[1].decode() if isinstance(r[1], bytes) else str(r[1])).split(",") if s) for r in table
+    ]
     return names, shapes
 
 
@@ -118,7 +120,20 @@ def run_all(cli, tmp: Path, load: list[str], truth: nn.Module, loss_at: LossAt, 
     r = cli("hessian", *load, "--params", block, "--top-k", str(k), "-o", tmp / "h.h5")
     assert r.code == 0, r.err
     check_hessian(tmp / "h.h5", truth, loss_at, k)
-    r = cli("roughness", *load, "--directions", "3", "--steps", "4", "--span", "0.2", "--dtype", "float32", "-o", tmp / "r.h5")
+    r = cli(
+        "roughness",
+        *load,
+        "--directions",
+        "3",
+        "--steps",
+        "4",
+        "--span",
+        "0.2",
+        "--dtype",
+        "float32",
+        "-o",
+        tmp / "r.h5",
+    )
     assert r.code == 0, r.err
     check_roughness(tmp / "r.h5", truth, loss_at)
 
@@ -132,7 +147,9 @@ def test_gpt2_save_pretrained_next_token(cli, tmp_path):
     the attention needs attention's double backward."""
     transformers = _import("transformers")
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=16, eos_token_id=0, bos_token_id=0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=16, eos_token_id=0, bos_token_id=0
+    )
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
     ids = torch.randint(0, 64, (8, 12))
     mask = torch.ones_like(ids)
@@ -154,14 +171,23 @@ def test_bert_dict_dataloader_and_sharded_checkpoint(cli, tmp_path):
     checkpoint saved in shards (an index file and several safetensors)."""
     transformers = _import("transformers")
     torch.manual_seed(0)
-    config = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=48,
-                                     vocab_size=64, max_position_embeddings=32, num_labels=3)
+    config = transformers.BertConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=48,
+        vocab_size=64,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
     transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "bert", max_shard_size="40KB")
     assert (tmp_path / "bert" / "model.safetensors.index.json").is_file()
     ids, labels = torch.randint(0, 64, (12, 10)), torch.randint(0, 3, (12,), dtype=torch.int32)
     mask = torch.ones_like(ids)
     mask[:4, 7:] = 0  # padded rows
-    (tmp_path / "data.py").write_text(textwrap.dedent("""
+    (tmp_path / "data.py").write_text(
+        textwrap.dedent(
+            """
         import torch
         from torch.utils.data import DataLoader, Dataset
 
@@ -172,17 +198,33 @@ def test_bert_dict_dataloader_and_sharded_checkpoint(cli, tmp_path):
 
         def loader():
             return DataLoader(Rows(torch.load("%s")), batch_size=5)
-    """ % (tmp_path / "rows.pt")))
+    """
+            % (tmp_path / "rows.pt")
+        )
+    )
     torch.save({"input_ids": ids, "attention_mask": mask, "labels": labels}, tmp_path / "rows.pt")
     truth = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "bert").double().eval()
 
     def loss_at(model, params):
-        return functional_call(model, params, (), {"input_ids": ids, "attention_mask": mask, "labels": labels.long()}).loss
+        return functional_call(
+            model, params, (), {"input_ids": ids, "attention_mask": mask, "labels": labels.long()}
+        ).loss
 
     load = ["--checkpoint", tmp_path / "bert", "--data", f"{tmp_path / 'data.py'}:loader"]
     run_all(cli, tmp_path, load, truth, loss_at, block=r"embeddings\.LayerNorm|classifier\.bias")
     # the empirical Fisher over keyword inputs: (1/N) sum_i g_i g_i^T from each sample's own HF loss
-    r = cli("hessian", *load, "--curvature", "fisher", "--params", r"classifier\.bias", "--top-k", "2", "-o", tmp_path / "f.h5")
+    r = cli(
+        "hessian",
+        *load,
+        "--curvature",
+        "fisher",
+        "--params",
+        r"classifier\.bias",
+        "--top-k",
+        "2",
+        "-o",
+        tmp_path / "f.h5",
+    )
     assert r.code == 0, r.err
     bias = truth.classifier.bias
     grads = []
@@ -201,8 +243,15 @@ def test_hf_vision_model_whose_library_renames_keys_on_load(cli, tmp_path):
     is one named column (pixel_values), passed positionally."""
     transformers = _import("transformers")
     torch.manual_seed(0)
-    config = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                    intermediate_size=48, num_labels=5)
+    config = transformers.ViTConfig(
+        image_size=16,
+        patch_size=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        num_labels=5,
+    )
     transformers.ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
     x, y = torch.randn(10, 3, 16, 16), torch.randint(0, 5, (10,))
     torch.save({"pixel_values": x, "labels": y}, tmp_path / "pixels.pt")
@@ -232,7 +281,8 @@ def test_torchvision_resnet18_fine_tuned_head(cli, tmp_path):
     training scripts do ({"net": DataParallel state_dict, "acc", "epoch"}): the landscape is over the
     trainable parameters only."""
     torchvision = _import("torchvision")
-    (tmp_path / "models.py").write_text(textwrap.dedent("""
+    (tmp_path / "models.py").write_text(
+        textwrap.dedent("""
         import torchvision
 
         def resnet():
@@ -243,7 +293,8 @@ def test_torchvision_resnet18_fine_tuned_head(cli, tmp_path):
             for name, p in m.named_parameters():
                 p.requires_grad_(name in ("layer4.1.bn2.bias", "fc.bias"))
             return m
-    """))
+    """)
+    )
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=10).eval()
     with torch.no_grad():  # BatchNorm statistics that are not the defaults
@@ -251,14 +302,24 @@ def test_torchvision_resnet18_fine_tuned_head(cli, tmp_path):
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    torch.save({"net": {f"module.{k}": v for k, v in net.state_dict().items()}, "acc": 93.1, "epoch": 200}, tmp_path / "ckpt.pth")
+    torch.save(
+        {"net": {f"module.{k}": v for k, v in net.state_dict().items()}, "acc": 93.1, "epoch": 200},
+        tmp_path / "ckpt.pth",
+    )
     x, y = _images(tmp_path)
     truth = copy.deepcopy(net).double()
 
     def loss_at(model, params):
         return F.cross_entropy(functional_call(model, params, (x.double(),)), y)
 
-    load = ["--model", f"{tmp_path / 'models.py'}:finetune", "--checkpoint", tmp_path / "ckpt.pth", "--data", tmp_path / "images.npz"]
+    load = [
+        "--model",
+        f"{tmp_path / 'models.py'}:finetune",
+        "--checkpoint",
+        tmp_path / "ckpt.pth",
+        "--data",
+        tmp_path / "images.npz",
+    ]
     r = cli("hessian", *load, "--top-k", "2", "-o", tmp_path / "h.h5")
     assert r.code == 0, r.err
     assert "stripped the 'module.' prefix" in r.err and "read the weights under 'net'" in r.err
@@ -279,19 +340,42 @@ def test_timm_vit_train_script_checkpoint(cli, tmp_path):
     """timm's ViT (patch 4, 32x32) in the layout of timm's train script (state_dict and state_dict_ema):
     ambiguous until --checkpoint-key picks one; its attention runs through F.scaled_dot_product_attention."""
     timm = _import("timm")
-    (tmp_path / "models.py").write_text(textwrap.dedent("""
+    (tmp_path / "models.py").write_text(
+        textwrap.dedent("""
         import timm
 
         def vit():
             return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32,
                                      patch_size=4, embed_dim=32, depth=2, num_heads=2)
-    """))
+    """)
+    )
     torch.manual_seed(0)
-    make = {"pretrained": False, "num_classes": 10, "img_size": 32, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
-    net, ema = timm.create_model("vit_tiny_patch16_224", **make).eval(), timm.create_model("vit_tiny_patch16_224", **make).eval()
-    torch.save({"epoch": 3, "arch": "vit", "state_dict": net.state_dict(), "state_dict_ema": ema.state_dict()}, tmp_path / "last.pth.tar")
+    make = {
+        "pretrained": False,
+        "num_classes": 10,
+        "img_size": 32,
+        "patch_size": 4,
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 2,
+    }
+    net, ema = (
+        timm.create_model("vit_tiny_patch16_224", **make).eval(),
+        timm.create_model("vit_tiny_patch16_224", **make).eval(),
+    )
+    torch.save(
+        {"epoch": 3, "arch": "vit", "state_dict": net.state_dict(), "state_dict_ema": ema.state_dict()},
+        tmp_path / "last.pth.tar",
+    )
     x, y = _images(tmp_path)
-    load = ["--model", f"{tmp_path / 'models.py'}:vit", "--checkpoint", tmp_path / "last.pth.tar", "--data", tmp_path / "images.npz"]
+    load = [
+        "--model",
+        f"{tmp_path / 'models.py'}:vit",
+        "--checkpoint",
+        tmp_path / "last.pth.tar",
+        "--data",
+        tmp_path / "images.npz",
+    ]
     r = cli("sweep", *load, "-o", tmp_path / "a.h5")
     assert r.code == 2 and "more than once" in r.err and "--checkpoint-key" in r.err and "Traceback" not in r.err, r.err
     truth = copy.deepcopy(ema).double()
@@ -309,7 +393,8 @@ def test_lightning_checkpoint_with_ema_and_loss_weights(cli, tmp_path):
     """A checkpoint written by Trainer.fit of a LightningModule holding the net, a loss with a weight
     buffer and an EMA copy of the net: the prefix must be picked (--prefix net.), the rest is ignored."""
     lightning = _import("lightning")
-    (tmp_path / "lit.py").write_text(textwrap.dedent("""
+    (tmp_path / "lit.py").write_text(
+        textwrap.dedent("""
         import copy
         import lightning as L
         import torch
@@ -332,7 +417,8 @@ def test_lightning_checkpoint_with_ema_and_loss_weights(cli, tmp_path):
 
             def configure_optimizers(self):
                 return torch.optim.SGD(self.net.parameters(), lr=0.05)
-    """))
+    """)
+    )
     import importlib.util
     import sys
 
@@ -343,12 +429,26 @@ def test_lightning_checkpoint_with_ema_and_loss_weights(cli, tmp_path):
     x, y = _images(tmp_path, n=32)
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
     torch.manual_seed(0)
-    trainer = lightning.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                                enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer = lightning.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
     module = lit.Classifier()
     trainer.fit(module, data)
     trainer.save_checkpoint(tmp_path / "epoch=0.ckpt")
-    load = ["--model", f"{tmp_path / 'lit.py'}:net", "--checkpoint", tmp_path / "epoch=0.ckpt", "--data", tmp_path / "images.npz"]
+    load = [
+        "--model",
+        f"{tmp_path / 'lit.py'}:net",
+        "--checkpoint",
+        tmp_path / "epoch=0.ckpt",
+        "--data",
+        tmp_path / "images.npz",
+    ]
     r = cli("sweep", *load, "-o", tmp_path / "a.h5")
     assert r.code == 2 and "--prefix" in r.err and "'net.'" in r.err and "'ema.'" in r.err, r.err
     truth = copy.deepcopy(module.net).double().eval()
@@ -382,8 +482,19 @@ def test_compiled_state_dicts(cli, tmp_path, layout):
         "def mlp():\n    return nn.Sequential(nn.Flatten(), torchvision.ops.MLP(3 * 32 * 32, [16, 10]))\n"
     )
     x, y = _images(tmp_path)
-    r = cli("sweep", "--model", f"{tmp_path / 'models.py'}:mlp", "--checkpoint", tmp_path / "compiled.pt",
-            "--data", tmp_path / "images.npz", "--x", "-1:1:3", "-o", tmp_path / "s.h5")
+    r = cli(
+        "sweep",
+        "--model",
+        f"{tmp_path / 'models.py'}:mlp",
+        "--checkpoint",
+        tmp_path / "compiled.pt",
+        "--data",
+        tmp_path / "images.npz",
+        "--x",
+        "-1:1:3",
+        "-o",
+        tmp_path / "s.h5",
+    )
     assert r.code == 0 and "_orig_mod." in r.err, r.err
     truth = copy.deepcopy(flat).double().eval()
     check_sweep(tmp_path / "s.h5", truth, lambda m, p: F.cross_entropy(functional_call(m, p, (x.double(),)), y))
@@ -425,8 +536,8 @@ def test_structured_outputs_every_strategy_and_curvature(kind):
     """The built-in losses read the logits of any output; every sweep strategy and every curvature
     product gives the plain model's numbers."""
     _import("torchvision")
-    from landscape.directions import random_directions
     from landscape.curvature.operators import CURVATURES, CurvatureOperator
+    from landscape.directions import random_directions
     from landscape.losses import cross_entropy
     from landscape.problem import make_problem
     from landscape.strategies import STRATEGIES, NotApplicable, build_strategy
@@ -436,11 +547,13 @@ def test_structured_outputs_every_strategy_and_curvature(kind):
     plain = copy.deepcopy(model.body)
     x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
     said: list[str] = []
-    problem = make_problem(model, model.state_dict(), x, y, cross_entropy, device=torch.device("cpu"), dtype=torch.float64, say=said.append)
+    problem = make_problem(
+        model, model.state_dict(), x, y, cross_entropy, device=torch.device("cpu"), dtype=torch.float64, say=said.append
+    )
     assert any("reading its" in s for s in said), said
     dirs = random_directions(1, problem.theta, problem.layout, seed=0)
     coords = torch.tensor([[-0.5], [0.0], [0.7]], dtype=torch.float64)
-    names, d = problem.layout.names, problem.layout.unflatten(dirs[0])
+    d = problem.layout.unflatten(dirs[0])
     want = []
     for c in coords[:, 0]:
         params = {n.removeprefix("body."): p + c * d[n] for n, p in problem.layout.unflatten(problem.theta).items()}
@@ -456,8 +569,15 @@ def test_structured_outputs_every_strategy_and_curvature(kind):
         strat.close()
         np.testing.assert_allclose(got.loss.numpy(), want, rtol=1e-10, err_msg=name)
     assert {"loop", "vmap", "firstlayer"} <= set(ran)
-    plain_problem = make_problem(copy.deepcopy(model.body), model.body.state_dict(), x, y, cross_entropy,
-                                 device=torch.device("cpu"), dtype=torch.float64)
+    plain_problem = make_problem(
+        copy.deepcopy(model.body),
+        model.body.state_dict(),
+        x,
+        y,
+        cross_entropy,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+    )
     v = torch.randn(2, problem.layout.size, dtype=torch.float64)
     for curvature in CURVATURES:
         got = CurvatureOperator(problem, curvature=curvature).matmat(v)
@@ -467,7 +587,8 @@ def test_structured_outputs_every_strategy_and_curvature(kind):
 
 def test_structured_output_reaches_a_users_loss_as_it_is(cli, tmp_path):
     """A user's --loss gets the tuple itself; a GGN of a user loss on a tuple says what to do."""
-    (tmp_path / "m.py").write_text(textwrap.dedent("""
+    (tmp_path / "m.py").write_text(
+        textwrap.dedent("""
         import torch, torch.nn as nn, torch.nn.functional as F, torchvision
 
         class Two(nn.Module):
@@ -488,13 +609,26 @@ def test_structured_output_reaches_a_users_loss_as_it_is(cli, tmp_path):
         def data():
             g = torch.Generator().manual_seed(0)
             return torch.randn(30, 6, generator=g), torch.randint(0, 3, (30,), generator=g)
-    """))
+    """)
+    )
     _import("torchvision")
     torch.manual_seed(0)
-    torch.save(__import__("landscape.io.spec", fromlist=["x"]).resolve_callable(f"{tmp_path / 'm.py'}:make", "--model")().state_dict(),
-               tmp_path / "w.pt")
-    load = ["--model", f"{tmp_path / 'm.py'}:make", "--checkpoint", tmp_path / "w.pt", "--data", f"{tmp_path / 'm.py'}:data",
-            "--loss", f"{tmp_path / 'm.py'}:loss"]
+    torch.save(
+        __import__("landscape.io.spec", fromlist=["x"])
+        .resolve_callable(f"{tmp_path / 'm.py'}:make", "--model")()
+        .state_dict(),
+        tmp_path / "w.pt",
+    )
+    load = [
+        "--model",
+        f"{tmp_path / 'm.py'}:make",
+        "--checkpoint",
+        tmp_path / "w.pt",
+        "--data",
+        f"{tmp_path / 'm.py'}:data",
+        "--loss",
+        f"{tmp_path / 'm.py'}:loss",
+    ]
     r = cli("sweep", *load, "--x", "-1:1:3", "-o", tmp_path / "s.h5")
     assert r.code == 0, r.err
     r = cli("hessian", *load, "--top-k", "1", "-o", tmp_path / "h.h5")
@@ -507,7 +641,8 @@ def test_structured_output_reaches_a_users_loss_as_it_is(cli, tmp_path):
 def test_pil_dataset_is_refused_with_a_hint_and_a_transform_fixes_it(cli, tmp_path):
     """torchvision's FakeData without a transform yields PIL images: one line saying what to pass."""
     _import("torchvision")
-    (tmp_path / "d.py").write_text(textwrap.dedent("""
+    (tmp_path / "d.py").write_text(
+        textwrap.dedent("""
         import torchvision
 
         def pil():
@@ -516,8 +651,11 @@ def test_pil_dataset_is_refused_with_a_hint_and_a_transform_fixes_it(cli, tmp_pa
         def tensors():
             return torchvision.datasets.FakeData(size=8, image_size=(3, 8, 8), num_classes=4,
                                                  transform=torchvision.transforms.ToTensor())
-    """))
-    (tmp_path / "m.py").write_text("import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(192, 4))\n")
+    """)
+    )
+    (tmp_path / "m.py").write_text(
+        "import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(192, 4))\n"
+    )
     torch.manual_seed(0)
     torch.save(nn.Sequential(nn.Flatten(), nn.Linear(192, 4)).state_dict(), tmp_path / "w.pt")
     base = ["--model", f"{tmp_path / 'm.py'}:make", "--checkpoint", tmp_path / "w.pt", "--x", "-1:1:3"]
@@ -539,8 +677,12 @@ def test_input_and_target_keys_name_the_columns(cli, tmp_path):
     torch.save({"features": x, "class_id": y, "sample_id": torch.arange(20)}, tmp_path / "cols.pt")
     load = ["--model", f"{tmp_path / 'm.py'}:make", "--checkpoint", tmp_path / "w.pt", "--data", tmp_path / "cols.pt"]
     r = cli("sweep", *load, "--x", "-1:1:3", "-o", tmp_path / "a.h5")
-    assert r.code == 2 and "--target-key" in r.err and "Traceback" not in r.err, r.err  # no column says it is the targets
-    r = cli("sweep", *load, "--input-key", "features", "--target-key", "class_id", "--x", "-1:1:3", "-o", tmp_path / "s.h5")
+    assert r.code == 2 and "--target-key" in r.err and "Traceback" not in r.err, (
+        r.err
+    )  # no column says it is the targets
+    r = cli(
+        "sweep", *load, "--input-key", "features", "--target-key", "class_id", "--x", "-1:1:3", "-o", tmp_path / "s.h5"
+    )
     assert r.code == 0, r.err
     truth = copy.deepcopy(net).double()
     check_sweep(tmp_path / "s.h5", truth, lambda m, p: F.cross_entropy(functional_call(m, p, (x.double(),)), y.long()))

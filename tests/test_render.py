@@ -29,8 +29,8 @@ from landscape.render.common import LI_LEVELS, contour_levels, make_scale, make_
 
 XS = np.linspace(-1.5, 1.5, 7)
 YS = np.linspace(-1.0, 1.0, 5)
-NOT_DONE = (0, 0)     # corner never evaluated
-DIVERGED = (6, 4)     # evaluated, loss non-finite
+NOT_DONE = (0, 0)  # corner never evaluated
+DIVERGED = (6, 4)  # evaluated, loss non-finite
 EVIL = "<script data-evil>window.__pwned = 1</script>"
 
 
@@ -44,19 +44,37 @@ def make_results(path: Path, dims: int = 2, evil: bool = False, accuracy: bool =
     coords = {"x": XS} if dims == 1 else {"x": XS, "y": YS}
     label = (lambda i: f"<b>dir {i}</b>{EVIL}") if evil else (lambda i: f"filter-normalized random direction {i}")
     axes = {
-        n: (np.full(3, float(i + 1), dtype=np.float32), {"kind": "random", "normalization": "filter", "seed": 0, "label": label(i + 1)})
+        n: (
+            np.full(3, float(i + 1), dtype=np.float32),
+            {"kind": "random", "normalization": "filter", "seed": 0, "label": label(i + 1)},
+        )
         for i, n in enumerate(coords)
     }
     attrs = {
-        "kind": "sweep", "created": "2026-01-01T00:00:00+00:00", "command": f"landscape sweep {EVIL if evil else ''}",
-        "checkpoint": f"/ckpt/{EVIL if evil else 'model'}.pt", "checkpoint_sha256": "ab" * 32,
-        "model": EVIL if evil else "net.py:make", "data": "data.npz", "data_sha256": "cd" * 32, "samples": 100,
-        "loss": "cross-entropy", "parameters": 3, "device": "cpu", "dtype": "float64", "seed": 0,
+        "kind": "sweep",
+        "created": "2026-01-01T00:00:00+00:00",
+        "command": f"landscape sweep {EVIL if evil else ''}",
+        "checkpoint": f"/ckpt/{EVIL if evil else 'model'}.pt",
+        "checkpoint_sha256": "ab" * 32,
+        "model": EVIL if evil else "net.py:make",
+        "data": "data.npz",
+        "data_sha256": "cd" * 32,
+        "samples": 100,
+        "loss": "cross-entropy",
+        "parameters": 3,
+        "device": "cpu",
+        "dtype": "float64",
+        "seed": 0,
         "torch_version": "2.13.0",
     }
     store = SweepFile.create(
-        path, attrs=attrs, settings={"note": EVIL if evil else "plain", "coords": {k: v.tolist() for k, v in coords.items()}},
-        axes=axes, layout=Layout(("w",), ((3,),)), coords=coords, has_accuracy=accuracy,
+        path,
+        attrs=attrs,
+        settings={"note": EVIL if evil else "plain", "coords": {k: v.tolist() for k, v in coords.items()}},
+        axes=axes,
+        layout=Layout(("w",), ((3,),)),
+        coords=coords,
+        has_accuracy=accuracy,
     )
     grids = np.meshgrid(*coords.values(), indexing="ij")
     loss = truth(grids[0], grids[1] if dims == 2 else 0.0)
@@ -109,6 +127,7 @@ def captured(monkeypatch):
             if len(args) >= 3 and np.ndim(args[2]) == 2 and np.shape(args[2])[1] > 1:  # not a colour bar's own mesh
                 calls.setdefault(name, []).append((args, kwargs))
             return orig(self, *args, **kwargs)
+
         return wrapper
 
     for name in ("contour", "contourf", "pcolormesh"):
@@ -126,6 +145,7 @@ def _same(a, b) -> None:
 
 
 # ---------------------------------------------------------------- the view all figures share
+
 
 def test_view_matches_file_and_marks_checkpoint(grid):
     view = make_view(read_sweep(grid), "loss", grid)
@@ -159,10 +179,11 @@ def test_scale_clips_keeps_nan():
 
 # ---------------------------------------------------------------- static (matplotlib)
 
+
 def test_static_contour_arrays_axis_order_nan(grid, captured, cli, tmp_path):
     r = cli("plot", grid, "--kind", "contour", "-o", tmp_path / "c.png")
     assert r.code == 0, r.err
-    (args, kwargs), = captured["contour"]
+    ((args, kwargs),) = captured["contour"]
     X, Y, Z = args[:3]
     np.testing.assert_array_equal(X, XS)
     np.testing.assert_array_equal(Y, YS)
@@ -176,16 +197,17 @@ def test_static_contour_arrays_axis_order_nan(grid, captured, cli, tmp_path):
 
 
 def test_static_figure_labels_and_center():
+    import tempfile
+
     from landscape.render.static import plot_figure
 
-    import tempfile
     with tempfile.TemporaryDirectory() as d:
         path = make_results(Path(d) / "g.h5")
         fig = plot_figure(make_view(read_sweep(path), "loss", path), "contour")
     ax = fig.axes[0]
     assert ax.get_xlabel() == "filter-normalized random direction 1"
     assert ax.get_ylabel() == "filter-normalized random direction 2"
-    stars = [l for l in ax.get_lines() if l.get_marker() == "*"]
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
     assert len(stars) == 1 and tuple(stars[0].get_xydata()[0]) == (0.0, 0.0)
     plt.close(fig)
 
@@ -193,13 +215,13 @@ def test_static_figure_labels_and_center():
 def test_static_filled_heatmap_vmax_clip(grid, captured, cli, tmp_path):
     r = cli("plot", grid, "--kind", "filled", "--vmax", "2", "-o", tmp_path / "f.svg")
     assert r.code == 0, r.err
-    (args, kwargs), = captured["contourf"]
+    ((args, kwargs),) = captured["contourf"]
     Z = np.ma.filled(args[2], np.nan).T
     want = np.minimum(expected(), 2.0)
     _same(Z, want)
     r = cli("plot", grid, "--kind", "heatmap", "--vmax", "2", "-o", tmp_path / "h.pdf")
     assert r.code == 0, r.err
-    (args, kwargs), = captured["pcolormesh"]
+    ((args, kwargs),) = captured["pcolormesh"]
     _same(np.ma.filled(args[2], np.nan).T, want)
     assert kwargs["shading"] == "nearest" and kwargs["norm"].vmax == 2.0
     assert (tmp_path / "f.svg").read_text().count("<svg") == 1
@@ -209,7 +231,7 @@ def test_static_filled_heatmap_vmax_clip(grid, captured, cli, tmp_path):
 def test_static_surface_and_all(grid, captured, cli, tmp_path):
     r = cli("plot", grid, "--kind", "all", "-o", tmp_path / "all.png")
     assert r.code == 0, r.err
-    (args, _), = captured["plot_surface"]
+    ((args, _),) = captured["plot_surface"]
     X, Y, Z = args
     assert X.shape == Y.shape == Z.shape == (5, 7)
     np.testing.assert_array_equal(X[0], XS)
@@ -261,6 +283,7 @@ def test_static_compare_shares_scale(grid, tmp_path, captured):
 
 # ---------------------------------------------------------------- interactive (plotly in HTML)
 
+
 def figures_in(html: str) -> list[dict]:
     """The plotly figures (data + layout) embedded in an HTML page written by landscape."""
     return [json.loads(m) for m in re.findall(r"var f = (\{.*?\}); Plotly\.newPlot", html, flags=re.S)]
@@ -270,7 +293,9 @@ def _z(trace) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in trace["z"]], dtype=np.float64)
 
 
-@pytest.mark.parametrize("kind,ptype", [("contour", "contour"), ("filled", "contour"), ("heatmap", "heatmap"), ("surface", "surface")])
+@pytest.mark.parametrize(
+    "kind,ptype", [("contour", "contour"), ("filled", "contour"), ("heatmap", "heatmap"), ("surface", "surface")]
+)
 def test_html_traces_hold_the_file(grid, cli, tmp_path, kind, ptype):
     out = tmp_path / f"{kind}.html"
     r = cli("plot", grid, "--kind", kind, "-o", out)
@@ -360,6 +385,7 @@ def test_compare_static_and_errors(grid, line, cli, tmp_path):
 
 # ---------------------------------------------------------------- report
 
+
 def test_report_escapes_and_holds_everything(grid, line, evil, cli, tmp_path):
     with h5py.File(grid, "r+") as f:  # curvature and roughness results, layout unknown to the report
         h = f.create_group("hessian")
@@ -408,6 +434,7 @@ def test_report_uses_spectrum_when_available(grid, cli, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- plot: curvature files go to render.spectrum
+
 
 def _fake_spectrum(monkeypatch, seen):
     import plotly.graph_objects as go
@@ -470,6 +497,7 @@ def test_plot_of_a_curvature_file_draws_what_it_holds(cli, tmp_path):
 
 # ---------------------------------------------------------------- export
 
+
 def test_export_csv(grid, cli, tmp_path):
     out = tmp_path / "g.csv"
     assert cli("export", grid, "-o", out).code == 0
@@ -516,7 +544,9 @@ def _read_vts(path):
     blob = tail[tail.index(b"_") + 1 :]
     extent = [int(v) for v in re.search(rb'WholeExtent="([^"]+)"', head).group(1).split()]
     arrays = {}
-    for m in re.finditer(rb'<DataArray Name="([^"]+)" NumberOfComponents="(\d+)" type="Float64" format="appended" offset="(\d+)"', head):
+    for m in re.finditer(
+        rb'<DataArray Name="([^"]+)" NumberOfComponents="(\d+)" type="Float64" format="appended" offset="(\d+)"', head
+    ):
         name, comps, off = m.group(1).decode(), int(m.group(2)), int(m.group(3))
         size = int(np.frombuffer(blob[off : off + 8], dtype="<u8")[0])
         values = np.frombuffer(blob[off + 8 : off + 8 + size], dtype="<f8")
@@ -555,6 +585,7 @@ def test_export_1d_and_errors(line, grid, cli, tmp_path):
 
 
 # ---------------------------------------------------------------- errors name the file or option
+
 
 def test_plot_errors(grid, line, cli, tmp_path):
     r = cli("plot", line, "--kind", "contour", "-o", tmp_path / "x.png")

@@ -28,9 +28,14 @@ def make_roughness(path):
     alphas = np.linspace(-0.1, 0.1, 5)
     loss = np.array([[3.0, 2.0, 1.0, 2.0, 3.0], [2.0, 1.5, 1.0, np.nan, 2.5], [1.2, 1.1, 1.0, 1.1, 1.2]])
     tv = np.array([10.0, np.nan, 1.0])
-    return _write(path, "roughness", Group(
-        numbers={"mu": 5.5, "sigma": 4.5, "ri": 4.5 / 5.5, "span": 0.1},
-        arrays={"alphas": alphas, "loss": loss, "total_variation": tv}))
+    return _write(
+        path,
+        "roughness",
+        Group(
+            numbers={"mu": 5.5, "sigma": 4.5, "ri": 4.5 / 5.5, "span": 0.1},
+            arrays={"alphas": alphas, "loss": loss, "total_variation": tv},
+        ),
+    )
 
 
 @pytest.fixture
@@ -47,17 +52,31 @@ def test_roughness_figure_holds_every_profile_and_the_histogram(rough):
     hist = next(t for t in fig.data if t.type == "histogram")
     np.testing.assert_array_equal(hist.x, [10.0, 1.0])  # the finite T_j only
     lines = {t.name: t.x[0] for t in fig.data if t.type == "scatter" and t.name and "=" in t.name}
-    assert lines == {"mu = 5.5": 5.5, "1/l = 10 (bowl)": pytest.approx(10.0), "1/(2l) = 5 (monotone)": pytest.approx(5.0)}
+    assert lines == {
+        "mu = 5.5": 5.5,
+        "1/l = 10 (bowl)": pytest.approx(10.0),
+        "1/(2l) = 5 (monotone)": pytest.approx(5.0),
+    }
     assert "RI = 0.818" in json.dumps(fig.to_plotly_json()["layout"])
 
 
 def test_path_figure_loss_line_barrier_and_accuracy(tmp_path):
     t = np.linspace(0, 1, 5)
     loss = np.array([1.0, 2.0, 4.0, 2.0, 0.5])
-    f = _write(tmp_path / "path.h5", "path", Group(
-        numbers={"barrier": 3.25, "barrier_t": 0.5},
-        arrays={"t": t, "loss": loss, "accuracy": np.array([0.9, 0.5, 0.1, 0.5, 0.95]), "node_loss": np.array([1.0, 0.5])},
-        attrs={"curve": "linear", "checkpoints": ["a.pt", "b<i>.pt"], "buffers": "interpolated"}))
+    f = _write(
+        tmp_path / "path.h5",
+        "path",
+        Group(
+            numbers={"barrier": 3.25, "barrier_t": 0.5},
+            arrays={
+                "t": t,
+                "loss": loss,
+                "accuracy": np.array([0.9, 0.5, 0.1, 0.5, 0.95]),
+                "node_loss": np.array([1.0, 0.5]),
+            },
+            attrs={"curve": "linear", "checkpoints": ["a.pt", "b<i>.pt"], "buffers": "interpolated"},
+        ),
+    )
     fig = path_plotly(f)
     by = {tr.name: tr for tr in fig.data}
     np.testing.assert_array_equal(_y(by["loss"]), loss)
@@ -69,8 +88,11 @@ def test_path_figure_loss_line_barrier_and_accuracy(tmp_path):
 
 
 def test_track_figure_and_edge_of_stability(tmp_path):
-    f = _write(tmp_path / "track.h5", "track", Group(
-        numbers={"lr": 0.1}, arrays={"step": np.arange(3.0), "lambda_max": np.array([1.0, 5.0, 19.0])}))
+    f = _write(
+        tmp_path / "track.h5",
+        "track",
+        Group(numbers={"lr": 0.1}, arrays={"step": np.arange(3.0), "lambda_max": np.array([1.0, 5.0, 19.0])}),
+    )
     fig = track_plotly(f)
     np.testing.assert_array_equal(_y(fig.data[0]), [1.0, 5.0, 19.0])
     assert [s.y0 for s in fig.layout.shapes] == [pytest.approx(20.0)]  # 2 / eta

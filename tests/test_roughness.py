@@ -15,17 +15,16 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import sample_problem
+
 from landscape.directions import random_directions
-from landscape.paths import set_params
 from landscape.measures import (
     KnownPoints,
     compute_roughness,
     epsilon_sharpness,
     lla_ratios,
-    loss_at,
     loss_and_grad,
+    loss_at,
     roughness_alphas,
     roughness_coords,
     roughness_index,
@@ -33,7 +32,7 @@ from landscape.measures import (
     total_variation,
     with_theta,
 )
-
+from landscape.paths import set_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,10 +218,27 @@ def _points_done(path) -> int:
 def test_cli_roughness_resumes_an_interrupted_run(cli, tmp_path):
     """Ctrl-C leaves OUTPUT.points; --resume finishes the run with the numbers of an uninterrupted one and
     removes the points file; a run without --resume, or with other settings, is refused."""
-    args = ["roughness", "--sample", "cnn", "--samples", "400", "--directions", "20", "--strategy", "loop", "--device", "cpu"]
+    args = [
+        "roughness",
+        "--sample",
+        "cnn",
+        "--samples",
+        "400",
+        "--directions",
+        "20",
+        "--strategy",
+        "loop",
+        "--device",
+        "cpu",
+    ]
     out, points = tmp_path / "r.h5", tmp_path / "r.h5.points"
-    proc = subprocess.Popen([sys.executable, "-m", "landscape", *args, "-o", str(out)], env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "landscape", *args, "-o", str(out)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and _points_done(points) == 0:
         time.sleep(0.05)
@@ -266,7 +282,21 @@ def test_cli_sharpness_and_gate(cli, tmp_path):
 
 def test_cli_track_linreg_constant_hessian(cli, tmp_path):
     out = tmp_path / "t.h5"
-    res = cli("track", "--sample", "linreg", "--dtype", "float64", "--lr", "0.02", "--steps", "0,5,20,75,300", "-o", out, "--figure", tmp_path / "t.png")
+    res = cli(
+        "track",
+        "--sample",
+        "linreg",
+        "--dtype",
+        "float64",
+        "--lr",
+        "0.02",
+        "--steps",
+        "0,5,20,75,300",
+        "-o",
+        out,
+        "--figure",
+        tmp_path / "t.png",
+    )
     assert res.code == 0, res.err
     _, hess = linreg_at_minimum()
     with h5py.File(out, "r") as f:

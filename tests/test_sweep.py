@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import sample_problem
 from torch.func import functional_call
 
-from conftest import sample_problem
 from landscape.directions import random_directions
 from landscape.fused import FoldedNorm
+from landscape.io.results import read_sweep
 from landscape.losses import cross_entropy
 from landscape.problem import make_problem
-from landscape.io.results import read_sweep
 from landscape.strategies import (
     LOOP_MARGIN,
     STRATEGIES,
@@ -144,8 +144,16 @@ def test_first_layer_norm_folded_into_cache_for_other_layer_kinds(layers):
     bn.weight.data.uniform_(0.5, 2)
     bn.bias.data.uniform_(-1, 1)
     model.eval()
-    problem = make_problem(model, model.state_dict(), x, torch.randint(0, 3, (40,)), cross_entropy,
-                           device=torch.device("cpu"), dtype=torch.float64, batch_size=16)
+    problem = make_problem(
+        model,
+        model.state_dict(),
+        x,
+        torch.randint(0, 3, (40,)),
+        cross_entropy,
+        device=torch.device("cpu"),
+        dtype=torch.float64,
+        batch_size=16,
+    )
     dirs = random_directions(2, problem.theta, problem.layout, seed=2)
     coords = torch.tensor([[0.5, -0.5], [-1.0, 0.3], [0.9, 0.9]], dtype=torch.float64)
     for name in ("fused", "firstlayer-fused"):  # the norm folded per point into the layer, or into the cache
@@ -172,7 +180,9 @@ def test_probe_keeps_fastest_and_its_values():
     choice = choose_strategy(problem, dirs, coords)
     assert choice.strategy.name == fastest_or_loop(choice.timings)
     for i, c in enumerate(coords):
-        assert choice.probe_result.loss[i].item() == pytest.approx(direct_loss(problem, problem.theta + c @ dirs)[0], rel=1e-9)
+        assert choice.probe_result.loss[i].item() == pytest.approx(
+            direct_loss(problem, problem.theta + c @ dirs)[0], rel=1e-9
+        )
     choice.strategy.close()
 
 
@@ -222,8 +232,23 @@ def test_parse_range():
 def test_cli_sweep_matches_direct_loop(name, cli, tmp_path):
     """The CLI's file, read back: loss[i, j] is the loss at (x[i], y[j]) on a non-square grid."""
     out = tmp_path / "s.h5"
-    r = cli("sweep", "--sample", name, "--x", "-1:1:4", "--y", "-0.5:0.5:3", "--samples", "200", "--dtype", "float64",
-            "--device", "cpu", "-o", out)
+    r = cli(
+        "sweep",
+        "--sample",
+        name,
+        "--x",
+        "-1:1:4",
+        "--y",
+        "-0.5:0.5:3",
+        "--samples",
+        "200",
+        "--dtype",
+        "float64",
+        "--device",
+        "cpu",
+        "-o",
+        out,
+    )
     assert r.code == 0, r.err
     s = read_sweep(out)
     assert s["loss"].shape == (4, 3) and s["done"].all() and s["attrs"]["complete"]
@@ -246,7 +271,21 @@ def test_cli_sweep_1d_and_line_to_other_checkpoint(cli, tmp_path):
 
     s = sample("mlp")
     out = tmp_path / "line.h5"
-    r = cli("sweep", "--sample", "mlp", "--to", s["checkpoints"][2], "--x", "0:1:5", "--dtype", "float64", "--samples", "300", "-o", out)
+    r = cli(
+        "sweep",
+        "--sample",
+        "mlp",
+        "--to",
+        s["checkpoints"][2],
+        "--x",
+        "0:1:5",
+        "--dtype",
+        "float64",
+        "--samples",
+        "300",
+        "-o",
+        out,
+    )
     assert r.code == 0, r.err
     sw = read_sweep(out)
     assert sw["loss"].shape == (5,)
@@ -275,9 +314,13 @@ def test_out_of_memory_shrinks_and_goes_on():
     strat = Tight(problem, dirs, points_per_call=16)
     said = []
     res = evaluate_shrinking(strat, coords, said.append)
-    assert said == ["out of memory: going on with 8 points per call", "out of memory: going on with 4 points per call",
-                    "out of memory: going on with 2 points per call", "out of memory: going on with 1 point per call",
-                    "out of memory: going on with batch size 60"]
+    assert said == [
+        "out of memory: going on with 8 points per call",
+        "out of memory: going on with 4 points per call",
+        "out of memory: going on with 2 points per call",
+        "out of memory: going on with 1 point per call",
+        "out of memory: going on with batch size 60",
+    ]
     for i, c in enumerate(coords):
         assert res.loss[i].item() == pytest.approx(direct_loss(problem, problem.theta + c @ dirs)[0], rel=1e-9)
 

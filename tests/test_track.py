@@ -52,6 +52,8 @@ def test_each_checkpoint_is_evaluated_with_its_own_batchnorm_statistics():
         flat = problem.layout.flatten({n: state[n].double() for n in problem.layout.names})
         own = {k: state[k].double() if state[k].is_floating_point() else state[k] for k in problem.buffers}
         assert res.loss[i] == pytest.approx(float(_loss_fn(problem, own)(flat)), rel=1e-12)
-        assert res.loss[i] != pytest.approx(float(_loss_fn(problem, buffers)(flat)), rel=1e-6)  # not the final checkpoint's
+        assert res.loss[i] != pytest.approx(
+            float(_loss_fn(problem, buffers)(flat)), rel=1e-6
+        )  # not the final checkpoint's
         assert res.lambda_max[i] > 0
     assert all(torch.equal(problem.buffers[k], v) for k, v in buffers.items())

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from landscape.cli import app
 from landscape.cli.options import (
-    model_options,
     RUN,
     BatchSize,
     Checkpoint,
@@ -29,6 +28,7 @@ from landscape.cli.options import (
     command_line,
     interrupted,
     load_spec,
+    model_options,
     out,
     points_kept,
     progress,
@@ -56,6 +56,7 @@ from landscape.cli.shared import (
 from landscape.errors import LandscapeError
 from landscape.io.analysis_store import PointStore
 from landscape.io.load import load_problem
+
 
 def _finite(obj: Any) -> Any:
     """NaN/inf as null, so the JSON is strict (CI tools reject NaN)."""
@@ -85,8 +86,15 @@ def roughness(
     data: Data = None,
     loss: Loss = None,
     directions: Annotated[int, typer.Option(help="Number M of random directions.", rich_help_panel=ANALYSIS)] = 100,
-    span: Annotated[float, typer.Option(help="Half-width l of each profile: alpha in [-l, l].", rich_help_panel=ANALYSIS)] = 0.1,
-    steps: Annotated[int, typer.Option(help="Intervals m per profile (m+1 points; even puts alpha=0 on the grid).", rich_help_panel=ANALYSIS)] = 20,
+    span: Annotated[
+        float, typer.Option(help="Half-width l of each profile: alpha in [-l, l].", rich_help_panel=ANALYSIS)
+    ] = 0.1,
+    steps: Annotated[
+        int,
+        typer.Option(
+            help="Intervals m per profile (m+1 points; even puts alpha=0 on the grid).", rich_help_panel=ANALYSIS
+        ),
+    ] = 20,
     norm: Norm = "filter",
     ignore: Ignore = "biasbn",
     seed: Seed = 0,
@@ -98,7 +106,9 @@ def roughness(
     resume: Annotated[
         bool,
         typer.Option(
-            "--resume", help="Finish a killed run: its points are kept in OUTPUT.points (same settings required).", rich_help_panel=RUN
+            "--resume",
+            help="Finish a killed run: its points are kept in OUTPUT.points (same settings required).",
+            rich_help_panel=RUN,
         ),
     ] = False,
     force: Force = False,
@@ -128,7 +138,9 @@ def roughness(
     check_output(output, force)
     points_path = output.with_name(output.name + ".points")  # the points done so far, for --resume
     if points_path.exists() and not resume and not force:
-        raise LandscapeError(f"{points_path}: points of a killed run; pass --resume to finish it or --force to start over")
+        raise LandscapeError(
+            f"{points_path}: points of a killed run; pass --resume to finish it or --force to start over"
+        )
     spec = load_spec(
         model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
         seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
@@ -147,7 +159,8 @@ def roughness(
     if points.done.any():
         say(f"resuming from {points_path}: {int(points.done.sum())} of {total} points already done")
         known = KnownPoints(
-            torch.from_numpy(points.loss), None if points.accuracy is None else torch.from_numpy(points.accuracy),
+            torch.from_numpy(points.loss),
+            None if points.accuracy is None else torch.from_numpy(points.accuracy),
             torch.from_numpy(points.done),
         )
     try:
@@ -205,7 +218,10 @@ def metrics(
         payload = {
             "numbers": tables,
             "checks": [c.text for c in conditions],
-            "broken": [{"file": b.file, "name": b.key, "value": b.value, "condition": b.condition.text, "message": b.message()} for b in breaches],
+            "broken": [
+                {"file": b.file, "name": b.key, "value": b.value, "condition": b.condition.text, "message": b.message()}
+                for b in breaches
+            ],
             "passed": not breaches,
         }
         out.print_json(json.dumps(_finite(payload)))
@@ -235,14 +251,36 @@ def sharpness(
     checkpoint: Checkpoint = None,
     data: Data = None,
     loss: Loss = None,
-    rho: Annotated[float, typer.Option(help="SAM radius: L(theta + rho g/|g|) - L(theta) (Foret et al.).", rich_help_panel=ANALYSIS)] = 0.05,
-    epsilon: Annotated[float, typer.Option(help="epsilon-sharpness box: |y_i| <= epsilon (|theta_i| + 1) (Keskar et al.).", rich_help_panel=ANALYSIS)] = 1e-3,
-    ascent_steps: Annotated[int, typer.Option(help="Projected gradient-ascent steps for the epsilon-sharpness maximum.", rich_help_panel=ANALYSIS)] = 20,
+    rho: Annotated[
+        float,
+        typer.Option(help="SAM radius: L(theta + rho g/|g|) - L(theta) (Foret et al.).", rich_help_panel=ANALYSIS),
+    ] = 0.05,
+    epsilon: Annotated[
+        float,
+        typer.Option(
+            help="epsilon-sharpness box: |y_i| <= epsilon (|theta_i| + 1) (Keskar et al.).", rich_help_panel=ANALYSIS
+        ),
+    ] = 1e-3,
+    ascent_steps: Annotated[
+        int,
+        typer.Option(
+            help="Projected gradient-ascent steps for the epsilon-sharpness maximum.", rich_help_panel=ANALYSIS
+        ),
+    ] = 20,
     curvature: Annotated[
-        Path | None, typer.Option(help="A results file of `landscape hessian`: take lambda_max, trace and the LLA ratios from it.", rich_help_panel=ANALYSIS)
+        Path | None,
+        typer.Option(
+            help="A results file of `landscape hessian`: take lambda_max, trace and the LLA ratios from it.",
+            rich_help_panel=ANALYSIS,
+        ),
     ] = None,
     hessian: Annotated[
-        bool, typer.Option("--hessian", help="Compute lambda_max, trace and the spectral density (for the LLA ratios) here.", rich_help_panel=ANALYSIS)
+        bool,
+        typer.Option(
+            "--hessian",
+            help="Compute lambda_max, trace and the spectral density (for the LLA ratios) here.",
+            rich_help_panel=ANALYSIS,
+        ),
     ] = False,
     samples: Samples = None,
     seed: Seed = 0,
@@ -274,7 +312,9 @@ def sharpness(
     if curvature is not None:
         loaded = ls.load(curvature)
         if not isinstance(loaded, ls.CurvatureResult):
-            raise LandscapeError(f"--curvature {curvature}: holds no curvature results (write one with `landscape hessian`)")
+            raise LandscapeError(
+                f"--curvature {curvature}: holds no curvature results (write one with `landscape hessian`)"
+            )
         curv = loaded
     spec = load_spec(
         model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
@@ -285,14 +325,20 @@ def sharpness(
         ours = prov["checkpoint_sha256"]
         theirs = str(curv.provenance.get("checkpoint_sha256", ""))
         if theirs and theirs != ours:
-            raise LandscapeError(f"--curvature {curvature}: computed for another checkpoint (sha256 {theirs[:12]}..., this one {ours[:12]}...)")
+            raise LandscapeError(
+                f"--curvature {curvature}: computed for another checkpoint (sha256 {theirs[:12]}..., this one {ours[:12]}...)"
+            )
     say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, {prov['device']} {dtype}")
     source = str(curvature or "")
     if hessian:
         say("curvature: lambda_max by Lanczos, trace by Hutch++, density by SLQ (landscape.curvature)")
-        curv = curvature_with_progress(problem, top_k=1, tol=1e-3, trace=True, density=True, eigenvectors=False, seed=seed)
+        curv = curvature_with_progress(
+            problem, top_k=1, tol=1e-3, trace=True, density=True, eigenvectors=False, seed=seed
+        )
         source = "computed (--hessian)"
-    res = ls.sharpness(problem, rho, epsilon, ascent_steps, curvature=curv, seed=seed, source=source, command=command_line())
+    res = ls.sharpness(
+        problem, rho, epsilon, ascent_steps, curvature=curv, seed=seed, source=source, command=command_line()
+    )
     res.save(output)
     table = Table("number", "value", title="sharpness", title_justify="left")
     for key, value in res.numbers.items():
@@ -313,10 +359,28 @@ def track(
     model: Model = None,
     data: Data = None,
     loss: Loss = None,
-    lr: Annotated[float | None, typer.Option(help="Step size eta of the training run: draws the 2/eta line (edge of stability, Cohen et al.).", rich_help_panel=ANALYSIS)] = None,
-    steps: Annotated[str | None, typer.Option(help="Training step of each checkpoint, comma-separated (default 0, 1, 2, ...).", rich_help_panel=ANALYSIS)] = None,
-    trace: Annotated[bool, typer.Option("--trace", help="Also estimate the Hessian trace (Hutch++) at each checkpoint.", rich_help_panel=ANALYSIS)] = False,
-    tol: Annotated[float, typer.Option(help="Relative residual tolerance of the Lanczos lambda_max.", rich_help_panel=ANALYSIS)] = 1e-3,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Step size eta of the training run: draws the 2/eta line (edge of stability, Cohen et al.).",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            help="Training step of each checkpoint, comma-separated (default 0, 1, 2, ...).", rich_help_panel=ANALYSIS
+        ),
+    ] = None,
+    trace: Annotated[
+        bool,
+        typer.Option(
+            "--trace", help="Also estimate the Hessian trace (Hutch++) at each checkpoint.", rich_help_panel=ANALYSIS
+        ),
+    ] = False,
+    tol: Annotated[
+        float, typer.Option(help="Relative residual tolerance of the Lanczos lambda_max.", rich_help_panel=ANALYSIS)
+    ] = 1e-3,
     samples: Samples = None,
     seed: Seed = 0,
     batch_size: BatchSize = None,
@@ -367,13 +431,17 @@ def track(
             command=command_line(),
         )  # fmt: skip
     res.save(output)
-    table = Table("checkpoint", "step", "loss", "lambda_max", *(["trace"] if trace else []), title="track", title_justify="left")
+    table = Table(
+        "checkpoint", "step", "loss", "lambda_max", *(["trace"] if trace else []), title="track", title_justify="left"
+    )
     for j, c in enumerate(ckpts):
         arr = res.arrays
         row = [_fmt(float(arr["step"][j])), _fmt(float(arr["loss"][j])), _fmt(float(arr["lambda_max"][j]))]
         table.add_row(Path(c).name, *row, *([_fmt(float(arr["trace"][j]))] if trace else []))
     out.print(table)
     if lr:
-        out.print(f"2/lr = {2 / lr:.4g}; last lambda_max is {100 * float(res.arrays['lambda_max'][-1]) * lr / 2:.1f}% of it")
+        out.print(
+            f"2/lr = {2 / lr:.4g}; last lambda_max is {100 * float(res.arrays['lambda_max'][-1]) * lr / 2:.1f}% of it"
+        )
     wrote(output)
     draw_figure(figure, output)

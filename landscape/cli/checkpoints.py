@@ -9,10 +9,8 @@ import numpy as np
 import typer
 
 import landscape as ls
-
 from landscape.cli import app
 from landscape.cli.options import (
-    model_options,
     BatchSize,
     Config,
     Data,
@@ -25,6 +23,7 @@ from landscape.cli.options import (
     Seed,
     UnsafePickle,
     command_line,
+    model_options,
     out,
     parse_range,
     progress,
@@ -78,15 +77,30 @@ def path(
     model: Model = None,
     data: Data = None,
     loss: Loss = None,
-    points: Annotated[int, typer.Option(help="Points along the path, t in [0, 1] (61 as usual).", rich_help_panel=ANALYSIS)] = 61,
+    points: Annotated[
+        int, typer.Option(help="Points along the path, t in [0, 1] (61 as usual).", rich_help_panel=ANALYSIS)
+    ] = 61,
     curve: Annotated[
-        str, typer.Option(help="linear: straight line (polyline through more than two); bezier: Bezier curve with the middle checkpoints as bends (Garipov et al.).", rich_help_panel=ANALYSIS)
+        str,
+        typer.Option(
+            help="linear: straight line (polyline through more than two); bezier: Bezier curve with the middle checkpoints as bends (Garipov et al.).",
+            rich_help_panel=ANALYSIS,
+        ),
     ] = "linear",
     bn_recalibrate: Annotated[
-        bool, typer.Option("--bn-recalibrate", help="Recompute BatchNorm running statistics at every point on --train-data.", rich_help_panel=ANALYSIS)
+        bool,
+        typer.Option(
+            "--bn-recalibrate",
+            help="Recompute BatchNorm running statistics at every point on --train-data.",
+            rich_help_panel=ANALYSIS,
+        ),
     ] = False,
     train_data: Annotated[
-        str | None, typer.Option(help="Training inputs for --bn-recalibrate (same forms as --data; default: --data).", rich_help_panel=ANALYSIS)
+        str | None,
+        typer.Option(
+            help="Training inputs for --bn-recalibrate (same forms as --data; default: --data).",
+            rich_help_panel=ANALYSIS,
+        ),
     ] = None,
     samples: Samples = None,
     seed: Seed = 0,
@@ -147,7 +161,9 @@ def path(
                 say("--bn-recalibrate without --train-data: recalibrating on --data")
                 xt = problem.x
             recal = to_device(xt, problem.device, problem.dtype)
-    say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, {curve} path through {len(ckpts)} checkpoints, {points} points")
+    say(
+        f"{prov['parameters']:,} parameters, {problem.n:,} samples, {curve} path through {len(ckpts)} checkpoints, {points} points"
+    )
     with progress() as bar:
         task = bar.add_task("path", total=points)
         res = ls.path(
@@ -177,8 +193,16 @@ def plane(
     model: Model = None,
     data: Data = None,
     loss: Loss = None,
-    x: Annotated[str | None, typer.Option(help="x grid MIN:MAX:POINTS in parameter distance (default: the three points plus a margin, 21 points).", rich_help_panel=ANALYSIS)] = None,
-    y: Annotated[str | None, typer.Option(help="y grid MIN:MAX:POINTS (default like --x).", rich_help_panel=ANALYSIS)] = None,
+    x: Annotated[
+        str | None,
+        typer.Option(
+            help="x grid MIN:MAX:POINTS in parameter distance (default: the three points plus a margin, 21 points).",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
+    y: Annotated[
+        str | None, typer.Option(help="y grid MIN:MAX:POINTS (default like --x).", rich_help_panel=ANALYSIS)
+    ] = None,
     samples: Samples = None,
     seed: Seed = 0,
     batch_size: BatchSize = None,
@@ -218,7 +242,9 @@ def plane(
         checkpoints_sha256=[sha256_file(c) for c in ckpts], seed=seed, command=command_line(),
     )  # fmt: skip
     names = [Path(c).name for c in ckpts]
-    say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, plane through {', '.join(names)}; grid {len(planned.x)} x {len(planned.y)}")
+    say(
+        f"{prov['parameters']:,} parameters, {problem.n:,} samples, plane through {', '.join(names)}; grid {len(planned.x)} x {len(planned.y)}"
+    )
     _run_plane(output, problem, planned, strategy)
     g = planned.groups["plane"].arrays
     for name, p, lo, la in zip(names, g["points"].tolist(), g["own_loss"].tolist(), g["plane_loss"].tolist()):
@@ -239,9 +265,25 @@ def trajectory(
     model: Model = None,
     data: Data = None,
     loss: Loss = None,
-    x: Annotated[str | None, typer.Option(help="x grid MIN:MAX:POINTS along the first principal direction (default: the path plus a margin, 21 points).", rich_help_panel=ANALYSIS)] = None,
-    y: Annotated[str | None, typer.Option(help="y grid MIN:MAX:POINTS along the second principal direction.", rich_help_panel=ANALYSIS)] = None,
-    center: Annotated[bool, typer.Option("--center", help="Subtract the mean offset before the PCA (as Li et al.'s sklearn PCA does); default: the best plane through the final checkpoint.", rich_help_panel=ANALYSIS)] = False,
+    x: Annotated[
+        str | None,
+        typer.Option(
+            help="x grid MIN:MAX:POINTS along the first principal direction (default: the path plus a margin, 21 points).",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
+    y: Annotated[
+        str | None,
+        typer.Option(help="y grid MIN:MAX:POINTS along the second principal direction.", rich_help_panel=ANALYSIS),
+    ] = None,
+    center: Annotated[
+        bool,
+        typer.Option(
+            "--center",
+            help="Subtract the mean offset before the PCA (as Li et al.'s sklearn PCA does); default: the best plane through the final checkpoint.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = False,
     samples: Samples = None,
     seed: Seed = 0,
     batch_size: BatchSize = None,

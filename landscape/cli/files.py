@@ -37,16 +37,36 @@ def info(
     table = Table(title=str(path), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    for key in ("kind", "created", "command", "model", "checkpoint", "data", "samples", "loss", "load_options", "parameters", "device", "dtype", "seed", "tool_version", "torch_version"):
+    for key in (
+        "kind",
+        "created",
+        "command",
+        "model",
+        "checkpoint",
+        "data",
+        "samples",
+        "loss",
+        "load_options",
+        "parameters",
+        "device",
+        "dtype",
+        "seed",
+        "tool_version",
+        "torch_version",
+    ):
         if key in attrs and attrs[key] != "":
             table.add_row(key, str(attrs[key]))
     try:
-        curvature = json.loads(attrs.get("settings") or "{}").get("curvature") if attrs.get("kind") == "hessian" else None
+        curvature = (
+            json.loads(attrs.get("settings") or "{}").get("curvature") if attrs.get("kind") == "hessian" else None
+        )
     except (ValueError, AttributeError):  # settings that are not a JSON object: nothing to show
         curvature = None
     if curvature:  # the /hessian group's numbers are those of this matrix (GGN, empirical Fisher or Hessian)
         table.add_row("curvature", str(curvature))
-    table.add_row("complete", "yes" if attrs.get("complete") else Text.assemble(("no", "yellow"), " (finish it with --resume)"))
+    table.add_row(
+        "complete", "yes" if attrs.get("complete") else Text.assemble(("no", "yellow"), " (finish it with --resume)")
+    )
     for key, value in desc.get("numbers", {}).items():
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
     sweep_attrs = desc["datasets"].get("sweep/loss")

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from landscape.api import check_curvature
 from landscape.cli import app
 from landscape.cli.options import (
-    model_options,
     RUN,
     BatchSize,
     Checkpoint,
@@ -31,13 +31,13 @@ from landscape.cli.options import (
     Seed,
     UnsafePickle,
     load_spec,
+    model_options,
     out,
     say,
     warn,
     wrote,
 )
 from landscape.cli.shared import curvature_with_progress
-from landscape.api import check_curvature
 from landscape.curvature.analysis import BlockResult, CurvatureSettings
 from landscape.curvature.operators import CURVATURE_TITLES, CURVATURES, METHODS
 from landscape.curvature.trace import EXACT
@@ -55,20 +55,33 @@ def _quiet(msg: str) -> None:
 @app.command(rich_help_panel="Compute")
 @model_options
 def hessian(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")] = Path("landscape-out/curv.h5"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")] = Path(
+        "landscape-out/curv.h5"
+    ),
     sample: Sample = None,
     model: Model = None,
     checkpoint: Checkpoint = None,
     data: Data = None,
     loss: Loss = None,
     top_k: Annotated[int, typer.Option(help="Number of top eigenpairs (0: none).", rich_help_panel=CURV)] = 5,
-    which: Annotated[str, typer.Option(help="largest (algebraic), or both: also the k most negative.", rich_help_panel=CURV)] = "largest",
-    trace: Annotated[bool, typer.Option("--trace", help="Estimate the trace by Hutch++ (with a standard error).", rich_help_panel=CURV)] = False,
+    which: Annotated[
+        str, typer.Option(help="largest (algebraic), or both: also the k most negative.", rich_help_panel=CURV)
+    ] = "largest",
+    trace: Annotated[
+        bool,
+        typer.Option("--trace", help="Estimate the trace by Hutch++ (with a standard error).", rich_help_panel=CURV),
+    ] = False,
     density: Annotated[
-        bool, typer.Option("--density", help="Spectral density by stochastic Lanczos quadrature (per-probe tridiagonals kept).", rich_help_panel=CURV)
+        bool,
+        typer.Option(
+            "--density",
+            help="Spectral density by stochastic Lanczos quadrature (per-probe tridiagonals kept).",
+            rich_help_panel=CURV,
+        ),
     ] = False,
     per_layer: Annotated[
-        bool, typer.Option("--per-layer", help="The same numbers for each module's parameter block.", rich_help_panel=CURV)
+        bool,
+        typer.Option("--per-layer", help="The same numbers for each module's parameter block.", rich_help_panel=CURV),
     ] = False,
     curvature: Annotated[
         str,
@@ -86,15 +99,26 @@ def hessian(
             rich_help_panel=CURV,
         ),
     ] = 1e-4,
-    max_iter: Annotated[int | None, typer.Option(help="Most Lanczos steps (default max(100, 20·top-k)).", rich_help_panel=CURV)] = None,
+    max_iter: Annotated[
+        int | None, typer.Option(help="Most Lanczos steps (default max(100, 20·top-k)).", rich_help_panel=CURV)
+    ] = None,
     probes: Annotated[int, typer.Option(help="SLQ probe vectors (density).", rich_help_panel=CURV)] = 10,
     steps: Annotated[int, typer.Option(help="Lanczos steps per SLQ probe (density).", rich_help_panel=CURV)] = 80,
     trace_matvecs: Annotated[int, typer.Option(help="Products spent on the Hutch++ trace.", rich_help_panel=CURV)] = 60,
     eigenvectors: Annotated[
-        bool, typer.Option("--eigenvectors/--no-eigenvectors", help="Store the top eigenvectors (for `sweep --axes-from`).", rich_help_panel=CURV)
+        bool,
+        typer.Option(
+            "--eigenvectors/--no-eigenvectors",
+            help="Store the top eigenvectors (for `sweep --axes-from`).",
+            rich_help_panel=CURV,
+        ),
     ] = True,
     method: Annotated[
-        str, typer.Option(help="auto (time each, keep the fastest), double-backward(-cached) or forward-over-reverse.", rich_help_panel=RUN)
+        str,
+        typer.Option(
+            help="auto (time each, keep the fastest), double-backward(-cached) or forward-over-reverse.",
+            rich_help_panel=RUN,
+        ),
     ] = "auto",
     seed: Seed = 0,
     samples: Samples = None,
@@ -204,6 +228,10 @@ def _summary(block: BlockResult, layers: dict[str, BlockResult], curvature: str)
         t.add_column("numbers")
         for name, b in layers.items():
             lam = f"{b.eigen.eigenvalues[0]:.4g}" if b.eigen is not None and b.eigen.eigenvalues.size else "-"
-            trc = "-" if b.trace is None else f"{b.trace.value:.4g}" + (f" ± {b.trace.std_error:.1g}" if b.trace.std_error else "")
+            trc = (
+                "-"
+                if b.trace is None
+                else f"{b.trace.value:.4g}" + (f" ± {b.trace.std_error:.1g}" if b.trace.std_error else "")
+            )
             t.add_row(name, f"{b.size:,}", lam, trc, "exact" if b.operator.get("dense") else "estimated")
         out.print(t)

@@ -79,39 +79,72 @@ def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | No
 
 Model = Annotated[
     str | None,
-    typer.Option(help="Model factory: MODULE:FACTORY or path/to/file.py:FACTORY, or a Hugging Face model directory (default: --checkpoint when it is one).", rich_help_panel=LOAD),
+    typer.Option(
+        help="Model factory: MODULE:FACTORY or path/to/file.py:FACTORY, or a Hugging Face model directory (default: --checkpoint when it is one).",
+        rich_help_panel=LOAD,
+    ),
 ]
 Checkpoint = Annotated[
     str | None,
-    typer.Option(help="Weights: .pt/.pth/.ckpt/.bin/.safetensors, or a Hugging Face model directory. The dict of tensors and the key prefix (module., net., _orig_mod., ...) are found by the model's own names.", rich_help_panel=LOAD),
+    typer.Option(
+        help="Weights: .pt/.pth/.ckpt/.bin/.safetensors, or a Hugging Face model directory. The dict of tensors and the key prefix (module., net., _orig_mod., ...) are found by the model's own names.",
+        rich_help_panel=LOAD,
+    ),
 ]
 Data = Annotated[
     str | None,
-    typer.Option(help="Data: a .pt/.npz/.h5 file holding x and y (or named columns: input_ids, attention_mask, labels, ...), or file.py:fn returning tensors, a Dataset or a DataLoader (of pairs or of dicts).", rich_help_panel=LOAD),
+    typer.Option(
+        help="Data: a .pt/.npz/.h5 file holding x and y (or named columns: input_ids, attention_mask, labels, ...), or file.py:fn returning tensors, a Dataset or a DataLoader (of pairs or of dicts).",
+        rich_help_panel=LOAD,
+    ),
 ]
 Loss = Annotated[
     str | None,
-    typer.Option(help="cross-entropy (default for integer targets; logits [N, C, ...] or [B, T, V]; targets -100 ignored), next-token (causal language models: logits [B, T, V] predict the next of the tokens [B, T]), mse (default otherwise), or file.py:fn(output, target) -> mean loss. The built-ins read .logits, ['logits'] or a tuple's first element of the output; your function gets the output as it is.", rich_help_panel=LOAD),
+    typer.Option(
+        help="cross-entropy (default for integer targets; logits [N, C, ...] or [B, T, V]; targets -100 ignored), next-token (causal language models: logits [B, T, V] predict the next of the tokens [B, T]), mse (default otherwise), or file.py:fn(output, target) -> mean loss. The built-ins read .logits, ['logits'] or a tuple's first element of the output; your function gets the output as it is.",
+        rich_help_panel=LOAD,
+    ),
 ]
-Sample = Annotated[str | None, typer.Option(help="A bundled sample instead of model/checkpoint/data (see `landscape samples`).", rich_help_panel=LOAD)]
-Samples = Annotated[int | None, typer.Option(help="Use a fixed, seeded subset of N data points (default: all).", rich_help_panel=LOAD)]
+Sample = Annotated[
+    str | None,
+    typer.Option(
+        help="A bundled sample instead of model/checkpoint/data (see `landscape samples`).", rich_help_panel=LOAD
+    ),
+]
+Samples = Annotated[
+    int | None, typer.Option(help="Use a fixed, seeded subset of N data points (default: all).", rich_help_panel=LOAD)
+]
 Seed = Annotated[int, typer.Option(help="Seed of random directions and of the --samples subset.", rich_help_panel=RUN)]
 BatchSize = Annotated[
     int | None,
-    typer.Option(help="Data points per forward pass (default: tuned by timing, at most all of them, 4096 on CPU, 65536 on GPU).", rich_help_panel=RUN),
+    typer.Option(
+        help="Data points per forward pass (default: tuned by timing, at most all of them, 4096 on CPU, 65536 on GPU).",
+        rich_help_panel=RUN,
+    ),
 ]
 Device = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.", rich_help_panel=RUN)]
 Dtype = Annotated[
     str,
-    typer.Option(help="float32, float64 (for checks against exact values) or bfloat16 (sweeps on GPUs: the model runs in bfloat16, weights are formed in float32).", rich_help_panel=RUN),
+    typer.Option(
+        help="float32, float64 (for checks against exact values) or bfloat16 (sweeps on GPUs: the model runs in bfloat16, weights are formed in float32).",
+        rich_help_panel=RUN,
+    ),
 ]
 UnsafePickle = Annotated[
     bool,
-    typer.Option("--unsafe-pickle", help="Allow torch.load to unpickle arbitrary objects. Only for files you trust: unpickling can run code.", rich_help_panel=LOAD),
+    typer.Option(
+        "--unsafe-pickle",
+        help="Allow torch.load to unpickle arbitrary objects. Only for files you trust: unpickling can run code.",
+        rich_help_panel=LOAD,
+    ),
 ]
 Config = Annotated[
     Path | None,
-    typer.Option(help="TOML file with any of these options (a table named after the command, e.g. \\[sweep], or top-level keys); flags given on the line win.", callback=load_config, is_eager=True),
+    typer.Option(
+        help="TOML file with any of these options (a table named after the command, e.g. \\[sweep], or top-level keys); flags given on the line win.",
+        callback=load_config,
+        is_eager=True,
+    ),
 ]
 
 
@@ -120,18 +153,37 @@ def load_spec(**kwargs: Any) -> LoadSpec:
 
 
 def _load_option(name: str, help: str, default: Any = None, kind: Any = str | None) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                             annotation=Annotated[kind, typer.Option(help=help, rich_help_panel=LOAD)])
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[kind, typer.Option(help=help, rich_help_panel=LOAD)],
+    )
 
 
 MODEL_OPTIONS = (  # how to read a real model's files: added to every command that loads one by `model_options`
-    _load_option("checkpoint_key", "Which dict of the checkpoint holds the weights (e.g. state_dict_ema), when several fit the model."),
-    _load_option("prefix", "The prefix in front of the model's own key names (e.g. net. or ema.module.), when several fit."),
-    _load_option("params", "The parameters to perturb and differentiate: trainable (requires_grad, default), all, or a regular "
-                 "expression over names (e.g. 'layer4|fc').", default="trainable", kind=str),
-    _load_option("input_key", "Data as dicts: the key(s) the model takes, comma-separated (default: all but the targets; one key is "
-                 "passed positionally, several as keyword arguments)."),
-    _load_option("target_key", "Data as dicts: the targets' key (default: the first of labels, label, y, targets, target)."),
+    _load_option(
+        "checkpoint_key",
+        "Which dict of the checkpoint holds the weights (e.g. state_dict_ema), when several fit the model.",
+    ),
+    _load_option(
+        "prefix", "The prefix in front of the model's own key names (e.g. net. or ema.module.), when several fit."
+    ),
+    _load_option(
+        "params",
+        "The parameters to perturb and differentiate: trainable (requires_grad, default), all, or a regular "
+        "expression over names (e.g. 'layer4|fc').",
+        default="trainable",
+        kind=str,
+    ),
+    _load_option(
+        "input_key",
+        "Data as dicts: the key(s) the model takes, comma-separated (default: all but the targets; one key is "
+        "passed positionally, several as keyword arguments).",
+    ),
+    _load_option(
+        "target_key", "Data as dicts: the targets' key (default: the first of labels, label, y, targets, target)."
+    ),
 )
 
 
@@ -139,7 +191,11 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command the MODEL_OPTIONS; it receives them as one dict `model_options` of LoadSpec fields."""
     signature = inspect.signature(command)
     hints = typing.get_type_hints(command, include_extras=True)  # the annotations as objects (typer reads them)
-    visible = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "model_options"]
+    visible = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in signature.parameters.values()
+        if p.name != "model_options"
+    ]
     names = [p.name for p in MODEL_OPTIONS]
 
     @functools.wraps(command)

@@ -18,14 +18,41 @@ DRAW = "Draw"
 SCALE = "Scale"
 SPECTRUM_KINDS = ("density", "eigenvalues")
 
-Output = Annotated[Path, typer.Option("--output", "-o", help="Figure file; the suffix picks the format: png, svg, pdf (matplotlib) or html (interactive plotly).")]
+Output = Annotated[
+    Path,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Figure file; the suffix picks the format: png, svg, pdf (matplotlib) or html (interactive plotly).",
+    ),
+]
 Metric = Annotated[str, typer.Option(help="What to draw: loss or accuracy (classification sweeps).")]
-Log = Annotated[bool, typer.Option("--log", help="Logarithmic colour scale, heights and contour levels.", rich_help_panel=SCALE)]
-Vmin = Annotated[float | None, typer.Option(help="Clip values below this (colour scale and heights).", rich_help_panel=SCALE)]
-Vmax = Annotated[float | None, typer.Option(help="Clip values above this, so one diverged corner does not flatten the picture.", rich_help_panel=SCALE)]
-Levels = Annotated[int | None, typer.Option(help="About N contour levels (default: Li et al.'s 0.1..10 step 0.5 when they resolve the loss).", rich_help_panel=SCALE)]
+Log = Annotated[
+    bool, typer.Option("--log", help="Logarithmic colour scale, heights and contour levels.", rich_help_panel=SCALE)
+]
+Vmin = Annotated[
+    float | None, typer.Option(help="Clip values below this (colour scale and heights).", rich_help_panel=SCALE)
+]
+Vmax = Annotated[
+    float | None,
+    typer.Option(
+        help="Clip values above this, so one diverged corner does not flatten the picture.", rich_help_panel=SCALE
+    ),
+]
+Levels = Annotated[
+    int | None,
+    typer.Option(
+        help="About N contour levels (default: Li et al.'s 0.1..10 step 0.5 when they resolve the loss).",
+        rich_help_panel=SCALE,
+    ),
+]
 Title = Annotated[str | None, typer.Option(help="Figure title (default: the results file's name).")]
-PlotlyJs = Annotated[str, typer.Option(help="html only: inline (default; the file opens offline) or cdn (a small file that loads plotly.js from cdn.plot.ly).")]
+PlotlyJs = Annotated[
+    str,
+    typer.Option(
+        help="html only: inline (default; the file opens offline) or cdn (a small file that loads plotly.js from cdn.plot.ly)."
+    ),
+]
 
 
 def _suffix(output: Path) -> str:
@@ -33,7 +60,9 @@ def _suffix(output: Path) -> str:
 
     suffix = output.suffix.lower()
     if suffix not in STATIC_SUFFIXES + (".html",):
-        raise LandscapeError(f"--output {output}: unsupported suffix; use one of {', '.join(STATIC_SUFFIXES + ('.html',))}")
+        raise LandscapeError(
+            f"--output {output}: unsupported suffix; use one of {', '.join(STATIC_SUFFIXES + ('.html',))}"
+        )
     return suffix
 
 
@@ -53,13 +82,17 @@ def _has_group(path: Path, group: str) -> bool:
         return group in f
 
 
-def _plot_spectrum(path: Path, kind: str | None, sigma: float | None, output: Path, suffix: str, plotlyjs: str, title: str | None) -> None:
+def _plot_spectrum(
+    path: Path, kind: str | None, sigma: float | None, output: Path, suffix: str, plotlyjs: str, title: str | None
+) -> None:
     """A curvature file: Hessian eigenvalues or spectral density (drawn by landscape.render.spectrum)."""
     try:
         from landscape.io.curvature import read_curvature
         from landscape.render import spectrum
     except ImportError as exc:
-        raise LandscapeError(f"{path}: drawing curvature results needs landscape.render.spectrum, not available here ({exc})") from exc
+        raise LandscapeError(
+            f"{path}: drawing curvature results needs landscape.render.spectrum, not available here ({exc})"
+        ) from exc
     curv = read_curvature(path)
     kind = kind or spectrum.default_kind(curv)
     if suffix == ".html":
@@ -82,15 +115,19 @@ def plot(
     output: Output,
     kind: Annotated[
         str | None,
-        typer.Option(help="line, contour, filled, heatmap, surface or all (default: line for 1D, contour for 2D); "
-                          "density or eigenvalues for curvature results."),
+        typer.Option(
+            help="line, contour, filled, heatmap, surface or all (default: line for 1D, contour for 2D); "
+            "density or eigenvalues for curvature results."
+        ),
     ] = None,
     metric: Metric = "loss",
     log: Log = False,
     vmin: Vmin = None,
     vmax: Vmax = None,
     levels: Levels = None,
-    sigma: Annotated[float | None, typer.Option(help="Curvature density only: Gaussian width (default: the stored one).")] = None,
+    sigma: Annotated[
+        float | None, typer.Option(help="Curvature density only: Gaussian width (default: the stored one).")
+    ] = None,
     title: Title = None,
     plotlyjs: PlotlyJs = "inline",
 ) -> None:
@@ -120,7 +157,9 @@ def plot(
         if suffix != ".html" and found in analysis.FIGURES:  # roughness, path, plane, trajectory, track
             wrote(analysis.draw(path, output))
             return
-        if suffix == ".html" and found in analysis_interactive.FIGURES:  # roughness, path, track (plane, trajectory: sweeps)
+        if (
+            suffix == ".html" and found in analysis_interactive.FIGURES
+        ):  # roughness, path, track (plane, trajectory: sweeps)
             from landscape.render.interactive import figures_page, write_page
 
             fig = analysis_interactive.FIGURES[found](path)
@@ -145,9 +184,14 @@ def plot(
 
 @app.command(rich_help_panel=DRAW)
 def compare(
-    paths: Annotated[list[Path], typer.Argument(help="Two or more results files (same kind of sweep: all 1D or all 2D).")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Two or more results files (same kind of sweep: all 1D or all 2D).")
+    ],
     output: Output,
-    kind: Annotated[str | None, typer.Option(help="line, contour, filled, heatmap or surface (default: line for 1D, filled for 2D).")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(help="line, contour, filled, heatmap or surface (default: line for 1D, filled for 2D)."),
+    ] = None,
     metric: Metric = "loss",
     log: Log = False,
     vmin: Vmin = None,
@@ -176,7 +220,9 @@ def compare(
         from landscape.render.interactive import compare_figure, figures_page, write_page
 
         fig = compare_figure(views, kind, **opts)
-        wrote(write_page(figures_page([fig], title or "compare: " + ", ".join(v.name for v in views), plotlyjs), output))
+        wrote(
+            write_page(figures_page([fig], title or "compare: " + ", ".join(v.name for v in views), plotlyjs), output)
+        )
     else:
         from landscape.render.static import compare_figure, save
 
@@ -186,7 +232,9 @@ def compare(
 @app.command(rich_help_panel=DRAW)
 def report(
     paths: Annotated[list[Path], typer.Argument(help="One or more results files.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The report, one HTML file.")] = Path("landscape-report.html"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="The report, one HTML file.")] = Path(
+        "landscape-report.html"
+    ),
     title: Title = None,
     plotlyjs: PlotlyJs = "inline",
 ) -> None:
@@ -207,8 +255,17 @@ def report(
 @app.command(rich_help_panel=DRAW)
 def export(
     path: Annotated[Path, typer.Argument(help="A results file written by `landscape sweep`.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output file: .vts (VTK structured grid), .vtu or .vtk (quads; NaN regions are holes) for ParaView, or .csv.")],
-    format: Annotated[str | None, typer.Option("--format", help="vtk or csv (default: from the output's suffix).")] = None,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output file: .vts (VTK structured grid), .vtu or .vtk (quads; NaN regions are holes) for ParaView, or .csv.",
+        ),
+    ],
+    format: Annotated[
+        str | None, typer.Option("--format", help="vtk or csv (default: from the output's suffix).")
+    ] = None,
     vmax: Vmax = None,
 ) -> None:
     """Export a sweep: a VTK grid for ParaView (heights = loss, clipped to --vmax) or CSV, one row per point.

@@ -10,7 +10,6 @@ import torch
 import typer
 
 import landscape as ls
-
 from landscape.cli.options import RUN, activity, command_line, load_spec, one_of, say, wrote
 from landscape.directions import IGNORES, NORMS
 from landscape.errors import LandscapeError
@@ -30,7 +29,8 @@ Strategy = Annotated[
     str,
     typer.Option(
         help="auto (time each on the first points, keep the fastest), or one of: " + ", ".join(STRATEGIES) + ".",
-        rich_help_panel=RUN, callback=one_of("--strategy", STRATEGY_CHOICES),
+        rich_help_panel=RUN,
+        callback=one_of("--strategy", STRATEGY_CHOICES),
     ),
 ]
 
@@ -38,14 +38,17 @@ Strategy = Annotated[
 def norm_option(panel: str) -> Any:
     """--norm, checked while the line is parsed; `panel` groups it in --help."""
     return typer.Option(
-        help="Direction normalization: filter (Li et al.), layer, model or none.", rich_help_panel=panel, callback=one_of("--norm", NORMS)
+        help="Direction normalization: filter (Li et al.), layer, model or none.",
+        rich_help_panel=panel,
+        callback=one_of("--norm", NORMS),
     )
 
 
 def ignore_option(panel: str) -> Any:
     """--ignore, checked while the line is parsed; `panel` groups it in --help."""
     return typer.Option(
-        help="biasbn: zero directions on 1-D tensors (biases, norm layers); none: keep them.", rich_help_panel=panel,
+        help="biasbn: zero directions on 1-D tensors (biases, norm layers); none: keep them.",
+        rich_help_panel=panel,
         callback=one_of("--ignore", IGNORES),
     )
 
@@ -66,7 +69,9 @@ def curvature_with_progress(problem: Problem, show: bool = True, **options: Any)
     with activity("products", disable=not show) as bar:
         task = bar.add_task(label, total=None)
         result = ls.hessian(
-            problem, on_products=lambda stage, n: bar.update(task, advance=n, description=f"{label} {stage}"), command=command_line(),
+            problem,
+            on_products=lambda stage, n: bar.update(task, advance=n, description=f"{label} {stage}"),
+            command=command_line(),
             **options,
         )
         bar.update(task, total=bar.tasks[task].completed, description=f"{label}: done")
@@ -74,7 +79,11 @@ def curvature_with_progress(problem: Problem, show: bool = True, **options: Any)
 
 
 def root_attrs(prov: dict[str, Any]) -> dict[str, Any]:
-    return {**prov, "command": command_line(), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        **prov,
+        "command": command_line(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def draw_figure(figure: Path | None, results: Path) -> None:
@@ -87,7 +96,10 @@ def draw_figure(figure: Path | None, results: Path) -> None:
 
 Checkpoints = Annotated[
     list[str] | None,
-    typer.Argument(help="Checkpoints of one model (.pt/.pth/.ckpt/.safetensors); with --sample they default to its training snapshots.", show_default=False),
+    typer.Argument(
+        help="Checkpoints of one model (.pt/.pth/.ckpt/.safetensors); with --sample they default to its training snapshots.",
+        show_default=False,
+    ),
 ]
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 import typer
 
+import landscape as ls
+from landscape.axes import Axes, axes_settings
 from landscape.cli import app
 from landscape.cli.options import (
-    model_options,
     RUN,
     BatchSize,
     Checkpoint,
@@ -28,7 +29,9 @@ from landscape.cli.options import (
     command_line,
     interrupted,
     load_spec,
+    model_options,
     one_of,
+    parse_range,
     points_kept,
     progress,
     say,
@@ -36,14 +39,11 @@ from landscape.cli.options import (
     wrote,
 )
 from landscape.cli.shared import Strategy, ignore_option, norm_option
-import landscape as ls
-from landscape.axes import Axes, axes_settings
-from landscape.cli.options import parse_range
 from landscape.distributed import close_world, device_for, init_world
 from landscape.errors import LandscapeError
+from landscape.io.load import load_other_theta, load_problem
 from landscape.io.results import SweepFile, read_axes
 from landscape.io.spec import sha256_file
-from landscape.io.load import load_other_theta, load_problem
 from landscape.problem import Problem
 
 AXES = "Axes and grid"
@@ -56,7 +56,9 @@ def _quiet(msg: str) -> None:
 @app.command(rich_help_panel="Compute")
 @model_options
 def sweep(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")] = Path("landscape-out/sweep.h5"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")] = Path(
+        "landscape-out/sweep.h5"
+    ),
     sample: Sample = None,
     model: Model = None,
     checkpoint: Checkpoint = None,
@@ -66,22 +68,30 @@ def sweep(
         str | None,
         typer.Option(help="x grid MIN:MAX:POINTS (default -1:1:51; with --to, -0.5:1.5:41).", rich_help_panel=AXES),
     ] = None,
-    y: Annotated[str | None, typer.Option(help="y grid MIN:MAX:POINTS; omit for a 1D line.", rich_help_panel=AXES)] = None,
+    y: Annotated[
+        str | None, typer.Option(help="y grid MIN:MAX:POINTS; omit for a 1D line.", rich_help_panel=AXES)
+    ] = None,
     norm: Annotated[str, norm_option(AXES)] = "filter",
     ignore: Annotated[str, ignore_option(AXES)] = "biasbn",
     to: Annotated[
         str | None,
-        typer.Option(help="Second checkpoint: x becomes the straight line from --checkpoint (0) to it (1).", rich_help_panel=AXES),
+        typer.Option(
+            help="Second checkpoint: x becomes the straight line from --checkpoint (0) to it (1).", rich_help_panel=AXES
+        ),
     ] = None,
     axes: Annotated[
         str,
         typer.Option(
-            help="random (normalized Gaussian), or hessian: the top Hessian eigenvectors (unit vectors).", rich_help_panel=AXES,
+            help="random (normalized Gaussian), or hessian: the top Hessian eigenvectors (unit vectors).",
+            rich_help_panel=AXES,
             callback=one_of("--axes", ("random", "hessian")),
         ),
     ] = "random",
     axes_from: Annotated[
-        str | None, typer.Option(help="Take the axes from the eigenvectors stored by `landscape hessian` in this file.", rich_help_panel=AXES)
+        str | None,
+        typer.Option(
+            help="Take the axes from the eigenvectors stored by `landscape hessian` in this file.", rich_help_panel=AXES
+        ),
     ] = None,
     seed: Seed = 0,
     samples: Samples = None,
@@ -90,7 +100,12 @@ def sweep(
     dtype: Dtype = "float32",
     strategy: Strategy = "auto",
     resume: Annotated[
-        bool, typer.Option("--resume", help="Finish a killed run in OUTPUT (same settings required); starts it if OUTPUT is missing.", rich_help_panel=RUN)
+        bool,
+        typer.Option(
+            "--resume",
+            help="Finish a killed run in OUTPUT (same settings required); starts it if OUTPUT is missing.",
+            rich_help_panel=RUN,
+        ),
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)] = False,
     unsafe_pickle: UnsafePickle = False,
@@ -144,7 +159,13 @@ def sweep(
             axes_from_sha256=sha256_file(axes_from) if axes_from else "",
         )  # fmt: skip
         stored = read_axes(output)
-        planned = ls.plan_sweep(problem, Axes(stored.directions, stored.attrs, stored.layout, identity), x_grid, y_grid, command=command_line())
+        planned = ls.plan_sweep(
+            problem,
+            Axes(stored.directions, stored.attrs, stored.layout, identity),
+            x_grid,
+            y_grid,
+            command=command_line(),
+        )
         store = SweepFile.resume(output, planned.settings)
         say(f"resuming {output}: {int(store.done.sum())} of {store.done.size} points already done")
     elif world.main:
@@ -180,7 +201,15 @@ def sweep(
 
 
 def _make_axes(
-    problem: Problem, dims: int, axes: str, axes_from: str | None, *, norm: str, ignore: str, seed: int, to: str | None,
+    problem: Problem,
+    dims: int,
+    axes: str,
+    axes_from: str | None,
+    *,
+    norm: str,
+    ignore: str,
+    seed: int,
+    to: str | None,
     other: torch.Tensor | None,
 ) -> Axes:
     """The sweep's axes as the options name them: random, Hessian eigenvectors, or those a curvature file stored."""
@@ -188,7 +217,9 @@ def _make_axes(
     if axes_from:
         curv = ls.load(axes_from)
         if not isinstance(curv, ls.CurvatureResult):
-            raise LandscapeError(f"--axes-from {axes_from}: holds no curvature results (write one with `landscape hessian`)")
+            raise LandscapeError(
+                f"--axes-from {axes_from}: holds no curvature results (write one with `landscape hessian`)"
+            )
         return ls.axes_from(problem, curv, dims, source=axes_from, source_sha256=sha256_file(axes_from), **line)
     if axes == "hessian" and dims - (1 if to else 0) > 0:
         return ls.hessian_axes(problem, dims, seed=seed, **line)
@@ -204,7 +235,9 @@ def _report(result: ls.SweepResult, strategy: str, output: Path) -> None:
         say(f"strategy {run['strategy']} (probe: {timing})")
     elif run.get("strategy", "none") != "none":
         say(f"strategy {run['strategy']}")
-    for name, why in (run.get("strategy_dropped") or {}).items():  # failures only: strategies with nothing to offer are not news
+    for name, why in (
+        run.get("strategy_dropped") or {}
+    ).items():  # failures only: strategies with nothing to offer are not news
         if strategy == "auto":
             warn(f"strategy {name} not used: {why}")
     nonfinite = int((result.done & ~np.isfinite(result.loss)).sum())

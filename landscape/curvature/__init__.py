@@ -11,8 +11,21 @@ from landscape.curvature.operators import CURVATURES, METHODS, CurvatureOperator
 from landscape.curvature.trace import TraceEstimate, hutchpp
 
 __all__ = [
-    "BlockResult", "CURVATURES", "CurvatureOperator", "CurvatureRun", "CurvatureSettings", "Density",
-    "Eigenpairs", "LanczosRuns", "METHODS", "TraceEstimate", "density_from_lanczos", "hutchpp",
-    "lanczos", "layer_blocks", "run_curvature", "slq", "top_eigenvectors",
+    "BlockResult",
+    "CURVATURES",
+    "CurvatureOperator",
+    "CurvatureRun",
+    "CurvatureSettings",
+    "Density",
+    "Eigenpairs",
+    "LanczosRuns",
+    "METHODS",
+    "TraceEstimate",
+    "density_from_lanczos",
+    "hutchpp",
+    "lanczos",
+    "layer_blocks",
+    "run_curvature",
+    "slq",
+    "top_eigenvectors",
 ]
-

@@ -17,12 +17,19 @@ from typing import Any
 
 import torch
 
-from landscape.distributed import World
-from landscape.curvature.dense import dense_matrix, exact_eigenpairs, exact_runs, exact_trace, planned_products, use_dense
+from landscape.curvature.dense import (
+    dense_matrix,
+    exact_eigenpairs,
+    exact_runs,
+    exact_trace,
+    planned_products,
+    use_dense,
+)
 from landscape.curvature.density import Density, LanczosRuns, density_from_lanczos, slq
 from landscape.curvature.lanczos import Eigenpairs, lanczos
 from landscape.curvature.operators import CurvatureOperator, layer_blocks
 from landscape.curvature.trace import TraceEstimate, hutchpp
+from landscape.distributed import World
 from landscape.problem import Problem
 
 
@@ -97,12 +104,21 @@ def estimate_block(
     """Build the operator on `names` (default all) and run what `settings` asks for (on every rank of `world`);
     `on_products` hears of every product made, with the estimate it serves."""
     op = CurvatureOperator(
-        problem, curvature=settings.curvature, names=names, method=settings.method, batch_size=settings.batch_size,
-        world=world, probe_seed=settings.seed,
+        problem,
+        curvature=settings.curvature,
+        names=names,
+        method=settings.method,
+        batch_size=settings.batch_size,
+        world=world,
+        probe_seed=settings.seed,
     )
     planned = planned_products(
-        op.size, top_k=settings.top_k, which=settings.which, trace_matvecs=settings.trace_matvecs if settings.trace else None,
-        probes=settings.probes if settings.density else None, steps=settings.steps,
+        op.size,
+        top_k=settings.top_k,
+        which=settings.which,
+        trace_matvecs=settings.trace_matvecs if settings.trace else None,
+        probes=settings.probes if settings.density else None,
+        steps=settings.steps,
     )
     dense = use_dense(op.size, planned)  # fewer products for the whole matrix than the estimators would spend
     try:
@@ -112,7 +128,14 @@ def estimate_block(
     info = {**op.info(), "matvecs": op.matvecs, "dense": dense}
     density = density_from_lanczos(runs.alpha, runs.beta) if runs is not None else None
     return BlockResult(
-        names=op.names, size=op.size, eigen=eigen, trace=trace, lanczos=runs, operator=info, seconds=seconds, density=density
+        names=op.names,
+        size=op.size,
+        eigen=eigen,
+        trace=trace,
+        lanczos=runs,
+        operator=info,
+        seconds=seconds,
+        density=density,
     )
 
 
@@ -143,23 +166,39 @@ def _estimated(op: CurvatureOperator, settings: CurvatureSettings, on_products: 
     if settings.top_k > 0:
         t0 = time.perf_counter()
         eigen = lanczos(
-            _counted(op.matmat, "eigenvalues", on_products), op.size, k=settings.top_k, which=settings.which, tol=settings.tol,
-            max_iter=settings.max_iter, seed=settings.seed, device=op.device, vectors=settings.eigenvectors, precision=_precision(op.dtype),
+            _counted(op.matmat, "eigenvalues", on_products),
+            op.size,
+            k=settings.top_k,
+            which=settings.which,
+            tol=settings.tol,
+            max_iter=settings.max_iter,
+            seed=settings.seed,
+            device=op.device,
+            vectors=settings.eigenvectors,
+            precision=_precision(op.dtype),
             start=op.probe,  # the set-up's product is Lanczos's first step
         )
         seconds["eigenvalues"] = time.perf_counter() - t0
     if settings.trace:
         t0 = time.perf_counter()
         trace = hutchpp(
-            _counted(op.matmat, "trace", on_products), op.size, matvecs=settings.trace_matvecs, seed=settings.seed + 1,
-            device=op.device, start=op.probe,
+            _counted(op.matmat, "trace", on_products),
+            op.size,
+            matvecs=settings.trace_matvecs,
+            seed=settings.seed + 1,
+            device=op.device,
+            start=op.probe,
         )
         seconds["trace"] = time.perf_counter() - t0
     if settings.density:
         t0 = time.perf_counter()
         runs = slq(
-            _counted(op.matmat, "density", on_products), op.size, probes=settings.probes, steps=settings.steps,
-            seed=settings.seed + 2, device=op.device,
+            _counted(op.matmat, "density", on_products),
+            op.size,
+            probes=settings.probes,
+            steps=settings.steps,
+            seed=settings.seed + 2,
+            device=op.device,
         )
         seconds["density"] = time.perf_counter() - t0
     return eigen, trace, runs, seconds
@@ -187,13 +226,22 @@ def run_curvature(
     if settings.per_layer:
         # the method measured on the whole model is used for every block (no re-measuring per block)
         layer_settings = CurvatureSettings(
-            **{**settings.__dict__, "eigenvectors": False, "method": op["method"] if settings.curvature == "hessian" else "auto"}
+            **{
+                **settings.__dict__,
+                "eigenvectors": False,
+                "method": op["method"] if settings.curvature == "hessian" else "auto",
+            }
         )
         blocks = layer_blocks(problem.layout)
         for i, (key, names) in enumerate(blocks.items()):
             where = f"layer {key} ({i + 1}/{len(blocks)})"
             layers[key] = estimate_block(
-                problem, layer_settings, names, say, world, lambda stage, n, where=where: on_products(f"{where}: {stage}", n)
+                problem,
+                layer_settings,
+                names,
+                say,
+                world,
+                lambda stage, n, where=where: on_products(f"{where}: {stage}", n),
             )
     return CurvatureRun(settings=settings, model=model, layers=layers)
 
@@ -205,7 +253,14 @@ def top_eigenvectors(
     op = CurvatureOperator(problem, curvature=curvature, probe_seed=seed)
     try:
         return lanczos(
-            op.matmat, op.size, k=count, tol=tol, seed=seed, device=op.device, precision=_precision(op.dtype), start=op.probe
+            op.matmat,
+            op.size,
+            k=count,
+            tol=tol,
+            seed=seed,
+            device=op.device,
+            precision=_precision(op.dtype),
+            start=op.probe,
         )
     finally:
         op.close()

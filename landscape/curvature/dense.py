@@ -23,7 +23,9 @@ MatMat = Callable[[torch.Tensor], torch.Tensor]
 DENSE_LIMIT = 1024  # parameters: an 8 MB matrix, and the exact density's Lanczos run stays under a second
 
 
-def planned_products(n: int, *, top_k: int, which: str, trace_matvecs: int | None, probes: int | None, steps: int | None) -> int:
+def planned_products(
+    n: int, *, top_k: int, which: str, trace_matvecs: int | None, probes: int | None, steps: int | None
+) -> int:
     """About how many products the iterative estimators would spend on an operator of size n."""
     total = 0
     if top_k > 0:
@@ -47,7 +49,13 @@ def dense_matrix(matmat: MatMat, n: int, device: torch.device | str = "cpu") -> 
 
 
 def exact_eigenpairs(
-    H: torch.Tensor, spectrum: tuple[torch.Tensor, torch.Tensor], *, k: int, which: str, tol: float, vectors: bool = True
+    H: torch.Tensor,
+    spectrum: tuple[torch.Tensor, torch.Tensor],
+    *,
+    k: int,
+    which: str,
+    tol: float,
+    vectors: bool = True,
 ) -> Eigenpairs:
     """The wanted eigenpairs of a dense symmetric matrix from its `torch.linalg.eigh` (largest first; with
     'both', then the most negative), with their residuals ||Hv - lambda v||."""

@@ -311,7 +311,9 @@ class CurvatureOperator:
         if not output.requires_grad:
             return torch.zeros(V.shape[0], *inp.shape, dtype=inp.dtype, device=inp.device)
         if batched:
-            (r,) = torch.autograd.grad(output, inp, grad_outputs=V, retain_graph=True, is_grads_batched=True, allow_unused=True)
+            (r,) = torch.autograd.grad(
+                output, inp, grad_outputs=V, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
             return torch.zeros(V.shape[0], *inp.shape, dtype=inp.dtype, device=inp.device) if r is None else r
         rows = []
         for v in V:
@@ -416,7 +418,11 @@ class CurvatureOperator:
             self._cache = None
             candidates = [c for c in candidates if c != name]
             if not candidates:
-                hint = " (the empirical Fisher, curvature fisher, needs first derivatives only)" if "not implemented" in why else ""
+                hint = (
+                    " (the empirical Fisher, curvature fisher, needs first derivatives only)"
+                    if "not implemented" in why
+                    else ""
+                )
                 raise LandscapeError(f"no curvature product works for this model: {name}: {why}{hint}")
         self._time_gradient()  # also warms up the allocator before the candidates are timed
         results: dict[str, torch.Tensor] = {}  # the candidates, timed warm
@@ -451,8 +457,11 @@ class CurvatureOperator:
             results[name] = second
         if not results:
             why = "; ".join(f"{k}: {v}" for k, v in self.dropped.items())
-            hint = (" (an operation without second derivatives in PyTorch: the empirical Fisher, curvature fisher, needs first derivatives only)"
-                    if self.curvature != "fisher" and ("not implemented" in why or "does not support" in why) else "")
+            hint = (
+                " (an operation without second derivatives in PyTorch: the empirical Fisher, curvature fisher, needs first derivatives only)"
+                if self.curvature != "fisher" and ("not implemented" in why or "does not support" in why)
+                else ""
+            )
             raise LandscapeError(f"no curvature product works for this model: {why}{hint}")
         if check:
             ref_name = next(iter(results))
@@ -545,7 +554,9 @@ def _kept(out: Any) -> torch.Tensor:
     try:
         return logits_of(out)
     except LandscapeError:
-        leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        leaves = [
+            t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()
+        ]
         if not leaves:
             raise
         return leaves[0]

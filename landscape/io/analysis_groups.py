@@ -19,11 +19,13 @@ from landscape.io.analysis_store import Group
 if TYPE_CHECKING:
     import torch
 
-    from landscape.paths import PathRun, Trajectory
     from landscape.measures import EpsilonSharpness, RoughnessRun, SamSharpness
+    from landscape.paths import PathRun, Trajectory
     from landscape.tracking import TrackRun
 
-Losses = tuple["torch.Tensor", "torch.Tensor | None"]  # loss [n] and accuracy [n] (classification) per checkpoint or point
+Losses = tuple[
+    "torch.Tensor", "torch.Tensor | None"
+]  # loss [n] and accuracy [n] (classification) per checkpoint or point
 
 
 def roughness_group(res: RoughnessRun, *, span: float, steps: int, norm: str, ignore: str, seed: int) -> Group:
@@ -34,51 +36,86 @@ def roughness_group(res: RoughnessRun, *, span: float, steps: int, norm: str, ig
         arrays["accuracy"] = res.accuracy.numpy()
     return Group(
         numbers={
-            "ri": idx.ri, "mu": idx.mu, "sigma": idx.sigma, "directions_used": idx.used,
-            "directions_dropped": idx.dropped, "loss_center": res.center_loss, "span": span, "steps": steps,
+            "ri": idx.ri,
+            "mu": idx.mu,
+            "sigma": idx.sigma,
+            "directions_used": idx.used,
+            "directions_dropped": idx.dropped,
+            "loss_center": res.center_loss,
+            "span": span,
+            "steps": steps,
         },
         arrays=arrays,
-        attrs={"norm": norm, "ignore": ignore, "seed": seed, "strategy": res.strategy,
-               "strategy_timings_s_per_point": res.timings,
-               "about": "Wang et al. roughness index: T_j = sum|df| / (2 l (max f - min f)), RI = std(T, ddof=1) / mean(T)"},
+        attrs={
+            "norm": norm,
+            "ignore": ignore,
+            "seed": seed,
+            "strategy": res.strategy,
+            "strategy_timings_s_per_point": res.timings,
+            "about": "Wang et al. roughness index: T_j = sum|df| / (2 l (max f - min f)), RI = std(T, ddof=1) / mean(T)",
+        },
     )
 
 
 def sharpness_group(sam: SamSharpness, eps: EpsilonSharpness, curvature: Mapping[str, float], source: str) -> Group:
     """/sharpness: SAM and epsilon-sharpness, and the curvature numbers (lambda_max, trace, LLA ratios) when there are any."""
     numbers: dict[str, Any] = {
-        "loss": sam.loss, "sam": sam.sharpness, "sam_rho": sam.rho, "sam_perturbed_loss": sam.perturbed_loss,
-        "grad_norm": sam.grad_norm, "epsilon_sharpness": eps.sharpness, "epsilon": eps.epsilon, "epsilon_max_loss": eps.max_loss,
+        "loss": sam.loss,
+        "sam": sam.sharpness,
+        "sam_rho": sam.rho,
+        "sam_perturbed_loss": sam.perturbed_loss,
+        "grad_norm": sam.grad_norm,
+        "epsilon_sharpness": eps.sharpness,
+        "epsilon": eps.epsilon,
+        "epsilon_max_loss": eps.max_loss,
         **curvature,
     }
     return Group(
         numbers=numbers,
         arrays={"epsilon_trace": np.asarray(eps.trace)},
-        attrs={"curvature_source": source,
-               "about": "sam = L(theta + rho g/|g|) - L(theta) (Foret et al.); epsilon_sharpness = 100 (max_box L - L)/(1 + L), "
-                        "box |y_i| <= eps(|theta_i|+1), by projected sign-gradient ascent (Keskar et al.); "
-                        "lla_re = |lambda_min/lambda_max|, lla_k = share of negative curvature (SLQ weights)"},
+        attrs={
+            "curvature_source": source,
+            "about": "sam = L(theta + rho g/|g|) - L(theta) (Foret et al.); epsilon_sharpness = 100 (max_box L - L)/(1 + L), "
+            "box |y_i| <= eps(|theta_i|+1), by projected sign-gradient ascent (Keskar et al.); "
+            "lla_re = |lambda_min/lambda_max|, lla_k = share of negative curvature (SLQ weights)",
+        },
     )
 
 
-def track_group(res: TrackRun, *, steps: Sequence[float], checkpoints: Sequence[str], lr: float | None, step_label: str) -> Group:
+def track_group(
+    res: TrackRun, *, steps: Sequence[float], checkpoints: Sequence[str], lr: float | None, step_label: str
+) -> Group:
     """/track: lambda_max (and the trace) per checkpoint, with the edge of stability 2/lr when the step size is known."""
     numbers: dict[str, Any] = {
-        "lambda_max": float(res.lambda_max[-1]), "lambda_max_peak": float(np.nanmax(res.lambda_max)), "checkpoints": len(checkpoints),
+        "lambda_max": float(res.lambda_max[-1]),
+        "lambda_max_peak": float(np.nanmax(res.lambda_max)),
+        "checkpoints": len(checkpoints),
     }
     if lr:
         numbers["lr"] = lr
         numbers["edge_of_stability"] = 2 / lr
         numbers["lambda_max_over_edge"] = float(res.lambda_max[-1]) * lr / 2
-    arrays = {"step": np.asarray(steps, dtype=np.float64), "lambda_max": res.lambda_max, "lambda_max_residual": res.lambda_max_residual,
-              "lambda_max_error": res.lambda_max_residual, "converged": res.converged, "loss": res.loss}
+    arrays = {
+        "step": np.asarray(steps, dtype=np.float64),
+        "lambda_max": res.lambda_max,
+        "lambda_max_residual": res.lambda_max_residual,
+        "lambda_max_error": res.lambda_max_residual,
+        "converged": res.converged,
+        "loss": res.loss,
+    }
     if res.trace is not None and res.trace_std_error is not None:
         numbers["trace"] = float(res.trace[-1])
         arrays["trace"], arrays["trace_std_error"] = res.trace, res.trace_std_error
-    return Group(numbers=numbers, arrays=arrays, attrs={
-        "checkpoints": list(checkpoints), "names": [Path(c).name for c in checkpoints], "step_label": step_label,
-        "about": "lambda_max by Lanczos (landscape.curvature) at each checkpoint; error = residual |Hv - lambda v|; 2/lr = edge of stability",
-    })
+    return Group(
+        numbers=numbers,
+        arrays=arrays,
+        attrs={
+            "checkpoints": list(checkpoints),
+            "names": [Path(c).name for c in checkpoints],
+            "step_label": step_label,
+            "about": "lambda_max by Lanczos (landscape.curvature) at each checkpoint; error = residual |Hv - lambda v|; 2/lr = edge of stability",
+        },
+    )
 
 
 def path_group(res: PathRun, *, curve: str, checkpoints: Sequence[str], buffers: str, train_data: str) -> Group:
@@ -90,15 +127,26 @@ def path_group(res: PathRun, *, curve: str, checkpoints: Sequence[str], buffers:
     if res.node_accuracy is not None:
         arrays["node_accuracy"] = res.node_accuracy.numpy()
     numbers: dict[str, Any] = {
-        "barrier": res.barrier, "barrier_t": res.barrier_t, "loss_start": float(loss[0]), "loss_end": float(loss[-1]),
+        "barrier": res.barrier,
+        "barrier_t": res.barrier_t,
+        "loss_start": float(loss[0]),
+        "loss_end": float(loss[-1]),
         "loss_max": float(np.nanmax(loss)) if np.isfinite(loss).any() else math.nan,
     }
     if res.accuracy is not None:
         numbers["accuracy_barrier"] = res.accuracy_barrier
-    return Group(numbers=numbers, arrays=arrays, attrs={
-        "curve": curve, "checkpoints": list(checkpoints), "buffers": buffers, "strategy": res.strategy, "train_data": train_data,
-        "about": "barrier = max_t [L(t) - ((1-t) L(0) + t L(1))]; node_loss = each checkpoint's own loss",
-    })
+    return Group(
+        numbers=numbers,
+        arrays=arrays,
+        attrs={
+            "curve": curve,
+            "checkpoints": list(checkpoints),
+            "buffers": buffers,
+            "strategy": res.strategy,
+            "train_data": train_data,
+            "about": "barrier = max_t [L(t) - ((1-t) L(0) + t L(1))]; node_loss = each checkpoint's own loss",
+        },
+    )
 
 
 def plane_group(points: torch.Tensor, own: Losses, at: Losses, checkpoints: Sequence[str]) -> Group:
@@ -109,12 +157,19 @@ def plane_group(points: torch.Tensor, own: Losses, at: Losses, checkpoints: Sequ
     if own[1] is not None and at[1] is not None:
         arrays["own_accuracy"], arrays["plane_accuracy"] = own[1].numpy(), at[1].numpy()
     return Group(
-        numbers={"distance_ab": float(points[1].norm()), "distance_ac": float(points[2].norm()),
-                 "distance_bc": float((points[2] - points[1]).norm()), "gap_max_abs": float(gap.abs().max())},
+        numbers={
+            "distance_ab": float(points[1].norm()),
+            "distance_ac": float(points[2].norm()),
+            "distance_bc": float((points[2] - points[1]).norm()),
+            "gap_max_abs": float(gap.abs().max()),
+        },
         arrays=arrays,
-        attrs={"checkpoints": list(checkpoints), "names": [Path(c).name for c in checkpoints],
-               "buffers": "those of the first checkpoint everywhere on the grid",
-               "about": "origin A; e1 = (B-A)/|B-A|; e2 = orthogonalized C-A; gap = plane_loss - own_loss (buffers differ)"},
+        attrs={
+            "checkpoints": list(checkpoints),
+            "names": [Path(c).name for c in checkpoints],
+            "buffers": "those of the first checkpoint everywhere on the grid",
+            "about": "origin A; e1 = (B-A)/|B-A|; e2 = orthogonalized C-A; gap = plane_loss - own_loss (buffers differ)",
+        },
     )
 
 
@@ -123,21 +178,33 @@ def trajectory_group(traj: Trajectory, own: Losses, projected: Losses, checkpoin
     own_loss, proj_loss = own[0], projected[0]
     gap = proj_loss - own_loss
     arrays = {
-        "coords": traj.coords.numpy(), "own_loss": own_loss.numpy(), "projected_loss": proj_loss.numpy(), "gap": gap.numpy(),
-        "residual": traj.residual.numpy(), "relative_residual": traj.relative_residual.numpy(),
-        "explained_variance": traj.explained.numpy(), "singular_values": traj.singular_values.numpy(),
+        "coords": traj.coords.numpy(),
+        "own_loss": own_loss.numpy(),
+        "projected_loss": proj_loss.numpy(),
+        "gap": gap.numpy(),
+        "residual": traj.residual.numpy(),
+        "relative_residual": traj.relative_residual.numpy(),
+        "explained_variance": traj.explained.numpy(),
+        "singular_values": traj.singular_values.numpy(),
     }
     if own[1] is not None and projected[1] is not None:
         arrays["own_accuracy"], arrays["projected_accuracy"] = own[1].numpy(), projected[1].numpy()
     rel_gap = gap.abs() / own_loss.abs().clamp_min(1e-12)
     return Group(
         numbers={
-            "explained_variance_1": float(traj.explained[0]), "explained_variance_2": float(traj.explained[1]),
-            "explained_variance": float(traj.explained.sum()), "gap_max_abs": float(gap.abs().max()),
-            "gap_max_relative": float(rel_gap.max()), "relative_residual_max": float(traj.relative_residual.max()),
+            "explained_variance_1": float(traj.explained[0]),
+            "explained_variance_2": float(traj.explained[1]),
+            "explained_variance": float(traj.explained.sum()),
+            "gap_max_abs": float(gap.abs().max()),
+            "gap_max_relative": float(rel_gap.max()),
+            "relative_residual_max": float(traj.relative_residual.max()),
         },
         arrays=arrays,
-        attrs={"checkpoints": list(checkpoints), "names": [Path(c).name for c in checkpoints], "centered": traj.centered,
-               "buffers": "those of the final checkpoint everywhere on the grid",
-               "about": "axes: top-2 right singular vectors of theta_i - theta_final; gap = projected_loss - own_loss"},
+        attrs={
+            "checkpoints": list(checkpoints),
+            "names": [Path(c).name for c in checkpoints],
+            "centered": traj.centered,
+            "buffers": "those of the final checkpoint everywhere on the grid",
+            "about": "axes: top-2 right singular vectors of theta_i - theta_final; gap = projected_loss - own_loss",
+        },
     )

@@ -23,7 +23,6 @@ from landscape.io.h5file import open_h5, write_atomically
 from landscape.io.results import _attr, _plain, check_ours, store_points, write_layout, write_root_attrs
 from landscape.params import Layout
 
-
 ANALYSIS_GROUPS = ("roughness", "path", "plane", "trajectory", "track", "sharpness")
 """The groups the analysis commands write, in the order a figure is looked for."""
 
@@ -133,7 +132,9 @@ class PointStore:
         self.path, self.loss, self.accuracy, self.done = path, loss, accuracy, done
 
     @classmethod
-    def open(cls, path: str | Path, settings: Mapping[str, Any], total: int, classification: bool, resume: bool) -> PointStore:
+    def open(
+        cls, path: str | Path, settings: Mapping[str, Any], total: int, classification: bool, resume: bool
+    ) -> PointStore:
         """Read the points of a killed run with the same settings (resume), or start a fresh file."""
         path = Path(path)
         wanted = json.dumps(dict(settings), sort_keys=True, default=str)
@@ -141,7 +142,9 @@ class PointStore:
             check_ours(path)
             with open_h5(path, "r") as f:
                 if f.attrs.get("kind") != "points" or f.attrs.get("settings") != wanted:
-                    raise LandscapeError(f"--resume: {path} holds points of a run with other settings; pass --force to start over")
+                    raise LandscapeError(
+                        f"--resume: {path} holds points of a run with other settings; pass --force to start over"
+                    )
                 acc = f["accuracy"][()] if "accuracy" in f else None
                 return cls(path, f["loss"][()], acc, f["done"][()])
         path.parent.mkdir(parents=True, exist_ok=True)

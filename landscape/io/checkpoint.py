@@ -60,7 +60,9 @@ def weight_files(path: Path) -> list[Path]:
         return files
     if not files:
         raise LandscapeError(f"{path}: a directory without weights (no {', '.join(WEIGHT_SUFFIXES)} file)")
-    raise LandscapeError(f"{path}: several weight files ({', '.join(p.name for p in files[:4])}); pass --checkpoint FILE")
+    raise LandscapeError(
+        f"{path}: several weight files ({', '.join(p.name for p in files[:4])}); pass --checkpoint FILE"
+    )
 
 
 def read_checkpoint(path: str | Path, unsafe_pickle: bool = False) -> Checkpoint:
@@ -101,7 +103,9 @@ def _load_file(path: Path, unsafe_pickle: bool) -> Any:
             "if you trust this file, pass --unsafe-pickle (it can run arbitrary code)"
         ) from exc
     except Exception as exc:
-        raise LandscapeError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        raise LandscapeError(
+            f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
 
 
 def _tensor_dicts(obj: Any, where: str = "", depth: int = 0) -> dict[str, dict[str, torch.Tensor]]:
@@ -162,7 +166,7 @@ def _fits(key: str, tensors: dict[str, torch.Tensor], expected: dict[str, torch.
                 fit.mismatched[rest] = tuple(tensor.shape)
     for fit in by_prefix.values():
         used = {fit.prefix + k for k in fit.state}
-        fit.unused = [k for k in clean if k not in used and k[len(fit.prefix):] not in fit.mismatched]
+        fit.unused = [k for k in clean if k not in used and k[len(fit.prefix) :] not in fit.mismatched]
     return list(by_prefix.values())
 
 
@@ -182,7 +186,9 @@ def fit_state_dict(
     if key is not None:
         key = key.strip("/")
         if key not in candidates:
-            raise LandscapeError(f"--checkpoint-key {key!r}: {source} has no dict of tensors there (it has: {_names(candidates)})")
+            raise LandscapeError(
+                f"--checkpoint-key {key!r}: {source} has no dict of tensors there (it has: {_names(candidates)})"
+            )
         candidates = {key: candidates[key]}
     expected = model.state_dict()
     ties = tied_keys(model)
@@ -191,7 +197,9 @@ def fit_state_dict(
     if prefix is not None:
         fits = [f for f in fits if f.prefix == prefix]
         if not fits:
-            raise LandscapeError(f"--prefix {prefix!r}: no key of {source} starts with it and continues with a key of the model")
+            raise LandscapeError(
+                f"--prefix {prefix!r}: no key of {source} starts with it and continues with a key of the model"
+            )
     full = [f for f in fits if all(k in f.state for k in required)]
     if not full:
         raise LandscapeError(_mismatch_message(fits, candidates, expected, required, source))
@@ -204,7 +212,7 @@ def fit_state_dict(
         )
     (fit,) = full
     top = {k.split(".", 1)[0] for k in expected}
-    stray = [k for k in fit.unused if k.startswith(fit.prefix) and k[len(fit.prefix):].split(".", 1)[0] in top]
+    stray = [k for k in fit.unused if k.startswith(fit.prefix) and k[len(fit.prefix) :].split(".", 1)[0] in top]
     if stray:  # keys inside the model's own modules that it has no place for: another architecture
         raise LandscapeError(
             f"{source}: checkpoint keys do not match the model: unexpected {len(stray)} (e.g. {', '.join(stray[:3])})"
@@ -262,12 +270,16 @@ def _mismatch_message(
     return f"{source}: checkpoint keys do not match the model{where}: {'; '.join(parts)}"
 
 
-def _note_precision(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str, say: Callable[[str], None]) -> None:
+def _note_precision(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str, say: Callable[[str], None]
+) -> None:
     """Say once when the checkpoint stores floating-point tensors at a lower precision than the model."""
     low = {
         str(t.dtype).removeprefix("torch.")
         for k, t in state.items()
-        if t.is_floating_point() and expected[k].is_floating_point() and torch.finfo(t.dtype).bits < torch.finfo(expected[k].dtype).bits
+        if t.is_floating_point()
+        and expected[k].is_floating_point()
+        and torch.finfo(t.dtype).bits < torch.finfo(expected[k].dtype).bits
     }
     if low:
         say(

@@ -50,14 +50,22 @@ def _write_block(g: h5py.Group, block: Any, vector_dtype: type) -> None:
         t = block.trace
         ds = g.create_dataset("trace", data=np.float64(t.value))
         ds.attrs.update(
-            {"std_error": t.std_error, "matvecs": t.matvecs, "sketch": t.sketch, "probes": t.probes,
-             "exact_part": t.exact_part, "estimator": t.method}
+            {
+                "std_error": t.std_error,
+                "matvecs": t.matvecs,
+                "sketch": t.sketch,
+                "probes": t.probes,
+                "exact_part": t.exact_part,
+                "estimator": t.method,
+            }
         )
     if block.lanczos is not None:
         lz = g.create_group("lanczos")
         lz.create_dataset("alpha", data=block.lanczos.alpha)
         lz.create_dataset("beta", data=block.lanczos.beta)
-        lz.attrs.update({"matvecs": block.lanczos.matvecs, "seed": block.lanczos.seed, "probes": block.lanczos.alpha.shape[0]})
+        lz.attrs.update(
+            {"matvecs": block.lanczos.matvecs, "seed": block.lanczos.seed, "probes": block.lanczos.alpha.shape[0]}
+        )
     if block.density is not None:
         d = block.density
         dg = g.create_group("density")
@@ -118,12 +126,19 @@ def _read_block(g: h5py.Group) -> dict[str, Any]:
         ds = g["trace"]
         out["trace"] = {"value": float(ds[()]), **{k: _plain(v) for k, v in ds.attrs.items()}}
     if "lanczos" in g:
-        out["lanczos"] = {"alpha": g["lanczos/alpha"][()], "beta": g["lanczos/beta"][()],
-                          **{k: _plain(v) for k, v in g["lanczos"].attrs.items()}}
+        out["lanczos"] = {
+            "alpha": g["lanczos/alpha"][()],
+            "beta": g["lanczos/beta"][()],
+            **{k: _plain(v) for k, v in g["lanczos"].attrs.items()},
+        }
     if "density" in g:
         d = g["density"]
-        out["density"] = {"grid": d["grid"][()], "values": d["values"][()], "per_probe": d["per_probe"][()],
-                          "sigma": float(d.attrs["sigma"])}
+        out["density"] = {
+            "grid": d["grid"][()],
+            "values": d["values"][()],
+            "per_probe": d["per_probe"][()],
+            "sigma": float(d.attrs["sigma"]),
+        }
     return out
 
 

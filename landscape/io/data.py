@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from landscape.data import Columns, check_pair, collect_data, split
 from landscape.errors import LandscapeError
 from landscape.io.spec import resolve_callable
-from landscape.data import Columns, check_pair, collect_data, split
 from landscape.model_io import Inputs
 
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz", ".h5", ".hdf5")
@@ -55,5 +55,3 @@ def _read_tensor_file(path: Path, unsafe_pickle: bool) -> tuple | dict:
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
         return tuple(obj)
     raise LandscapeError(f"--data {path}: expected a dict with keys 'x' and 'y' (or named columns), or an (x, y) pair")
-
-

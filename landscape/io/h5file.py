@@ -38,7 +38,9 @@ def open_h5(path: str | Path, mode: str = "r", wait: float = LOCK_WAIT_S) -> h5p
             if code not in (errno.EAGAIN, errno.EWOULDBLOCK):
                 raise
             if time.monotonic() > deadline:
-                raise LandscapeError(f"{path}: another process has kept the file open (locked) for {wait:.0f} s") from exc
+                raise LandscapeError(
+                    f"{path}: another process has kept the file open (locked) for {wait:.0f} s"
+                ) from exc
         time.sleep(delay)
         delay = min(2 * delay, 0.1)
 

@@ -9,15 +9,15 @@ from typing import Any
 
 import torch
 
+from landscape.data import Columns, subset
 from landscape.errors import LandscapeError
 from landscape.io.checkpoint import Checkpoint, fit_state_dict, read_checkpoint
-from landscape.data import Columns, subset
 from landscape.io.data import load_data
 from landscape.io.loss import resolve_loss
-from landscape.losses import default_loss
 from landscape.io.model import build_model, is_model_dir
 from landscape.io.samples import sample as find_sample
 from landscape.io.spec import sha256_file
+from landscape.losses import default_loss
 from landscape.problem import Problem, Say, make_problem, resolve_device, resolve_dtype
 
 
@@ -56,7 +56,9 @@ class LoadSpec:
                     "loss": spec.loss or s["loss"],
                 }
             )
-        if not spec.model and spec.checkpoint and is_model_dir(spec.checkpoint):  # a Hugging Face directory builds itself
+        if (
+            not spec.model and spec.checkpoint and is_model_dir(spec.checkpoint)
+        ):  # a Hugging Face directory builds itself
             spec = replace(spec, model=spec.checkpoint)
         missing = [f"--{k}" for k in ("model", "checkpoint", "data") if not getattr(spec, k)]
         if missing:
@@ -64,7 +66,13 @@ class LoadSpec:
         return spec
 
 
-LOAD_OPTION_DEFAULTS = {"checkpoint_key": None, "prefix": None, "params": "trainable", "input_key": None, "target_key": None}
+LOAD_OPTION_DEFAULTS = {
+    "checkpoint_key": None,
+    "prefix": None,
+    "params": "trainable",
+    "input_key": None,
+    "target_key": None,
+}
 
 
 def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, dict[str, Any]]:
@@ -119,7 +127,9 @@ def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, 
     return problem.with_provenance(provenance), provenance
 
 
-def load_other_state(path: str, problem: Problem, spec: LoadSpec, say: Say = lambda msg: None) -> dict[str, torch.Tensor]:
+def load_other_state(
+    path: str, problem: Problem, spec: LoadSpec, say: Say = lambda msg: None
+) -> dict[str, torch.Tensor]:
     """A second checkpoint of the same model, read as the first one was (--checkpoint-key, --prefix)."""
     checkpoint = read_checkpoint(path, spec.unsafe_pickle)
     return fit_state_dict(checkpoint, problem.model, path, say, key=spec.checkpoint_key, prefix=spec.prefix)

@@ -45,10 +45,14 @@ def _from_config(path: Path, say: Callable[[str], None], weights: bool = False) 
     try:
         import transformers
     except ImportError as exc:
-        raise LandscapeError(f"--model {path}: a Hugging Face model directory needs transformers (pip install transformers)") from exc
+        raise LandscapeError(
+            f"--model {path}: a Hugging Face model directory needs transformers (pip install transformers)"
+        ) from exc
     cls = getattr(transformers, arch, None)
     if cls is None:
-        raise LandscapeError(f"--model {path}: transformers {transformers.__version__} has no class {arch}; pass --model file.py:FACTORY")
+        raise LandscapeError(
+            f"--model {path}: transformers {transformers.__version__} has no class {arch}; pass --model file.py:FACTORY"
+        )
     try:
         if weights:
             bars = transformers.utils.logging.is_progress_bar_enabled()
@@ -62,7 +66,9 @@ def _from_config(path: Path, say: Callable[[str], None], weights: bool = False) 
             model = cls(transformers.AutoConfig.from_pretrained(str(path), local_files_only=True))
     except Exception as exc:
         what = "reading its weights" if weights else "building it from its config"
-        raise LandscapeError(f"{path}: {arch}: {what} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise LandscapeError(
+            f"{path}: {arch}: {what} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
     say(f"--model {path}: {arch} from its config.json" + (", weights by from_pretrained" if weights else ""))
     return model
 

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from landscape.errors import LandscapeError  # noqa: E402
 from landscape.io.analysis_store import analysis_groups, json_attr, read_group, read_root  # noqa: E402
 
+
 def analysis_kind(path: str | Path) -> str | None:
     """Which analysis figure a results file has (the first of ANALYSIS_GROUPS present), or None."""
     found = analysis_groups(path)

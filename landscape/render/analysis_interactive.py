@@ -28,28 +28,65 @@ def roughness_plotly(path: str | Path) -> go.Figure:
     mu, ri = g.numbers.get("mu", np.nan), g.numbers.get("ri", np.nan)
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{loss.shape[0]} profiles", f"RI = {ri:.3g} (sigma/mu)"))
     for j, row in enumerate(loss):
-        fig.add_trace(go.Scatter(x=alphas.tolist(), y=json_values(row), mode="lines", line={"width": 0.8, "color": "rgba(31,119,180,0.35)"},
-                                 name=f"direction {j}", showlegend=False, hovertemplate=f"direction {j}<br>alpha %{{x:.3g}}<br>loss %{{y:.5g}}<extra></extra>"),
-                      row=1, col=1)
-    fig.add_trace(go.Scatter(x=alphas.tolist(), y=json_values(np.nanmean(loss, axis=0)), mode="lines", line={"width": 2.5, "color": "black"},
-                             name="mean over directions"), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=alphas.tolist(),
+                y=json_values(row),
+                mode="lines",
+                line={"width": 0.8, "color": "rgba(31,119,180,0.35)"},
+                name=f"direction {j}",
+                showlegend=False,
+                hovertemplate=f"direction {j}<br>alpha %{{x:.3g}}<br>loss %{{y:.5g}}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=alphas.tolist(),
+            y=json_values(np.nanmean(loss, axis=0)),
+            mode="lines",
+            line={"width": 2.5, "color": "black"},
+            name="mean over directions",
+        ),
+        row=1,
+        col=1,
+    )
     finite = tv[np.isfinite(tv)]
     bins = int(min(30, max(5, finite.size // 3)))
-    fig.add_trace(go.Histogram(x=finite.tolist(), name="T_j of the directions", marker={"color": "rgba(31,119,180,0.75)"},
-                               nbinsx=bins), row=1, col=2)
+    fig.add_trace(
+        go.Histogram(
+            x=finite.tolist(), name="T_j of the directions", marker={"color": "rgba(31,119,180,0.75)"}, nbinsx=bins
+        ),
+        row=1,
+        col=2,
+    )
     top = float(np.histogram(finite, bins=bins)[0].max()) if finite.size else 1.0
-    for x, label, dash, color in ((mu, f"mu = {mu:.3g}", "solid", "black"), (1 / span, f"1/l = {1 / span:.3g} (bowl)", "dash", "green"),
-                                  (1 / (2 * span), f"1/(2l) = {1 / (2 * span):.3g} (monotone)", "dot", "red")):
+    for x, label, dash, color in (
+        (mu, f"mu = {mu:.3g}", "solid", "black"),
+        (1 / span, f"1/l = {1 / span:.3g} (bowl)", "dash", "green"),
+        (1 / (2 * span), f"1/(2l) = {1 / (2 * span):.3g} (monotone)", "dot", "red"),
+    ):
         if np.isfinite(x):  # vertical lines as traces, so their labels go to the legend
-            fig.add_trace(go.Scatter(x=[float(x), float(x)], y=[0.0, top], mode="lines", name=label,
-                                     line={"dash": dash, "color": color, "width": 1.8}), row=1, col=2)
+            fig.add_trace(
+                go.Scatter(
+                    x=[float(x), float(x)],
+                    y=[0.0, top],
+                    mode="lines",
+                    name=label,
+                    line={"dash": dash, "color": color, "width": 1.8},
+                ),
+                row=1,
+                col=2,
+            )
     fig.update_xaxes(title_text="alpha (along a normalized random direction)", row=1, col=1)
     fig.update_yaxes(title_text="loss", row=1, col=1)
     fig.update_xaxes(title_text="normalized total variation T_j", row=1, col=2)
     fig.update_yaxes(title_text="directions", row=1, col=2)
     styled(fig, f"roughness: {path.name}", height=500)
-    fig.update_layout(legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": -0.2, "yanchor": "top"},
-                      margin={"b": 110})
+    fig.update_layout(
+        legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": -0.2, "yanchor": "top"}, margin={"b": 110}
+    )
     return fig
 
 
@@ -60,28 +97,69 @@ def path_plotly(path: str | Path) -> go.Figure:
     t, loss = g.arrays["t"], g.arrays["loss"]
     acc = g.arrays.get("accuracy")
     fig = make_subplots(specs=[[{"secondary_y": acc is not None}]])
-    fig.add_trace(go.Scatter(x=t.tolist(), y=json_values(loss), mode="lines", name="loss", line={"width": 2.5, "color": "#1f77b4"},
-                             hovertemplate="t %{x:.3g}<br>loss %{y:.5g}<extra></extra>"), secondary_y=False)
-    fig.add_trace(go.Scatter(x=[float(t[0]), float(t[-1])], y=json_values(np.array([loss[0], loss[-1]])), mode="lines",
-                             name="straight line between the ends", line={"dash": "dash", "color": "gray", "width": 1}), secondary_y=False)
+    fig.add_trace(
+        go.Scatter(
+            x=t.tolist(),
+            y=json_values(loss),
+            mode="lines",
+            name="loss",
+            line={"width": 2.5, "color": "#1f77b4"},
+            hovertemplate="t %{x:.3g}<br>loss %{y:.5g}<extra></extra>",
+        ),
+        secondary_y=False,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[float(t[0]), float(t[-1])],
+            y=json_values(np.array([loss[0], loss[-1]])),
+            mode="lines",
+            name="straight line between the ends",
+            line={"dash": "dash", "color": "gray", "width": 1},
+        ),
+        secondary_y=False,
+    )
     bt, height = g.numbers.get("barrier_t", np.nan), g.numbers.get("barrier", np.nan)
     if np.isfinite(bt):
         i = int(np.argmin(np.abs(t - bt)))
-        fig.add_trace(go.Scatter(x=[float(t[i])], y=[float(loss[i])], mode="markers", name=f"barrier {height:.3g} at t = {bt:.3g}",
-                                 marker={"color": "red", "size": 10, "symbol": "triangle-up"}), secondary_y=False)
+        fig.add_trace(
+            go.Scatter(
+                x=[float(t[i])],
+                y=[float(loss[i])],
+                mode="markers",
+                name=f"barrier {height:.3g} at t = {bt:.3g}",
+                marker={"color": "red", "size": 10, "symbol": "triangle-up"},
+            ),
+            secondary_y=False,
+        )
     names = json_attr(g.attrs.get("checkpoints"), []) or []
     nodes = g.arrays.get("node_loss")
     curve = str(g.attrs.get("curve", "linear"))
     if nodes is not None and len(names) == len(nodes):
         idx = list(range(len(nodes))) if curve == "linear" else [0, len(nodes) - 1]
         ts = np.linspace(0, 1, len(nodes))[idx] if curve == "linear" else np.array([0.0, 1.0])
-        fig.add_trace(go.Scatter(x=ts.tolist(), y=json_values(nodes[idx]), mode="markers+text", name="checkpoints' own loss",
-                                 text=[esc(Path(names[i]).name) for i in idx],
-                                 textposition=["top right"] * (len(idx) - 1) + ["top left"],
-                                 marker={"color": "black", "size": 7}), secondary_y=False)
+        fig.add_trace(
+            go.Scatter(
+                x=ts.tolist(),
+                y=json_values(nodes[idx]),
+                mode="markers+text",
+                name="checkpoints' own loss",
+                text=[esc(Path(names[i]).name) for i in idx],
+                textposition=["top right"] * (len(idx) - 1) + ["top left"],
+                marker={"color": "black", "size": 7},
+            ),
+            secondary_y=False,
+        )
     if acc is not None:
-        fig.add_trace(go.Scatter(x=t.tolist(), y=json_values(100 * acc), mode="lines", name="accuracy (%)",
-                                 line={"dash": "dashdot", "color": "#d62728", "width": 1.5}), secondary_y=True)
+        fig.add_trace(
+            go.Scatter(
+                x=t.tolist(),
+                y=json_values(100 * acc),
+                mode="lines",
+                name="accuracy (%)",
+                line={"dash": "dashdot", "color": "#d62728", "width": 1.5},
+            ),
+            secondary_y=True,
+        )
         fig.update_yaxes(title_text="accuracy (%)", secondary_y=True)
     fig.update_xaxes(title_text="t")
     fig.update_yaxes(title_text="loss", secondary_y=False)
@@ -97,14 +175,33 @@ def track_plotly(path: str | Path) -> go.Figure:
     has_trace = trace is not None and bool(np.isfinite(trace).any())
     fig = make_subplots(specs=[[{"secondary_y": has_trace}]])
     err = g.arrays.get("lambda_max_error")
-    fig.add_trace(go.Scatter(x=steps.tolist(), y=json_values(lam), mode="lines+markers", name="lambda_max", line={"width": 2.5},
-                             error_y={"type": "data", "array": json_values(err)} if err is not None else None), secondary_y=False)
+    fig.add_trace(
+        go.Scatter(
+            x=steps.tolist(),
+            y=json_values(lam),
+            mode="lines+markers",
+            name="lambda_max",
+            line={"width": 2.5},
+            error_y={"type": "data", "array": json_values(err)} if err is not None else None,
+        ),
+        secondary_y=False,
+    )
     lr = g.numbers.get("lr")
     if lr:
-        fig.add_hline(y=2 / lr, line={"dash": "dash", "color": "red"}, annotation_text=f"2/eta = {2 / lr:.3g} (edge of stability)")
+        fig.add_hline(
+            y=2 / lr, line={"dash": "dash", "color": "red"}, annotation_text=f"2/eta = {2 / lr:.3g} (edge of stability)"
+        )
     if has_trace:
-        fig.add_trace(go.Scatter(x=steps.tolist(), y=json_values(trace), mode="lines+markers", name="trace",
-                                 line={"dash": "dashdot", "color": "green"}), secondary_y=True)
+        fig.add_trace(
+            go.Scatter(
+                x=steps.tolist(),
+                y=json_values(trace),
+                mode="lines+markers",
+                name="trace",
+                line={"dash": "dashdot", "color": "green"},
+            ),
+            secondary_y=True,
+        )
         fig.update_yaxes(title_text="Hessian trace", secondary_y=True)
     fig.update_xaxes(title_text=esc(g.attrs.get("step_label", "checkpoint")))
     fig.update_yaxes(title_text="top Hessian eigenvalue lambda_max", secondary_y=False)

@@ -30,12 +30,12 @@ LI_LEVELS = np.arange(0.1, 10.0, 0.5)
 class View:
     """One metric of one sweep, ready to draw: values[i(, j)] is the value at (x[i](, y[j]))."""
 
-    name: str                      # a short name for the run (file stem), for titles and legends
-    metric: str                    # "loss" or "accuracy"
-    unit_label: str                # e.g. "loss (cross-entropy)" or "accuracy (%)"
-    coords: list[np.ndarray]       # one array per axis
-    labels: list[str]              # axis labels, from axis_attrs['label']
-    values: np.ndarray             # float64, NaN where no value (not done or non-finite)
+    name: str  # a short name for the run (file stem), for titles and legends
+    metric: str  # "loss" or "accuracy"
+    unit_label: str  # e.g. "loss (cross-entropy)" or "accuracy (%)"
+    coords: list[np.ndarray]  # one array per axis
+    labels: list[str]  # axis labels, from axis_attrs['label']
+    values: np.ndarray  # float64, NaN where no value (not done or non-finite)
     marks: list[tuple[tuple[float, ...], str]] = field(default_factory=list)  # (position, text)
     accuracy: np.ndarray | None = None  # percent, for the twin axis of a 1D loss curve
     title: str = ""
@@ -66,7 +66,7 @@ def axis_label(sweep: dict[str, Any], name: str) -> str:
 def short_label(label: str) -> str:
     """A label fit for a figure: 'toward /long/path/ckpt.pt' becomes 'toward ckpt.pt' (the report keeps the path)."""
     if label.startswith("toward ") and ("/" in label or "\\" in label):
-        return "toward " + Path(label[len("toward "):]).name
+        return "toward " + Path(label[len("toward ") :]).name
     return label
 
 
@@ -92,7 +92,9 @@ def make_view(sweep: dict[str, Any], metric: str = "loss", path: str | Path | No
         unit = f"loss ({loss_name})" if loss_name and len(loss_name) <= 24 else "loss"
     values = np.where(done & np.isfinite(values), values, np.nan)
     if values.shape != tuple(len(c) for c in coords):
-        raise LandscapeError(f"{where}grid shape {values.shape} does not match the coordinates {[len(c) for c in coords]}")
+        raise LandscapeError(
+            f"{where}grid shape {values.shape} does not match the coordinates {[len(c) for c in coords]}"
+        )
     labels = [short_label(axis_label(sweep, n)) for n in names]
     marks: list[tuple[tuple[float, ...], str]] = []
     if all(c.min() <= 0.0 <= c.max() for c in coords):
@@ -105,8 +107,14 @@ def make_view(sweep: dict[str, Any], metric: str = "loss", path: str | Path | No
     if metric == "loss" and acc is not None:
         accuracy = np.where(done & np.isfinite(acc), 100.0 * acc, np.nan)
     return View(
-        name=run_name(sweep, path), metric=metric, unit_label=unit, coords=coords, labels=labels,
-        values=values, marks=marks, accuracy=accuracy,
+        name=run_name(sweep, path),
+        metric=metric,
+        unit_label=unit,
+        coords=coords,
+        labels=labels,
+        values=values,
+        marks=marks,
+        accuracy=accuracy,
     )
 
 
@@ -224,7 +232,7 @@ def unique_names(paths: list[str | Path]) -> list[str]:
     names = [p.stem for p in paths]
     depth = 1
     while len(set(names)) < len(names) and depth < 6:
-        names = ["/".join(p.with_suffix("").parts[-depth - 1:]) for p in paths]
+        names = ["/".join(p.with_suffix("").parts[-depth - 1 :]) for p in paths]
         depth += 1
     if len(set(names)) < len(names):
         names = [f"{n} ({k + 1})" for k, n in enumerate(names)]

@@ -84,12 +84,13 @@ def _colorbar(label: str, scale: Scale) -> dict[str, Any]:
     if scale.log:
         lo, hi = _limits(scale)
         ticks = np.arange(np.floor(lo), np.ceil(hi) + 1)
-        cb.update(tickvals=ticks.tolist(), ticktext=[f"{10 ** t:.3g}" for t in ticks])
+        cb.update(tickvals=ticks.tolist(), ticktext=[f"{10**t:.3g}" for t in ticks])
     return cb
 
 
-def trace_2d(view: View, kind: str, scale: Scale, levels: int | None = None, coloraxis: str | None = None,
-             showscale: bool = True) -> go.BaseTraceType:
+def trace_2d(
+    view: View, kind: str, scale: Scale, levels: int | None = None, coloraxis: str | None = None, showscale: bool = True
+) -> go.BaseTraceType:
     """One contour / filled contour / heatmap / surface trace of a 2D view, hover showing the stored value."""
     vals, label, changed = _transform(view, scale)
     lo, hi = _limits(scale)
@@ -98,7 +99,12 @@ def trace_2d(view: View, kind: str, scale: Scale, levels: int | None = None, col
     if kind in ("contour", "filled", "heatmap"):
         changed = scale.log
     z = _z(vals) if changed else _z(view.values)
-    common: dict[str, Any] = {"x": view.coords[0].tolist(), "y": view.coords[1].tolist(), "z": z, "name": esc(view.name)}
+    common: dict[str, Any] = {
+        "x": view.coords[0].tolist(),
+        "y": view.coords[1].tolist(),
+        "z": z,
+        "name": esc(view.name),
+    }
     if changed:
         common["customdata"] = _z(view.values)
         common["hovertemplate"] = _hover(view, 2, "%{customdata:.5g}")
@@ -108,12 +114,29 @@ def trace_2d(view: View, kind: str, scale: Scale, levels: int | None = None, col
     if coloraxis:
         color = {"coloraxis": coloraxis}
     elif kind == "surface":
-        color = {"colorscale": COLORSCALE, "cmin": lo, "cmax": hi, "showscale": showscale, "colorbar": _colorbar(label, scale)}
+        color = {
+            "colorscale": COLORSCALE,
+            "cmin": lo,
+            "cmax": hi,
+            "showscale": showscale,
+            "colorbar": _colorbar(label, scale),
+        }
     else:
-        color = {"colorscale": COLORSCALE, "zmin": lo, "zmax": hi, "showscale": showscale, "colorbar": _colorbar(label, scale)}
+        color = {
+            "colorscale": COLORSCALE,
+            "zmin": lo,
+            "zmax": hi,
+            "showscale": showscale,
+            "colorbar": _colorbar(label, scale),
+        }
     if kind in ("contour", "filled"):
-        return go.Contour(contours=_contour_spec(scale, levels, view.metric, kind), connectgaps=False,
-                          line={"width": 1.2 if kind == "contour" else 0.5}, **common, **color)
+        return go.Contour(
+            contours=_contour_spec(scale, levels, view.metric, kind),
+            connectgaps=False,
+            line={"width": 1.2 if kind == "contour" else 0.5},
+            **common,
+            **color,
+        )
     if kind == "heatmap":
         return go.Heatmap(connectgaps=False, **common, **color)
     if kind == "surface":
@@ -124,12 +147,22 @@ def trace_2d(view: View, kind: str, scale: Scale, levels: int | None = None, col
 def _marks_2d(view: View, showlegend: bool = True) -> list[go.Scatter]:
     out = []
     for k, (pos, text) in enumerate(view.marks):
-        out.append(go.Scatter(
-            x=[pos[0]], y=[pos[1]], mode="markers", name=esc(text), showlegend=showlegend,
-            marker={"symbol": "star" if k == 0 else "circle", "size": 16 if k == 0 else 10,
-                    "color": "red" if k == 0 else "white", "line": {"color": "black", "width": 1}},
-            hovertemplate=f"{esc(text)}<br>x: %{{x:.4g}}<br>y: %{{y:.4g}}<extra></extra>",
-        ))
+        out.append(
+            go.Scatter(
+                x=[pos[0]],
+                y=[pos[1]],
+                mode="markers",
+                name=esc(text),
+                showlegend=showlegend,
+                marker={
+                    "symbol": "star" if k == 0 else "circle",
+                    "size": 16 if k == 0 else 10,
+                    "color": "red" if k == 0 else "white",
+                    "line": {"color": "black", "width": 1},
+                },
+                hovertemplate=f"{esc(text)}<br>x: %{{x:.4g}}<br>y: %{{y:.4g}}<extra></extra>",
+            )
+        )
     return out
 
 
@@ -141,12 +174,22 @@ def _marks_3d(view: View, scale: Scale) -> list[go.Scatter3d]:
             continue
         h = float(np.clip(v, scale.vmin, scale.vmax))
         h = float(np.log10(h)) if scale.log else h
-        out.append(go.Scatter3d(
-            x=[pos[0]], y=[pos[1]], z=[h], mode="markers", name=esc(text),
-            marker={"symbol": "diamond" if k == 0 else "circle", "size": 6, "color": "red" if k == 0 else "white",
-                    "line": {"color": "black", "width": 1}},
-            hovertemplate=f"{esc(text)}<br>{esc(view.metric)}: {v:.5g}<extra></extra>",
-        ))
+        out.append(
+            go.Scatter3d(
+                x=[pos[0]],
+                y=[pos[1]],
+                z=[h],
+                mode="markers",
+                name=esc(text),
+                marker={
+                    "symbol": "diamond" if k == 0 else "circle",
+                    "size": 6,
+                    "color": "red" if k == 0 else "white",
+                    "line": {"color": "black", "width": 1},
+                },
+                hovertemplate=f"{esc(text)}<br>{esc(view.metric)}: {v:.5g}<extra></extra>",
+            )
+        )
     return out
 
 
@@ -168,7 +211,8 @@ def _scene(view: View, label: str) -> dict[str, Any]:
         "xaxis": {"title": {"text": esc(view.labels[0]), "font": small}},
         "yaxis": {"title": {"text": esc(view.labels[1]), "font": small}},
         "zaxis": {"title": {"text": esc(label), "font": small}},
-        "aspectmode": "manual", "aspectratio": {"x": 1, "y": 1, "z": 0.7},
+        "aspectmode": "manual",
+        "aspectratio": {"x": 1, "y": 1, "z": 0.7},
         "camera": {"eye": {"x": 1.25, "y": -1.25, "z": 0.85}},
     }
 
@@ -176,7 +220,9 @@ def _scene(view: View, label: str) -> dict[str, Any]:
 def styled(fig: go.Figure, title: str, height: int = HEIGHT, note: str = "") -> go.Figure:
     fig.update_layout(
         title={"text": esc(title) + (f"<br><sup>{esc(note)}</sup>" if note else "")},
-        template="plotly_white", height=height, margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        template="plotly_white",
+        height=height,
+        margin={"l": 70, "r": 30, "t": 80, "b": 60},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0},
     )
     return fig
@@ -219,29 +265,76 @@ def figure_line(view: View, scale: Scale | None = None, title: str | None = None
             accs = [view.accuracy[:, j], view.accuracy[i, :]]
     fig = make_subplots(rows=1, cols=len(curves), specs=[[{"secondary_y": True}] * len(curves)])
     for n, ((xs, ys, label), acc) in enumerate(zip(curves, accs)):
-        fig.add_trace(go.Scatter(x=xs.tolist(), y=json_values(ys), mode=_mode(ys), name=esc(view.unit_label),
-                                 line={"color": "#1f77b4", "width": 2.5}, connectgaps=False, showlegend=n == 0,
-                                 hovertemplate=f"x: %{{x:.4g}}<br>{esc(view.metric)}: %{{y:.5g}}<extra></extra>"),
-                      row=1, col=n + 1, secondary_y=False)
+        fig.add_trace(
+            go.Scatter(
+                x=xs.tolist(),
+                y=json_values(ys),
+                mode=_mode(ys),
+                name=esc(view.unit_label),
+                line={"color": "#1f77b4", "width": 2.5},
+                connectgaps=False,
+                showlegend=n == 0,
+                hovertemplate=f"x: %{{x:.4g}}<br>{esc(view.metric)}: %{{y:.5g}}<extra></extra>",
+            ),
+            row=1,
+            col=n + 1,
+            secondary_y=False,
+        )
         if acc is not None:
-            fig.add_trace(go.Scatter(x=xs.tolist(), y=json_values(acc), mode=_mode(acc), name="accuracy (%)",
-                                     line={"color": "#d62728", "width": 1.8, "dash": "dashdot"}, connectgaps=False,
-                                     showlegend=n == 0, hovertemplate="x: %{x:.4g}<br>accuracy: %{y:.4g}%<extra></extra>"),
-                          row=1, col=n + 1, secondary_y=True)
-            fig.update_yaxes(title_text="accuracy (%)", row=1, col=n + 1, secondary_y=True, showgrid=False,
-                             tickmode="auto", color="#d62728")
+            fig.add_trace(
+                go.Scatter(
+                    x=xs.tolist(),
+                    y=json_values(acc),
+                    mode=_mode(acc),
+                    name="accuracy (%)",
+                    line={"color": "#d62728", "width": 1.8, "dash": "dashdot"},
+                    connectgaps=False,
+                    showlegend=n == 0,
+                    hovertemplate="x: %{x:.4g}<br>accuracy: %{y:.4g}%<extra></extra>",
+                ),
+                row=1,
+                col=n + 1,
+                secondary_y=True,
+            )
+            fig.update_yaxes(
+                title_text="accuracy (%)",
+                row=1,
+                col=n + 1,
+                secondary_y=True,
+                showgrid=False,
+                tickmode="auto",
+                color="#d62728",
+            )
         for k, (pos, text) in enumerate(view.marks):
             i = int(np.argmin(np.abs(xs - pos[0])))
             if np.isfinite(ys[i]):
-                fig.add_trace(go.Scatter(
-                    x=[float(xs[i])], y=[float(ys[i])], mode="markers", name=esc(text), showlegend=n == 0,
-                    marker={"symbol": "star" if k == 0 else "circle", "size": 15 if k == 0 else 10,
-                            "color": "red" if k == 0 else "white", "line": {"color": "black", "width": 1}},
-                    hovertemplate=f"{esc(text)}<br>{esc(view.metric)}: %{{y:.5g}}<extra></extra>"),
-                    row=1, col=n + 1, secondary_y=False)
+                fig.add_trace(
+                    go.Scatter(
+                        x=[float(xs[i])],
+                        y=[float(ys[i])],
+                        mode="markers",
+                        name=esc(text),
+                        showlegend=n == 0,
+                        marker={
+                            "symbol": "star" if k == 0 else "circle",
+                            "size": 15 if k == 0 else 10,
+                            "color": "red" if k == 0 else "white",
+                            "line": {"color": "black", "width": 1},
+                        },
+                        hovertemplate=f"{esc(text)}<br>{esc(view.metric)}: %{{y:.5g}}<extra></extra>",
+                    ),
+                    row=1,
+                    col=n + 1,
+                    secondary_y=False,
+                )
         fig.update_xaxes(title_text=esc(label), row=1, col=n + 1)
-        fig.update_yaxes(title_text=esc(view.unit_label), row=1, col=n + 1, secondary_y=False,
-                         type="log" if scale is not None and scale.log else None)
+        fig.update_yaxes(
+            title_text=esc(view.unit_label),
+            row=1,
+            col=n + 1,
+            secondary_y=False,
+            type="log" if scale is not None and scale.log else None,
+        )
         if scale is not None and (scale.clipped_high or scale.clipped_low) and not scale.log:
             fig.update_yaxes(range=[scale.vmin, scale.vmax], row=1, col=n + 1, secondary_y=False)
     return styled(fig, title or view.name, height=460)
@@ -266,10 +359,12 @@ def plot_figures(
         return [figure_line(view, scale, title)]
     if kind == "all":
         base = title or view.name
-        return [figure_2d(view, "filled", scale, levels, f"{base}: filled contour"),
-                figure_2d(view, "heatmap", scale, levels, f"{base}: heatmap"),
-                figure_2d(view, "surface", scale, levels, f"{base}: surface"),
-                figure_line(view, scale, f"{base}: through the checkpoint")]
+        return [
+            figure_2d(view, "filled", scale, levels, f"{base}: filled contour"),
+            figure_2d(view, "heatmap", scale, levels, f"{base}: heatmap"),
+            figure_2d(view, "surface", scale, levels, f"{base}: surface"),
+            figure_line(view, scale, f"{base}: through the checkpoint"),
+        ]
     return [figure_2d(view, kind, scale, levels, title)]
 
 
@@ -295,8 +390,16 @@ def compare_figure(
         fig = go.Figure()
         for v in views:
             xs, ys, _ = slices(v)[0]
-            fig.add_trace(go.Scatter(x=xs.tolist(), y=json_values(ys), mode=_mode(ys), name=esc(v.name), connectgaps=False,
-                                     hovertemplate=f"x: %{{x:.4g}}<br>{esc(v.metric)}: %{{y:.5g}}<extra>{esc(v.name)}</extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=xs.tolist(),
+                    y=json_values(ys),
+                    mode=_mode(ys),
+                    name=esc(v.name),
+                    connectgaps=False,
+                    hovertemplate=f"x: %{{x:.4g}}<br>{esc(v.metric)}: %{{y:.5g}}<extra>{esc(v.name)}</extra>",
+                )
+            )
         fig.update_xaxes(title_text=esc(views[0].labels[0]))
         fig.update_yaxes(title_text=esc(views[0].unit_label), type="log" if scale.log else None)
         if (scale.clipped_high or scale.clipped_low) and not scale.log:
@@ -307,8 +410,14 @@ def compare_figure(
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
     typ = "scene" if kind == "surface" else "xy"
-    fig = make_subplots(rows=rows, cols=cols, specs=[[{"type": typ}] * cols for _ in range(rows)],
-                        subplot_titles=[esc(v.name) for v in views], horizontal_spacing=0.13, vertical_spacing=0.14)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        specs=[[{"type": typ}] * cols for _ in range(rows)],
+        subplot_titles=[esc(v.name) for v in views],
+        horizontal_spacing=0.13,
+        vertical_spacing=0.14,
+    )
     lo, hi = _limits(scale)
     label = _transform(views[0], scale)[1]
     xr = [min(_range(v.coords[0], kind)[0] for v in views), max(_range(v.coords[0], kind)[1] for v in views)]
@@ -328,13 +437,18 @@ def compare_figure(
             fig.update_xaxes(title_text=esc(v.labels[0]), range=xr, row=r, col=c)
             fig.update_yaxes(title_text=esc(v.labels[1]), range=yr, row=r, col=c)
     fig.update_layout(coloraxis={"colorscale": COLORSCALE, "cmin": lo, "cmax": hi, "colorbar": _colorbar(label, scale)})
-    fig = styled(fig, title or "compare: one colour scale", height=(560 if kind == "surface" else 480) * rows,
-                  note=_nan_note(views))
+    fig = styled(
+        fig,
+        title or "compare: one colour scale",
+        height=(560 if kind == "surface" else 480) * rows,
+        note=_nan_note(views),
+    )
     fig.update_layout(width=None)
     return fig
 
 
 # ---------------------------------------------------------------- pages
+
 
 def plotlyjs_tag(mode: str = "inline") -> str:
     """The <script> that loads plotly.js: embedded (default, works offline) or from the CDN."""
@@ -375,8 +489,8 @@ pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: .85em; }
 def html_page(title: str, body: str, plotlyjs: str = "inline") -> str:
     """A whole HTML document: plotly.js once in the head, then `body` (already escaped HTML)."""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{esc(title)}</title>\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<title>{esc(title)}</title>\n<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<style>{STYLE}</style>\n{plotlyjs_tag(plotlyjs)}\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
 

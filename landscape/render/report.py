@@ -19,8 +19,8 @@ import numpy as np
 
 from landscape import __version__
 from landscape.errors import LandscapeError
-from landscape.io.h5file import open_h5
 from landscape.io.analysis_store import analysis_groups
+from landscape.io.h5file import open_h5
 from landscape.io.results import describe, read_sweep
 from landscape.render.common import fmt, make_scale, make_view
 from landscape.render.interactive import (
@@ -70,7 +70,7 @@ MAX_VALUES = 16  # datasets with at most this many values are shown in full
 
 def _table(rows: list[tuple[str, str]], head: tuple[str, str] | None = None) -> str:
     """A two-column table; both columns escaped here."""
-    out = ['<table>']
+    out = ["<table>"]
     if head:
         out.append(f"<tr><th>{esc(head[0])}</th><th>{esc(head[1])}</th></tr>")
     for k, v in rows:
@@ -157,7 +157,9 @@ def _settings(attrs: dict[str, Any]) -> str:
         settings = {"settings": text}
     if isinstance(settings, dict) and "coords" in settings:  # a grid is long and already in the numbers
         settings = dict(settings)
-        settings["coords"] = {k: f"{len(v)} points, {v[0]:.4g} .. {v[-1]:.4g}" if v else "[]" for k, v in settings["coords"].items()}
+        settings["coords"] = {
+            k: f"{len(v)} points, {v[0]:.4g} .. {v[-1]:.4g}" if v else "[]" for k, v in settings["coords"].items()
+        }
     rest = {k: v for k, v in attrs.items() if k not in dict(PROVENANCE) and k != "settings"}
     return (
         "<details><summary>settings and every attribute</summary>"
@@ -276,7 +278,9 @@ def file_section(path: str | Path, ids: _Ids | None = None) -> str:
     if any(n.startswith("hessian/") for n in names):
         parts.append("<h3>Curvature</h3>" + _table(group_rows(path, "hessian")))
         parts.append(_curvature_figures(path, ids))
-    for group in analysis_groups(path):  # roughness, path, plane, trajectory, track, sharpness: their numbers, and a figure
+    for group in analysis_groups(
+        path
+    ):  # roughness, path, plane, trajectory, track, sharpness: their numbers, and a figure
         parts.append(f"<h3>{esc(group.capitalize())}</h3>" + _table(group_rows(path, group)))
     parts.append(_analysis_figure(path, ids))
     parts.append(_settings(attrs))
@@ -291,9 +295,11 @@ def build_report(paths: list[str | Path], title: str | None = None, plotlyjs: st
     paths = [Path(p) for p in paths]
     title = title or ("landscape report: " + ", ".join(p.name for p in paths))
     ids = _Ids()
-    body = [f"<h1>{esc(title)}</h1>",
-            f'<p class="note">made by landscape {esc(__version__)} from {len(paths)} results file(s); '
-            "every figure is interactive: hover for values, drag to zoom or rotate, double-click to reset.</p>"]
+    body = [
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="note">made by landscape {esc(__version__)} from {len(paths)} results file(s); '
+        "every figure is interactive: hover for values, drag to zoom or rotate, double-click to reset.</p>",
+    ]
     sweeps = []
     for p in paths:
         try:

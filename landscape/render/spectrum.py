@@ -33,8 +33,14 @@ def _density(block: dict[str, Any], sigma: float | None) -> dict[str, np.ndarray
         grid, values, per, sig = d["grid"], d["values"], d["per_probe"], d["sigma"]
     else:
         return None
-    return {"grid": grid, "mean": values, "lo": per.min(axis=0), "hi": per.max(axis=0), "sigma": np.float64(sig),
-            "probes": np.int64(per.shape[0])}
+    return {
+        "grid": grid,
+        "mean": values,
+        "lo": per.min(axis=0),
+        "hi": per.max(axis=0),
+        "sigma": np.float64(sig),
+        "probes": np.int64(per.shape[0]),
+    }
 
 
 def _title(curv: dict[str, Any]) -> str:
@@ -57,7 +63,10 @@ def _shape(d: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
 def _layer_values(layers: dict[str, Any], names: list[str]) -> list[list[float]]:
     """Per rank j, the j-th top eigenvalue of each named layer (NaN where a layer has fewer)."""
     k = max(len(layers[n]["eigenvalues"]) for n in names)
-    return [[float(layers[n]["eigenvalues"][j]) if j < len(layers[n]["eigenvalues"]) else np.nan for n in names] for j in range(k)]
+    return [
+        [float(layers[n]["eigenvalues"][j]) if j < len(layers[n]["eigenvalues"]) else np.nan for n in names]
+        for j in range(k)
+    ]
 
 
 def _log_scale(rows: list[list[float]]) -> bool:
@@ -88,12 +97,21 @@ def spectrum_figure(curv: dict[str, Any], kind: str, sigma: float | None = None)
     layers = {k: b for k, b in curv.get("layers", {}).items()}
     if kind == "density":
         with_layers = [k for k, b in layers.items() if b.get("lanczos") is not None or b.get("density") is not None]
-        fig, axes = plt.subplots(1, 2 if with_layers else 1, figsize=(11 if with_layers else 6.5, 4.2), dpi=150, squeeze=False)
+        fig, axes = plt.subplots(
+            1, 2 if with_layers else 1, figsize=(11 if with_layers else 6.5, 4.2), dpi=150, squeeze=False
+        )
         ax = axes[0, 0]
         d = _density(curv, sigma)
         assert d is not None
-        ax.fill_between(d["grid"], np.maximum(d["lo"], FLOOR), np.maximum(d["hi"], FLOOR), color="tab:blue", alpha=0.25,
-                        lw=0, label=f"spread of {int(d['probes'])} probes")
+        ax.fill_between(
+            d["grid"],
+            np.maximum(d["lo"], FLOOR),
+            np.maximum(d["hi"], FLOOR),
+            color="tab:blue",
+            alpha=0.25,
+            lw=0,
+            label=f"spread of {int(d['probes'])} probes",
+        )
         ax.plot(d["grid"], np.maximum(d["mean"], FLOOR), color="tab:blue", lw=1.5, label="density (mean of probes)")
         if curv.get("eigenvalues") is not None:
             for i, lam in enumerate(curv["eigenvalues"]):
@@ -113,8 +131,13 @@ def spectrum_figure(curv: dict[str, Any], kind: str, sigma: float | None = None)
                 if dl is None:
                     continue
                 x, y, scale = _shape(dl)
-                ax2.plot(x, np.maximum(y, FLOOR), lw=1.2, color=cmap(i % cmap.N),
-                         label=f"{name} ({layers[name]['size']:,}; max|λ| {scale:.3g})")
+                ax2.plot(
+                    x,
+                    np.maximum(y, FLOOR),
+                    lw=1.2,
+                    color=cmap(i % cmap.N),
+                    label=f"{name} ({layers[name]['size']:,}; max|λ| {scale:.3g})",
+                )
             ax2.set_yscale("log")
             ax2.set_ylim(bottom=FLOOR * 10)
             ax2.axvline(0.0, color="0.5", lw=0.6)
@@ -167,14 +190,43 @@ def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None)
     if kind == "density":
         with_layers = [k for k, b in layers.items() if b.get("lanczos") is not None or b.get("density") is not None]
         cols = 2 if with_layers else 1
-        fig = make_subplots(rows=1, cols=cols, subplot_titles=["whole model", "per layer: shapes of the spectra"][:cols])
+        fig = make_subplots(
+            rows=1, cols=cols, subplot_titles=["whole model", "per layer: shapes of the spectra"][:cols]
+        )
         d = _density(curv, sigma)
         assert d is not None
         g = d["grid"]
-        fig.add_trace(go.Scatter(x=g, y=np.maximum(d["hi"], FLOOR), mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip"), 1, 1)
-        fig.add_trace(go.Scatter(x=g, y=np.maximum(d["lo"], FLOOR), mode="lines", line=dict(width=0), fill="tonexty",
-                                 fillcolor="rgba(31,119,180,0.25)", name=f"spread of {int(d['probes'])} probes"), 1, 1)
-        fig.add_trace(go.Scatter(x=g, y=np.maximum(d["mean"], FLOOR), mode="lines", name="density (mean)", line=dict(color="rgb(31,119,180)")), 1, 1)
+        fig.add_trace(
+            go.Scatter(
+                x=g, y=np.maximum(d["hi"], FLOOR), mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip"
+            ),
+            1,
+            1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=g,
+                y=np.maximum(d["lo"], FLOOR),
+                mode="lines",
+                line=dict(width=0),
+                fill="tonexty",
+                fillcolor="rgba(31,119,180,0.25)",
+                name=f"spread of {int(d['probes'])} probes",
+            ),
+            1,
+            1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=g,
+                y=np.maximum(d["mean"], FLOOR),
+                mode="lines",
+                name="density (mean)",
+                line=dict(color="rgb(31,119,180)"),
+            ),
+            1,
+            1,
+        )
         if curv.get("eigenvalues") is not None:
             for lam in curv["eigenvalues"]:
                 fig.add_vline(x=float(lam), line=dict(color="red", dash="dot", width=1), row=1, col=1)
@@ -182,22 +234,37 @@ def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None)
             dl = _density(layers[name], sigma)
             if dl is not None:
                 x, y, scale = _shape(dl)
-                fig.add_trace(go.Scatter(x=x, y=np.maximum(y, FLOOR), mode="lines", name=f"{name} (max|λ| {scale:.3g})"), 1, 2)
+                fig.add_trace(
+                    go.Scatter(x=x, y=np.maximum(y, FLOOR), mode="lines", name=f"{name} (max|λ| {scale:.3g})"), 1, 2
+                )
         for c in range(1, cols + 1):
             fig.update_yaxes(type="log", title_text="density (log)", row=1, col=c)
-            fig.update_xaxes(title_text="eigenvalue" if c == 1 else "eigenvalue / max |eigenvalue| of the block", row=1, col=c)
+            fig.update_xaxes(
+                title_text="eigenvalue" if c == 1 else "eigenvalue / max |eigenvalue| of the block", row=1, col=c
+            )
         fig.update_layout(title=f"{_title(curv)} (SLQ, σ={float(d['sigma']):.2g})")
         return fig
     lam = np.asarray(curv["eigenvalues"], dtype=np.float64)
     with_layers = [k for k, b in layers.items() if b.get("eigenvalues") is not None]
     cols = 2 if with_layers else 1
     fig = make_subplots(rows=1, cols=cols, subplot_titles=["whole model", "per layer"][:cols])
-    fig.add_trace(go.Scatter(x=np.arange(1, lam.size + 1), y=lam, mode="markers", name="eigenvalue",
-                             error_y=dict(type="data", array=np.asarray(curv["residuals"], dtype=np.float64))), 1, 1)
+    fig.add_trace(
+        go.Scatter(
+            x=np.arange(1, lam.size + 1),
+            y=lam,
+            mode="markers",
+            name="eigenvalue",
+            error_y=dict(type="data", array=np.asarray(curv["residuals"], dtype=np.float64)),
+        ),
+        1,
+        1,
+    )
     if with_layers:
         rows = _layer_values(layers, with_layers)
         for j, vals in enumerate(rows):
-            fig.add_trace(go.Bar(x=list(with_layers), y=[None if np.isnan(v) else v for v in vals], name=f"λ{j + 1}"), 1, 2)
+            fig.add_trace(
+                go.Bar(x=list(with_layers), y=[None if np.isnan(v) else v for v in vals], name=f"λ{j + 1}"), 1, 2
+            )
         if _log_scale(rows):
             fig.update_yaxes(type="log", title_text="eigenvalue (log)", row=1, col=2)
     fig.update_layout(title=f"{_title(curv)}: top eigenvalues (Lanczos)", barmode="group")

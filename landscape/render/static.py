@@ -51,8 +51,15 @@ STYLE = {
     "svg.hashsalt": "landscape",
 }
 PANEL = (4.6, 3.8)  # inches per panel
-LEGEND_ABOVE = {"loc": "lower center", "bbox_to_anchor": (0.5, 1.0), "ncol": 4, "frameon": False, "borderaxespad": 0.2,
-                "handlelength": 1.6, "columnspacing": 1.0}
+LEGEND_ABOVE = {
+    "loc": "lower center",
+    "bbox_to_anchor": (0.5, 1.0),
+    "ncol": 4,
+    "frameon": False,
+    "borderaxespad": 0.2,
+    "handlelength": 1.6,
+    "columnspacing": 1.0,
+}
 
 
 def _wrap(label: str, width: int = 48) -> str:
@@ -88,8 +95,16 @@ def _gaps(ax: Any, view: View, cells: bool = False) -> None:
     xs, ys = view.coords
     dx, dy = (_half_cells(xs), _half_cells(ys)) if cells else (0.0, 0.0)
     ax.add_patch(
-        Rectangle((xs.min() - dx, ys.min() - dy), np.ptp(xs) + 2 * dx, np.ptp(ys) + 2 * dy, facecolor="0.93",
-                  edgecolor="0.6", hatch="////", lw=0, zorder=-1)
+        Rectangle(
+            (xs.min() - dx, ys.min() - dy),
+            np.ptp(xs) + 2 * dx,
+            np.ptp(ys) + 2 * dy,
+            facecolor="0.93",
+            edgecolor="0.6",
+            hatch="////",
+            lw=0,
+            zorder=-1,
+        )
     )
     ax.legend_handles_extra = [Patch(facecolor="0.93", edgecolor="0.6", hatch="////", label="no value (NaN)")]
 
@@ -165,15 +180,26 @@ def draw_surface(ax: Any, view: View, scale: Scale) -> Any:
         lo, hi = scale.vmin, scale.vmax
     X, Y = np.meshgrid(view.coords[0], view.coords[1])
     Z = _grid(view, vals)
-    surf = ax.plot_surface(X, Y, Z, cmap=CMAP, norm=Normalize(lo, hi), rstride=1, cstride=1,
-                           linewidth=0, antialiased=False, alpha=0.95)
+    surf = ax.plot_surface(
+        X, Y, Z, cmap=CMAP, norm=Normalize(lo, hi), rstride=1, cstride=1, linewidth=0, antialiased=False, alpha=0.95
+    )
     for k, (pos, text) in enumerate(view.marks):
         v = value_at(view, pos)
         if not np.isfinite(v):
             continue
         h = float(np.log10(np.clip(v, scale.vmin, scale.vmax)) if scale.log else np.clip(v, lo, hi))
-        ax.scatter([pos[0]], [pos[1]], [h], marker="*" if k == 0 else "o", s=120 if k == 0 else 40,
-                   color="red" if k == 0 else "white", edgecolor="black", depthshade=False, label=text, zorder=10)
+        ax.scatter(
+            [pos[0]],
+            [pos[1]],
+            [h],
+            marker="*" if k == 0 else "o",
+            s=120 if k == 0 else 40,
+            color="red" if k == 0 else "white",
+            edgecolor="black",
+            depthshade=False,
+            label=text,
+            zorder=10,
+        )
     ax.set_xlabel(_wrap(view.labels[0], 30), labelpad=6)
     ax.set_ylabel(_wrap(view.labels[1], 30), labelpad=6)
     ax.set_zlabel(zlabel, labelpad=4)
@@ -184,8 +210,15 @@ def draw_surface(ax: Any, view: View, scale: Scale) -> Any:
     return surf
 
 
-def draw_line(ax: Any, view: View, curve: tuple[np.ndarray, np.ndarray, str], scale: Scale | None,
-              accuracy: np.ndarray | None = None, label: str | None = None, color: str = "tab:blue") -> Any:
+def draw_line(
+    ax: Any,
+    view: View,
+    curve: tuple[np.ndarray, np.ndarray, str],
+    scale: Scale | None,
+    accuracy: np.ndarray | None = None,
+    label: str | None = None,
+    color: str = "tab:blue",
+) -> Any:
     """A loss (or accuracy) curve; NaN breaks the line; the checkpoint marked; accuracy on a twin axis."""
     xs, ys, xlabel = curve
     gaps = bool(np.isnan(ys).any())  # a point between two gaps would be invisible without a marker
@@ -203,12 +236,29 @@ def draw_line(ax: Any, view: View, curve: tuple[np.ndarray, np.ndarray, str], sc
         i = int(np.argmin(np.abs(xs - p)))
         ax.axvline(p, color="0.55", lw=0.8, ls="--", zorder=0)
         if np.isfinite(ys[i]):
-            ax.plot([xs[i]], [ys[i]], marker="*" if k == 0 else "o", color="red" if k == 0 else "white",
-                    mec="black", ms=11 if k == 0 else 7, ls="none", label=text if label is None else None, zorder=5)
+            ax.plot(
+                [xs[i]],
+                [ys[i]],
+                marker="*" if k == 0 else "o",
+                color="red" if k == 0 else "white",
+                mec="black",
+                ms=11 if k == 0 else 7,
+                ls="none",
+                label=text if label is None else None,
+                zorder=5,
+            )
     if accuracy is not None and np.isfinite(accuracy).any():
         ax2 = ax.twinx()
-        ax2.plot(xs, accuracy, color="tab:red", lw=1.3, ls="-.", marker="o" if np.isnan(accuracy).any() else None,
-                 ms=2, label="accuracy (%)")
+        ax2.plot(
+            xs,
+            accuracy,
+            color="tab:red",
+            lw=1.3,
+            ls="-.",
+            marker="o" if np.isnan(accuracy).any() else None,
+            ms=2,
+            label="accuracy (%)",
+        )
         ax2.set_ylabel("accuracy (%)", color="tab:red")
         ax2.tick_params(axis="y", colors="tab:red")
         ax.yaxis.label.set_color(color)
@@ -290,8 +340,9 @@ def plot_figure(
     with plt.rc_context(STYLE):
         if view.dims == 1 or kind == "line":
             curves = _line_curves(view)
-            fig, axs = plt.subplots(1, len(curves), figsize=(PANEL[0] * len(curves), PANEL[1]), squeeze=False,
-                                    layout="constrained")
+            fig, axs = plt.subplots(
+                1, len(curves), figsize=(PANEL[0] * len(curves), PANEL[1]), squeeze=False, layout="constrained"
+            )
             for ax, (curve, acc) in zip(axs[0], curves):
                 draw_line(ax, view, curve, scale, acc)
             fig.suptitle(title)
@@ -311,7 +362,12 @@ def plot_figure(
             fig.tight_layout()
         else:
             proj = {"projection": "3d", "computed_zorder": False} if kind == "surface" else {}
-            fig = plt.figure(figsize=(PANEL[0] + (0.9 if kind in ("filled", "heatmap") else 0), PANEL[1] + (0.6 if kind == "surface" else 0)))
+            fig = plt.figure(
+                figsize=(
+                    PANEL[0] + (0.9 if kind in ("filled", "heatmap") else 0),
+                    PANEL[1] + (0.6 if kind == "surface" else 0),
+                )
+            )
             ax = fig.add_subplot(1, 1, 1, **proj)
             _panel(fig, ax, view, kind, scale, lv)
             ax.set_title(title)

@@ -18,9 +18,9 @@ from landscape.strategies.base import (
 from landscape.strategies.firstlayer import FirstLayerStrategy, FirstLayerVmapStrategy, find_first_layer
 from landscape.strategies.fusedgraph import FirstLayerFusedStrategy, FusedStrategy
 from landscape.strategies.grid import axis_grid, grid_coords
-from landscape.strategies.probe import LOOP_MARGIN, PROBE_POINTS, Choice, choose_strategy, fastest_or_loop
 from landscape.strategies.loop import LoopStrategy
 from landscape.strategies.mlpchain import MlpStrategy
+from landscape.strategies.probe import LOOP_MARGIN, PROBE_POINTS, Choice, choose_strategy, fastest_or_loop
 from landscape.strategies.registry import REGISTRY, STRATEGIES, build_strategy
 from landscape.strategies.run import MemorySink, SweepReport, SweepSink, evaluate_points, run_sweep
 from landscape.strategies.vmap import VmapStrategy

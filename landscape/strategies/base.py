@@ -134,7 +134,9 @@ def points_per_call(problem: Problem, memory_budget: int, batch_size: int | None
     with torch.no_grad():
         out = problem.forward(take(problem.x, slice(0, 1)))
     per_point = problem.layout.size * problem.theta.element_size() * 2
-    per_point += 8 * output_numel(out) * (batch_size or problem.batch_size) * problem.theta.element_size()  # rough activation allowance
+    per_point += (
+        8 * output_numel(out) * (batch_size or problem.batch_size) * problem.theta.element_size()
+    )  # rough activation allowance
     return int(max(1, min(64, memory_budget // max(per_point, 1))))
 
 

@@ -81,7 +81,9 @@ class FirstLayerCache:
         self.owned = frozenset(_param_names(first) + (_param_names(norm) if norm else ()))
         self.norm = norm[1] if norm else None
         self.problem, self.directions, self.batch_size = problem, directions, batch_size
-        self.want_channels_last = channels_last  # 2-D conv outputs stored channels-innermost (`channels_last`: they are)
+        self.want_channels_last = (
+            channels_last  # 2-D conv outputs stored channels-innermost (`channels_last`: they are)
+        )
         self.channels_last = False
         self.prefix = f"{name}." if name else ""
         self.per_batch: list[torch.Tensor] = []  # [1 + k, B, ...], or [1 + k, B, H, W, C] channels-last
@@ -200,7 +202,9 @@ class FirstLayerStrategy(LoopStrategy):
         self.cache = FirstLayerCache(problem, self.directions, first, self.batch_size, channels_last, norm, target)
         self.skip = self.cache.owned
         self._current: torch.Tensor | None = None
-        self.k = points_within(self.cache.point_bytes(), FIRST_LAYER_POINTS, problem.device, memory_budget // 4, FIRST_LAYER_CPU_BLOCK)
+        self.k = points_within(
+            self.cache.point_bytes(), FIRST_LAYER_POINTS, problem.device, memory_budget // 4, FIRST_LAYER_CPU_BLOCK
+        )
 
     def evaluate(self, coords: torch.Tensor) -> Evaluation:
         self.cache.refresh()

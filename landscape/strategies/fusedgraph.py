@@ -84,7 +84,13 @@ class FirstLayerFusedStrategy(FirstLayerStrategy):
             # and the norm runs per point on the cached outputs
             fused, pair, norm = _fused_graph(problem, keep=frozenset([first[1]])), None, None
         super().__init__(
-            problem, directions, first, batch_size, channels_last=has_conv2d(problem.model),
-            norm=norm, target=pair, memory_budget=memory_budget,
+            problem,
+            directions,
+            first,
+            batch_size,
+            channels_last=has_conv2d(problem.model),
+            norm=norm,
+            target=pair,
+            memory_budget=memory_budget,
         )
         _use_fused(self, fused, layout_x=False)  # x itself is not read: the cache is channels-last

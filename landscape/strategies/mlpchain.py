@@ -72,7 +72,12 @@ class MlpStrategy(Strategy):
         return coef, [(coef @ s.flatten(1)).view(c.shape[0], *s.shape[1:]) for s in self.stacks[1:]]
 
     def on_batch(
-        self, shared: tuple[torch.Tensor, list[torch.Tensor]], batch_index: int, xb: torch.Tensor, yb: torch.Tensor, c: torch.Tensor
+        self,
+        shared: tuple[torch.Tensor, list[torch.Tensor]],
+        batch_index: int,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        c: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         coef, weights = shared
         first = self.first_out[batch_index]

@@ -13,7 +13,15 @@ import torch
 
 from landscape.errors import ArgumentError, LandscapeError
 from landscape.problem import Problem
-from landscape.strategies.base import Evaluation, NotApplicable, Strategy, agree, evaluate_shrinking, memory_budget, points_per_call
+from landscape.strategies.base import (
+    Evaluation,
+    NotApplicable,
+    Strategy,
+    agree,
+    evaluate_shrinking,
+    memory_budget,
+    points_per_call,
+)
 from landscape.strategies.registry import STRATEGIES, build_strategy
 
 PROBE_POINTS = 128  # grid points a caller hands the probe: each is evaluated once, by one candidate, and stored
@@ -26,7 +34,6 @@ CLOSE_FACTOR = 1.3  # ... so then only candidates this close to the fastest are 
 LOOP_MARGIN = 1.05  # another strategy replaces the plain loop only when its probe was this many times faster:
 # probe timings jitter by about that much, and on the transformer sample vmap (0.9x the loop over
 # 300 points) won the probe in one run of two
-
 
 
 def tune_batch_size(problem: Problem, rounds: int = 3, margin: float = 0.9) -> int:
@@ -132,7 +139,11 @@ def choose_strategy(
             reference = res
             kept.put(torch.tensor([far]), res)
         elif not agree(reference.loss, res.loss, problem.dtype):
-            drop(name, "its values disagree with the other strategies", f"sweep strategy {name} gives values that disagree with the others; not using it")
+            drop(
+                name,
+                "its values disagree with the other strategies",
+                f"sweep strategy {name} gives values that disagree with the others; not using it",
+            )
 
     def timed(name: str, strat: Strategy, points: int) -> float | None:
         """Seconds per point of `strat` on the next `points` probe points (their values kept), None if it raised."""
@@ -233,7 +244,9 @@ class _ProbeValues:
 
 def _none_can_run(candidates: tuple[str, ...], why: dict[str, str]) -> LandscapeError:
     if len(candidates) == 1:
-        return ArgumentError("strategy", candidates[0], f"cannot run this model: {why.get(candidates[0], 'unknown reason')}")
+        return ArgumentError(
+            "strategy", candidates[0], f"cannot run this model: {why.get(candidates[0], 'unknown reason')}"
+        )
     return LandscapeError("no sweep strategy can run this model: " + "; ".join(f"{n}: {m}" for n, m in why.items()))
 
 

@@ -156,7 +156,12 @@ def evaluate_points(
     shared = len(probe) >= world.size
     mine = probe[world.shard(len(probe))] if shared else probe
     choice = choose_strategy(
-        problem, directions, coords[mine], candidates=candidates, total_points=max(1, len(todo) // world.size), warn=warn
+        problem,
+        directions,
+        coords[mine],
+        candidates=candidates,
+        total_points=max(1, len(todo) // world.size),
+        warn=warn,
     )
     chosen = world.broadcast(choice.strategy.name)
     if chosen != choice.strategy.name:  # every rank runs rank 0's choice
@@ -164,7 +169,12 @@ def evaluate_points(
         budget = memory_budget(problem.device)
         size = choice.strategy.batch_size
         choice.strategy = build_strategy(
-            chosen, problem, directions, points_per_call=points_per_call(problem, budget, size), memory_budget=budget, batch_size=size
+            chosen,
+            problem,
+            directions,
+            points_per_call=points_per_call(problem, budget, size),
+            memory_budget=budget,
+            batch_size=size,
         )
     strat = choice.strategy
     try:
@@ -174,7 +184,13 @@ def evaluate_points(
             on_progress(len(todo))
         per_point = choice.timings.get(chosen)
         while len(todo):
-            size = 1 if per_point is None else max(1, min(len(todo), 1024 * world.size, math.ceil(world.size * chunk_seconds / max(per_point, 1e-9))))
+            size = (
+                1
+                if per_point is None
+                else max(
+                    1, min(len(todo), 1024 * world.size, math.ceil(world.size * chunk_seconds / max(per_point, 1e-9)))
+                )
+            )
             size = world.broadcast(size)
             idx = todo[:size]
             mine = idx[world.shard(len(idx))]
@@ -189,7 +205,9 @@ def evaluate_points(
     return choice
 
 
-def _gather_and_store(world: World, sink: SweepSink | None, mine: np.ndarray, result, report: SweepReport) -> np.ndarray:
+def _gather_and_store(
+    world: World, sink: SweepSink | None, mine: np.ndarray, result, report: SweepReport
+) -> np.ndarray:
     """Every rank's (indices, values) to rank 0, which stores them: the indices stored (on rank 0; none elsewhere)."""
     parts = world.gather((mine, result))
     if not world.main:

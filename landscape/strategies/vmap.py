@@ -19,7 +19,9 @@ class VmapStrategy(Strategy):
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
         return cls(problem, directions, ctx.points_per_call, ctx.batch_size)
 
-    def __init__(self, problem: Problem, directions: torch.Tensor, points_per_call: int = 16, batch_size: int | None = None):
+    def __init__(
+        self, problem: Problem, directions: torch.Tensor, points_per_call: int = 16, batch_size: int | None = None
+    ):
         super().__init__(problem, directions, batch_size)
         self.k = points_per_call
         model, buffers, loss_fn, cls = problem.model, problem.buffers, problem.loss_fn, problem.classification
