@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all gallery bench clean
+.PHONY: demo test test-all lint gallery bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	# torch with the torchvision built for it, pinned as a pair (the test extra needs torchvision, which
 	# fails to import beside any other torch build: 'operator torchvision::nms does not exist')
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,lint]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +30,13 @@ gallery: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# ruff (lint and format), mypy (strict on the numerical core), the import rules of docs/architecture.md
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"

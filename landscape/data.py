@@ -6,6 +6,7 @@ records are split into inputs and targets by `Columns`. `where` names the source
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,9 @@ import torch
 
 from landscape.errors import ArgumentError, LandscapeError
 from landscape.model_io import Inputs, describe, take
+
+Pair = tuple[Any, Any]  # (inputs, targets) as given: tensors, arrays, or a dict of them for the inputs
+Columns_ = dict[str, Any]  # named columns as given
 
 TARGET_KEYS = ("labels", "label", "y", "targets", "target")  # looked for, in this order, when no target key is named
 
@@ -27,7 +31,7 @@ class Columns:
     targets_from_inputs: bool = False  # no target key: the targets are the inputs' token ids (next-token loss)
 
 
-def split(obj: tuple | dict, where: str, columns: Columns) -> tuple:
+def split(obj: Pair | Columns_, where: str, columns: Columns) -> Pair:
     """(x, y) from a pair, or from named columns by `columns` (x and y when nothing else is named)."""
     if isinstance(obj, tuple):
         return obj
@@ -58,7 +62,7 @@ def split(obj: tuple | dict, where: str, columns: Columns) -> tuple:
     )
 
 
-def collect(obj, where: str) -> tuple | dict:
+def collect(obj: Any, where: str) -> Pair | Columns_:
     """Turn a (x, y) pair, a dict of columns, a Dataset or a DataLoader into tensors."""
     if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[1], (torch.Tensor, np.ndarray)):
         return obj[0], obj[1]  # (x, y) with x a tensor or a dict of tensors
@@ -72,7 +76,7 @@ def collect(obj, where: str) -> tuple | dict:
     raise LandscapeError(f"{where}: returned {type(obj).__name__}; expected (x, y) tensors, a Dataset or a DataLoader")
 
 
-def _record(item, where: str, what: str) -> dict:
+def _record(item: Any, where: str, what: str) -> dict[str, torch.Tensor]:
     """One Dataset item or DataLoader batch as named tensors ("0", "1" for a pair)."""
     fields = (
         item
@@ -101,7 +105,9 @@ def _record(item, where: str, what: str) -> dict:
     return out
 
 
-def _stack(records: list[dict], where: str, join) -> tuple | dict:
+def _stack(
+    records: list[dict[str, torch.Tensor]], where: str, join: Callable[[list[torch.Tensor]], torch.Tensor]
+) -> Pair | Columns_:
     if not records:
         raise LandscapeError(f"{where}: the data set is empty")
     cols = {}
@@ -116,7 +122,7 @@ def _stack(records: list[dict], where: str, join) -> tuple | dict:
     return (cols["0"], cols["1"]) if set(cols) == {"0", "1"} else cols
 
 
-def check_pair(pair: tuple, where: str) -> tuple[Inputs, torch.Tensor]:
+def check_pair(pair: Pair, where: str) -> tuple[Inputs, torch.Tensor]:
     x = {k: torch.as_tensor(v) for k, v in pair[0].items()} if isinstance(pair[0], dict) else torch.as_tensor(pair[0])
     y = torch.as_tensor(pair[1])
     leaves = list(x.values()) if isinstance(x, dict) else [x]

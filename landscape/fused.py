@@ -19,6 +19,8 @@ The values differ from the model's only by rounding; the caller checks them agai
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,28 +44,29 @@ class FoldedNorm(nn.Module):
         self.norm = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layer = self.layer
+        layer: Any = self.layer
         scale, shift = norm_affine(self.norm)
         bias = shift if layer.bias is None else layer.bias * scale + shift
         weight = layer.weight * scale.view(-1, *([1] * (layer.weight.dim() - 1)))
         if isinstance(layer, nn.Linear):
             return F.linear(x, weight, bias)
-        return layer._conv_forward(x, weight, bias)  # type: ignore[operator]
+        return layer._conv_forward(x, weight, bias)
 
 
-def norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def norm_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (scale, shift) of an eval-mode BatchNorm with running statistics: BN(y) = y * scale + shift."""
-    scale = torch.rsqrt(norm.running_var + norm.eps)  # type: ignore[operator]
+    norm: Any = module
+    scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight
-    shift = -norm.running_mean * scale  # type: ignore[operator]
+    shift = -norm.running_mean * scale
     if norm.bias is not None:
         shift = shift + norm.bias
     return scale, shift
 
 
 def _foldable(layer: nn.Module, norm: nn.Module) -> bool:
-    out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels  # type: ignore[union-attr]
+    out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     return (
         not norm.training
         and norm.running_mean is not None

@@ -83,8 +83,9 @@ def logits_of(out: Any) -> torch.Tensor:
     if isinstance(logits, torch.Tensor):
         return logits
     if isinstance(out, Mapping):
-        if isinstance(out.get("logits"), torch.Tensor):
-            return out["logits"]
+        logits = out.get("logits")
+        if isinstance(logits, torch.Tensor):
+            return logits
         if len(out) == 1:
             return logits_of(next(iter(out.values())))
     if isinstance(out, (tuple, list)) and out:

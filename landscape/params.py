@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +33,10 @@ class Layout:
         return sum(self.numels)
 
     @classmethod
-    def of(cls, tensors: dict[str, torch.Tensor]) -> Layout:
+    def of(cls, tensors: Mapping[str, torch.Tensor]) -> Layout:
         return cls(tuple(tensors), tuple(tuple(t.shape) for t in tensors.values()))
 
-    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Concatenate the named tensors (in layout order) into one vector."""
         return torch.cat([tensors[n].reshape(-1) for n in self.names])
 

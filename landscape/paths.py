@@ -21,7 +21,7 @@ buffers (BatchNorm running statistics) follow the same weights; integer buffers 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +32,7 @@ from landscape.model_io import Inputs, call, rows, take
 from landscape.problem import Problem
 from landscape.strategies import STRATEGIES, Strategy, choose_strategy
 
-State = dict[str, torch.Tensor]
+State = Mapping[str, torch.Tensor]
 CURVES = ("linear", "bezier")
 
 
@@ -96,7 +96,7 @@ def combine_buffers(problem: Problem, states: Sequence[State], weights: torch.Te
         if name not in states[0]:
             continue  # a non-persistent buffer: not in checkpoints, left as the model has it
         if torch.is_floating_point(buf):
-            acc = sum(float(w) * s[name].double() for w, s in zip(weights, states))
+            acc = torch.stack([float(w) * s[name].double() for w, s in zip(weights, states)]).sum(dim=0)
             out[name] = acc.to(buf.device, buf.dtype)
         else:
             out[name] = states[0][name].to(buf.device, buf.dtype)

@@ -394,9 +394,11 @@ Result = SweepResult | CurvatureResult | AnalysisResult
 def load(path: str | Path) -> Result:
     """The result stored in a results file, as the type the library returns for its command.
 
-    >>> import landscape as ls  # doctest: +SKIP
-    >>> ls.load("landscape-out/sweep.h5").loss.shape  # doctest: +SKIP
-    (51, 51)
+    >>> import tempfile, torch, landscape as ls
+    >>> problem = ls.Problem(torch.nn.Linear(4, 3), (torch.randn(16, 4), torch.randint(0, 3, (16,))))
+    >>> path = ls.sweep(problem, ls.random_axes(problem, 1), x=(-1, 1, 5)).save(tempfile.mkdtemp() + "/line.h5")
+    >>> ls.load(path).loss.shape
+    (5,)
     """
     check_ours(path)
     kind = str(read_root(path).get("kind", ""))

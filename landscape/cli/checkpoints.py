@@ -243,7 +243,7 @@ def plane(
     )  # fmt: skip
     names = [Path(c).name for c in ckpts]
     say(
-        f"{prov['parameters']:,} parameters, {problem.n:,} samples, plane through {', '.join(names)}; grid {len(planned.x)} x {len(planned.y)}"
+        f"{prov['parameters']:,} parameters, {problem.n:,} samples, plane through {', '.join(names)}; grid {planned.loss.shape[0]} x {planned.loss.shape[1]}"
     )
     _run_plane(output, problem, planned, strategy)
     g = planned.groups["plane"].arrays
@@ -325,7 +325,7 @@ def trajectory(
     group = planned.groups["trajectory"]
     explained = group.arrays["explained_variance"]
     say(f"{prov['parameters']:,} parameters, {problem.n:,} samples, {len(ckpts)} checkpoints; explained variance "
-        f"{100 * float(explained[0]):.1f}% + {100 * float(explained[1]):.1f}%; grid {len(planned.x)} x {len(planned.y)}")  # fmt: skip
+        f"{100 * float(explained[0]):.1f}% + {100 * float(explained[1]):.1f}%; grid {planned.loss.shape[0]} x {planned.loss.shape[1]}")  # fmt: skip
     _run_plane(output, problem, planned, strategy)
     own, projected, rel = group.arrays["own_loss"], group.arrays["projected_loss"], group.arrays["relative_residual"]
     gap = projected - own

@@ -152,7 +152,7 @@ def hessian(
         raise LandscapeError(f"--curvature {curvature!r}: expected one of {', '.join(CURVATURES)}")
     if method != "auto" and method not in METHODS:
         raise LandscapeError(f"--method {method!r}: expected auto or one of {', '.join(METHODS)}")
-    options = dict(
+    options: dict[str, Any] = dict(
         top_k=top_k, which=which, trace=trace, density=density, per_layer=per_layer, curvature=curvature, tol=tol,
         max_iter=max_iter, probes=probes, steps=steps, trace_matvecs=trace_matvecs, eigenvectors=eigenvectors, method=method,
         seed=seed, batch_size=batch_size,

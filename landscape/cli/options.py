@@ -57,7 +57,7 @@ def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | No
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
     try:
         table = tomllib.loads(value.read_text())
     except Exception as exc:

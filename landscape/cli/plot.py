@@ -6,7 +6,7 @@ No model, no data, no GPU: everything here reads HDF5 results files written by t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -170,7 +170,7 @@ def plot(
 
     view = make_view(read_sweep(path), metric, path)
     kind = kind or ("line" if view.dims == 1 else "contour")
-    opts = {"vmin": vmin, "vmax": vmax, "log": log, "levels": levels, "title": title}
+    opts: dict[str, Any] = {"vmin": vmin, "vmax": vmax, "log": log, "levels": levels, "title": title}
     if suffix == ".html":
         from landscape.render.interactive import figures_page, plot_figures, write_page
 
@@ -212,10 +212,10 @@ def compare(
     from landscape.render.common import make_view, unique_names
 
     views = [make_view(read_sweep(p), metric, p) for p in paths]
-    for v, name in zip(views, unique_names(paths)):
+    for v, name in zip(views, unique_names(list(paths))):
         v.name = name
     kind = kind or ("line" if views[0].dims == 1 else "filled")
-    opts = {"vmin": vmin, "vmax": vmax, "log": log, "levels": levels, "title": title}
+    opts: dict[str, Any] = {"vmin": vmin, "vmax": vmax, "log": log, "levels": levels, "title": title}
     if suffix == ".html":
         from landscape.render.interactive import compare_figure, figures_page, write_page
 

@@ -213,7 +213,7 @@ def _make_axes(
     other: torch.Tensor | None,
 ) -> Axes:
     """The sweep's axes as the options name them: random, Hessian eigenvectors, or those a curvature file stored."""
-    line = {"to": other, "to_label": to, "to_sha256": sha256_file(to)} if to else {}
+    line: dict[str, Any] = {"to": other, "to_label": to, "to_sha256": sha256_file(to)} if to else {}
     if axes_from:
         curv = ls.load(axes_from)
         if not isinstance(curv, ls.CurvatureResult):

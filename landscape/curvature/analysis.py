@@ -10,6 +10,7 @@ generators that do not depend on the rank, so every rank computes the same estim
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,7 +85,9 @@ def _precision(dtype: torch.dtype) -> float:
 OnProducts = Callable[[str, int], None]  # (what is running, products just made): for progress displays
 
 
-def _counted(matmat: Callable[[torch.Tensor], torch.Tensor], stage: str, on_products: OnProducts):
+def _counted(
+    matmat: Callable[[torch.Tensor], torch.Tensor], stage: str, on_products: OnProducts
+) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(V: torch.Tensor) -> torch.Tensor:
         out = matmat(V)
         on_products(stage, V.shape[0])
@@ -225,25 +228,25 @@ def run_curvature(
     layers: dict[str, BlockResult] = {}
     if settings.per_layer:
         # the method measured on the whole model is used for every block (no re-measuring per block)
-        layer_settings = CurvatureSettings(
-            **{
-                **settings.__dict__,
-                "eigenvectors": False,
-                "method": op["method"] if settings.curvature == "hessian" else "auto",
-            }
+        layer_settings = dataclasses.replace(
+            settings, eigenvectors=False, method=op["method"] if settings.curvature == "hessian" else "auto"
         )
         blocks = layer_blocks(problem.layout)
         for i, (key, names) in enumerate(blocks.items()):
-            where = f"layer {key} ({i + 1}/{len(blocks)})"
             layers[key] = estimate_block(
                 problem,
                 layer_settings,
                 names,
                 say,
                 world,
-                lambda stage, n, where=where: on_products(f"{where}: {stage}", n),
+                _prefixed(on_products, f"layer {key} ({i + 1}/{len(blocks)})"),
             )
     return CurvatureRun(settings=settings, model=model, layers=layers)
+
+
+def _prefixed(on_products: OnProducts, where: str) -> OnProducts:
+    """`on_products` with the block's name before each stage."""
+    return lambda stage, n: on_products(f"{where}: {stage}", n)
 
 
 def top_eigenvectors(

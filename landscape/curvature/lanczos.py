@@ -153,7 +153,8 @@ def lanczos(
         for _ in range(2):
             if j:
                 q -= Q[:j].T @ (Q[:j] @ q)
-        return q / q.norm()
+        unit: torch.Tensor = q / q.norm()
+        return unit
 
     # the basis grows as needed (doubling): a run that converges in 15 steps holds 16 rows, not max_iter
     Q = torch.zeros(min(max_iter, 16), n, dtype=torch.float64, device=device)
@@ -191,8 +192,9 @@ def lanczos(
             b = float(w.norm())
             last = j + 1 == max_iter
             if j + 1 >= want_count or last:  # before that, not all wanted pairs exist: no need to look
-                theta, Y = tridiagonal_eigh(np.array(alphas), np.array(betas))
-                assert Y is not None
+                theta, vecs = tridiagonal_eigh(np.array(alphas), np.array(betas))
+                assert vecs is not None
+                Y = vecs
                 floor = floor_at(float(np.abs(theta).max()))
                 idx = wanted_indices(theta, k, which)
                 res = b * np.abs(Y[-1, idx])

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -93,9 +93,16 @@ class CurvatureOperator:
     are summed over the ranks. Every rank must construct the operator and call its products in
     the same order. `n_total` alone (one process) gives a shard's share of the full product.
 
-    Example:
-        >>> op = CurvatureOperator(problem)           # doctest: +SKIP
-        >>> hv = op.matmat(torch.randn(3, op.size, dtype=torch.float64))  # doctest: +SKIP
+    Example (linear regression, whose Hessian is 2 XᵀX / n):
+        >>> import torch, landscape as ls
+        >>> x = torch.randn(32, 3, dtype=torch.float64)
+        >>> model = torch.nn.Linear(3, 1, bias=False).double()
+        >>> problem = ls.Problem(model, (x, torch.randn(32, 1, dtype=torch.float64)), loss="mse")
+        >>> op = CurvatureOperator(problem)
+        >>> V = torch.eye(3, dtype=torch.float64)
+        >>> torch.allclose(op.matmat(V), 2 * x.T @ x / 32)
+        True
+        >>> op.close()
     """
 
     def __init__(
@@ -148,7 +155,7 @@ class CurvatureOperator:
         if curvature != "hessian" and method != "auto":
             raise ArgumentError("method", method, "applies to the Hessian only (curvature hessian)")
         if curvature == "ggn":
-            candidates = ("ggn-cached", "ggn") if self._single_batch else ("ggn",)
+            candidates: tuple[str, ...] = ("ggn-cached", "ggn") if self._single_batch else ("ggn",)
         elif curvature == "fisher":  # cached when every rank's per-sample gradients fit (decided alike on all ranks)
             fits = problem.n * self.size * torch.finfo(self.dtype).bits // 8 <= FISHER_CACHE_BYTES
             candidates = ("fisher-cached", "fisher") if self._summed([float(not fits)])[0] == 0 else ("fisher",)
@@ -183,7 +190,7 @@ class CurvatureOperator:
             f"its logits); the model returns {type(out).__name__}: use the hessian, or a model that returns the logits"
         )
 
-    def _batches(self):
+    def _batches(self) -> Iterator[tuple[Inputs, torch.Tensor, float]]:
         """(x_b, y_b, |b| / n_total) over this rank's data: the ranks' weighted sums add up to the dataset mean."""
         p, bs = self.problem, self.batch_size
         for start in range(0, p.n, bs):
@@ -282,7 +289,7 @@ class CurvatureOperator:
         return total
 
     # ---- double backward, GGN and empirical Fisher (autograd) ---------------------------------
-    def _state(self, method: str, xb, yb, w):
+    def _state(self, method: str, xb: Inputs, yb: torch.Tensor, w: float) -> Any:
         if method == "fisher-cached":
             G, out = self._per_sample_gradients(xb, yb)
             return (G, w / yb.shape[0], out)  # F_b = (|b|/N) mean_i g_i g_i^T: each sample weighs 1/N
@@ -321,15 +328,17 @@ class CurvatureOperator:
             rows.append(torch.zeros_like(inp) if r is None else r)
         return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
-    def _product(self, method: str, state, V: torch.Tensor, batched: bool) -> torch.Tensor:
+    def _product(self, method: str, state: Any, V: torch.Tensor, batched: bool) -> torch.Tensor:
         if method == "fisher-cached":
             G, w, _ = state
-            return (G @ V.T).T @ G * w  # rows (1/N) G^T G v
+            rows: torch.Tensor = (G @ V.T).T @ G * w  # rows (1/N) G^T G v
+            return rows
         with torch.enable_grad():
             if method == "fisher":
                 u, losses, dummy, jt, w = state
                 jv = self._vjp(jt, dummy, V, batched)  # J v, [k, |b|]: each sample's g_i . v
-                return self._vjp(losses, u, jv, batched) * w
+                fv: torch.Tensor = self._vjp(losses, u, jv, batched) * w
+                return fv
             if method.startswith("ggn"):
                 u, out, z, gz, dummy, jt = state
                 jv = self._vjp(jt, dummy, V, batched)  # J v, [k, *out.shape]
@@ -368,8 +377,9 @@ class CurvatureOperator:
         for xb, yb, w in self._batches():
             grad_fn = torch.func.grad(lambda u, xb=xb, yb=yb, w=w: self._loss(u, xb, yb, w))
 
-            def hvp(v, grad_fn=grad_fn):
-                return torch.func.jvp(grad_fn, (self.u0,), (v,))[1]
+            def hvp(v: torch.Tensor, grad_fn: Callable[[torch.Tensor], torch.Tensor] = grad_fn) -> torch.Tensor:
+                out: torch.Tensor = torch.func.jvp(grad_fn, (self.u0,), (v,))[1]
+                return out
 
             total += torch.func.vmap(hvp)(V) if batched else torch.stack([hvp(v) for v in V])
         return total

@@ -195,7 +195,7 @@ def track_plotly(path: str | Path) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=steps.tolist(),
-                y=json_values(trace),
+                y=json_values(np.asarray(trace)),
                 mode="lines+markers",
                 name="trace",
                 line={"dash": "dashdot", "color": "green"},

@@ -8,6 +8,7 @@ levels are decided here once, so static and interactive figures agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,13 +207,13 @@ def contour_levels(scale: Scale, levels: int | None = None, metric: str = "loss"
                 return lv
         return np.geomspace(lo, hi, 12)[1:-1]
     if li and levels is None and metric == "loss":
-        li = LI_LEVELS[(LI_LEVELS >= lo) & (LI_LEVELS <= hi)]
-        if li.size >= 5:
-            return li
+        fixed = LI_LEVELS[(LI_LEVELS >= lo) & (LI_LEVELS <= hi)]
+        if fixed.size >= 5:
+            return fixed
     from matplotlib.ticker import MaxNLocator
 
     n = levels or 15
-    ticks = MaxNLocator(nbins=n + 1, min_n_ticks=min(n, 3)).tick_values(lo, hi)
+    ticks = np.asarray(MaxNLocator(nbins=n + 1, min_n_ticks=min(n, 3)).tick_values(lo, hi))
     ticks = ticks[(ticks > lo) & (ticks < hi)]
     return ticks if ticks.size else np.linspace(lo, hi, n + 2)[1:-1]
 
@@ -226,9 +227,9 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def unique_names(paths: list[str | Path]) -> list[str]:
+def unique_names(given: Sequence[str | Path]) -> list[str]:
     """Short, distinct run names: file stems, with parent folders added where stems collide."""
-    paths = [Path(p) for p in paths]
+    paths = [Path(p) for p in given]
     names = [p.stem for p in paths]
     depth = 1
     while len(set(names)) < len(names) and depth < 6:

@@ -292,8 +292,8 @@ def build_report(paths: list[str | Path], title: str | None = None, plotlyjs: st
     """The whole report as one HTML document (plotly.js once, inline by default)."""
     if not paths:
         raise LandscapeError("report: give at least one results file")
-    paths = [Path(p) for p in paths]
-    title = title or ("landscape report: " + ", ".join(p.name for p in paths))
+    files = [Path(p) for p in paths]
+    title = title or ("landscape report: " + ", ".join(p.name for p in files))
     ids = _Ids()
     body = [
         f"<h1>{esc(title)}</h1>",

@@ -37,7 +37,7 @@ from landscape.render.common import (  # noqa: E402
 STATIC_SUFFIXES = (".png", ".svg", ".pdf")
 CMAP = "viridis"
 # readable when a single panel is pasted into one column of a paper (about 3.3 inches wide)
-STYLE = {
+STYLE: Any = {
     "font.size": 9,
     "axes.titlesize": 10,
     "axes.labelsize": 9,
@@ -286,7 +286,7 @@ def _colorbar(fig: Figure, mappable: Any, axes: Any, view: View, scale: Scale) -
         ticks = contour_levels(scale)
         if len(ticks) > 9:
             ticks = ticks[np.isclose(np.log10(ticks) % 1, 0) | np.isclose(np.log10(ticks) % 1, 1)]  # decades only
-        cb.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
+        cb.set_ticks(list(ticks), labels=[f"{t:.3g}" for t in ticks])
         cb.ax.yaxis.set_minor_locator(NullLocator())
     else:
         cb.ax.yaxis.set_major_locator(MaxNLocator(8))

@@ -5,6 +5,7 @@ rest of the network runs per point (`loop`) or K points per call (`vmap`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -29,8 +30,8 @@ def find_first_layer(problem: Problem) -> tuple[str, nn.Module] | None:
     probe = problem.x[:2]
     handles = []
 
-    def hook(name: str, module: nn.Module):
-        def fn(mod, args):
+    def hook(name: str, module: nn.Module) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def fn(mod: nn.Module, args: tuple[Any, ...]) -> None:
             if not hits and args and args[0] is probe:
                 hits.append((name, mod))
 
@@ -114,6 +115,7 @@ class FirstLayerCache:
         scale, shift = self._folded or (None, None)
         with torch.no_grad():  # at the weights' precision (float32 when the model runs in bfloat16)
             for xb, _, _ in problem.batches(self.batch_size):
+                assert isinstance(xb, torch.Tensor)  # `find_first_layer` ruled out keyword inputs
                 xm = xb.to(problem.theta.dtype)
                 outs = [self._apply(xm, theta[w_name], theta[b_name] if has_bias else None)]
                 for j in range(directions.shape[0]):
@@ -131,7 +133,9 @@ class FirstLayerCache:
     def _apply(self, xb: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if isinstance(self.layer, nn.Linear):
             return F.linear(xb, weight, bias)
-        return self.layer._conv_forward(xb, weight, bias)  # type: ignore[attr-defined]
+        conv: Any = self.layer
+        out: torch.Tensor = conv._conv_forward(xb, weight, bias)
+        return out
 
     def point_bytes(self) -> int:
         """Bytes of one point's outputs for the largest batch."""
@@ -140,12 +144,12 @@ class FirstLayerCache:
     def outputs(self, batch_index: int, coords: torch.Tensor) -> torch.Tensor:
         """The layer's output for one batch at each point: coords [K, k] -> [K, B, ...] in the model's dtype."""
         coef = torch.cat([coords.new_ones(coords.shape[0], 1), coords], dim=1)
-        out = torch.tensordot(coef, self.per_batch[batch_index], dims=1).to(self.dtype)
+        out: torch.Tensor = torch.tensordot(coef, self.per_batch[batch_index], dims=1).to(self.dtype)
         return out.permute(0, 1, 4, 2, 3) if self.channels_last else out
 
     def replace_forward(self, source: Callable[[], torch.Tensor | None]) -> None:
         """Make the target module return `source()` instead of computing its output."""
-        self.target.forward = lambda _x: source()  # type: ignore[method-assign]
+        self.target.forward = lambda _x: source()
 
     def restore_forward(self) -> None:
         del self.target.forward
@@ -160,9 +164,10 @@ def _param_names(named: tuple[str, nn.Module]) -> tuple[str, ...]:
 
 def cache_bytes_first_layer(problem: Problem, first: tuple[str, nn.Module], k: int) -> int:
     """Memory the first-layer cache would take (outputs for the whole data set, 1 + k copies)."""
+    assert isinstance(problem.x, torch.Tensor)
     with torch.no_grad():
-        out = first[1](problem.x[:1])
-    return out.numel() * problem.n * (1 + k) * problem.theta.element_size()
+        out: torch.Tensor = first[1](problem.x[:1])
+    return int(out.numel() * problem.n * (1 + k) * problem.theta.element_size())
 
 
 def first_layer_of(problem: Problem, directions: torch.Tensor, budget: int) -> tuple[str, nn.Module]:

@@ -35,6 +35,7 @@ def _use_fused(strat: LoopStrategy, fused: fx.GraphModule, layout_x: bool = True
     """Point a loop strategy at a fused graph (and, with `layout_x`, at a copy of its problem with
     channels-last data for 2-D convs), after checking on a few samples that it gives the model's outputs."""
     p = strat.problem
+    assert isinstance(p.x, torch.Tensor)  # `_fused_graph` ruled out keyword inputs
     x = channels_last_input(p.x) if layout_x and has_conv2d(p.model) else p.x
     with torch.no_grad():
         want, got = logits_of(p.model(p.x[:64])), logits_of(fused(x[:64]))

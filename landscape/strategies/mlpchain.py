@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from landscape.mlp import MlpChain, features_first_loss, loss_kind
+from landscape.model_io import Inputs
 from landscape.problem import Problem
 from landscape.strategies.base import BuildContext, NotApplicable, Strategy, points_within
 
@@ -57,6 +58,7 @@ class MlpStrategy(Strategy):
         self.first_out: list[torch.Tensor] = []  # per batch: [1 + k, out, B]
         with torch.no_grad():
             for xb, _, _ in problem.batches(self.batch_size):
+                assert isinstance(xb, torch.Tensor)  # keyword inputs were ruled out above
                 xf = (xb.flatten(1) if chain.flatten else xb).to(problem.theta.dtype)
                 w = self.stacks[0]
                 out = w[..., :-1] @ xf.T + w[..., -1:] if first_bias else w @ xf.T
@@ -75,7 +77,7 @@ class MlpStrategy(Strategy):
         self,
         shared: tuple[torch.Tensor, list[torch.Tensor]],
         batch_index: int,
-        xb: torch.Tensor,
+        xb: Inputs,
         yb: torch.Tensor,
         c: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -101,7 +101,7 @@ def run_sweep(
     Under torchrun every rank calls this; rank 0 holds the sink (others pass None), the grid
     points of each chunk are split over the ranks and gathered back to rank 0, which writes them.
     """
-    grid, done = world.broadcast((sink.coords, sink.done) if world.main else None)
+    grid, done = world.broadcast((sink.coords, sink.done) if world.main and sink is not None else None)
     coords = grid_coords([torch.from_numpy(c) for c in grid])
     todo = np.flatnonzero(~done.reshape(-1))
     total = int(done.size)
@@ -124,7 +124,7 @@ def run_sweep(
     report.strategy, report.timings, report.dropped = choice.strategy.name, choice.timings, choice.dropped
     report.inapplicable = choice.inapplicable
     report.seconds = time.perf_counter() - start
-    if world.main:
+    if world.main and sink is not None:
         sink.finish(report.attrs(world.size))
     return report
 
@@ -206,11 +206,11 @@ def evaluate_points(
 
 
 def _gather_and_store(
-    world: World, sink: SweepSink | None, mine: np.ndarray, result, report: SweepReport
+    world: World, sink: SweepSink | None, mine: np.ndarray, result: Evaluation | None, report: SweepReport
 ) -> np.ndarray:
     """Every rank's (indices, values) to rank 0, which stores them: the indices stored (on rank 0; none elsewhere)."""
-    parts = world.gather((mine, result))
-    if not world.main:
+    parts = world.gather((mine, result)) or []
+    if not world.main or sink is None:
         return np.zeros(0, dtype=np.int64)
     stored = []
     for part_idx, part in parts:
@@ -220,7 +220,7 @@ def _gather_and_store(
     return np.concatenate(stored) if stored else np.zeros(0, dtype=np.int64)
 
 
-def _store(sink: SweepSink, idx: np.ndarray, result, report: SweepReport) -> None:
+def _store(sink: SweepSink, idx: np.ndarray, result: Evaluation, report: SweepReport) -> None:
     loss = result.loss.numpy().copy()
     bad = ~np.isfinite(loss)
     report.nonfinite += int(bad.sum())

@@ -26,7 +26,11 @@ class VmapStrategy(Strategy):
         self.k = points_per_call
         model, buffers, loss_fn, cls = problem.model, problem.buffers, problem.loss_fn, problem.classification
 
-        def one(params: dict[str, torch.Tensor], xb: Inputs, yb: torch.Tensor, first_out: torch.Tensor | None):
+        self.first_out: torch.Tensor | None = None
+
+        def one(
+            params: dict[str, torch.Tensor], xb: Inputs, yb: torch.Tensor, first_out: torch.Tensor | None
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             self.first_out = first_out  # read by the first layer's replaced forward (FirstLayerVmapStrategy)
             out = call_functional(model, (params, buffers), xb)
             loss = loss_fn(out, yb)
@@ -34,7 +38,6 @@ class VmapStrategy(Strategy):
             return loss, correct
 
         self._batched = torch.vmap(one, in_dims=(0, None, None, 0 if self.feeds_first_layer else None))
-        self.first_out: torch.Tensor | None = None
 
     def shrink(self) -> str | None:
         """Halve the points per call, then the batch size."""
@@ -52,4 +55,5 @@ class VmapStrategy(Strategy):
         self, shared: dict[str, torch.Tensor], batch_index: int, xb: Inputs, yb: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         with math_attention():  # fused attention has no batching rule: vmap would loop over the points
-            return self._batched(shared, xb, yb, self.first_layer_outputs(batch_index, c))
+            loss, correct = self._batched(shared, xb, yb, self.first_layer_outputs(batch_index, c))
+            return loss, correct
