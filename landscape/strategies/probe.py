@@ -97,104 +97,131 @@ def choose_strategy(
     budget = memory_budget(problem.device) if budget is None else budget
     batch_size = tune_batch_size(problem) if problem.auto_batch and len(candidates) > 1 else problem.batch_size
     k = points_per_call(problem, budget, batch_size)
-    built: dict[str, Strategy] = {}
-    dropped: dict[str, str] = {}
-    inapplicable: dict[str, str] = {}
+    probe = _Probe(problem, probe_coords, warn)
     for name in candidates:
         try:
-            built[name] = build_strategy(
+            probe.built[name] = build_strategy(
                 name, problem, directions, points_per_call=k, memory_budget=budget, batch_size=batch_size
             )
         except NotApplicable as exc:
-            inapplicable[name] = str(exc)
+            probe.inapplicable[name] = str(exc)
         except Exception as exc:  # a model the strategy cannot run: fall back, say why
-            dropped[name] = _one_line(exc)
-    if not built:
-        raise _none_can_run(candidates, {**inapplicable, **dropped})
-    if len(built) == 1:
-        (only,) = built.values()
-        return Choice(only, dropped=dropped, inapplicable=inapplicable)
-    timings: dict[str, float] = {}
-    first: dict[str, float] = {}
-    kept = _ProbeValues(probe_coords, problem.classification)
+            probe.dropped[name] = _one_line(exc)
+    if len(probe.built) == 1:
+        (only,) = probe.built.values()
+        return Choice(only, dropped=probe.dropped, inapplicable=probe.inapplicable)
+    if probe.built:
+        probe.warm_up()
+    if probe.built:
+        probe.shortlist(total_points, repeats)
+        probe.final_stage(repeats)
+    if not probe.built:
+        raise _none_can_run(candidates, {**probe.inapplicable, **probe.dropped})
+    return probe.choice(fastest_or_loop({n: probe.timings[n] for n in probe.built}))
 
-    def drop(name: str, why: str, message: str) -> None:
-        dropped[name] = why
-        warn(message)
-        built.pop(name).close()
 
-    # warm-up (vmap tracing, allocator) on the point farthest from the checkpoint, where a strategy
-    # that computes something else would show it: every candidate must agree with the first
-    far = int(probe_coords.norm(dim=1).argmax()) if probe_coords.numel() else 0
-    reference: Evaluation | None = None
-    for name, strat in list(built.items()):
-        try:
-            res = evaluate_shrinking(strat, probe_coords[far : far + 1], warn)
-        except Exception as exc:
-            drop(name, _one_line(exc), f"sweep strategy {name} cannot run this model ({_one_line(exc)}); falling back")
-            continue
-        finally:
-            strat.write_params(problem.theta)
-        if reference is None:
-            reference = res
-            kept.put(torch.tensor([far]), res)
-        elif not agree(reference.loss, res.loss, problem.dtype):
-            drop(
-                name,
-                "its values disagree with the other strategies",
-                f"sweep strategy {name} gives values that disagree with the others; not using it",
-            )
+class _Probe:
+    """The probe's state as its stages run: the candidates still in, their timings, why others left,
+    and the values of the probe points evaluated so far."""
 
-    def timed(name: str, strat: Strategy, points: int) -> float | None:
-        """Seconds per point of `strat` on the next `points` probe points (their values kept), None if it raised."""
-        idx = kept.take(points)
+    def __init__(self, problem: Problem, coords: torch.Tensor, warn: Callable[[str], None]) -> None:
+        self.problem, self.coords, self.warn = problem, coords, warn
+        self.built: dict[str, Strategy] = {}
+        self.dropped: dict[str, str] = {}
+        self.inapplicable: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+        self.first: dict[str, float] = {}
+        self.kept = _ProbeValues(coords, problem.classification)
+
+    def drop(self, name: str, why: str, message: str) -> None:
+        self.dropped[name] = why
+        self.warn(message)
+        self.built.pop(name).close()
+
+    def evaluate(self, name: str, strat: Strategy, idx: torch.Tensor) -> tuple[Evaluation, float] | None:
+        """`strat`'s values at probe points `idx` and the seconds per point, None (dropped) if it raised."""
         try:
             t0 = time.perf_counter()
-            res = evaluate_shrinking(strat, probe_coords[idx], warn)
+            res = evaluate_shrinking(strat, self.coords[idx], self.warn)
             seconds = (time.perf_counter() - t0) / len(idx)
         except Exception as exc:
-            drop(name, _one_line(exc), f"sweep strategy {name} cannot run this model ({_one_line(exc)}); falling back")
+            why = _one_line(exc)
+            self.drop(name, why, f"sweep strategy {name} cannot run this model ({why}); falling back")
             return None
         finally:
-            strat.write_params(problem.theta)
-        kept.put(idx, res)
-        return seconds
+            strat.write_params(self.problem.theta)
+        return res, seconds
 
-    for name, strat in list(built.items()):  # stage 1: a few points each, so a slow candidate costs little
-        seconds = timed(name, strat, SHORTLIST_POINTS)
-        if seconds is not None:
-            first[name] = seconds
-    fastest = min(first.values(), default=0.0)
-    factor = SHORTLIST_FACTOR
-    if total_points is not None and fastest > 0:  # what stage 2 would cost over running the fastest alone
-        excess = sum(first[n] - fastest for n in built) * STAGE2_POINTS * repeats
-        if excess > PROBE_SHARE * total_points * fastest:
-            factor = CLOSE_FACTOR
-    for name in [n for n in built if first[n] > factor * fastest]:
-        timings[name] = first[name]  # too slow on the first points: not timed further
-        built.pop(name).close()
-    for name, strat in list(built.items()):  # stage 2: best of `repeats` runs, each on fresh points
-        best, spent = math.inf, 0.0
-        for _ in range(max(1, repeats)):
-            seconds = timed(name, strat, STAGE2_POINTS)
-            if seconds is None:
-                break
-            best, spent = min(best, seconds), spent + seconds * STAGE2_POINTS
-            if spent > STAGE2_SECONDS:
-                break
-        if name in built:
-            timings[name] = best
-    if not built:
-        raise _none_can_run(candidates, {**inapplicable, **dropped})
-    best_name = fastest_or_loop({n: timings[n] for n in built})
-    for name, strat in built.items():
-        if name != best_name:
-            strat.close()
-    winner = built[best_name]
-    rest = kept.missing()
-    if len(rest):  # probe points no candidate reached: the winner evaluates them
-        kept.put(rest, evaluate_shrinking(winner, probe_coords[rest], warn))
-    return Choice(winner, timings, dropped, inapplicable, probe_coords, kept.result())
+    def warm_up(self) -> None:
+        """Every candidate evaluates the point farthest from the checkpoint (vmap tracing, the
+        allocator), where a strategy that computes something else would show it: each must agree
+        with the first."""
+        far = torch.tensor([int(self.coords.norm(dim=1).argmax()) if self.coords.numel() else 0])
+        reference: Evaluation | None = None
+        for name, strat in list(self.built.items()):
+            out = self.evaluate(name, strat, far)
+            if out is None:
+                continue
+            if reference is None:
+                reference = out[0]
+                self.kept.put(far, reference)
+            elif not agree(reference.loss, out[0].loss, self.problem.dtype):
+                self.drop(
+                    name,
+                    "its values disagree with the other strategies",
+                    f"sweep strategy {name} gives values that disagree with the others; not using it",
+                )
+
+    def timed(self, name: str, strat: Strategy, points: int) -> float | None:
+        """Seconds per point of `strat` on the next `points` probe points (their values kept), None if it raised."""
+        idx = self.kept.take(points)
+        out = self.evaluate(name, strat, idx)
+        if out is None:
+            return None
+        self.kept.put(idx, out[0])
+        return out[1]
+
+    def shortlist(self, total_points: int | None, repeats: int) -> None:
+        """Stage 1: a few points each, so a slow candidate costs little; those far behind the fastest
+        (or, on a short run, not close to it) are not timed further."""
+        for name, strat in list(self.built.items()):
+            seconds = self.timed(name, strat, SHORTLIST_POINTS)
+            if seconds is not None:
+                self.first[name] = seconds
+        fastest = min(self.first.values(), default=0.0)
+        factor = SHORTLIST_FACTOR
+        if total_points is not None and fastest > 0:  # what stage 2 would cost over running the fastest alone
+            excess = sum(self.first[n] - fastest for n in self.built) * STAGE2_POINTS * repeats
+            if excess > PROBE_SHARE * total_points * fastest:
+                factor = CLOSE_FACTOR
+        for name in [n for n in self.built if self.first[n] > factor * fastest]:
+            self.timings[name] = self.first[name]
+            self.built.pop(name).close()
+
+    def final_stage(self, repeats: int) -> None:
+        """Stage 2: the best of `repeats` runs of each survivor, each on fresh points."""
+        for name, strat in list(self.built.items()):
+            best, spent = math.inf, 0.0
+            for _ in range(max(1, repeats)):
+                seconds = self.timed(name, strat, STAGE2_POINTS)
+                if seconds is None:
+                    break
+                best, spent = min(best, seconds), spent + seconds * STAGE2_POINTS
+                if spent > STAGE2_SECONDS:
+                    break
+            if name in self.built:
+                self.timings[name] = best
+
+    def choice(self, best_name: str) -> Choice:
+        """`best_name` as the run's strategy (the others closed), with the probe points no candidate reached filled in."""
+        for name, strat in self.built.items():
+            if name != best_name:
+                strat.close()
+        winner = self.built[best_name]
+        rest = self.kept.missing()
+        if len(rest):
+            self.kept.put(rest, evaluate_shrinking(winner, self.coords[rest], self.warn))
+        return Choice(winner, self.timings, self.dropped, self.inapplicable, self.coords, self.kept.result())
 
 
 def fastest_or_loop(timings: dict[str, float]) -> str:
