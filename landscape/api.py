@@ -49,25 +49,6 @@ from landscape.strategies import MemorySink, SweepSink, axis_grid, run_sweep
 State = Mapping[str, torch.Tensor]
 Grid = tuple[float, float, int]
 
-__all__ = [
-    "axes_from",
-    "hessian",
-    "hessian_axes",
-    "path",
-    "plan_plane",
-    "plan_sweep",
-    "plan_trajectory",
-    "plane",
-    "random_axes",
-    "roughness",
-    "run_planned",
-    "sharpness",
-    "stored_axes",
-    "sweep",
-    "track",
-    "trajectory",
-]
-
 
 # --------------------------------------------------------------------------- axes
 
