@@ -16,10 +16,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "landscape.api": (
-        "axes_from", "hessian", "hessian_axes", "path", "plan_plane", "plan_sweep", "plan_trajectory", "plane",
-        "random_axes", "roughness", "run_planned", "sharpness", "stored_axes", "sweep", "track", "trajectory",
+        "axes_from", "hessian", "path", "plan_plane", "plan_sweep", "plan_trajectory", "plane", "roughness",
+        "run_planned", "sharpness", "sweep", "track", "trajectory",
     ),
-    "landscape.axes": ("Axes",),
+    "landscape.axes": ("Axes", "hessian_axes", "random_axes", "stored_axes"),
     "landscape.errors": ("ArgumentError", "LandscapeError"),
     "landscape.problem": ("Problem",),
     "landscape.progress": ("show_messages",),
@@ -34,22 +34,19 @@ if TYPE_CHECKING:
     from landscape.api import (
         axes_from,
         hessian,
-        hessian_axes,
         path,
         plan_plane,
         plan_sweep,
         plan_trajectory,
         plane,
-        random_axes,
         roughness,
         run_planned,
         sharpness,
-        stored_axes,
         sweep,
         track,
         trajectory,
     )  # fmt: skip
-    from landscape.axes import Axes
+    from landscape.axes import Axes, hessian_axes, random_axes, stored_axes
     from landscape.errors import ArgumentError, LandscapeError
     from landscape.problem import Problem
     from landscape.progress import show_messages

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from landscape import progress as messages
-from landscape.axes import Axes, axes_settings, hessian_axes, random_axes, stored_axes
+from landscape.axes import Axes, axes_settings, stored_axes
 from landscape.curvature.analysis import CurvatureSettings, OnProducts, run_curvature
 from landscape.curvature.operators import CURVATURE_TITLES
 from landscape.distributed import World

@@ -55,7 +55,9 @@ def test_every_exported_function_has_an_example_in_the_api_page():
 
     text = (ROOT / "docs" / "api.md").read_text()
     code = "\n".join(python_blocks((ROOT / "docs" / "api.md").read_text()))
+    assert set(ls.__all__) - {"__version__"} == set(ls._WHERE)  # every export loads, and is listed
     for name in ls.__all__:
+        assert getattr(ls, name) is not None
         if name[0].islower():
             assert f"ls.{name}(" in code, f"docs/api.md has no example calling ls.{name}"
         assert name in text, f"docs/api.md does not mention {name}"
