@@ -186,7 +186,7 @@ def memory_provenance(problem: Problem) -> dict[str, Any]:
     model = type(problem.model)
     return {
         "model": f"{model.__module__}.{model.__qualname__}",
-        "checkpoint": "(in memory)",
+        "checkpoint": f"{model.__qualname__} (in memory)",  # what figure titles show
         "checkpoint_sha256": _sha256([problem.theta, *problem.buffers.values()]),
         "data": "(in memory)",
         "data_sha256": _sha256([*(problem.x.values() if isinstance(problem.x, dict) else [problem.x]), problem.y]),

@@ -155,7 +155,7 @@ def test_in_memory_save_has_the_layout_of_the_cli_file(cli, tmp_path):
     assert set(nb) == set(ref)
     for key in ("sweep/loss", "sweep/accuracy", "sweep/done", "sweep/coords/x", "axes/x", "axes/y"):
         np.testing.assert_allclose(nb[key], ref[key], rtol=1e-12, atol=1e-12)
-    assert ls.load(tmp_path / "nb.h5").provenance["checkpoint"] == "(in memory)"
+    assert ls.load(tmp_path / "nb.h5").provenance["checkpoint"] == "Sequential (in memory)"
 
 
 def test_results_plot_without_files(tmp_path):

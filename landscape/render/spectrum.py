@@ -110,7 +110,7 @@ def spectrum_figure(curv: dict[str, Any], kind: str, sigma: float | None = None)
             color="tab:blue",
             alpha=0.25,
             lw=0,
-            label=f"spread of {int(d['probes'])} probes",
+            label=_spread_label(int(d["probes"])),
         )
         ax.plot(d["grid"], np.maximum(d["mean"], FLOOR), color="tab:blue", lw=1.5, label="density (mean of probes)")
         if curv.get("eigenvalues") is not None:
@@ -211,7 +211,7 @@ def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None)
                 line=dict(width=0),
                 fill="tonexty",
                 fillcolor="rgba(31,119,180,0.25)",
-                name=f"spread of {int(d['probes'])} probes",
+                name=_spread_label(int(d["probes"])),
             ),
             1,
             1,
@@ -269,3 +269,7 @@ def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None)
             fig.update_yaxes(type="log", title_text="eigenvalue (log)", row=1, col=2)
     fig.update_layout(title=f"{_title(curv)}: top eigenvalues (Lanczos)", barmode="group")
     return fig
+
+
+def _spread_label(probes: int) -> str:
+    return "spread of 1 probe" if probes == 1 else f"spread of {probes} probes"
