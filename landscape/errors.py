@@ -1,10 +1,19 @@
-"""The exceptions meant for users: one line each, which the CLI shows as is and exits with status 2."""
+"""The exceptions meant for users: one line each, which the CLI shows as is and exits with their
+`exit_code` (2: bad input; 1: a failure during the run)."""
 
 from __future__ import annotations
 
 
 class LandscapeError(Exception):
     """A user-facing problem (bad file, bad value, a model that cannot run): the message is one line."""
+
+    exit_code = 2
+
+
+class RunFailure(LandscapeError):
+    """The run itself failed (a full disk, a read-only folder): not the input's fault."""
+
+    exit_code = 1
 
 
 class ArgumentError(LandscapeError, ValueError):

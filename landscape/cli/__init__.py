@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -24,19 +25,56 @@ from landscape.cli import sweep, hessian, analysis, checkpoints, files, plot  # 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI (on `argv`, default sys.argv); user errors become one line on stderr and exit status 2."""
+    """Run the CLI (on `argv`, default sys.argv). Errors are one line on stderr: exit status 2 for bad
+    input (the tool's own errors), 1 for any other failure during the run (with `--debug`, anywhere on
+    the line, or LANDSCAPE_DEBUG=1: the traceback instead), 130 for Ctrl-C."""
     from landscape.cli.options import interrupted, tagged
     from landscape.host import keep_freed_memory
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("LANDSCAPE_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
     keep_freed_memory()  # large temporaries reused instead of page-faulted in on every forward pass
     try:
-        app(args=argv, prog_name="landscape")
+        app(args=args, prog_name="landscape")
     except LandscapeError as exc:
+        if debug:
+            raise
         tagged("error:", "red", exc.option_message() if isinstance(exc, ArgumentError) else str(exc))
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except SystemExit as exc:
         # typer turns Ctrl-C into a silent exit 130 (Exit raised from the KeyboardInterrupt); say so.
         # `sweep` and `roughness` report their own interrupts (what was kept, how to resume), raising Exit from None.
         if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
             interrupted(": results files are written whole at the end, so none was written")
         raise
+    except Exception as exc:  # not the tool's own: one line naming what failed, the traceback on request
+        if debug:
+            raise
+        tagged("error:", "red", failure_line(exc, output_of(args)) + " (run with --debug for the traceback)")
+        sys.exit(1)
+
+
+def output_of(args: list[str]) -> str:
+    """The command's `-o`/`--output` value, if it has one."""
+    for i, arg in enumerate(args):
+        if arg in ("-o", "--output") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--output="):
+            return arg.split("=", 1)[1]
+    return ""
+
+
+def failure_line(exc: BaseException, output: str = "") -> str:
+    """An unexpected exception in one line: the file (the OS's, else the command's output when the
+    disk is at fault) and the OS's reason for an OSError, else its type and its message's first line."""
+    import errno
+
+    from landscape.io.h5file import os_reason
+
+    if isinstance(exc, OSError):
+        disk = exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
+        name = exc.filename or (f"writing {output}" if output and disk else "")
+        return f"{name}: {os_reason(exc)}" if name else f"{type(exc).__name__}: {os_reason(exc)}"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -20,7 +20,7 @@ import numpy as np
 
 from landscape.errors import LandscapeError
 from landscape.io.h5file import open_h5, write_atomically
-from landscape.io.results import _attr, _plain, check_ours, store_points, write_layout, write_root_attrs
+from landscape.io.results import _attr, _plain, check_ours, write_layout, write_root_attrs
 from landscape.params import Layout
 
 ANALYSIS_GROUPS = ("roughness", "path", "plane", "trajectory", "track", "sharpness")
@@ -128,8 +128,10 @@ class PointStore:
     """The values of a long run's points (e.g. roughness profiles), written after every chunk beside the
     results file, so a killed run can be finished with --resume; removed once the results file is written."""
 
-    def __init__(self, path: Path, loss: np.ndarray, accuracy: np.ndarray | None, done: np.ndarray) -> None:
-        self.path, self.loss, self.accuracy, self.done = path, loss, accuracy, done
+    def __init__(
+        self, path: Path, loss: np.ndarray, accuracy: np.ndarray | None, done: np.ndarray, settings: Mapping[str, Any]
+    ) -> None:
+        self.path, self.loss, self.accuracy, self.done, self.settings = path, loss, accuracy, done, settings
 
     @classmethod
     def open(
@@ -146,24 +148,30 @@ class PointStore:
                         f"--resume: {path} holds points of a run with other settings; pass --force to start over"
                     )
                 acc = f["accuracy"][()] if "accuracy" in f else None
-                return cls(path, f["loss"][()], acc, f["done"][()])
-        path.parent.mkdir(parents=True, exist_ok=True)
+                return cls(path, f["loss"][()], acc, f["done"][()], settings)
         loss = np.full(total, np.nan)
         acc = np.full(total, np.nan) if classification else None
-        done = np.zeros(total, dtype=bool)
-        with open_h5(path, "w") as f:
-            write_root_attrs(f, {"kind": "points"}, settings, complete=False)
-            f.attrs["settings"] = wanted
-            f.create_dataset("loss", data=loss)
-            if acc is not None:
-                f.create_dataset("accuracy", data=acc)
-            f.create_dataset("done", data=done)
-        return cls(path, loss, acc, done)
+        store = cls(path, loss, acc, np.zeros(total, dtype=bool), settings)
+        store.save()
+        return store
+
+    def save(self) -> None:
+        """The whole file written again (atomically: a failed write leaves the last good one)."""
+        with write_atomically(self.path) as f:
+            write_root_attrs(f, {"kind": "points"}, self.settings, complete=False)
+            f.attrs["settings"] = json.dumps(dict(self.settings), sort_keys=True, default=str)
+            f.create_dataset("loss", data=self.loss)
+            if self.accuracy is not None:
+                f.create_dataset("accuracy", data=self.accuracy)
+            f.create_dataset("done", data=self.done)
 
     def write(self, idx: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None) -> None:
-        """Store values at flat indices and mark them done (`loss`/`accuracy` keep the values read at open)."""
-        with open_h5(self.path, "r+") as f:
-            self.done = store_points(f, idx, loss, accuracy, self.done)
+        """Store values at flat indices and mark them done."""
+        self.loss[idx] = loss
+        if self.accuracy is not None and accuracy is not None:
+            self.accuracy[idx] = accuracy
+        self.done[idx] = True
+        self.save()
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ open here waits for such a lock to be released (readers and writers hold files f
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import h5py
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, RunFailure
 
 LOCK_WAIT_S = 30.0
 
@@ -56,14 +57,44 @@ def _lock_errno(exc: OSError) -> int | None:
 
 @contextmanager
 def write_atomically(path: str | Path) -> Iterator[h5py.File]:
-    """A new HDF5 file that appears at `path` whole or not at all: written to `PATH.partial` (the
-    folder made if needed), renamed over `path` when the block ends, removed if it raises."""
+    """A new HDF5 file that appears at `path` whole or not at all: built in memory, written to
+    `PATH.partial` (the folder made if needed) by plain file writes, renamed over `path`; on an
+    OS error (full disk, read-only folder) the temporary is removed and an existing `path` untouched.
+    HDF5 itself never writes to the disk here: after a failed write on a full disk, its clean-up
+    crashed the process (segmentation fault)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:  # HDF5 writes to memory: a full disk can't fail inside it (that crashed)
+        yield f
     try:
-        with open_h5(tmp, "w") as f:
-            yield f
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as out:
+            out.write(buffer.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        left = _remove(tmp)
+        kept = f"; {path.name} as it was is untouched" if path.exists() else ""
+        raise RunFailure(f"cannot write {path}: {os_reason(exc)}{left}{kept}") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
+
+
+def _remove(tmp: Path) -> str:
+    """Remove a temporary file if it can be; what is left behind, for the message."""
+    try:
+        if os.path.lexists(tmp):
+            tmp.unlink()
+    except OSError as exc:
+        return f" ({tmp.name} is left behind: {os_reason(exc)})"
+    return ""
+
+
+def os_reason(exc: OSError) -> str:
+    """Why an OS call failed, in a few words (HDF5's own messages run over several lines)."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
