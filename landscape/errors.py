@@ -33,3 +33,9 @@ class ArgumentError(LandscapeError, ValueError):
         flag = option or "--" + self.name.replace("_", "-")
         shown = "" if self.value is None else f" {self.value!r}"
         return f"{flag}{shown}: {self.message}"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

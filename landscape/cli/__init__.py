@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from landscape.errors import ArgumentError, LandscapeError
+from landscape.errors import ArgumentError, LandscapeError, one_line
 
 app = typer.Typer(
     name="landscape",
@@ -76,5 +76,4 @@ def failure_line(exc: BaseException, output: str = "") -> str:
         disk = exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
         name = exc.filename or (f"writing {output}" if output and disk else "")
         return f"{name}: {os_reason(exc)}" if name else f"{type(exc).__name__}: {os_reason(exc)}"
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return one_line(exc)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from landscape.errors import ArgumentError, LandscapeError
+from landscape.errors import ArgumentError, LandscapeError, one_line
 from landscape.problem import Problem
 from landscape.strategies.base import (
     Evaluation,
@@ -106,15 +106,13 @@ def choose_strategy(
         except NotApplicable as exc:
             probe.inapplicable[name] = str(exc)
         except Exception as exc:  # a model the strategy cannot run: fall back, say why
-            probe.dropped[name] = _one_line(exc)
+            probe.dropped[name] = one_line(exc)
     if len(probe.built) == 1:
         (only,) = probe.built.values()
         return Choice(only, dropped=probe.dropped, inapplicable=probe.inapplicable)
-    if probe.built:
-        probe.warm_up()
-    if probe.built:
-        probe.shortlist(total_points, repeats)
-        probe.final_stage(repeats)
+    probe.warm_up()
+    probe.shortlist(total_points, repeats)
+    probe.final_stage(repeats)
     if not probe.built:
         raise _none_can_run(candidates, {**probe.inapplicable, **probe.dropped})
     return probe.choice(fastest_or_loop({n: probe.timings[n] for n in probe.built}))
@@ -145,7 +143,7 @@ class _Probe:
             res = evaluate_shrinking(strat, self.coords[idx], self.warn)
             seconds = (time.perf_counter() - t0) / len(idx)
         except Exception as exc:
-            why = _one_line(exc)
+            why = one_line(exc)
             self.drop(name, why, f"sweep strategy {name} cannot run this model ({why}); falling back")
             return None
         finally:
@@ -275,8 +273,3 @@ def _none_can_run(candidates: tuple[str, ...], why: dict[str, str]) -> Landscape
             "strategy", candidates[0], f"cannot run this model: {why.get(candidates[0], 'unknown reason')}"
         )
     return LandscapeError("no sweep strategy can run this model: " + "; ".join(f"{n}: {m}" for n, m in why.items()))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
