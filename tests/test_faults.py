@@ -74,6 +74,7 @@ def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(cli, tmp_pat
     assert res.err.strip().splitlines()[-1].startswith("error: KeyError: 'something inside' (run with --debug")
     with pytest.raises(KeyError):
         cli("info", out, "--debug")
+    assert "--debug" in cli("--help").out
 
 
 @pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="needs root to mount a small tmpfs")

@@ -12,7 +12,8 @@ from landscape.errors import ArgumentError, LandscapeError, one_line
 app = typer.Typer(
     name="landscape",
     help="Loss landscapes, curvature and roughness of a PyTorch checkpoint.\n\n"
-    "Start with `landscape samples`, then `landscape sweep --sample mlp -o out.h5` and `landscape plot out.h5 -o fig.png`.",
+    "Start with `landscape samples`, then `landscape sweep --sample mlp -o out.h5` and `landscape plot out.h5 -o fig.png`.\n\n"
+    "Errors are one line (exit 2: bad input, 1: the run failed, 130: Ctrl-C); add `--debug` to any command for the traceback.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
