@@ -20,8 +20,7 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError
-from landscape.io.h5file import open_h5
-from landscape.io.results import _plain, check_ours, read_sweep
+from landscape.io.results import _plain, open_results, read_sweep
 from landscape.summary import sweep_numbers
 
 SKIP_GROUPS = ("axes",)
@@ -35,9 +34,8 @@ def collect(path: str | Path) -> dict[str, float]:
     """All numbers of one results file: numeric scalar attributes and scalar datasets of every group
     (name GROUP.SUBGROUP.KEY), the sweep's summary numbers, and lambda_max/lambda_min from any
     eigenvalues dataset."""
-    check_ours(path)
     table: dict[str, float] = {}
-    with open_h5(path, "r") as f:
+    with open_results(path) as f:
         has_sweep = "sweep" in f and "loss" in f["sweep"]
 
         def put(name: str, value: Any) -> None:

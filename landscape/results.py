@@ -334,10 +334,9 @@ class AnalysisResult:
     @classmethod
     def read(cls, path: str | Path) -> AnalysisResult:
         root = read_root(path)
-        from landscape.io.h5file import open_h5
-        from landscape.io.results import read_layout
+        from landscape.io.results import open_results, read_layout
 
-        with open_h5(path, "r") as f:
+        with open_results(path) as f:
             layout = read_layout(f["axes"]) if "axes" in f and "layout" in f["axes"] else None
         g = read_group(path, cls.kind)
         return cls(g.numbers, g.arrays, g.attrs, json.loads(root.get("settings", "{}")), _provenance_of(root), layout)

@@ -16,7 +16,11 @@ from landscape.metrics import Condition, check, collect, matches, parse_conditio
 
 def fake_file(path, ri=0.25, extra_groups=None):
     groups = {
-        "roughness": Group(numbers={"ri": ri, "mu": 9.0}, arrays={"loss": np.zeros((2, 3))}, attrs={"norm": "filter"})
+        "roughness": Group(
+            numbers={"ri": ri, "mu": 9.0},
+            arrays={"alphas": np.zeros(3), "loss": np.zeros((2, 3)), "total_variation": np.ones(2)},
+            attrs={"norm": "filter"},
+        )
     }
     groups.update(extra_groups or {})
     return write_results(path, kind="roughness", attrs={"checkpoint": "x.pt"}, settings={"span": 0.1}, groups=groups)

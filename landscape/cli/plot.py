@@ -74,11 +74,9 @@ def _check_plotlyjs(mode: str) -> None:
 
 
 def _has_group(path: Path, group: str) -> bool:
-    from landscape.io.h5file import open_h5
-    from landscape.io.results import check_ours
+    from landscape.io.results import open_results
 
-    check_ours(path)
-    with open_h5(path, "r") as f:
+    with open_results(path) as f:
         return group in f
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from landscape.errors import LandscapeError
 from landscape.io.h5file import open_h5, write_atomically
-from landscape.io.results import _attr, _plain, check_ours, write_layout, write_root_attrs
+from landscape.io.results import _attr, _plain, check_ours, open_results, write_layout, write_root_attrs
+from landscape.io.schema import FileCheck, check_group
 from landscape.params import Layout
 
 ANALYSIS_GROUPS = ("roughness", "path", "plane", "trajectory", "track", "sharpness")
@@ -29,8 +30,7 @@ ANALYSIS_GROUPS = ("roughness", "path", "plane", "trajectory", "track", "sharpne
 
 def analysis_groups(path: str | Path) -> list[str]:
     """The analysis groups a results file holds, in ANALYSIS_GROUPS order (a group may hold only attributes)."""
-    check_ours(path)
-    with open_h5(path, "r") as f:
+    with open_results(path) as f:
         return [name for name in ANALYSIS_GROUPS if name in f and isinstance(f[name], h5py.Group)]
 
 
@@ -83,17 +83,16 @@ def add_group(path: str | Path, name: str, group: Group) -> None:
 
 
 def has_group(path: str | Path, name: str) -> bool:
-    check_ours(path)
-    with open_h5(path, "r") as f:
+    with open_results(path) as f:
         return name in f and isinstance(f[name], h5py.Group)
 
 
 def read_group(path: str | Path, name: str) -> Group:
     """Read one group back: numeric scalar attributes as numbers, the rest as attrs, datasets as arrays."""
-    check_ours(path)
-    with open_h5(path, "r") as f:
+    with open_results(path) as f:
         if name not in f or not isinstance(f[name], h5py.Group):
             raise LandscapeError(f"{path}: holds no /{name} group (made by `landscape {name}`?)")
+        check_group(path, f, name)
         g = f[name]
         numbers: dict[str, float | int] = {}
         attrs: dict[str, Any] = {}
@@ -109,8 +108,7 @@ def read_group(path: str | Path, name: str) -> Group:
 
 def read_root(path: str | Path) -> dict[str, Any]:
     """The root attributes (provenance, settings, kind) of a results file."""
-    check_ours(path)
-    with open_h5(path, "r") as f:
+    with open_results(path) as f:
         return {k: _plain(v) for k, v in f.attrs.items()}
 
 
@@ -141,14 +139,15 @@ class PointStore:
         path = Path(path)
         wanted = json.dumps(dict(settings), sort_keys=True, default=str)
         if resume and path.exists():
-            check_ours(path)
-            with open_h5(path, "r") as f:
+            with open_results(path) as f:
                 if f.attrs.get("kind") != "points" or f.attrs.get("settings") != wanted:
                     raise LandscapeError(
                         f"--resume: {path} holds points of a run with other settings; pass --force to start over"
                     )
-                acc = f["accuracy"][()] if "accuracy" in f else None
-                return cls(path, f["loss"][()], acc, f["done"][()], settings)
+                check = FileCheck(path, f)
+                loss = check.dataset("loss", kinds="f", shape=(total,))[()]
+                acc = check.dataset("accuracy", kinds="f", shape=(total,))[()] if "accuracy" in f else None
+                return cls(path, loss, acc, check.dataset("done", kinds="b", shape=(total,))[()], settings)
         loss = np.full(total, np.nan)
         acc = np.full(total, np.nan) if classification else None
         store = cls(path, loss, acc, np.zeros(total, dtype=bool), settings)

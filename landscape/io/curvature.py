@@ -27,8 +27,9 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError
-from landscape.io.h5file import open_h5, write_atomically
-from landscape.io.results import _plain, check_ours, read_layout, write_layout, write_root_attrs
+from landscape.io.h5file import write_atomically
+from landscape.io.results import _plain, open_results, read_layout, write_layout, write_root_attrs
+from landscape.io.schema import check_curvature
 from landscape.params import Layout
 
 
@@ -149,10 +150,10 @@ def read_curvature(path: str | Path) -> dict[str, Any]:
     eigenvectors or None, trace dict or None, lanczos dict or None, density dict or None, operator),
     plus layers: {module: the same keys}.
     """
-    check_ours(path)
-    with open_h5(path, "r") as f:
+    with open_results(path) as f:
         if "hessian" not in f:
             raise LandscapeError(f"{path}: holds no curvature results (write one with `landscape hessian`)")
+        check_curvature(path, f)
         h = f["hessian"]
         out = _read_block(h)
         out["attrs"] = {k: _plain(v) for k, v in f.attrs.items()}

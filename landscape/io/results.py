@@ -12,7 +12,8 @@ Layout (docs/architecture.md and DESIGN.md):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ import torch
 
 from landscape import __version__
 from landscape.axes import Axes
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, one_line
 from landscape.io.h5file import open_h5, write_atomically
+from landscape.io.schema import check_root, check_sweep
 from landscape.params import Layout
 
 FORMAT = "landscape-results"
@@ -32,18 +34,42 @@ FORMAT_VERSION = 1
 
 def check_ours(path: str | Path) -> None:
     """Raise a one-line error unless `path` is a readable results file of a version we understand."""
+    with open_results(path):
+        pass
+
+
+@contextmanager
+def open_results(path: str | Path) -> Iterator[h5py.File]:
+    """A results file open for reading, its root checked (format, version, the attributes every file
+    carries); an error while reading it, such as a truncated dataset, becomes one line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise LandscapeError(f"{path}: file not found")
     try:
-        with open_h5(path, "r") as f:
-            fmt = f.attrs.get("format")
-            version = f.attrs.get("format_version")
+        f = open_h5(path, "r")
     except OSError as exc:
-        raise LandscapeError(f"{path}: not a readable HDF5 file (corrupt or another format): {exc}") from exc
+        raise LandscapeError(f"{path}: not a readable HDF5 file (corrupt or another format): {one_line(exc)}") from exc
+    with f:
+        try:
+            _check_format(path, f)
+            check_root(path, f)
+            yield f
+        except LandscapeError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            raise LandscapeError(
+                f"{path}: cannot be read ({one_line(exc)}); the file is damaged, edited or not written by landscape"
+            ) from exc
+
+
+def _check_format(path: Path, f: h5py.File) -> None:
+    fmt = _plain(f.attrs.get("format"))
+    version = _plain(f.attrs.get("format_version"))
     if fmt != FORMAT:
         raise LandscapeError(f"{path}: an HDF5 file, but not a landscape results file (no format={FORMAT!r} attribute)")
-    if version is None or int(version) > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise LandscapeError(f"{path}: attribute format_version is {version!r}, expected a version number")
+    if version > FORMAT_VERSION:
         raise LandscapeError(
             f"{path}: results format version {version} is newer than this landscape ({__version__}) reads "
             f"(version {FORMAT_VERSION}); upgrade landscape"
@@ -154,10 +180,10 @@ class SweepFile:
     def resume(cls, path: str | Path, settings: Mapping[str, Any]) -> SweepFile:
         """Reopen a file made with exactly these settings; anything else is refused with the first difference."""
         path = Path(path)
-        check_ours(path)
-        with open_h5(path, "r") as f:
+        with open_results(path) as f:
             if "sweep" not in f:
                 raise LandscapeError(f"--resume {path}: the file holds no sweep")
+            names = check_sweep(path, f)
             stored = json.loads(f.attrs["settings"])
             wanted = json.loads(json.dumps(dict(settings), sort_keys=True))
             for key in sorted(set(stored) | set(wanted)):
@@ -166,7 +192,6 @@ class SweepFile:
                         f"--resume {path}: made with other settings ({key}: file has {stored.get(key)!r}, "
                         f"this run has {wanted.get(key)!r})"
                     )
-            names = json.loads(f["sweep"].attrs["axes"])
             coords = [f["sweep/coords"][n][()] for n in names]
             return cls(path, coords, f["sweep/done"][()])
 
@@ -212,11 +237,10 @@ def store_points(
 
 def read_axes(path: str | Path) -> Axes:
     """The directions a sweep stored (float64), with each axis's attributes and the parameter layout."""
-    check_ours(path)
-    with open_h5(path, "r") as f:
+    with open_results(path) as f:
         if "sweep" not in f:
             raise LandscapeError(f"{path}: holds no sweep")
-        names = json.loads(f["sweep"].attrs["axes"])
+        names = check_sweep(path, f)
         vectors = np.stack([f["axes"][n][()] for n in names]).astype(np.float64)
         attrs = tuple({k: _plain(v) for k, v in f["axes"][n].attrs.items()} for n in names)
         return Axes(torch.from_numpy(vectors), attrs, read_layout(f["axes"]))
@@ -224,12 +248,11 @@ def read_axes(path: str | Path) -> Axes:
 
 def read_sweep(path: str | Path) -> dict[str, Any]:
     """Everything a figure or summary needs from a sweep: coords, loss, accuracy, done, axis attrs, root attrs."""
-    check_ours(path)
-    with open_h5(path, "r") as f:
+    with open_results(path) as f:
         if "sweep" not in f:
             raise LandscapeError(f"{path}: holds no sweep")
+        names = check_sweep(path, f)
         s = f["sweep"]
-        names = json.loads(s.attrs["axes"])
         return {
             "attrs": {k: _plain(v) for k, v in f.attrs.items()},
             "axes": names,

@@ -20,8 +20,7 @@ import numpy as np
 from landscape import __version__
 from landscape.errors import LandscapeError
 from landscape.io.analysis_store import analysis_groups
-from landscape.io.h5file import open_h5
-from landscape.io.results import describe, read_sweep
+from landscape.io.results import describe, open_results, read_sweep
 from landscape.render.common import fmt, make_scale, make_view
 from landscape.render.interactive import (
     compare_figure,
@@ -97,7 +96,7 @@ def group_rows(path: str | Path, group: str) -> list[tuple[str, str]]:
     (and range, when numeric).
     """
     rows: list[tuple[str, str]] = []
-    with open_h5(path, "r") as f:
+    with open_results(path) as f:
         if group not in f:
             return rows
         root = f[group]
