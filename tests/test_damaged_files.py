@@ -51,18 +51,18 @@ def _edits(path: Path) -> list[tuple[str, Edit | int]]:
     with h5py.File(path, "r") as f:
         found: list[tuple[str, h5py.HLObject]] = []
         f.visititems(lambda n, o: found.append((n, o)) and None)
-        datasets = {n: (o.shape, o.dtype) for n, o in found if isinstance(o, h5py.Dataset)}
+        datasets = {n: o.shape for n, o in found if isinstance(o, h5py.Dataset)}
         names = [n for n, _ in found]
         attrs = [(g, k) for g, keys in STRUCTURAL_ATTRS.items() if g in f for k in keys if k in f[g].attrs]
     edits: list[tuple[str, Edit | int]] = [(f"remove {n}", lambda f, n=n: f.__delitem__(n)) for n in names]
-    for n, (shape, dtype) in datasets.items():
+    for n, shape in datasets.items():
         grown = tuple(s + 1 for s in shape) if shape else (2,)
 
         def replace(f: h5py.File, n: str = n, data: np.ndarray | None = None) -> None:
             del f[n]
             f.create_dataset(n, data=data)
 
-        edits.append((f"{n} reshaped", lambda f, n=n, g=grown, d=dtype: replace(f, n, np.zeros(g, "f8"))))
+        edits.append((f"{n} reshaped", lambda f, n=n, g=grown: replace(f, n, np.zeros(g, "f8"))))
         if shape:
             edits.append((f"{n} scalar", lambda f, n=n: replace(f, n, np.float64(1.0))))
             edits.append(

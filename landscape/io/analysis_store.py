@@ -158,7 +158,6 @@ class PointStore:
         """The whole file written again (atomically: a failed write leaves the last good one)."""
         with write_atomically(self.path) as f:
             write_root_attrs(f, {"kind": "points"}, self.settings, complete=False)
-            f.attrs["settings"] = json.dumps(dict(self.settings), sort_keys=True, default=str)
             f.create_dataset("loss", data=self.loss)
             if self.accuracy is not None:
                 f.create_dataset("accuracy", data=self.accuracy)

@@ -25,7 +25,7 @@ from landscape import __version__
 from landscape.axes import Axes
 from landscape.errors import LandscapeError, one_line
 from landscape.io.h5file import open_h5, write_atomically
-from landscape.io.schema import check_root, check_sweep
+from landscape.io.schema import DAMAGED, check_root, check_sweep
 from landscape.params import Layout
 
 FORMAT = "landscape-results"
@@ -57,9 +57,7 @@ def open_results(path: str | Path) -> Iterator[h5py.File]:
         except LandscapeError:
             raise
         except (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
-            raise LandscapeError(
-                f"{path}: cannot be read ({one_line(exc)}); the file is damaged, edited or not written by landscape"
-            ) from exc
+            raise LandscapeError(f"{path}: cannot be read ({one_line(exc)}); {DAMAGED}") from exc
 
 
 def _check_format(path: Path, f: h5py.File) -> None:

@@ -8,6 +8,7 @@ names the file and what is wrong, instead of failing later inside numpy, json or
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError
+
+DAMAGED = "the file is damaged, edited or not written by landscape"
+"""What every refusal of a file's content ends with."""
 
 NUMERIC = "fiu"
 """numpy dtype kinds a numeric dataset may have (float, int, unsigned)."""
@@ -80,6 +84,21 @@ GROUP_NUMBERS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _not_bool(v: Any) -> bool:
+    return not isinstance(v, (bool, np.bool_))
+
+
+ATTR_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "str": ("text", lambda v: isinstance(v, str)),
+    "int": ("an integer", lambda v: isinstance(v, (int, np.integer)) and _not_bool(v)),
+    "number": ("a number", lambda v: isinstance(v, (int, float, np.integer, np.floating)) and _not_bool(v)),
+    "bool": ("true or false", lambda v: not _not_bool(v) or (isinstance(v, (int, np.integer)) and v in (0, 1))),
+    "json-list": ("a JSON list", lambda v: isinstance(v, list)),
+    "json-dict": ("a JSON object", lambda v: isinstance(v, dict)),
+}
+"""The attribute kinds `FileCheck.attr` knows: how to say each, and which (decoded) values it accepts."""
+
+
 class FileCheck:
     """Checks on one open results file; the first problem found raises a one-line LandscapeError."""
 
@@ -88,7 +107,7 @@ class FileCheck:
         self.f = f
 
     def fail(self, what: str) -> LandscapeError:
-        return LandscapeError(f"{self.path}: {what} (the file is damaged, edited or not written by landscape)")
+        return LandscapeError(f"{self.path}: {what} ({DAMAGED})")
 
     def group(self, name: str, where: h5py.Group | None = None) -> h5py.Group:
         parent = self.f if where is None else where
@@ -124,26 +143,16 @@ class FileCheck:
             value = value.decode(errors="replace")
         if isinstance(value, np.ndarray) and value.shape == ():
             value = value[()]
-        ok = {
-            "str": lambda v: isinstance(v, str),
-            "int": lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)),
-            "number": lambda v: (
-                isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-            ),
-            "bool": lambda v: isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)),
-        }
-        if kind in ok:
-            if not ok[kind](value):
-                raise self.fail(f"attribute {where}@{key} is {_show(value)}, expected {kind_words(kind)}")
-            return value
-        expected = list if kind == "json-list" else dict
-        try:
-            decoded = json.loads(value) if isinstance(value, str) else None
-        except ValueError:
-            decoded = None
-        if not isinstance(decoded, expected):
-            raise self.fail(f"attribute {where}@{key} is {_show(value)}, expected {kind_words(kind)}")
-        return decoded
+        words, accepts = ATTR_KINDS[kind]
+        shown = _show(value)
+        if kind.startswith("json-"):
+            try:
+                value = json.loads(value) if isinstance(value, str) else None
+            except ValueError:
+                value = None
+        if not accepts(value):
+            raise self.fail(f"attribute {where}@{key} is {shown}, expected {words}")
+        return value
 
     def layout(self, group: h5py.Group) -> int:
         """Check the per-tensor table in `group` and return the parameter count it describes."""
@@ -284,17 +293,6 @@ def _name(parent: h5py.Group, name: str) -> str:
 def _kinds(kinds: str) -> str:
     words = {"f": "floats", "i": "integers", "u": "integers", "b": "booleans", "V": "a table"}
     return " or ".join(dict.fromkeys(words[k] for k in kinds))
-
-
-def kind_words(kind: str) -> str:
-    return {
-        "str": "text",
-        "int": "an integer",
-        "number": "a number",
-        "bool": "true or false",
-        "json-list": "a JSON list",
-        "json-dict": "a JSON object",
-    }[kind]
 
 
 def _show(value: Any) -> str:
