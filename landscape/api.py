@@ -44,7 +44,7 @@ from landscape.settings import (
     SweepSettings,
     TrackSettings,
 )
-from landscape.strategies import MemorySink, SweepSink, axis_grid, run_sweep
+from landscape.strategies import MemorySink, SweepSink, axis_grid, check_grid_fits, run_sweep
 
 State = Mapping[str, torch.Tensor]
 Grid = tuple[float, float, int]
@@ -83,6 +83,7 @@ def plan_sweep(
 ) -> SweepResult:
     """The sweep before any point is done: grid, settings, and the axes as they are stored and
     evaluated (float32 unless the problem runs in float64, so a resumed run gives the same numbers)."""
+    check_grid_fits((x[2],) + ((y[2],) if y is not None else ()))
     grids = [axis_grid(*x, name="x")] + ([axis_grid(*y, name="y")] if y is not None else [])
     if len(grids) != len(axes):
         raise ArgumentError(

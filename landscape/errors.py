@@ -16,6 +16,11 @@ class RunFailure(LandscapeError):
     exit_code = 1
 
 
+class PointFailure(RunFailure):
+    """The model or loss raised while evaluating a point (of a grid, a line, a direction): the message
+    says where and why; the points done before it are kept where the run keeps them."""
+
+
 class ArgumentError(LandscapeError, ValueError):
     """A bad value for the parameter `name` of a library function.
 

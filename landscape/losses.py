@@ -8,6 +8,7 @@ padding and unlabelled tokens) count for nothing, as in `F.cross_entropy`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +68,25 @@ def mse(output: Any, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(logits_of(output), target)
 
 
+def check_class_targets(loss_fn: LossFn, output: Any, target: torch.Tensor, targets: torch.Tensor) -> None:
+    """For the built-in class losses: every one of `targets` (all the data's) is a class index of the
+    model's outputs or IGNORE_INDEX. `output` and `target` are the model's output on a few samples and
+    their targets, for where the classes are. Out of range, gather failed deep in a run, and a
+    negative index counted as class 0."""
+    if loss_fn not in (cross_entropy, next_token) or torch.is_floating_point(targets):
+        return
+    logits = logits_of(output)
+    classes = logits.shape[-1 if loss_fn is next_token else _class_dim(logits, target)]
+    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= classes))
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        at = f"sample {first[0]}" if len(first) == 1 else f"position {list(first)}"
+        raise LandscapeError(
+            f"the target {int(targets[first])} of {at} (and {int(bad.sum()) - 1:,} more) is not a class of the "
+            f"model's {classes} outputs: expected 0 to {classes - 1}, or {IGNORE_INDEX} to ignore"
+        )
+
+
 BUILTIN: dict[str, LossFn] = {
     "cross-entropy": cross_entropy,
     "next-token": next_token,
@@ -100,4 +120,24 @@ def loss_function(loss: str | LossFn | None, y: torch.Tensor) -> tuple[LossFn, s
             "loss", type(loss).__name__, "expected a built-in's name or a function (output, target) -> mean loss"
         )
     name = next((n for n, fn in BUILTIN.items() if fn is loss), None)
-    return loss, name or f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__name__)}"
+    if name is not None:
+        return loss, name
+    label = f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__name__)}"
+    if getattr(loss, "__module__", "") == "torch.nn.functional":  # torch's own (F.mse_loss): a mean, known as such
+        return loss, label
+    return scalar_checked(loss), label
+
+
+def scalar_checked(fn: LossFn) -> LossFn:
+    """A user's loss that fails with a clear message when it returns anything but one number (at
+    whichever call: a loss that changed its reduction mid-run broadcast errors deep in a strategy)."""
+
+    @functools.wraps(fn)
+    def loss(output: Any, target: torch.Tensor) -> torch.Tensor:
+        value = fn(output, target)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            got = f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ArgumentError("loss", None, f"the loss function returned {got}, expected a scalar (the batch mean)")
+        return value.reshape(())
+
+    return loss

@@ -154,6 +154,7 @@ def compute_roughness(
         choice = evaluate_points(
             problem, directions, coords, todo, keep,
             strategy=strategy, on_progress=lambda left: on_progress(total - left, total), warn=warn,
+            where=lambda i: f"direction {i // len(alphas) + 1}, alpha {float(alphas[i % len(alphas)]):.4g}",
         )  # fmt: skip
         strategy_name, timings = choice.strategy.name, choice.timings
     n = alphas.shape[0]

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from landscape.data import Columns, collect_data
 from landscape.errors import ArgumentError, LandscapeError
-from landscape.losses import LossFn, is_builtin, loss_function
+from landscape.losses import LossFn, check_class_targets, is_builtin, loss_function
 from landscape.model_io import (
     Inputs,
     call,
@@ -224,7 +224,13 @@ def make_problem(
     say: Say = lambda msg: None,
 ) -> Problem:
     """Load `state` into `model`, then the Problem of the model on (x, y)."""
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # torch lists every problem over several lines: its first one will do
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise LandscapeError(
+            f"the model cannot take these weights: {lines[1] if len(lines) > 1 else lines[0]}"
+        ) from exc
     return Problem(
         model,
         (x, y),
@@ -251,6 +257,10 @@ def check_fits(problem: Problem, data_name: str, say: Callable[[str], None] = la
     kind = output_kind(out)
     if kind is not None and is_builtin(problem.loss_fn):
         say(f"the model returns {kind}")
+    try:
+        check_class_targets(problem.loss_fn, out, yb, problem.y)
+    except LandscapeError as exc:
+        raise LandscapeError(f"{data_name}: {exc}") from exc
     try:
         loss = problem.loss_fn(out, yb)
         if problem.classification:

@@ -75,6 +75,12 @@ def test_data_that_does_not_fit(cli, tmp_path):
     one_line_error(
         cli("sweep", "--sample", "mlp", "--data", tmp_path / "d2.npz", *SMALL, "-o", out),
         "--data",
+        "is not a class of the model's 10 outputs",
+    )
+    np.savez(tmp_path / "d3.npz", x=np.zeros((10, 64), np.float32), y=np.zeros((10, 3), np.float32))
+    one_line_error(
+        cli("sweep", "--sample", "mlp", "--data", tmp_path / "d3.npz", *SMALL, "-o", out),
+        "--data",
         "loss cannot compare",
     )
     assert not out.exists()

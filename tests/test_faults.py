@@ -105,8 +105,43 @@ def test_real_full_disk_no_crash(tmp_path):
                 with h5py.File(mnt / name, "r") as f:
                     assert f.attrs["kind"] == "points"
                 (mnt / name).unlink()
+        # figures and exports: the disk now full to the last block, each is one line and leaves nothing
+        src = tmp_path / "src.h5"
+        subprocess.run(
+            [sys.executable, "-m", "landscape", "sweep", "--sample", "linreg", "-o", str(src)],
+            check=True,
+            capture_output=True,
+        )
+        _fill(mnt / "fill")
+        for args in (
+            ["plot", "f.png"],
+            ["plot", "f.html"],
+            ["report", "r.html"],
+            ["export", "e.csv"],
+            ["export", "e.vtu"],
+        ):
+            res = subprocess.run(
+                [sys.executable, "-m", "landscape", args[0], str(src), "-o", str(mnt / args[1])],
+                capture_output=True,
+                text=True,
+            )
+            assert res.returncode == 1, (args, res.returncode, res.stderr[-500:])
+            assert f"cannot write {mnt / args[1]}: No space left on device" in res.stderr, res.stderr
+            assert "Traceback" not in res.stderr and sorted(p.name for p in mnt.iterdir()) == ["fill"]
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def _fill(path):
+    """Append to `path` until its file system is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def test_read_only_folder_is_one_line(cli, tmp_path):
@@ -140,3 +175,247 @@ def test_h5_left_readable_after_full_disk(tmp_path, monkeypatch):
             f["x"] = np.arange(4.0)
     with h5py.File(target, "r") as f:
         assert f["x"][()].tolist() == [0.0, 1.0, 2.0]
+
+
+def _errors(res) -> list[str]:
+    return [line for line in res.err.splitlines() if line.startswith("error:")]
+
+
+def _sweep_values(path):
+    with h5py.File(path, "r") as f:
+        return f["sweep/loss"][()], f["sweep/done"][()], bool(f.attrs["complete"])
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_disk_filling_during_a_sweep_keeps_its_points_and_resume_finishes(cli, tmp_path, monkeypatch):
+    """The disk fills after the file was created: the chunks still land (they overwrite the file's own
+    bytes), marking it complete fails with one line, the file stays readable, --resume finishes it."""
+    import landscape.io.results as results
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        write = results.SweepFile.write
+
+        def fill_then_write(self, *args):
+            _fill(mnt / "fill")
+            return write(self, *args)
+
+        monkeypatch.setattr(results.SweepFile, "write", fill_then_write)
+        out = mnt / "s.h5"
+        args = ("sweep", "--sample", "mlp", "--x", "-1:1:9", "--y", "-1:1:9", "--strategy", "loop", "-o", out)
+        res = cli(*args)
+        assert res.code == 1 and len(_errors(res)) == 1, res.err
+        assert "No space left on device" in res.err and "81 of 81 points done are kept" in res.err
+        assert "--resume" in res.err and "Traceback" not in res.err
+        loss, done, complete = _sweep_values(out)
+        assert done.all() and not complete and np.isfinite(loss).all()
+        assert sorted(p.name for p in mnt.iterdir()) == ["fill", "s.h5"]
+        monkeypatch.setattr(results.SweepFile, "write", write)
+        (mnt / "fill").unlink()
+        assert cli(*args, "--resume").code == 0
+        resumed, _, complete = _sweep_values(out)
+        assert complete and np.array_equal(resumed, loss)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_failed_chunk_write_keeps_the_points_before_and_resume_equals_an_uninterrupted_run(
+    cli, tmp_path, monkeypatch
+):
+    import builtins
+
+    import landscape.io.results as results
+
+    args = ("sweep", "--sample", "linreg", "--x", "-1:1:40", "--strategy", "loop")
+    assert cli(*args, "-o", tmp_path / "whole.h5").code == 0
+    real_open, writes = builtins.open, []
+
+    def failing_open(file, mode="r", *a, **kw):
+        if mode == "r+b":
+            writes.append(file)
+            if len(writes) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(file, mode, *a, **kw)
+
+    monkeypatch.setattr(results, "open", failing_open, raising=False)
+    monkeypatch.setattr("landscape.strategies.run.evaluate_shrinking", _one_point_per_call(), raising=True)
+    out = tmp_path / "cut.h5"
+    res = cli(*args, "-o", out)
+    assert res.code == 1 and len(_errors(res)) == 1 and "Traceback" not in res.err, res.err
+    assert "No space left on device" in res.err and "the 1 of 40 points done are kept" in res.err
+    loss, done, complete = _sweep_values(out)
+    assert done.sum() == 1 and not complete
+    monkeypatch.undo()
+    assert cli(*args, "-o", out, "--resume").code == 0
+    assert np.array_equal(_sweep_values(out)[0], _sweep_values(tmp_path / "whole.h5")[0])
+
+
+def _one_point_per_call():
+    """evaluate_shrinking that takes one point at a time, so a sweep writes one chunk per point."""
+    from landscape.strategies import run
+    from landscape.strategies.base import evaluate_shrinking
+
+    def one_at_a_time(strat, coords, warn):
+        return run.concat([evaluate_shrinking(strat, coords[i : i + 1], warn) for i in range(len(coords))])
+
+    return one_at_a_time
+
+
+LOSS_THAT_FAILS = '''
+import os
+import torch.nn.functional as F
+
+def loss(out, y):
+    """Cross-entropy, raising (or returning per-sample values) where the outputs grow past LIMIT."""
+    big = float(out.abs().max()) > float(os.environ.get("LANDSCAPE_TEST_LIMIT", "inf"))
+    if big and os.environ.get("LANDSCAPE_TEST_FAIL") == "raise":
+        raise ValueError("outputs out of range")
+    if big and os.environ.get("LANDSCAPE_TEST_FAIL") == "vector":
+        return F.cross_entropy(out, y, reduction="none")
+    return F.cross_entropy(out, y)
+'''
+
+
+@pytest.fixture
+def failing_loss(tmp_path, monkeypatch):
+    path = tmp_path / "lossfile.py"
+    path.write_text(LOSS_THAT_FAILS)
+    monkeypatch.setenv("LANDSCAPE_TEST_LIMIT", "40")
+    return f"{path}:loss"
+
+
+@pytest.mark.parametrize("how", ["raise", "vector"])
+def test_a_loss_failing_mid_sweep_names_the_point_keeps_the_rest_and_resume_finishes(
+    cli, tmp_path, monkeypatch, failing_loss, how
+):
+    """The mlp sample's outputs pass 40 (in size) on the far side of the line only: the points before are kept."""
+    args = ("sweep", "--sample", "mlp", "--loss", failing_loss, "--x", "-0.2:1:25", "--strategy", "loop")
+    assert cli(*args, "-o", tmp_path / "whole.h5").code == 0
+    monkeypatch.setenv("LANDSCAPE_TEST_FAIL", how)
+    out = tmp_path / "cut.h5"
+    res = cli(*args, "-o", out)
+    assert res.code == 1 and len(_errors(res)) == 1 and "Traceback" not in res.err, res.err
+    line = _errors(res)[0]
+    why = "ValueError: outputs out of range" if how == "raise" else "returned a tensor of shape [1797]"
+    assert "the model or loss failed at the point (" in line and why in line, line
+    _, done, complete = _sweep_values(out)
+    kept = int(done.sum())
+    assert 0 < kept < 25 and not complete and f"{kept} of 25 points are in {out}" in line
+    assert "--resume" in line
+    first_bad = float(line.split("the point (")[1].split(")")[0])
+    assert first_bad == pytest.approx(np.linspace(-0.2, 1, 25)[kept], abs=1e-5)  # the grid's next point
+    monkeypatch.delenv("LANDSCAPE_TEST_FAIL")
+    assert cli(*args, "-o", out, "--resume").code == 0
+    np.testing.assert_allclose(_sweep_values(out)[0], _sweep_values(tmp_path / "whole.h5")[0], rtol=1e-12)
+
+
+def test_a_loss_failing_mid_roughness_names_the_direction_and_resume_finishes(cli, tmp_path, monkeypatch, failing_loss):
+    """Along the third direction the outputs reach 66 at alpha = -1, along the first two at most 60."""
+    args = ("roughness", "--sample", "mlp", "--loss", failing_loss, "--directions", "3", "--steps", "8", "--span", "1")
+    args = (*args, "--strategy", "loop")
+    assert cli(*args, "-o", tmp_path / "whole.h5").code == 0
+    monkeypatch.setenv("LANDSCAPE_TEST_FAIL", "raise")
+    monkeypatch.setenv("LANDSCAPE_TEST_LIMIT", "63")
+    out = tmp_path / "cut.h5"
+    res = cli(*args, "-o", out)
+    assert res.code == 1 and len(_errors(res)) == 1 and "Traceback" not in res.err, res.err
+    line = _errors(res)[0]
+    assert "the model or loss failed at direction 3, alpha -1: ValueError: outputs out of range" in line, line
+    assert f"18 of 27 points are in {out}.points; run the same command with --resume" in line
+    assert not out.exists()
+    monkeypatch.delenv("LANDSCAPE_TEST_FAIL")
+    assert cli(*args, "-o", out, "--resume").code == 0
+    with h5py.File(out, "r") as f, h5py.File(tmp_path / "whole.h5", "r") as g:
+        np.testing.assert_allclose(f["roughness/loss"][()], g["roughness/loss"][()], rtol=1e-12)
+
+
+def test_a_model_failing_before_any_point_is_one_line_and_leaves_no_file(cli, tmp_path, monkeypatch, failing_loss):
+    monkeypatch.setenv("LANDSCAPE_TEST_FAIL", "raise")
+    monkeypatch.setenv("LANDSCAPE_TEST_LIMIT", "0")  # every call, after the two-sample check at load
+    import landscape.problem as problem
+
+    monkeypatch.setattr(problem, "check_fits", lambda *a, **k: None)
+    out = tmp_path / "none.h5"
+    res = cli("sweep", "--sample", "mlp", "--loss", failing_loss, "--x", "-1:1:9", "-o", out)
+    assert res.code == 1 and len(_errors(res)) == 1 and "Traceback" not in res.err, res.err
+    assert "the model or loss failed" in res.err and "outputs out of range" in res.err
+    assert not list(tmp_path.glob("none.h5*"))
+
+
+KILLED_RUNS = {
+    # command args, the file --resume reads (None: written whole at the end, so a rerun starts over)
+    "sweep": (["--sample", "cnn", "--x", "-1:1:7", "--y", "-1:1:7", "--strategy", "loop"], ""),
+    "hessian": (["--sample", "mlp", "--top-k", "2", "--trace", "--density", "--steps", "20", "--probes", "2"], None),
+    "roughness": (["--sample", "cnn", "--directions", "4", "--steps", "6", "--strategy", "loop"], ".points"),
+    "path": (["--sample", "mlp", "--points", "25"], None),
+}
+MOMENTS = (0.35, 0.5, 0.65, 0.8, 0.9)  # of an uninterrupted run's time (start-up included)
+
+
+def _numbers(path) -> dict[str, np.ndarray]:
+    """Every numeric dataset of a results file (what a run computed), by name."""
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: (
+                out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "fiub" else None
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("kills", [1, pytest.param(4, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("command", sorted(KILLED_RUNS))
+def test_sigkill_at_random_moments(tmp_path, command, kills):
+    """SIGKILL at seeded random moments of a run: no complete-looking file unless it is complete and
+    equal to an uninterrupted run's; the run then resumed (or rerun) gives the uninterrupted numbers."""
+    import random
+    import signal
+    import time
+
+    args, resumed = KILLED_RUNS[command]
+    resumable = resumed or ""
+    base = [sys.executable, "-m", "landscape", command, *args, "--dtype", "float64", "--device", "cpu"]
+    whole = tmp_path / "whole.h5"
+    start = time.perf_counter()
+    subprocess.run([*base, "-o", str(whole)], check=True, capture_output=True, timeout=300)
+    seconds = time.perf_counter() - start
+    want = _numbers(whole)
+    moments = random.Random(f"{command} {kills}").sample(MOMENTS, kills)
+    for i, moment in enumerate(moments):
+        out = tmp_path / f"killed{i}.h5"
+        proc = subprocess.Popen([*base, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(moment * seconds)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        again = ["--force"]
+        if out.exists():
+            with h5py.File(out, "r") as f:
+                complete = bool(f.attrs["complete"])
+            if complete:  # it finished before the kill: then it is whole
+                got = _numbers(out)
+                assert got.keys() == want.keys()
+                for name in want:
+                    np.testing.assert_allclose(got[name], want[name], rtol=1e-9, err_msg=name)
+            else:
+                assert resumed == "", f"{command}: an incomplete {out.name} that nothing resumes"
+                again = ["--resume"]
+        elif resumable and (tmp_path / f"killed{i}.h5{resumable}").exists():
+            again = ["--resume"]
+        left = {p.name for p in tmp_path.iterdir()} - {
+            "whole.h5",
+            out.name,
+            f"{out.name}.partial",
+            f"{out.name}{resumable}",
+        }
+        assert not {n for n in left if n.startswith(out.name)}, left
+        subprocess.run([*base, "-o", str(out), *again], check=True, capture_output=True, timeout=300)
+        got = _numbers(out)
+        for name in want:
+            if "seconds" in name or "timing" in name:
+                continue
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-9, err_msg=f"{command} {name} after {again}")
+        assert not (tmp_path / f"{out.name}.partial").exists() and not (tmp_path / f"{out.name}.points").exists()

@@ -71,7 +71,7 @@ def failure_line(exc: BaseException, output: str = "") -> str:
     disk is at fault) and the OS's reason for an OSError, else its type and its message's first line."""
     import errno
 
-    from landscape.io.h5file import os_reason
+    from landscape.io.atomic import os_reason
 
     if isinstance(exc, OSError):
         disk = exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)

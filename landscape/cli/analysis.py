@@ -53,7 +53,7 @@ from landscape.cli.shared import (
     load_states,
     problem_at,
 )
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, PointFailure
 from landscape.io.analysis_store import PointStore
 from landscape.io.load import load_problem
 
@@ -172,8 +172,12 @@ def roughness(
                 on_chunk=lambda idx, v: points.write(idx.numpy(), v.loss.numpy(), None if v.accuracy is None else v.accuracy.numpy()),
             )  # fmt: skip
     except KeyboardInterrupt:  # typer would exit 130 without a word
-        interrupted(points_kept(int(points.done.sum()), total, points_path))
+        interrupted(": " + points_kept(int(points.done.sum()), total, points_path))
         raise typer.Exit(130) from None
+    except PointFailure as exc:
+        if points.done.any():
+            raise PointFailure(f"{exc}; {points_kept(int(points.done.sum()), total, points_path)}") from exc
+        raise
     res.save(output)
     points.remove()
     say(f"strategy {res.attrs['strategy']}")

@@ -33,6 +33,7 @@ from landscape.cli.options import (
     load_spec,
     model_options,
     out,
+    output_file,
     say,
     warn,
     wrote,
@@ -55,9 +56,9 @@ def _quiet(msg: str) -> None:
 @app.command(rich_help_panel="Compute")
 @model_options
 def hessian(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")] = Path(
-        "landscape-out/curv.h5"
-    ),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.", callback=output_file)
+    ] = Path("landscape-out/curv.h5"),
     sample: Sample = None,
     model: Model = None,
     checkpoint: Checkpoint = None,

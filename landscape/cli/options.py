@@ -114,7 +114,35 @@ Sample = Annotated[
 Samples = Annotated[
     int | None, typer.Option(help="Use a fixed, seeded subset of N data points (default: all).", rich_help_panel=LOAD)
 ]
-Seed = Annotated[int, typer.Option(help="Seed of random directions and of the --samples subset.", rich_help_panel=RUN)]
+
+
+def output_file(path: Path) -> Path:
+    """An --output that can be a file: not a folder, and no file where its folder should be."""
+    if path.is_dir():
+        raise LandscapeError(f"--output {path}: is a folder; name a file (in it)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LandscapeError(f"--output {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
+SEED_LIMIT = 2**63 - 16  # a seed is stored as a 64-bit integer, and the curvature runs use seed + 1 and + 2
+
+
+def _seed_in_range(seed: int) -> int:
+    if not -SEED_LIMIT <= seed <= SEED_LIMIT:
+        raise LandscapeError(f"--seed {seed}: too large; a seed must lie within +-{SEED_LIMIT:,} (64-bit)")
+    return seed
+
+
+Seed = Annotated[
+    int,
+    typer.Option(
+        help="Seed of random directions and of the --samples subset.", rich_help_panel=RUN, callback=_seed_in_range
+    ),
+]
 BatchSize = Annotated[
     int | None,
     typer.Option(
@@ -274,8 +302,8 @@ def interrupted(detail: str) -> None:
 
 
 def points_kept(done: int, total: int, path: object) -> str:
-    """What an interrupted resumable run kept, and how to finish it."""
-    return f": {done} of {total} points are in {path}; run the same command with --resume to finish it"
+    """What a stopped resumable run kept, and how to finish it."""
+    return f"{done} of {total} points are in {path}; run the same command with --resume to finish it"
 
 
 def command_line() -> str:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from landscape.cli import app
-from landscape.cli.options import wrote
+from landscape.cli.options import output_file, wrote
 from landscape.errors import LandscapeError
 
 DRAW = "Draw"
@@ -23,6 +23,7 @@ Output = Annotated[
     typer.Option(
         "--output",
         "-o",
+        callback=output_file,
         help="Figure file; the suffix picks the format: png, svg, pdf (matplotlib) or html (interactive plotly).",
     ),
 ]
@@ -230,9 +231,9 @@ def compare(
 @app.command(rich_help_panel=DRAW)
 def report(
     paths: Annotated[list[Path], typer.Argument(help="One or more results files.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The report, one HTML file.")] = Path(
-        "landscape-report.html"
-    ),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The report, one HTML file.", callback=output_file)
+    ] = Path("landscape-report.html"),
     title: Title = None,
     plotlyjs: PlotlyJs = "inline",
 ) -> None:
@@ -258,6 +259,7 @@ def export(
         typer.Option(
             "--output",
             "-o",
+            callback=output_file,
             help="Output file: .vts (VTK structured grid), .vtu or .vtk (quads; NaN regions are holes) for ParaView, or .csv.",
         ),
     ],

@@ -10,7 +10,7 @@ import torch
 import typer
 
 import landscape as ls
-from landscape.cli.options import RUN, activity, command_line, load_spec, one_of, say, wrote
+from landscape.cli.options import RUN, activity, command_line, load_spec, one_of, output_file, say, wrote
 from landscape.directions import IGNORES, NORMS
 from landscape.errors import LandscapeError
 from landscape.io.load import load_problem
@@ -18,7 +18,7 @@ from landscape.problem import Problem
 from landscape.strategies import STRATEGIES
 
 ANALYSIS = "Analysis"
-Output = Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.", callback=output_file)]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)]
 Figure = Annotated[
     Path | None,

@@ -31,6 +31,7 @@ from landscape.cli.options import (
     load_spec,
     model_options,
     one_of,
+    output_file,
     parse_range,
     points_kept,
     progress,
@@ -40,7 +41,7 @@ from landscape.cli.options import (
 )
 from landscape.cli.shared import Strategy, ignore_option, norm_option
 from landscape.distributed import close_world, device_for, init_world
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, PointFailure
 from landscape.io.load import load_other_theta, load_problem
 from landscape.io.results import SweepFile, read_axes
 from landscape.io.spec import sha256_file
@@ -56,9 +57,9 @@ def _quiet(msg: str) -> None:
 @app.command(rich_help_panel="Compute")
 @model_options
 def sweep(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.")] = Path(
-        "landscape-out/sweep.h5"
-    ),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.", callback=output_file)
+    ] = Path("landscape-out/sweep.h5"),
     sample: Sample = None,
     model: Model = None,
     checkpoint: Checkpoint = None,
@@ -182,9 +183,11 @@ def sweep(
                 problem, planned, store, strategy=strategy, warn=warn if world.main else _quiet, world=world,
                 progress=lambda done, total: bar.update(task, completed=done),
             )  # fmt: skip
-    except LandscapeError:
+    except LandscapeError as exc:
         if store is not None and not resume and not store.done.any():  # nothing computed: leave no file behind
             output.unlink(missing_ok=True)
+        elif isinstance(exc, PointFailure) and store is not None:
+            raise PointFailure(f"{exc}; {points_kept(int(store.done.sum()), store.done.size, output)}") from exc
         raise
     except KeyboardInterrupt:  # typer would exit 130 without a word
         if store is not None:
@@ -193,7 +196,7 @@ def sweep(
                 output.unlink(missing_ok=True)
                 interrupted(" before any point was done; no file written")
             else:
-                interrupted(points_kept(done, store.done.size, output))
+                interrupted(": " + points_kept(done, store.done.size, output))
         raise typer.Exit(130) from None
     close_world(world)
     if world.main:

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError
-from landscape.io.h5file import open_h5, write_atomically
+from landscape.io.h5file import rewrite_atomically, write_atomically
 from landscape.io.results import _attr, _plain, check_ours, open_results, write_layout, write_root_attrs
 from landscape.io.schema import FileCheck, check_group
 from landscape.params import Layout
@@ -78,7 +78,7 @@ def write_results(
 def add_group(path: str | Path, name: str, group: Group) -> None:
     """Add (or replace) one group in an existing results file (e.g. /trajectory beside a sweep)."""
     check_ours(path)
-    with open_h5(path, "r+") as f:
+    with rewrite_atomically(path) as f:
         _write_group(f, name, group)
 
 

@@ -222,7 +222,27 @@ def fit_state_dict(
     for tied, origin in ties.items():
         state.setdefault(tied, state[origin])
     _note_precision(state, expected, source, say)
-    return {k: state[k] for k in expected}
+    return {k: _usable(k, state[k], source, say) for k in expected}
+
+
+def _usable(name: str, tensor: torch.Tensor, source: str, say: Callable[[str], None]) -> torch.Tensor:
+    """A checkpoint tensor the model can take: sparse ones made dense; meta tensors (no values) and
+    NaN or infinite weights refused by name (a diverged run's checkpoint gave a file of NaN)."""
+    if tensor.is_meta:
+        raise LandscapeError(
+            f"{source}: {name} is a meta tensor (a shape without values: saved from a model that was never given weights)"
+        )
+    if tensor.layout != torch.strided:
+        say(f"{name} is stored as a {str(tensor.layout).removeprefix('torch.')} tensor: read as dense")
+        tensor = tensor.to_dense()
+    if tensor.is_floating_point() or tensor.is_complex():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise LandscapeError(
+                f"{source}: {name} holds {bad:,} NaN or infinite value(s) of {tensor.numel():,}; the loss is "
+                "undefined at these weights (a diverged run?)"
+            )
+    return tensor
 
 
 def _where(fit: _Fit) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import io
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -18,7 +17,8 @@ from pathlib import Path
 
 import h5py
 
-from landscape.errors import LandscapeError, RunFailure
+from landscape.errors import LandscapeError
+from landscape.io.atomic import replace_whole
 
 LOCK_WAIT_S = 30.0
 
@@ -62,39 +62,26 @@ def write_atomically(path: str | Path) -> Iterator[h5py.File]:
     OS error (full disk, read-only folder) the temporary is removed and an existing `path` untouched.
     HDF5 itself never writes to the disk here: after a failed write on a full disk, its clean-up
     crashed the process (segmentation fault)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:  # HDF5 writes to memory: a full disk can't fail inside it (that crashed)
         yield f
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    _commit(Path(path), buffer)
+
+
+@contextmanager
+def rewrite_atomically(path: str | Path) -> Iterator[h5py.File]:
+    """An existing HDF5 file opened for changes in memory and put back whole like `write_atomically`:
+    a change that fails on the disk leaves the file as it was (HDF5 writing in place could leave it
+    unreadable: a full disk in the middle of a metadata write broke a half-done sweep's file)."""
+    path = Path(path)
+    buffer = io.BytesIO(path.read_bytes())
+    with h5py.File(buffer, "r+") as f:
+        yield f
+    _commit(path, buffer)
+
+
+def _commit(path: Path, buffer: io.BytesIO) -> None:
+    """The bytes of `buffer` to `path`, whole or not at all; refused up front when the disk has not that much room."""
+    with replace_whole(path, size=buffer.getbuffer().nbytes) as tmp:
         with open(tmp, "wb") as out:
             out.write(buffer.getbuffer())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        left = _remove(tmp)
-        kept = f"; {path.name} as it was is untouched" if path.exists() else ""
-        raise RunFailure(f"cannot write {path}: {os_reason(exc)}{left}{kept}") from exc
-    finally:
-        _remove(tmp)
-
-
-def _remove(tmp: Path) -> str:
-    """Remove a temporary file if it can be; what is left behind, for the message."""
-    try:
-        if os.path.lexists(tmp):
-            tmp.unlink()
-    except OSError as exc:
-        return f" ({tmp.name} is left behind: {os_reason(exc)})"
-    return ""
-
-
-def os_reason(exc: OSError) -> str:
-    """Why an OS call failed, in a few words (HDF5's own messages run over several lines)."""
-    if exc.errno:
-        return os.strerror(exc.errno)
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -23,8 +23,9 @@ import torch
 
 from landscape import __version__
 from landscape.axes import Axes
-from landscape.errors import LandscapeError, one_line
-from landscape.io.h5file import open_h5, write_atomically
+from landscape.errors import LandscapeError, RunFailure, one_line
+from landscape.io.atomic import os_reason
+from landscape.io.h5file import open_h5, rewrite_atomically, write_atomically
 from landscape.io.schema import DAMAGED, check_root, check_sweep
 from landscape.params import Layout
 
@@ -56,7 +57,7 @@ def open_results(path: str | Path) -> Iterator[h5py.File]:
             yield f
         except LandscapeError:
             raise
-        except (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
             raise LandscapeError(f"{path}: cannot be read ({one_line(exc)}); {DAMAGED}") from exc
 
 
@@ -120,12 +121,23 @@ def read_layout(group: h5py.Group) -> Layout:
 
 
 class SweepFile:
-    """A sweep's results file, opened per chunk so a killed run leaves a readable, resumable file."""
+    """A sweep's results file, filled chunk by chunk so a killed run leaves a readable, resumable file.
 
-    def __init__(self, path: Path, coords: list[np.ndarray], done: np.ndarray):
+    The file is written whole once (`create`); each chunk then overwrites the bytes of the loss,
+    accuracy and done grids where the file holds them, by plain writes that need no new disk space
+    (HDF5 writing in place could leave the file unreadable when the disk filled in the middle of
+    it); `finish` rewrites the file whole, so a failure there leaves it resumable.
+    """
+
+    def __init__(self, path: Path, coords: list[np.ndarray], grids: dict[str, np.ndarray]):
         self.path = path
         self.coords = coords
-        self.done = done
+        self.grids = grids  # loss, done and perhaps accuracy: what the file holds
+        self._offsets = _grid_offsets(path, grids)
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.grids["done"]
 
     @classmethod
     def create(
@@ -142,37 +154,26 @@ class SweepFile:
         """Write a new file with every point marked not done (loss NaN) and complete=False."""
         path = Path(path)
         shape = tuple(len(c) for c in coords.values())
-        with write_atomically(path) as f:
-            cls._write_new(f, attrs, settings, axes, layout, coords, shape, has_accuracy)
-        return cls(path, [np.asarray(c, dtype=np.float64) for c in coords.values()], np.zeros(shape, dtype=bool))
-
-    @staticmethod
-    def _write_new(
-        f: h5py.File,
-        attrs: Mapping[str, Any],
-        settings: Mapping[str, Any],
-        axes: Mapping[str, tuple[np.ndarray, Mapping[str, Any]]],
-        layout: Layout,
-        coords: Mapping[str, np.ndarray],
-        shape: tuple[int, ...],
-        has_accuracy: bool,
-    ) -> None:
-        write_root_attrs(f, attrs, settings, complete=False)
-        g = f.create_group("axes")
-        for name, (vec, vattrs) in axes.items():
-            ds = g.create_dataset(name, data=vec)
-            for key, value in vattrs.items():
-                ds.attrs[key] = _attr(value)
-        write_layout(g, layout)
-        s = f.create_group("sweep")
-        s.attrs["axes"] = json.dumps(list(coords))
-        cg = s.create_group("coords")
-        for name, c in coords.items():
-            cg.create_dataset(name, data=np.asarray(c, dtype=np.float64))
-        s.create_dataset("loss", data=np.full(shape, np.nan))
+        grids = {"loss": np.full(shape, np.nan)}
         if has_accuracy:
-            s.create_dataset("accuracy", data=np.full(shape, np.nan))
-        s.create_dataset("done", data=np.zeros(shape, dtype=bool))
+            grids["accuracy"] = np.full(shape, np.nan)
+        grids["done"] = np.zeros(shape, dtype=bool)
+        with write_atomically(path) as f:
+            write_root_attrs(f, attrs, settings, complete=False)
+            g = f.create_group("axes")
+            for name, (vec, vattrs) in axes.items():
+                ds = g.create_dataset(name, data=vec)
+                for key, value in vattrs.items():
+                    ds.attrs[key] = _attr(value)
+            write_layout(g, layout)
+            sweep = f.create_group("sweep")
+            sweep.attrs["axes"] = json.dumps(list(coords))
+            cg = sweep.create_group("coords")
+            for name, c in coords.items():
+                cg.create_dataset(name, data=np.asarray(c, dtype=np.float64))
+            for name, grid in grids.items():
+                sweep.create_dataset(name, data=grid)
+        return cls(path, [np.asarray(c, dtype=np.float64) for c in coords.values()], grids)
 
     @classmethod
     def resume(cls, path: str | Path, settings: Mapping[str, Any]) -> SweepFile:
@@ -191,46 +192,63 @@ class SweepFile:
                         f"this run has {wanted.get(key)!r})"
                     )
             coords = [f["sweep/coords"][n][()] for n in names]
-            return cls(path, coords, f["sweep/done"][()])
-
-    def read_axes(self) -> dict[str, np.ndarray]:
-        with open_h5(self.path, "r") as f:
-            return {name: f["axes"][name][()] for name in json.loads(f["sweep"].attrs["axes"])}
+            grids = {n: f["sweep"][n][()] for n in ("loss", "accuracy", "done") if n in f["sweep"]}
+        return cls(path, coords, grids)
 
     def write(self, flat_index: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None) -> None:
-        """Store values at flat grid indices and mark them done; closes the file (flushes) before returning."""
-        with open_h5(self.path, "r+") as f:
-            self.done = store_points(f["sweep"], flat_index, loss, accuracy, self.done)
+        """Store values at flat grid indices and mark them done: the values first, the done mask last,
+        so that a kill in between leaves no point marked done without its value."""
+        grids = {name: grid.copy() for name, grid in self.grids.items()}
+        for name, values in (("loss", loss), ("accuracy", accuracy)):
+            if values is not None and name in grids:
+                grids[name].reshape(-1)[flat_index] = values
+        grids["done"].reshape(-1)[flat_index] = True
+        try:
+            with open(self.path, "r+b") as out:
+                for name, grid in grids.items():
+                    out.seek(self._offsets[name])
+                    out.write(grid.tobytes())
+                    out.flush()
+        except OSError as exc:
+            raise RunFailure(f"cannot write {self.path}: {os_reason(exc)}; {self._kept()}") from exc
+        self.grids = grids
+
+    def _kept(self) -> str:
+        return (
+            f"the {int(self.done.sum())} of {self.done.size} points done are kept "
+            "(run the same command with --resume to go on)"
+        )
 
     def values(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The loss and accuracy grids as the file holds them (NaN where not done)."""
-        with open_h5(self.path, "r") as f:
-            s = f["sweep"]
-            return s["loss"][()], s["accuracy"][()] if "accuracy" in s else None
+        return self.grids["loss"].copy(), self.grids["accuracy"].copy() if "accuracy" in self.grids else None
 
     def finish(self, attrs: Mapping[str, Any]) -> None:
         """Record how the sweep ran and mark the file complete when every point is done."""
-        with open_h5(self.path, "r+") as f:
-            for key, value in attrs.items():
-                f["sweep"].attrs[key] = _attr(value)
-            f.attrs["complete"] = bool(self.done.all())
+        try:
+            with rewrite_atomically(self.path) as f:
+                for key, value in attrs.items():
+                    f["sweep"].attrs[key] = _attr(value)
+                f.attrs["complete"] = bool(self.done.all())
+        except RunFailure as exc:
+            raise RunFailure(f"{exc}; {self._kept()}") from exc
 
 
-def store_points(
-    group: h5py.Group, flat_index: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None, done: np.ndarray
-) -> np.ndarray:
-    """Write values at flat indices of the group's `loss` (and `accuracy`, where both exist) and mark
-    them in its `done` mask, the mask last so that a kill in between leaves no false 'done'; returns
-    the new mask (for the caller to keep only once the file holds it)."""
-    for name, values in (("loss", loss), ("accuracy", accuracy)):
-        if values is not None and name in group:
-            grid = group[name][()]
-            grid.reshape(-1)[flat_index] = values
-            group[name][...] = grid
-    marked = done.copy()
-    marked.reshape(-1)[flat_index] = True
-    group["done"][...] = marked
-    return marked
+def _grid_offsets(path: Path, grids: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Where in the file the bytes of each /sweep grid start, checked to be stored whole and
+    uncompressed in the dtype of `grids` (as `SweepFile.create` stores them)."""
+    offsets = {}
+    with open_h5(path, "r") as f:
+        for name, grid in grids.items():
+            ds = f["sweep"][name]
+            offset = ds.id.get_offset()
+            if offset is None or ds.chunks is not None or ds.dtype != grid.dtype or ds.shape != grid.shape:
+                raise LandscapeError(
+                    f"{path}: /sweep/{name} is not stored as one block of {grid.dtype} "
+                    "(the file was rewritten by another tool); it cannot be resumed"
+                )
+            offsets[name] = offset
+    return offsets
 
 
 def read_axes(path: str | Path) -> Axes:
@@ -275,9 +293,8 @@ def _plain(value: Any) -> Any:
 
 def describe(path: str | Path) -> dict[str, Any]:
     """A JSON-able summary of any results file: root attributes and every dataset's shape and attributes."""
-    check_ours(path)
     out: dict[str, Any] = {"file": str(path), "attrs": {}, "datasets": {}}
-    with open_h5(path, "r") as f:
+    with open_results(path) as f:
         out["attrs"] = {k: _plain(v) for k, v in f.attrs.items()}
 
         def visit(name: str, obj: Any) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from landscape.errors import LandscapeError
+from landscape.io.atomic import replace_whole
 
 VTK_SUFFIXES = (".vtu", ".vtk", ".vts")
 FORMATS = ("vtk", "csv")
@@ -56,8 +57,7 @@ def export_csv(sweep: dict[str, Any], path: str | Path) -> Path:
     values = _values(sweep)
     done = np.asarray(sweep["done"], dtype=bool)
     grids = np.meshgrid(*coords, indexing="ij")  # grids[k][i, j] = coords[k][i or j]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    with replace_whole(path, keep_suffix=True) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(names + list(values) + ["done"])
         for idx in np.ndindex(done.shape):
@@ -116,11 +116,8 @@ def export_vtk(sweep: dict[str, Any], path: str | Path, vmax: float | None = Non
     if suffix == ".vts":
         return export_vts(sweep, path, vmax)
     mesh = vtk_mesh(sweep, vmax)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".vtu":
-        mesh.write(path, file_format="vtu", binary=True)
-    else:
-        mesh.write(path, file_format="vtk", binary=True)
+    with replace_whole(path, keep_suffix=True) as tmp:
+        mesh.write(tmp, file_format=suffix[1:], binary=True)
     return path
 
 
@@ -139,9 +136,9 @@ def export_vts(sweep: dict[str, Any], path: str | Path, vmax: float | None = Non
     Z = np.where(finite, height, top)
     data["valid"] = finite.astype(np.float64)
     as3d = lambda a: np.ascontiguousarray(np.asarray(a, dtype=np.float64)[:, :, None])  # noqa: E731
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gridToVTK(str(path.with_suffix("")), as3d(X), as3d(Y), as3d(Z), pointData={k: as3d(v) for k, v in data.items()})
-    written = path.with_suffix(".vts")
-    if written != path:  # pyevtk always writes a lower-case .vts suffix
-        written.replace(path)
+    with replace_whole(path, keep_suffix=True) as tmp:
+        gridToVTK(str(tmp.with_suffix("")), as3d(X), as3d(Y), as3d(Z), pointData={k: as3d(v) for k, v in data.items()})
+        written = tmp.with_suffix(".vts")
+        if written != tmp:  # pyevtk always writes a lower-case .vts suffix
+            written.replace(tmp)
     return path

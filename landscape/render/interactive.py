@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from landscape.errors import LandscapeError
+from landscape.io.atomic import replace_whole
 from landscape.render.common import Scale, View, contour_levels, make_scale, slices, value_at
 
 PLOTLYJS_MODES = ("inline", "cdn")
@@ -504,6 +505,6 @@ def figures_page(figs: list[go.Figure], title: str, plotlyjs: str = "inline") ->
 def write_page(text: str, path: str | Path) -> Path:
     """Write an HTML page (UTF-8), making parent folders."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    with replace_whole(path, keep_suffix=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path

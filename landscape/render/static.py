@@ -24,6 +24,7 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
 from landscape.errors import LandscapeError  # noqa: E402
+from landscape.io.atomic import replace_whole  # noqa: E402
 from landscape.render.common import (  # noqa: E402
     Scale,
     View,
@@ -445,14 +446,15 @@ def contour_figure(sweep: dict[str, Any], levels: np.ndarray | None = None) -> F
 def save(fig: Figure, path: str | Path) -> Path:
     """Write a figure (format from the suffix) and close it; no timestamps, so files are reproducible."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {}
     suffix = path.suffix.lower()
     if suffix == ".svg":
         meta = {"Date": None}
     elif suffix == ".pdf":
         meta = {"CreationDate": None, "ModDate": None}
-    with plt.rc_context(STYLE):
-        fig.savefig(path, metadata=meta or None)
-    plt.close(fig)
+    try:
+        with replace_whole(path, keep_suffix=True) as tmp, plt.rc_context(STYLE):
+            fig.savefig(tmp, metadata=meta or None)
+    finally:
+        plt.close(fig)
     return path

@@ -17,7 +17,7 @@ from landscape.strategies.base import (
 )
 from landscape.strategies.firstlayer import FirstLayerStrategy, FirstLayerVmapStrategy, find_first_layer
 from landscape.strategies.fusedgraph import FirstLayerFusedStrategy, FusedStrategy
-from landscape.strategies.grid import axis_grid, grid_coords
+from landscape.strategies.grid import axis_grid, check_grid_fits, grid_coords
 from landscape.strategies.loop import LoopStrategy
 from landscape.strategies.mlpchain import MlpStrategy
 from landscape.strategies.probe import LOOP_MARGIN, PROBE_POINTS, Choice, choose_strategy, fastest_or_loop
@@ -46,6 +46,7 @@ __all__ = [
     "SweepSink",
     "VmapStrategy",
     "axis_grid",
+    "check_grid_fits",
     "build_strategy",
     "choose_strategy",
     "evaluate_points",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from landscape.errors import ArgumentError, LandscapeError, one_line
+from landscape.errors import ArgumentError, LandscapeError, PointFailure, one_line
 from landscape.problem import Problem
 from landscape.strategies.base import (
     Evaluation,
@@ -114,6 +114,10 @@ def choose_strategy(
     probe.shortlist(total_points, repeats)
     probe.final_stage(repeats)
     if not probe.built:
+        if (
+            "loop" in probe.dropped
+        ):  # the plain forward pass itself failed: the model's or loss's failure, not a strategy's
+            raise PointFailure(f"the model or loss failed on the probe's first points: {probe.dropped['loop']}")
         raise _none_can_run(candidates, {**probe.inapplicable, **probe.dropped})
     return probe.choice(fastest_or_loop({n: probe.timings[n] for n in probe.built}))
 

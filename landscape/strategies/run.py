@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from landscape.distributed import World
+from landscape.errors import ArgumentError, LandscapeError, PointFailure, RunFailure, one_line
 from landscape.problem import Problem
-from landscape.strategies.base import Evaluation, evaluate_shrinking, memory_budget, points_per_call
+from landscape.strategies.base import Evaluation, Strategy, evaluate_shrinking, memory_budget, points_per_call
 from landscape.strategies.grid import grid_coords
 from landscape.strategies.probe import PROBE_POINTS, Choice, choose_strategy
 from landscape.strategies.registry import STRATEGIES, build_strategy
@@ -25,7 +26,10 @@ class SweepSink(Protocol):
     """Where a sweep's values go: the grid's coordinates and `done` mask, written chunk by chunk."""
 
     coords: list[np.ndarray]
-    done: np.ndarray
+
+    @property
+    def done(self) -> np.ndarray:
+        """Which grid points hold values."""
 
     def write(self, flat_index: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None) -> None:
         """Store values at flat grid indices and mark them done."""
@@ -107,7 +111,9 @@ def run_sweep(
     total = int(done.size)
     on_progress(total - len(todo), total)
     report = SweepReport(strategy="none")
-    if len(todo) == 0:
+    if len(todo) == 0:  # every point done (a resumed run whose last write landed): mark it complete, keep how it ran
+        if world.main and sink is not None:
+            sink.finish({})
         return report
     start = time.perf_counter()
 
@@ -141,13 +147,15 @@ def evaluate_points(
     on_progress: Callable[[int], None] = lambda left: None,
     warn: Callable[[str], None] = lambda msg: None,
     world: World = World(),
+    where: Callable[[int], str] | None = None,
 ) -> Choice:
     """Evaluate the points `coords[todo]` with the strategy a probe on the first of them picks, in
     chunks of about `chunk_seconds`, handing each rank's values to `keep(indices, values)`.
 
     `keep` runs on every rank (under torchrun it gathers to rank 0) and returns the indices it
     stored (rank 0; the others are told). `on_progress` hears how many points are left. Returns the
-    probe's choice, with `strategy` the one every rank ran (rank 0's) and closed.
+    probe's choice, with `strategy` the one every rank ran (rank 0's) and closed. When the model or
+    loss raises at a point, PointFailure says which (`where(index)` names it; default: its coordinates).
     """
     candidates = STRATEGIES if strategy == "auto" else (strategy,)
     # each rank probes its own share of the first points (their values are kept), so no rank repeats
@@ -155,14 +163,19 @@ def evaluate_points(
     probe = todo[: min(len(todo), PROBE_POINTS * world.size)]
     shared = len(probe) >= world.size
     mine = probe[world.shard(len(probe))] if shared else probe
-    choice = choose_strategy(
-        problem,
-        directions,
-        coords[mine],
-        candidates=candidates,
-        total_points=max(1, len(todo) // world.size),
-        warn=warn,
-    )
+    try:
+        choice = choose_strategy(
+            problem,
+            directions,
+            coords[mine],
+            candidates=candidates,
+            total_points=max(1, len(todo) // world.size),
+            warn=warn,
+        )
+    except LandscapeError:
+        raise
+    except Exception as exc:  # the model or loss, run before any point to size batches and calls
+        raise point_failure("the first points (while the probe sized and timed the strategies)", exc) from exc
     chosen = world.broadcast(choice.strategy.name)
     if chosen != choice.strategy.name:  # every rank runs rank 0's choice
         choice.strategy.close()
@@ -195,7 +208,7 @@ def evaluate_points(
             idx = todo[:size]
             mine = idx[world.shard(len(idx))]
             t0 = time.perf_counter()
-            result = evaluate_shrinking(strat, coords[mine], warn) if len(mine) else None
+            result = _evaluate_chunk(strat, coords, mine, keep, warn, world, where or _grid_point(coords))
             per_point = (time.perf_counter() - t0) / max(len(mine), 1)
             keep(mine, result)
             todo = todo[size:]
@@ -203,6 +216,60 @@ def evaluate_points(
     finally:
         strat.close()
     return choice
+
+
+def _evaluate_chunk(
+    strat: Strategy,
+    coords: torch.Tensor,
+    mine: np.ndarray,
+    keep: Callable[[np.ndarray, Evaluation | None], np.ndarray],
+    warn: Callable[[str], None],
+    world: World,
+    where: Callable[[int], str],
+) -> Evaluation | None:
+    """This rank's points of a chunk; when the model or loss raises, the points are tried one at a
+    time (one process), those before the failing one kept, and the failing one named."""
+    if not len(mine):
+        return None
+    try:
+        return evaluate_shrinking(strat, coords[mine], warn)
+    except RunFailure:
+        raise
+    except Exception as exc:
+        if len(mine) == 1 or world.size > 1:
+            first = where(int(mine[0]))
+            at = first if len(mine) == 1 else f"one of {len(mine)} points from {first}"
+            raise point_failure(at, exc) from exc
+        together = exc
+    parts: list[Evaluation] = []
+    for j in range(len(mine)):
+        try:
+            parts.append(evaluate_shrinking(strat, coords[mine[j : j + 1]], warn))
+        except RunFailure:
+            raise
+        except Exception as exc:
+            if parts:
+                keep(mine[:j], concat(parts))
+            raise point_failure(where(int(mine[j])), exc) from exc
+    warn(f"{len(mine)} points together failed ({one_line(together)}); one at a time they ran")
+    return concat(parts)
+
+
+def point_failure(where: str, exc: BaseException) -> PointFailure:
+    """Where the model or loss failed, and why, in one line."""
+    why = exc.option_message() if isinstance(exc, ArgumentError) else one_line(exc)
+    return PointFailure(f"the model or loss failed at {where}: {why}")
+
+
+def _grid_point(coords: torch.Tensor) -> Callable[[int], str]:
+    """Names a point of a sweep's grid by its coordinates."""
+    return lambda i: "the point (" + ", ".join(f"{float(v):.6g}" for v in coords[i]) + ")"
+
+
+def concat(parts: list[Evaluation]) -> Evaluation:
+    """Evaluations of consecutive points as one."""
+    accuracy = [p.accuracy for p in parts if p.accuracy is not None]
+    return Evaluation(torch.cat([p.loss for p in parts]), torch.cat(accuracy) if len(accuracy) == len(parts) else None)
 
 
 def _gather_and_store(

@@ -1,0 +1,198 @@
+"""Bad input on real library models (built here with random weights): checkpoints with NaN, meta or
+sparse tensors, targets that are not classes of the model, seeds and grids out of range, outputs
+that cannot be files. Each is one line naming what is wrong, exit 2, and no file written."""
+
+from __future__ import annotations
+
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from landscape.errors import ArgumentError
+from landscape.strategies.grid import BYTES_PER_POINT, check_grid_fits
+
+
+def _import(name: str):
+    try:
+        return pytest.importorskip(name)
+    except ImportError as exc:
+        pytest.skip(f"{name} does not import beside torch {torch.__version__}: {exc}")
+
+
+def _one_error(res) -> str:
+    lines = [line for line in res.err.splitlines() if line.startswith("error:")]
+    assert res.code == 2 and len(lines) == 1 and "Traceback" not in res.err, (res.code, res.err)
+    return lines[0]
+
+
+@pytest.fixture
+def mobilenet(tmp_path):
+    """torchvision's MobileNetV3-small (4 classes), its factory file, state_dict and 8 images."""
+    torchvision = _import("torchvision")
+    (tmp_path / "models.py").write_text(
+        textwrap.dedent("""
+        import torchvision
+
+        def net():
+            return torchvision.models.mobilenet_v3_small(num_classes=4)
+    """)
+    )
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v3_small(num_classes=4).eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 3, 32, 32, generator=gen)
+    np.savez(tmp_path / "images.npz", x=x.numpy(), y=np.array([0, 1, 2, 3, 3, 2, 1, 0]))
+    return net, f"{tmp_path / 'models.py'}:net", x
+
+
+def _run(cli, tmp_path, factory, state, labels=None, *extra):
+    torch.save(state, tmp_path / "ckpt.pt")
+    data = tmp_path / "images.npz"
+    if labels is not None:
+        with np.load(data) as d:
+            np.savez(tmp_path / "relabelled.npz", x=d["x"], y=np.asarray(labels))
+        data = tmp_path / "relabelled.npz"
+    out = tmp_path / "out.h5"
+    res = cli(
+        "sweep",
+        "--model",
+        factory,
+        "--checkpoint",
+        tmp_path / "ckpt.pt",
+        "--data",
+        data,
+        "--x",
+        "-1:1:3",
+        *extra,
+        "-o",
+        out,
+    )
+    return res, out
+
+
+def test_nan_weights_stop_naming_the_tensor(cli, tmp_path, mobilenet):
+    net, factory, _ = mobilenet
+    state = net.state_dict()
+    state["features.3.block.1.0.weight"] = state["features.3.block.1.0.weight"].clone()
+    state["features.3.block.1.0.weight"].view(-1)[[3, 7]] = torch.tensor([float("nan"), float("inf")])
+    res, out = _run(cli, tmp_path, factory, state)
+    line = _one_error(res)
+    assert "ckpt.pt: features.3.block.1.0.weight holds 2 NaN or infinite value(s)" in line, line
+    assert not out.exists()
+
+
+def test_meta_tensors_are_refused_by_name(cli, tmp_path, mobilenet):
+    torchvision = _import("torchvision")
+    _, factory, _ = mobilenet
+    with torch.device("meta"):
+        hollow = torchvision.models.mobilenet_v3_small(num_classes=4)
+    res, out = _run(cli, tmp_path, factory, hollow.state_dict())
+    line = _one_error(res)
+    assert "ckpt.pt: features.0.0.weight is a meta tensor" in line, line
+    assert not out.exists()
+
+
+def test_sparse_tensors_are_read_as_dense_with_the_same_numbers(cli, tmp_path, mobilenet):
+    net, factory, _ = mobilenet
+    dense = net.state_dict()
+    res, out = _run(cli, tmp_path, factory, dense)
+    assert res.code == 0, res.err
+    with h5py.File(out, "r") as f:
+        want = f["sweep/loss"][()]
+    sparse = dict(dense)
+    sparse["classifier.3.weight"] = dense["classifier.3.weight"].to_sparse()
+    res, out = _run(cli, tmp_path, factory, sparse, None, "--force")
+    assert res.code == 0, res.err
+    assert "classifier.3.weight is stored as a sparse_coo tensor: read as dense" in res.err
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["sweep/loss"][()], want)
+
+
+@pytest.mark.parametrize(
+    ("labels", "said"),
+    [
+        ([0, 1, 2, 3, 4, 2, 1, 0], "the target 4 of sample 4 (and 0 more) is not a class of the model's 4 outputs"),
+        ([0, 1, -3, 3, 3, -1, 1, 0], "the target -3 of sample 2 (and 1 more) is not a class of the model's 4 outputs"),
+    ],
+)
+def test_targets_that_are_not_classes_of_the_model(cli, tmp_path, mobilenet, labels, said):
+    net, factory, _ = mobilenet
+    res, out = _run(cli, tmp_path, factory, net.state_dict(), labels)
+    line = _one_error(res)
+    assert "relabelled.npz: " in line and said in line and "expected 0 to 3, or -100 to ignore" in line, line
+    assert not out.exists()
+
+
+def test_ignored_targets_still_work(cli, tmp_path, mobilenet):
+    """-100 (PyTorch's ignore_index) is not a bad label: the loss leaves it out."""
+    net, factory, x = mobilenet
+    labels = [0, 1, -100, 3, 3, -100, 1, 0]
+    res, out = _run(cli, tmp_path, factory, net.state_dict(), labels, "--x", "0:0:1")
+    assert res.code == 0, res.err
+    with h5py.File(out, "r") as f:
+        loss = float(f["sweep/loss"][0])
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(net(x), torch.tensor(labels), ignore_index=-100)
+    assert loss == pytest.approx(float(want), rel=1e-5)
+
+
+def test_token_targets_beyond_the_vocabulary(cli, tmp_path):
+    transformers = _import("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=32, n_positions=16)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    ids = torch.randint(0, 32, (4, 10))
+    labels = ids.clone()
+    labels[2, 6] = 40
+    torch.save({"input_ids": ids, "labels": labels}, tmp_path / "tokens.pt")
+    res = cli(
+        "sweep", "--checkpoint", tmp_path / "gpt2", "--data", tmp_path / "tokens.pt", "--loss", "next-token",
+        "--x", "0:0:1", "-o", tmp_path / "lm.h5",
+    )  # fmt: skip
+    line = _one_error(res)
+    assert "the target 40 of position [2, 6]" in line and "model's 32 outputs" in line, line
+
+
+def test_seed_out_of_range(cli, tmp_path):
+    for seed in ("99999999999999999999999", str(-(2**64))):
+        res = cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "--seed", seed, "-o", tmp_path / "s.h5")
+        assert f"--seed {seed}: too large" in _one_error(res)
+    assert not list(tmp_path.iterdir())
+    assert cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "--seed", str(2**40), "-o", tmp_path / "s.h5").code == 0
+
+
+def test_grid_too_large_is_refused_before_anything_is_written(cli, tmp_path):
+    res = cli("sweep", "--sample", "linreg", "--x", "-1:1:100000", "--y", "-1:1:100000", "-o", tmp_path / "s.h5")
+    line = _one_error(res)
+    assert "a grid of 100,000 x 100,000 = 10,000,000,000 points needs about 1,117.6 GiB" in line, line
+    assert not list(tmp_path.iterdir())
+    gib = 2**30
+    check_grid_fits((1000, 1000), memory=gib)  # 120 MB of 1 GiB: fits
+    with pytest.raises(ArgumentError, match=r"^x: a grid of 5,000,000 points needs about 0.6 GiB of memory"):
+        check_grid_fits((5_000_000,), memory=gib)
+    assert 5_000_000 * BYTES_PER_POINT > gib // 2 > 1000 * 1000 * BYTES_PER_POINT
+
+
+def test_outputs_that_cannot_be_files(cli, tmp_path):
+    sweep = tmp_path / "s.h5"
+    assert cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "-o", sweep).code == 0
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for args in (
+        ("sweep", "--sample", "linreg", "--x", "-1:1:3"),
+        ("hessian", "--sample", "linreg"),
+        ("roughness", "--sample", "linreg"),
+        ("plot", sweep),
+        ("report", sweep),
+        ("export", sweep),
+    ):
+        suffix = {"plot": ".png", "report": ".html", "export": ".csv"}.get(args[0], ".h5")
+        line = _one_error(cli(*args, "-o", blocker / f"x{suffix}"))
+        assert f"--output {blocker / f'x{suffix}'}: {blocker} is a file, not a folder" in line, line
+        force = ("--force",) if args[0] in ("sweep", "hessian", "roughness") else ()
+        line = _one_error(cli(*args, "-o", tmp_path, *force))
+        assert f"--output {tmp_path}: is a folder" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "s.h5"]
