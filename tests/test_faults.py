@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from landscape.errors import RunFailure
 from landscape.io.h5file import write_atomically
@@ -419,3 +420,67 @@ def test_sigkill_at_random_moments(tmp_path, command, kills):
                 continue
             np.testing.assert_allclose(got[name], want[name], rtol=1e-9, err_msg=f"{command} {name} after {again}")
         assert not (tmp_path / f"{out.name}.partial").exists() and not (tmp_path / f"{out.name}.points").exists()
+
+
+MODEL_THAT_FAILS = '''
+import os
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    """A small MLP whose forward raises once the last layer's weights grow past LANDSCAPE_TEST_LIMIT."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        if os.environ.get("LANDSCAPE_TEST_FAIL") and float(self.body[2].weight.abs().max()) > float(os.environ["LANDSCAPE_TEST_LIMIT"]):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.body(x)
+
+
+def make():
+    return Net()
+'''
+
+
+def test_a_forward_failing_mid_sweep_names_the_point_and_resume_finishes(cli, tmp_path, monkeypatch):
+    """The forward raises past alpha ~ 0.4 along the line: the points before are kept and named."""
+    (tmp_path / "net.py").write_text(MODEL_THAT_FAILS)
+    torch.manual_seed(0)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import net  # noqa: PLC0415
+
+        model = net.make()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("net", None)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    torch.save({"x": torch.randn(40, 6), "y": torch.randint(0, 3, (40,))}, tmp_path / "d.pt")
+    top = float(model.body[2].weight.detach().abs().max())
+    args = ["sweep", "--model", f"{tmp_path / 'net.py'}:make", "--checkpoint", tmp_path / "w.pt"]
+    args += ["--data", tmp_path / "d.pt", "--x", "-0.2:1:13", "--strategy", "loop", "--norm", "none"]
+    assert cli(*args, "-o", tmp_path / "whole.h5").code == 0
+    with h5py.File(tmp_path / "whole.h5", "r") as f:
+        d = f["axes/x"][()]
+    layout_end = sum(p.numel() for p in model.parameters())
+    last = d[layout_end - 3 - 48 : layout_end - 3]  # body.2.weight, before body.2.bias (3)
+    w = model.body[2].weight.detach().double().reshape(-1).numpy()
+    alphas = np.linspace(-0.2, 1, 13)
+    grows = [float(np.abs(w + a * last).max()) for a in alphas]
+    limit = (grows[6] + grows[7]) / 2  # points 0..6 pass, 7 fails (the line is monotone there)
+    assert all(g < limit for g in grows[:7]) and grows[7] > limit > top, grows
+    monkeypatch.setenv("LANDSCAPE_TEST_FAIL", "1")
+    monkeypatch.setenv("LANDSCAPE_TEST_LIMIT", repr(limit))
+    out = tmp_path / "cut.h5"
+    res = cli(*args, "-o", out)
+    assert res.code == 1 and len(_errors(res)) == 1 and "Traceback" not in res.err, res.err
+    line = _errors(res)[0]
+    assert f"the model or loss failed at the point ({alphas[7]:.6g}): RuntimeError: CUDA error" in line, line
+    assert f"7 of 13 points are in {out}; run the same command with --resume" in line, line
+    monkeypatch.delenv("LANDSCAPE_TEST_FAIL")
+    assert cli(*args, "-o", out, "--resume").code == 0
+    np.testing.assert_allclose(_sweep_values(out)[0], _sweep_values(tmp_path / "whole.h5")[0], rtol=1e-12)
