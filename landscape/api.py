@@ -230,6 +230,8 @@ def check_curvature(s: CurvatureSettings) -> None:
         raise ArgumentError("which", s.which, f"expected one of {', '.join(WHICH)}")
     if s.top_k < 0:
         raise ArgumentError("top_k", s.top_k, "must be 0 or more")
+    if s.max_iter is not None and s.max_iter < 1:
+        raise ArgumentError("max_iter", s.max_iter, "must be at least 1")
     if not s.tol > 0:
         raise ArgumentError("tol", s.tol, "must be positive")
     if s.density and s.probes < 1:
@@ -331,6 +333,8 @@ def sharpness(
         raise ArgumentError("rho", rho, "must be positive")
     if not epsilon > 0:
         raise ArgumentError("epsilon", epsilon, "must be positive")
+    if ascent_steps < 1:
+        raise ArgumentError("ascent_steps", ascent_steps, "must be at least 1")
     if isinstance(curvature, CurvatureResult) and curvature.settings.curvature != "hessian":
         title = CURVATURE_TITLES.get(curvature.settings.curvature, curvature.settings.curvature)
         raise ArgumentError(
@@ -455,6 +459,8 @@ def track(
 
     if lr is not None and not lr > 0:
         raise ArgumentError("lr", lr, "must be positive")
+    if not tol > 0:
+        raise ArgumentError("tol", tol, "must be positive")
     step_values = [float(s) for s in steps] if steps is not None else [float(i) for i in range(len(states))]
     if len(step_values) != len(states):
         raise ArgumentError("steps", len(step_values), f"one step per checkpoint expected ({len(states)})")

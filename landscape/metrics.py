@@ -59,6 +59,9 @@ def collect(path: str | Path) -> dict[str, float]:
                     return
                 if obj.shape == () or obj.size == 1:
                     put(key, obj[()].reshape(-1)[0] if obj.shape != () else obj[()])
+                elif obj.name.rsplit("/", 1)[-1] == "loss" and np.issubdtype(obj.dtype, np.floating):
+                    # the loss grids of the analysis groups (roughness profiles, path, plane): gates must see NaN
+                    put(f"{key.rsplit('.', 1)[0]}.nonfinite_points", int((~np.isfinite(obj[()])).sum()))
                 elif (
                     obj.name.rsplit("/", 1)[-1] == "eigenvalues"
                     and obj.ndim == 1
@@ -130,33 +133,52 @@ def matches(name: str, key: str) -> bool:
     return key == name or key.endswith("." + name)
 
 
+NONFINITE = "nonfinite_points"  # the number of NaN or infinite loss values of a grid, per group
+
+
 @dataclass(frozen=True)
 class Breach:
-    """One number that broke one bound (or was NaN, which no bound can clear)."""
+    """One number that broke one bound (or was NaN, which no bound can clear, or came from a file
+    whose loss grids hold `nonfinite` NaN or infinite points, which no number over them can speak for)."""
 
     file: str
     key: str
     value: float
     condition: Condition
+    nonfinite: int = 0
 
     def message(self) -> str:
+        if self.nonfinite:
+            return (
+                f"{self.file}: {self.nonfinite} point(s) of its loss grids are NaN or infinite, so "
+                f"{self.key} = {self.value:.6g} cannot be held to {self.condition.text!r} (counted as broken; "
+                "--allow-nonfinite accepts it)"
+            )
         if math.isnan(self.value):
             return f"{self.file}: {self.key} is NaN, so the bound {self.condition.text!r} cannot be checked (counted as broken)"
         return f"{self.file}: {self.key} = {self.value:.6g} breaks the bound {self.condition.text!r}"
 
 
-def check(conditions: Iterable[Condition], tables: Mapping[str, Mapping[str, float]]) -> list[Breach]:
+def check(
+    conditions: Iterable[Condition], tables: Mapping[str, Mapping[str, float]], *, allow_nonfinite: bool = False
+) -> list[Breach]:
     """Every (file, number, condition) where the condition holds. A condition naming no number in any
-    file is a user error (a typo must not pass a CI gate silently)."""
+    file is a user error (a typo must not pass a CI gate silently). In a file whose loss grids hold
+    NaN or infinite points every bound is broken (a max over the finite points alone passed a gate
+    on a grid that was 120/121 infinite), unless `allow_nonfinite`; bounds on the counts themselves
+    are checked as usual."""
     breaches: list[Breach] = []
     for cond in conditions:
         found = False
         for file, table in tables.items():
+            bad = 0 if allow_nonfinite else int(sum(v for k, v in table.items() if k.endswith(NONFINITE)))
             for key, value in table.items():
                 if not matches(cond.name, key):
                     continue
                 found = True
-                if math.isnan(value) or cond.holds(value):
+                if bad and not key.endswith(NONFINITE):
+                    breaches.append(Breach(file, key, value, cond, nonfinite=bad))
+                elif math.isnan(value) or cond.holds(value):
                     breaches.append(Breach(file, key, value, cond))
         if not found:
             known = sorted({k for t in tables.values() for k in t})

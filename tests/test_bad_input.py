@@ -196,3 +196,35 @@ def test_outputs_that_cannot_be_files(cli, tmp_path):
         line = _one_error(cli(*args, "-o", tmp_path, *force))
         assert f"--output {tmp_path}: is a folder" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "s.h5"]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("hessian", "--sample", "linreg", "--max-iter", "0"), "--max-iter 0: must be at least 1"),
+        (("sharpness", "--sample", "linreg", "--ascent-steps", "-1"), "--ascent-steps -1: must be at least 1"),
+        (("track", "--sample", "linreg", "--tol", "0"), "--tol 0.0: must be positive"),
+        (("sweep", "--sample", "linreg", "--batch-size", "-1"), "--batch-size -1: must be positive"),
+        (("sweep", "--sample", "linreg", "--batch-size", "0"), "--batch-size 0: must be positive"),
+    ],
+)
+def test_numeric_options_out_of_range(cli, tmp_path, args, said):
+    assert said in _one_error(cli(*args, "-o", tmp_path / "out.h5"))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (("--levels", "100000000"), "--levels 100000000: must be from 1 to 1000"),
+        (("--levels", "0"), "--levels 0: must be from 1 to 1000"),
+        (("--vmin", "nan"), "--vmin nan: must be a finite number"),
+        (("--vmax", "inf"), "--vmax inf: must be a finite number"),
+        (("--sigma", "-1"), "--sigma -1.0: must be a positive number"),
+    ],
+)
+def test_plot_options_out_of_range(cli, tmp_path, option, said):
+    sweep = tmp_path / "s.h5"
+    assert cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "-o", sweep).code == 0
+    assert said in _one_error(cli("plot", sweep, *option, "-o", tmp_path / "f.png"))
+    assert not (tmp_path / "f.png").exists()

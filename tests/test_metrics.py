@@ -125,3 +125,42 @@ def test_cli_roughness_gate_end_to_end(cli, tmp_path):
     ri = collect(out)["roughness.ri"]
     assert cli("metrics", out, "--fail-if", f"ri > {ri * 1.01}").code == 0
     assert cli("metrics", out, "--fail-if", f"ri > {ri * 0.99}").code == 1
+
+
+LOSS_THAT_OVERFLOWS = """
+import torch.nn.functional as F
+
+def loss(out, y):
+    '''mse, infinite where it passes 100 (a diverged corner of the grid)'''
+    value = F.mse_loss(out, y)
+    return value * float("inf") if float(value) > 100 else value
+"""
+
+
+def test_a_gate_on_a_grid_with_nonfinite_points_is_broken(cli, tmp_path):
+    """loss_max over the finite points alone passed a gate on a mostly infinite grid: every bound on
+    such a file breaks, unless --allow-nonfinite; a bound on the count itself is checked as it is."""
+    (tmp_path / "overflow.py").write_text(LOSS_THAT_OVERFLOWS)
+    out = tmp_path / "s.h5"
+    loss = f"{tmp_path / 'overflow.py'}:loss"
+    assert cli("sweep", "--sample", "linreg", "--loss", loss, "--x", "-4:4:9", "-o", out).code == 0
+    with h5py.File(out, "r") as f:
+        stored = f["sweep/loss"][()]
+    bad = int((~np.isfinite(stored)).sum())
+    assert bad == 2  # the linreg sample's loss at -4 and 4 is 169
+    finite_max = float(np.nanmax(stored))
+    res = cli("metrics", out, "--fail-if", f"loss_max > {finite_max * 2}")
+    assert res.code == 1, res.err
+    assert f"{bad} point(s) of its loss grids are NaN or infinite" in res.err and "--allow-nonfinite" in res.err
+    assert cli("metrics", out, "--fail-if", f"loss_max > {finite_max * 2}", "--allow-nonfinite").code == 0
+    assert cli("metrics", out, "--fail-if", "nonfinite_points > 0").code == 1
+    assert cli("metrics", out, "--fail-if", f"nonfinite_points > {bad}").code == 0
+    # the roughness profiles count too
+    rough = tmp_path / "r.h5"
+    assert (
+        cli("roughness", "--sample", "linreg", "--loss", loss, "--span", "4", "--directions", "3", "-o", rough).code
+        == 0
+    )
+    res = cli("metrics", rough, "--json")
+    assert json.loads(res.out)["numbers"][str(rough)]["roughness.nonfinite_points"] > 0
+    assert cli("metrics", rough, "--fail-if", "ri > 1e9").code == 1

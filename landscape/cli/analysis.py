@@ -201,9 +201,17 @@ def metrics(
         typer.Option(
             "--fail-if",
             help='Exit with status 1 when a condition holds, e.g. "lambda_max > 50" or "roughness.ri >= 0.3". '
-            "Repeatable. A short name applies to every number ending in it; NaN counts as broken.",
+            "Repeatable. A short name applies to every number ending in it; NaN counts as broken, and so does "
+            "any bound on a file whose loss grids hold NaN or infinite points.",
         ),
     ] = None,
+    allow_nonfinite: Annotated[
+        bool,
+        typer.Option(
+            "--allow-nonfinite",
+            help="Check the bounds of files with NaN or infinite points too (over their finite points only).",
+        ),
+    ] = False,
 ) -> None:
     """Every number in the given results files as one table (or JSON), with CI gates.
 
@@ -217,7 +225,7 @@ def metrics(
 
     conditions = [parse_condition(c) for c in (fail_if or [])]
     tables = {str(p): collect(p) for p in paths}
-    breaches = check(conditions, tables)
+    breaches = check(conditions, tables, allow_nonfinite=allow_nonfinite)
     if as_json:
         payload = {
             "numbers": tables,

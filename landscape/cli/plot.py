@@ -5,6 +5,8 @@ No model, no data, no GPU: everything here reads HDF5 results files written by t
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,20 +33,50 @@ Metric = Annotated[str, typer.Option(help="What to draw: loss or accuracy (class
 Log = Annotated[
     bool, typer.Option("--log", help="Logarithmic colour scale, heights and contour levels.", rich_help_panel=SCALE)
 ]
+MAX_LEVELS = 1000  # more contour levels than a figure has pixel rows to tell apart (10^8 ran out of memory)
+
+
+def _finite(option: str) -> Callable[[float | None], float | None]:
+    def check(value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise LandscapeError(f"{option} {value}: must be a finite number")
+        return value
+
+    return check
+
+
+def _levels(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= MAX_LEVELS:
+        raise LandscapeError(f"--levels {value}: must be from 1 to {MAX_LEVELS}")
+    return value
+
+
+def _sigma(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise LandscapeError(f"--sigma {value}: must be a positive number")
+    return value
+
+
 Vmin = Annotated[
-    float | None, typer.Option(help="Clip values below this (colour scale and heights).", rich_help_panel=SCALE)
+    float | None,
+    typer.Option(
+        help="Clip values below this (colour scale and heights).", rich_help_panel=SCALE, callback=_finite("--vmin")
+    ),
 ]
 Vmax = Annotated[
     float | None,
     typer.Option(
-        help="Clip values above this, so one diverged corner does not flatten the picture.", rich_help_panel=SCALE
+        help="Clip values above this, so one diverged corner does not flatten the picture.",
+        rich_help_panel=SCALE,
+        callback=_finite("--vmax"),
     ),
 ]
 Levels = Annotated[
     int | None,
     typer.Option(
-        help="About N contour levels (default: Li et al.'s 0.1..10 step 0.5 when they resolve the loss).",
+        help="About N contour levels, 1 to 1000 (default: Li et al.'s 0.1..10 step 0.5 when they resolve the loss).",
         rich_help_panel=SCALE,
+        callback=_levels,
     ),
 ]
 Title = Annotated[str | None, typer.Option(help="Figure title (default: the results file's name).")]
@@ -125,7 +157,8 @@ def plot(
     vmax: Vmax = None,
     levels: Levels = None,
     sigma: Annotated[
-        float | None, typer.Option(help="Curvature density only: Gaussian width (default: the stored one).")
+        float | None,
+        typer.Option(help="Curvature density only: Gaussian width (default: the stored one).", callback=_sigma),
     ] = None,
     title: Title = None,
     plotlyjs: PlotlyJs = "inline",
@@ -144,8 +177,6 @@ def plot(
     """
     suffix = _suffix(output)
     _check_plotlyjs(plotlyjs)
-    if levels is not None and levels < 1:
-        raise LandscapeError(f"--levels {levels}: must be at least 1")
     if kind in SPECTRUM_KINDS or (kind is None and _has_group(path, "hessian") and not _has_group(path, "sweep")):
         _plot_spectrum(path, kind, sigma, output, suffix, plotlyjs, title)
         return
