@@ -228,3 +228,16 @@ def test_plot_options_out_of_range(cli, tmp_path, option, said):
     assert cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "-o", sweep).code == 0
     assert said in _one_error(cli("plot", sweep, *option, "-o", tmp_path / "f.png"))
     assert not (tmp_path / "f.png").exists()
+
+
+def test_a_config_file_cannot_turn_on_unsafe_pickle(cli, tmp_path):
+    """A config travels with checkpoints (a shared folder, a repository): it may not switch on unpickling."""
+    config = tmp_path / "run.toml"
+    config.write_text('[sweep]\nunsafe_pickle = true\nx = "-1:1:3"\n')
+    line = _one_error(cli("sweep", "--sample", "linreg", "--config", config, "-o", tmp_path / "s.h5"))
+    assert f"--config {config}: unsafe_pickle = true is refused" in line and "only the command line" in line
+    assert not (tmp_path / "s.h5").exists()
+    config.write_text('[sweep]\nunsafe_pickle = false\nx = "-1:1:3"\n')
+    assert cli("sweep", "--sample", "linreg", "--config", config, "-o", tmp_path / "s.h5").code == 0
+    help_text = cli("sweep", "--help").out
+    assert "imports and runs that file" in " ".join(help_text.replace("│", " ").split())

@@ -260,8 +260,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     np.testing.assert_allclose(a["accuracy"], b["accuracy"], rtol=1e-12)
 
 
-def _interrupt_after_first_line(args: list[str], when=None) -> tuple[int, str]:
-    """Run `landscape ARGS`, send Ctrl-C (SIGINT) once it has printed its first line (and `when()` holds)."""
+def _interrupt_after_first_line(args: list[str], when=None, sig=signal.SIGINT) -> tuple[int, str]:
+    """Run `landscape ARGS`, send Ctrl-C (SIGINT, or `sig`) once it has printed its first line (and `when()` holds)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "landscape", *args],
@@ -275,7 +275,7 @@ def _interrupt_after_first_line(args: list[str], when=None) -> tuple[int, str]:
     while when is not None and time.time() < deadline and proc.poll() is None and not when():
         time.sleep(0.05)
     assert proc.poll() is None, "finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rest = proc.stderr.read()
     return proc.wait(), first + rest
 
@@ -310,6 +310,24 @@ def test_ctrl_c_says_what_was_kept(tmp_path):
     )
     assert rc == 130 and "Traceback" not in text and "interrupted:" in text
     assert not (tmp_path / "c.h5").exists()
+
+
+def test_sigterm_is_a_ctrl_c_with_exit_143(tmp_path):
+    """SLURM preemption sends SIGTERM: the sweep says what it kept, exits 143, and --resume finishes it."""
+    path = tmp_path / "s.h5"
+    args = ["sweep", "--sample", "cnn", "--x", "-1:1:15", "--y", "-1:1:15", "--dtype", "float64"]
+    args += ["--strategy", "loop", "--device", "cpu", "-o", str(path)]
+    rc, text = _interrupt_after_first_line(args, when=lambda: _done(path) > 0, sig=signal.SIGTERM)
+    done = _done(path)
+    assert rc == 143 and "Traceback" not in text, text
+    assert f"interrupted: {done} of 225 points are in {path}; run the same command with --resume" in text
+    res = subprocess.run(
+        [sys.executable, "-m", "landscape", *args, "--resume"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0 and read_sweep(path)["attrs"]["complete"], res.stderr
 
 
 def test_cli_py_from_a_checkout():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("LANDSCAPE_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     keep_freed_memory()  # large temporaries reused instead of page-faulted in on every forward pass
+    terminated = stop_on_sigterm()
     try:
         app(args=args, prog_name="landscape")
     except LandscapeError as exc:
@@ -48,12 +50,30 @@ def main(argv: list[str] | None = None) -> None:
         # `sweep` and `roughness` report their own interrupts (what was kept, how to resume), raising Exit from None.
         if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
             interrupted(": results files are written whole at the end, so none was written")
+        if exc.code == 130 and terminated:
+            sys.exit(128 + signal.SIGTERM)
         raise
     except Exception as exc:  # not the tool's own: one line naming what failed, the traceback on request
         if debug:
             raise
         tagged("error:", "red", failure_line(exc, output_of(args)) + " (run with --debug for the traceback)")
         sys.exit(1)
+
+
+def stop_on_sigterm() -> list[int]:
+    """SIGTERM (a batch system's preemption, `kill`) stops a run as Ctrl-C does: what was kept and
+    how to resume are said, and the exit status is 143; the returned list is not empty once it came."""
+    came: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        came.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (the CLI called from a thread): leave the signal alone
+        pass
+    return came
 
 
 def output_of(args: list[str]) -> str:

@@ -48,6 +48,9 @@ def one_of(flag: str, values: tuple[str, ...]) -> Callable[[str], str]:
     return check
 
 
+COMMAND_LINE_ONLY = ("unsafe_pickle",)  # options a config file may not turn on
+
+
 def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | None:
     """Eager --config: read a TOML file into the command's defaults, so flags on the line still win."""
     if value is None:
@@ -72,6 +75,11 @@ def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | No
         k = key.replace("-", "_")
         if k not in known:
             raise LandscapeError(f"--config {value}: unknown option {key!r} for `landscape {name}`")
+        if k in COMMAND_LINE_ONLY and val:
+            raise LandscapeError(
+                f"--config {value}: {key} = {str(val).lower()} is refused: --{k.replace('_', '-')} lets a file run code "
+                "when it is read, so only the command line can turn it on"
+            )
         defaults[k] = str(val) if isinstance(val, float) else val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
@@ -80,7 +88,7 @@ def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | No
 Model = Annotated[
     str | None,
     typer.Option(
-        help="Model factory: MODULE:FACTORY or path/to/file.py:FACTORY, or a Hugging Face model directory (default: --checkpoint when it is one).",
+        help="Model factory: MODULE:FACTORY or path/to/file.py:FACTORY (imports and runs that file: name only files you trust), or a Hugging Face model directory (default: --checkpoint when it is one).",
         rich_help_panel=LOAD,
     ),
 ]
@@ -94,14 +102,14 @@ Checkpoint = Annotated[
 Data = Annotated[
     str | None,
     typer.Option(
-        help="Data: a .pt/.npz/.h5 file holding x and y (or named columns: input_ids, attention_mask, labels, ...), or file.py:fn returning tensors, a Dataset or a DataLoader (of pairs or of dicts).",
+        help="Data: a .pt/.npz/.h5 file holding x and y (or named columns: input_ids, attention_mask, labels, ...), or file.py:fn returning tensors, a Dataset or a DataLoader (of pairs or of dicts; the file is imported and run).",
         rich_help_panel=LOAD,
     ),
 ]
 Loss = Annotated[
     str | None,
     typer.Option(
-        help="cross-entropy (default for integer targets; logits [N, C, ...] or [B, T, V]; targets -100 ignored), next-token (causal language models: logits [B, T, V] predict the next of the tokens [B, T]), mse (default otherwise), or file.py:fn(output, target) -> mean loss. The built-ins read .logits, ['logits'] or a tuple's first element of the output; your function gets the output as it is.",
+        help="cross-entropy (default for integer targets; logits [N, C, ...] or [B, T, V]; targets -100 ignored), next-token (causal language models: logits [B, T, V] predict the next of the tokens [B, T]), mse (default otherwise), or file.py:fn(output, target) -> mean loss (the file is imported and run). The built-ins read .logits, ['logits'] or a tuple's first element of the output; your function gets the output as it is.",
         rich_help_panel=LOAD,
     ),
 ]
@@ -162,7 +170,7 @@ UnsafePickle = Annotated[
     bool,
     typer.Option(
         "--unsafe-pickle",
-        help="Allow torch.load to unpickle arbitrary objects. Only for files you trust: unpickling can run code.",
+        help="Allow torch.load to unpickle arbitrary objects. Only for files you trust: unpickling can run code. Only on the command line (a --config file cannot turn it on).",
         rich_help_panel=LOAD,
     ),
 ]
