@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	mkdir -p landscape-out
 	$(BIN)/landscape sweep --sample mlp --x -1:1:51 --y -1:1:51 --force -o landscape-out/mlp-surface.h5
-	$(BIN)/landscape plot landscape-out/mlp-surface.h5 -o landscape-out/mlp-surface.png
+	$(BIN)/landscape plot landscape-out/mlp-surface.h5 --force -o landscape-out/mlp-surface.png
 	$(BIN)/landscape sweep --sample mlp --x -1:1:51 --force -o landscape-out/mlp-line.h5
-	$(BIN)/landscape plot landscape-out/mlp-line.h5 -o landscape-out/mlp-line.png
+	$(BIN)/landscape plot landscape-out/mlp-line.h5 --force -o landscape-out/mlp-line.png
 	@echo
 	@echo "Results in landscape-out/: mlp-surface.h5 mlp-surface.png mlp-line.h5 mlp-line.png"
 	@echo "Inspect one with: $(BIN)/landscape info landscape-out/mlp-surface.h5"

@@ -94,16 +94,35 @@ def main(argv: list[str] | None = None) -> None:
             h5["transformer_curv"],
         )
 
-        run("plot", h5["mlp"], "--kind", "contour", "-o", out / "mlp_contour.png")
-        run("plot", h5["mlp"], "--kind", "surface", "-o", out / "mlp_surface.png")
-        run("plot", h5["mlp"], "--kind", "heatmap", "--metric", "accuracy", "-o", out / "mlp_accuracy.png")
-        run("plot", h5["cnn"], "--kind", "filled", "--log", "-o", out / "cnn_filled_log.png")
-        run("compare", h5["mlp"], h5["cnn"], "--kind", "filled", "--vmax", "10", "-o", out / "compare_mlp_cnn.png")
-        run("plot", h5["linreg"], "--kind", "contour", "--log", "-o", out / "linreg_log.png")
-        run("plot", h5["transformer"], "-o", out / "transformer_line.png")
-        run("plot", h5["mlp_path"], "-o", out / "mlp_path.png")
-        run("plot", h5["transformer_curv"], "--kind", "eigenvalues", "-o", out / "transformer_eigenvalues.png")
-        run("plot", h5["transformer_curv"], "--kind", "density", "-o", out / "transformer_density.png")
+        run("plot", h5["mlp"], "--kind", "contour", "--force", "-o", out / "mlp_contour.png")
+        run("plot", h5["mlp"], "--kind", "surface", "--force", "-o", out / "mlp_surface.png")
+        run("plot", h5["mlp"], "--kind", "heatmap", "--metric", "accuracy", "--force", "-o", out / "mlp_accuracy.png")
+        run("plot", h5["cnn"], "--kind", "filled", "--log", "--force", "-o", out / "cnn_filled_log.png")
+        run(
+            "compare",
+            h5["mlp"],
+            h5["cnn"],
+            "--kind",
+            "filled",
+            "--vmax",
+            "10",
+            "--force",
+            "-o",
+            out / "compare_mlp_cnn.png",
+        )
+        run("plot", h5["linreg"], "--kind", "contour", "--log", "--force", "-o", out / "linreg_log.png")
+        run("plot", h5["transformer"], "--force", "-o", out / "transformer_line.png")
+        run("plot", h5["mlp_path"], "--force", "-o", out / "mlp_path.png")
+        run(
+            "plot",
+            h5["transformer_curv"],
+            "--kind",
+            "eigenvalues",
+            "--force",
+            "-o",
+            out / "transformer_eigenvalues.png",
+        )
+        run("plot", h5["transformer_curv"], "--kind", "density", "--force", "-o", out / "transformer_density.png")
         run(
             "report",
             h5["mlp"],
@@ -115,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
             "landscape gallery: bundled samples",
             "--plotlyjs",
             "inline" if args.self_contained else "cdn",
+            "--force",
             "-o",
             out / "report.html",
         )

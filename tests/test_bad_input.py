@@ -5,6 +5,7 @@ that cannot be files. Each is one line naming what is wrong, exit 2, and no file
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -241,3 +242,53 @@ def test_a_config_file_cannot_turn_on_unsafe_pickle(cli, tmp_path):
     assert cli("sweep", "--sample", "linreg", "--config", config, "-o", tmp_path / "s.h5").code == 0
     help_text = cli("sweep", "--help").out
     assert "imports and runs that file" in " ".join(help_text.replace("│", " ").split())
+
+
+def test_outputs_that_are_inputs_or_not_regular_files_are_refused(cli, tmp_path):
+    """-o naming a command's own input overwrote it (a checkpoint, the data, the file to draw, the
+    model's source); -o /dev/null --force as root replaced the device node."""
+    from landscape.io.samples import sample
+
+    linreg = sample("linreg")
+    ckpt, data = tmp_path / "w.pt", tmp_path / "d.npz"
+    ckpt.write_bytes(Path(linreg["checkpoint"]).read_bytes())
+    data.write_bytes(Path(linreg["data"]).read_bytes())
+    (tmp_path / "net.py").write_text("from landscape.sample_models.models import linreg as make\n")
+    load = ["--model", f"{tmp_path / 'net.py'}:make", "--checkpoint", ckpt, "--data", data]
+    before = {p: p.read_bytes() for p in (ckpt, data, tmp_path / "net.py")}
+    for target, said in ((ckpt, "--checkpoint"), (data, "--data"), (tmp_path / "net.py", "--model")):
+        for command in ("sweep", "hessian", "roughness"):
+            line = _one_error(cli(command, *load, "-o", target, "--force"))
+            assert f"--output {target}: is {said} of this command; write it elsewhere" in line, line
+    own = Path(linreg["checkpoint"])
+    kept = own.read_bytes()
+    try:
+        line = _one_error(cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "-o", own, "--force"))
+        assert "is a file of --sample linreg" in line, line
+    finally:
+        if own.read_bytes() != kept:  # never leave the bundled sample broken for the other tests
+            own.write_bytes(kept)
+    sweep = tmp_path / "s.h5"
+    assert cli("sweep", *load, "--x", "-1:1:3", "-o", sweep).code == 0
+    drawn = sweep.read_bytes()
+    for command in ("plot", "report", "export"):
+        line = _one_error(cli(command, sweep, "-o", sweep, "--force"))
+        assert f"--output {sweep}: is an input of this command" in line, line
+    assert sweep.read_bytes() == drawn and all(p.read_bytes() == b for p, b in before.items())
+    if Path("/dev/null").exists():
+        line = _one_error(cli("sweep", *load, "-o", "/dev/null", "--force"))
+        assert "--output /dev/null: not a regular file" in line, line
+        assert Path("/dev/null").is_char_device()
+
+
+def test_plot_report_export_refuse_an_existing_output_without_force(cli, tmp_path):
+    sweep = tmp_path / "s.h5"
+    assert cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "-o", sweep).code == 0
+    for command, name in (("plot", "f.png"), ("report", "r.html"), ("export", "e.csv")):
+        out = tmp_path / name
+        assert cli(command, sweep, "-o", out).code == 0
+        first = out.read_bytes()
+        out.write_bytes(b"someone's file")
+        assert f"{out} exists: pass --force to overwrite it" in _one_error(cli(command, sweep, "-o", out))
+        assert out.read_bytes() == b"someone's file"
+        assert cli(command, sweep, "-o", out, "--force").code == 0 and out.read_bytes() == first

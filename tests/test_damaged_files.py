@@ -95,11 +95,11 @@ def _commands(kind: str, path: Path, out: Path) -> list[list[str]]:
     commands = [
         ["info", str(path)],
         ["metrics", str(path)],
-        ["plot", str(path), "-o", str(out / "figure.png")],
-        ["report", str(path), "-o", str(out / "report.html")],
+        ["plot", str(path), "--force", "-o", str(out / "figure.png")],
+        ["report", str(path), "--force", "-o", str(out / "report.html")],
     ]
     if kind in ("line", "grid"):
-        commands.append(["export", str(path), "-o", str(out / "points.csv")])
+        commands.append(["export", str(path), "--force", "-o", str(out / "points.csv")])
         commands.append(["sweep", "--sample", "mlp", *_sweep_args(kind), "--resume", "-o", str(path)])
     return commands
 

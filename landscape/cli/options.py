@@ -125,9 +125,12 @@ Samples = Annotated[
 
 
 def output_file(path: Path) -> Path:
-    """An --output that can be a file: not a folder, and no file where its folder should be."""
+    """An --output that can be a file: not a folder, not a device or pipe (`-o /dev/null --force` as
+    root replaced the device node), and no file where its folder should be."""
     if path.is_dir():
         raise LandscapeError(f"--output {path}: is a folder; name a file (in it)")
+    if path.exists() and not path.is_file():
+        raise LandscapeError(f"--output {path}: not a regular file (a device, a pipe or a socket); name a file")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -223,6 +226,58 @@ MODEL_OPTIONS = (  # how to read a real model's files: added to every command th
 )
 
 
+INPUTS = (
+    "checkpoint",
+    "data",
+    "model",
+    "loss",
+    "to",
+    "axes_from",
+    "train_data",
+    "checkpoints",
+    "path",
+    "paths",
+    "config",
+)
+OUTPUTS = ("output", "figure")
+
+
+def refuse_inputs_as_outputs(options: dict[str, Any]) -> None:
+    """No --output (or --figure) may be one of the command's inputs: a checkpoint, the data, a
+    results file to draw, the file of a `file.py:fn` option. Writing there destroyed the input."""
+    inputs: list[tuple[str, Path]] = []
+    for name in INPUTS:
+        values = options.get(name)
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if value is None:
+                continue
+            text = str(value)
+            for candidate in {text, text.rsplit(":", 1)[0]}:
+                if Path(candidate).is_file():
+                    inputs.append((name, Path(candidate)))
+    if options.get("sample"):  # the bundled sample's own files (its checkpoints, its data)
+        from landscape.io.samples import registry
+
+        entry = registry().get(str(options["sample"]), {})
+        for value in [entry.get("checkpoint"), entry.get("data"), *entry.get("checkpoints", [])]:
+            if value:
+                inputs.append(("sample", Path(value)))
+    for name in OUTPUTS:
+        out = options.get(name)
+        if out is None or not Path(out).is_file():
+            continue
+        for which, path in inputs:
+            if Path(out).resolve() == path.resolve():
+                flag = "--" + name.replace("_", "-")
+                if which == "sample":
+                    given = f"a file of --sample {options['sample']}"
+                elif which in ("path", "paths", "checkpoints"):
+                    given = "an input of this command"
+                else:
+                    given = f"--{which.replace('_', '-')} of this command"
+                raise LandscapeError(f"{flag} {out}: is {given}; write it elsewhere")
+
+
 def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command the MODEL_OPTIONS; it receives them as one dict `model_options` of LoadSpec fields."""
     signature = inspect.signature(command)
@@ -236,6 +291,7 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        refuse_inputs_as_outputs(kwargs)
         return command(*args, model_options={n: kwargs.pop(n) for n in names}, **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=[*visible, *MODEL_OPTIONS])  # type: ignore[attr-defined]

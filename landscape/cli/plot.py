@@ -13,7 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from landscape.cli import app
-from landscape.cli.options import output_file, wrote
+from landscape.cli.options import output_file, refuse_inputs_as_outputs, wrote
+from landscape.cli.shared import Force, check_output
 from landscape.errors import LandscapeError
 
 DRAW = "Draw"
@@ -162,6 +163,7 @@ def plot(
     ] = None,
     title: Title = None,
     plotlyjs: PlotlyJs = "inline",
+    force: Force = False,
 ) -> None:
     """Draw one results file: a loss curve, contour lines, filled contours, a heatmap or a 3D surface.
 
@@ -175,6 +177,8 @@ def plot(
 
       landscape plot mlp.h5 --kind all -o mlp.html             (interactive, opens offline)
     """
+    refuse_inputs_as_outputs({"path": path, "output": output})
+    check_output(output, force)
     suffix = _suffix(output)
     _check_plotlyjs(plotlyjs)
     if kind in SPECTRUM_KINDS or (kind is None and _has_group(path, "hessian") and not _has_group(path, "sweep")):
@@ -229,11 +233,14 @@ def compare(
     levels: Levels = None,
     title: Title = None,
     plotlyjs: PlotlyJs = "inline",
+    force: Force = False,
 ) -> None:
     """Several runs side by side with the same axes and one colour scale (1D lines: overlaid).
 
     Example: landscape compare sgd.h5 adam.h5 -o cmp.png
     """
+    refuse_inputs_as_outputs({"paths": paths, "output": output})
+    check_output(output, force)
     if len(paths) < 2:
         raise LandscapeError("compare: give at least two results files")
     suffix = _suffix(output)
@@ -267,12 +274,15 @@ def report(
     ] = Path("landscape-report.html"),
     title: Title = None,
     plotlyjs: PlotlyJs = "inline",
+    force: Force = False,
 ) -> None:
     """One HTML file with everything: provenance, numbers and every figure, interactive.
 
     plotly.js is embedded once (the file opens offline, e.g. as an e-mail attachment); --plotlyjs cdn
     makes a small file instead. Example: landscape report mlp.h5 cnn.h5 -o report.html
     """
+    refuse_inputs_as_outputs({"paths": paths, "output": output})
+    check_output(output, force)
     if output.suffix.lower() not in (".html", ".htm"):
         raise LandscapeError(f"--output {output}: a report is an HTML file (.html)")
     _check_plotlyjs(plotlyjs)
@@ -298,11 +308,14 @@ def export(
         str | None, typer.Option("--format", help="vtk or csv (default: from the output's suffix).")
     ] = None,
     vmax: Vmax = None,
+    force: Force = False,
 ) -> None:
     """Export a sweep: a VTK grid for ParaView (heights = loss, clipped to --vmax) or CSV, one row per point.
 
     Example: landscape export mlp.h5 -o mlp.vts && paraview mlp.vts
     """
+    refuse_inputs_as_outputs({"path": path, "output": output})
+    check_output(output, force)
     from landscape.io.results import read_sweep
     from landscape.render.export import export_csv, export_vtk, format_for
 
