@@ -112,6 +112,8 @@ class SweepResult:
         store = self.create_file(path)
         idx = np.flatnonzero(self.done.reshape(-1))
         acc = None if self.accuracy is None else self.accuracy.reshape(-1)[idx]
+        if self.run.get("strategy") not in (None, "none"):
+            store.chose(str(self.run["strategy"]))
         store.write(idx, self.loss.reshape(-1)[idx], acc)
         for name, group in self.groups.items():
             add_group(store.path, name, group)

@@ -4,6 +4,7 @@ existing complete file untouched, and no crash of HDF5 on a full disk."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -237,7 +238,7 @@ def test_a_failed_chunk_write_keeps_the_points_before_and_resume_equals_an_unint
     def failing_open(file, mode="r", *a, **kw):
         if mode == "r+b":
             writes.append(file)
-            if len(writes) == 2:
+            if len(writes) == 3:  # 1: the strategy's slot, 2: the first point, 3: the second
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_open(file, mode, *a, **kw)
 
@@ -411,6 +412,7 @@ def test_sigkill_at_random_moments(tmp_path, command, kills):
             out.name,
             f"{out.name}.partial",
             f"{out.name}{resumable}",
+            f"{out.name}.lock",  # a killed run's lock file (its flock went with the process)
         }
         assert not {n for n in left if n.startswith(out.name)}, left
         subprocess.run([*base, "-o", str(out), *again], check=True, capture_output=True, timeout=300)
@@ -420,6 +422,7 @@ def test_sigkill_at_random_moments(tmp_path, command, kills):
                 continue
             np.testing.assert_allclose(got[name], want[name], rtol=1e-9, err_msg=f"{command} {name} after {again}")
         assert not (tmp_path / f"{out.name}.partial").exists() and not (tmp_path / f"{out.name}.points").exists()
+        assert not (tmp_path / f"{out.name}.lock").exists()  # ... and it did not block the next run
 
 
 MODEL_THAT_FAILS = '''
@@ -484,3 +487,48 @@ def test_a_forward_failing_mid_sweep_names_the_point_and_resume_finishes(cli, tm
     monkeypatch.delenv("LANDSCAPE_TEST_FAIL")
     assert cli(*args, "-o", out, "--resume").code == 0
     np.testing.assert_allclose(_sweep_values(out)[0], _sweep_values(tmp_path / "whole.h5")[0], rtol=1e-12)
+
+
+def test_a_second_run_on_the_same_output_is_refused(cli, tmp_path):
+    """Two sweeps at once on one -o mixed their values in one file; the second is now refused while
+    the first runs, and the first's file is whole and its own."""
+    import time
+
+    out = tmp_path / "s.h5"
+    # long enough (about 10 s) to outlast the 3 s a second run waits for a dying run's lock
+    args = ["sweep", "--sample", "cnn", "--x", "-1:1:21", "--y", "-1:1:21", "--strategy", "loop", "--dtype", "float64"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "landscape", *args, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 120
+    while not (tmp_path / "s.h5.lock").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    res = cli(*args, "--seed", "1", "--force", "-o", out)
+    still_running = first.poll() is None
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert still_running, "the first run ended before the second started; the check saw nothing"
+    assert res.code == 2 and "another landscape run (pid " in res.err and "is writing it" in res.err, res.err
+    with h5py.File(out, "r") as f:
+        assert f.attrs["complete"] and f["sweep/done"][()].all()
+        assert json.loads(f.attrs["settings"])["seed"] == 0
+    assert not (tmp_path / "s.h5.lock").exists()
+    assert cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "--force", "-o", out).code == 0  # then the next may run
+
+
+def test_resume_goes_on_with_the_strategy_the_run_before_picked(cli, tmp_path, monkeypatch, failing_loss):
+    """Another strategy's values differ in the last digits: a resumed --strategy auto run used to
+    mix them. The file keeps the probe's pick; --resume runs it, so the numbers equal a run never stopped."""
+    args = ("sweep", "--sample", "mlp", "--loss", failing_loss, "--x", "-0.2:1:25")
+    assert cli(*args, "--strategy", "firstlayer", "-o", tmp_path / "whole.h5").code == 0
+    monkeypatch.setenv("LANDSCAPE_TEST_FAIL", "raise")
+    out = tmp_path / "cut.h5"
+    assert cli(*args, "--strategy", "firstlayer", "-o", out).code == 1
+    with h5py.File(out, "r") as f:
+        assert bytes(f["sweep/strategy_in_use"][()]).rstrip(b"\0") == b"firstlayer"
+        assert 0 < f["sweep/done"][()].sum() < 25
+    monkeypatch.delenv("LANDSCAPE_TEST_FAIL")
+    res = cli(*args, "-o", out, "--resume")  # --strategy auto
+    assert res.code == 0 and "going on with strategy firstlayer, as the run before" in res.err, res.err
+    # the same strategy, in float32: the points of a call differ (chunks are sized by time), so the
+    # values agree to float32 rounding (2.9e-7 measured), not the 3e-5 of another strategy's
+    np.testing.assert_allclose(_sweep_values(out)[0], _sweep_values(tmp_path / "whole.h5")[0], rtol=2e-6)

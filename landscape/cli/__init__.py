@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 
@@ -39,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # large temporaries reused instead of page-faulted in on every forward pass
     terminated = stop_on_sigterm()
     try:
-        app(args=args, prog_name="landscape")
+        with output_held(output_of(args)):
+            app(args=args, prog_name="landscape")
     except LandscapeError as exc:
         if debug:
             raise
@@ -58,6 +63,56 @@ def main(argv: list[str] | None = None) -> None:
             raise
         tagged("error:", "red", failure_line(exc, output_of(args)) + " (run with --debug for the traceback)")
         sys.exit(1)
+
+
+LOCK_GRACE_S = 3.0  # a killed run's process may take a moment to exit and let its lock go
+
+
+@contextmanager
+def output_held(output: str) -> Iterator[None]:
+    """Hold `OUTPUT.lock` (an exclusive flock, released by the kernel whatever ends the process) for
+    the command's lifetime: a second run on the same -o is refused. Two sweeps at once on one file
+    left it saying seed 1 while it held thousands of values from the seed-0 run. Under torchrun only
+    rank 0 writes, so only it locks; where no lock file can be made, the command's own write says why."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        yield
+        return
+    if not output or os.environ.get("RANK", "0") != "0" or (os.path.exists(output) and not os.path.isfile(output)):
+        yield  # nothing to hold (a device or a folder as -o is refused by the command itself)
+        return
+    lock = Path(output).with_name(Path(output).name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # no such folder yet, a read-only one, a file where the folder should be
+        yield
+        return
+    try:
+        deadline = time.monotonic() + LOCK_GRACE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    raise LandscapeError(
+                        f"--output {output}: another landscape run (pid {holder}) is writing it; wait for it to "
+                        "end or choose another -o"
+                    ) from None
+                time.sleep(0.05)
+        try:  # the holder's pid, for the message above; on a full disk there is no room for it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def stop_on_sigterm() -> list[int]:

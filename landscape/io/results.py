@@ -134,6 +134,21 @@ class SweepFile:
         self.coords = coords
         self.grids = grids  # loss, done and perhaps accuracy: what the file holds
         self._offsets = _grid_offsets(path, grids)
+        self._strategy_at, self.strategy_used = _strategy_slot(path)
+
+    def chose(self, strategy: str) -> None:
+        """Keep the strategy the probe picked in the file's slot for it, so that --resume runs the
+        same one (another one's values differ in the last digits: a resumed run mixed them)."""
+        if self._strategy_at is None or strategy == self.strategy_used:
+            return
+        text = strategy.encode()[:STRATEGY_BYTES].ljust(STRATEGY_BYTES, b"\0")
+        try:
+            with open(self.path, "r+b") as out:
+                out.seek(self._strategy_at)
+                out.write(text)
+        except OSError as exc:
+            raise RunFailure(f"cannot write {self.path}: {os_reason(exc)}; {self._kept()}") from exc
+        self.strategy_used = strategy
 
     @property
     def done(self) -> np.ndarray:
@@ -173,6 +188,7 @@ class SweepFile:
                 cg.create_dataset(name, data=np.asarray(c, dtype=np.float64))
             for name, grid in grids.items():
                 sweep.create_dataset(name, data=grid)
+            sweep.create_dataset(STRATEGY_SLOT, data=np.zeros(STRATEGY_BYTES, dtype=np.uint8))
         return cls(path, [np.asarray(c, dtype=np.float64) for c in coords.values()], grids)
 
     @classmethod
@@ -232,6 +248,22 @@ class SweepFile:
                 f.attrs["complete"] = bool(self.done.all())
         except RunFailure as exc:
             raise RunFailure(f"{exc}; {self._kept()}") from exc
+
+
+STRATEGY_SLOT = "strategy_in_use"  # /sweep/strategy_in_use: the probe's pick, NUL-padded ASCII
+STRATEGY_BYTES = 32
+
+
+def _strategy_slot(path: Path) -> tuple[int | None, str | None]:
+    """Where the strategy slot's bytes are and the strategy it names (files of older versions, or
+    edited ones, have no usable slot: then nothing is kept and a resume probes again)."""
+    with open_h5(path, "r") as f:
+        ds = f["sweep"].get(STRATEGY_SLOT)
+        if not isinstance(ds, h5py.Dataset) or ds.shape != (STRATEGY_BYTES,) or ds.dtype != np.uint8:
+            return None, None
+        offset = ds.id.get_offset()
+        text = bytes(ds[()]).rstrip(b"\0").decode(errors="replace")
+    return offset, text or None
 
 
 def _grid_offsets(path: Path, grids: Mapping[str, np.ndarray]) -> dict[str, int]:

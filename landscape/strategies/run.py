@@ -34,6 +34,9 @@ class SweepSink(Protocol):
     def write(self, flat_index: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None) -> None:
         """Store values at flat grid indices and mark them done."""
 
+    def chose(self, strategy: str) -> None:
+        """Record the strategy the probe picked, before any point of it is stored."""
+
     def finish(self, attrs: Mapping[str, Any]) -> None:
         """Record how the sweep ran."""
 
@@ -57,6 +60,9 @@ class MemorySink:
         if self.accuracy is not None and accuracy is not None:
             self.accuracy.reshape(-1)[flat_index] = accuracy
         self.done.reshape(-1)[flat_index] = True
+
+    def chose(self, strategy: str) -> None:
+        self.attrs["strategy"] = strategy
 
     def finish(self, attrs: Mapping[str, Any]) -> None:
         self.attrs.update(attrs)
@@ -123,9 +129,13 @@ def run_sweep(
     def progress(left: int) -> None:
         on_progress(total - left, total)
 
+    def chose(name: str) -> None:  # kept with the points, so that --resume goes on with the same strategy
+        if world.main and sink is not None:
+            sink.chose(name)
+
     choice = evaluate_points(
         problem, directions, coords, todo, keep,
-        strategy=strategy, chunk_seconds=chunk_seconds, on_progress=progress, warn=warn, world=world,
+        strategy=strategy, chunk_seconds=chunk_seconds, on_progress=progress, warn=warn, world=world, on_choice=chose,
     )  # fmt: skip
     report.strategy, report.timings, report.dropped = choice.strategy.name, choice.timings, choice.dropped
     report.inapplicable = choice.inapplicable
@@ -148,6 +158,7 @@ def evaluate_points(
     warn: Callable[[str], None] = lambda msg: None,
     world: World = World(),
     where: Callable[[int], str] | None = None,
+    on_choice: Callable[[str], None] = lambda name: None,
 ) -> Choice:
     """Evaluate the points `coords[todo]` with the strategy a probe on the first of them picks, in
     chunks of about `chunk_seconds`, handing each rank's values to `keep(indices, values)`.
@@ -177,6 +188,7 @@ def evaluate_points(
     except Exception as exc:  # the model or loss, run before any point to size batches and calls
         raise point_failure("the first points (while the probe sized and timed the strategies)", exc) from exc
     chosen = world.broadcast(choice.strategy.name)
+    on_choice(chosen)
     if chosen != choice.strategy.name:  # every rank runs rank 0's choice
         choice.strategy.close()
         budget = memory_budget(problem.device)
