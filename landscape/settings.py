@@ -25,6 +25,7 @@ class Source:
     loss: str
     dtype: str
     load_options: str | None = None  # JSON of the loading options that are not the defaults
+    code_sha256: str | None = None  # JSON {"--model net.py": sha256, ...} of the user's source files
 
     @classmethod
     def of(cls, provenance: Mapping[str, Any]) -> Source:
@@ -37,12 +38,14 @@ class Source:
             loss=str(provenance["loss"]),
             dtype=str(provenance["dtype"]),
             load_options=provenance.get("load_options"),
+            code_sha256=provenance.get("code_sha256"),
         )
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if self.load_options is None:
-            del out["load_options"]
+        for key in ("load_options", "code_sha256"):  # absent unless used: older files' settings stay equal
+            if out[key] is None:
+                del out[key]
         return out
 
 

@@ -532,3 +532,23 @@ def test_resume_goes_on_with_the_strategy_the_run_before_picked(cli, tmp_path, m
     # the same strategy, in float32: the points of a call differ (chunks are sized by time), so the
     # values agree to float32 rounding (2.9e-7 measured), not the 3e-5 of another strategy's
     np.testing.assert_allclose(_sweep_values(out)[0], _sweep_values(tmp_path / "whole.h5")[0], rtol=2e-6)
+
+
+def test_resume_refuses_a_changed_loss_or_model_file(cli, tmp_path, monkeypatch, failing_loss):
+    """The settings named the user's code only by its spec string, so a resume after an edit of the
+    loss file mixed two losses in one grid: the file's sha256 is now part of the run's identity."""
+    args = ("sweep", "--sample", "mlp", "--loss", failing_loss, "--x", "-0.2:1:25", "--strategy", "loop")
+    monkeypatch.setenv("LANDSCAPE_TEST_FAIL", "raise")
+    out = tmp_path / "cut.h5"
+    assert cli(*args, "-o", out).code == 1
+    monkeypatch.delenv("LANDSCAPE_TEST_FAIL")
+    source = Path(failing_loss.rsplit(":", 1)[0])
+    original = source.read_text()
+    source.write_text(original.replace("return F.cross_entropy(out, y)\n", "return 2 * F.cross_entropy(out, y)\n"))
+    before = out.read_bytes()
+    res = cli(*args, "-o", out, "--resume")
+    assert res.code == 2 and len(_errors(res)) == 1, res.err
+    assert f"--resume {out}: made with other code: --loss {source} changed since" in res.err, res.err
+    assert out.read_bytes() == before
+    source.write_text(original)
+    assert cli(*args, "-o", out, "--resume").code == 0

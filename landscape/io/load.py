@@ -121,10 +121,24 @@ def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, 
         "torch_version": str(torch.__version__),
         "parameters": problem.layout.size,
     }
+    code = code_sha256(spec)
+    if code:  # the user's own code fixes the numbers too: a resume with an edited model file is refused
+        provenance["code_sha256"] = json.dumps(code, sort_keys=True)
     chosen = {k: v for k, v in asdict(spec).items() if k in LOAD_OPTION_DEFAULTS and v != LOAD_OPTION_DEFAULTS[k]}
     if chosen:  # how the files were read, where it is not the default: it fixes the numbers as much as the files do
         provenance["load_options"] = json.dumps(chosen, sort_keys=True)
     return problem.with_provenance(provenance), provenance
+
+
+def code_sha256(spec: LoadSpec) -> dict[str, str]:
+    """sha256 of each source file a `file.py:fn` option (--model, --data, --loss) imports, by option."""
+    out = {}
+    for option, value in (("--model", spec.model), ("--data", spec.data), ("--loss", spec.loss)):
+        if isinstance(value, str) and ":" in value:
+            source = Path(value.rsplit(":", 1)[0])
+            if source.suffix == ".py" and source.is_file():
+                out[f"{option} {source}"] = sha256_file(source)
+    return out
 
 
 def load_other_state(

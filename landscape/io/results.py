@@ -202,6 +202,8 @@ class SweepFile:
             stored = json.loads(f.attrs["settings"])
             wanted = json.loads(json.dumps(dict(settings), sort_keys=True))
             for key in sorted(set(stored) | set(wanted)):
+                if key == "code_sha256" and stored.get(key) != wanted.get(key):
+                    raise LandscapeError(f"--resume {path}: {changed_code(stored.get(key), wanted.get(key))}")
                 if stored.get(key) != wanted.get(key):
                     raise LandscapeError(
                         f"--resume {path}: made with other settings ({key}: file has {stored.get(key)!r}, "
@@ -252,6 +254,13 @@ class SweepFile:
 
 STRATEGY_SLOT = "strategy_in_use"  # /sweep/strategy_in_use: the probe's pick, NUL-padded ASCII
 STRATEGY_BYTES = 32
+
+
+def changed_code(stored: str | None, wanted: str | None) -> str:
+    """Which of the user's source files differ from the ones a file was made with, in words."""
+    before, now = json.loads(stored or "{}"), json.loads(wanted or "{}")
+    changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    return f"made with other code: {', '.join(changed)} changed since (its sha256 differs); start over with --force"
 
 
 def _strategy_slot(path: Path) -> tuple[int | None, str | None]:
