@@ -28,6 +28,7 @@ from landscape.io.analysis_store import Group, read_group, read_root, write_resu
 from landscape.io.curvature import read_curvature, write_curvature
 from landscape.io.results import SweepFile, check_ours, read_axes, read_sweep
 from landscape.params import Layout
+from landscape.strategies import Pick
 
 ROOT_KEYS = ("format", "format_version", "tool_version", "settings", "complete", "kind")
 """Root attributes every file carries that are not provenance."""
@@ -113,7 +114,8 @@ class SweepResult:
         idx = np.flatnonzero(self.done.reshape(-1))
         acc = None if self.accuracy is None else self.accuracy.reshape(-1)[idx]
         if self.run.get("strategy") not in (None, "none"):
-            store.chose(str(self.run["strategy"]))
+            sizes = [int(self.run.get(k) or 0) or None for k in ("batch_size", "points_per_call")]
+            store.chose(Pick(str(self.run["strategy"]), *sizes))
         store.write(idx, self.loss.reshape(-1)[idx], acc)
         for name, group in self.groups.items():
             add_group(store.path, name, group)

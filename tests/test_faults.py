@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -260,14 +261,15 @@ def _one_point_per_call():
     from landscape.strategies import run
     from landscape.strategies.base import evaluate_shrinking
 
-    def one_at_a_time(strat, coords, warn):
-        return run.concat([evaluate_shrinking(strat, coords[i : i + 1], warn) for i in range(len(coords))])
+    def one_at_a_time(strat, coords, warn, whole_calls=False):
+        return run.concat([evaluate_shrinking(strat, coords[i : i + 1], warn, whole_calls) for i in range(len(coords))])
 
     return one_at_a_time
 
 
 LOSS_THAT_FAILS = '''
 import os
+import signal
 import torch.nn.functional as F
 
 def loss(out, y):
@@ -427,6 +429,7 @@ def test_sigkill_at_random_moments(tmp_path, command, kills):
 
 MODEL_THAT_FAILS = '''
 import os
+import signal
 import torch
 from torch import nn
 
@@ -515,23 +518,47 @@ def test_a_second_run_on_the_same_output_is_refused(cli, tmp_path):
     assert cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "--force", "-o", out).code == 0  # then the next may run
 
 
-def test_resume_goes_on_with_the_strategy_the_run_before_picked(cli, tmp_path, monkeypatch, failing_loss):
+LOSS_THAT_KILLS = '''
+import os, signal
+import h5py
+import torch.nn.functional as F
+
+def loss(out, y):
+    """Cross-entropy; kills its own process once the results file holds a point."""
+    path = os.environ.get("LANDSCAPE_TEST_KILL_WHEN_DONE")
+    if path and os.path.exists(path):
+        with h5py.File(path, "r") as f:
+            if f["sweep/done"][()].any():
+                os.kill(os.getpid(), signal.SIGKILL)
+    return F.cross_entropy(out, y)
+'''
+
+
+@pytest.mark.parametrize("strategy", ["firstlayer", "vmap"])
+def test_resume_goes_on_with_the_strategy_the_run_before_picked(cli, tmp_path, strategy):
     """Another strategy's values differ in the last digits: a resumed --strategy auto run used to
-    mix them. The file keeps the probe's pick; --resume runs it, so the numbers equal a run never stopped."""
-    args = ("sweep", "--sample", "mlp", "--loss", failing_loss, "--x", "-0.2:1:25")
-    assert cli(*args, "--strategy", "firstlayer", "-o", tmp_path / "whole.h5").code == 0
-    monkeypatch.setenv("LANDSCAPE_TEST_FAIL", "raise")
+    mix them. The file keeps the pick (strategy, batch size, points per call); --resume runs it,
+    every call of a whole size, so the float32 numbers of a killed and resumed run equal those of
+    a run never stopped bit for bit (before, chunks sized by time gave calls of other sizes, and
+    the values differed by 2.9e-7)."""
+    source = tmp_path / "killing.py"
+    source.write_text(LOSS_THAT_KILLS)
     out = tmp_path / "cut.h5"
-    assert cli(*args, "--strategy", "firstlayer", "-o", out).code == 1
+    args = ("sweep", "--sample", "mlp", "--loss", f"{source}:loss", "--x", "-1:1:41", "--y", "-1:1:41")
+    assert cli(*args, "--strategy", strategy, "-o", tmp_path / "whole.h5").code == 0
+    env = {**os.environ, "LANDSCAPE_TEST_KILL_WHEN_DONE": str(out)}
+    killed = subprocess.run(
+        [sys.executable, "-m", "landscape", *args, "--strategy", strategy, "-o", str(out)], env=env, capture_output=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
     with h5py.File(out, "r") as f:
-        assert bytes(f["sweep/strategy_in_use"][()]).rstrip(b"\0") == b"firstlayer"
-        assert 0 < f["sweep/done"][()].sum() < 25
-    monkeypatch.delenv("LANDSCAPE_TEST_FAIL")
+        name, batch, per_call = bytes(f["sweep/strategy_in_use"][()]).rstrip(b"\0").decode().split()
+        assert name == strategy and int(batch) == 1797 and int(per_call) > 1
+        assert 0 < f["sweep/done"][()].sum() < 41 * 41
     res = cli(*args, "-o", out, "--resume")  # --strategy auto
-    assert res.code == 0 and "going on with strategy firstlayer, as the run before" in res.err, res.err
-    # the same strategy, in float32: the points of a call differ (chunks are sized by time), so the
-    # values agree to float32 rounding (2.9e-7 measured), not the 3e-5 of another strategy's
-    np.testing.assert_allclose(_sweep_values(out)[0], _sweep_values(tmp_path / "whole.h5")[0], rtol=2e-6)
+    said = f"going on with strategy {strategy} (batch size 1797, {per_call} points per call), as the run before"
+    assert res.code == 0 and said in res.err, res.err
+    np.testing.assert_array_equal(_sweep_values(out)[0], _sweep_values(tmp_path / "whole.h5")[0])
 
 
 def test_resume_refuses_a_changed_loss_or_model_file(cli, tmp_path, monkeypatch, failing_loss):

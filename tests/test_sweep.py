@@ -16,6 +16,7 @@ from landscape.losses import cross_entropy
 from landscape.problem import make_problem
 from landscape.strategies import (
     LOOP_MARGIN,
+    PROBE_POINTS,
     STRATEGIES,
     NotApplicable,
     build_strategy,
@@ -219,6 +220,40 @@ def test_probe_wastes_no_points_when_it_has_enough(monkeypatch):
         assert choice.probe_result.accuracy[i].item() == pytest.approx(acc, abs=1e-12)
 
 
+def test_probe_points_are_stored_as_the_probe_evaluates_them():
+    """A kill during the probe lost all its work (16 s on one model): its points were stored only
+    once a strategy was picked. Now each probe step's values reach the sink at once, before the
+    pick is recorded, and they are the points' true values."""
+    from landscape.strategies import MemorySink, run_sweep
+
+    class Recording(MemorySink):
+        def __init__(self, coords, classification):
+            super().__init__(coords, classification)
+            self.events: list[tuple[str, int]] = []
+
+        def write(self, flat_index, loss, accuracy):
+            self.events.append(("write", len(flat_index)))
+            super().write(flat_index, loss, accuracy)
+
+        def chose(self, pick):
+            self.events.append(("chose", 0))
+            super().chose(pick)
+
+    problem = sample_problem("mlp", samples=200)
+    dirs = random_directions(2, problem.theta, problem.layout, seed=0)
+    axes = [np.linspace(-1, 1, 15), np.linspace(-1, 1, 12)]
+    sink = Recording(axes, problem.classification)
+    run_sweep(problem, dirs, sink)
+    at = sink.events.index(("chose", 0))
+    before = [n for kind, n in sink.events[:at]]
+    assert len(before) >= 3 and sum(before) == min(PROBE_POINTS, 15 * 12), sink.events
+    assert sink.done.all()
+    for i in (0, 1, 2, 60, 179):  # the warm-up's point, stage-one points, and later ones
+        c = torch.tensor([axes[0][i // 12], axes[1][i % 12]], dtype=dirs.dtype)
+        loss, acc = direct_loss(problem, problem.theta + c @ dirs)
+        assert sink.loss.reshape(-1)[i] == pytest.approx(loss, rel=1e-5)
+
+
 def test_parse_range():
     from landscape.cli.options import parse_range
     from landscape.strategies import axis_grid
@@ -306,10 +341,10 @@ def test_out_of_memory_shrinks_and_goes_on():
     coords = grid_coords([torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 3)])
 
     class Tight(VmapStrategy):
-        def evaluate(self, coords):
+        def evaluate(self, coords, whole_calls=False):
             if self.k > 2 or self.batch_size > 60:
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-            return super().evaluate(coords)
+            return super().evaluate(coords, whole_calls)
 
     strat = Tight(problem, dirs, points_per_call=16)
     said = []

@@ -46,7 +46,7 @@ from landscape.io.load import load_other_theta, load_problem
 from landscape.io.results import SweepFile, read_axes
 from landscape.io.spec import sha256_file
 from landscape.problem import Problem
-from landscape.strategies import STRATEGIES
+from landscape.strategies import pick_to_resume
 
 AXES = "Axes and grid"
 
@@ -170,9 +170,9 @@ def sweep(
         )
         store = SweepFile.resume(output, planned.settings)
         say(f"resuming {output}: {int(store.done.sum())} of {store.done.size} points already done")
-        if strategy == "auto" and store.strategy_used in STRATEGIES:  # the same numbers as a run never killed
-            strategy = store.strategy_used
-            say(f"going on with strategy {strategy}, as the run before (the probe picked it)")
+        earlier = pick_to_resume(strategy, store.picked)  # run_sweep goes on with it: the numbers of a run never killed
+        if earlier is not None:
+            say(f"going on with strategy {earlier.describe()}, as the run before")
     elif world.main:
         the_axes = _make_axes(problem, dims, axes, axes_from, norm=norm, ignore=ignore, seed=seed, to=to, other=other)
         planned = ls.plan_sweep(problem, the_axes, x_grid, y_grid, command=command_line())

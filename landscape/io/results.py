@@ -28,6 +28,7 @@ from landscape.io.atomic import os_reason
 from landscape.io.h5file import open_h5, rewrite_atomically, write_atomically
 from landscape.io.schema import DAMAGED, check_root, check_sweep
 from landscape.params import Layout
+from landscape.strategies.run import Pick
 
 FORMAT = "landscape-results"
 FORMAT_VERSION = 1
@@ -134,21 +135,23 @@ class SweepFile:
         self.coords = coords
         self.grids = grids  # loss, done and perhaps accuracy: what the file holds
         self._offsets = _grid_offsets(path, grids)
-        self._strategy_at, self.strategy_used = _strategy_slot(path)
+        self._strategy_at, slot = _strategy_slot(path)
+        self.picked = Pick.parse(slot)
 
-    def chose(self, strategy: str) -> None:
-        """Keep the strategy the probe picked in the file's slot for it, so that --resume runs the
-        same one (another one's values differ in the last digits: a resumed run mixed them)."""
-        if self._strategy_at is None or strategy == self.strategy_used:
+    def chose(self, pick: Pick) -> None:
+        """Keep the strategy the probe picked (with its batch size and points per call) in the file's
+        slot for it, so that --resume runs the same (another one's values differ in the last digits:
+        a resumed run mixed them)."""
+        if self._strategy_at is None or pick == self.picked:
             return
-        text = strategy.encode()[:STRATEGY_BYTES].ljust(STRATEGY_BYTES, b"\0")
+        text = pick.text().encode()[:STRATEGY_BYTES].ljust(STRATEGY_BYTES, b"\0")
         try:
             with open(self.path, "r+b") as out:
                 out.seek(self._strategy_at)
                 out.write(text)
         except OSError as exc:
             raise RunFailure(f"cannot write {self.path}: {os_reason(exc)}; {self._kept()}") from exc
-        self.strategy_used = strategy
+        self.picked = pick
 
     @property
     def done(self) -> np.ndarray:
@@ -252,7 +255,7 @@ class SweepFile:
             raise RunFailure(f"{exc}; {self._kept()}") from exc
 
 
-STRATEGY_SLOT = "strategy_in_use"  # /sweep/strategy_in_use: the probe's pick, NUL-padded ASCII
+STRATEGY_SLOT = "strategy_in_use"  # /sweep/strategy_in_use: the probe's pick as `Pick.text`, NUL-padded ASCII
 STRATEGY_BYTES = 32
 
 

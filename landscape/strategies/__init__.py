@@ -22,7 +22,15 @@ from landscape.strategies.loop import LoopStrategy
 from landscape.strategies.mlpchain import MlpStrategy
 from landscape.strategies.probe import LOOP_MARGIN, PROBE_POINTS, Choice, choose_strategy, fastest_or_loop
 from landscape.strategies.registry import REGISTRY, STRATEGIES, build_strategy
-from landscape.strategies.run import MemorySink, SweepReport, SweepSink, evaluate_points, run_sweep
+from landscape.strategies.run import (
+    MemorySink,
+    Pick,
+    SweepReport,
+    SweepSink,
+    evaluate_points,
+    pick_to_resume,
+    run_sweep,
+)
 from landscape.strategies.vmap import VmapStrategy
 
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "MemorySink",
     "MlpStrategy",
     "NotApplicable",
+    "Pick",
     "Strategy",
     "SweepReport",
     "SweepSink",
@@ -55,6 +64,7 @@ __all__ = [
     "find_first_layer",
     "grid_coords",
     "memory_budget",
+    "pick_to_resume",
     "points_per_call",
     "run_sweep",
 ]

@@ -64,9 +64,16 @@ class Strategy:
         ]
 
     @torch.no_grad()
-    def evaluate(self, coords: torch.Tensor) -> Evaluation:
+    def evaluate(self, coords: torch.Tensor, whole_calls: bool = False) -> Evaluation:
+        """Loss and accuracy at the points; `whole_calls` pads the last call to `k` points (copies of
+        the last), so that every call has one shape and a point's value does not depend on how the
+        points were split into chunks (the kernels' rounding depends on the shape, not on the other
+        points): a resumed run then computes each point as a run never stopped would."""
         p = self.problem
+        n = coords.shape[0]
         coords = coords.to(p.device, p.theta.dtype)
+        if whole_calls and n % self.k:
+            coords = torch.cat([coords, coords[-1:].expand(self.k - n % self.k, -1)])
         loss = torch.zeros(coords.shape[0], dtype=torch.float64, device=p.device)
         correct = torch.zeros_like(loss)
         for start in range(0, coords.shape[0], self.k):
@@ -78,7 +85,7 @@ class Strategy:
                 loss[at] += lb.double() * yb.shape[0]
                 if cb is not None:
                     correct[at] += cb.double()
-        return Evaluation((loss / p.n).cpu(), (correct / p.n).cpu() if p.classification else None)
+        return Evaluation((loss[:n] / p.n).cpu(), (correct[:n] / p.n).cpu() if p.classification else None)
 
     def per_call(self, c: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -140,11 +147,13 @@ def points_per_call(problem: Problem, memory_budget: int, batch_size: int | None
     return int(max(1, min(64, memory_budget // max(per_point, 1))))
 
 
-def evaluate_shrinking(strat: Strategy, coords: torch.Tensor, warn: Callable[[str], None]) -> Evaluation:
+def evaluate_shrinking(
+    strat: Strategy, coords: torch.Tensor, warn: Callable[[str], None], whole_calls: bool = False
+) -> Evaluation:
     """`strat.evaluate`, retried with less memory after each out-of-memory error (GPU)."""
     while True:
         try:
-            return strat.evaluate(coords)
+            return strat.evaluate(coords, whole_calls)
         except torch.OutOfMemoryError:
             how = strat.shrink()
             if how is None:

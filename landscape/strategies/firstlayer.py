@@ -211,11 +211,11 @@ class FirstLayerStrategy(LoopStrategy):
             self.cache.point_bytes(), FIRST_LAYER_POINTS, problem.device, memory_budget // 4, FIRST_LAYER_CPU_BLOCK
         )
 
-    def evaluate(self, coords: torch.Tensor) -> Evaluation:
+    def evaluate(self, coords: torch.Tensor, whole_calls: bool = False) -> Evaluation:
         self.cache.refresh()
         self.cache.replace_forward(lambda: self._current)
         try:
-            return super().evaluate(coords)
+            return super().evaluate(coords, whole_calls)
         finally:
             self.cache.restore_forward()
 
@@ -269,10 +269,10 @@ class FirstLayerVmapStrategy(VmapStrategy):
     def first_layer_outputs(self, batch_index: int, c: torch.Tensor) -> torch.Tensor:
         return self.cache.outputs(batch_index, c)
 
-    def evaluate(self, coords: torch.Tensor) -> Evaluation:
+    def evaluate(self, coords: torch.Tensor, whole_calls: bool = False) -> Evaluation:
         self.cache.replace_forward(lambda: self.first_out)
         try:
-            return super().evaluate(coords)
+            return super().evaluate(coords, whole_calls)
         finally:
             self.cache.restore_forward()
 

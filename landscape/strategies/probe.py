@@ -83,6 +83,8 @@ def choose_strategy(
     repeats: int = 2,
     total_points: int | None = None,
     warn: Callable[[str], None] = lambda msg: warnings.warn(msg, stacklevel=2),
+    batch_size: int | None = None,
+    on_values: Callable[[torch.Tensor, Evaluation], None] | None = None,
 ) -> Choice:
     """Time each candidate on `probe_coords` (real grid points) and keep the fastest that agrees with the others.
 
@@ -93,11 +95,14 @@ def choose_strategy(
     candidate evaluated it; the winner fills in any left) so the caller can store them. With one
     candidate nothing is timed. `total_points` (the run's size) bounds the probe's cost: on a run
     of a second or two, timing slow candidates again would cost more than the fastest one saves.
+    `batch_size` (a resumed run's) is used untuned; `on_values(indices, values)` hears each probe
+    point's values as soon as they are known (for the caller to store them at once).
     """
     budget = memory_budget(problem.device) if budget is None else budget
-    batch_size = tune_batch_size(problem) if problem.auto_batch and len(candidates) > 1 else problem.batch_size
+    if batch_size is None:
+        batch_size = tune_batch_size(problem) if problem.auto_batch and len(candidates) > 1 else problem.batch_size
     k = points_per_call(problem, budget, batch_size)
-    probe = _Probe(problem, probe_coords, warn)
+    probe = _Probe(problem, probe_coords, warn, on_values)
     for name in candidates:
         try:
             probe.built[name] = build_strategy(
@@ -126,14 +131,20 @@ class _Probe:
     """The probe's state as its stages run: the candidates still in, their timings, why others left,
     and the values of the probe points evaluated so far."""
 
-    def __init__(self, problem: Problem, coords: torch.Tensor, warn: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        coords: torch.Tensor,
+        warn: Callable[[str], None],
+        on_values: Callable[[torch.Tensor, Evaluation], None] | None = None,
+    ) -> None:
         self.problem, self.coords, self.warn = problem, coords, warn
         self.built: dict[str, Strategy] = {}
         self.dropped: dict[str, str] = {}
         self.inapplicable: dict[str, str] = {}
         self.timings: dict[str, float] = {}
         self.first: dict[str, float] = {}
-        self.kept = _ProbeValues(coords, problem.classification)
+        self.kept = _ProbeValues(coords, problem.classification, on_values)
 
     def drop(self, name: str, why: str, message: str) -> None:
         self.dropped[name] = why
@@ -238,7 +249,13 @@ class _ProbeValues:
     """The probe points' values as the candidates evaluate them: each point is kept from the first
     strategy that evaluated it, so no probe work is thrown away while fresh points last."""
 
-    def __init__(self, coords: torch.Tensor, classification: bool) -> None:
+    def __init__(
+        self,
+        coords: torch.Tensor,
+        classification: bool,
+        on_values: Callable[[torch.Tensor, Evaluation], None] | None = None,
+    ) -> None:
+        self.on_values = on_values
         n = coords.shape[0]
         self.loss = torch.full((n,), math.nan, dtype=torch.float64)
         self.accuracy = torch.full((n,), math.nan, dtype=torch.float64) if classification else None
@@ -263,6 +280,9 @@ class _ProbeValues:
         if self.accuracy is not None and res.accuracy is not None:
             self.accuracy[target] = res.accuracy[new]
         self.have[target] = True
+        if self.on_values is not None and len(target):
+            fresh = Evaluation(res.loss[new], None if res.accuracy is None else res.accuracy[new])
+            self.on_values(target, fresh)
 
     def missing(self) -> torch.Tensor:
         return torch.nonzero(~self.have).flatten()

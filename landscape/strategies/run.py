@@ -22,6 +22,39 @@ from landscape.strategies.probe import PROBE_POINTS, Choice, choose_strategy
 from landscape.strategies.registry import STRATEGIES, build_strategy
 
 
+@dataclass(frozen=True)
+class Pick:
+    """A strategy as a run used it: its name, batch size and points per call, all a resumed run
+    needs to compute each remaining point as the run would have (the probe picks them by timing)."""
+
+    name: str
+    batch_size: int | None = None
+    points_per_call: int | None = None
+
+    def text(self) -> str:
+        """As a results file keeps it: 'vmap 256 16'."""
+        return " ".join(str(v) for v in (self.name, self.batch_size, self.points_per_call) if v is not None)
+
+    @classmethod
+    def parse(cls, text: str | None) -> Pick | None:
+        """The pick a file kept; None for an empty, unknown or damaged one (then a resume probes again)."""
+        name, *numbers = (text or "").split()[:3] or [""]
+        if name not in STRATEGIES or not all(n.isdigit() and int(n) > 0 for n in numbers):
+            return None
+        sizes = [int(n) for n in numbers] + [None, None]
+        return cls(name, sizes[0], sizes[1])
+
+    def describe(self) -> str:
+        sizes = [f"batch size {self.batch_size}"] if self.batch_size else []
+        sizes += [f"{self.points_per_call} points per call"] if (self.points_per_call or 1) > 1 else []
+        return self.name + (f" ({', '.join(sizes)})" if sizes else "")
+
+
+def pick_to_resume(strategy: str, earlier: Pick | None) -> Pick | None:
+    """The earlier run's pick when this run asks for auto or for the same strategy, else None."""
+    return earlier if earlier is not None and strategy in ("auto", earlier.name) else None
+
+
 class SweepSink(Protocol):
     """Where a sweep's values go: the grid's coordinates and `done` mask, written chunk by chunk."""
 
@@ -34,7 +67,11 @@ class SweepSink(Protocol):
     def write(self, flat_index: np.ndarray, loss: np.ndarray, accuracy: np.ndarray | None) -> None:
         """Store values at flat grid indices and mark them done."""
 
-    def chose(self, strategy: str) -> None:
+    @property
+    def picked(self) -> Pick | None:
+        """The strategy an earlier run on this sink picked (a resumed file), or None."""
+
+    def chose(self, pick: Pick) -> None:
         """Record the strategy the probe picked, before any point of it is stored."""
 
     def finish(self, attrs: Mapping[str, Any]) -> None:
@@ -61,8 +98,10 @@ class MemorySink:
             self.accuracy.reshape(-1)[flat_index] = accuracy
         self.done.reshape(-1)[flat_index] = True
 
-    def chose(self, strategy: str) -> None:
-        self.attrs["strategy"] = strategy
+    picked: Pick | None = None
+
+    def chose(self, pick: Pick) -> None:
+        self.attrs["strategy"] = pick.name
 
     def finish(self, attrs: Mapping[str, Any]) -> None:
         self.attrs.update(attrs)
@@ -76,6 +115,8 @@ class SweepReport:
     """What a finished (or interrupted) sweep did: for the CLI to print and the file to keep."""
 
     strategy: str
+    batch_size: int | None = None
+    points_per_call: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
     inapplicable: dict[str, str] = field(default_factory=dict)
@@ -87,6 +128,8 @@ class SweepReport:
         """How the sweep ran, as the results file's /sweep attributes record it."""
         return {
             "strategy": self.strategy,
+            "batch_size": self.batch_size or 0,
+            "points_per_call": self.points_per_call or 0,
             "strategy_timings_s_per_point": self.timings,
             "strategy_dropped": self.dropped,
             "strategy_inapplicable": self.inapplicable,
@@ -129,15 +172,17 @@ def run_sweep(
     def progress(left: int) -> None:
         on_progress(total - left, total)
 
-    def chose(name: str) -> None:  # kept with the points, so that --resume goes on with the same strategy
+    def chose(pick: Pick) -> None:  # kept with the points, so that --resume goes on with the same strategy
         if world.main and sink is not None:
-            sink.chose(name)
+            sink.chose(pick)
 
+    earlier = world.broadcast(pick_to_resume(strategy, sink.picked) if world.main and sink is not None else None)
     choice = evaluate_points(
-        problem, directions, coords, todo, keep,
-        strategy=strategy, chunk_seconds=chunk_seconds, on_progress=progress, warn=warn, world=world, on_choice=chose,
+        problem, directions, coords, todo, keep, strategy=strategy, chunk_seconds=chunk_seconds,
+        on_progress=progress, warn=warn, world=world, on_choice=chose, earlier=earlier,
     )  # fmt: skip
     report.strategy, report.timings, report.dropped = choice.strategy.name, choice.timings, choice.dropped
+    report.batch_size, report.points_per_call = choice.strategy.batch_size, choice.strategy.k
     report.inapplicable = choice.inapplicable
     report.seconds = time.perf_counter() - start
     if world.main and sink is not None:
@@ -158,22 +203,32 @@ def evaluate_points(
     warn: Callable[[str], None] = lambda msg: None,
     world: World = World(),
     where: Callable[[int], str] | None = None,
-    on_choice: Callable[[str], None] = lambda name: None,
+    on_choice: Callable[[Pick], None] = lambda pick: None,
+    earlier: Pick | None = None,
 ) -> Choice:
     """Evaluate the points `coords[todo]` with the strategy a probe on the first of them picks, in
     chunks of about `chunk_seconds`, handing each rank's values to `keep(indices, values)`.
 
     `keep` runs on every rank (under torchrun it gathers to rank 0) and returns the indices it
-    stored (rank 0; the others are told). `on_progress` hears how many points are left. Returns the
-    probe's choice, with `strategy` the one every rank ran (rank 0's) and closed. When the model or
-    loss raises at a point, PointFailure says which (`where(index)` names it; default: its coordinates).
+    stored (rank 0; the others are told). In one process the probe's points are kept as the probe
+    evaluates them, so a kill during the probe loses none. `on_progress` hears how many points are
+    left. `earlier` (a resumed run's pick) is run with its batch size and points per call, unprobed.
+    Every call after the probe has the strategy's points per call (`whole_calls`), so a point's value
+    does not depend on the chunks. Returns the probe's choice, with `strategy` the one every rank
+    ran (rank 0's) and closed. When the model or loss raises at a point, PointFailure says which
+    (`where(index)` names it; default: its coordinates).
     """
-    candidates = STRATEGIES if strategy == "auto" else (strategy,)
+    candidates = (earlier.name,) if earlier else STRATEGIES if strategy == "auto" else (strategy,)
     # each rank probes its own share of the first points (their values are kept), so no rank repeats
     # another's work; on a grid too small to share, every rank probes the same points and rank 0's count
     probe = todo[: min(len(todo), PROBE_POINTS * world.size)]
     shared = len(probe) >= world.size
     mine = probe[world.shard(len(probe))] if shared else probe
+    streamed: list[np.ndarray] = []
+
+    def kept_now(i: torch.Tensor, values: Evaluation) -> None:  # one process: each probe step's points, stored
+        streamed.append(keep(mine[i.numpy()], values))
+
     try:
         choice = choose_strategy(
             problem,
@@ -182,32 +237,43 @@ def evaluate_points(
             candidates=candidates,
             total_points=max(1, len(todo) // world.size),
             warn=warn,
+            batch_size=earlier.batch_size if earlier else None,
+            on_values=kept_now if world.size == 1 else None,
         )
     except LandscapeError:
         raise
     except Exception as exc:  # the model or loss, run before any point to size batches and calls
         raise point_failure("the first points (while the probe sized and timed the strategies)", exc) from exc
-    chosen = world.broadcast(choice.strategy.name)
-    on_choice(chosen)
-    if chosen != choice.strategy.name:  # every rank runs rank 0's choice
+    if earlier and earlier.points_per_call:
+        choice.strategy.k = earlier.points_per_call
+    chosen = world.broadcast(Pick(choice.strategy.name, choice.strategy.batch_size, choice.strategy.k))
+    if (chosen.name, chosen.batch_size) != (
+        choice.strategy.name,
+        choice.strategy.batch_size,
+    ):  # rank 0's, on every rank
         choice.strategy.close()
         budget = memory_budget(problem.device)
-        size = choice.strategy.batch_size
         choice.strategy = build_strategy(
-            chosen,
+            chosen.name,
             problem,
             directions,
-            points_per_call=points_per_call(problem, budget, size),
+            points_per_call=points_per_call(problem, budget, chosen.batch_size),
             memory_budget=budget,
-            batch_size=size,
+            batch_size=chosen.batch_size,
         )
     strat = choice.strategy
+    strat.k = chosen.points_per_call or strat.k
+    on_choice(chosen)
     try:
-        stored = world.broadcast(keep(mine, choice.probe_result if shared or world.main else None))
+        if world.size == 1:
+            stored = np.concatenate(streamed) if streamed else np.zeros(0, dtype=np.int64)
+        else:
+            stored = world.broadcast(keep(mine, choice.probe_result if shared or world.main else None))
         if len(stored):
             todo = todo[~np.isin(todo, stored)]
             on_progress(len(todo))
-        per_point = choice.timings.get(chosen)
+        per_point = choice.timings.get(chosen.name)
+        step = strat.k * world.size  # chunks of whole calls: no padding but at the end
         while len(todo):
             size = (
                 1
@@ -216,7 +282,7 @@ def evaluate_points(
                     1, min(len(todo), 1024 * world.size, math.ceil(world.size * chunk_seconds / max(per_point, 1e-9)))
                 )
             )
-            size = world.broadcast(size)
+            size = world.broadcast(min(len(todo), math.ceil(size / step) * step))
             idx = todo[:size]
             mine = idx[world.shard(len(idx))]
             t0 = time.perf_counter()
@@ -244,7 +310,7 @@ def _evaluate_chunk(
     if not len(mine):
         return None
     try:
-        return evaluate_shrinking(strat, coords[mine], warn)
+        return evaluate_shrinking(strat, coords[mine], warn, whole_calls=True)
     except RunFailure:
         raise
     except Exception as exc:
@@ -256,7 +322,7 @@ def _evaluate_chunk(
     parts: list[Evaluation] = []
     for j in range(len(mine)):
         try:
-            parts.append(evaluate_shrinking(strat, coords[mine[j : j + 1]], warn))
+            parts.append(evaluate_shrinking(strat, coords[mine[j : j + 1]], warn, whole_calls=True))
         except RunFailure:
             raise
         except Exception as exc:
