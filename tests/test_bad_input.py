@@ -207,6 +207,11 @@ def test_outputs_that_cannot_be_files(cli, tmp_path):
         (("track", "--sample", "linreg", "--tol", "0"), "--tol 0.0: must be positive"),
         (("sweep", "--sample", "linreg", "--batch-size", "-1"), "--batch-size -1: must be positive"),
         (("sweep", "--sample", "linreg", "--batch-size", "0"), "--batch-size 0: must be positive"),
+        (
+            ("sweep", "--sample", "linreg", "--dist-timeout", "0"),
+            "--dist-timeout 0.0: must be a positive number up to 604800",
+        ),
+        (("hessian", "--sample", "linreg", "--dist-timeout", "nan"), "--dist-timeout nan: must be a positive number"),
     ],
 )
 def test_numeric_options_out_of_range(cli, tmp_path, args, said):

@@ -34,7 +34,7 @@ GRID = [
 ]
 
 
-def torchrun(n: int, *args: str, **kw) -> subprocess.Popen:
+def torchrun(n: int, *args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -46,7 +46,7 @@ def torchrun(n: int, *args: str, **kw) -> subprocess.Popen:
         *args,
     ]
     return subprocess.Popen(
-        cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **kw
+        cmd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **kw
     )
 
 
@@ -98,3 +98,106 @@ def test_killed_two_rank_run_resumes_with_one(tmp_path):
     a, b = read_sweep(path), read_sweep(tmp_path / "whole.h5")
     assert a["attrs"]["complete"]
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-10)
+
+
+FACTORY_OF_RANK = '''
+import os, time
+import torch.nn as nn
+
+def make():
+    """A linear model; on rank 1 the factory raises (FAIL) or never returns (STALL)."""
+    if os.environ.get("RANK") == "1":
+        if os.environ.get("LANDSCAPE_TEST_RANK1") == "stall":
+            time.sleep(10_000)
+        raise ValueError("rank 1 cannot build the model")
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+'''
+
+LOSS_OF_RANK = '''
+import os
+import torch.nn.functional as F
+
+calls = 0
+
+def loss(out, y):
+    """Cross-entropy; on rank 1 it raises after a few calls (the grid's first chunks are done by then)."""
+    global calls
+    calls += 1
+    if os.environ.get("RANK") == "1" and calls > 20:
+        raise ValueError("rank 1's loss gave up")
+    return F.cross_entropy(out, y)
+'''
+
+
+def _tiny_model_files(tmp_path: Path) -> list[str]:
+    import torch
+    import torch.nn as nn
+
+    (tmp_path / "factory.py").write_text(FACTORY_OF_RANK)
+    torch.manual_seed(0)
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).state_dict(), tmp_path / "w.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(60, 1, 4, 4)).astype("float32"), y=rng.integers(0, 3, 60))
+    return ["--model", f"{tmp_path / 'factory.py'}:make", "--checkpoint", str(tmp_path / "w.pt"),
+            "--data", str(tmp_path / "d.npz"), "--device", "cpu"]  # fmt: skip
+
+
+def _errors(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("command", ["sweep", "hessian"])
+def test_a_rank_that_fails_to_load_is_named_in_rank_0s_output(tmp_path, command):
+    """Rank 1's error reached only its own stderr; rank 0, stopped by torchrun, said 'interrupted'.
+    Now rank 0 says which rank failed and why, torchrun's summary carries both lines, no file is left."""
+    out_file = tmp_path / "out.h5"
+    proc = torchrun(
+        2, command, *_tiny_model_files(tmp_path), "-o", str(out_file), env={**ENV, "LANDSCAPE_TEST_RANK1": "fail"}
+    )
+    out = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode != 0
+    why = (
+        "--model "
+        + str(tmp_path / "factory.py")
+        + ":make: the factory raised ValueError: rank 1 cannot build the model"
+    )
+    assert f"error: rank 1 of 2: {why}" in _errors(out), out
+    assert f"error: rank 0 of 2: stopped because rank 1 failed: {why}" in _errors(out), out
+    assert f"traceback : rank 0 of 2: stopped because rank 1 failed: {why}" in out  # torchrun's summary
+    assert not out_file.exists()
+
+
+def test_a_stalled_rank_ends_the_run_after_the_timeout(tmp_path):
+    """One rank that never answers made the others wait for gloo's 30 minutes; --dist-timeout bounds
+    the wait, and rank 0 names the rank that did not come."""
+    out_file = tmp_path / "out.h5"
+    start = time.time()
+    proc = torchrun(
+        2, "sweep", *_tiny_model_files(tmp_path), "--dist-timeout", "5", "-o", str(out_file),
+        env={**ENV, "LANDSCAPE_TEST_RANK1": "stall"},
+    )  # fmt: skip
+    out = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode != 0 and time.time() - start < 120, out
+    said = (
+        "error: rank 0 of 2: rank 1 stopped answering: it did not reach exchange 1 of the run within --dist-timeout 5 s"
+    )
+    assert any(line.startswith(said) for line in _errors(out)), out
+    assert not out_file.exists()
+
+
+def test_a_rank_failing_mid_sweep_keeps_the_points_and_resume_finishes(tmp_path):
+    """Rank 1's loss raises after the first chunks: rank 0 says why and what it kept; one process finishes it."""
+    loss = tmp_path / "loss.py"
+    loss.write_text(LOSS_OF_RANK)
+    out_file = tmp_path / "cut.h5"
+    grid = [*GRID[:2], "--x", "-1:1:21", "--y", "-1:1:11", *GRID[6:], "--strategy", "loop", "--loss", f"{loss}:loss"]
+    proc = torchrun(2, "sweep", *grid, "-o", str(out_file))
+    out = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode != 0
+    rank0 = [line for line in _errors(out) if line.startswith("error: rank 0 of 2: stopped because rank 1 failed:")]
+    assert rank0 and "ValueError: rank 1's loss gave up" in rank0[0], out
+    kept = _done(out_file)
+    assert 0 < kept < 231 and f"{kept} of 231 points are in {out_file}" in out, out
+    single("sweep", *grid, "--resume", "-o", str(out_file))
+    single("sweep", *grid, "-o", str(tmp_path / "whole.h5"))
+    np.testing.assert_allclose(read_sweep(out_file)["loss"], read_sweep(tmp_path / "whole.h5")["loss"], rtol=1e-12)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from landscape.errors import ArgumentError, LandscapeError, one_line
+from landscape.errors import LandscapeError
 
 app = typer.Typer(
     name="landscape",
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI (on `argv`, default sys.argv). Errors are one line on stderr: exit status 2 for bad
     input (the tool's own errors), 1 for any other failure during the run (with `--debug`, anywhere on
     the line, or LANDSCAPE_DEBUG=1: the traceback instead), 130 for Ctrl-C."""
-    from landscape.cli.options import interrupted, tagged
+    from landscape.cli.options import error_text, interrupted, rank_prefix, tagged
+    from landscape.cli.world import tell_torchrun
     from landscape.host import keep_freed_memory
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -48,7 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     except LandscapeError as exc:
         if debug:
             raise
-        tagged("error:", "red", exc.option_message() if isinstance(exc, ArgumentError) else str(exc))
+        line = rank_prefix() + error_text(exc)
+        tagged("error:", "red", line)
+        tell_torchrun(line)
         sys.exit(exc.exit_code)
     except SystemExit as exc:
         # typer turns Ctrl-C into a silent exit 130 (Exit raised from the KeyboardInterrupt); say so.
@@ -61,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # not the tool's own: one line naming what failed, the traceback on request
         if debug:
             raise
-        tagged("error:", "red", failure_line(exc, output_of(args)) + " (run with --debug for the traceback)")
+        line = rank_prefix() + error_text(exc, output_of(args))
+        tagged("error:", "red", line + " (run with --debug for the traceback)")
+        tell_torchrun(line)
         sys.exit(1)
 
 
@@ -139,17 +144,3 @@ def output_of(args: list[str]) -> str:
         if arg.startswith("--output="):
             return arg.split("=", 1)[1]
     return ""
-
-
-def failure_line(exc: BaseException, output: str = "") -> str:
-    """An unexpected exception in one line: the file (the OS's, else the command's output when the
-    disk is at fault) and the OS's reason for an OSError, else its type and its message's first line."""
-    import errno
-
-    from landscape.io.atomic import os_reason
-
-    if isinstance(exc, OSError):
-        disk = exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
-        name = exc.filename or (f"writing {output}" if output and disk else "")
-        return f"{name}: {os_reason(exc)}" if name else f"{type(exc).__name__}: {os_reason(exc)}"
-    return one_line(exc)

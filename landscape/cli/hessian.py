@@ -23,6 +23,7 @@ from landscape.cli.options import (
     Config,
     Data,
     Device,
+    DistTimeout,
     Dtype,
     Loss,
     Model,
@@ -39,10 +40,11 @@ from landscape.cli.options import (
     wrote,
 )
 from landscape.cli.shared import curvature_with_progress
+from landscape.cli.world import joined
 from landscape.curvature.analysis import BlockResult, CurvatureSettings
 from landscape.curvature.operators import CURVATURE_TITLES, CURVATURES, METHODS
 from landscape.curvature.trace import EXACT
-from landscape.distributed import close_world, device_for, init_world, shard_problem
+from landscape.distributed import device_for, shard_problem
 from landscape.errors import LandscapeError
 from landscape.io.load import load_problem
 
@@ -125,6 +127,7 @@ def hessian(
     samples: Samples = None,
     batch_size: BatchSize = None,
     device: Device = "auto",
+    dist_timeout: DistTimeout = 600.0,
     dtype: Dtype = "float32",
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)] = False,
     unsafe_pickle: UnsafePickle = False,
@@ -159,22 +162,21 @@ def hessian(
         seed=seed, batch_size=batch_size,
     )  # fmt: skip
     check_curvature(CurvatureSettings(**options))  # before anything is loaded
-    world = init_world(device)
-    if world.main and output.exists() and not force:
-        raise LandscapeError(f"{output} exists: pass --force to overwrite it")
-    spec = load_spec(
-        model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
-        seed=seed, batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
-    )  # fmt: skip
-    tell = say if world.main else _quiet
-    problem, prov = load_problem(spec, tell)
-    problem = shard_problem(world, problem)  # this rank's rows; provenance keeps the whole data set's
-    tell(
-        f"{prov['parameters']:,} parameters, {prov['samples']:,} samples, loss {prov['loss']}, {prov['device']} {dtype}, {curvature}"
-        + (f", {world.size} processes" if world.size > 1 else "")
-    )
-    result = curvature_with_progress(problem, show=world.main, say=tell, world=world, **options)
-    close_world(world)
+    with joined(device, dist_timeout) as world:
+        if world.main and output.exists() and not force:
+            raise LandscapeError(f"{output} exists: pass --force to overwrite it")
+        spec = load_spec(
+            model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples,
+            seed=seed, batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
+        )  # fmt: skip
+        tell = say if world.main else _quiet
+        problem, prov = load_problem(spec, tell)
+        problem = shard_problem(world, problem)  # this rank's rows; provenance keeps the whole data set's
+        tell(
+            f"{prov['parameters']:,} parameters, {prov['samples']:,} samples, loss {prov['loss']}, {prov['device']} {dtype}, {curvature}"
+            + (f", {world.size} processes" if world.size > 1 else "")
+        )
+        result = curvature_with_progress(problem, show=world.main, say=tell, world=world, **options)
     if not world.main:
         return
     result.save(output)

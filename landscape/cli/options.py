@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from landscape.errors import LandscapeError
+from landscape.errors import ArgumentError, LandscapeError, one_line
 from landscape.io.load import LoadSpec
 
 # markup and emoji codes off: paths and messages hold "[...]" and ":b:" that must print as they are
@@ -139,6 +140,29 @@ def output_file(path: Path) -> Path:
     return path
 
 
+def in_range(
+    option: str, low: float | None = None, high: float | None = None, *, positive: bool = False
+) -> Callable[[Any], Any]:
+    """An option callback that refuses NaN, infinities and values outside [low, high] (or not above
+    0, `positive`) with one line naming the option and the allowed range; None passes."""
+    if positive:
+        allowed = "a positive number" + (f" up to {high:g}" if high is not None else "")
+    elif low is not None and high is not None:
+        allowed = f"from {low:g} to {high:g}"
+    else:
+        allowed = "a finite number"
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        inside = (low is None or value >= low) and (high is None or value <= high) and (not positive or value > 0)
+        if not (math.isfinite(value) and inside):
+            raise LandscapeError(f"{option} {value}: must be {allowed}")
+        return value
+
+    return check
+
+
 SEED_LIMIT = 2**63 - 16  # a seed is stored as a 64-bit integer, and the curvature runs use seed + 1 and + 2
 
 
@@ -159,6 +183,16 @@ BatchSize = Annotated[
     typer.Option(
         help="Data points per forward pass (default: tuned by timing, at most all of them, 4096 on CPU, 65536 on GPU).",
         rich_help_panel=RUN,
+    ),
+]
+DistTimeout = Annotated[
+    float,
+    typer.Option(
+        "--dist-timeout",
+        help="Under torchrun: seconds a process waits for the others (to start, and at each exchange) before it "
+        "stops with one line saying which rank failed or that one stalled.",
+        rich_help_panel=RUN,
+        callback=in_range("--dist-timeout", high=7 * 86400, positive=True),
     ),
 ]
 Device = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.", rich_help_panel=RUN)]
@@ -302,6 +336,31 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def tagged(tag: str, style: str, msg: str, sep: str = " ") -> None:
     """One line on stderr: a coloured tag, then the message as it is."""
     err.print(Text.assemble((tag, style), sep, msg))
+
+
+def error_text(exc: BaseException, output: str = "") -> str:
+    """An error as the one line the CLI prints: the tool's own as it is (under its option); for an
+    OSError the file (the OS's, else the command's output when the disk is at fault) and the OS's
+    reason; for anything else its type and its message's first line."""
+    import errno
+
+    from landscape.io.atomic import os_reason
+
+    if isinstance(exc, ArgumentError):
+        return exc.option_message()
+    if isinstance(exc, LandscapeError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        disk = exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
+        name = exc.filename or (f"writing {output}" if output and disk else "")
+        return f"{name}: {os_reason(exc)}" if name else f"{type(exc).__name__}: {os_reason(exc)}"
+    return one_line(exc)
+
+
+def rank_prefix() -> str:
+    """'rank 1 of 4: ' in a process torchrun started (whose lines mix with the others'), else ''."""
+    size = os.environ.get("WORLD_SIZE", "1")
+    return f"rank {os.environ.get('RANK', '?')} of {size}: " if size.isdigit() and int(size) > 1 else ""
 
 
 def say(msg: str) -> None:

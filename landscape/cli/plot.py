@@ -5,15 +5,13 @@ No model, no data, no GPU: everything here reads HDF5 results files written by t
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from landscape.cli import app
-from landscape.cli.options import output_file, refuse_inputs_as_outputs, wrote
+from landscape.cli.options import in_range, output_file, refuse_inputs_as_outputs, wrote
 from landscape.cli.shared import Force, check_output
 from landscape.errors import LandscapeError
 
@@ -37,31 +35,10 @@ Log = Annotated[
 MAX_LEVELS = 1000  # more contour levels than a figure has pixel rows to tell apart (10^8 ran out of memory)
 
 
-def _finite(option: str) -> Callable[[float | None], float | None]:
-    def check(value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise LandscapeError(f"{option} {value}: must be a finite number")
-        return value
-
-    return check
-
-
-def _levels(value: int | None) -> int | None:
-    if value is not None and not 1 <= value <= MAX_LEVELS:
-        raise LandscapeError(f"--levels {value}: must be from 1 to {MAX_LEVELS}")
-    return value
-
-
-def _sigma(value: float | None) -> float | None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise LandscapeError(f"--sigma {value}: must be a positive number")
-    return value
-
-
 Vmin = Annotated[
     float | None,
     typer.Option(
-        help="Clip values below this (colour scale and heights).", rich_help_panel=SCALE, callback=_finite("--vmin")
+        help="Clip values below this (colour scale and heights).", rich_help_panel=SCALE, callback=in_range("--vmin")
     ),
 ]
 Vmax = Annotated[
@@ -69,7 +46,7 @@ Vmax = Annotated[
     typer.Option(
         help="Clip values above this, so one diverged corner does not flatten the picture.",
         rich_help_panel=SCALE,
-        callback=_finite("--vmax"),
+        callback=in_range("--vmax"),
     ),
 ]
 Levels = Annotated[
@@ -77,7 +54,7 @@ Levels = Annotated[
     typer.Option(
         help="About N contour levels, 1 to 1000 (default: Li et al.'s 0.1..10 step 0.5 when they resolve the loss).",
         rich_help_panel=SCALE,
-        callback=_levels,
+        callback=in_range("--levels", 1, MAX_LEVELS),
     ),
 ]
 Title = Annotated[str | None, typer.Option(help="Figure title (default: the results file's name).")]
@@ -159,7 +136,10 @@ def plot(
     levels: Levels = None,
     sigma: Annotated[
         float | None,
-        typer.Option(help="Curvature density only: Gaussian width (default: the stored one).", callback=_sigma),
+        typer.Option(
+            help="Curvature density only: Gaussian width (default: the stored one).",
+            callback=in_range("--sigma", positive=True),
+        ),
     ] = None,
     title: Title = None,
     plotlyjs: PlotlyJs = "inline",

@@ -19,6 +19,7 @@ from landscape.cli.options import (
     Config,
     Data,
     Device,
+    DistTimeout,
     Dtype,
     Loss,
     Model,
@@ -40,7 +41,8 @@ from landscape.cli.options import (
     wrote,
 )
 from landscape.cli.shared import Strategy, ignore_option, norm_option
-from landscape.distributed import close_world, device_for, init_world
+from landscape.cli.world import joined
+from landscape.distributed import PeersLost, device_for
 from landscape.errors import LandscapeError, PointFailure
 from landscape.io.load import load_other_theta, load_problem
 from landscape.io.results import SweepFile, read_axes
@@ -99,6 +101,7 @@ def sweep(
     samples: Samples = None,
     batch_size: BatchSize = None,
     device: Device = "auto",
+    dist_timeout: DistTimeout = 600.0,
     dtype: Dtype = "float32",
     strategy: Strategy = "auto",
     resume: Annotated[
@@ -129,81 +132,82 @@ def sweep(
 
       landscape sweep --checkpoint my-gpt2 --data tokens.pt --loss next-token -o lm.h5   (a save_pretrained directory)
     """
-    world = init_world(device)
-    if world.main and output.exists() and not resume and not force:
-        raise LandscapeError(f"{output} exists: pass --resume to finish it or --force to overwrite it")
-    if resume and not output.exists():  # so a requeued batch job can always pass --resume
-        if world.main:
-            say(f"--resume: no {output} yet, starting it")
-        resume = False
-    x_grid = parse_range(x or ("-0.5:1.5:41" if to else "-1:1:51"), "--x")
-    y_grid = parse_range(y, "--y") if y else None
-    if axes_from and not Path(axes_from).is_file():
-        raise LandscapeError(f"--axes-from {axes_from}: file not found")
-    spec = load_spec(
-        model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples, seed=seed,
-        batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
-    )  # fmt: skip
-    tell = say if world.main else _quiet
-    problem, prov = load_problem(spec, tell)
-    other = load_other_theta(to, problem, spec, tell) if to else None
-    tell(
-        f"{prov['parameters']:,} parameters, {problem.n:,} samples, loss {prov['loss']}, "
-        f"{prov['device']} {dtype}, grid {' x '.join(str(g[2]) for g in (x_grid, y_grid) if g)}"
-        + (f", {world.size} processes" if world.size > 1 else "")
-    )
-    dims = 1 if y_grid is None else 2
-    store = None
-    if world.main and resume:
-        kind = "hessian" if axes == "hessian" or axes_from else "random"
-        identity = axes_settings(
-            kind, norm=norm, ignore=ignore, seed=seed, to_sha256=sha256_file(to) if to else "",
-            axes_from_sha256=sha256_file(axes_from) if axes_from else "",
+    with joined(device, dist_timeout) as world:
+        if world.main and output.exists() and not resume and not force:
+            raise LandscapeError(f"{output} exists: pass --resume to finish it or --force to overwrite it")
+        if resume and not output.exists():  # so a requeued batch job can always pass --resume
+            if world.main:
+                say(f"--resume: no {output} yet, starting it")
+            resume = False
+        x_grid = parse_range(x or ("-0.5:1.5:41" if to else "-1:1:51"), "--x")
+        y_grid = parse_range(y, "--y") if y else None
+        if axes_from and not Path(axes_from).is_file():
+            raise LandscapeError(f"--axes-from {axes_from}: file not found")
+        spec = load_spec(
+            model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples, seed=seed,
+            batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
         )  # fmt: skip
-        stored = read_axes(output)
-        planned = ls.plan_sweep(
-            problem,
-            Axes(stored.directions, stored.attrs, stored.layout, identity),
-            x_grid,
-            y_grid,
-            command=command_line(),
+        tell = say if world.main else _quiet
+        problem, prov = load_problem(spec, tell)
+        other = load_other_theta(to, problem, spec, tell) if to else None
+        tell(
+            f"{prov['parameters']:,} parameters, {problem.n:,} samples, loss {prov['loss']}, "
+            f"{prov['device']} {dtype}, grid {' x '.join(str(g[2]) for g in (x_grid, y_grid) if g)}"
+            + (f", {world.size} processes" if world.size > 1 else "")
         )
-        store = SweepFile.resume(output, planned.settings)
-        say(f"resuming {output}: {int(store.done.sum())} of {store.done.size} points already done")
-        earlier = pick_to_resume(strategy, store.picked)  # run_sweep goes on with it: the numbers of a run never killed
-        if earlier is not None:
-            say(f"going on with strategy {earlier.describe()}, as the run before")
-    elif world.main:
-        the_axes = _make_axes(problem, dims, axes, axes_from, norm=norm, ignore=ignore, seed=seed, to=to, other=other)
-        planned = ls.plan_sweep(problem, the_axes, x_grid, y_grid, command=command_line())
-        store = planned.create_file(output)
-    else:
-        planned = None
-    planned = world.broadcast(planned)
-    strategy = world.broadcast(strategy)
-    try:
-        with progress(disable=not world.main) as bar:
-            task = bar.add_task("sweep", total=int(planned.done.size))
-            result = ls.run_planned(
-                problem, planned, store, strategy=strategy, warn=warn if world.main else _quiet, world=world,
-                progress=lambda done, total: bar.update(task, completed=done),
+        dims = 1 if y_grid is None else 2
+        store = None
+        if world.main and resume:
+            kind = "hessian" if axes == "hessian" or axes_from else "random"
+            identity = axes_settings(
+                kind, norm=norm, ignore=ignore, seed=seed, to_sha256=sha256_file(to) if to else "",
+                axes_from_sha256=sha256_file(axes_from) if axes_from else "",
             )  # fmt: skip
-    except LandscapeError as exc:
-        if store is not None and not resume and not store.done.any():  # nothing computed: leave no file behind
-            output.unlink(missing_ok=True)
-        elif isinstance(exc, PointFailure) and store is not None:
-            raise PointFailure(f"{exc}; {points_kept(int(store.done.sum()), store.done.size, output)}") from exc
-        raise
-    except KeyboardInterrupt:  # typer would exit 130 without a word
-        if store is not None:
-            done = int(store.done.sum())
-            if not resume and done == 0:
+            stored = read_axes(output)
+            planned = ls.plan_sweep(
+                problem,
+                Axes(stored.directions, stored.attrs, stored.layout, identity),
+                x_grid,
+                y_grid,
+                command=command_line(),
+            )
+            store = SweepFile.resume(output, planned.settings)
+            say(f"resuming {output}: {int(store.done.sum())} of {store.done.size} points already done")
+            earlier = pick_to_resume(strategy, store.picked)  # run_sweep goes on with it, as a run never killed
+            if earlier is not None:
+                say(f"going on with strategy {earlier.describe()}, as the run before")
+        elif world.main:
+            the_axes = _make_axes(
+                problem, dims, axes, axes_from, norm=norm, ignore=ignore, seed=seed, to=to, other=other
+            )
+            planned = ls.plan_sweep(problem, the_axes, x_grid, y_grid, command=command_line())
+            store = planned.create_file(output)
+        else:
+            planned = None
+        try:  # rank 0 made the file: a failure from here on removes it while it holds no point
+            planned = world.broadcast(planned)
+            strategy = world.broadcast(strategy)
+            with progress(disable=not world.main) as bar:
+                task = bar.add_task("sweep", total=int(planned.done.size))
+                result = ls.run_planned(
+                    problem, planned, store, strategy=strategy, warn=warn if world.main else _quiet, world=world,
+                    progress=lambda done, total: bar.update(task, completed=done),
+                )  # fmt: skip
+        except LandscapeError as exc:
+            if store is not None and not resume and not store.done.any():  # nothing computed: leave no file behind
                 output.unlink(missing_ok=True)
-                interrupted(" before any point was done; no file written")
-            else:
-                interrupted(": " + points_kept(done, store.done.size, output))
-        raise typer.Exit(130) from None
-    close_world(world)
+            elif isinstance(exc, (PointFailure, PeersLost)) and store is not None:
+                raise PointFailure(f"{exc}; {points_kept(int(store.done.sum()), store.done.size, output)}") from exc
+            raise
+        except KeyboardInterrupt:  # typer would exit 130 without a word
+            if store is not None:
+                done = int(store.done.sum())
+                if not resume and done == 0:
+                    output.unlink(missing_ok=True)
+                    interrupted(" before any point was done; no file written")
+                else:
+                    interrupted(": " + points_kept(done, store.done.size, output))
+            raise typer.Exit(130) from None
     if world.main:
         _report(result, strategy, output)
 
