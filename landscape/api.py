@@ -272,12 +272,7 @@ def roughness(
     from landscape.io.analysis_groups import roughness_group
     from landscape.measures import compute_roughness
 
-    if directions < 2:
-        raise ArgumentError("directions", directions, "need at least 2 directions for a standard deviation")
-    if not (span > 0 and math.isfinite(span)):
-        raise ArgumentError("span", span, "must be a positive number")
-    if steps < 2:
-        raise ArgumentError("steps", steps, "need at least 2 intervals")
+    check_roughness(directions, span, steps, problem.theta.numel())
     settings = roughness_settings(problem, directions, span, steps, norm=norm, ignore=ignore, seed=seed)
     dirs = random_directions(directions, problem.theta, problem.layout, seed=seed, norm=norm, ignore=ignore)
     with progress_to(progress, "roughness", directions * (steps + 1)) as bar:
@@ -294,6 +289,27 @@ def roughness(
         stamp(problem.provenance, command),
         problem.layout,
     )
+
+
+def check_roughness(directions: int, span: float, steps: int, parameters: int | None = None) -> None:
+    """Raise ArgumentError for roughness settings that cannot run or would not fit in memory (the
+    M directions are held whole, in float64 and the run's dtype), before anything is computed."""
+    from landscape.strategies.grid import BYTES_PER_POINT, physical_memory
+
+    if directions < 2:
+        raise ArgumentError("directions", directions, "need at least 2 directions for a standard deviation")
+    if not (span > 0 and math.isfinite(span)):
+        raise ArgumentError("span", span, "must be a positive number")
+    if steps < 2:
+        raise ArgumentError("steps", steps, "need at least 2 intervals")
+    memory = physical_memory()
+    need = directions * ((steps + 1) * BYTES_PER_POINT + (parameters or 0) * 12)
+    if memory and need > memory // 2:
+        of = f" of {parameters:,} parameters" if parameters else ""
+        raise ArgumentError(
+            "directions", directions, f"{directions:,} directions{of} x {steps + 1:,} points need about "
+            f"{need / 2**30:,.1f} GiB of memory, and this machine has {memory / 2**30:,.1f} GiB; use fewer (or fewer --steps)",
+        )  # fmt: skip
 
 
 def roughness_settings(
@@ -329,10 +345,10 @@ def sharpness(
     from landscape.io.analysis_groups import sharpness_group
     from landscape.measures import curvature_numbers, epsilon_sharpness, sam_sharpness
 
-    if not rho > 0:
-        raise ArgumentError("rho", rho, "must be positive")
-    if not epsilon > 0:
-        raise ArgumentError("epsilon", epsilon, "must be positive")
+    if not (rho > 0 and math.isfinite(rho)):
+        raise ArgumentError("rho", rho, "must be a positive number")
+    if not (epsilon > 0 and math.isfinite(epsilon)):  # inf gave epsilon_sharpness 0 with exit 0
+        raise ArgumentError("epsilon", epsilon, "must be a positive number")
     if ascent_steps < 1:
         raise ArgumentError("ascent_steps", ascent_steps, "must be at least 1")
     if isinstance(curvature, CurvatureResult) and curvature.settings.curvature != "hessian":
@@ -388,6 +404,18 @@ def own_state(problem: Problem) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in problem.model.state_dict().items()}
 
 
+def check_path_points(points: int) -> None:
+    """Raise ArgumentError for a path of fewer than 2 points or more than memory holds."""
+    from landscape.strategies.grid import check_grid_fits
+
+    if points < 2:
+        raise ArgumentError("points", points, "need at least 2")
+    try:
+        check_grid_fits((points,))
+    except ArgumentError as exc:
+        raise ArgumentError("points", points, exc.message) from None
+
+
 def path(
     problem: Problem,
     others: State | Sequence[State],
@@ -414,8 +442,7 @@ def path(
 
     rest = [others] if isinstance(others, Mapping) else list(others)
     states = [start if start is not None else own_state(problem), *rest]
-    if points < 2:
-        raise ArgumentError("points", points, "need at least 2")
+    check_path_points(points)
     labels = _names(names, len(states))
     t = torch.linspace(0, 1, points, dtype=torch.float64)
     with progress_to(progress, "path", points) as bar:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from landscape.errors import ArgumentError
+from landscape.io.samples import sample
 from landscape.strategies.grid import BYTES_PER_POINT, check_grid_fits
 
 
@@ -212,6 +213,18 @@ def test_outputs_that_cannot_be_files(cli, tmp_path):
             "--dist-timeout 0.0: must be a positive number up to 604800",
         ),
         (("hessian", "--sample", "linreg", "--dist-timeout", "nan"), "--dist-timeout nan: must be a positive number"),
+        (("roughness", "--sample", "linreg", "--directions", "0"), "--directions 0: need at least 2 directions"),
+        (("roughness", "--sample", "linreg", "--directions", "10000000000"), "directions x 21 points need about"),
+        (
+            ("roughness", "--sample", "linreg", "--steps", "100000000000"),
+            "100 directions x 100,000,000,001 points need",
+        ),
+        (("sharpness", "--sample", "linreg", "--epsilon", "inf"), "--epsilon inf: must be a positive number"),
+        (("sharpness", "--sample", "linreg", "--rho", "nan"), "--rho nan: must be a positive number"),
+        (
+            ("path", "--sample", "mlp", "--points", "10000000000"),
+            "--points 10000000000: a grid of 10,000,000,000 points",
+        ),
     ],
 )
 def test_numeric_options_out_of_range(cli, tmp_path, args, said):
@@ -234,6 +247,15 @@ def test_plot_options_out_of_range(cli, tmp_path, option, said):
     assert cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "-o", sweep).code == 0
     assert said in _one_error(cli("plot", sweep, *option, "-o", tmp_path / "f.png"))
     assert not (tmp_path / "f.png").exists()
+
+
+def test_a_config_section_that_names_no_command_is_refused(cli, tmp_path):
+    """A [defaults] or misspelt [sweeps] section was skipped without a word (its settings never applied)."""
+    config = tmp_path / "run.toml"
+    config.write_text('[sweeps]\nx = "-1:1:3"\n')
+    line = _one_error(cli("sweep", "--sample", "linreg", "--config", config, "-o", tmp_path / "s.h5"))
+    assert f"--config {config}: unknown section [sweeps]; sections are named after commands (" in line, line
+    assert not (tmp_path / "s.h5").exists()
 
 
 def test_a_config_file_cannot_turn_on_unsafe_pickle(cli, tmp_path):
@@ -284,6 +306,21 @@ def test_outputs_that_are_inputs_or_not_regular_files_are_refused(cli, tmp_path)
         line = _one_error(cli("sweep", *load, "-o", "/dev/null", "--force"))
         assert "--output /dev/null: not a regular file" in line, line
         assert Path("/dev/null").is_char_device()
+
+
+def test_an_output_link_is_written_through_and_a_hard_link_to_an_input_is_refused(cli, tmp_path):
+    """-o /dev/stdout as root replaced the /dev/stdout link itself with a results file: a symbolic
+    link as -o now has the file it names replaced, the link kept; a hard link to the data is its input."""
+    real, link = tmp_path / "real.h5", tmp_path / "latest.h5"
+    link.symlink_to(real.name)
+    assert cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "-o", link).code == 0
+    assert link.is_symlink() and real.is_file() and h5py.is_hdf5(real)
+    assert not (tmp_path / "latest.h5.lock").exists() and not (tmp_path / "real.h5.lock").exists()
+    data = tmp_path / "d.npz"
+    data.write_bytes(Path(sample("linreg")["data"]).read_bytes())
+    (tmp_path / "also.npz").hardlink_to(data)
+    line = _one_error(cli("sweep", "--sample", "linreg", "--data", data, "-o", tmp_path / "also.npz", "--force"))
+    assert f"--output {tmp_path / 'also.npz'}: is --data of this command" in line, line
 
 
 def test_plot_report_export_refuse_an_existing_output_without_force(cli, tmp_path):

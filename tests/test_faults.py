@@ -561,6 +561,23 @@ def test_resume_goes_on_with_the_strategy_the_run_before_picked(cli, tmp_path, s
     np.testing.assert_array_equal(_sweep_values(out)[0], _sweep_values(tmp_path / "whole.h5")[0])
 
 
+def test_a_batch_size_named_on_resume_wins_over_the_stored_one(cli, tmp_path, monkeypatch, failing_loss):
+    """The stored pick keeps the probe's batch size; a user who names another one on --resume (another
+    machine, less memory) gets it, and is told the values may differ in the last digits."""
+    args = ("sweep", "--sample", "mlp", "--loss", failing_loss, "--x", "-0.2:1:25", "--strategy", "loop")
+    monkeypatch.setenv("LANDSCAPE_TEST_FAIL", "raise")
+    out = tmp_path / "cut.h5"
+    assert cli(*args, "-o", out).code == 1
+    monkeypatch.delenv("LANDSCAPE_TEST_FAIL")
+    res = cli(*args, "--batch-size", "500", "-o", out, "--resume")
+    said = "going on with strategy loop at --batch-size 500 (the run before used 1797: values may differ"
+    assert res.code == 0 and said in res.err, res.err
+    with h5py.File(out, "r") as f:
+        assert bytes(f["sweep/strategy_in_use"][()]).rstrip(b"\0") == b"loop 500 1"
+    assert cli(*args, "-o", tmp_path / "whole.h5").code == 0
+    np.testing.assert_allclose(_sweep_values(out)[0], _sweep_values(tmp_path / "whole.h5")[0], rtol=1e-5)
+
+
 def test_resume_refuses_a_changed_loss_or_model_file(cli, tmp_path, monkeypatch, failing_loss):
     """The settings named the user's code only by its spec string, so a resume after an edit of the
     loss file mixed two losses in one grid: the file's sha256 is now part of the run's identity."""

@@ -87,7 +87,8 @@ def output_held(output: str) -> Iterator[None]:
     if not output or os.environ.get("RANK", "0") != "0" or (os.path.exists(output) and not os.path.isfile(output)):
         yield  # nothing to hold (a device or a folder as -o is refused by the command itself)
         return
-    lock = Path(output).with_name(Path(output).name + ".lock")
+    target = Path(output).resolve() if Path(output).is_symlink() else Path(output)  # the file a link names is written
+    lock = target.with_name(target.name + ".lock")
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:  # no such folder yet, a read-only one, a file where the folder should be

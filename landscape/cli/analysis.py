@@ -26,6 +26,7 @@ from landscape.cli.options import (
     Seed,
     UnsafePickle,
     command_line,
+    in_range,
     interrupted,
     load_spec,
     model_options,
@@ -132,9 +133,10 @@ def roughness(
     import torch
 
     import landscape as ls
-    from landscape.api import roughness_settings
+    from landscape.api import check_roughness, roughness_settings
     from landscape.measures import KnownPoints
 
+    check_roughness(directions, span, steps)  # before anything is loaded or written
     check_output(output, force)
     points_path = output.with_name(output.name + ".points")  # the points done so far, for --resume
     if points_path.exists() and not resume and not force:
@@ -146,6 +148,7 @@ def roughness(
         seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
     )  # fmt: skip
     problem, prov = load_problem(spec, say)
+    check_roughness(directions, span, steps, problem.theta.numel())
     say(
         f"{prov['parameters']:,} parameters, {problem.n:,} samples, {directions} directions x {steps + 1} points "
         f"in [-{span:g}, {span:g}], {prov['device']} {dtype}"
@@ -172,10 +175,16 @@ def roughness(
                 on_chunk=lambda idx, v: points.write(idx.numpy(), v.loss.numpy(), None if v.accuracy is None else v.accuracy.numpy()),
             )  # fmt: skip
     except KeyboardInterrupt:  # typer would exit 130 without a word
-        interrupted(": " + points_kept(int(points.done.sum()), total, points_path))
+        if not points.done.any():
+            points_path.unlink(missing_ok=True)
+            interrupted(" before any point was done; no file written")
+        else:
+            interrupted(": " + points_kept(int(points.done.sum()), total, points_path))
         raise typer.Exit(130) from None
-    except PointFailure as exc:
-        if points.done.any():
+    except LandscapeError as exc:
+        if not points.done.any():  # nothing computed: leave no file behind
+            points_path.unlink(missing_ok=True)
+        elif isinstance(exc, PointFailure):
             raise PointFailure(f"{exc}; {points_kept(int(points.done.sum()), total, points_path)}") from exc
         raise
     res.save(output)
@@ -316,8 +325,8 @@ def sharpness(
     import landscape as ls
 
     check_output(output, force)
-    if rho <= 0 or epsilon <= 0:
-        raise LandscapeError("--rho and --epsilon must be positive")
+    for flag, value in (("--rho", rho), ("--epsilon", epsilon)):
+        in_range(flag, positive=True)(value)
     if curvature is not None and hessian:
         raise LandscapeError("--curvature and --hessian: give one (a file to read, or compute here)")
     curv: ls.CurvatureResult | bool = hessian

@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 import landscape as ls
+from landscape.api import check_path_points
 from landscape.cli import app
 from landscape.cli.options import (
     BatchSize,
@@ -136,8 +137,7 @@ def path(
     check_output(output, force)
     if curve not in CURVES:
         raise LandscapeError(f"--curve {curve!r}: expected one of {', '.join(CURVES)}")
-    if points < 2:
-        raise LandscapeError(f"--points {points}: need at least 2")
+    check_path_points(points)  # before anything is loaded
     ckpts = checkpoint_paths(checkpoints, sample, "ends")
     if len(ckpts) < 2:
         raise LandscapeError("path: name at least two checkpoints")

@@ -67,12 +67,18 @@ def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | No
     except Exception as exc:
         raise LandscapeError(f"--config {value}: not valid TOML ({exc})") from exc
     name = ctx.info_name or ""
+    commands = set(getattr(ctx.find_root().command, "commands", {}) or {name})
+    for key, val in table.items():  # a misspelt [sweeps] was ignored without a word
+        if isinstance(val, dict) and key not in commands:
+            raise LandscapeError(
+                f"--config {value}: unknown section [{key}]; sections are named after commands ({', '.join(sorted(commands))})"
+            )
     section = table.get(name, table) if isinstance(table.get(name), dict) else table
     known = {p.name for p in ctx.command.params}
     defaults = {}
     for key, val in section.items():
-        if isinstance(val, dict):
-            continue
+        if isinstance(val, dict) and section is table:
+            continue  # another command's section
         k = key.replace("-", "_")
         if k not in known:
             raise LandscapeError(f"--config {value}: unknown option {key!r} for `landscape {name}`")
@@ -137,7 +143,9 @@ def output_file(path: Path) -> Path:
             if not parent.is_dir():
                 raise LandscapeError(f"--output {path}: {parent} is a file, not a folder")
             break
-    return path
+    # a symbolic link is written through: the file it names is replaced, not the link (writing to
+    # `-o /dev/stdout` as root replaced the /dev/stdout link itself with the results file)
+    return path.resolve() if path.is_symlink() else path
 
 
 def in_range(
@@ -301,7 +309,7 @@ def refuse_inputs_as_outputs(options: dict[str, Any]) -> None:
         if out is None or not Path(out).is_file():
             continue
         for which, path in inputs:
-            if Path(out).resolve() == path.resolve():
+            if Path(out).resolve() == path.resolve() or os.path.samefile(out, path):  # a hard link too
                 flag = "--" + name.replace("_", "-")
                 if which == "sample":
                     given = f"a file of --sample {options['sample']}"

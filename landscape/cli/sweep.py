@@ -173,9 +173,14 @@ def sweep(
             )
             store = SweepFile.resume(output, planned.settings)
             say(f"resuming {output}: {int(store.done.sum())} of {store.done.size} points already done")
-            earlier = pick_to_resume(strategy, store.picked)  # run_sweep goes on with it, as a run never killed
-            if earlier is not None:
+            earlier = pick_to_resume(strategy, store.picked, batch_size)  # run_sweep goes on with it
+            if earlier is not None and earlier == store.picked:
                 say(f"going on with strategy {earlier.describe()}, as the run before")
+            elif earlier is not None and store.picked is not None:
+                say(
+                    f"going on with strategy {earlier.name} at --batch-size {batch_size} (the run before used "
+                    f"{store.picked.batch_size}: values may differ from it in the last digits)"
+                )
         elif world.main:
             the_axes = _make_axes(
                 problem, dims, axes, axes_from, norm=norm, ignore=ignore, seed=seed, to=to, other=other

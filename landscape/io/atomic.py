@@ -20,6 +20,7 @@ def replace_whole(path: str | Path, *, size: int | None = None, keep_suffix: boo
     with `keep_suffix`, for writers that read the format from the suffix); renamed over `path` when
     the block ends. `size` (bytes, when known) is checked against the free space first."""
     path = Path(path)
+    path = path.resolve() if path.is_symlink() else path  # replace the file a link names, not the link
     tmp = path.with_name(f"{path.stem}.partial{path.suffix}" if keep_suffix else path.name + ".partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

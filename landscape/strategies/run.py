@@ -50,9 +50,14 @@ class Pick:
         return self.name + (f" ({', '.join(sizes)})" if sizes else "")
 
 
-def pick_to_resume(strategy: str, earlier: Pick | None) -> Pick | None:
-    """The earlier run's pick when this run asks for auto or for the same strategy, else None."""
-    return earlier if earlier is not None and strategy in ("auto", earlier.name) else None
+def pick_to_resume(strategy: str, earlier: Pick | None, batch_size: int | None = None) -> Pick | None:
+    """The earlier run's pick when this run asks for auto or for the same strategy, else None; a
+    batch size the user names now wins over the stored one (the points per call are then sized again)."""
+    if earlier is None or strategy not in ("auto", earlier.name):
+        return None
+    if batch_size is not None and batch_size != earlier.batch_size:
+        return Pick(earlier.name, batch_size)
+    return earlier
 
 
 class SweepSink(Protocol):
@@ -176,7 +181,8 @@ def run_sweep(
         if world.main and sink is not None:
             sink.chose(pick)
 
-    earlier = world.broadcast(pick_to_resume(strategy, sink.picked) if world.main and sink is not None else None)
+    named = None if problem.auto_batch else problem.batch_size
+    earlier = world.broadcast(pick_to_resume(strategy, sink.picked, named) if world.main and sink is not None else None)
     choice = evaluate_points(
         problem, directions, coords, todo, keep, strategy=strategy, chunk_seconds=chunk_seconds,
         on_progress=progress, warn=warn, world=world, on_choice=chose, earlier=earlier,
