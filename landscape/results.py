@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+import h5py
 import numpy as np
 import torch
 
@@ -26,7 +27,7 @@ from landscape.curvature.lanczos import Eigenpairs
 from landscape.curvature.trace import TraceEstimate
 from landscape.io.analysis_store import Group, read_group, read_root, write_results
 from landscape.io.curvature import read_curvature, write_curvature
-from landscape.io.results import SweepFile, check_ours, read_axes, read_sweep
+from landscape.io.results import SweepFile, check_ours, fill_sweep, read_axes, read_sweep
 from landscape.params import Layout
 from landscape.strategies import Pick
 
@@ -90,8 +91,9 @@ class SweepResult:
     def complete(self) -> bool:
         return bool(self.done.all())
 
-    def create_file(self, path: str | Path) -> SweepFile:
-        """A new results file of this sweep's layout with no point done yet (the CLI then fills it)."""
+    def create_file(self, path: str | Path, then: Callable[[h5py.File], None] | None = None) -> SweepFile:
+        """A new results file of this sweep's layout with no point done yet (the CLI then fills it;
+        `then(f)` writes more in the same write)."""
         store_dtype = _store_dtype(self.provenance)
         return SweepFile.create(
             path,
@@ -104,23 +106,24 @@ class SweepResult:
             layout=self.axes.layout,
             coords=dict(zip(self.axes.names, self.coords)),
             has_accuracy=self.accuracy is not None,
+            then=then,
         )
 
     def save(self, path: str | Path) -> Path:
-        """Write the results file `landscape sweep` writes for this run."""
-        from landscape.io.analysis_store import add_group
+        """Write the results file `landscape sweep` writes for this run (in one write)."""
+        from landscape.io.analysis_store import write_group
 
-        store = self.create_file(path)
-        idx = np.flatnonzero(self.done.reshape(-1))
-        acc = None if self.accuracy is None else self.accuracy.reshape(-1)[idx]
+        pick = None
         if self.run.get("strategy") not in (None, "none"):
             sizes = [int(self.run.get(k) or 0) or None for k in ("batch_size", "points_per_call")]
-            store.chose(Pick(str(self.run["strategy"]), *sizes))
-        store.write(idx, self.loss.reshape(-1)[idx], acc)
-        for name, group in self.groups.items():
-            add_group(store.path, name, group)
-        store.finish(self.run)
-        return store.path
+            pick = Pick(str(self.run["strategy"]), *sizes)
+
+        def values_and_groups(f: h5py.File) -> None:
+            fill_sweep(f, self.loss, self.accuracy, self.done, pick, self.run)
+            for name, group in self.groups.items():
+                write_group(f, name, group)
+
+        return self.create_file(path, then=values_and_groups).path
 
     def as_dict(self) -> dict[str, Any]:
         """The sweep as `landscape.io.results.read_sweep` gives it (what the figures read)."""

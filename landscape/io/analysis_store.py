@@ -43,7 +43,8 @@ class Group:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-def _write_group(f: h5py.File, name: str, group: Group) -> None:
+def write_group(f: h5py.File, name: str, group: Group) -> None:
+    """Write (or replace) one group of numbers, arrays and attributes in an open results file."""
     if name in f:
         del f[name]
     g = f.create_group(name)
@@ -71,7 +72,7 @@ def write_results(
         if layout is not None:
             write_layout(f.require_group("axes"), layout)
         for name, group in groups.items():
-            _write_group(f, name, group)
+            write_group(f, name, group)
     return path
 
 
@@ -79,7 +80,7 @@ def add_group(path: str | Path, name: str, group: Group) -> None:
     """Add (or replace) one group in an existing results file (e.g. /trajectory beside a sweep)."""
     check_ours(path)
     with rewrite_atomically(path) as f:
-        _write_group(f, name, group)
+        write_group(f, name, group)
 
 
 def has_group(path: str | Path, name: str) -> bool:

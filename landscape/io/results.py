@@ -12,7 +12,7 @@ Layout (docs/architecture.md and DESIGN.md):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -168,8 +168,10 @@ class SweepFile:
         layout: Layout,
         coords: Mapping[str, np.ndarray],
         has_accuracy: bool,
+        then: Callable[[h5py.File], None] | None = None,
     ) -> SweepFile:
-        """Write a new file with every point marked not done (loss NaN) and complete=False."""
+        """Write a new file with every point marked not done (loss NaN) and complete=False; `then(f)`
+        writes more in the same single write (a finished sweep's values, its groups)."""
         path = Path(path)
         shape = tuple(len(c) for c in coords.values())
         grids = {"loss": np.full(shape, np.nan)}
@@ -192,6 +194,9 @@ class SweepFile:
             for name, grid in grids.items():
                 sweep.create_dataset(name, data=grid)
             sweep.create_dataset(STRATEGY_SLOT, data=np.zeros(STRATEGY_BYTES, dtype=np.uint8))
+            if then is not None:
+                then(f)
+                grids = {name: sweep[name][()] for name in grids}
         return cls(path, [np.asarray(c, dtype=np.float64) for c in coords.values()], grids)
 
     @classmethod
@@ -248,11 +253,36 @@ class SweepFile:
         """Record how the sweep ran and mark the file complete when every point is done."""
         try:
             with rewrite_atomically(self.path) as f:
-                for key, value in attrs.items():
-                    f["sweep"].attrs[key] = _attr(value)
-                f.attrs["complete"] = bool(self.done.all())
+                _finished(f, attrs, self.done)
         except RunFailure as exc:
             raise RunFailure(f"{exc}; {self._kept()}") from exc
+
+
+def fill_sweep(
+    f: h5py.File,
+    loss: np.ndarray,
+    accuracy: np.ndarray | None,
+    done: np.ndarray,
+    pick: Pick | None,
+    attrs: Mapping[str, Any],
+) -> None:
+    """A new file's grids, strategy slot and /sweep attributes as a finished run leaves them (for
+    `SweepFile.create(then=...)`: a result saved from memory is written once)."""
+    f["sweep/loss"][...] = loss
+    if accuracy is not None and "accuracy" in f["sweep"]:
+        f["sweep/accuracy"][...] = accuracy
+    f["sweep/done"][...] = done
+    if pick is not None:
+        f["sweep"][STRATEGY_SLOT][...] = np.frombuffer(
+            pick.text().encode()[:STRATEGY_BYTES].ljust(STRATEGY_BYTES, b"\0"), np.uint8
+        )
+    _finished(f, attrs, done)
+
+
+def _finished(f: h5py.File, attrs: Mapping[str, Any], done: np.ndarray) -> None:
+    for key, value in attrs.items():
+        f["sweep"].attrs[key] = _attr(value)
+    f.attrs["complete"] = bool(done.all())
 
 
 STRATEGY_SLOT = "strategy_in_use"  # /sweep/strategy_in_use: the probe's pick as `Pick.text`, NUL-padded ASCII
