@@ -21,9 +21,9 @@ import torch
 from landscape import progress as messages
 from landscape.axes import Axes, axes_settings, stored_axes
 from landscape.curvature.analysis import CurvatureSettings, OnProducts, run_curvature
-from landscape.curvature.operators import CURVATURE_TITLES
 from landscape.distributed import World
 from landscape.errors import ArgumentError
+from landscape.names import CURVATURE_TITLES
 from landscape.problem import Problem
 from landscape.progress import Progress, Say, progress_to
 from landscape.results import (
@@ -224,7 +224,7 @@ def hessian(
 
 def check_curvature(s: CurvatureSettings) -> None:
     """Raise ArgumentError for settings that cannot run (before anything is loaded, in the CLI)."""
-    from landscape.curvature.lanczos import WHICH
+    from landscape.names import WHICH
 
     if s.which not in WHICH:
         raise ArgumentError("which", s.which, f"expected one of {', '.join(WHICH)}")

@@ -166,7 +166,7 @@ def hessian_axes(
     coordinate is a distance in weight space (loss ~ L0 + lambda a^2 / 2 along axis a). With `to`,
     x is the line to that point and y the top eigenvector."""
     from landscape.curvature.analysis import top_eigenvectors
-    from landscape.curvature.operators import CURVATURE_TITLES
+    from landscape.names import CURVATURE_TITLES
 
     count = dims - (1 if to is not None else 0)
     eig = top_eigenvectors(problem, count, seed=seed, tol=tol, curvature=curvature)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 
 from landscape.errors import ArgumentError
+from landscape.names import IGNORES, NORMS
 from landscape.params import Layout
 
-NORMS = ("filter", "layer", "model", "none")
-IGNORES = ("biasbn", "none")
 EPS = 1e-10
 
 

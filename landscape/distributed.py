@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 TIMEOUT_S = 600.0  # how long a rank waits for the others at a collective (gloo's own default is 30 min)
 FAILED_KEY = "landscape/failed/"  # + rank: a failing rank's one-line error, for the others to report
 EXCHANGES_KEY = "landscape/exchanges/"  # + rank: how many collectives the rank has entered
+STORE_GRACE_S = 2.0  # how long a failing rank waits for the store (its host may be gone)
 
 T = TypeVar("T")
 
@@ -77,6 +78,7 @@ class World:
         try:
             return call()
         except RuntimeError as exc:  # gloo and NCCL raise DistBackendError (a RuntimeError) on timeouts and lost peers
+            self.store_gives_up_soon()
             failed = self.peer_failures()
             if failed:
                 raise PeersLost("stopped because " + "; ".join(failed)) from exc
@@ -97,6 +99,16 @@ class World:
             return int(self.store.add(f"{EXCHANGES_KEY}{self.rank if rank is None else rank}", add))
         except Exception:  # the store's host is gone
             return -1
+
+    def store_gives_up_soon(self) -> None:
+        """Once the run is failing, the store is asked with a short timeout: when the launcher that
+        hosts it was killed, each request would otherwise wait the whole --dist-timeout (the
+        orphaned workers of a killed torchrun held the results file for 10 minutes)."""
+        if self.store is not None:
+            try:
+                self.store.set_timeout(dt.timedelta(seconds=STORE_GRACE_S))
+            except Exception:
+                pass
 
     def post_failure(self, message: str) -> None:
         """Leave this rank's one-line error in the store, where the others read it (best effort)."""

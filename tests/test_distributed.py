@@ -51,7 +51,8 @@ def torchrun(n: int, *args: str, env: dict[str, str] | None = None, **kw) -> sub
 
 
 def single(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "landscape", *args], env=ENV, check=True, capture_output=True)
+    res = subprocess.run([sys.executable, "-m", "landscape", *args], env=ENV, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_shard_covers_everything_once():
@@ -80,6 +81,28 @@ def _done(path: Path) -> int:
         return 0
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (as a batch system ends a job), found through /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_killed_two_rank_run_resumes_with_one(tmp_path):
     grid = [*GRID[:2], "--x", "-1:1:31", "--y", "-1:1:21", *GRID[6:], "--strategy", "loop"]
     path = tmp_path / "killed.h5"
@@ -89,7 +112,7 @@ def test_killed_two_rank_run_resumes_with_one(tmp_path):
         time.sleep(0.05)
     if proc.poll() is not None:  # say why: finished too soon, or torchrun failed to start
         pytest.fail(f"exited ({proc.returncode}) before it could be killed:\n{proc.stdout.read().decode()[-3000:]}")
-    os.killpg(proc.pid, signal.SIGKILL)
+    _kill_tree(proc.pid)  # torchrun starts each worker in its own session: killing its group left them running
     proc.wait()
     part = read_sweep(path)
     assert 0 < part["done"].sum() < part["done"].size and not part["attrs"]["complete"]

@@ -64,14 +64,14 @@ def test_cli_full_disk_is_one_line_exit_1(cli, tmp_path, monkeypatch):
 
 
 def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(cli, tmp_path, monkeypatch):
-    import landscape.cli.files as files
+    import landscape.io.results as results  # `info` imports describe from here when it runs
 
     def broken(*args, **kwargs):
         raise KeyError("something inside")
 
     out = tmp_path / "a.h5"
     assert cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "-o", out).code == 0
-    monkeypatch.setattr(files, "describe", broken)
+    monkeypatch.setattr(results, "describe", broken)
     res = cli("info", out)
     assert res.code == 1
     assert res.err.strip().splitlines()[-1].startswith("error: KeyError: 'something inside' (run with --debug")

@@ -55,8 +55,6 @@ from landscape.cli.shared import (
     problem_at,
 )
 from landscape.errors import LandscapeError, PointFailure
-from landscape.io.analysis_store import PointStore
-from landscape.io.load import load_problem
 
 
 def _finite(obj: Any) -> Any:
@@ -134,6 +132,8 @@ def roughness(
 
     import landscape as ls
     from landscape.api import check_roughness, roughness_settings
+    from landscape.io.analysis_store import PointStore
+    from landscape.io.load import load_problem
     from landscape.measures import KnownPoints
 
     check_roughness(directions, span, steps)  # before anything is loaded or written
@@ -323,6 +323,7 @@ def sharpness(
       landscape sharpness --sample cnn --hessian -o sharp.h5 && landscape metrics sharp.h5 --fail-if "lambda_max > 50"
     """
     import landscape as ls
+    from landscape.io.load import load_problem
 
     check_output(output, force)
     for flag, value in (("--rho", rho), ("--epsilon", epsilon)):

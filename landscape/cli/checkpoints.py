@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 
 import landscape as ls
-from landscape.api import check_path_points
 from landscape.cli import app
 from landscape.cli.options import (
     BatchSize,
@@ -46,7 +45,9 @@ from landscape.cli.shared import (
     problem_at,
 )
 from landscape.errors import LandscapeError
-from landscape.problem import Problem
+
+if TYPE_CHECKING:
+    from landscape.problem import Problem
 
 
 def _run_plane(output: Path, problem: Problem, planned: ls.SweepResult, strategy: str) -> None:
@@ -137,6 +138,8 @@ def path(
     check_output(output, force)
     if curve not in CURVES:
         raise LandscapeError(f"--curve {curve!r}: expected one of {', '.join(CURVES)}")
+    from landscape.api import check_path_points
+
     check_path_points(points)  # before anything is loaded
     ckpts = checkpoint_paths(checkpoints, sample, "ends")
     if len(ckpts) < 2:

@@ -12,7 +12,6 @@ from rich.text import Text
 
 from landscape.cli import app
 from landscape.cli.options import out
-from landscape.io.results import describe, read_sweep
 from landscape.io.samples import registry
 from landscape.summary import sweep_numbers
 
@@ -23,6 +22,8 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON (for scripts and CI).")] = False,
 ) -> None:
     """Show what a results file holds: provenance, settings, datasets and the headline numbers."""
+    from landscape.io.results import describe, read_sweep
+
     desc = describe(path)
     if "sweep/loss" in desc["datasets"]:
         desc["numbers"] = sweep_numbers(read_sweep(path))

@@ -9,12 +9,11 @@ prints and writes the results file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from landscape.api import check_curvature
 from landscape.cli import app
 from landscape.cli.options import (
     RUN,
@@ -41,12 +40,11 @@ from landscape.cli.options import (
 )
 from landscape.cli.shared import curvature_with_progress
 from landscape.cli.world import joined
-from landscape.curvature.analysis import BlockResult, CurvatureSettings
-from landscape.curvature.operators import CURVATURE_TITLES, CURVATURES, METHODS
-from landscape.curvature.trace import EXACT
-from landscape.distributed import device_for, shard_problem
 from landscape.errors import LandscapeError
-from landscape.io.load import load_problem
+from landscape.names import CURVATURE_TITLES, CURVATURES, EXACT_TRACE, METHODS
+
+if TYPE_CHECKING:  # the command's own imports wait for it to run: `landscape --help` needs no torch
+    from landscape.curvature.analysis import BlockResult
 
 CURV = "Curvature"
 
@@ -152,6 +150,11 @@ def hessian(
 
       landscape plot curv.h5 --kind density -o density.png
     """
+    from landscape.api import check_curvature
+    from landscape.curvature.analysis import CurvatureSettings
+    from landscape.distributed import device_for, shard_problem
+    from landscape.io.load import load_problem
+
     if curvature not in CURVATURES:  # before anything is loaded
         raise LandscapeError(f"--curvature {curvature!r}: expected one of {', '.join(CURVATURES)}")
     if method != "auto" and method not in METHODS:
@@ -206,7 +209,7 @@ def _summary(block: BlockResult, layers: dict[str, BlockResult], curvature: str)
         out.print(t)
     if block.trace is not None:
         tr = block.trace
-        if tr.method == EXACT:
+        if tr.method == EXACT_TRACE:
             out.print(f"trace: {tr.value:.6g} (exact, from {tr.matvecs} products)")
         else:
             out.print(f"trace: {tr.value:.6g} ± {tr.std_error:.2g} (standard error; Hutch++, {tr.matvecs} products)")

@@ -10,7 +10,7 @@ import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -27,7 +27,10 @@ from rich.progress import (
 from rich.text import Text
 
 from landscape.errors import ArgumentError, LandscapeError, one_line
-from landscape.io.load import LoadSpec
+
+if TYPE_CHECKING:
+    from landscape.io.load import LoadSpec
+
 
 # markup and emoji codes off: paths and messages hold "[...]" and ":b:" that must print as they are
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
@@ -230,6 +233,8 @@ Config = Annotated[
 
 
 def load_spec(**kwargs: Any) -> LoadSpec:
+    from landscape.io.load import LoadSpec
+
     return LoadSpec(**kwargs)
 
 

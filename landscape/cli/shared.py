@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 
 import landscape as ls
 from landscape.cli.options import RUN, activity, command_line, load_spec, one_of, output_file, say, wrote
-from landscape.directions import IGNORES, NORMS
 from landscape.errors import LandscapeError
-from landscape.io.load import load_problem
-from landscape.problem import Problem
-from landscape.strategies import STRATEGIES
+from landscape.names import IGNORES, NORMS, STRATEGIES
+
+if TYPE_CHECKING:
+    import torch
+
+    from landscape.problem import Problem
 
 ANALYSIS = "Analysis"
 Output = Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.", callback=output_file)]
@@ -128,5 +129,7 @@ def load_states(paths: list[str], problem, spec_kwargs: dict[str, Any]) -> list[
 
 
 def problem_at(spec_kwargs: dict[str, Any], checkpoint_path: str):
+    from landscape.io.load import load_problem
+
     spec = load_spec(**{**spec_kwargs, "checkpoint": checkpoint_path})
     return load_problem(spec, say)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
-import torch
 import typer
 
 import landscape as ls
-from landscape.axes import Axes, axes_settings
 from landscape.cli import app
 from landscape.cli.options import (
     RUN,
@@ -41,14 +38,14 @@ from landscape.cli.options import (
     wrote,
 )
 from landscape.cli.shared import Strategy, ignore_option, norm_option
-from landscape.cli.world import joined
-from landscape.distributed import PeersLost, device_for
 from landscape.errors import LandscapeError, PointFailure
-from landscape.io.load import load_other_theta, load_problem
-from landscape.io.results import SweepFile, read_axes
 from landscape.io.spec import sha256_file
-from landscape.problem import Problem
-from landscape.strategies import pick_to_resume
+
+if TYPE_CHECKING:  # the command's own imports wait for it to run: `landscape --help` needs no torch
+    import torch
+
+    from landscape.axes import Axes
+    from landscape.problem import Problem
 
 AXES = "Axes and grid"
 
@@ -132,6 +129,13 @@ def sweep(
 
       landscape sweep --checkpoint my-gpt2 --data tokens.pt --loss next-token -o lm.h5   (a save_pretrained directory)
     """
+    from landscape.axes import Axes, axes_settings
+    from landscape.cli.world import joined
+    from landscape.distributed import PeersLost, device_for
+    from landscape.io.load import load_other_theta, load_problem
+    from landscape.io.results import SweepFile, read_axes
+    from landscape.strategies import pick_to_resume
+
     with joined(device, dist_timeout) as world:
         if world.main and output.exists() and not resume and not force:
             raise LandscapeError(f"{output} exists: pass --resume to finish it or --force to overwrite it")
@@ -245,6 +249,8 @@ def _make_axes(
 
 def _report(result: ls.SweepResult, strategy: str, output: Path) -> None:
     """The strategy and its probe's timings, the strategies that failed, non-finite points; the file."""
+    import numpy as np
+
     run = result.run
     timings = run.get("strategy_timings_s_per_point") or {}
     if timings:

@@ -23,9 +23,9 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 
 from landscape.errors import LandscapeError
+from landscape.names import WHICH
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
-WHICH = ("largest", "both")
 
 
 @functools.lru_cache(maxsize=1)

@@ -50,13 +50,11 @@ from landscape.distributed import World
 from landscape.errors import ArgumentError, LandscapeError
 from landscape.losses import is_builtin
 from landscape.model_io import Inputs, call_functional, logits_of, map_inputs, math_attention, take
+from landscape.names import CURVATURES, METHODS
 from landscape.params import Layout
 from landscape.problem import Problem
 
-CURVATURES = ("hessian", "ggn", "fisher")
-CURVATURE_TITLES = {"hessian": "Hessian", "ggn": "GGN", "fisher": "empirical Fisher"}
 FISHER_CACHE_BYTES = 1 << 30  # per-sample gradients kept between products up to this size (all batches, per rank)
-METHODS = ("double-backward-cached", "double-backward", "forward-over-reverse")
 KEPT = ("double-backward-cached", "ggn-cached", "fisher-cached")  # per-batch state built once, kept between products
 SLOW_FACTOR = 3.0  # a method whose first (cold) product takes this many times the fastest warm one is not timed again
 

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from landscape.curvature.lanczos import lanczos
+from landscape.names import EXACT_TRACE as EXACT
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 HUTCHPP = "Hutch++ (Meyer et al. 2021) with a Krylov sketch (Chen & Hallman 2023)"
-EXACT = "exact: the trace of the whole matrix, from one product per parameter"
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def _density(block: dict[str, Any], sigma: float | None) -> dict[str, np.ndarray
 
 
 def _title(curv: dict[str, Any]) -> str:
-    from landscape.curvature.operators import CURVATURE_TITLES  # the names only (imported lazily, as _density's)
+    from landscape.names import CURVATURE_TITLES
 
     name = Path(str(curv.get("attrs", {}).get("checkpoint", ""))).name
     what = str(curv.get("curvature", "hessian"))

@@ -28,7 +28,7 @@ REGISTRY: dict[str, type[Strategy]] = {
         MlpStrategy,
     )
 }
-STRATEGIES: tuple[str, ...] = tuple(REGISTRY)
+STRATEGIES: tuple[str, ...] = tuple(REGISTRY)  # as landscape.names.STRATEGIES (a test checks)
 
 
 def build_strategy(
