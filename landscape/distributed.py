@@ -102,8 +102,7 @@ class World:
 
     def store_gives_up_soon(self) -> None:
         """Once the run is failing, the store is asked with a short timeout: when the launcher that
-        hosts it was killed, each request would otherwise wait the whole --dist-timeout (the
-        orphaned workers of a killed torchrun held the results file for 10 minutes)."""
+        hosts it was killed, each request could otherwise wait the whole --dist-timeout."""
         if self.store is not None:
             try:
                 self.store.set_timeout(dt.timedelta(seconds=STORE_GRACE_S))
