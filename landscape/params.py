@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class Layout:
 
     def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Concatenate the named tensors (in layout order) into one vector."""
+        import torch  # here, not at the top: the file commands read layouts without torch
+
         return torch.cat([tensors[n].reshape(-1) for n in self.names])
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -20,12 +20,13 @@ def _modules_after(args: list[str]) -> set[str]:
     code = (
         "import sys\nfrom landscape.cli import main\n"
         f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
-        "print(' '.join(m for m in ('torch', 'sympy', 'torch._dynamo') if m in sys.modules), file=sys.stderr)"
+        "print('MODULES:', *(m for m in ('torch', 'sympy', 'torch._dynamo') if m in sys.modules), file=sys.stderr)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in res.stderr, res.stderr
-    return set(res.stderr.strip().splitlines()[-1].split()) if res.stderr.strip() else set()
+    (line,) = [line for line in res.stderr.splitlines() if line.startswith("MODULES:")]
+    return set(line.split()[1:])
 
 
 @pytest.mark.parametrize("args", [["--help"], *[[c, "--help"] for c in COMMANDS]], ids=lambda a: " ".join(a))
@@ -49,3 +50,39 @@ def test_the_names_offered_agree_with_the_implementations():
         for ignore in names.IGNORES:
             d = random_directions(1, theta, layout, seed=0, norm=norm, ignore=ignore)
             assert d.shape == (1, 9) and torch.isfinite(d).all()
+
+
+@pytest.fixture(scope="module")
+def result_files(tmp_path_factory):
+    """A 2D sweep, a curvature file with a density, and a roughness file, as the CLI writes them."""
+    from landscape.cli import main
+
+    folder = tmp_path_factory.mktemp("files")
+    runs = {
+        "sweep.h5": ["sweep", "--sample", "linreg", "--x", "-1:1:5", "--y", "-1:1:4"],
+        "curv.h5": ["hessian", "--sample", "linreg", "--top-k", "3", "--trace", "--density"],
+        "rough.h5": ["roughness", "--sample", "linreg", "--directions", "3", "--steps", "4"],
+    }
+    for name, args in runs.items():
+        try:
+            main([*args, "-o", str(folder / name)])
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["info", "sweep.h5"], ["info", "curv.h5"], ["metrics", "sweep.h5"], ["metrics", "curv.h5"],
+        ["metrics", "rough.h5"], ["plot", "sweep.h5", "-o", "s.png"], ["plot", "curv.h5", "--kind", "density", "-o", "d.html"],
+        ["plot", "rough.h5", "-o", "r.svg"], ["report", "sweep.h5", "curv.h5", "rough.h5", "-o", "report.html"],
+    ],
+    ids=lambda c: " ".join(c),
+)  # fmt: skip
+def test_the_file_commands_import_no_torch(result_files, command):
+    """`info`, `metrics`, `plot` and `report` read results files only: no torch, no sympy (and they work)."""
+    args = [str(result_files / a) if a.endswith((".h5", ".png", ".html", ".svg")) else a for a in command]
+    assert _modules_after(args) == set()
+    if "-o" in args:
+        assert Path(args[args.index("-o") + 1]).stat().st_size > 0

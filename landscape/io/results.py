@@ -15,20 +15,21 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import torch
 
 from landscape import __version__
-from landscape.axes import Axes
 from landscape.errors import LandscapeError, RunFailure, one_line
 from landscape.io.atomic import os_reason
 from landscape.io.h5file import open_h5, rewrite_atomically, write_atomically
 from landscape.io.schema import DAMAGED, check_root, check_sweep
 from landscape.params import Layout
-from landscape.strategies.run import Pick
+from landscape.pick import Pick
+
+if TYPE_CHECKING:
+    from landscape.axes import Axes
 
 FORMAT = "landscape-results"
 FORMAT_VERSION = 1
@@ -327,6 +328,10 @@ def _grid_offsets(path: Path, grids: Mapping[str, np.ndarray]) -> dict[str, int]
 
 def read_axes(path: str | Path) -> Axes:
     """The directions a sweep stored (float64), with each axis's attributes and the parameter layout."""
+    import torch  # here, not at the top: `info`, `plot`, `metrics` and `report` run without torch
+
+    from landscape.axes import Axes
+
     with open_results(path) as f:
         if "sweep" not in f:
             raise LandscapeError(f"{path}: holds no sweep")
