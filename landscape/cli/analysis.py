@@ -274,12 +274,18 @@ def sharpness(
     loss: Loss = None,
     rho: Annotated[
         float,
-        typer.Option(help="SAM radius: L(theta + rho g/|g|) - L(theta) (Foret et al.).", rich_help_panel=ANALYSIS),
+        typer.Option(
+            help="SAM radius: L(theta + rho g/|g|) - L(theta) (Foret et al.).",
+            rich_help_panel=ANALYSIS,
+            callback=in_range("--rho", positive=True),
+        ),
     ] = 0.05,
     epsilon: Annotated[
         float,
         typer.Option(
-            help="epsilon-sharpness box: |y_i| <= epsilon (|theta_i| + 1) (Keskar et al.).", rich_help_panel=ANALYSIS
+            help="epsilon-sharpness box: |y_i| <= epsilon (|theta_i| + 1) (Keskar et al.).",
+            rich_help_panel=ANALYSIS,
+            callback=in_range("--epsilon", positive=True),
         ),
     ] = 1e-3,
     ascent_steps: Annotated[
@@ -326,8 +332,6 @@ def sharpness(
     from landscape.io.load import load_problem
 
     check_output(output, force)
-    for flag, value in (("--rho", rho), ("--epsilon", epsilon)):
-        in_range(flag, positive=True)(value)
     if curvature is not None and hessian:
         raise LandscapeError("--curvature and --hessian: give one (a file to read, or compute here)")
     curv: ls.CurvatureResult | bool = hessian
