@@ -8,7 +8,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import typer
 
@@ -87,7 +86,9 @@ def output_held(output: str) -> Iterator[None]:
     if not output or os.environ.get("RANK", "0") != "0" or (os.path.exists(output) and not os.path.isfile(output)):
         yield  # nothing to hold (a device or a folder as -o is refused by the command itself)
         return
-    target = Path(output).resolve() if Path(output).is_symlink() else Path(output)  # the file a link names is written
+    from landscape.io.atomic import written_path
+
+    target = written_path(output)
     lock = target.with_name(target.name + ".lock")
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)

@@ -146,9 +146,9 @@ def output_file(path: Path) -> Path:
             if not parent.is_dir():
                 raise LandscapeError(f"--output {path}: {parent} is a file, not a folder")
             break
-    # a symbolic link is written through: the file it names is replaced, not the link (writing to
-    # `-o /dev/stdout` as root replaced the /dev/stdout link itself with the results file)
-    return path.resolve() if path.is_symlink() else path
+    from landscape.io.atomic import written_path
+
+    return written_path(path)  # a symbolic link is written through
 
 
 def in_range(

@@ -14,13 +14,19 @@ from pathlib import Path
 from landscape.errors import RunFailure
 
 
+def written_path(path: str | Path) -> Path:
+    """The file a write to `path` replaces: the one a symbolic link names, not the link (writing to
+    `-o /dev/stdout` as root replaced the /dev/stdout link itself with a results file)."""
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path
+
+
 @contextmanager
 def replace_whole(path: str | Path, *, size: int | None = None, keep_suffix: bool = False) -> Iterator[Path]:
     """A temporary path to write `path`'s new contents to (`PATH.partial`, or `STEM.partial.SUFFIX`
     with `keep_suffix`, for writers that read the format from the suffix); renamed over `path` when
     the block ends. `size` (bytes, when known) is checked against the free space first."""
-    path = Path(path)
-    path = path.resolve() if path.is_symlink() else path  # replace the file a link names, not the link
+    path = written_path(path)
     tmp = path.with_name(f"{path.stem}.partial{path.suffix}" if keep_suffix else path.name + ".partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
