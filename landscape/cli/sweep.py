@@ -255,9 +255,15 @@ def _report(result: ls.SweepResult, strategy: str, output: Path) -> None:
     timings = run.get("strategy_timings_s_per_point") or {}
     if timings:
         timing = ", ".join(f"{n} {1e3 * t:.2g} ms/pt" for n, t in timings.items())
-        say(f"strategy {run['strategy']} (probe: {timing})")
+        share = float(run.get("probe_seconds") or 0.0) / max(float(run.get("seconds") or 0.0), 1e-9)
+        probe = (
+            f"probe {float(run.get('probe_seconds') or 0.0):.2g} s, {100 * share:.0f}% of the sweep: " if share else ""
+        )
+        say(f"strategy {run['strategy']} ({probe}{timing})")
     elif run.get("strategy", "none") != "none":
         say(f"strategy {run['strategy']}")
+    for switch in run.get("strategy_switches") or []:  # the run re-checked the probe's pick and moved on
+        say(f"strategy re-checked: {switch}")
     for name, why in (
         run.get("strategy_dropped") or {}
     ).items():  # failures only: strategies with nothing to offer are not news

@@ -29,16 +29,15 @@ SHORTLIST_POINTS = 4  # the probe's first stage times each strategy on this many
 SHORTLIST_FACTOR = 3.0  # ... and drops those this many times slower than the fastest
 STAGE2_POINTS = 16  # the second stage times each survivor on this many points (enough to fill a vmap call) ...
 STAGE2_SECONDS = 0.5  # ... best of `repeats` runs, fewer once a candidate has spent this long
-PROBE_SHARE = 0.03  # a short run's probe may cost this share of the run's estimated time ...
-CLOSE_FACTOR = 1.3  # ... so then only candidates this close to the fastest are timed again
+PROBE_SHARE = 0.03  # stage 2 may cost this share of the run's estimated time over the fastest candidate's
 LOOP_MARGIN = 1.05  # another strategy replaces the plain loop only when its probe was this many times faster:
 # probe timings jitter by about that much, and on the transformer sample vmap (0.9x the loop over
 # 300 points) won the probe in one run of two
 
 
-def tune_batch_size(problem: Problem, rounds: int = 3, margin: float = 0.9) -> int:
+def tune_batch_size(problem: Problem, one_pass: Callable[[int], float], rounds: int = 3, margin: float = 0.9) -> int:
     """The batch size whose forward passes over the whole data set are fastest (cache effects make
-    the whole set in one batch slower for some models on a CPU).
+    the whole set in one batch slower for some models on a CPU); `one_pass(size)` times one pass.
 
     The sizes are timed in interleaved rounds (the best of `rounds` per size), so a busy spell on
     the machine hits every size alike, and a size below the cap is taken only when it is clearly
@@ -50,13 +49,9 @@ def tune_batch_size(problem: Problem, rounds: int = 3, margin: float = 0.9) -> i
     if len(sizes) == 1:
         return sizes[0]
     best = dict.fromkeys(sizes, math.inf)
-    with torch.no_grad():
-        for _ in range(rounds):
-            for size in sizes:
-                start = time.perf_counter()
-                for xb, yb, _ in problem.batches(size):
-                    problem.loss_fn(problem.forward(xb), yb).item()
-                best[size] = min(best[size], time.perf_counter() - start)
+    for _ in range(rounds):
+        for size in sizes:
+            best[size] = min(best[size], one_pass(size))
     fastest = min(sizes, key=lambda s: best[s])
     return fastest if best[fastest] < margin * best[sizes[0]] else sizes[0]
 
@@ -71,6 +66,8 @@ class Choice:
     inapplicable: dict[str, str] = field(default_factory=dict)  # nothing to offer this model (not a failure)
     probe_coords: torch.Tensor | None = None
     probe_result: Evaluation | None = None
+    seconds: float = 0.0  # the probe's wall time, tuning the batch size included
+    switches: list[str] = field(default_factory=list)  # the run's moves to a faster strategy (Recheck)
 
 
 def choose_strategy(
@@ -99,10 +96,11 @@ def choose_strategy(
     point's values as soon as they are known (for the caller to store them at once).
     """
     budget = memory_budget(problem.device) if budget is None else budget
-    if batch_size is None:
-        batch_size = tune_batch_size(problem) if problem.auto_batch and len(candidates) > 1 else problem.batch_size
-    k = points_per_call(problem, budget, batch_size)
     probe = _Probe(problem, probe_coords, warn, on_values)
+    if batch_size is None:
+        tune = problem.auto_batch and len(candidates) > 1
+        batch_size = tune_batch_size(problem, probe.loop_pass(directions)) if tune else problem.batch_size
+    k = points_per_call(problem, budget, batch_size)
     for name in candidates:
         try:
             probe.built[name] = build_strategy(
@@ -145,6 +143,25 @@ class _Probe:
         self.timings: dict[str, float] = {}
         self.first: dict[str, float] = {}
         self.kept = _ProbeValues(coords, problem.classification, on_values)
+
+    def loop_pass(self, directions: torch.Tensor) -> Callable[[int], float]:
+        """Times one pass of the plain loop over the data at a batch size, on a fresh probe point
+        whose values are kept (so tuning the batch size costs no work of its own)."""
+        loop = build_strategy("loop", self.problem, directions)
+
+        def one_pass(size: int) -> float:
+            loop.batch_size = size
+            idx = self.kept.take(1)
+            start = time.perf_counter()
+            try:
+                values = loop.evaluate(self.coords[idx])
+            finally:
+                loop.write_params(self.problem.theta)
+            seconds = time.perf_counter() - start
+            self.kept.put(idx, values)
+            return seconds
+
+        return one_pass
 
     def drop(self, name: str, why: str, message: str) -> None:
         self.dropped[name] = why
@@ -195,21 +212,23 @@ class _Probe:
         return out[1]
 
     def shortlist(self, total_points: int | None, repeats: int) -> None:
-        """Stage 1: a few points each, so a slow candidate costs little; those far behind the fastest
-        (or, on a short run, not close to it) are not timed further."""
+        """Stage 1: a few points each, so a slow candidate costs little; those far behind the fastest,
+        or whose stage-2 timing would cost the run more than its share, are not timed further."""
         for name, strat in list(self.built.items()):
             seconds = self.timed(name, strat, SHORTLIST_POINTS)
             if seconds is not None:
                 self.first[name] = seconds
         fastest = min(self.first.values(), default=0.0)
-        factor = SHORTLIST_FACTOR
-        if total_points is not None and fastest > 0:  # what stage 2 would cost over running the fastest alone
-            excess = sum(self.first[n] - fastest for n in self.built) * STAGE2_POINTS * repeats
-            if excess > PROBE_SHARE * total_points * fastest:
-                factor = CLOSE_FACTOR
-        for name in [n for n in self.built if self.first[n] > factor * fastest]:
-            self.timings[name] = self.first[name]
-            self.built.pop(name).close()
+        # stage 2 times the candidates close to the fastest, nearest first, while what they would cost
+        # over running the fastest alone stays within PROBE_SHARE of the run's estimated time
+        allowance = math.inf if total_points is None else PROBE_SHARE * total_points * fastest
+        for name in sorted(self.built, key=lambda n: self.first[n]):
+            excess = (self.first[name] - fastest) * STAGE2_POINTS * repeats
+            if self.first[name] > SHORTLIST_FACTOR * fastest or excess > allowance:
+                self.timings[name] = self.first[name]
+                self.built.pop(name).close()
+            else:
+                allowance -= excess
 
     def final_stage(self, repeats: int) -> None:
         """Stage 2: the best of `repeats` runs of each survivor, each on fresh points."""
@@ -222,8 +241,8 @@ class _Probe:
                 best, spent = min(best, seconds), spent + seconds * STAGE2_POINTS
                 if spent > STAGE2_SECONDS:
                     break
-            if name in self.built:
-                self.timings[name] = best
+            if name in self.built:  # the best run of either stage: no candidate dropped in stage 1 beats it
+                self.timings[name] = min(best, self.first.get(name, math.inf))
 
     def choice(self, best_name: str) -> Choice:
         """`best_name` as the run's strategy (the others closed), with the probe points no candidate reached filled in."""

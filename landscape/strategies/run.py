@@ -4,7 +4,6 @@ the probe picks, each chunk handed to the sink (in memory, or a results file tha
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from landscape.problem import Problem
 from landscape.strategies.base import Evaluation, Strategy, evaluate_shrinking, memory_budget, points_per_call
 from landscape.strategies.grid import grid_coords
 from landscape.strategies.probe import PROBE_POINTS, Choice, choose_strategy
+from landscape.strategies.recheck import Recheck
 from landscape.strategies.registry import STRATEGIES, build_strategy
 
 
@@ -90,6 +90,8 @@ class SweepReport:
     inapplicable: dict[str, str] = field(default_factory=dict)
     points: int = 0
     seconds: float = 0.0
+    probe_seconds: float = 0.0
+    switches: list[str] = field(default_factory=list)
     nonfinite: int = 0
 
     def attrs(self, world_size: int = 1) -> dict[str, Any]:
@@ -102,6 +104,8 @@ class SweepReport:
             "strategy_dropped": self.dropped,
             "strategy_inapplicable": self.inapplicable,
             "seconds": self.seconds,
+            "probe_seconds": self.probe_seconds,
+            "strategy_switches": self.switches,
             "world_size": world_size,
         }
 
@@ -152,7 +156,7 @@ def run_sweep(
     )  # fmt: skip
     report.strategy, report.timings, report.dropped = choice.strategy.name, choice.timings, choice.dropped
     report.batch_size, report.points_per_call = choice.strategy.batch_size, choice.strategy.k
-    report.inapplicable = choice.inapplicable
+    report.inapplicable, report.probe_seconds, report.switches = choice.inapplicable, choice.seconds, choice.switches
     report.seconds = time.perf_counter() - start
     if world.main and sink is not None:
         sink.finish(report.attrs(world.size))
@@ -198,6 +202,7 @@ def evaluate_points(
     def kept_now(i: torch.Tensor, values: Evaluation) -> None:  # one process: each probe step's points, stored
         streamed.append(keep(mine[i.numpy()], values))
 
+    probe_start = time.perf_counter()
     try:
         choice = choose_strategy(
             problem,
@@ -213,6 +218,7 @@ def evaluate_points(
         raise
     except Exception as exc:  # the model or loss, run before any point to size batches and calls
         raise point_failure("the first points (while the probe sized and timed the strategies)", exc) from exc
+    choice.seconds = time.perf_counter() - probe_start
     if earlier and earlier.points_per_call:
         choice.strategy.k = earlier.points_per_call
     chosen = world.broadcast(Pick(choice.strategy.name, choice.strategy.batch_size, choice.strategy.k))
@@ -233,6 +239,22 @@ def evaluate_points(
     strat = choice.strategy
     strat.k = chosen.points_per_call or strat.k
     on_choice(chosen)
+    budget = memory_budget(problem.device)
+
+    def build(name: str) -> Strategy:  # a strategy a check times: the run's batch size
+        return build_strategy(
+            name,
+            problem,
+            directions,
+            points_per_call=points_per_call(problem, budget, strat.batch_size),
+            memory_budget=budget,
+            batch_size=strat.batch_size,
+        )
+
+    # a strategy the user named is run as named; `auto` is re-checked against the loop (or, when
+    # the loop won, the probe's runner-up) as the run goes
+    other = None if strategy != "auto" else _other_candidate(chosen.name, choice.timings)
+    recheck = Recheck(strat, other, build, choice.timings, len(todo), world.size, chunk_seconds)
     try:
         if world.size == 1:
             stored = np.concatenate(streamed) if streamed else np.zeros(0, dtype=np.int64)
@@ -241,28 +263,39 @@ def evaluate_points(
         if len(stored):
             todo = todo[~np.isin(todo, stored)]
             on_progress(len(todo))
-        per_point = choice.timings.get(chosen.name)
-        step = strat.k * world.size  # chunks of whole calls: no padding but at the end
+        total, last = len(todo), chosen.name
         while len(todo):
-            size = (
-                1
-                if per_point is None
-                else max(
-                    1, min(len(todo), 1024 * world.size, math.ceil(world.size * chunk_seconds / max(per_point, 1e-9)))
-                )
-            )
-            size = world.broadcast(min(len(todo), math.ceil(size / step) * step))
+            name, size = world.broadcast(recheck.plan(total - len(todo), len(todo)) if world.main else None)
+            used = recheck.strategy(name)
+            if name != last:  # the other strategy's model weights are put back before this one runs
+                recheck.held[last].write_params(problem.theta)
+                last = name
             idx = todo[:size]
             mine = idx[world.shard(len(idx))]
             t0 = time.perf_counter()
-            result = _evaluate_chunk(strat, coords, mine, keep, warn, world, where or _grid_point(coords))
-            per_point = (time.perf_counter() - t0) / max(len(mine), 1)
+            result = _evaluate_chunk(used, coords, mine, keep, warn, world, where or _grid_point(coords))
+            seconds = time.perf_counter() - t0
             keep(mine, result)
             todo = todo[size:]
+            before = recheck.current
+            recheck.timed(name, max(len(mine), 1), seconds, total - len(todo))
+            if recheck.current != before:  # a resumed run goes on with the strategy in use when it stopped
+                now = recheck.held[recheck.current]
+                on_choice(Pick(now.name, now.batch_size, now.k))
             on_progress(len(todo))
     finally:
-        strat.close()
+        recheck.close()
+    choice.strategy = recheck.held[recheck.current]
+    choice.switches = [s.text() for s in recheck.switches]
     return choice
+
+
+def _other_candidate(chosen: str, timings: dict[str, float]) -> str | None:
+    """What a run re-checks its strategy against: the plain loop, or when the loop won, the fastest other the probe timed."""
+    if chosen != "loop":
+        return "loop"
+    rest = {n: t for n, t in timings.items() if n != "loop"}
+    return min(rest, key=lambda n: rest[n]) if rest else None
 
 
 def _evaluate_chunk(
