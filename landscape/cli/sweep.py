@@ -255,10 +255,9 @@ def _report(result: ls.SweepResult, strategy: str, output: Path) -> None:
     timings = run.get("strategy_timings_s_per_point") or {}
     if timings:
         timing = ", ".join(f"{n} {1e3 * t:.2g} ms/pt" for n, t in timings.items())
-        share = float(run.get("probe_seconds") or 0.0) / max(float(run.get("seconds") or 0.0), 1e-9)
-        probe = (
-            f"probe {float(run.get('probe_seconds') or 0.0):.2g} s, {100 * share:.0f}% of the sweep: " if share else ""
-        )
+        probe_s = float(run.get("probe_seconds") or 0.0)
+        share = probe_s / max(float(run.get("seconds") or 0.0), 1e-9)
+        probe = f"probe {probe_s:.2g} s, {100 * share:.0f}% of the sweep: " if share else ""
         say(f"strategy {run['strategy']} ({probe}{timing})")
     elif run.get("strategy", "none") != "none":
         say(f"strategy {run['strategy']}")

@@ -222,34 +222,29 @@ def evaluate_points(
     if earlier and earlier.points_per_call:
         choice.strategy.k = earlier.points_per_call
     chosen = world.broadcast(Pick(choice.strategy.name, choice.strategy.batch_size, choice.strategy.k))
-    if (chosen.name, chosen.batch_size) != (
-        choice.strategy.name,
-        choice.strategy.batch_size,
-    ):  # rank 0's, on every rank
-        choice.strategy.close()
-        budget = memory_budget(problem.device)
-        choice.strategy = build_strategy(
-            chosen.name,
+    budget = memory_budget(problem.device)
+
+    def build(
+        name: str,
+    ) -> Strategy:  # rank 0's pick on another rank, or a strategy a check times: the run's batch size
+        return build_strategy(
+            name,
             problem,
             directions,
             points_per_call=points_per_call(problem, budget, chosen.batch_size),
             memory_budget=budget,
             batch_size=chosen.batch_size,
         )
+
+    if (chosen.name, chosen.batch_size) != (
+        choice.strategy.name,
+        choice.strategy.batch_size,
+    ):  # rank 0's, on every rank
+        choice.strategy.close()
+        choice.strategy = build(chosen.name)
     strat = choice.strategy
     strat.k = chosen.points_per_call or strat.k
     on_choice(chosen)
-    budget = memory_budget(problem.device)
-
-    def build(name: str) -> Strategy:  # a strategy a check times: the run's batch size
-        return build_strategy(
-            name,
-            problem,
-            directions,
-            points_per_call=points_per_call(problem, budget, strat.batch_size),
-            memory_budget=budget,
-            batch_size=strat.batch_size,
-        )
 
     # a strategy the user named is run as named; `auto` is re-checked against the loop (or, when
     # the loop won, the probe's runner-up) as the run goes
