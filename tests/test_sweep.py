@@ -197,7 +197,8 @@ def test_loop_kept_unless_clearly_beaten():
 
 def test_probe_wastes_no_points_when_it_has_enough(monkeypatch):
     """Each probe point is evaluated by one candidate and kept; only the shared warm-up point is
-    repeated, by each candidate (it may have been evaluated once before, while tuning the batch size)."""
+    repeated, by each candidate (it may have been evaluated once before, while tuning the batch size),
+    and the tuning passes at batch sizes the run does not use."""
     import landscape.strategies.probe as sweep_module
 
     problem = sample_problem("mlp", samples=200)
@@ -212,11 +213,13 @@ def test_probe_wastes_no_points_when_it_has_enough(monkeypatch):
 
     real_pass = sweep_module._Probe.loop_pass
 
+    tuning: list[int] = []
+
     def counting_pass(self, directions):  # tuning the batch size evaluates one fresh point per pass
         one_pass = real_pass(self, directions)
 
         def counted(size):
-            evaluated.append(1)
+            tuning.append(size)
             return one_pass(size)
 
         return counted
@@ -226,6 +229,8 @@ def test_probe_wastes_no_points_when_it_has_enough(monkeypatch):
     choice = choose_strategy(problem, dirs, coords, repeats=2)
     choice.strategy.close()
     candidates = len(choice.timings)
+    # the tuning passes at the run's batch size are kept; those at other sizes are its only extra work
+    evaluated += [1 for size in tuning if size == choice.strategy.batch_size]
     assert coords.shape[0] + candidates - 1 <= sum(evaluated) <= coords.shape[0] + candidates
     for i in range(0, coords.shape[0], 7):
         loss, acc = direct_loss(problem, problem.theta + coords[i] @ dirs)

@@ -100,6 +100,7 @@ def choose_strategy(
     if batch_size is None:
         tune = problem.auto_batch and len(candidates) > 1
         batch_size = tune_batch_size(problem, probe.loop_pass(directions)) if tune else problem.batch_size
+        probe.keep_tuned(batch_size)
     k = points_per_call(problem, budget, batch_size)
     for name in candidates:
         try:
@@ -143,25 +144,35 @@ class _Probe:
         self.timings: dict[str, float] = {}
         self.first: dict[str, float] = {}
         self.kept = _ProbeValues(coords, problem.classification, on_values)
+        self.tuned: list[tuple[int, torch.Tensor, Evaluation]] = []  # (batch size, points, values) of the tuning passes
 
     def loop_pass(self, directions: torch.Tensor) -> Callable[[int], float]:
-        """Times one pass of the plain loop over the data at a batch size, on a fresh probe point
-        whose values are kept (so tuning the batch size costs no work of its own)."""
+        """Times one pass of the plain loop over the data at a batch size, on a fresh probe point;
+        `keep_tuned` keeps the values of the passes at the batch size the run uses (so tuning costs
+        little work of its own; a point's value at another batch size differs, by rounding or, for a
+        loss that is not a mean over samples, by more)."""
         loop = build_strategy("loop", self.problem, directions)
 
         def one_pass(size: int) -> float:
             loop.batch_size = size
-            idx = self.kept.take(1)
+            idx = self.kept.take(len(self.tuned) + 1)[-1:]  # a point no pass has used
             start = time.perf_counter()
             try:
                 values = loop.evaluate(self.coords[idx])
             finally:
                 loop.write_params(self.problem.theta)
             seconds = time.perf_counter() - start
-            self.kept.put(idx, values)
+            self.tuned.append((size, idx, values))
             return seconds
 
         return one_pass
+
+    def keep_tuned(self, batch_size: int) -> None:
+        """The tuning passes' values at `batch_size`, kept as probe points' values."""
+        for size, idx, values in self.tuned:
+            if size == batch_size:
+                self.kept.put(idx, values)
+        self.tuned.clear()
 
     def drop(self, name: str, why: str, message: str) -> None:
         self.dropped[name] = why
