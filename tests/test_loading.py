@@ -213,3 +213,27 @@ def test_resume_refuses_other_load_options(cli, tmp_path):
     assert "load_options" in cli("info", out).out
     r = cli("sweep", "--sample", "mlp", "--x", "-1:1:3", "-o", out, "--resume")
     assert r.code == 2 and "load_options" in r.err, r.err
+
+
+def test_a_model_file_with_a_dataclass_imports(tmp_path):
+    """A user's file that defines a @dataclass (a config) imports: dataclass looks its module up in sys.modules."""
+    from landscape.io.spec import resolve_callable
+
+    (tmp_path / "cfg_net.py").write_text(
+        "from __future__ import annotations\n"
+        "from dataclasses import dataclass\n"
+        "import torch.nn as nn\n"
+        "@dataclass(frozen=True)\n"
+        "class Config:\n"
+        "    width: int = 16\n"
+        "def make() -> nn.Module:\n"
+        "    return nn.Linear(4, Config().width)\n"
+    )
+    model = resolve_callable(f"{tmp_path / 'cfg_net.py'}:make", "--model")()
+    assert model.out_features == 16
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no')\n")
+    with pytest.raises(LandscapeError, match="importing .*broken.py failed: RuntimeError: no"):
+        resolve_callable(f"{tmp_path / 'broken.py'}:make", "--model")
+    import sys
+
+    assert not [m for m in sys.modules.values() if getattr(m, "__file__", None) == str(tmp_path / "broken.py")]

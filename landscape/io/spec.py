@@ -28,14 +28,16 @@ def resolve_callable(spec: str, option: str) -> Any:
             if loader_spec is None or loader_spec.loader is None:
                 raise LandscapeError(f"{option}: cannot import {path}")
             module = importlib.util.module_from_spec(loader_spec)
+            # registered before it runs, as `import` does: a @dataclass (and pickle) looks its module up there
+            sys.modules[mod_name] = module
             sys.path.insert(0, str(path.resolve().parent))
             try:
                 loader_spec.loader.exec_module(module)
             except Exception as exc:  # user code: report, don't trace
+                del sys.modules[mod_name]
                 raise LandscapeError(f"{option}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
             finally:
                 sys.path.pop(0)
-            sys.modules[mod_name] = module
     else:
         try:
             module = importlib.import_module(target)
