@@ -51,6 +51,12 @@ IDENTITIES = (nn.Identity, nn.Dropout)  # the model is in eval mode
 Step = tuple[str, nn.Linear] | Callable[[torch.Tensor], torch.Tensor]
 
 
+def chain_leaves_only(model: nn.Module) -> bool:
+    """Whether every leaf module is a Linear, a Flatten or an elementwise activation (an MLP's parts)."""
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    return all(isinstance(m, (nn.Linear, nn.Flatten, *ELEMENTWISE_MODULES)) for m in leaves)
+
+
 @dataclass
 class MlpChain:
     """The model as a list of steps: (parameter name prefix, Linear) for a layer, a callable for an activation.
@@ -69,8 +75,7 @@ class MlpChain:
         optional flatten) and all its Linear parameters are among `names`; else None."""
         if isinstance(model, nn.Linear):  # a linear or logistic regression: fx would trace into its forward
             return cls([("", model)], False) if {n for n, _ in model.named_parameters()} <= names else None
-        leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-        if not all(isinstance(m, (nn.Linear, nn.Flatten, *ELEMENTWISE_MODULES)) for m in leaves):
+        if not chain_leaves_only(model):
             return None  # not worth tracing (a transformer's trace took 15-30 ms)
         try:
             graph = fx.symbolic_trace(model).graph

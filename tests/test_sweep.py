@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -405,3 +407,45 @@ def test_fused_strategies_run_in_bfloat16():
     ref = values["loop"]
     for name in ("fused", "firstlayer-fused"):
         assert (values[name] - ref).abs().max() < 0.02 * (ref.max() - ref.min())
+
+
+def _slow_loss(seconds: float):
+    """The built-in cross-entropy, `seconds` slower per call: a costly model without a costly test."""
+    import time
+
+    def loss(out, y):
+        time.sleep(seconds)
+        return cross_entropy(out, y)
+
+    return loss
+
+
+def test_probe_cost_stays_within_its_share_of_a_short_run():
+    """On a short run of a costly model (49 points of ResNet-18: the probe was the whole run, 1.5x
+    the plain loop's time) the probe tries only what the run can pay for: the plain loop alone here,
+    the others said to be untried (or ruled out by their modules), and every point's value kept."""
+    problem = sample_problem("cnn", dtype="float32", samples=64)
+    problem = problem.replace(loss_fn=_slow_loss(0.03))
+    dirs = random_directions(2, problem.theta, problem.layout, seed=0).to(problem.dtype)
+    coords = grid_coords([torch.linspace(-1, 1, 4), torch.linspace(-1, 1, 4)]).to(problem.dtype)
+    start = time.perf_counter()
+    choice = choose_strategy(problem, dirs, coords, total_points=coords.shape[0])
+    seconds = time.perf_counter() - start
+    choice.strategy.close()
+    assert choice.strategy.name == "loop"
+    assert set(choice.timings) == {"loop"}
+    assert {"fused", "firstlayer", "vmap"} <= set(choice.untried) | set(choice.inapplicable)
+    assert "mlp" in choice.inapplicable  # a custom loss on a CNN: its modules rule it out, it is not "untried"
+    assert not choice.probe_result.loss.isnan().any()
+    # every point once at about the loop's pace: no batch sizes or warm-ups of other candidates paid for
+    assert seconds < 1.5 * coords.shape[0] * choice.timings["loop"] + 1.0
+
+
+def test_probe_tries_every_candidate_on_a_long_run():
+    problem = sample_problem("cnn", dtype="float32", samples=64)
+    dirs = random_directions(2, problem.theta, problem.layout, seed=0).to(problem.dtype)
+    coords = grid_coords([torch.linspace(-1, 1, 8), torch.linspace(-1, 1, 8)]).to(problem.dtype)
+    choice = choose_strategy(problem, dirs, coords, total_points=100_000)
+    choice.strategy.close()
+    assert choice.untried == ()
+    assert {"loop", "vmap", "fused", "firstlayer-fused"} <= set(choice.timings) | set(choice.dropped)

@@ -258,7 +258,11 @@ def _report(result: ls.SweepResult, strategy: str, output: Path) -> None:
         probe_s = float(run.get("probe_seconds") or 0.0)
         share = probe_s / max(float(run.get("seconds") or 0.0), 1e-9)
         probe = f"probe {probe_s:.2g} s, {100 * share:.0f}% of the sweep: " if share else ""
-        say(f"strategy {run['strategy']} ({probe}{timing})")
+        untried = run.get("strategy_untried") or []
+        skipped = (
+            f"; not tried, the run being too short to pay for trying them: {', '.join(untried)}" if untried else ""
+        )
+        say(f"strategy {run['strategy']} ({probe}{timing}{skipped})")
     elif run.get("strategy", "none") != "none":
         say(f"strategy {run['strategy']}")
     for switch in run.get("strategy_switches") or []:  # the run re-checked the probe's pick and moved on

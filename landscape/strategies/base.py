@@ -52,6 +52,12 @@ class Strategy:
         """This strategy for `problem`; raises NotApplicable when it has nothing to offer this model."""
         return cls(problem, directions, ctx.batch_size)
 
+    @classmethod
+    def rules_out(cls, problem: Problem) -> str | None:
+        """Why this strategy cannot apply, where that shows without building it (no tracing, no
+        forward pass); None when only a build can tell. For the candidates a probe does not try."""
+        return None
+
     def __init__(self, problem: Problem, directions: torch.Tensor, batch_size: int | None = None):
         self.problem = problem
         self.directions = directions.to(problem.device, problem.theta.dtype)  # [k, P]

@@ -170,6 +170,11 @@ def cache_bytes_first_layer(problem: Problem, first: tuple[str, nn.Module], k: i
     return int(out.numel() * problem.n * (1 + k) * problem.theta.element_size())
 
 
+def no_first_layer_input(problem: Problem) -> str | None:
+    """Why no first layer can be cached, where that shows without a forward pass."""
+    return None if isinstance(problem.x, torch.Tensor) else "the model takes keyword inputs (no single input tensor)"
+
+
 def first_layer_of(problem: Problem, directions: torch.Tensor, budget: int) -> tuple[str, nn.Module]:
     """The first layer a `firstlayer` strategy caches; NotApplicable without one, ValueError when its cache would not fit."""
     first = find_first_layer(problem)
@@ -186,6 +191,10 @@ class FirstLayerStrategy(LoopStrategy):
     the data it writes, which made it 15% of a point's time on the CNN sample)."""
 
     name = "firstlayer"
+
+    @classmethod
+    def rules_out(cls, problem: Problem) -> str | None:
+        return no_first_layer_input(problem)
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
@@ -249,6 +258,10 @@ class FirstLayerVmapStrategy(VmapStrategy):
 
     name = "firstlayer-vmap"
     feeds_first_layer = True
+
+    @classmethod
+    def rules_out(cls, problem: Problem) -> str | None:
+        return no_first_layer_input(problem)
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:

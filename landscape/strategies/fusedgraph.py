@@ -15,19 +15,28 @@ from landscape.strategies.base import BuildContext, NotApplicable, Strategy, agr
 from landscape.strategies.firstlayer import FirstLayerStrategy, _param_names, first_layer_of
 from landscape.strategies.loop import LoopStrategy
 
+NOTHING_TO_FUSE = "no BatchNorm after a Conv/Linear to fold and no 2-D convolution (or torch.fx cannot trace the model)"
+
+
+def nothing_to_fuse(problem: Problem) -> str | None:
+    """Why the fused graph cannot help, where the modules tell without tracing (a first trace took up to 0.17 s)."""
+    if not isinstance(problem.x, torch.Tensor):
+        return "the model takes keyword inputs"
+    if not has_conv2d(problem.model) and not any(isinstance(m, NORMS) for m in problem.model.modules()):
+        return NOTHING_TO_FUSE
+    return None
+
 
 def _fused_graph(problem: Problem, keep: frozenset[nn.Module] = frozenset()) -> fx.GraphModule:
     """`fuse_for_inference`'s graph of the problem's model, or NotApplicable when it would not help."""
-    why = "no BatchNorm after a Conv/Linear to fold and no 2-D convolution (or torch.fx cannot trace the model)"
+    why = nothing_to_fuse(problem)
+    if why is not None:
+        raise NotApplicable(why)
     model = problem.model
-    if not isinstance(problem.x, torch.Tensor):
-        raise NotApplicable("the model takes keyword inputs")
-    if not has_conv2d(model) and not any(isinstance(m, NORMS) for m in model.modules()):
-        raise NotApplicable(why)  # known without tracing (a first trace took up to 0.17 s)
     fused = fuse_for_inference(model, keep, fold=problem.dtype in (torch.float32, torch.float64))
     folded = fused is not None and any(isinstance(m, FoldedNorm) for m in fused.modules())
     if fused is None or not (folded or has_conv2d(model)):  # ReLUs in place alone gained under 5%: not worth probing
-        raise NotApplicable(why)
+        raise NotApplicable(NOTHING_TO_FUSE)
     return fused
 
 
@@ -51,6 +60,10 @@ class FusedStrategy(LoopStrategy):
 
     name = "fused"
 
+    @classmethod
+    def rules_out(cls, problem: Problem) -> str | None:
+        return nothing_to_fuse(problem)
+
     def __init__(self, problem: Problem, directions: torch.Tensor, batch_size: int | None = None):
         super().__init__(problem, directions, batch_size)
         _use_fused(self, _fused_graph(problem))
@@ -67,6 +80,10 @@ class FirstLayerFusedStrategy(FirstLayerStrategy):
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
         first = first_layer_of(problem, directions, ctx.memory_budget)
         return cls(problem, directions, first, ctx.batch_size, ctx.memory_budget)
+
+    @classmethod
+    def rules_out(cls, problem: Problem) -> str | None:
+        return FirstLayerStrategy.rules_out(problem) or nothing_to_fuse(problem)
 
     def __init__(
         self,

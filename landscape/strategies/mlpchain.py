@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from landscape.mlp import MlpChain, features_first_loss, loss_kind
+from landscape.mlp import MlpChain, chain_leaves_only, features_first_loss, loss_kind
 from landscape.model_io import Inputs
 from landscape.problem import Problem
 from landscape.strategies.base import BuildContext, NotApplicable, Strategy, points_within
@@ -23,6 +23,14 @@ class MlpStrategy(Strategy):
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
         return cls(problem, directions, ctx.points_per_call, ctx.memory_budget, ctx.batch_size)
+
+    @classmethod
+    def rules_out(cls, problem: Problem) -> str | None:
+        if not isinstance(problem.x, torch.Tensor):
+            return "the model takes keyword inputs"
+        if not chain_leaves_only(problem.model):
+            return "the model is not a chain of Linear layers and elementwise activations"
+        return None
 
     def __init__(
         self,

@@ -22,35 +22,49 @@ from landscape.strategies.base import (
     memory_budget,
     points_per_call,
 )
-from landscape.strategies.registry import STRATEGIES, build_strategy
+from landscape.strategies.registry import REGISTRY, STRATEGIES, build_strategy
 
 PROBE_POINTS = 128  # grid points a caller hands the probe: each is evaluated once, by one candidate, and stored
 SHORTLIST_POINTS = 4  # the probe's first stage times each strategy on this many points ...
 SHORTLIST_FACTOR = 3.0  # ... and drops those this many times slower than the fastest
 STAGE2_POINTS = 16  # the second stage times each survivor on this many points (enough to fill a vmap call) ...
 STAGE2_SECONDS = 0.5  # ... best of `repeats` runs, fewer once a candidate has spent this long
-PROBE_SHARE = 0.03  # stage 2 may cost this share of the run's estimated time over the fastest candidate's
+PROBE_SHARE = 0.04  # the probe may cost this share of the run's estimated time over the fastest candidate's
+TUNING_SHARE = 0.25  # ... of which tuning the batch size may take this part (a strategy gains more than a size)
+PROMISE = ("mlp", "firstlayer-fused", "fused", "firstlayer", "vmap", "firstlayer-vmap")  # tried in this order
+# after the loop when the budget cannot try them all: the largest gains measured on the samples and the suite first
 LOOP_MARGIN = 1.05  # another strategy replaces the plain loop only when its probe was this many times faster:
 # probe timings jitter by about that much, and on the transformer sample vmap (0.9x the loop over
 # 300 points) won the probe in one run of two
 
 
-def tune_batch_size(problem: Problem, one_pass: Callable[[int], float], rounds: int = 3, margin: float = 0.9) -> int:
+def tune_batch_size(
+    problem: Problem,
+    one_pass: Callable[[int], float],
+    rounds: int = 3,
+    margin: float = 0.9,
+    affords: Callable[[float], bool] = lambda seconds: True,
+) -> int:
     """The batch size whose forward passes over the whole data set are fastest (cache effects make
     the whole set in one batch slower for some models on a CPU); `one_pass(size)` times one pass.
 
     The sizes are timed in interleaved rounds (the best of `rounds` per size), so a busy spell on
     the machine hits every size alike, and a size below the cap is taken only when it is clearly
     faster (under `margin` times the cap's time): a lucky pass once made the transformer sample run
-    at half its batch, 15% slower.
+    at half its batch, 15% slower. The cap is timed first; each round runs only if `affords` the
+    seconds its passes at the other sizes would take (about the cap's time each): on a short run of
+    a costly model, trying sizes would cost more than a better one could save.
     """
     cap = problem.batch_size
     sizes = sorted({min(problem.n, s) for s in (cap, cap // 2, cap // 4, cap // 16) if s >= 1}, reverse=True)
+    best = dict.fromkeys(sizes, math.inf)
+    best[sizes[0]] = one_pass(sizes[0])
     if len(sizes) == 1:
         return sizes[0]
-    best = dict.fromkeys(sizes, math.inf)
-    for _ in range(rounds):
-        for size in sizes:
+    for r in range(rounds):
+        if not affords((len(sizes) - 1) * best[sizes[0]]):
+            break
+        for size in sizes[1:] if r == 0 else sizes:
             best[size] = min(best[size], one_pass(size))
     fastest = min(sizes, key=lambda s: best[s])
     return fastest if best[fastest] < margin * best[sizes[0]] else sizes[0]
@@ -67,6 +81,7 @@ class Choice:
     probe_coords: torch.Tensor | None = None
     probe_result: Evaluation | None = None
     seconds: float = 0.0  # the probe's wall time, tuning the batch size included
+    untried: tuple[str, ...] = ()  # candidates the probe's budget did not reach (a short run of a costly model)
     switches: list[str] = field(default_factory=list)  # the run's moves to a faster strategy (Recheck)
 
 
@@ -94,28 +109,43 @@ def choose_strategy(
     of a second or two, timing slow candidates again would cost more than the fastest one saves.
     `batch_size` (a resumed run's) is used untuned; `on_values(indices, values)` hears each probe
     point's values as soon as they are known (for the caller to store them at once).
+
+    The probe's cost is bounded by design: what it spends over evaluating its points with the
+    fastest strategy seen (tuning passes at other sizes, repeated warm-up points, builds, slower
+    candidates' timings) stays within PROBE_SHARE of the run's estimated time (`total_points`
+    times that strategy's seconds per point). Each step is taken only when its expected cost fits
+    what is left; candidates the budget cannot try are recorded in `Choice.untried`. On a short run
+    of a costly model that is the plain loop alone.
     """
     budget = memory_budget(problem.device) if budget is None else budget
-    probe = _Probe(problem, probe_coords, warn, on_values)
+    probe = _Probe(problem, probe_coords, warn, on_values, total_points)
     if batch_size is None:
         tune = problem.auto_batch and len(candidates) > 1
-        batch_size = tune_batch_size(problem, probe.loop_pass(directions)) if tune else problem.batch_size
+        if tune:
+            batch_size = tune_batch_size(problem, probe.loop_pass(directions), affords=probe.affords_tuning)
+        else:
+            batch_size = problem.batch_size
         probe.keep_tuned(batch_size)
     k = points_per_call(problem, budget, batch_size)
-    for name in candidates:
+
+    def build(name: str) -> Strategy | None:
         try:
-            probe.built[name] = build_strategy(
+            return build_strategy(
                 name, problem, directions, points_per_call=k, memory_budget=budget, batch_size=batch_size
             )
         except NotApplicable as exc:
             probe.inapplicable[name] = str(exc)
         except Exception as exc:  # a model the strategy cannot run: fall back, say why
             probe.dropped[name] = one_line(exc)
-    if len(probe.built) == 1:
-        (only,) = probe.built.values()
+        return None
+
+    if len(candidates) == 1:
+        only = build(candidates[0])
+        if only is None:
+            raise _none_can_run(candidates, {**probe.inapplicable, **probe.dropped})
         return Choice(only, dropped=probe.dropped, inapplicable=probe.inapplicable)
-    probe.warm_up()
-    probe.shortlist(total_points, repeats)
+    probe.warm_up(candidates, build)
+    probe.shortlist(repeats)
     probe.final_stage(repeats)
     if not probe.built:
         if (
@@ -136,15 +166,43 @@ class _Probe:
         coords: torch.Tensor,
         warn: Callable[[str], None],
         on_values: Callable[[torch.Tensor, Evaluation], None] | None = None,
+        total_points: int | None = None,
     ) -> None:
         self.problem, self.coords, self.warn = problem, coords, warn
+        self.total_points = total_points
+        self.start = time.perf_counter()
+        self.untried: list[str] = []
         self.built: dict[str, Strategy] = {}
         self.dropped: dict[str, str] = {}
         self.inapplicable: dict[str, str] = {}
         self.timings: dict[str, float] = {}
         self.first: dict[str, float] = {}
         self.kept = _ProbeValues(coords, problem.classification, on_values)
-        self.tuned: list[tuple[int, torch.Tensor, Evaluation]] = []  # (batch size, points, values) of the tuning passes
+        # (batch size, points, values, seconds) of the tuning passes
+        self.tuned: list[tuple[int, torch.Tensor, Evaluation, float]] = []
+
+    # ---- the budget -------------------------------------------------------------------------
+    def fastest(self) -> float:
+        """The least seconds per point seen so far (any candidate, any stage; the tuning passes' too)."""
+        seen = [*self.timings.values(), *self.first.values(), *(t for _, _, _, t in self.tuned)]
+        return min(seen, default=math.inf)
+
+    def excess(self, kept: int | None = None) -> float:
+        """Seconds spent so far over evaluating the kept points with the fastest strategy seen."""
+        done = int(self.kept.have.sum()) if kept is None else kept
+        return time.perf_counter() - self.start - done * self.fastest()
+
+    def affords(self, seconds: float, share: float = 1.0, kept: int | None = None) -> bool:
+        """Whether `seconds` more of probe cost stay within `share` of the probe's budget."""
+        if self.total_points is None:
+            return True
+        allowance = share * PROBE_SHARE * self.total_points * self.fastest()
+        return self.excess(kept) + seconds <= allowance
+
+    def affords_tuning(self, seconds: float) -> bool:
+        # while tuning, the passes at the cap count as kept (the cap is the size a skipped tuning keeps)
+        at_cap = sum(1 for size, _, _, _ in self.tuned if size == self.tuned[0][0])
+        return self.affords(seconds, TUNING_SHARE, kept=at_cap)
 
     def loop_pass(self, directions: torch.Tensor) -> Callable[[int], float]:
         """Times one pass of the plain loop over the data at a batch size, on a fresh probe point;
@@ -162,16 +220,17 @@ class _Probe:
             finally:
                 loop.write_params(self.problem.theta)
             seconds = time.perf_counter() - start
-            self.tuned.append((size, idx, values))
+            self.tuned.append((size, idx, values, seconds))
             return seconds
 
         return one_pass
 
     def keep_tuned(self, batch_size: int) -> None:
         """The tuning passes' values at `batch_size`, kept as probe points' values."""
-        for size, idx, values in self.tuned:
+        for size, idx, values, seconds in self.tuned:
             if size == batch_size:
                 self.kept.put(idx, values)
+                self.first["loop"] = min(self.first.get("loop", math.inf), seconds)
         self.tuned.clear()
 
     def drop(self, name: str, why: str, message: str) -> None:
@@ -193,19 +252,35 @@ class _Probe:
             strat.write_params(self.problem.theta)
         return res, seconds
 
-    def warm_up(self) -> None:
-        """Every candidate evaluates the point farthest from the checkpoint (vmap tracing, the
-        allocator), where a strategy that computes something else would show it: each must agree
-        with the first."""
+    def warm_up(self, candidates: tuple[str, ...], build: Callable[[str], Strategy | None]) -> None:
+        """Each candidate is built and evaluates the point farthest from the checkpoint (vmap tracing,
+        the allocator), where a strategy that computes something else would show it: each must agree
+        with the first. The plain loop goes first; the others, most promising first, while the budget
+        affords a build and a repeated point (at least one point at the fastest speed seen)."""
         far = torch.tensor([int(self.coords.norm(dim=1).argmax()) if self.coords.numel() else 0])
         reference: Evaluation | None = None
-        for name, strat in list(self.built.items()):
+        order = sorted(
+            candidates, key=lambda n: -1 if n == "loop" else PROMISE.index(n) if n in PROMISE else len(PROMISE)
+        )
+        for name in order:
+            if reference is not None and not self.affords(self.fastest()):
+                why = REGISTRY[name].rules_out(self.problem) if name in REGISTRY else None
+                if why is None:
+                    self.untried.append(name)
+                else:
+                    self.inapplicable[name] = why
+                continue
+            strat = build(name)
+            if strat is None:
+                continue
+            self.built[name] = strat
             out = self.evaluate(name, strat, far)
             if out is None:
                 continue
             if reference is None:
                 reference = out[0]
                 self.kept.put(far, reference)
+                self.first.setdefault(name, out[1])  # a cold timing: a bound until stage 1 times it warm
             elif not agree(reference.loss, out[0].loss, self.problem.dtype):
                 self.drop(
                     name,
@@ -222,24 +297,27 @@ class _Probe:
         self.kept.put(idx, out[0])
         return out[1]
 
-    def shortlist(self, total_points: int | None, repeats: int) -> None:
+    def shortlist(self, repeats: int) -> None:
         """Stage 1: a few points each, so a slow candidate costs little; those far behind the fastest,
-        or whose stage-2 timing would cost the run more than its share, are not timed further."""
+        or whose stage-2 timing would cost the run more than the budget has left, are not timed further."""
+        if len(self.built) == 1:  # the loop alone (the others inapplicable, failed or untried): nothing to compare
+            self.timings = {n: self.first.get(n, math.inf) for n in self.built}
+            return
         for name, strat in list(self.built.items()):
             seconds = self.timed(name, strat, SHORTLIST_POINTS)
             if seconds is not None:
                 self.first[name] = seconds
-        fastest = min(self.first.values(), default=0.0)
         # stage 2 times the candidates close to the fastest, nearest first, while what they would cost
-        # over running the fastest alone stays within PROBE_SHARE of the run's estimated time
-        allowance = math.inf if total_points is None else PROBE_SHARE * total_points * fastest
-        for name in sorted(self.built, key=lambda n: self.first[n]):
-            excess = (self.first[name] - fastest) * STAGE2_POINTS * repeats
-            if self.first[name] > SHORTLIST_FACTOR * fastest or excess > allowance:
+        # over running the fastest alone fits in what is left of the budget
+        ranked = sorted(self.built, key=lambda n: self.first[n])
+        planned = 0.0
+        for name in ranked[1:]:
+            excess = (self.first[name] - self.first[ranked[0]]) * STAGE2_POINTS * repeats
+            if self.first[name] > SHORTLIST_FACTOR * self.first[ranked[0]] or not self.affords(planned + excess):
                 self.timings[name] = self.first[name]
                 self.built.pop(name).close()
             else:
-                allowance -= excess
+                planned += excess
 
     def final_stage(self, repeats: int) -> None:
         """Stage 2: the best of `repeats` runs of each survivor, each on fresh points."""
@@ -264,7 +342,15 @@ class _Probe:
         rest = self.kept.missing()
         if len(rest):
             self.kept.put(rest, evaluate_shrinking(winner, self.coords[rest], self.warn))
-        return Choice(winner, self.timings, self.dropped, self.inapplicable, self.coords, self.kept.result())
+        return Choice(
+            winner,
+            self.timings,
+            self.dropped,
+            self.inapplicable,
+            self.coords,
+            self.kept.result(),
+            untried=tuple(self.untried),
+        )
 
 
 def fastest_or_loop(timings: dict[str, float]) -> str:

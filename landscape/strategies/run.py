@@ -88,6 +88,7 @@ class SweepReport:
     timings: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
     inapplicable: dict[str, str] = field(default_factory=dict)
+    untried: tuple[str, ...] = ()  # candidates the probe's budget did not reach
     points: int = 0
     seconds: float = 0.0
     probe_seconds: float = 0.0
@@ -103,6 +104,7 @@ class SweepReport:
             "strategy_timings_s_per_point": self.timings,
             "strategy_dropped": self.dropped,
             "strategy_inapplicable": self.inapplicable,
+            "strategy_untried": list(self.untried),
             "seconds": self.seconds,
             "probe_seconds": self.probe_seconds,
             "strategy_switches": self.switches,
@@ -157,6 +159,7 @@ def run_sweep(
     report.strategy, report.timings, report.dropped = choice.strategy.name, choice.timings, choice.dropped
     report.batch_size, report.points_per_call = choice.strategy.batch_size, choice.strategy.k
     report.inapplicable, report.probe_seconds, report.switches = choice.inapplicable, choice.seconds, choice.switches
+    report.untried = choice.untried
     report.seconds = time.perf_counter() - start
     if world.main and sink is not None:
         sink.finish(report.attrs(world.size))
