@@ -77,12 +77,15 @@ def test_uneven_batches_are_weighted_exactly():
 
 def test_batched_and_looped_products_agree():
     p, H = exact("mlp", 120)
-    op = CurvatureOperator(p, max_vectors=4)
     V = torch.randn(9, H.shape[0], dtype=torch.float64)
-    out = op.matmat(V)  # the first two chunks time batched against looped
-    assert op._batched is not None
-    assert torch.allclose(out, V @ H, rtol=1e-10, atol=1e-12)
-    assert op.matvecs == 9
+    assert CurvatureOperator(p)._batched is False  # on a CPU one vector at a time (batched ran 2-4x slower)
+    for batched in (None, True):  # None: the first two chunks time batched against looped (a GPU's way)
+        op = CurvatureOperator(p, max_vectors=4, batched_vectors=batched)
+        op._batched = batched  # the CPU's default set aside, to run the GPU's path here
+        out = op.matmat(V)
+        assert op._batched is not None
+        assert torch.allclose(out, V @ H, rtol=1e-10, atol=1e-12)
+        assert op.matvecs == 9
 
 
 class _Noisy(nn.Module):

@@ -20,7 +20,7 @@ def _modules_after(args: list[str]) -> set[str]:
     code = (
         "import sys\nfrom landscape.cli import main\n"
         f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
-        "print('MODULES:', *(m for m in ('torch', 'sympy', 'torch._dynamo') if m in sys.modules), file=sys.stderr)"
+        "print('MODULES:', *(m for m in ('torch', 'sympy', 'torch._dynamo', 'scipy.linalg') if m in sys.modules), file=sys.stderr)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -86,3 +86,19 @@ def test_the_file_commands_import_no_torch(result_files, command):
     assert _modules_after(args) == set()
     if "-o" in args:
         assert Path(args[args.index("-o") + 1]).stat().st_size > 0
+
+
+def test_top_eigenvalues_import_no_sympy(tmp_path):
+    """torch's autograd imports its symbolic shapes, and sympy with them, on the first gradient given
+    `grad_outputs` (1.1 s: a third of a small model's top-5 run); the Hessian's products differentiate
+    <g, v> instead, so `hessian --top-k` never loads it (the values are the same: see test_hessian.py)."""
+    mods = _modules_after(["hessian", "--sample", "mlp", "--top-k", "3", "-o", str(tmp_path / "c.h5")])
+    assert "torch" in mods and "sympy" not in mods
+    assert (tmp_path / "c.h5").is_file()
+
+
+def test_a_sweep_imports_only_torch(tmp_path):
+    """A sweep needs neither scipy's linear algebra (the Lanczos tridiagonals: 0.25-0.5 s) nor sympy nor dynamo."""
+    mods = _modules_after(["sweep", "--sample", "cnn", "--x", "-1:1:3", "--y", "-1:1:3", "-o", str(tmp_path / "s.h5")])
+    assert mods == {"torch"}
+    assert (tmp_path / "s.h5").is_file()

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.linalg import eigh_tridiagonal
 
 from landscape.errors import LandscapeError
 from landscape.names import WHICH
@@ -31,7 +30,10 @@ MatMat = Callable[[torch.Tensor], torch.Tensor]
 @functools.lru_cache(maxsize=1)
 def _blas_controller() -> Any:
     """threadpoolctl's view of the loaded BLAS libraries, scanned once per process (a scan costs
-    about a millisecond and a half; scipy's BLAS is loaded by this module's imports, before any call)."""
+    about a millisecond and a half), after scipy.linalg has loaded its BLAS: scipy is imported here,
+    on first use, not with the module (0.25-0.5 s that `sweep`, `plot` and `info` do not need)."""
+    import scipy.linalg  # noqa: F401  (its BLAS must be loaded before the scan)
+
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency
@@ -64,6 +66,8 @@ def tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray, vectors: bool = True) 
         raise LandscapeError("a curvature product came out NaN or infinite (is the loss finite near these weights?)")
     if alpha.size == 1:
         return alpha.copy(), (np.ones((1, 1)) if vectors else None)
+    from scipy.linalg import eigh_tridiagonal
+
     if vectors:
         w, y = eigh_tridiagonal(alpha, beta, lapack_driver="stemr", check_finite=False)
         return w, y

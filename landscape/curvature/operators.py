@@ -12,8 +12,8 @@ Ways to multiply by the Hessian:
   the fresh-graph double backward are timed on the first product and the faster is kept.
 
 A method that raises (torch 2.13's `jvp(grad(mse))` on a linear model raises "ZeroTensors are
-immutable") is dropped and the others are used. Several vectors are multiplied per call
-(`is_grads_batched` / `vmap`) in chunks of `max_vectors`. The loss must be deterministic (no dropout,
+immutable") is dropped and the others are used. On a GPU several vectors are multiplied per call
+(`is_grads_batched` / `vmap`) in chunks of `max_vectors` when that times faster; on a CPU one at a time. The loss must be deterministic (no dropout,
 BN in train mode, augmentation): a fresh forward pass must match the kept graph's, and the timed
 methods' products of one vector must agree.
 
@@ -116,6 +116,7 @@ class CurvatureOperator:
         world: World | None = None,
         n_total: int | None = None,
         probe_seed: int = 12345,
+        batched_vectors: bool | None = None,
     ) -> None:
         if curvature not in CURVATURES:
             raise ArgumentError("curvature", curvature, f"expected one of {', '.join(CURVATURES)}")
@@ -145,7 +146,10 @@ class CurvatureOperator:
         self.timings: dict[str, float] = {}
         self.dropped: dict[str, str] = {}
         self.gradient_seconds: float | None = None
-        self._batched: bool | None = None  # vmap several vectors per call? decided by timing the first chunks
+        # vmap several vectors per call? On a GPU decided by timing the first chunks; on a CPU never: it
+        # ran 2-4x slower per vector there (sample MLP and CNN, a 235k MLP), and its first use imports
+        # sympy (through torch's symbolic shapes: 1.1 s)
+        self._batched = batched_vectors if batched_vectors is not None else (None if problem.device.type != "cpu" else False)
         self._chunk_seconds: dict[str, float] = {}
         self._cache: list[Any] | None = None
         # the kept-graph methods only when every rank's data is one batch (the same candidates on all ranks)
@@ -297,14 +301,14 @@ class CurvatureOperator:
                 out = self._logits(self._forward(u, xb))
                 losses = self._per_sample_losses(out, yb)
                 dummy = torch.zeros_like(losses, requires_grad=True)
-                jt = torch.autograd.grad(losses, u, grad_outputs=dummy, create_graph=True)[0]
+                jt = torch.autograd.grad(_dot(losses, dummy), u, create_graph=True)[0]
                 return (u, losses, dummy, jt, w / yb.shape[0])
             if method.startswith("ggn"):
                 out = self._logits(self._forward(u, xb))
                 z = out.detach().requires_grad_(True)
                 gz = torch.autograd.grad(w * self.problem.loss_fn(z, yb), z, create_graph=True)[0]
                 dummy = torch.zeros_like(out, requires_grad=True)
-                jt = torch.autograd.grad(out, u, grad_outputs=dummy, create_graph=True)[0]
+                jt = torch.autograd.grad(_dot(out, dummy), u, create_graph=True)[0]
                 return (u, out, z, gz, dummy, jt)
             out = self._forward(u, xb)
             g = torch.autograd.grad(w * self.problem.loss_fn(out, yb), u, create_graph=True)[0]
@@ -321,8 +325,9 @@ class CurvatureOperator:
             )
             return torch.zeros(V.shape[0], *inp.shape, dtype=inp.dtype, device=inp.device) if r is None else r
         rows = []
-        for v in V:
-            (r,) = torch.autograd.grad(output, inp, grad_outputs=v, retain_graph=True, allow_unused=True)
+        for v in V:  # the gradient of the scalar <output, v>: the same numbers as grad_outputs=v, whose first
+            # use imports torch's symbolic shapes and sympy (1.1 s, a third of a small model's top-5 run)
+            (r,) = torch.autograd.grad(_dot(output, v), inp, retain_graph=True, allow_unused=True)
             rows.append(torch.zeros_like(inp) if r is None else r)
         return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
@@ -568,3 +573,8 @@ def _kept(out: Any) -> torch.Tensor:
         if not leaves:
             raise
         return leaves[0]
+
+
+def _dot(output: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """<output, v> as one number, whose gradient is the vector-Jacobian product v^T d(output)."""
+    return (output * v).sum()
