@@ -149,7 +149,9 @@ class CurvatureOperator:
         # vmap several vectors per call? On a GPU decided by timing the first chunks; on a CPU never: it
         # ran 2-4x slower per vector there (sample MLP and CNN, a 235k MLP), and its first use imports
         # sympy (through torch's symbolic shapes: 1.1 s)
-        self._batched = batched_vectors if batched_vectors is not None else (None if problem.device.type != "cpu" else False)
+        self._batched = (
+            batched_vectors if batched_vectors is not None else (None if problem.device.type != "cpu" else False)
+        )
         self._chunk_seconds: dict[str, float] = {}
         self._cache: list[Any] | None = None
         # the kept-graph methods only when every rank's data is one batch (the same candidates on all ranks)

@@ -25,9 +25,11 @@ from landscape.strategies.base import (
 from landscape.strategies.registry import REGISTRY, STRATEGIES, build_strategy
 
 PROBE_POINTS = 128  # grid points a caller hands the probe: each is evaluated once, by one candidate, and stored
-SHORTLIST_POINTS = 4  # the probe's first stage times each strategy on this many points ...
+SHORTLIST_POINTS = 4  # the probe's first stage times each strategy on up to this many points ...
+SHORTLIST_SECONDS = 0.6  # ... fewer when these seconds of points are enough to time it (a costly model) ...
 SHORTLIST_FACTOR = 3.0  # ... and drops those this many times slower than the fastest
-STAGE2_POINTS = 16  # the second stage times each survivor on this many points (enough to fill a vmap call) ...
+STAGE2_POINTS = 16  # the second stage times each survivor on up to this many points (enough to fill a vmap call) ...
+STAGE2_TARGET = 1.5  # ... fewer (down to 4, or a call's worth) when these seconds of points are enough ...
 STAGE2_SECONDS = 0.5  # ... best of `repeats` runs, fewer once a candidate has spent this long
 PROBE_SHARE = 0.04  # the probe may cost this share of the run's estimated time over the fastest candidate's
 TUNING_SHARE = 0.25  # ... of which tuning the batch size may take this part (a strategy gains more than a size)
@@ -51,20 +53,22 @@ def tune_batch_size(
     The sizes are timed in interleaved rounds (the best of `rounds` per size), so a busy spell on
     the machine hits every size alike, and a size below the cap is taken only when it is clearly
     faster (under `margin` times the cap's time): a lucky pass once made the transformer sample run
-    at half its batch, 15% slower. The cap is timed first; each round runs only if `affords` the
-    seconds its passes at the other sizes would take (about the cap's time each): on a short run of
-    a costly model, trying sizes would cost more than a better one could save.
+    at half its batch, 15% slower. A first pass at the cap warms up (it is not compared: a cold
+    pass once made a quarter of GPT-2's batch look 1.26x faster) and sizes the budget: each round
+    runs only if `affords` the seconds its passes at the other sizes would take (about the cap's
+    time each): on a short run of a costly model, trying sizes would cost more than a better one
+    could save.
     """
     cap = problem.batch_size
     sizes = sorted({min(problem.n, s) for s in (cap, cap // 2, cap // 4, cap // 16) if s >= 1}, reverse=True)
-    best = dict.fromkeys(sizes, math.inf)
-    best[sizes[0]] = one_pass(sizes[0])
+    first = one_pass(sizes[0])
     if len(sizes) == 1:
         return sizes[0]
-    for r in range(rounds):
-        if not affords((len(sizes) - 1) * best[sizes[0]]):
+    best = dict.fromkeys(sizes, math.inf)
+    for _ in range(rounds):
+        if not affords((len(sizes) - 1) * first):
             break
-        for size in sizes[1:] if r == 0 else sizes:
+        for size in sizes:
             best[size] = min(best[size], one_pass(size))
     fastest = min(sizes, key=lambda s: best[s])
     return fastest if best[fastest] < margin * best[sizes[0]] else sizes[0]
@@ -177,6 +181,7 @@ class _Probe:
         self.inapplicable: dict[str, str] = {}
         self.timings: dict[str, float] = {}
         self.first: dict[str, float] = {}
+        self.warm: dict[str, float] = {}
         self.kept = _ProbeValues(coords, problem.classification, on_values)
         # (batch size, points, values, seconds) of the tuning passes
         self.tuned: list[tuple[int, torch.Tensor, Evaluation, float]] = []
@@ -252,6 +257,12 @@ class _Probe:
             strat.write_params(self.problem.theta)
         return res, seconds
 
+    def points_for(self, seconds: float, least: int, most: int) -> int:
+        """Points enough to time a strategy for about `seconds` at the fastest pace seen: a point of a
+        costly model is long enough to time on its own, and each one more costs a slower candidate more."""
+        pace = self.fastest()
+        return most if not math.isfinite(pace) or pace <= 0 else max(least, min(most, math.ceil(seconds / pace)))
+
     def warm_up(self, candidates: tuple[str, ...], build: Callable[[str], Strategy | None]) -> None:
         """Each candidate is built and evaluates the point farthest from the checkpoint (vmap tracing,
         the allocator), where a strategy that computes something else would show it: each must agree
@@ -277,10 +288,11 @@ class _Probe:
             out = self.evaluate(name, strat, far)
             if out is None:
                 continue
+            self.warm[name] = out[1]  # a cold timing (tracing, allocations): a bound until stage 1 times it warm
             if reference is None:
                 reference = out[0]
                 self.kept.put(far, reference)
-                self.first.setdefault(name, out[1])  # a cold timing: a bound until stage 1 times it warm
+                self.first.setdefault(name, out[1])
             elif not agree(reference.loss, out[0].loss, self.problem.dtype):
                 self.drop(
                     name,
@@ -303,8 +315,15 @@ class _Probe:
         if len(self.built) == 1:  # the loop alone (the others inapplicable, failed or untried): nothing to compare
             self.timings = {n: self.first.get(n, math.inf) for n in self.built}
             return
+        points = self.points_for(SHORTLIST_SECONDS, 1, SHORTLIST_POINTS)
         for name, strat in list(self.built.items()):
-            seconds = self.timed(name, strat, SHORTLIST_POINTS)
+            # a candidate whose warm-up (a bound on its pace) says its timing would overrun the budget is not timed
+            over = points * max(0.0, self.warm.get(name, 0.0) - self.fastest())
+            if len(self.first) > 0 and name not in self.first and not self.affords(over):
+                self.timings[name] = self.warm[name]
+                self.built.pop(name).close()
+                continue
+            seconds = self.timed(name, strat, points)
             if seconds is not None:
                 self.first[name] = seconds
         # stage 2 times the candidates close to the fastest, nearest first, while what they would cost
@@ -312,22 +331,26 @@ class _Probe:
         ranked = sorted(self.built, key=lambda n: self.first[n])
         planned = 0.0
         for name in ranked[1:]:
-            excess = (self.first[name] - self.first[ranked[0]]) * STAGE2_POINTS * repeats
+            excess = (self.first[name] - self.first[ranked[0]]) * self.stage2_points(self.built[name]) * repeats
             if self.first[name] > SHORTLIST_FACTOR * self.first[ranked[0]] or not self.affords(planned + excess):
                 self.timings[name] = self.first[name]
                 self.built.pop(name).close()
             else:
                 planned += excess
 
+    def stage2_points(self, strat: Strategy) -> int:
+        return max(self.points_for(STAGE2_TARGET, 4, STAGE2_POINTS), min(strat.k, STAGE2_POINTS))
+
     def final_stage(self, repeats: int) -> None:
         """Stage 2: the best of `repeats` runs of each survivor, each on fresh points."""
         for name, strat in list(self.built.items()):
             best, spent = math.inf, 0.0
+            points = self.stage2_points(strat)
             for _ in range(max(1, repeats)):
-                seconds = self.timed(name, strat, STAGE2_POINTS)
+                seconds = self.timed(name, strat, points)
                 if seconds is None:
                     break
-                best, spent = min(best, seconds), spent + seconds * STAGE2_POINTS
+                best, spent = min(best, seconds), spent + seconds * points
                 if spent > STAGE2_SECONDS:
                     break
             if name in self.built:  # the best run of either stage: no candidate dropped in stage 1 beats it
