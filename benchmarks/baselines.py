@@ -1,0 +1,122 @@
+"""The scripts users run today, one per process, on a suite model (benchmarks/suite_models.py).
+
+    python benchmarks/baselines.py loop      ENTRY WORK GRID   # per-point loop over a 2D grid
+    python benchmarks/baselines.py ll        ENTRY WORK GRID   # loss-landscapes' random_plane
+    python benchmarks/baselines.py pyhessian ENTRY WORK        # PyHessian: top-5 eigenvalues + trace
+
+Each prints one JSON line: what it computed and the seconds of its main work (the suite times the
+whole process from outside). loop also times a warm forward pass over the data (the forward-only limit).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import suite_models  # noqa: E402
+
+
+def filter_normalized(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Li et al.'s direction: random normal, each filter scaled to its weight's norm, biases/BN zero."""
+    out = []
+    for p in model.parameters():
+        d = torch.randn_like(p)
+        if p.dim() <= 1:
+            d.zero_()
+        else:
+            flat_p, flat_d = p.detach().flatten(1), d.flatten(1)
+            d = (flat_d * (flat_p.norm(dim=1, keepdim=True) / (flat_d.norm(dim=1, keepdim=True) + 1e-10))).view_as(p)
+        out.append(d)
+    return out
+
+
+def loop(entry: str, work: Path, grid: int) -> dict:
+    model, x, y, loss_fn = suite_models.load(entry, work)
+    torch.manual_seed(0)
+    d1, d2 = filter_normalized(model), filter_normalized(model)
+    params = list(model.parameters())
+    w = [p.detach().clone() for p in params]
+    axis = torch.linspace(-1, 1, grid)
+    with torch.no_grad():
+        forward = []
+        for _ in range(3):
+            t = time.perf_counter()
+            float(loss_fn(model(x), y))
+            forward.append(time.perf_counter() - t)
+        start = time.perf_counter()
+        losses = []
+        for a in axis:
+            for b in axis:
+                for p, w0, u, v in zip(params, w, d1, d2):
+                    p.copy_(w0 + a * u + b * v)
+                losses.append(float(loss_fn(model(x), y)))
+    return {"seconds": time.perf_counter() - start, "forward_s": min(forward[1:]), "points": len(losses)}
+
+
+def ll(entry: str, work: Path, grid: int) -> dict:
+    import loss_landscapes
+    import loss_landscapes.metrics
+
+    model, x, y, loss_fn = suite_models.load(entry, work)
+    torch.manual_seed(0)
+    metric = loss_landscapes.metrics.Loss(loss_fn, x, y)
+    start = time.perf_counter()
+    with torch.no_grad():
+        surface = loss_landscapes.random_plane(model, metric, distance=2, steps=grid, normalization="filter")
+    return {"seconds": time.perf_counter() - start, "points": int(surface.size)}
+
+
+def pyhessian(entry: str, work: Path) -> dict:
+    from pyhessian import hessian
+
+    model, x, y, loss_fn = suite_models.load(entry, work)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    h = hessian(model, loss_fn, data=(x, y), cuda=False)
+    eigs, _ = h.eigenvalues(top_n=5)
+    eigen_s = time.perf_counter() - start
+    trace = h.trace()
+    return {
+        "seconds": time.perf_counter() - start,
+        "eigen_s": eigen_s,
+        "top": sorted((float(e) for e in eigs), reverse=True),
+        "trace": float(sum(trace) / len(trace)),
+    }
+
+
+def pyhessian_top5(entry: str, work: Path) -> dict:
+    """PyHessian's top-5 eigenvalues with its defaults (power iteration with deflation, tol 1e-3, 100 steps)."""
+    from pyhessian import hessian
+
+    model, x, y, loss_fn = suite_models.load(entry, work)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    eigs, _ = hessian(model, loss_fn, data=(x, y), cuda=False).eigenvalues(top_n=5)
+    return {"seconds": time.perf_counter() - start, "top": sorted((float(e) for e in eigs), reverse=True)}
+
+
+def pyhessian_trace(entry: str, work: Path) -> dict:
+    """PyHessian's trace with its defaults (Hutchinson, up to 100 probes, tol 1e-3)."""
+    from pyhessian import hessian
+
+    model, x, y, loss_fn = suite_models.load(entry, work)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    trace = hessian(model, loss_fn, data=(x, y), cuda=False).trace()
+    return {"seconds": time.perf_counter() - start, "trace": float(sum(trace) / len(trace)), "probes": len(trace)}
+
+
+if __name__ == "__main__":
+    mode, entry, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    if mode == "pyhessian":
+        result = pyhessian(entry, work)
+    elif mode in ("pyhessian-top5", "pyhessian-trace"):
+        result = {"pyhessian-top5": pyhessian_top5, "pyhessian-trace": pyhessian_trace}[mode](entry, work)
+    else:
+        result = {"loop": loop, "ll": ll}[mode](entry, work, int(sys.argv[4]))
+    print(json.dumps(result))

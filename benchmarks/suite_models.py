@@ -1,0 +1,197 @@
+"""The benchmark suite's models: ordinary sizes, random init, built in code (no downloads).
+
+Each entry writes its checkpoint and data into a work folder (`prepare`) the way a user has them
+(a state_dict or a save_pretrained folder, a data file), says how `landscape` is pointed at them
+(`cli_args`), and loads them back the way a user's own script would (`load`), for the baselines.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+
+
+def mlp() -> nn.Module:
+    """A ReLU MLP 784-256-128-10: 235k parameters."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)
+    )
+
+
+def resnet18() -> nn.Module:
+    """torchvision's ResNet-18 with 10 classes, as is (its stem on 32x32 inputs): 11.2M parameters."""
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=10)
+
+
+def vit() -> nn.Module:
+    """A timm ViT (tiny width, 6 blocks) with patch 4 on 32x32 inputs: 2.7M parameters, 65 tokens."""
+    import timm
+
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=4, depth=6
+    )
+
+
+def gpt2_config():  # type: ignore[no-untyped-def]
+    import transformers
+
+    return transformers.GPT2Config(
+        n_layer=4, n_head=4, n_embd=256, n_positions=64, vocab_size=4096, bos_token_id=0, eos_token_id=0
+    )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model of the suite: its factory, its data and its loss."""
+
+    about: str
+    factory: str  # "module:fn" (a sample) or the name of a function in this file
+    data: Callable[[torch.Generator], dict[str, torch.Tensor]] | None = None
+    loss: str = "cross-entropy"  # or next-token
+    sample: str | None = None  # a bundled sample: its own checkpoint and data
+    hf: bool = False  # saved with save_pretrained, loaded as a folder (no --model)
+    extra: list[str] = field(default_factory=list)
+
+
+def _images(n: int, shape: tuple[int, ...]) -> Callable[[torch.Generator], dict[str, torch.Tensor]]:
+    def make(g: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"x": torch.randn(n, *shape, generator=g), "y": torch.randint(0, 10, (n,), generator=g)}
+
+    return make
+
+
+def _tokens(g: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.randint(0, 4096, (64, 64), generator=g)}
+
+
+ENTRIES: dict[str, Entry] = {
+    "mlp": Entry("ReLU MLP 784-256-128-10, 235k params, 2048 samples", "mlp", _images(2048, (784,))),
+    "resnet18": Entry("torchvision ResNet-18, 11.2M params, 512 images 3x32x32", "resnet18", _images(512, (3, 32, 32))),
+    "vit": Entry("timm ViT tiny/6 blocks, patch 4, 2.7M params, 128 images 3x32x32", "vit", _images(128, (3, 32, 32))),
+    "gpt2": Entry(
+        "GPT-2-shaped decoder (4 layers, d=256, vocab 4096), 4.2M params, 64 sequences x 64 tokens",
+        "gpt2",
+        _tokens,
+        loss="next-token",
+        hf=True,
+    ),
+    "sample-mlp": Entry("the bundled sample mlp", "landscape.sample_models.models:mlp", sample="mlp"),
+    "sample-cnn": Entry("the bundled sample cnn (BatchNorm)", "landscape.sample_models.models:cnn", sample="cnn"),
+}
+
+
+def _build(entry: Entry) -> nn.Module:
+    if entry.hf:
+        import transformers
+
+        return transformers.GPT2LMHeadModel(gpt2_config())
+    if ":" in entry.factory:
+        module, fn = entry.factory.split(":")
+        return getattr(importlib.import_module(module), fn)()
+    return globals()[entry.factory]()
+
+
+def paths(name: str, work: Path) -> tuple[Path, Path]:
+    """The checkpoint and data file of entry `name` (the sample's own for a sample)."""
+    entry = ENTRIES[name]
+    if entry.sample:
+        from landscape.io.samples import sample
+
+        s = sample(entry.sample)
+        return Path(s["checkpoint"]), Path(s["data"])
+    return work / name / ("model" if entry.hf else "model.pt"), work / name / "data.pt"
+
+
+def prepare(name: str, work: Path) -> None:
+    """Write entry `name`'s checkpoint and data under `work` (seeded; kept when already there)."""
+    entry = ENTRIES[name]
+    ckpt, data = paths(name, work)
+    if entry.sample or (ckpt.exists() and data.exists()):
+        return
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = _build(entry)
+    assert entry.data is not None
+    columns = entry.data(torch.Generator().manual_seed(1))
+    _train_a_few_steps(model, entry, columns)
+    if entry.hf:
+        model.save_pretrained(ckpt)  # type: ignore[operator]
+    else:
+        torch.save(model.state_dict(), ckpt)
+    torch.save(columns, data)
+
+
+def _train_a_few_steps(model: nn.Module, entry: Entry, columns: dict[str, torch.Tensor], steps: int = 3) -> None:
+    """A few Adam steps, as a checkpoint from early training has: no parameter is left at its exact
+    initial zero (loss-landscapes' filter normalization divides by each filter's norm, and fails on a
+    zero bias), and BatchNorm holds running statistics of real batches."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for step in range(steps):
+        n = len(next(iter(columns.values())))
+        size = min(64, n // steps)
+        rows = slice(size * step, size * (step + 1))
+        if entry.loss == "next-token":
+            ids = columns["input_ids"][rows]
+            loss = model(input_ids=ids, labels=ids).loss
+        else:
+            loss = F.cross_entropy(model(columns["x"][rows]), columns["y"][rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def cli_args(name: str, work: Path) -> list[str]:
+    """How `landscape` is pointed at entry `name`."""
+    entry = ENTRIES[name]
+    ckpt, data = paths(name, work)
+    model = (
+        []
+        if entry.hf
+        else ["--model", entry.factory if ":" in entry.factory else f"{HERE / 'suite_models.py'}:{entry.factory}"]
+    )
+    return [*model, "--checkpoint", str(ckpt), "--data", str(data), "--loss", entry.loss, *entry.extra]
+
+
+def load(name: str, work: Path) -> tuple[nn.Module, torch.Tensor, torch.Tensor, Callable]:
+    """What a user's own script does: the model with its weights, in eval mode; inputs, targets, loss."""
+    entry = ENTRIES[name]
+    ckpt, data = paths(name, work)
+    if entry.hf:
+        import transformers
+
+        model = transformers.GPT2LMHeadModel.from_pretrained(ckpt)
+    else:
+        model = _build(entry)
+        model.load_state_dict(torch.load(ckpt, weights_only=True))
+    model.eval()
+    if data.suffix == ".npz":
+        d = {k: torch.from_numpy(v) for k, v in np.load(data).items()}
+    else:
+        d = torch.load(data, weights_only=True)
+    if entry.loss == "next-token":
+        x = y = d["input_ids"]
+
+        def loss_fn(out, y):  # type: ignore[no-untyped-def]
+            logits = out.logits
+            return F.cross_entropy(logits[:, :-1].flatten(0, 1), y[:, 1:].flatten())
+
+    else:
+        x, y = d["x"].float(), d["y"].long()
+
+        def loss_fn(out, y):  # type: ignore[no-untyped-def]
+            return F.cross_entropy(out, y)
+
+    return model, x, y, loss_fn
