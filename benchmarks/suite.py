@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -43,13 +44,20 @@ LANDSCAPE = [PY, "-m", "landscape"]
 SLOW_POINT_S = 0.05  # a point that costs more than this gets the 21x21 grid
 
 
+class Failed(Exception):
+    """A baseline that cannot run the model (its last error line)."""
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Wall seconds of one whole process and its stdout; a failure stops the suite with its output."""
+    """Wall seconds of one whole process and its stdout. A failing `landscape` stops the suite with its
+    output; a failing baseline raises Failed (the table says so: that is what its user meets)."""
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stdout}\n{done.stderr}")
+        if cmd[:3] == LANDSCAPE:
+            raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stdout}\n{done.stderr}")
+        raise Failed(done.stderr.strip().splitlines()[-1][:100] if done.stderr.strip() else f"exit {done.returncode}")
     return seconds, done.stdout
 
 
@@ -108,10 +116,18 @@ def run_entry(name: str, work: Path, repeats: int, env: dict[str, str], skip: se
     commands = {k: v for k, v in commands.items() if k not in skip}
     times: dict[str, list[float]] = {k: [] for k in commands}
     found: dict[str, list[dict]] = {k: [] for k in commands}
+    failed: dict[str, str] = {}
     for r in range(repeats):
         order = list(commands) if r % 2 == 0 else list(reversed(commands))  # interleaved, both ways round
         for key in order:
-            seconds, out = timed(commands[key], env)
+            if key in failed:
+                continue
+            try:
+                seconds, out = timed(commands[key], env)
+            except Failed as exc:
+                failed[key] = str(exc)
+                print(f"  {name}: {key} failed: {exc}", file=sys.stderr, flush=True)
+                continue
             times[key].append(seconds)
             if key == "sweep":
                 found[key].append(sweep_file(sweep_h5))
@@ -120,7 +136,16 @@ def run_entry(name: str, work: Path, repeats: int, env: dict[str, str], skip: se
             elif key != "torch":
                 found[key].append(last_json(out))
             print(f"  {name} repeat {r + 1}/{repeats}: {key} {seconds:.1f} s", file=sys.stderr, flush=True)
-    return {"grid": grid, "forward_s": forward_s, "times": times, "found": found}
+    for key in failed:
+        times.pop(key), found.pop(key)
+    return {"grid": grid, "forward_s": forward_s, "times": times, "found": found, "failed": failed}
+
+
+def cell(r: dict, key: str) -> str:
+    """A command's median [range], or that it failed."""
+    if key in r["times"]:
+        return span(r["times"][key])
+    return "fails" if key in r.get("failed", {}) else "-"
 
 
 def ratio(times: dict[str, list[float]], slow: str, fast: str) -> str:
@@ -143,8 +168,8 @@ def table(results: dict[str, dict]) -> str:
         limit = r["forward_s"] * r["grid"] ** 2
         own = [s["seconds"] for s in f["sweep"]]
         lines.append(
-            f"{name:11} {r['grid']:>5} {strategy:16} {span(t['sweep']):>19} {span(t['loop']) if 'loop' in t else '-':>19}"
-            f" {span(t['ll']) if 'll' in t else '-':>19} {ratio(t, 'loop', 'sweep'):>7} {ratio(t, 'll', 'sweep'):>6}"
+            f"{name:11} {r['grid']:>5} {strategy:16} {span(t['sweep']):>19} {cell(r, 'loop'):>19}"
+            f" {cell(r, 'll'):>19} {ratio(t, 'loop', 'sweep'):>7} {ratio(t, 'll', 'sweep'):>6}"
             f" {statistics.median(own) / limit:11.2f}"
         )
     lines += [
@@ -158,17 +183,17 @@ def table(results: dict[str, dict]) -> str:
     ]
     for name, r in results.items():
         t, f = r["times"], r["found"]
-        if "top5" not in t or "ph-top5" not in t:
+        if "top5" not in t:
             continue
-        ours, theirs = f["top5"][-1], f["ph-top5"][-1]
-        diff = max(abs(a - b) / max(abs(a), 1e-30) for a, b in zip(ours["top"], theirs["top"]))
+        ours, theirs = f["top5"][-1], (f["ph-top5"][-1] if "ph-top5" in f else None)
+        diff = max(abs(a - b) / max(abs(a), 1e-30) for a, b in zip(ours["top"], theirs["top"])) if theirs else math.nan
         own = statistics.median(h["seconds"].get("eigenvalues", 0.0) for h in f["top5"])
         floor = statistics.median(t["torch"]) if "torch" in t else 0.0
         fixed = 100 * (statistics.median(t["top5"]) - floor - own) / statistics.median(t["top5"])
         lines.append(
-            f"{name:11} {span(t['top5']):>19} {span(t['ph-top5']):>19} {ratio(t, 'ph-top5', 'top5'):>6}"
+            f"{name:11} {span(t['top5']):>19} {cell(r, 'ph-top5'):>19} {ratio(t, 'ph-top5', 'top5'):>6}"
             f" {fixed:7.1f} {ours['products']:8d} {ours['relative_residual']:8.1e} {diff:8.1e} {own:9.2f}"
-            f" {statistics.median(p['seconds'] for p in f['ph-top5']):9.2f}"
+            f" {statistics.median(p['seconds'] for p in f['ph-top5']) if theirs else math.nan:9.2f}"
         )
     lines += [
         "",
@@ -179,16 +204,19 @@ def table(results: dict[str, dict]) -> str:
     ]
     for name, r in results.items():
         t, f = r["times"], r["found"]
-        if "trace" not in t or "ph-trace" not in t:
+        if "trace" not in t:
             continue
-        ours, theirs = f["trace"][-1], f["ph-trace"][-1]
+        ours, theirs = f["trace"][-1], (f["ph-trace"][-1] if "ph-trace" in f else {"trace": math.nan, "probes": 0})
         lines.append(
-            f"{name:11} {span(t['trace']):>19} {span(t['ph-trace']):>19} {ratio(t, 'ph-trace', 'trace'):>6}"
+            f"{name:11} {span(t['trace']):>19} {cell(r, 'ph-trace'):>19} {ratio(t, 'ph-trace', 'trace'):>6}"
             f" {ours['trace']:10.4g} {ours['trace_se']:8.2g} {theirs['trace']:10.4g} {theirs['probes']:9d}"
         )
     floor = [s for r in results.values() for s in r["times"].get("torch", [])]
     if floor:
         lines += ["", f"python -c 'import torch': {span(floor)} s (every process above pays it)"]
+    for name, r in results.items():
+        for key, why in r.get("failed", {}).items():
+            lines.append(f"{name}: {key} fails: {why}")
     return "\n".join(lines)
 
 
@@ -199,8 +227,18 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=HERE / ".suite", help="checkpoints, data and results files")
     ap.add_argument("--skip", default="", help="comma-separated: sweep,loop,ll,top5,ph-top5,trace,ph-trace,torch")
     ap.add_argument("--grid", type=int, help="one grid size for every model (default: 51, or 21 for slow points)")
-    ap.add_argument("--json", type=Path, help="also write the raw timings here")
+    ap.add_argument("--json", type=Path, help="also write the raw timings here (after each model)")
+    ap.add_argument("--tables-from", type=Path, nargs="+", help="print the tables of earlier --json files, run nothing")
     args = ap.parse_args()
+    if args.tables_from:
+        merged: dict[str, dict] = {}
+        for path in args.tables_from:  # later files add models, or commands to a model
+            for name, r in json.loads(path.read_text()).items():
+                into = merged.setdefault(name, {**r, "times": {}, "found": {}, "failed": {}})
+                for part in ("times", "found", "failed"):
+                    into[part].update(r.get(part, {}))
+        print(table(merged))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     load = os.getloadavg()
@@ -210,11 +248,11 @@ def main() -> None:
         results[name] = run_entry(
             name, args.work, args.repeats, env, set(filter(None, args.skip.split(","))), args.grid
         )
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1, default=str))
     print(table(results))
     load = os.getloadavg()
     print(f"load at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

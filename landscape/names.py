@@ -4,7 +4,9 @@ torch. Each implementing module takes its names from here; a test checks they ag
 
 from __future__ import annotations
 
-STRATEGIES = ("loop", "vmap", "firstlayer", "firstlayer-vmap", "fused", "firstlayer-fused", "mlp")  # the probe's order
+STRATEGIES = (
+    "loop", "vmap", "firstlayer", "firstlayer-vmap", "fused", "firstlayer-fused", "mlp", "compiled",
+)  # fmt: skip
 NORMS = ("filter", "layer", "model", "none")
 IGNORES = ("biasbn", "none")
 WHICH = ("largest", "both")

@@ -29,6 +29,7 @@ from landscape.strategies import (
 )
 
 SAMPLES = ("mlp", "cnn", "transformer", "linreg")
+UNCOMPILED = tuple(n for n in STRATEGIES if n != "compiled")  # `compiled` takes tens of seconds to build: its own tests
 
 
 def direct_loss(problem, flat: torch.Tensor) -> tuple[float, float]:
@@ -42,7 +43,7 @@ def direct_loss(problem, flat: torch.Tensor) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("name", SAMPLES)
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", UNCOMPILED)
 def test_strategy_matches_direct_loop_2d_nonsquare(name, strategy):
     problem = sample_problem(name, samples=300)
     dirs = random_directions(2, problem.theta, problem.layout, seed=3)
@@ -75,7 +76,7 @@ def test_small_batches_weighted_exactly(sample):
     problem = sample_problem(sample, samples=250, batch_size=64)
     dirs = random_directions(1, problem.theta, problem.layout, seed=1)
     coords = torch.tensor([[0.3]], dtype=torch.float64)
-    for name in STRATEGIES:
+    for name in UNCOMPILED:
         try:
             strat = build_strategy(name, problem, dirs)
         except NotApplicable:
@@ -425,9 +426,9 @@ def test_probe_cost_stays_within_its_share_of_a_short_run():
     the plain loop's time) the probe tries only what the run can pay for: the plain loop alone here,
     the others said to be untried (or ruled out by their modules), and every point's value kept."""
     problem = sample_problem("cnn", dtype="float32", samples=64)
-    problem = problem.replace(loss_fn=_slow_loss(0.03))
+    problem = problem.replace(loss_fn=_slow_loss(0.3))  # over the budget's floor (PROBE_FLOOR) per point
     dirs = random_directions(2, problem.theta, problem.layout, seed=0).to(problem.dtype)
-    coords = grid_coords([torch.linspace(-1, 1, 4), torch.linspace(-1, 1, 4)]).to(problem.dtype)
+    coords = grid_coords([torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 3)]).to(problem.dtype)
     start = time.perf_counter()
     choice = choose_strategy(problem, dirs, coords, total_points=coords.shape[0])
     seconds = time.perf_counter() - start
@@ -445,7 +446,56 @@ def test_probe_tries_every_candidate_on_a_long_run():
     problem = sample_problem("cnn", dtype="float32", samples=64)
     dirs = random_directions(2, problem.theta, problem.layout, seed=0).to(problem.dtype)
     coords = grid_coords([torch.linspace(-1, 1, 8), torch.linspace(-1, 1, 8)]).to(problem.dtype)
-    choice = choose_strategy(problem, dirs, coords, total_points=100_000)
+    choice = choose_strategy(problem, dirs, coords, total_points=100_000, candidates=UNCOMPILED)
     choice.strategy.close()
     assert choice.untried == ()
     assert {"loop", "vmap", "fused", "firstlayer-fused"} <= set(choice.timings) | set(choice.dropped)
+
+
+@pytest.mark.slow  # the compile takes 30-50 s on 2 cores
+def test_compiled_strategy_matches_direct_loop():
+    """`--strategy compiled`: the loop through torch.compile(model); new points reuse the compiled graph
+    (the weights are written in place), the last short batch included."""
+    pytest.importorskip("torch._inductor")
+    problem = sample_problem("mlp", dtype="float32", samples=250, batch_size=100)  # the last batch is 50
+    dirs = random_directions(2, problem.theta, problem.layout, seed=3).float()
+    coords = grid_coords([torch.linspace(-1, 1, 3), torch.linspace(-0.5, 1.0, 2)]).float()
+    strat = build_strategy("compiled", problem, dirs)
+    res = strat.evaluate(coords)
+    strat.close()
+    for i, c in enumerate(coords):
+        loss, acc = direct_loss(problem, problem.theta + c.to(problem.theta) @ dirs)
+        assert res.loss[i].item() == pytest.approx(loss, rel=1e-5)
+        assert res.accuracy[i].item() == pytest.approx(acc, abs=1e-12)
+    assert torch.equal(problem.layout.flatten(problem.params()), problem.theta)
+
+
+def test_auto_tries_compiled_only_when_the_run_pays_for_its_compile():
+    """A compile costs tens of seconds: the probe leaves it untried on a run of unknown length or one
+    too short for it to pay back, and never builds it there."""
+    problem = sample_problem("mlp", dtype="float32", samples=200)
+    dirs = random_directions(2, problem.theta, problem.layout, seed=0).float()
+    coords = grid_coords([torch.linspace(-1, 1, 6), torch.linspace(-1, 1, 6)]).float()
+    for total in (None, 10_000):  # 10,000 points of a sub-millisecond model: seconds, not the minutes a compile needs
+        choice = choose_strategy(problem, dirs, coords, total_points=total, candidates=("loop", "vmap", "compiled"))
+        choice.strategy.close()
+        assert "compiled" in choice.untried and "compiled" not in choice.timings
+
+
+def test_the_probe_cost_is_stored_and_said(cli, tmp_path):
+    """The probe's points are kept, so its cost is its wall time over those points at the winner's pace
+    (the number its budget bounds), not its wall time: both are stored, the cost is what the line says."""
+    import json
+
+    import h5py
+
+    out = tmp_path / "s.h5"
+    r = cli("sweep", "--sample", "mlp", "--x", "-1:1:21", "--y", "-1:1:21", "-o", out)
+    assert r.code == 0, r.err
+    with h5py.File(out) as f:
+        wall, cost = float(f["sweep"].attrs["probe_seconds"]), float(f["sweep"].attrs["probe_excess_seconds"])
+        untried = json.loads(f["sweep"].attrs["strategy_untried"])
+    # a compile never pays on a run of seconds (what else the budget reached depends on the machine's load)
+    assert "compiled" in untried and "not tried, the run being too short to pay for trying them: " in r.err
+    assert 0.0 <= cost <= wall
+    assert f"probe cost {cost:.2g} s" in r.err

@@ -255,9 +255,10 @@ def _report(result: ls.SweepResult, strategy: str, output: Path) -> None:
     timings = run.get("strategy_timings_s_per_point") or {}
     if timings:
         timing = ", ".join(f"{n} {1e3 * t:.2g} ms/pt" for n, t in timings.items())
-        probe_s = float(run.get("probe_seconds") or 0.0)
-        share = probe_s / max(float(run.get("seconds") or 0.0), 1e-9)
-        probe = f"probe {probe_s:.2g} s, {100 * share:.0f}% of the sweep: " if share else ""
+        # the probe's cost is what it spent over its points' own work at the winner's pace (its points are kept)
+        cost = float(run.get("probe_excess_seconds") or 0.0)
+        share = cost / max(float(run.get("seconds") or 0.0), 1e-9)
+        probe = f"probe cost {cost:.2g} s, {100 * share:.0f}% of the sweep: " if run.get("probe_seconds") else ""
         untried = run.get("strategy_untried") or []
         skipped = (
             f"; not tried, the run being too short to pay for trying them: {', '.join(untried)}" if untried else ""

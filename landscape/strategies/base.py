@@ -46,6 +46,7 @@ class Strategy:
 
     name = "base"
     k = 1
+    warm_up_seconds = 0.0  # what a first call costs beyond a point's evaluation (a compile), as the probe expects
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:

@@ -32,9 +32,12 @@ STAGE2_POINTS = 16  # the second stage times each survivor on up to this many po
 STAGE2_TARGET = 1.5  # ... fewer (down to 4, or a call's worth) when these seconds of points are enough ...
 STAGE2_SECONDS = 0.5  # ... best of `repeats` runs, fewer once a candidate has spent this long
 PROBE_SHARE = 0.04  # the probe may cost this share of the run's estimated time over the fastest candidate's
+PROBE_FLOOR = 0.25  # ... or these many seconds, whichever is more: a tenth of the process's own start-up (torch's
+# import), where a share of a sub-second run could not even build the candidates (the sample MLP's 3x strategy)
 TUNING_SHARE = 0.25  # ... of which tuning the batch size may take this part (a strategy gains more than a size)
-PROMISE = ("mlp", "firstlayer-fused", "fused", "firstlayer", "vmap", "firstlayer-vmap")  # tried in this order
-# after the loop when the budget cannot try them all: the largest gains measured on the samples and the suite first
+# tried in this order after the loop when the budget cannot try them all: the largest gains measured on the
+# samples and the suite first
+PROMISE = ("mlp", "firstlayer-fused", "fused", "firstlayer", "vmap", "firstlayer-vmap", "compiled")
 LOOP_MARGIN = 1.05  # another strategy replaces the plain loop only when its probe was this many times faster:
 # probe timings jitter by about that much, and on the transformer sample vmap (0.9x the loop over
 # 300 points) won the probe in one run of two
@@ -86,6 +89,7 @@ class Choice:
     probe_result: Evaluation | None = None
     seconds: float = 0.0  # the probe's wall time, tuning the batch size included
     untried: tuple[str, ...] = ()  # candidates the probe's budget did not reach (a short run of a costly model)
+    excess: float = 0.0  # what the probe cost over evaluating its points with the fastest strategy it saw
     switches: list[str] = field(default_factory=list)  # the run's moves to a faster strategy (Recheck)
 
 
@@ -157,7 +161,9 @@ def choose_strategy(
         ):  # the plain forward pass itself failed: the model's or loss's failure, not a strategy's
             raise PointFailure(f"the model or loss failed on the probe's first points: {probe.dropped['loop']}")
         raise _none_can_run(candidates, {**probe.inapplicable, **probe.dropped})
-    return probe.choice(fastest_or_loop({n: probe.timings[n] for n in probe.built}))
+    choice = probe.choice(fastest_or_loop({n: probe.timings[n] for n in probe.built}))
+    choice.excess = max(0.0, probe.excess())
+    return choice
 
 
 class _Probe:
@@ -201,7 +207,7 @@ class _Probe:
         """Whether `seconds` more of probe cost stay within `share` of the probe's budget."""
         if self.total_points is None:
             return True
-        allowance = share * PROBE_SHARE * self.total_points * self.fastest()
+        allowance = share * max(PROBE_SHARE * self.total_points * self.fastest(), PROBE_FLOOR)
         return self.excess(kept) + seconds <= allowance
 
     def affords_tuning(self, seconds: float) -> bool:
@@ -274,7 +280,9 @@ class _Probe:
             candidates, key=lambda n: -1 if n == "loop" else PROMISE.index(n) if n in PROMISE else len(PROMISE)
         )
         for name in order:
-            if reference is not None and not self.affords(self.fastest()):
+            first_call = REGISTRY[name].warm_up_seconds if name in REGISTRY else 0.0  # a compile
+            unbounded = self.total_points is None and first_call > 0  # a run of unknown length may not pay it back
+            if reference is not None and (unbounded or not self.affords(self.fastest() + first_call)):
                 why = REGISTRY[name].rules_out(self.problem) if name in REGISTRY else None
                 if why is None:
                     self.untried.append(name)

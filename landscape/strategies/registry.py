@@ -1,4 +1,4 @@
-"""The sweep strategies by name, in the order the probe tries them.
+"""The sweep strategies by name (the probe tries the loop first, then the others in `probe.PROMISE`'s order).
 
 A new strategy is one new module (a `Strategy` subclass with a `name` and a `build` that raises
 `NotApplicable` where it has nothing to offer) and one line here.
@@ -10,6 +10,7 @@ import torch
 
 from landscape.problem import Problem
 from landscape.strategies.base import BuildContext, Strategy
+from landscape.strategies.compiled import CompiledStrategy
 from landscape.strategies.firstlayer import FirstLayerStrategy, FirstLayerVmapStrategy
 from landscape.strategies.fusedgraph import FirstLayerFusedStrategy, FusedStrategy
 from landscape.strategies.loop import LoopStrategy
@@ -26,6 +27,7 @@ REGISTRY: dict[str, type[Strategy]] = {
         FusedStrategy,
         FirstLayerFusedStrategy,
         MlpStrategy,
+        CompiledStrategy,
     )
 }
 STRATEGIES: tuple[str, ...] = tuple(REGISTRY)  # as landscape.names.STRATEGIES (a test checks)

@@ -92,6 +92,7 @@ class SweepReport:
     points: int = 0
     seconds: float = 0.0
     probe_seconds: float = 0.0
+    probe_excess_seconds: float = 0.0  # the probe's cost: its seconds over its points at the winner's pace
     switches: list[str] = field(default_factory=list)
     nonfinite: int = 0
 
@@ -107,6 +108,7 @@ class SweepReport:
             "strategy_untried": list(self.untried),
             "seconds": self.seconds,
             "probe_seconds": self.probe_seconds,
+            "probe_excess_seconds": self.probe_excess_seconds,
             "strategy_switches": self.switches,
             "world_size": world_size,
         }
@@ -159,7 +161,7 @@ def run_sweep(
     report.strategy, report.timings, report.dropped = choice.strategy.name, choice.timings, choice.dropped
     report.batch_size, report.points_per_call = choice.strategy.batch_size, choice.strategy.k
     report.inapplicable, report.probe_seconds, report.switches = choice.inapplicable, choice.seconds, choice.switches
-    report.untried = choice.untried
+    report.untried, report.probe_excess_seconds = choice.untried, choice.excess
     report.seconds = time.perf_counter() - start
     if world.main and sink is not None:
         sink.finish(report.attrs(world.size))
