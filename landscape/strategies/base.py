@@ -39,6 +39,11 @@ class Evaluation:
     accuracy: torch.Tensor | None  # float64 [n] or None for non-classification tasks
 
 
+def keyword_inputs(problem: Problem) -> str | None:
+    """Why a strategy that feeds one input tensor cannot run this model: it takes keyword inputs."""
+    return None if isinstance(problem.x, torch.Tensor) else "the model takes keyword inputs (no single input tensor)"
+
+
 class Strategy:
     """Evaluates points theta + coords @ directions on the whole data set of a problem, `k` points
     per call: `per_call` prepares what the call's batches share (the points' weights), `on_batch`

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from landscape.fused import norm_affine
 from landscape.model_io import Inputs
 from landscape.problem import Problem
-from landscape.strategies.base import BuildContext, Evaluation, NotApplicable, Strategy, points_within
+from landscape.strategies.base import BuildContext, Evaluation, NotApplicable, Strategy, keyword_inputs, points_within
 from landscape.strategies.loop import LoopStrategy
 from landscape.strategies.vmap import VmapStrategy
 
@@ -170,11 +170,6 @@ def cache_bytes_first_layer(problem: Problem, first: tuple[str, nn.Module], k: i
     return int(out.numel() * problem.n * (1 + k) * problem.theta.element_size())
 
 
-def no_first_layer_input(problem: Problem) -> str | None:
-    """Why no first layer can be cached, where that shows without a forward pass."""
-    return None if isinstance(problem.x, torch.Tensor) else "the model takes keyword inputs (no single input tensor)"
-
-
 def first_layer_of(problem: Problem, directions: torch.Tensor, budget: int) -> tuple[str, nn.Module]:
     """The first layer a `firstlayer` strategy caches; NotApplicable without one, ValueError when its cache would not fit."""
     first = find_first_layer(problem)
@@ -194,7 +189,7 @@ class FirstLayerStrategy(LoopStrategy):
 
     @classmethod
     def rules_out(cls, problem: Problem) -> str | None:
-        return no_first_layer_input(problem)
+        return keyword_inputs(problem)
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
@@ -261,7 +256,7 @@ class FirstLayerVmapStrategy(VmapStrategy):
 
     @classmethod
     def rules_out(cls, problem: Problem) -> str | None:
-        return no_first_layer_input(problem)
+        return keyword_inputs(problem)
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:

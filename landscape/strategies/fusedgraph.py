@@ -11,7 +11,7 @@ from torch import fx
 from landscape.fused import NORMS, FoldedNorm, channels_last_input, fuse_for_inference, has_conv2d
 from landscape.model_io import logits_of
 from landscape.problem import Problem
-from landscape.strategies.base import BuildContext, NotApplicable, Strategy, agree
+from landscape.strategies.base import BuildContext, NotApplicable, Strategy, agree, keyword_inputs
 from landscape.strategies.firstlayer import FirstLayerStrategy, _param_names, first_layer_of
 from landscape.strategies.loop import LoopStrategy
 
@@ -20,8 +20,8 @@ NOTHING_TO_FUSE = "no BatchNorm after a Conv/Linear to fold and no 2-D convoluti
 
 def nothing_to_fuse(problem: Problem) -> str | None:
     """Why the fused graph cannot help, where the modules tell without tracing (a first trace took up to 0.17 s)."""
-    if not isinstance(problem.x, torch.Tensor):
-        return "the model takes keyword inputs"
+    if (why := keyword_inputs(problem)) is not None:
+        return why
     if not has_conv2d(problem.model) and not any(isinstance(m, NORMS) for m in problem.model.modules()):
         return NOTHING_TO_FUSE
     return None

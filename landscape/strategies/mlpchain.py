@@ -9,7 +9,7 @@ import torch
 from landscape.mlp import MlpChain, chain_leaves_only, features_first_loss, loss_kind
 from landscape.model_io import Inputs
 from landscape.problem import Problem
-from landscape.strategies.base import BuildContext, NotApplicable, Strategy, points_within
+from landscape.strategies.base import BuildContext, NotApplicable, Strategy, keyword_inputs, points_within
 
 MLP_CPU_BLOCK = 4 << 20  # bytes of one layer's activations for the K points of an `mlp` call on a CPU
 
@@ -26,8 +26,8 @@ class MlpStrategy(Strategy):
 
     @classmethod
     def rules_out(cls, problem: Problem) -> str | None:
-        if not isinstance(problem.x, torch.Tensor):
-            return "the model takes keyword inputs"
+        if (why := keyword_inputs(problem)) is not None:
+            return why
         if not chain_leaves_only(problem.model):
             return "the model is not a chain of Linear layers and elementwise activations"
         return None
@@ -43,8 +43,6 @@ class MlpStrategy(Strategy):
         super().__init__(problem, directions, batch_size)
         if problem.dtype not in (torch.float32, torch.float64):
             raise NotApplicable("it runs in float32 or float64 only")
-        if not isinstance(problem.x, torch.Tensor):
-            raise NotApplicable("the model takes keyword inputs")
         chain = MlpChain.of(problem.model, set(problem.layout.names))
         if chain is None:
             raise NotApplicable("the model is not a chain of Linear layers and elementwise activations")
@@ -66,7 +64,7 @@ class MlpStrategy(Strategy):
         self.first_out: list[torch.Tensor] = []  # per batch: [1 + k, out, B]
         with torch.no_grad():
             for xb, _, _ in problem.batches(self.batch_size):
-                assert isinstance(xb, torch.Tensor)  # keyword inputs were ruled out above
+                assert isinstance(xb, torch.Tensor)  # keyword inputs were ruled out (rules_out, by build_strategy)
                 xf = (xb.flatten(1) if chain.flatten else xb).to(problem.theta.dtype)
                 w = self.stacks[0]
                 out = w[..., :-1] @ xf.T + w[..., -1:] if first_bias else w @ xf.T

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from landscape.problem import Problem
-from landscape.strategies.base import BuildContext, Strategy
+from landscape.strategies.base import BuildContext, NotApplicable, Strategy
 from landscape.strategies.compiled import CompiledStrategy
 from landscape.strategies.firstlayer import FirstLayerStrategy, FirstLayerVmapStrategy
 from landscape.strategies.fusedgraph import FirstLayerFusedStrategy, FusedStrategy
@@ -45,5 +45,8 @@ def build_strategy(
     """Construct strategy `name`; raises NotApplicable (a ValueError) when it cannot run this model."""
     if name not in REGISTRY:
         raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    why = REGISTRY[name].rules_out(problem)  # what the modules tell, before any build
+    if why is not None:
+        raise NotApplicable(why)
     ctx = BuildContext(points_per_call=points_per_call, memory_budget=memory_budget, batch_size=batch_size)
     return REGISTRY[name].build(problem, directions, ctx)
