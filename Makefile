@@ -46,6 +46,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/suite.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/streaming.py
 
 clean:
 	rm -rf landscape-out .pytest_cache build *.egg-info

@@ -20,6 +20,7 @@ _EXPORTS = {
         "run_planned", "sharpness", "sweep", "track", "trajectory",
     ),
     "landscape.axes": ("Axes", "hessian_axes", "random_axes", "stored_axes"),
+    "landscape.data": ("Columns",),
     "landscape.errors": ("ArgumentError", "LandscapeError"),
     "landscape.problem": ("Problem",),
     "landscape.progress": ("show_messages",),
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         trajectory,
     )  # fmt: skip
     from landscape.axes import Axes, hessian_axes, random_axes, stored_axes
+    from landscape.data import Columns
     from landscape.errors import ArgumentError, LandscapeError
     from landscape.problem import Problem
     from landscape.progress import show_messages
@@ -76,6 +78,7 @@ __all__ = [
     "AnalysisResult",
     "ArgumentError",
     "Axes",
+    "Columns",
     "CurvatureResult",
     "LandscapeError",
     "PathResult",

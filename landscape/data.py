@@ -69,14 +69,16 @@ def collect(obj: Any, where: str) -> Pair | Columns_:
     if isinstance(obj, dict):
         return obj
     if isinstance(obj, torch.utils.data.DataLoader):
-        return _stack([_record(b, where, "batch") for b in obj], where, torch.cat)
+        return stack_records([record(b, where, "batch") for b in obj], where, torch.cat)
+    if isinstance(obj, torch.utils.data.IterableDataset):
+        return stack_records([record(item, where, "item") for item in obj], where, torch.stack)
     if isinstance(obj, torch.utils.data.Dataset):
-        items = [_record(obj[i], where, "item") for i in range(len(obj))]  # type: ignore[arg-type]
-        return _stack(items, where, torch.stack)
+        items = [record(obj[i], where, "item") for i in range(len(obj))]  # type: ignore[arg-type]
+        return stack_records(items, where, torch.stack)
     raise LandscapeError(f"{where}: returned {type(obj).__name__}; expected (x, y) tensors, a Dataset or a DataLoader")
 
 
-def _record(item: Any, where: str, what: str) -> dict[str, torch.Tensor]:
+def record(item: Any, where: str, what: str) -> dict[str, torch.Tensor]:
     """One Dataset item or DataLoader batch as named tensors ("0", "1" for a pair)."""
     fields = (
         item
@@ -105,7 +107,7 @@ def _record(item: Any, where: str, what: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _stack(
+def stack_records(
     records: list[dict[str, torch.Tensor]], where: str, join: Callable[[list[torch.Tensor]], torch.Tensor]
 ) -> Pair | Columns_:
     if not records:

@@ -155,6 +155,8 @@ def shard_problem(world: World, problem: Problem) -> Problem:
             f"{problem.n} samples cannot be shared by {world.size} processes (use more samples or fewer processes)"
         )
     part = world.shard(problem.n)
+    if problem.source is not None:  # streamed: the share is a view of the data set's indices
+        return problem.replace(source=problem.source.shard(part))
     from landscape.model_io import map_inputs
 
     return problem.replace(x=map_inputs(lambda t: t[part].clone(), problem.x), y=problem.y[part].clone())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -11,9 +12,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from landscape.data import Columns, collect_data
+from landscape.data import Columns
+from landscape.datasource import HEAD_ROWS, DataSource, place_data, streamed_batch_size
 from landscape.errors import ArgumentError, LandscapeError
-from landscape.losses import LossFn, check_class_targets, is_builtin, loss_function
+from landscape.losses import LossFn, check_class_targets, is_builtin, loss_function, next_token
 from landscape.model_io import (
     Inputs,
     call,
@@ -62,6 +64,9 @@ class Problem:
         params: str = "trainable",
         columns: Columns = Columns(),
         classification: bool | None = None,
+        samples: int | None = None,
+        seed: int = 0,
+        stream: bool | None = None,
         provenance: Mapping[str, Any] | None = None,
         where: str = "data",
         say: Say = lambda msg: None,
@@ -71,10 +76,17 @@ class Problem:
         first = next(iter(model.parameters()), None)
         if first is None:
             raise ArgumentError("model", None, "the model has no parameters")
-        x, y = collect_data(data, targets, columns, where)
-        self.loss_fn, self.loss_name = loss_function(loss, y)
         self.device = resolve_device(device) if device is not None else first.device
         self.dtype = resolve_dtype(dtype) if dtype is not None else first.dtype
+        if loss == "next-token" or loss is next_token:  # a causal LM's targets are its own tokens, unless named
+            columns = dataclasses.replace(columns, targets_from_inputs=True)
+        placed = place_data(
+            data, targets, columns, where, samples=samples, seed=seed, device=self.device, dtype=self.dtype,
+            stream=stream, say=say,
+        )  # fmt: skip
+        self.source = placed if isinstance(placed, DataSource) else None  # streamed data, read on every pass
+        x, y = placed.head() if isinstance(placed, DataSource) else placed
+        self.loss_fn, self.loss_name = loss_function(loss, y)
         # weights are combined (theta + c @ D) in float32 when the model runs in bfloat16
         master = torch.float32 if self.dtype == torch.bfloat16 else self.dtype
         model.to(device=self.device)
@@ -85,22 +97,69 @@ class Problem:
         self.model = model.to(
             dtype=self.dtype
         ).eval()  # requires_grad is left as the user set it: it says what is trainable
-        self.x = to_device(x, self.device, self.dtype)
-        self.y = y.to(device=self.device, dtype=self.dtype) if torch.is_floating_point(y) else y.to(self.device)
+        self._x: Inputs | None = self._placed_x(x)
+        self._y: torch.Tensor | None = self._placed_y(y)
+        self._head = (self._x, self._y)  # the data's first rows (all of them, in memory): shapes and checks
+        if self.source is not None:
+            self._x = self._y = None
         self.classification = (
             (not torch.is_floating_point(y) and y.ndim == 1) if classification is None else classification
         )
         self.buffers = dict(model.named_buffers())
         if batch_size is not None and batch_size < 1:
             raise ArgumentError("batch_size", batch_size, "must be positive")
-        self.batch_size = int(batch_size or min(rows(self.x), 4096 if self.device.type == "cpu" else 65536))
+        cap = min(self.n, 4096 if self.device.type == "cpu" else 65536)
+        if batch_size is None and self.source is not None:
+            cap = streamed_batch_size(self.source, self.dtype, cap)
+        self.batch_size = int(batch_size or cap)
         self.auto_batch = batch_size is None  # True when the user named no batch size: the sweep may tune it
         self._provenance = dict(provenance) if provenance is not None else None
+        # streamed class targets are checked batch by batch against the output and targets of two samples
+        self._classes: tuple[object, torch.Tensor] | None = None
         check_fits(self, where, say)
+
+    def _placed_x(self, x: Inputs) -> Inputs:
+        return to_device(x, self.device, self.dtype)
+
+    def _placed_y(self, y: torch.Tensor) -> torch.Tensor:
+        return y.to(device=self.device, dtype=self.dtype) if torch.is_floating_point(y) else y.to(self.device)
+
+    @property
+    def x(self) -> Inputs:
+        """The inputs of every sample, on the device (not for streamed data: see `batches`)."""
+        if self._x is None:
+            raise LandscapeError(f"the data are streamed ({self.n:,} samples), not held in memory")
+        return self._x
+
+    @x.setter
+    def x(self, value: Inputs) -> None:
+        self._x = value
+
+    @property
+    def y(self) -> torch.Tensor:
+        """The targets of every sample, on the device (not for streamed data: see `batches`)."""
+        if self._y is None:
+            raise LandscapeError(f"the data are streamed ({self.n:,} samples), not held in memory")
+        return self._y
+
+    @y.setter
+    def y(self, value: torch.Tensor) -> None:
+        self._y = value
+
+    @property
+    def in_memory(self) -> bool:
+        """True when the data are tensors in memory; False when they are streamed from a Dataset or DataLoader."""
+        return self.source is None
+
+    def head(self, k: int) -> tuple[Inputs, torch.Tensor]:
+        """The first `k` rows (at most the 64 read to check a streamed data set), on the device."""
+        x, y = (self.x, self.y) if self.source is None else self._head
+        assert x is not None and y is not None
+        return take(x, slice(0, k)), y[:k]
 
     @property
     def n(self) -> int:
-        return rows(self.x)
+        return self.source.n if self.source is not None else rows(self.x)
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -128,9 +187,24 @@ class Problem:
     def batches(self, batch_size: int | None = None) -> Iterator[tuple[Inputs, torch.Tensor, float]]:
         """(x_b, y_b, weight) with weight = len(b) / N, so weighted batch means sum to the dataset mean."""
         bs = batch_size or self.batch_size
+        if self.source is not None:
+            yield from self._streamed_batches(bs)
+            return
         for start in range(0, self.n, bs):
             xb, yb = take(self.x, slice(start, start + bs)), self.y[start : start + bs]
             yield xb, yb, yb.shape[0] / self.n
+
+    def _streamed_batches(self, bs: int) -> Iterator[tuple[Inputs, torch.Tensor, float]]:
+        assert self.source is not None
+        start = 0
+        for xb, yb in self.source.raw_batches(bs):
+            if self._classes is not None:  # the whole data's targets were never in memory to check at once
+                try:
+                    check_class_targets(self.loss_fn, self._classes[0], self._classes[1], yb)
+                except LandscapeError as exc:
+                    raise LandscapeError(f"{self.source.where}, samples {start:,} on: {exc}") from exc
+            start += yb.shape[0]
+            yield self._placed_x(xb), self._placed_y(yb), yb.shape[0] / self.n
 
     def forward(self, x: Inputs) -> object:
         """The model's output for inputs `x` (a tensor, or a dict passed as keyword arguments)."""
@@ -184,12 +258,13 @@ def _say_left_out(model: nn.Module, chosen: Mapping[str, nn.Parameter], params: 
 def memory_provenance(problem: Problem) -> dict[str, Any]:
     """Provenance of a problem built from objects in memory: the model's class, sha256 of the weights and data."""
     model = type(problem.model)
+    x, y = (problem.x, problem.y) if problem.in_memory else problem.head(HEAD_ROWS)
     return {
         "model": f"{model.__module__}.{model.__qualname__}",
         "checkpoint": f"{model.__qualname__} (in memory)",  # what figure titles show
         "checkpoint_sha256": _sha256([problem.theta, *problem.buffers.values()]),
-        "data": "(in memory)",
-        "data_sha256": _sha256([*(problem.x.values() if isinstance(problem.x, dict) else [problem.x]), problem.y]),
+        "data": "(in memory)" if problem.in_memory else f"(streamed; data_sha256 of the first {rows(x)} samples)",
+        "data_sha256": _sha256([*(x.values() if isinstance(x, dict) else [x]), y]),
         "samples": problem.n,
         "loss": problem.loss_name,
         "sample": "",
@@ -208,6 +283,17 @@ def _sha256(tensors: list[torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load `state` into `model`; a mismatch is one line naming the first problem."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # torch lists every problem over several lines: its first one will do
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise LandscapeError(
+            f"the model cannot take these weights: {lines[1] if len(lines) > 1 else lines[0]}"
+        ) from exc
+
+
 def make_problem(
     model: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -224,13 +310,7 @@ def make_problem(
     say: Say = lambda msg: None,
 ) -> Problem:
     """Load `state` into `model`, then the Problem of the model on (x, y)."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:  # torch lists every problem over several lines: its first one will do
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise LandscapeError(
-            f"the model cannot take these weights: {lines[1] if len(lines) > 1 else lines[0]}"
-        ) from exc
+    load_weights(model, state)
     return Problem(
         model,
         (x, y),
@@ -247,18 +327,22 @@ def make_problem(
 
 def check_fits(problem: Problem, data_name: str, say: Callable[[str], None] = lambda msg: None) -> None:
     """Run the model and loss on two samples; turn a failure into a one-line error."""
-    xb, yb = take(problem.x, slice(0, 2)), problem.y[:2]
+    xb, yb = problem.head(2)
     try:
         with torch.no_grad():
             out = problem.forward(xb)
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LandscapeError(f"{data_name}: the model cannot take {describe(problem.x)}: {msg}") from exc
+        raise LandscapeError(
+            f"{data_name}: the model cannot take {describe(problem.head(problem.n)[0])}: {msg}"
+        ) from exc
     kind = output_kind(out)
     if kind is not None and is_builtin(problem.loss_fn):
         say(f"the model returns {kind}")
     try:
-        check_class_targets(problem.loss_fn, out, yb, problem.y)
+        check_class_targets(problem.loss_fn, out, yb, problem.y if problem.in_memory else problem.head(HEAD_ROWS)[1])
+        if not problem.in_memory:
+            problem._classes = (out, yb)
     except LandscapeError as exc:
         raise LandscapeError(f"{data_name}: {exc}") from exc
     try:

@@ -161,6 +161,10 @@ def path(
                 xt, yt = load_data(train_data, unsafe_pickle)
                 xt, _ = subset(xt, yt, samples, seed)
             else:
+                if not problem.in_memory:
+                    raise LandscapeError(
+                        "--bn-recalibrate: --data is streamed (too large to hold); give --train-data that fits in memory"
+                    )
                 say("--bn-recalibrate without --train-data: recalibrating on --data")
                 xt = problem.x
             recal = to_device(xt, problem.device, problem.dtype)

@@ -270,6 +270,22 @@ MODEL_OPTIONS = (  # how to read a real model's files: added to every command th
     _load_option(
         "target_key", "Data as dicts: the targets' key (default: the first of labels, label, y, targets, target)."
     ),
+    inspect.Parameter(
+        "stream",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            bool | None,
+            typer.Option(
+                "--stream/--no-stream",
+                help="A --data Dataset or DataLoader: read it batch by batch on every pass (--stream), or collect "
+                "it into memory once (--no-stream). Default: collected when its tensors fit a quarter of the free "
+                "memory, streamed otherwise; the output says which.",
+                show_default=False,
+                rich_help_panel=LOAD,
+            ),
+        ],
+    ),
 )
 
 

@@ -196,9 +196,7 @@ class CurvatureOperator:
 
     def _batches(self) -> Iterator[tuple[Inputs, torch.Tensor, float]]:
         """(x_b, y_b, |b| / n_total) over this rank's data: the ranks' weighted sums add up to the dataset mean."""
-        p, bs = self.problem, self.batch_size
-        for start in range(0, p.n, bs):
-            xb, yb = take(p.x, slice(start, start + bs)), p.y[start : start + bs]
+        for xb, yb, _ in self.problem.batches(self.batch_size):
             yield xb, yb, yb.shape[0] / self.n_total
 
     # ---- agreement between ranks (no-ops for one process) -----------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,8 +17,14 @@ TENSOR_SUFFIXES = (".pt", ".pth", ".npz", ".h5", ".hdf5")
 
 
 def load_data(spec: str, unsafe_pickle: bool = False, columns: Columns = Columns()) -> tuple[Inputs, torch.Tensor]:
-    """Return (x, y) from a tensor file holding `x` and `y` (or named columns), or from `file.py:fn` /
-    `module:fn` returning tensors, a Dataset or a DataLoader (of pairs or of dicts)."""
+    """(x, y) as tensors from what `read_data` reads (a Dataset or DataLoader collected)."""
+    return collect_data(read_data(spec, unsafe_pickle, columns), columns=columns, where=f"--data {spec}")
+
+
+def read_data(spec: str, unsafe_pickle: bool = False, columns: Columns = Columns()) -> Any:
+    """(x, y) from a tensor file holding `x` and `y` (or named columns); or what `file.py:fn` /
+    `module:fn` returns: tensors, a Dataset or a DataLoader (of pairs or of dicts), for `Problem`
+    to collect or stream."""
     path = Path(spec)
     if path.suffix in TENSOR_SUFFIXES:
         if not path.is_file():
@@ -29,7 +36,7 @@ def load_data(spec: str, unsafe_pickle: bool = False, columns: Columns = Columns
             obj = fn() if callable(fn) else fn
         except Exception as exc:
             raise LandscapeError(f"--data {spec}: the function raised {type(exc).__name__}: {exc}") from exc
-        return collect_data(obj, columns=columns, where=f"--data {spec}")
+        return obj
     if not path.exists():
         raise LandscapeError(f"--data: file not found: {path}")
     raise LandscapeError(f"--data {spec}: expected a {'/'.join(TENSOR_SUFFIXES)} file or file.py:function")

@@ -9,16 +9,15 @@ from typing import Any
 
 import torch
 
-from landscape.data import Columns, subset
+from landscape.data import Columns
 from landscape.errors import LandscapeError
 from landscape.io.checkpoint import Checkpoint, fit_state_dict, read_checkpoint
-from landscape.io.data import load_data
+from landscape.io.data import read_data
 from landscape.io.loss import resolve_loss
 from landscape.io.model import build_model, is_model_dir
 from landscape.io.samples import sample as find_sample
 from landscape.io.spec import sha256_file
-from landscape.losses import default_loss
-from landscape.problem import Problem, Say, make_problem, resolve_device, resolve_dtype
+from landscape.problem import Problem, Say, load_weights, resolve_device, resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,7 @@ class LoadSpec:
     params: str = "trainable"  # trainable, all, or a regular expression over parameter names
     input_key: str | None = None  # dict data: the input key(s), comma-separated (default: all but the targets)
     target_key: str | None = None  # dict data: the targets' key (default: labels, label, y, targets, target)
+    stream: bool | None = None  # a Dataset/DataLoader streamed (True), collected (False), or by its size (None)
 
     def resolved(self) -> LoadSpec:
         """Fill model/checkpoint/data/loss from --sample; check that the three are named."""
@@ -89,22 +89,14 @@ def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, 
     state = fit_state_dict(checkpoint, model, spec.checkpoint, say, key=spec.checkpoint_key, prefix=spec.prefix)
     input_keys = tuple(k.strip() for k in spec.input_key.split(",") if k.strip()) if spec.input_key else None
     columns = Columns(input_keys, spec.target_key, targets_from_inputs=spec.loss == "next-token")
-    x, y = load_data(spec.data, spec.unsafe_pickle, columns)
-    x, y = subset(x, y, spec.samples, spec.seed)
-    loss_name = spec.loss or default_loss(y)
-    problem = make_problem(
-        model,
-        state,
-        x,
-        y,
-        resolve_loss(loss_name),
-        device=device,
-        dtype=dtype,
-        batch_size=spec.batch_size,
-        data_name=f"--data {spec.data}",
-        params=spec.params,
-        say=say,
-    )
+    data = read_data(spec.data, spec.unsafe_pickle, columns)
+    load_weights(model, state)
+    problem = Problem(
+        model, data, resolve_loss(spec.loss) if spec.loss else None, device=device, dtype=dtype,
+        batch_size=spec.batch_size, columns=columns, samples=spec.samples, seed=spec.seed, stream=spec.stream,
+        params=spec.params, where=f"--data {spec.data}", say=say,
+    )  # fmt: skip
+    loss_name = problem.loss_name
     data_path = Path(spec.data)
     provenance = {
         "model": spec.model,

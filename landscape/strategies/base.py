@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from landscape.model_io import Inputs, output_numel, take
+from landscape.model_io import Inputs, output_numel
 from landscape.problem import Problem
 
 
@@ -41,7 +41,13 @@ class Evaluation:
 
 def keyword_inputs(problem: Problem) -> str | None:
     """Why a strategy that feeds one input tensor cannot run this model: it takes keyword inputs."""
-    return None if isinstance(problem.x, torch.Tensor) else "the model takes keyword inputs (no single input tensor)"
+    x, _ = problem.head(1)
+    return None if isinstance(x, torch.Tensor) else "the model takes keyword inputs (no single input tensor)"
+
+
+def caches_per_sample(problem: Problem) -> str | None:
+    """Why a strategy that caches products for every sample cannot run: the data are streamed (too large to hold)."""
+    return None if problem.in_memory else "the data are streamed, and it caches products for every sample"
 
 
 class Strategy:
@@ -151,7 +157,7 @@ def memory_budget(device: torch.device) -> int:
 def points_per_call(problem: Problem, memory_budget: int, batch_size: int | None = None) -> int:
     """How many points the vmap strategies stack per call: bounded by weights and activations memory."""
     with torch.no_grad():
-        out = problem.forward(take(problem.x, slice(0, 1)))
+        out = problem.forward(problem.head(1)[0])
     per_point = problem.layout.size * problem.theta.element_size() * 2
     per_point += (
         8 * output_numel(out) * (batch_size or problem.batch_size) * problem.theta.element_size()

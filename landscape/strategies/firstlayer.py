@@ -14,7 +14,15 @@ import torch.nn.functional as F
 from landscape.fused import norm_affine
 from landscape.model_io import Inputs
 from landscape.problem import Problem
-from landscape.strategies.base import BuildContext, Evaluation, NotApplicable, Strategy, keyword_inputs, points_within
+from landscape.strategies.base import (
+    BuildContext,
+    Evaluation,
+    NotApplicable,
+    Strategy,
+    caches_per_sample,
+    keyword_inputs,
+    points_within,
+)
 from landscape.strategies.loop import LoopStrategy
 from landscape.strategies.vmap import VmapStrategy
 
@@ -24,10 +32,10 @@ FIRST_LAYER_CPU_BLOCK = 32 << 20  # ... within this many bytes on a CPU
 
 def find_first_layer(problem: Problem) -> tuple[str, nn.Module] | None:
     """The Linear/Conv module that receives the raw input x, if the model starts with one."""
-    if not isinstance(problem.x, torch.Tensor):
+    probe, _ = problem.head(2)
+    if not isinstance(probe, torch.Tensor):
         return None  # keyword inputs (token ids and masks): the first layer is not fed by one input tensor
     hits: list[tuple[str, nn.Module]] = []
-    probe = problem.x[:2]
     handles = []
 
     def hook(name: str, module: nn.Module) -> Callable[[nn.Module, tuple[Any, ...]], None]:
@@ -164,9 +172,10 @@ def _param_names(named: tuple[str, nn.Module]) -> tuple[str, ...]:
 
 def cache_bytes_first_layer(problem: Problem, first: tuple[str, nn.Module], k: int) -> int:
     """Memory the first-layer cache would take (outputs for the whole data set, 1 + k copies)."""
-    assert isinstance(problem.x, torch.Tensor)
+    x, _ = problem.head(1)
+    assert isinstance(x, torch.Tensor)
     with torch.no_grad():
-        out: torch.Tensor = first[1](problem.x[:1])
+        out: torch.Tensor = first[1](x)
     return int(out.numel() * problem.n * (1 + k) * problem.theta.element_size())
 
 
@@ -189,7 +198,7 @@ class FirstLayerStrategy(LoopStrategy):
 
     @classmethod
     def rules_out(cls, problem: Problem) -> str | None:
-        return keyword_inputs(problem)
+        return keyword_inputs(problem) or caches_per_sample(problem)
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
@@ -256,7 +265,7 @@ class FirstLayerVmapStrategy(VmapStrategy):
 
     @classmethod
     def rules_out(cls, problem: Problem) -> str | None:
-        return keyword_inputs(problem)
+        return keyword_inputs(problem) or caches_per_sample(problem)
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:

@@ -44,15 +44,16 @@ def _use_fused(strat: LoopStrategy, fused: fx.GraphModule, layout_x: bool = True
     """Point a loop strategy at a fused graph (and, with `layout_x`, at a copy of its problem with
     channels-last data for 2-D convs), after checking on a few samples that it gives the model's outputs."""
     p = strat.problem
-    assert isinstance(p.x, torch.Tensor)  # `_fused_graph` ruled out keyword inputs
-    x = channels_last_input(p.x) if layout_x and has_conv2d(p.model) else p.x
+    head, _ = p.head(64)
+    assert isinstance(head, torch.Tensor)  # `_fused_graph` ruled out keyword inputs
     with torch.no_grad():
-        want, got = logits_of(p.model(p.x[:64])), logits_of(fused(x[:64]))
+        want, got = logits_of(p.model(head)), logits_of(fused(head))
     if not agree(want.double().flatten(), got.double().flatten(), p.dtype):
         raise ValueError("the fused graph's outputs differ from the model's")
     strat.forward = fused
-    if x is not p.x:  # the same problem with its data in the layout the fused graph prefers
-        strat.problem = p.replace(x=x)
+    if layout_x and has_conv2d(p.model) and p.in_memory:  # the same problem, its data in the layout the graph prefers
+        assert isinstance(p.x, torch.Tensor)
+        strat.problem = p.replace(x=channels_last_input(p.x))
 
 
 class FusedStrategy(LoopStrategy):

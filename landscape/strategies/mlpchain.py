@@ -9,7 +9,14 @@ import torch
 from landscape.mlp import MlpChain, chain_leaves_only, features_first_loss, loss_kind
 from landscape.model_io import Inputs
 from landscape.problem import Problem
-from landscape.strategies.base import BuildContext, NotApplicable, Strategy, keyword_inputs, points_within
+from landscape.strategies.base import (
+    BuildContext,
+    NotApplicable,
+    Strategy,
+    caches_per_sample,
+    keyword_inputs,
+    points_within,
+)
 
 MLP_CPU_BLOCK = 4 << 20  # bytes of one layer's activations for the K points of an `mlp` call on a CPU
 
@@ -26,7 +33,7 @@ class MlpStrategy(Strategy):
 
     @classmethod
     def rules_out(cls, problem: Problem) -> str | None:
-        if (why := keyword_inputs(problem)) is not None:
+        if (why := keyword_inputs(problem) or caches_per_sample(problem)) is not None:
             return why
         if not chain_leaves_only(problem.model):
             return "the model is not a chain of Linear layers and elementwise activations"
@@ -47,7 +54,7 @@ class MlpStrategy(Strategy):
         if chain is None:
             raise NotApplicable("the model is not a chain of Linear layers and elementwise activations")
         last = chain.linears[-1][1].out_features
-        kind = loss_kind(problem.loss_fn, problem.y, last)
+        kind = loss_kind(problem.loss_fn, problem.head(1)[1], last)
         if kind is None:
             raise NotApplicable("it needs the built-in cross-entropy (class indices) or mse loss")
         self.chain, self.kind = chain, kind
