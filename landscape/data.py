@@ -6,7 +6,7 @@ records are split into inputs and targets by `Columns`. `where` names the source
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,8 +73,7 @@ def collect(obj: Any, where: str) -> Pair | Columns_:
     if isinstance(obj, torch.utils.data.IterableDataset):
         return stack_records([record(item, where, "item") for item in obj], where, torch.stack)
     if isinstance(obj, torch.utils.data.Dataset):
-        items = [record(obj[i], where, "item") for i in range(len(obj))]  # type: ignore[arg-type]
-        return stack_records(items, where, torch.stack)
+        return fill_rows(obj, range(len(obj)), where)  # type: ignore[arg-type]
     raise LandscapeError(f"{where}: returned {type(obj).__name__}; expected (x, y) tensors, a Dataset or a DataLoader")
 
 
@@ -105,6 +104,26 @@ def record(item: Any, where: str, what: str) -> dict[str, torch.Tensor]:
         except (TypeError, ValueError, RuntimeError) as exc:
             raise LandscapeError(f"{where}: the {what}'s {k!r} is a {type(v).__name__}, not a tensor ({exc})") from exc
     return out
+
+
+def fill_rows(dataset: Any, indices: Sequence[int], where: str) -> Pair | Columns_:
+    """The items `indices` of a map-style Dataset as tensors, written into tensors allocated once: a list
+    of items stacked held the data twice (5.2 GB at the peak for 2.46 GB of images)."""
+    if not len(indices):
+        raise LandscapeError(f"{where}: the data set is empty")
+    first = record(dataset[indices[0]], where, "item")
+    cols = {k: t.new_empty((len(indices), *t.shape)) for k, t in first.items()}
+    for row, i in enumerate(indices):
+        item = first if row == 0 else record(dataset[i], where, "item")
+        for k, col in cols.items():
+            if k not in item or item[k].shape != col.shape[1:]:
+                got = f"shape {tuple(item[k].shape)}" if k in item else "no such key"
+                raise LandscapeError(
+                    f"{where}: {k!r} differs in shape between items (pad every sequence to one length): item {i} has "
+                    f"{got}, item {indices[0]} {tuple(col.shape[1:])}"
+                )
+            col[row] = item[k]
+    return (cols["0"], cols["1"]) if set(cols) == {"0", "1"} else cols
 
 
 def stack_records(

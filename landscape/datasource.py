@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from landscape.data import Columns, Pair, check_pair, collect, record, split, stack_records, subset
+from landscape.data import Columns, Pair, check_pair, collect, fill_rows, record, split, stack_records, subset
 from landscape.errors import ArgumentError, LandscapeError
 from landscape.model_io import take
 
@@ -138,11 +138,8 @@ class DataSource:
     def collect(self) -> Pair:
         """Every row as tensors (a Dataset's view item by item; a DataLoader's batches joined)."""
         if isinstance(self.obj, DataLoader):
-            cols = collect(self.obj, self.where)
-        else:
-            view = self._view()
-            cols = stack_records([record(view[i], self.where, "item") for i in range(self.n)], self.where, torch.stack)
-        return self._pair(cols)
+            return self._pair(collect(self.obj, self.where))
+        return self._pair(fill_rows(self.obj, self.indices or range(self.n), self.where))
 
 
 def _collate(items: list[Any], where: str) -> Any:

@@ -197,3 +197,46 @@ def test_cli_streams_a_dataset_and_says_so(cli, tmp_path):
     assert r.code == 0 and "90 samples held in memory" in r.out + r.err, r
     a, b = ls.load(tmp_path / "s.h5"), ls.load(tmp_path / "m.h5")
     np.testing.assert_allclose(a.loss, b.loss, rtol=1e-5)
+
+
+def test_streamed_shards_products_sum_to_the_full_product():
+    """Under torchrun a streamed Dataset is shared by index: each rank reads only its rows, and the
+    ranks' Hessian products add up to the product on all the data held in memory."""
+    from landscape.curvature import CurvatureOperator
+    from landscape.distributed import World, shard_problem
+
+    torch.manual_seed(2)
+    x, y = torch.randn(61, 5, dtype=torch.float64), torch.randint(0, 3, (61,))
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    data = TensorDataset(x, y)
+    held = ls.Problem(model, data, stream=False)
+    streamed = ls.Problem(model, data, stream=True)
+    parts = [shard_problem(World(rank=r, size=3), streamed) for r in range(3)]
+    assert [p.n for p in parts] == [21, 20, 20] and not any(p.in_memory for p in parts)
+    assert torch.equal(torch.cat([xb for p in parts for xb, _, _ in p.batches()]), x)
+    V = torch.randn(2, held.layout.size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref = CurvatureOperator(held, method="double-backward", batch_size=8).matmat(V)
+    ops = [CurvatureOperator(p, method="double-backward", batch_size=8, n_total=61) for p in parts]
+    total = sum(op.matmat(V) for op in ops)
+    assert float((total - ref).norm() / ref.norm()) < 1e-12
+    with pytest.raises(LandscapeError, match="cannot be shared between processes"):
+        shard_problem(World(rank=0, size=2), ls.Problem(model, DataLoader(data, batch_size=8), stream=True))
+
+
+def test_items_of_different_shapes_are_one_clear_error():
+    rows = [(torch.randn(3 + (i == 4)), 0) for i in range(6)]  # the fifth sequence is one longer
+    model = nn.Linear(3, 2)
+    for stream in (False, True):
+        with pytest.raises(LandscapeError, match=r"'0' differs in shape between items .*pad every sequence"):
+            ls.Problem(model, rows_dataset(rows), stream=stream, batch_size=8).batches().__next__()
+
+
+def rows_dataset(rows: list) -> Dataset:
+    class Rows(Dataset):
+        def __len__(self) -> int:
+            return len(rows)
+
+        def __getitem__(self, i: int):
+            return rows[i]
+
+    return Rows()
