@@ -15,12 +15,15 @@ COMMANDS = ["sweep", "hessian", "roughness", "sharpness", "track", "path", "plan
             "metrics", "info", "samples", "plot", "compare", "report", "export"]  # fmt: skip
 
 
-def _modules_after(args: list[str]) -> set[str]:
-    """The heavy modules loaded after running the CLI on `args` in a fresh interpreter, in-process."""
+HEAVY = ("torch", "sympy", "torch._dynamo", "scipy.linalg")
+
+
+def _modules_after(args: list[str], watch: tuple[str, ...] = HEAVY) -> set[str]:
+    """The modules of `watch` loaded after running the CLI on `args` in a fresh interpreter, in-process."""
     code = (
         "import sys\nfrom landscape.cli import main\n"
         f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
-        "print('MODULES:', *(m for m in ('torch', 'sympy', 'torch._dynamo', 'scipy.linalg') if m in sys.modules), file=sys.stderr)"
+        f"print('MODULES:', *(m for m in {watch!r} if m in sys.modules), file=sys.stderr)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -32,6 +35,11 @@ def _modules_after(args: list[str]) -> set[str]:
 @pytest.mark.parametrize("args", [["--help"], *[[c, "--help"] for c in COMMANDS]], ids=lambda a: " ".join(a))
 def test_help_imports_no_torch(args):
     assert _modules_after(args) == set()
+
+
+def test_help_imports_no_numpy_nor_h5py():
+    """`landscape --help` draws text only: numpy (50 ms) and h5py load in the commands that read files."""
+    assert _modules_after(["--help"], ("numpy", "h5py", "matplotlib", "plotly")) == set()
 
 
 def test_the_names_offered_agree_with_the_implementations():

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 
 import landscape as ls
@@ -52,6 +51,8 @@ if TYPE_CHECKING:
 
 def _run_plane(output: Path, problem: Problem, planned: ls.SweepResult, strategy: str) -> None:
     """A plane's grid into OUTPUT: the file made first with the plane's own group, then filled chunk by chunk."""
+    import numpy as np
+
     from landscape.io.analysis_store import add_group
 
     store = planned.create_file(output)
@@ -335,11 +336,11 @@ def trajectory(
         f"{100 * float(explained[0]):.1f}% + {100 * float(explained[1]):.1f}%; grid {planned.loss.shape[0]} x {planned.loss.shape[1]}")  # fmt: skip
     _run_plane(output, problem, planned, strategy)
     own, projected, rel = group.arrays["own_loss"], group.arrays["projected_loss"], group.arrays["relative_residual"]
-    gap = projected - own
-    worst = int(np.abs(gap).argmax())
+    gap = abs(projected - own)
+    worst = int(gap.argmax())
     out.print(
         f"explained variance {100 * float(explained.sum()):.1f}%; the projected path's loss differs from the "
-        f"checkpoints' own by up to {float(np.abs(gap).max()):.4g} ({Path(ckpts[worst]).name}: own {float(own[worst]):.4g}, "
+        f"checkpoints' own by up to {float(gap.max()):.4g} ({Path(ckpts[worst]).name}: own {float(own[worst]):.4g}, "
         f"projected {float(projected[worst]):.4g}; {100 * float(rel[worst]):.1f}% of its offset lies off the plane)"
     )
     wrote(output)

@@ -13,7 +13,6 @@ from rich.text import Text
 from landscape.cli import app
 from landscape.cli.options import out
 from landscape.io.samples import registry
-from landscape.summary import sweep_numbers
 
 
 @app.command(rich_help_panel="Inspect")
@@ -23,6 +22,7 @@ def info(
 ) -> None:
     """Show what a results file holds: provenance, settings, datasets and the headline numbers."""
     from landscape.io.results import describe, read_sweep
+    from landscape.summary import sweep_numbers
 
     desc = describe(path)
     if "sweep/loss" in desc["datasets"]:
