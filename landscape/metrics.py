@@ -32,8 +32,8 @@ def _is_number(value: Any) -> bool:
 
 def collect(path: str | Path) -> dict[str, float]:
     """All numbers of one results file: numeric scalar attributes and scalar datasets of every group
-    (name GROUP.SUBGROUP.KEY), the sweep's summary numbers, and lambda_max/lambda_min from any
-    eigenvalues dataset."""
+    (name GROUP.SUBGROUP.KEY), the sweep's summary numbers, and from any eigenvalues dataset
+    lambda_max and lambda_min (computed with which=both) or lambda_k (the least of the top k)."""
     table: dict[str, float] = {}
     with open_results(path) as f:
         has_sweep = "sweep" in f and "loss" in f["sweep"]
@@ -72,7 +72,10 @@ def collect(path: str | Path) -> dict[str, float]:
                     parent = key.rsplit(".", 1)[0]
                     if ev.size:
                         table.setdefault(f"{parent}.lambda_max", float(ev.max()))
-                        table.setdefault(f"{parent}.lambda_min", float(ev.min()))
+                        # the smallest eigenvalue only where it was computed (which=both): the least of the
+                        # top k is lambda_k, and a gate on "lambda_min < 0" must not read it as lambda_min
+                        low = "lambda_min" if str(obj.attrs.get("which", "")) == "both" else "lambda_k"
+                        table.setdefault(f"{parent}.{low}", float(ev.min()))
 
         f.visititems(visit)
     if has_sweep:

@@ -8,6 +8,8 @@ import math
 import h5py
 import numpy as np
 import pytest
+import torch
+from conftest import sample_problem
 
 from landscape.errors import LandscapeError
 from landscape.io.analysis_store import Group, read_group, write_results
@@ -74,7 +76,8 @@ def test_collect_groups_and_sweep(tmp_path, cli):
     )
     table = collect(f)
     assert table["roughness.ri"] == 0.25 and table["roughness.mu"] == 9.0
-    assert table["hessian.lambda_max"] == 7.5 and table["hessian.lambda_min"] == -1.0
+    assert table["hessian.lambda_max"] == 7.5 and table["hessian.lambda_k"] == -1.0
+    assert "hessian.lambda_min" not in table  # not known to be the smallest: no `which` says so
     assert "roughness.norm" not in table
     res = cli("sweep", "--sample", "linreg", "--x", "-1:1:5", "-o", tmp_path / "s.h5")
     assert res.code == 0, res.err
@@ -164,3 +167,32 @@ def test_a_gate_on_a_grid_with_nonfinite_points_is_broken(cli, tmp_path):
     res = cli("metrics", rough, "--json")
     assert json.loads(res.out)["numbers"][str(rough)]["roughness.nonfinite_points"] > 0
     assert cli("metrics", rough, "--fail-if", "ri > 1e9").code == 1
+
+
+def test_lambda_min_is_stored_only_where_it_was_computed(cli, tmp_path):
+    """With the default --which largest the least eigenvalue found is the k-th largest: it is named
+    lambda_k, and a gate on lambda_min is refused by name, not passed on a positive number. With
+    --which both lambda_min is the most negative eigenvalue (the sample MLP has negative curvature,
+    checked against its exact Hessian's least eigenvalue)."""
+    top = cli("hessian", "--sample", "mlp", "--top-k", "2", "--dtype", "float64", "-o", tmp_path / "top.h5")
+    assert top.code == 0, top.err
+    table = collect(tmp_path / "top.h5")
+    assert "hessian.lambda_min" not in table and table["hessian.lambda_k"] > 0
+    gate = cli("metrics", tmp_path / "top.h5", "--fail-if", "lambda_min < 0")
+    assert gate.code == 2 and "lambda_min" in gate.err
+    both = cli("hessian", "--sample", "mlp", "--top-k", "2", "--which", "both", "--dtype", "float64", "--tol", "1e-8",
+               "-o", tmp_path / "both.h5")  # fmt: skip
+    assert both.code == 0, both.err
+    table = collect(tmp_path / "both.h5")
+    problem = sample_problem("mlp")
+    theta = problem.theta.clone()
+
+    def loss(t: torch.Tensor) -> torch.Tensor:
+        params = problem.layout.unflatten(t)
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(problem.model, params, (problem.x,)), problem.y)
+
+    exact = torch.linalg.eigvalsh(torch.func.hessian(loss)(theta))
+    assert exact[0] < 0
+    assert table["hessian.lambda_min"] == pytest.approx(float(exact[0]), rel=1e-4, abs=1e-9)
+    assert table["hessian.lambda_max"] == pytest.approx(float(exact[-1]), rel=1e-6)
+    assert cli("metrics", tmp_path / "both.h5", "--fail-if", "lambda_min < 0").code == 1
