@@ -275,7 +275,8 @@ def _block(d: Mapping[str, Any]) -> BlockResult:
             None if d["eigenvectors"] is None else torch.from_numpy(np.asarray(d["eigenvectors"], dtype=np.float64))
         )
         eigen = Eigenpairs(d["eigenvalues"], d["residuals"], d["converged"], vectors, int(a.get("iterations", 0)),
-                           int(a.get("matvecs", 0)), str(a.get("which", "largest")), float(a.get("tol", 0.0)))  # fmt: skip
+                           int(a.get("matvecs", 0)), str(a.get("which", "largest")), float(a.get("tol", 0.0)),
+                           float(a.get("residual_floor", 0.0)))  # fmt: skip
     if d["trace"] is not None:
         t = d["trace"]
         trace = TraceEstimate(t["value"], t["std_error"], int(t["matvecs"]), int(t["sketch"]), int(t["probes"]),

@@ -453,3 +453,34 @@ def test_transformer_per_layer_blocks():
         op = CurvatureOperator(p, names=names)
         r = lanczos(op.matmat, op.size, k=min(3, op.size), tol=1e-8)
         np.testing.assert_allclose(r.eigenvalues, ev[: r.eigenvalues.size], rtol=1e-6, atol=1e-10 * abs(ev[0])), key
+
+
+def test_residuals_never_fall_below_the_precision_floor(tmp_path):
+    """Linear regression in float32 (H = 2 X'X / n, closed form): Lanczos stops with computed residuals
+    far below what float32 products can show; the reported residual is the floor (100 eps |lambda_max|),
+    flagged, and it bounds the true residual and eigenvalue error against the exact float64 H."""
+    import landscape as ls
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 6, generator=g) * torch.tensor([3.0, 2.0, 1.5, 1.0, 0.5, 0.2])
+    y = torch.randn(200, 1, generator=g)
+    model = torch.nn.Linear(6, 1, bias=False)
+    problem = ls.Problem(model, (x, y), loss="mse")
+    curv = ls.hessian(problem, top_k=2, tol=1e-4, say=lambda m: None)
+    eig = curv.model.eigen
+    assert eig is not None and eig.floor == pytest.approx(100 * torch.finfo(torch.float32).eps * eig.eigenvalues[0])
+    assert eig.at_floor.all() and (eig.residuals == eig.floor).all()
+    X = x.double()
+    H = 2 * X.T @ X / X.shape[0]
+    exact = torch.linalg.eigvalsh(H).flip(0)[:2].numpy()
+    V = eig.eigenvectors.double()
+    true_residuals = (V @ H - torch.from_numpy(eig.eigenvalues)[:, None] * V).norm(dim=1).numpy()
+    assert (true_residuals <= eig.residuals).all()
+    assert (np.abs(eig.eigenvalues - exact) <= eig.residuals).all()
+    curv.save(tmp_path / "c.h5")
+    back = ls.load(tmp_path / "c.h5").model.eigen
+    assert back.floor == eig.floor and back.at_floor.all()
+    # float64 products: the floor is 1e9 times lower, and stored with the file
+    problem64 = ls.Problem(model, (x.double(), y.double()), loss="mse", dtype="float64")
+    eig64 = ls.hessian(problem64, top_k=2, tol=1e-4, say=lambda m: None).model.eigen
+    assert eig64 is not None and eig64.floor < 1e-12 * eig64.eigenvalues[0]

@@ -204,9 +204,15 @@ def _summary(block: BlockResult, layers: dict[str, BlockResult], curvature: str)
         t.add_column("eigenvalue", justify="right")
         t.add_column("residual ‖Hv−λv‖", justify="right")
         t.add_column("converged")
-        for i, (lam, res, ok) in enumerate(zip(block.eigen.eigenvalues, block.eigen.residuals, block.eigen.converged)):
-            t.add_row(str(i + 1), f"{lam:.6g}", f"{res:.2e}", "yes" if ok else "no")
+        eig = block.eigen
+        for i, (lam, res, ok, floor) in enumerate(zip(eig.eigenvalues, eig.residuals, eig.converged, eig.at_floor)):
+            t.add_row(str(i + 1), f"{lam:.6g}", f"{res:.2e}" + (" (floor)" if floor else ""), "yes" if ok else "no")
         out.print(t)
+        if eig.at_floor.any():
+            out.print(
+                f"(floor): the computed residual was below {eig.floor:.1e}, the least the products' precision can "
+                "show (100 epsilons x |λmax|); that is reported"
+            )
     if block.trace is not None:
         tr = block.trace
         if tr.method == EXACT_TRACE:

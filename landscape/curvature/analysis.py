@@ -153,8 +153,9 @@ def _exact(op: CurvatureOperator, settings: CurvatureSettings, on_products: OnPr
     eigen = trace = runs = None
     if settings.top_k > 0:
         eigen = exact_eigenpairs(
-            H, spectrum, k=settings.top_k, which=settings.which, tol=settings.tol, vectors=settings.eigenvectors
-        )
+            H, spectrum, k=settings.top_k, which=settings.which, tol=settings.tol, vectors=settings.eigenvectors,
+            precision=_precision(op.dtype),
+        )  # fmt: skip
     if settings.trace:
         trace = exact_trace(H)
     if settings.density:

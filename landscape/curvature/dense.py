@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from landscape.curvature.density import LanczosRuns
-from landscape.curvature.lanczos import Eigenpairs, fixed_sign, wanted_indices
+from landscape.curvature.lanczos import Eigenpairs, fixed_sign, residual_floor, wanted_indices
 from landscape.curvature.trace import EXACT, TraceEstimate
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
@@ -56,16 +56,20 @@ def exact_eigenpairs(
     which: str,
     tol: float,
     vectors: bool = True,
+    precision: float = 2.2e-16,
 ) -> Eigenpairs:
     """The wanted eigenpairs of a dense symmetric matrix from its `torch.linalg.eigh` (largest first; with
-    'both', then the most negative), with their residuals ||Hv - lambda v||."""
+    'both', then the most negative), with their residuals ||Hv - lambda v|| (never below the floor the
+    products' relative `precision` sets: H itself is only that accurate)."""
     w, U = spectrum
     idx = torch.from_numpy(wanted_indices(w.cpu().numpy(), max(1, min(int(k), H.shape[0])), which)).to(w.device)
     lam, V = w[idx], U[:, idx].T.contiguous()
     residuals = (V @ H - lam[:, None] * V).norm(dim=1).cpu().numpy()
+    floor = residual_floor(precision, float(w.abs().max())) if w.numel() else 0.0
     return Eigenpairs(
         eigenvalues=lam.cpu().numpy(),
-        residuals=residuals,
+        residuals=np.maximum(residuals, floor),
+        floor=floor,
         converged=np.ones(lam.numel(), dtype=bool),
         eigenvectors=fixed_sign(V) if vectors else None,
         iterations=0,

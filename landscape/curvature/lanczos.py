@@ -75,18 +75,30 @@ def tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray, vectors: bool = True) 
     return eigh_tridiagonal(alpha, beta, eigvals_only=True, check_finite=False), None
 
 
+RESIDUAL_FLOOR = 100.0  # the precision floor of a residual, in epsilons of the products times |lambda_max|
+
+
 @dataclass(frozen=True)
 class Eigenpairs:
     """Eigenvalues with their trust: residuals ||Hv - lambda v||, a converged flag, iterations and products."""
 
     eigenvalues: np.ndarray  # [k] float64, largest first (with which='both': the largest, then the most negative)
-    residuals: np.ndarray  # [k] float64
+    residuals: np.ndarray  # [k] float64, never below `floor`
     converged: np.ndarray  # [k] bool: residual <= tol * |lambda| (or the precision floor)
     eigenvectors: torch.Tensor | None  # [k, n] float64 unit vectors, or None
     iterations: int
     matvecs: int
     which: str
     tol: float
+    # the least residual the products' precision can show (RESIDUAL_FLOOR eps |lambda_max|): a smaller
+    # computed one (0, or 1e-31 under float32 products) is reported as this, an error bar never smaller
+    # than the arithmetic allows
+    floor: float = 0.0
+
+    @property
+    def at_floor(self) -> np.ndarray:
+        """[k] bool: the residual is the precision floor (the computed one was smaller)."""
+        return (self.floor > 0) & (np.asarray(self.residuals) <= self.floor)
 
     @property
     def all_converged(self) -> bool:
@@ -151,7 +163,7 @@ def lanczos(
     gen = torch.Generator().manual_seed(int(seed))
 
     def floor_at(scale: float) -> float:  # the residual the products' precision allows at this |theta| scale
-        return 100.0 * precision * max(scale, 1e-300)
+        return residual_floor(precision, scale)
 
     def fresh(Q: torch.Tensor, j: int) -> torch.Tensor:
         q = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
@@ -225,13 +237,20 @@ def lanczos(
     if vectors:
         evecs = torch.from_numpy(np.ascontiguousarray(Y[:, idx].T)).to(device) @ Q[:m]
         evecs = fixed_sign(evecs / evecs.norm(dim=1, keepdim=True))
+    floor = floor_at(float(np.abs(theta).max())) if theta.size else 0.0
     return Eigenpairs(
         eigenvalues=theta[idx].copy(),
-        residuals=res.copy(),
+        residuals=np.maximum(res, floor),
         converged=ok.copy(),
         eigenvectors=evecs,
         iterations=m,
         matvecs=matvecs,
         which=which,
         tol=float(tol),
+        floor=floor,
     )
+
+
+def residual_floor(precision: float, scale: float) -> float:
+    """The least residual ||Hv - lambda v|| products of relative `precision` can show at |lambda_max| = `scale`."""
+    return RESIDUAL_FLOOR * precision * max(scale, 1e-300)

@@ -6,7 +6,8 @@ Layout (DESIGN.md):
   /hessian                  attrs: curvature, method, products per gradient, matvecs, timings (JSON)
   /hessian/layout           per-tensor table (name, shape, offset, numel) to unflatten eigenvectors
   /hessian/eigenvalues      [k] float64; attrs which, tol, iterations, matvecs
-  /hessian/residuals        [k] float64  ||H v - lambda v||
+  /hessian/residuals        [k] float64  ||H v - lambda v||, never below eigenvalues' attr residual_floor
+                            (100 eps |lambda_max| of the products' dtype: where it equals it, the floor)
   /hessian/converged        [k] bool
   /hessian/eigenvectors     [k, P] (optional; float32 unless the run was float64)
   /hessian/trace            scalar float64; attrs std_error, matvecs, sketch, probes
@@ -42,7 +43,8 @@ def _write_block(g: h5py.Group, block: Any, vector_dtype: type) -> None:
     eig = block.eigen
     if eig is not None:
         ds = g.create_dataset("eigenvalues", data=np.asarray(eig.eigenvalues, dtype=np.float64))
-        ds.attrs.update({"which": eig.which, "tol": eig.tol, "iterations": eig.iterations, "matvecs": eig.matvecs})
+        ds.attrs.update({"which": eig.which, "tol": eig.tol, "iterations": eig.iterations, "matvecs": eig.matvecs,
+                         "residual_floor": eig.floor})  # fmt: skip
         g.create_dataset("residuals", data=np.asarray(eig.residuals, dtype=np.float64))
         g.create_dataset("converged", data=np.asarray(eig.converged, dtype=bool))
         if eig.eigenvectors is not None:
