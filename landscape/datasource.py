@@ -170,10 +170,12 @@ def place_data(
         from landscape.data import collect_data
 
         x, y = collect_data(data, targets, columns, where)
+        _say_all_used(samples, int(y.shape[0]), say)
         return subset(x, y, samples, seed)
     source = DataSource(data, columns, where)
     if samples is not None and samples <= 0:
         raise ArgumentError("samples", samples, "must be positive")
+    _say_all_used(samples, source.n, say)
     wanted = min(source.n, samples or source.n)
     size = int(source.row_bytes(dtype) * wanted)
     available = available_memory(device)
@@ -185,6 +187,11 @@ def place_data(
         x, y = source.collect()
         return subset(x, y, samples, seed)
     return source.subset(samples, seed).collect()
+
+
+def _say_all_used(samples: int | None, n: int, say: Say) -> None:
+    if samples is not None and samples > n:
+        say(f"{samples:,} samples asked for; the data has {n:,}, and all are used")
 
 
 def _unsized(data: Any) -> bool:

@@ -334,3 +334,26 @@ def test_plot_report_export_refuse_an_existing_output_without_force(cli, tmp_pat
         assert f"{out} exists: pass --force to overwrite it" in _one_error(cli(command, sweep, "-o", out))
         assert out.read_bytes() == b"someone's file"
         assert cli(command, sweep, "-o", out, "--force").code == 0 and out.read_bytes() == first
+
+
+@pytest.mark.parametrize(
+    ("args", "name", "said"),
+    [
+        (("sweep", "--sample", "linreg", "--x", "-1:1:3"), "s.png", "a results file is HDF5; name it .h5 (a figure goes to --figure s.png)"),
+        (("hessian", "--sample", "linreg", "--top-k", "1"), "c.html", "a results file is HDF5; name it .h5"),
+        (("roughness", "--sample", "linreg", "--directions", "2"), "r.pdf", "a results file is HDF5; name it .h5"),
+        (("sweep", "--sample", "mlp", "--x", "-1:1:3", "--y", "-1:1:3", "--axes", "hessian", "--norm", "layer"), "s.h5",
+         "--norm applies to random axes; --axes hessian gives unit eigenvectors"),
+        (("sweep", "--sample", "mlp", "--x", "-1:1:3", "--y", "-1:1:3", "--axes", "hessian", "--ignore", "none"), "s.h5",
+         "--ignore applies to random axes"),
+    ],
+)  # fmt: skip
+def test_options_that_were_silently_accepted(cli, tmp_path, args, name, said):
+    """HDF5 written under a figure's name, and a normalization Hessian axes ignore: one-line errors, no file."""
+    assert said in _one_error(cli(*args, "-o", tmp_path / name))
+    assert not list(tmp_path.iterdir())
+
+
+def test_more_samples_than_the_data_has_is_said(cli, tmp_path):
+    res = cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "--samples", "5000", "-o", tmp_path / "s.h5")
+    assert res.code == 0 and "5,000 samples asked for; the data has" in res.err + res.out, res

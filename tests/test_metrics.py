@@ -189,7 +189,9 @@ def test_lambda_min_is_stored_only_where_it_was_computed(cli, tmp_path):
 
     def loss(t: torch.Tensor) -> torch.Tensor:
         params = problem.layout.unflatten(t)
-        return torch.nn.functional.cross_entropy(torch.func.functional_call(problem.model, params, (problem.x,)), problem.y)
+        return torch.nn.functional.cross_entropy(
+            torch.func.functional_call(problem.model, params, (problem.x,)), problem.y
+        )
 
     exact = torch.linalg.eigvalsh(torch.func.hessian(loss)(theta))
     assert exact[0] < 0

@@ -33,7 +33,7 @@ from landscape.cli.options import (
     load_spec,
     model_options,
     out,
-    output_file,
+    results_file,
     say,
     warn,
     wrote,
@@ -57,7 +57,7 @@ def _quiet(msg: str) -> None:
 @model_options
 def hessian(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.", callback=output_file)
+        Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.", callback=results_file)
     ] = Path("landscape-out/curv.h5"),
     sample: Sample = None,
     model: Model = None,

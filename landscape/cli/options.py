@@ -45,7 +45,7 @@ def one_of(flag: str, values: tuple[str, ...]) -> Callable[[str], str]:
     before a model is loaded."""
 
     def check(value: str) -> str:
-        if value not in values:
+        if value is not None and value not in values:  # None: not given (the command picks the default)
             raise LandscapeError(f"{flag} {value!r}: expected one of {', '.join(values)}")
         return value
 
@@ -149,6 +149,19 @@ def output_file(path: Path) -> Path:
     from landscape.io.atomic import written_path
 
     return written_path(path)  # a symbolic link is written through
+
+
+NOT_RESULTS = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".html", ".htm", ".csv", ".vtk", ".vts", ".vtu", ".json")
+
+
+def results_file(path: Path) -> Path:
+    """An --output for a results file: `output_file`, and not named as a figure or a table (`sweep -o
+    a.png` wrote HDF5 under a png name, which no viewer opens)."""
+    if path.suffix.lower() in NOT_RESULTS:
+        raise LandscapeError(
+            f"--output {path}: a results file is HDF5; name it .h5 (a figure goes to --figure {path.name})"
+        )
+    return output_file(path)
 
 
 def in_range(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 import landscape as ls
-from landscape.cli.options import RUN, activity, command_line, load_spec, one_of, output_file, say, wrote
+from landscape.cli.options import RUN, activity, command_line, load_spec, one_of, results_file, say, wrote
 from landscape.errors import LandscapeError
 from landscape.names import IGNORES, NORMS, STRATEGIES
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from landscape.problem import Problem
 
 ANALYSIS = "Analysis"
-Output = Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.", callback=output_file)]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.", callback=results_file)]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)]
 Figure = Annotated[
     Path | None,
@@ -39,7 +39,7 @@ Strategy = Annotated[
 def norm_option(panel: str) -> Any:
     """--norm, checked while the line is parsed; `panel` groups it in --help."""
     return typer.Option(
-        help="Direction normalization: filter (Li et al.), layer, model or none.",
+        help="Direction normalization of random axes: filter (Li et al.; the default), layer, model or none.",
         rich_help_panel=panel,
         callback=one_of("--norm", NORMS),
     )
@@ -48,7 +48,7 @@ def norm_option(panel: str) -> Any:
 def ignore_option(panel: str) -> Any:
     """--ignore, checked while the line is parsed; `panel` groups it in --help."""
     return typer.Option(
-        help="biasbn: zero directions on 1-D tensors (biases, norm layers); none: keep them.",
+        help="Random axes: biasbn (the default) zeroes directions on 1-D tensors (biases, norm layers); none keeps them.",
         rich_help_panel=panel,
         callback=one_of("--ignore", IGNORES),
     )

@@ -29,10 +29,10 @@ from landscape.cli.options import (
     load_spec,
     model_options,
     one_of,
-    output_file,
     parse_range,
     points_kept,
     progress,
+    results_file,
     say,
     warn,
     wrote,
@@ -58,7 +58,7 @@ def _quiet(msg: str) -> None:
 @model_options
 def sweep(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.", callback=output_file)
+        Path, typer.Option("--output", "-o", help="Results file (HDF5) to write.", callback=results_file)
     ] = Path("landscape-out/sweep.h5"),
     sample: Sample = None,
     model: Model = None,
@@ -72,8 +72,8 @@ def sweep(
     y: Annotated[
         str | None, typer.Option(help="y grid MIN:MAX:POINTS; omit for a 1D line.", rich_help_panel=AXES)
     ] = None,
-    norm: Annotated[str, norm_option(AXES)] = "filter",
-    ignore: Annotated[str, ignore_option(AXES)] = "biasbn",
+    norm: Annotated[str | None, norm_option(AXES)] = None,
+    ignore: Annotated[str | None, ignore_option(AXES)] = None,
     to: Annotated[
         str | None,
         typer.Option(
@@ -147,6 +147,14 @@ def sweep(
         y_grid = parse_range(y, "--y") if y else None
         if axes_from and not Path(axes_from).is_file():
             raise LandscapeError(f"--axes-from {axes_from}: file not found")
+        eigenvectors = bool(axes_from) or (axes == "hessian" and (1 if y_grid is None else 2) - (1 if to else 0) > 0)
+        if eigenvectors and (norm is not None or ignore is not None):
+            given = "--norm" if norm is not None else "--ignore"
+            source = f"--axes-from {axes_from}" if axes_from else "--axes hessian"
+            raise LandscapeError(
+                f"{given} applies to random axes; {source} gives unit eigenvectors, which are not normalized"
+            )
+        norm, ignore = norm or "filter", ignore or "biasbn"
         spec = load_spec(
             model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples, seed=seed,
             batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
