@@ -153,6 +153,27 @@ def test_resume_with_other_settings_refused(cli, tmp_path):
     assert cli("sweep", "--sample", "mlp", *SMALL, "--resume", "-o", out).code == 0  # nothing left: a no-op
 
 
+def test_a_resume_mismatch_names_the_setting_and_both_values_shortened(cli, tmp_path):
+    """A 121-point grid against a 61-point one is named by its size and ends, not 182 numbers; a
+    changed file by the start of both hashes; a 2D run on a 1D file by the dimensions."""
+    out = tmp_path / "o.h5"
+    assert cli("sweep", "--sample", "linreg", "--x", "-1:1:61", "-o", out).code == 0
+    res = cli("sweep", "--sample", "linreg", "--x", "-2:2:121", "--resume", "-o", out)
+    (line,) = [line for line in res.err.splitlines() if line.startswith("error:")]
+    assert "(coords.x: file has 61 values from -1 to 1, this run has 121 values from -2 to 2)" in line, line
+    assert len(line) < 200
+    res = cli("sweep", "--sample", "linreg", "--x", "-1:1:61", "--y", "-1:1:3", "--resume", "-o", out)
+    assert "the file's sweep is 1D, this run's 2D" in res.err and res.code == 2
+    from landscape.io.samples import sample
+
+    state = torch.load(sample("linreg")["checkpoint"], weights_only=True)
+    torch.save({k: v + 1 for k, v in state.items()}, tmp_path / "other.pt")
+    res = cli(
+        "sweep", "--sample", "linreg", "--checkpoint", tmp_path / "other.pt", "--x", "-1:1:61", "--resume", "-o", out
+    )
+    assert "(the checkpoint changed: sha256 " in res.err and res.code == 2, res.err
+
+
 def test_bad_options(cli, tmp_path):
     out = tmp_path / "o.h5"
     one_line_error(cli("sweep", "--sample", "mlp", "--x", "1:2", "-o", out), "--x", "MIN:MAX:POINTS")

@@ -176,6 +176,11 @@ def sweep(
                 axes_from_sha256=sha256_file(axes_from) if axes_from else "",
             )  # fmt: skip
             stored = read_axes(output)
+            if stored.directions.shape[0] != dims:
+                raise LandscapeError(
+                    f"--resume {output}: made with other settings (axes: the file's sweep is {stored.directions.shape[0]}D, "
+                    f"this run's {dims}D)"
+                )
             planned = ls.plan_sweep(
                 problem,
                 Axes(stored.directions, stored.attrs, stored.layout, identity),

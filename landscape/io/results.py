@@ -122,6 +122,25 @@ def read_layout(group: h5py.Group) -> Layout:
     return Layout(names, tuple(shapes))
 
 
+def difference(key: str, stored: Any, wanted: Any) -> str:
+    """The first setting that differs, named down to its innermost key, both values shortened: a
+    grid's coordinates are its size and ends (the whole lists ran to hundreds of numbers)."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        inner = next(k for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k))
+        return difference(f"{key}.{inner}", stored.get(inner), wanted.get(inner))
+    if key.endswith("_sha256") and isinstance(stored, str) and isinstance(wanted, str):
+        what = key.removesuffix("_sha256").replace("_", " ")
+        return f"the {what} changed: sha256 {stored[:12] or 'none'}... in the file, {wanted[:12] or 'none'}... now"
+    return f"{key}: file has {_short(stored)}, this run has {_short(wanted)}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list) and len(value) > 4 and all(isinstance(v, (int, float)) for v in value):
+        return f"{len(value)} values from {value[0]:g} to {value[-1]:g}"
+    text = "nothing" if value is None else repr(value)
+    return text if len(text) <= 72 else f"{text[:40]}...{text[-20:]}"
+
+
 class SweepFile:
     """A sweep's results file, filled chunk by chunk so a killed run leaves a readable, resumable file.
 
@@ -215,8 +234,7 @@ class SweepFile:
                     raise LandscapeError(f"--resume {path}: {changed_code(stored.get(key), wanted.get(key))}")
                 if stored.get(key) != wanted.get(key):
                     raise LandscapeError(
-                        f"--resume {path}: made with other settings ({key}: file has {stored.get(key)!r}, "
-                        f"this run has {wanted.get(key)!r})"
+                        f"--resume {path}: made with other settings ({difference(key, stored.get(key), wanted.get(key))})"
                     )
             coords = [f["sweep/coords"][n][()] for n in names]
             grids = {n: f["sweep"][n][()] for n in ("loss", "accuracy", "done") if n in f["sweep"]}
