@@ -114,6 +114,7 @@ class Problem:
         self.batch_size = int(batch_size or cap)
         self.auto_batch = batch_size is None  # True when the user named no batch size: the sweep may tune it
         self._provenance = dict(provenance) if provenance is not None else None
+        self.buffer_line: BufferLine | None = None  # buffers that follow the sweep's x axis (`along_line_to`)
         # streamed class targets are checked batch by batch against the output and targets of two samples
         self._classes: tuple[object, torch.Tensor] | None = None
         check_fits(self, where, say)
@@ -206,6 +207,18 @@ class Problem:
             start += yb.shape[0]
             yield self._placed_x(xb), self._placed_y(yb), yb.shape[0] / self.n
 
+    def along_line_to(self, state: Mapping[str, torch.Tensor]) -> Problem:
+        """This problem with its floating buffers (BatchNorm statistics) following a sweep's x axis from
+        its own (x=0) to those of `state` (x=1), as the weights do on the line to that checkpoint: at
+        x=1 the loss is then the other checkpoint's own. Itself where the buffers are equal."""
+        ends = {
+            n: state[n].to(b.device, b.dtype) for n, b in self.buffers.items() if b.is_floating_point() and n in state
+        }
+        if all(torch.equal(self.buffers[n], end) for n, end in ends.items()):
+            return self
+        starts = {n: self.buffers[n].detach().clone() for n in ends}
+        return self.replace(buffer_line=BufferLine({n: self.buffers[n] for n in ends}, starts, ends))
+
     def forward(self, x: Inputs) -> object:
         """The model's output for inputs `x` (a tensor, or a dict passed as keyword arguments)."""
         return call(self.model, x)
@@ -213,6 +226,20 @@ class Problem:
     def params(self) -> dict[str, torch.Tensor]:
         """The model's own parameter tensors (live; writing them changes the model)."""
         return dict(self.model.named_parameters())
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferLine:
+    """Floating buffers set along a line: `live` (the model's own tensors) hold lerp(start, end, x)."""
+
+    live: Mapping[str, torch.Tensor]
+    start: Mapping[str, torch.Tensor]
+    end: Mapping[str, torch.Tensor]
+
+    def apply(self, x: float) -> None:
+        with torch.no_grad():
+            for name, buf in self.live.items():
+                buf.copy_(torch.lerp(self.start[name], self.end[name], x))
 
 
 def select_parameters(model: nn.Module, params: str = "trainable") -> dict[str, nn.Parameter]:

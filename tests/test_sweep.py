@@ -14,6 +14,7 @@ from torch.func import functional_call
 from landscape.directions import random_directions
 from landscape.fused import FoldedNorm
 from landscape.io.results import read_sweep
+from landscape.io.samples import sample
 from landscape.losses import cross_entropy
 from landscape.problem import make_problem
 from landscape.strategies import (
@@ -499,3 +500,50 @@ def test_the_probe_cost_is_stored_and_said(cli, tmp_path):
     assert "compiled" in untried and "not tried, the run being too short to pay for trying them: " in r.err
     assert 0.0 <= cost <= wall
     assert f"probe cost {cost:.2g} s" in r.err
+
+
+def test_a_line_to_another_checkpoint_moves_the_batchnorm_statistics_too(tmp_path, cli):
+    """`--to` on BatchNorm models: the point x=1 is the other checkpoint, its running statistics
+    included, so its loss is that checkpoint's own; in between both move linearly. A torchvision
+    ResNet-18 (random init, its statistics drawn apart) against direct forward passes, every strategy;
+    and the CLI on the sample CNN against the other checkpoint's own sweep."""
+    import landscape as ls
+
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5)
+    x, y = torch.randn(12, 3, 32, 32), torch.randint(0, 5, (12,))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    end = {k: (v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v.clone()) for k, v in start.items()}
+    for k in end:
+        if k.endswith("running_var"):
+            end[k] = start[k] * (0.5 + torch.rand_like(start[k]))
+
+    def own(state, t=None):
+        twin = torchvision.models.resnet18(num_classes=5)
+        twin.load_state_dict(
+            state
+            if t is None
+            else {k: torch.lerp(start[k], end[k], t) if start[k].is_floating_point() else start[k] for k in start}
+        )
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(twin.eval()(x), y))
+
+    problem = ls.Problem(model, (x, y)).along_line_to(end)
+    assert problem.buffer_line is not None
+    flat = problem.layout.flatten({n: end[n] for n in problem.layout.names})
+    axes = ls.random_axes(problem, 1, to=flat)
+    want = [own(start), own(None, 0.5), own(end)]
+    for strategy in ("loop", "fused", "vmap", "auto"):
+        line = ls.sweep(problem, axes, x=(0, 1, 3), strategy=strategy)
+        np.testing.assert_allclose(line.loss, want, rtol=2e-4, err_msg=strategy)
+    assert all(torch.equal(b, start[n]) for n, b in model.named_buffers())  # the checkpoint's own back
+
+    other = sample("cnn")["checkpoints"][2]
+    res = cli("sweep", "--sample", "cnn", "--to", other, "--x", "0:1:3", "-o", tmp_path / "to.h5")
+    assert res.code == 0 and "buffers (BatchNorm statistics) follow x" in res.err, res.err
+    assert cli("sweep", "--sample", "cnn", "--checkpoint", other, "--x", "-1:1:3", "-o", tmp_path / "own.h5").code == 0
+    line, at_other = ls.load(tmp_path / "to.h5"), ls.load(tmp_path / "own.h5")
+    assert line.loss[-1] == pytest.approx(at_other.loss[1], rel=1e-5)
+    assert line.accuracy[-1] == pytest.approx(at_other.accuracy[1])
+    assert line.axes.attrs[0]["buffers"] == "interpolated"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -132,7 +133,7 @@ def sweep(
     from landscape.axes import Axes, axes_settings
     from landscape.cli.world import joined
     from landscape.distributed import PeersLost, device_for
-    from landscape.io.load import load_other_theta, load_problem
+    from landscape.io.load import load_other_state, load_problem
     from landscape.io.results import SweepFile, read_axes
     from landscape.strategies import pick_to_resume
 
@@ -161,7 +162,14 @@ def sweep(
         )  # fmt: skip
         tell = say if world.main else _quiet
         problem, prov = load_problem(spec, tell)
-        other = load_other_theta(to, problem, spec, tell) if to else None
+        other = None
+        if to:  # the line's other end: its weights, and its buffers (BatchNorm statistics) along x too
+            other_state = load_other_state(to, problem, spec, tell)
+            other = problem.layout.flatten({n: other_state[n] for n in problem.layout.names})
+            other = other.to(problem.device, problem.dtype)
+            problem = problem.along_line_to(other_state)
+            if problem.buffer_line is not None:
+                tell(f"buffers (BatchNorm statistics) follow x from --checkpoint's (0) to {to}'s (1)")
         tell(
             f"{prov['parameters']:,} parameters, {problem.n:,} samples, loss {prov['loss']}, "
             f"{prov['device']} {dtype}, grid {' x '.join(str(g[2]) for g in (x_grid, y_grid) if g)}"
@@ -202,6 +210,9 @@ def sweep(
             the_axes = _make_axes(
                 problem, dims, axes, axes_from, norm=norm, ignore=ignore, seed=seed, to=to, other=other
             )
+            if problem.buffer_line is not None:  # the file says how x=1 came to be the other checkpoint's own loss
+                first = {**the_axes.attrs[0], "buffers": "interpolated"}
+                the_axes = dataclasses.replace(the_axes, attrs=(first, *the_axes.attrs[1:]))
             planned = ls.plan_sweep(problem, the_axes, x_grid, y_grid, command=command_line())
             store = planned.create_file(output)
         else:

@@ -139,9 +139,3 @@ def load_other_state(
     """A second checkpoint of the same model, read as the first one was (--checkpoint-key, --prefix)."""
     checkpoint = read_checkpoint(path, spec.unsafe_pickle)
     return fit_state_dict(checkpoint, problem.model, path, say, key=spec.checkpoint_key, prefix=spec.prefix)
-
-
-def load_other_theta(path: str, problem: Problem, spec: LoadSpec, say: Say = lambda msg: None) -> torch.Tensor:
-    """The flat parameters (those the landscape is over) of a second checkpoint of the same model (for --to)."""
-    state = load_other_state(path, problem, spec, say)
-    return problem.layout.flatten({n: state[n] for n in problem.layout.names}).to(problem.device, problem.dtype)

@@ -83,7 +83,29 @@ class Strategy:
 
     @torch.no_grad()
     def evaluate(self, coords: torch.Tensor, whole_calls: bool = False) -> Evaluation:
-        """Loss and accuracy at the points; `whole_calls` pads the last call to `k` points (copies of
+        """Loss and accuracy at the points (`evaluate_points`); where the problem's buffers follow the
+        x axis (`Problem.buffer_line`: a line to another checkpoint), the points of each x in turn, with
+        the buffers set there, and the checkpoint's own buffers back after."""
+        line = self.problem.buffer_line
+        if line is None:
+            return self.evaluate_points(coords, whole_calls)
+        loss = torch.empty(coords.shape[0], dtype=torch.float64)
+        accuracy = torch.empty_like(loss) if self.problem.classification else None
+        try:
+            for x in torch.unique(coords[:, 0]):
+                rows = torch.nonzero(coords[:, 0] == x).flatten()
+                line.apply(float(x))
+                ev = self.evaluate_points(coords[rows], whole_calls)
+                loss[rows] = ev.loss
+                if accuracy is not None and ev.accuracy is not None:
+                    accuracy[rows] = ev.accuracy
+        finally:
+            line.apply(0.0)
+        return Evaluation(loss, accuracy)
+
+    @torch.no_grad()
+    def evaluate_points(self, coords: torch.Tensor, whole_calls: bool = False) -> Evaluation:
+        """Loss and accuracy at the points with the buffers as they are; `whole_calls` pads the last call to `k` points (copies of
         the last), so that every call has one shape and a point's value does not depend on how the
         points were split into chunks (the kernels' rounding depends on the shape, not on the other
         points): a resumed run then computes each point as a run never stopped would."""

@@ -224,11 +224,11 @@ class FirstLayerStrategy(LoopStrategy):
             self.cache.point_bytes(), FIRST_LAYER_POINTS, problem.device, memory_budget // 4, FIRST_LAYER_CPU_BLOCK
         )
 
-    def evaluate(self, coords: torch.Tensor, whole_calls: bool = False) -> Evaluation:
+    def evaluate_points(self, coords: torch.Tensor, whole_calls: bool = False) -> Evaluation:
         self.cache.refresh()
         self.cache.replace_forward(lambda: self._current)
         try:
-            return super().evaluate(coords, whole_calls)
+            return super().evaluate_points(coords, whole_calls)
         finally:
             self.cache.restore_forward()
 
@@ -286,10 +286,10 @@ class FirstLayerVmapStrategy(VmapStrategy):
     def first_layer_outputs(self, batch_index: int, c: torch.Tensor) -> torch.Tensor:
         return self.cache.outputs(batch_index, c)
 
-    def evaluate(self, coords: torch.Tensor, whole_calls: bool = False) -> Evaluation:
+    def evaluate_points(self, coords: torch.Tensor, whole_calls: bool = False) -> Evaluation:
         self.cache.replace_forward(lambda: self.first_out)
         try:
-            return super().evaluate(coords, whole_calls)
+            return super().evaluate_points(coords, whole_calls)
         finally:
             self.cache.restore_forward()
 
