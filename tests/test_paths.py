@@ -220,3 +220,44 @@ def test_cli_path_plane_trajectory(cli, tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     bad = cli("plane", "--sample", "mlp", sample("mlp")["checkpoints"][0], "-o", tmp_path / "x.h5")
     assert bad.code == 2 and "three" in bad.err
+
+
+def test_bn_recalibrate_recalibrates_the_ends_too_and_the_figure_says_so(cli, tmp_path):
+    """path --bn-recalibrate: every point's BatchNorm statistics are recomputed on the training data,
+    the ends included, so t=0 is the first checkpoint with recalibrated statistics (computed here
+    directly), not its own loss; the own losses are stored beside it, and the figure says which is which."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from landscape.io.analysis_store import read_group
+    from landscape.io.samples import sample
+    from landscape.render.analysis import path_figure
+
+    s = sample("cnn")
+    a = s["checkpoints"][0]
+    res = cli(
+        "path", a, s["checkpoint"], "--sample", "cnn", "--bn-recalibrate", "--points", "3", "-o", tmp_path / "p.h5"
+    )
+    assert res.code == 0, res.err
+    g = read_group(tmp_path / "p.h5", "path")
+    assert g.attrs["buffers"] == "recalibrated"
+    problem = sample_problem("cnn", dtype="float32")
+    model = problem.model
+    model.load_state_dict(torch.load(a, weights_only=True))
+    with torch.no_grad():
+        own = float(torch.nn.functional.cross_entropy(model(problem.x), problem.y))
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        model(problem.x)  # one batch: the whole data set (1,797 samples)
+        model.eval()
+        recalibrated = float(torch.nn.functional.cross_entropy(model(problem.x), problem.y))
+    assert g.arrays["loss"][0] == pytest.approx(recalibrated, rel=1e-5)
+    assert g.arrays["node_loss"][0] == pytest.approx(own, rel=1e-5)
+    assert abs(recalibrated - own) > 1e-3  # the two differ: the figure must say which it shows
+    fig = path_figure(tmp_path / "p.h5")
+    ax = fig.axes[0]
+    assert "recalibrated on the training data at every point, the ends too" in ax.get_title()
+    assert "checkpoints' own loss (with their own BN statistics)" in [t.get_text() for t in ax.get_legend().get_texts()]

@@ -68,6 +68,18 @@ def roughness_figure(path: str | Path) -> Figure:
     return fig
 
 
+OWN_STATISTICS = " (with their own BN statistics)"
+
+
+def buffers_note(buffers: str) -> str:
+    """What the path did with BatchNorm statistics, as a figure says it (its ends are points of the path too)."""
+    return {
+        "recalibrated": "BN statistics recalibrated on the training data at every point, the ends too",
+        "interpolated": "BN statistics interpolated between the checkpoints'",
+        "none": "no BN statistics",
+    }.get(buffers, f"BN buffers {buffers}")
+
+
 def path_figure(path: str | Path) -> Figure:
     """Loss along the path with the straight line between the end losses and the barrier marked."""
     path = Path(path)
@@ -77,7 +89,7 @@ def path_figure(path: str | Path) -> Figure:
     ax.plot(t, loss, color="tab:blue", lw=2, label="loss")
     ax.plot([t[0], t[-1]], [loss[0], loss[-1]], color="0.5", ls="--", lw=1, label="straight line between the ends")
     bt, height = g.numbers.get("barrier_t", np.nan), g.numbers.get("barrier", np.nan)
-    if np.isfinite(bt):
+    if np.isfinite(bt) and height > 0:  # no barrier (the loss stays under the line): nothing to point at
         i = int(np.argmin(np.abs(t - bt)))
         base = loss[0] + (t[i] - t[0]) / (t[-1] - t[0]) * (loss[-1] - loss[0])
         ax.annotate("", xy=(t[i], loss[i]), xytext=(t[i], base), arrowprops={"arrowstyle": "<->", "color": "tab:red"})
@@ -88,17 +100,22 @@ def path_figure(path: str | Path) -> Figure:
     if nodes is not None and len(names) == len(nodes):
         ts = np.linspace(0, 1, len(nodes)) if curve == "linear" else np.array([0.0, 1.0])
         idx = range(len(nodes)) if curve == "linear" else (0, len(nodes) - 1)
-        for tt, i in zip(ts, idx):
-            ax.plot([tt], [nodes[i]], "o", color="k", ms=5)
+        own = f"checkpoints' own loss{OWN_STATISTICS if g.attrs.get('buffers') == 'recalibrated' else ''}"
+        for j, (tt, i) in enumerate(zip(ts, idx)):
+            ax.plot([tt], [nodes[i]], "o", color="k", ms=5, label=own if j == 0 else None)
             ax.annotate(Path(names[i]).name, (tt, nodes[i]), textcoords="offset points", xytext=(4, 6), fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
     if g.arrays.get("accuracy") is not None:
         ax2 = ax.twinx()
         ax2.plot(t, 100 * g.arrays["accuracy"], color="tab:red", lw=1.2, ls="-.", label="accuracy")
         ax2.set_ylabel("accuracy (%)", color="tab:red")
+        more = ax2.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
     ax.set_xlabel("t")
     ax.set_ylabel("loss", color="tab:blue")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"{curve} path, BN buffers {g.attrs.get('buffers', '')}", fontsize=9)
+    # below the axes: inside, it covered the first checkpoint and the curve's start
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
+    ax.set_title(f"{curve} path, {buffers_note(str(g.attrs.get('buffers', '')))}", fontsize=9)
     fig.suptitle(f"path: {path.name}")
     fig.tight_layout()
     return fig

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from landscape.io.analysis_store import json_attr, read_group
-from landscape.render.analysis import analysis_kind
+from landscape.render.analysis import OWN_STATISTICS, analysis_kind, buffers_note
 from landscape.render.interactive import esc, json_values, styled
 
 
@@ -119,7 +119,7 @@ def path_plotly(path: str | Path) -> go.Figure:
         secondary_y=False,
     )
     bt, height = g.numbers.get("barrier_t", np.nan), g.numbers.get("barrier", np.nan)
-    if np.isfinite(bt):
+    if np.isfinite(bt) and height > 0:
         i = int(np.argmin(np.abs(t - bt)))
         fig.add_trace(
             go.Scatter(
@@ -142,7 +142,7 @@ def path_plotly(path: str | Path) -> go.Figure:
                 x=ts.tolist(),
                 y=json_values(nodes[idx]),
                 mode="markers+text",
-                name="checkpoints' own loss",
+                name="checkpoints' own loss" + (OWN_STATISTICS if g.attrs.get("buffers") == "recalibrated" else ""),
                 text=[esc(Path(names[i]).name) for i in idx],
                 textposition=["top right"] * (len(idx) - 1) + ["top left"],
                 marker={"color": "black", "size": 7},
@@ -163,7 +163,7 @@ def path_plotly(path: str | Path) -> go.Figure:
         fig.update_yaxes(title_text="accuracy (%)", secondary_y=True)
     fig.update_xaxes(title_text="t")
     fig.update_yaxes(title_text="loss", secondary_y=False)
-    return styled(fig, f"{curve} path: {path.name}", note=f"BN buffers {g.attrs.get('buffers', '')}")
+    return styled(fig, f"{curve} path: {path.name}", note=buffers_note(str(g.attrs.get("buffers", ""))))
 
 
 def track_plotly(path: str | Path) -> go.Figure:
