@@ -116,8 +116,10 @@ def run_planned(
     progress: Progress = False,
     warn: Say = messages.warn,
     world: World | None = None,
+    on_stage: Callable[[str], None] = lambda stage: None,
 ) -> SweepResult:
     """Evaluate the points of `planned` that its sink has not done (all, for a fresh in-memory sink).
+    `on_stage` hears "choosing strategy" while the probe runs, then the strategy's name.
 
     `sink`: where the values go as they are computed (default: arrays in memory); the CLI passes
     the results file, which a killed run resumes from. Under torchrun every rank calls this, rank 0
@@ -127,8 +129,9 @@ def run_planned(
         sink = MemorySink(list(planned.coords), planned.accuracy is not None)
     with progress_to(progress, planned.kind, int(planned.done.size)) as bar:
         report = run_sweep(
-            problem, planned.axes.directions, sink, strategy=strategy, warn=warn, world=world, on_progress=bar
-        )
+            problem, planned.axes.directions, sink, strategy=strategy, warn=warn, world=world, on_progress=bar,
+            on_stage=on_stage,
+        )  # fmt: skip
     if sink is None:
         return planned
     loss, accuracy = sink.values()

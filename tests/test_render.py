@@ -617,3 +617,30 @@ def test_page_json_cannot_close_script():
     assert "</script><script>window" not in html
     (fig,) = figures_in(html)
     assert fig["layout"]["title"]["text"] == raw  # intact once parsed back
+
+
+def test_a_figure_of_an_incomplete_file_says_so(cli, tmp_path):
+    """A stopped sweep's figure (png and html) says how many of its points are done."""
+    import h5py
+
+    from landscape.io.results import read_sweep
+    from landscape.render.common import make_view
+    from landscape.render.interactive import plot_figures
+    from landscape.render.static import plot_figure
+
+    out = tmp_path / "s.h5"
+    assert cli("sweep", "--sample", "linreg", "--x", "-1:1:5", "--y", "-1:1:5", "-o", out).code == 0
+    with h5py.File(out, "r+") as f:  # as a killed run leaves it: two rows not done
+        done = f["sweep/done"][()]
+        done[:2] = False
+        f["sweep/done"][...] = done
+    view = make_view(read_sweep(out), "loss", out)
+    assert view.incomplete == "incomplete: 15 of 25 points done"
+    fig = plot_figure(view, "contour")
+    assert "incomplete: 15 of 25 points done" in fig.axes[0].get_title() + (
+        fig._suptitle.get_text() if fig._suptitle else ""
+    )
+    for kind in ("contour", "line"):
+        (html,) = plot_figures(view, kind)
+        assert "incomplete: 15 of 25 points done" in html.layout.title.text
+    assert cli("plot", out, "-o", tmp_path / "s.png").code == 0

@@ -547,3 +547,33 @@ def test_a_line_to_another_checkpoint_moves_the_batchnorm_statistics_too(tmp_pat
     assert line.loss[-1] == pytest.approx(at_other.loss[1], rel=1e-5)
     assert line.accuracy[-1] == pytest.approx(at_other.accuracy[1])
     assert line.axes.attrs[0]["buffers"] == "interpolated"
+
+
+def test_points_are_filled_from_the_checkpoint_outward_and_the_probe_is_said():
+    """An interrupted sweep holds the region around the checkpoint, not a corner: points are written
+    in order of their distance from it (the probe's points first: the nearest, in the order its
+    candidates take them); the probe is announced as "choosing strategy", then the strategy's name."""
+    from landscape.strategies import REGISTRY, MemorySink, run_sweep
+    from landscape.strategies.probe import PROBE_POINTS
+
+    problem = sample_problem("mlp", dtype="float32", samples=256)
+    directions = random_directions(2, problem.theta, problem.layout, seed=0)
+    axes = [np.linspace(-1, 1, 21), np.linspace(-2, 0.5, 21)]
+    order: list[np.ndarray] = []
+
+    class Recording(MemorySink):
+        def write(self, flat_index, loss, accuracy):
+            order.append(np.asarray(flat_index))
+            super().write(flat_index, loss, accuracy)
+
+    sink = Recording(axes, problem.classification)
+    stages: list[str] = []
+    run_sweep(problem, directions, sink, chunk_seconds=0.01, on_stage=stages.append)
+    xs, ys = np.meshgrid(*axes, indexing="ij")
+    distance = np.hypot(xs, ys).reshape(-1)
+    written = np.concatenate(order)
+    assert sink.done.all() and sorted(written.tolist()) == list(range(distance.size))
+    nearest = np.argsort(distance, kind="stable")
+    assert set(written[:PROBE_POINTS].tolist()) == set(nearest[:PROBE_POINTS].tolist())
+    assert (np.diff(distance[written[PROBE_POINTS:]]) >= 0).all()
+    assert stages[0] == "choosing strategy" and stages[1] in REGISTRY

@@ -27,6 +27,7 @@ from landscape.cli.options import (
     parse_range,
     progress,
     say,
+    stage_label,
     warn,
     wrote,
 )
@@ -61,7 +62,8 @@ def _run_plane(output: Path, problem: Problem, planned: ls.SweepResult, strategy
     with progress() as bar:
         task = bar.add_task(planned.kind, total=store.done.size)
         result = ls.run_planned(problem, planned, store, strategy=strategy, warn=warn,
-                                progress=lambda done, total: bar.update(task, completed=done))  # fmt: skip
+                                progress=lambda done, total: bar.update(task, completed=done),
+                                on_stage=lambda stage: bar.update(task, description=stage_label(planned.kind, stage)))  # fmt: skip
     say(f"strategy {result.run.get('strategy', 'none')}")
     nonfinite = int((result.done & ~np.isfinite(result.loss)).sum())
     if nonfinite:

@@ -164,6 +164,11 @@ def results_file(path: Path) -> Path:
     return output_file(path)
 
 
+def stage_label(what: str, stage: str) -> str:
+    """A progress bar's label: "choosing strategy" while the probe times them (the bar would sit at 0), then `what`."""
+    return stage if stage == "choosing strategy" else what
+
+
 def in_range(
     option: str, low: float | None = None, high: float | None = None, *, positive: bool = False
 ) -> Callable[[Any], Any]:

@@ -35,6 +35,7 @@ from landscape.cli.options import (
     progress,
     results_file,
     say,
+    stage_label,
     warn,
     wrote,
 )
@@ -225,6 +226,7 @@ def sweep(
                 result = ls.run_planned(
                     problem, planned, store, strategy=strategy, warn=warn if world.main else _quiet, world=world,
                     progress=lambda done, total: bar.update(task, completed=done),
+                    on_stage=lambda stage: bar.update(task, description=stage_label("sweep", stage)),
                 )  # fmt: skip
         except LandscapeError as exc:
             if store is not None and not resume and not store.done.any():  # nothing computed: leave no file behind

@@ -40,6 +40,15 @@ class View:
     marks: list[tuple[tuple[float, ...], str]] = field(default_factory=list)  # (position, text)
     accuracy: np.ndarray | None = None  # percent, for the twin axis of a 1D loss curve
     title: str = ""
+    points_done: int = -1  # of the grid's points (-1: all)
+
+    @property
+    def incomplete(self) -> str:
+        """'incomplete: D of N points done' for a run that was stopped (the figure says so), else ''."""
+        total = int(self.values.size)
+        if 0 <= self.points_done < total:
+            return f"incomplete: {self.points_done:,} of {total:,} points done"
+        return ""
 
     @property
     def dims(self) -> int:
@@ -116,6 +125,7 @@ def make_view(sweep: dict[str, Any], metric: str = "loss", path: str | Path | No
         values=values,
         marks=marks,
         accuracy=accuracy,
+        points_done=int(done.sum()),
     )
 
 

@@ -230,6 +230,9 @@ def styled(fig: go.Figure, title: str, height: int = HEIGHT, note: str = "") -> 
 
 
 def _nan_note(views: list[View]) -> str:
+    stopped = [f"{v.name} {v.incomplete}" if len(views) > 1 else v.incomplete for v in views if v.incomplete]
+    if stopped:
+        return "; ".join(stopped) + " (the rest are blank)"
     n = sum(int(np.isnan(v.values).sum()) for v in views)
     return f"{n} grid point(s) without a value are left blank" if n else ""
 
@@ -338,7 +341,7 @@ def figure_line(view: View, scale: Scale | None = None, title: str | None = None
         )
         if scale is not None and (scale.clipped_high or scale.clipped_low) and not scale.log:
             fig.update_yaxes(range=[scale.vmin, scale.vmax], row=1, col=n + 1, secondary_y=False)
-    return styled(fig, title or view.name, height=460)
+    return styled(fig, title or view.name, height=460, note=_nan_note([view]))
 
 
 def plot_figures(

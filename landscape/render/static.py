@@ -338,6 +338,8 @@ def plot_figure(
     scale = make_scale([view.values], vmin, vmax, log)
     lv = levels
     title = view.name if title is None else title
+    if view.incomplete:
+        title = f"{title} ({view.incomplete})"
     with plt.rc_context(STYLE):
         if view.dims == 1 or kind == "line":
             curves = _line_curves(view)

@@ -124,8 +124,10 @@ def run_sweep(
     on_progress: Callable[[int, int], None] = lambda done, total: None,
     warn: Callable[[str], None] = lambda msg: None,
     world: World = World(),
+    on_stage: Callable[[str], None] = lambda stage: None,
 ) -> SweepReport:
-    """Evaluate every grid point the store has not done yet, writing after each chunk.
+    """Evaluate every grid point the store has not done yet, writing after each chunk; `on_stage`
+    hears "choosing strategy" while the probe runs and the strategy's name once it is chosen.
 
     Under torchrun every rank calls this; rank 0 holds the sink (others pass None), the grid
     points of each chunk are split over the ranks and gathered back to rank 0, which writes them.
@@ -133,6 +135,8 @@ def run_sweep(
     grid, done = world.broadcast((sink.coords, sink.done) if world.main and sink is not None else None)
     coords = grid_coords([torch.from_numpy(c) for c in grid])
     todo = np.flatnonzero(~done.reshape(-1))
+    # nearest the checkpoint first: an interrupted run holds the region around it, not a corner of the grid
+    todo = todo[np.argsort(coords[todo].norm(dim=1).numpy(), kind="stable")]
     total = int(done.size)
     on_progress(total - len(todo), total)
     report = SweepReport(strategy="none")
@@ -149,11 +153,13 @@ def run_sweep(
         on_progress(total - left, total)
 
     def chose(pick: Pick) -> None:  # kept with the points, so that --resume goes on with the same strategy
+        on_stage(pick.name)
         if world.main and sink is not None:
             sink.chose(pick)
 
     named = None if problem.auto_batch else problem.batch_size
     earlier = world.broadcast(pick_to_resume(strategy, sink.picked, named) if world.main and sink is not None else None)
+    on_stage(earlier.name if earlier else "choosing strategy")
     choice = evaluate_points(
         problem, directions, coords, todo, keep, strategy=strategy, chunk_seconds=chunk_seconds,
         on_progress=progress, warn=warn, world=world, on_choice=chose, earlier=earlier,
