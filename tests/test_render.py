@@ -644,3 +644,30 @@ def test_a_figure_of_an_incomplete_file_says_so(cli, tmp_path):
         (html,) = plot_figures(view, kind)
         assert "incomplete: 15 of 25 points done" in html.layout.title.text
     assert cli("plot", out, "-o", tmp_path / "s.png").code == 0
+
+
+def test_compare_of_lines_labels_each_runs_own_axis_and_warns_on_mixed_scales(cli, tmp_path):
+    """compare took the last file's x label for every curve, and put unit-norm Hessian axes beside
+    filter-normalized ones without a word: each curve now names its axis, and the mix is warned of."""
+    from landscape.io.results import read_sweep
+    from landscape.render.common import make_view
+    from landscape.render.interactive import compare_figure as html_compare
+    from landscape.render.static import compare_figure
+
+    a, b, c = tmp_path / "random.h5", tmp_path / "hessian.h5", tmp_path / "seed1.h5"
+    assert cli("sweep", "--sample", "linreg", "--x", "-1:1:5", "-o", a).code == 0
+    assert cli("sweep", "--sample", "linreg", "--x", "-1:1:5", "--axes", "hessian", "-o", b).code == 0
+    assert cli("sweep", "--sample", "linreg", "--x", "-1:1:5", "--seed", "1", "-o", c).code == 0
+    views = [make_view(read_sweep(p), "loss", p) for p in (a, b)]
+    ax = compare_figure(views, "line").axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0].startswith("random: filter-normalized random direction 1") and "Hessian eigenvector 1" in legend[1]
+    assert "the axis of each run" in ax.get_xlabel()
+    fig = html_compare(views, "line")
+    assert "Hessian eigenvector 1" in fig.data[1].name and "the axis of each run" in fig.layout.xaxis.title.text
+    res = cli("compare", a, b, "-o", tmp_path / "cmp.png")
+    assert res.code == 0 and "normalized differently (random: filter, hessian: unit)" in res.err, res.err
+    same = [make_view(read_sweep(p), "loss", p) for p in (a, c)]
+    assert compare_figure(same, "line").axes[0].get_xlabel() == "filter-normalized random direction 1"
+    res = cli("compare", a, c, "-o", tmp_path / "same.png")
+    assert res.code == 0 and "normalized differently" not in res.err

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from landscape.cli import app
-from landscape.cli.options import in_range, output_file, refuse_inputs_as_outputs, wrote
+from landscape.cli.options import in_range, output_file, refuse_inputs_as_outputs, warn, wrote
 from landscape.cli.shared import Force, check_output
 from landscape.errors import LandscapeError
 
@@ -226,12 +226,15 @@ def compare(
     suffix = _suffix(output)
     _check_plotlyjs(plotlyjs)
     from landscape.io.results import read_sweep
-    from landscape.render.common import make_view, unique_names
+    from landscape.render.common import make_view, scale_mismatch, unique_names
 
     views = [make_view(read_sweep(p), metric, p) for p in paths]
     for v, name in zip(views, unique_names(list(paths))):
         v.name = name
     kind = kind or ("line" if views[0].dims == 1 else "filled")
+    mismatch = scale_mismatch(views)
+    if mismatch:
+        warn(f"compare: {mismatch}")
     opts: dict[str, Any] = {"vmin": vmin, "vmax": vmax, "log": log, "levels": levels, "title": title}
     if suffix == ".html":
         from landscape.render.interactive import compare_figure, figures_page, write_page

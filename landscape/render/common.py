@@ -41,6 +41,7 @@ class View:
     accuracy: np.ndarray | None = None  # percent, for the twin axis of a 1D loss curve
     title: str = ""
     points_done: int = -1  # of the grid's points (-1: all)
+    norms: list[str] = field(default_factory=list)  # each axis's normalization (filter, layer, unit, none, ...)
 
     @property
     def incomplete(self) -> str:
@@ -126,6 +127,28 @@ def make_view(sweep: dict[str, Any], metric: str = "loss", path: str | Path | No
         marks=marks,
         accuracy=accuracy,
         points_done=int(done.sum()),
+        norms=[str(sweep["axis_attrs"].get(n, {}).get("normalization", "")) for n in names],
+    )
+
+
+def shared_x_label(views: list[View]) -> tuple[str, list[str]]:
+    """The x label of overlaid curves and each curve's legend entry: the one label when every run's x
+    axis has it; otherwise each run's own in its legend entry (the last file's label was shown for all)."""
+    labels = [v.labels[0] for v in views]
+    if len(set(labels)) == 1:
+        return labels[0], [v.name for v in views]
+    return "x: the axis of each run (in the legend)", [f"{v.name}: {label}" for v, label in zip(views, labels)]
+
+
+def scale_mismatch(views: list[View]) -> str:
+    """Why the runs' coordinates are not on one scale (their axes are normalized differently), or ''."""
+    norms = {v.name: v.norms[0] if v.norms else "" for v in views}
+    if len(set(norms.values())) <= 1:
+        return ""
+    listed = ", ".join(f"{name}: {norm or 'unknown'}" for name, norm in norms.items())
+    return (
+        f"the runs' x axes are normalized differently ({listed}): a coordinate means another distance in "
+        "each, so the curves' widths are not comparable"
     )
 
 

@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 
 from landscape.errors import LandscapeError
 from landscape.io.atomic import replace_whole
-from landscape.render.common import Scale, View, contour_levels, make_scale, slices, value_at
+from landscape.render.common import Scale, View, contour_levels, make_scale, shared_x_label, slices, value_at
 
 PLOTLYJS_MODES = ("inline", "cdn")
 COLORSCALE = "Viridis"
@@ -392,19 +392,20 @@ def compare_figure(
     scale = make_scale([v.values for v in views], vmin, vmax, log)
     if views[0].dims == 1 or kind == "line":
         fig = go.Figure()
-        for v in views:
+        xlabel, names = shared_x_label(views)
+        for v, name in zip(views, names):
             xs, ys, _ = slices(v)[0]
             fig.add_trace(
                 go.Scatter(
                     x=xs.tolist(),
                     y=json_values(ys),
                     mode=_mode(ys),
-                    name=esc(v.name),
+                    name=esc(name),
                     connectgaps=False,
                     hovertemplate=f"x: %{{x:.4g}}<br>{esc(v.metric)}: %{{y:.5g}}<extra>{esc(v.name)}</extra>",
                 )
             )
-        fig.update_xaxes(title_text=esc(views[0].labels[0]))
+        fig.update_xaxes(title_text=esc(xlabel))
         fig.update_yaxes(title_text=esc(views[0].unit_label), type="log" if scale.log else None)
         if (scale.clipped_high or scale.clipped_low) and not scale.log:
             fig.update_yaxes(range=[scale.vmin, scale.vmax])

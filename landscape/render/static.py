@@ -31,6 +31,7 @@ from landscape.render.common import (  # noqa: E402
     contour_levels,
     make_scale,
     make_view,
+    shared_x_label,
     slices,
     value_at,
 )
@@ -399,8 +400,10 @@ def compare_figure(
         if views[0].dims == 1 or kind == "line":
             fig, ax = plt.subplots(figsize=(PANEL[0] * 1.3, PANEL[1]))
             colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-            for n, v in enumerate(views):
-                draw_line(ax, v, slices(v)[0], scale, None, label=v.name, color=colors[n % len(colors)])
+            xlabel, names = shared_x_label(views)
+            for n, (v, name) in enumerate(zip(views, names)):
+                draw_line(ax, v, slices(v)[0], scale, None, label=name, color=colors[n % len(colors)])
+            ax.set_xlabel(_wrap(xlabel))
             ax.set_ylabel(views[0].unit_label)
             lo = min(v.coords[0].min() for v in views)
             hi = max(v.coords[0].max() for v in views)
