@@ -25,7 +25,7 @@ from matplotlib.axes import Axes  # noqa: E402
 
 from landscape.io.results import SweepFile, read_sweep  # noqa: E402
 from landscape.params import Layout  # noqa: E402
-from landscape.render.common import LI_LEVELS, contour_levels, make_scale, make_view  # noqa: E402
+from landscape.render.common import LI_LEVELS, View, contour_levels, make_scale, make_view  # noqa: E402
 
 XS = np.linspace(-1.5, 1.5, 7)
 YS = np.linspace(-1.0, 1.0, 5)
@@ -671,3 +671,44 @@ def test_compare_of_lines_labels_each_runs_own_axis_and_warns_on_mixed_scales(cl
     assert compare_figure(same, "line").axes[0].get_xlabel() == "filter-normalized random direction 1"
     res = cli("compare", a, c, "-o", tmp_path / "same.png")
     assert res.code == 0 and "normalized differently" not in res.err
+
+
+def _bowl_view(edge: float) -> View:
+    """A sharp basin: 0.03 at the centre, `edge` times that at the corners (a loss 100x higher at the
+    edges), on a 41x41 grid of filter-normalized directions."""
+    xs = np.linspace(-1, 1, 41)
+    X, Y = np.meshgrid(xs, xs, indexing="ij")
+    r = np.hypot(X, 0.6 * Y) / np.hypot(1, 0.6)
+    values = 0.03 * (1 + (edge - 1) * r**3)
+    return View("bowl", "loss", "loss", [xs, xs], ["direction 1", "direction 2"], values, norms=["filter", "filter"])
+
+
+@pytest.mark.parametrize("edge", [100.0, 7000.0])
+@pytest.mark.parametrize("levels", [None, 12])
+def test_contours_resolve_the_basin_with_distinct_colours(edge, levels):
+    """Default and --levels N: lines inside the basin (the lowest tenth of the grid), each line its
+    own colour, a colour bar; the html draws the same levels (evenly in log10 above the minimum when
+    they are dense in the basin) on square axes."""
+    from matplotlib.colors import to_hex
+
+    from landscape.render.interactive import plot_figures
+    from landscape.render.static import plot_figure
+
+    view = _bowl_view(edge)
+    scale = make_scale([view.values])
+    lv = contour_levels(scale, levels, "loss")
+    q10 = np.quantile(view.values, 0.10)
+    assert (lv <= q10).sum() >= 1 and len(lv) >= 5, (lv, q10)
+    assert (lv > q10).any()  # and lines up the walls
+    fig = plot_figure(view, "contour", levels=levels)
+    contour = next(c for c in fig.axes[0].get_children() if type(c).__name__ == "QuadContourSet")
+    colours = {to_hex(c) for c in contour.get_edgecolor()}
+    assert len(colours) == len(contour.levels), "each line its own colour"
+    assert len(fig.axes) == 2  # the colour bar
+    plt.close(fig)
+    (html,) = plot_figures(view, "contour", levels=levels)
+    trace = html.data[0]
+    spec = trace.contours
+    drawn = int(round((spec.end - spec.start) / spec.size)) + 1
+    assert abs(drawn - len(lv)) <= 1
+    assert html.layout.yaxis.scaleanchor == "x"

@@ -178,6 +178,13 @@ class Scale:
     log: bool = False
     clipped_low: bool = False
     clipped_high: bool = False
+    q05: float = float("nan")  # the drawn values' 5th and 10th percentiles (within the limits): the basin
+    q10: float = float("nan")
+
+    def resolves_basin(self, levels: np.ndarray) -> bool:
+        """Whether `levels` draw a line in the basin (around the lowest tenth of the grid's values): with
+        a loss 100x higher at the edges than at the centre, evenly spaced levels drew none there."""
+        return not np.isfinite(self.q10) or bool((np.asarray(levels) <= self.q10).any())
 
     def clip(self, values: np.ndarray) -> np.ndarray:
         """Values limited to [vmin, vmax]; NaN stays NaN; non-positive values become NaN on a log scale."""
@@ -218,7 +225,17 @@ def make_scale(
     if hi2 <= lo2:  # a constant surface: widen so colour maps and levels still work
         pad = abs(lo2) * 0.05 or 0.5
         lo2, hi2 = (lo2 - pad, hi2 + pad) if not log else (lo2 / 1.5, hi2 * 1.5)
-    return Scale(lo2, hi2, log, clipped_low=finite.size > 0 and lo < lo2, clipped_high=finite.size > 0 and hi > hi2)
+    inside = finite[(finite >= lo2) & (finite <= hi2)]
+    q05, q10 = (float(np.quantile(inside, q)) for q in (0.05, 0.10)) if inside.size else (np.nan, np.nan)
+    return Scale(
+        lo2,
+        hi2,
+        log,
+        clipped_low=finite.size > 0 and lo < lo2,
+        clipped_high=finite.size > 0 and hi > hi2,
+        q05=q05,
+        q10=q10,
+    )
 
 
 def contour_levels(scale: Scale, levels: int | None = None, metric: str = "loss", li: bool = True) -> np.ndarray:
@@ -241,14 +258,26 @@ def contour_levels(scale: Scale, levels: int | None = None, metric: str = "loss"
         return np.geomspace(lo, hi, 12)[1:-1]
     if li and levels is None and metric == "loss":
         fixed = LI_LEVELS[(LI_LEVELS >= lo) & (LI_LEVELS <= hi)]
-        if fixed.size >= 5:
+        if fixed.size >= 5 and scale.resolves_basin(fixed):
             return fixed
     from matplotlib.ticker import MaxNLocator
 
     n = levels or 15
     ticks = np.asarray(MaxNLocator(nbins=n + 1, min_n_ticks=min(n, 3)).tick_values(lo, hi))
     ticks = ticks[(ticks > lo) & (ticks < hi)]
-    return ticks if ticks.size else np.linspace(lo, hi, n + 2)[1:-1]
+    even = ticks if ticks.size else np.linspace(lo, hi, n + 2)[1:-1]
+    return even if scale.resolves_basin(even) else basin_levels(scale, n)
+
+
+def basin_levels(scale: Scale, n: int) -> np.ndarray:
+    """About `n` levels spaced geometrically above the minimum (lo + span * r^i): dense in the basin,
+    sparse up the walls, from just above the lowest values; rounded to 2 significant digits."""
+    lo, span = scale.vmin, scale.vmax - scale.vmin
+    first = min(max((scale.q05 - lo) / span / 4, 1e-4), 0.01)  # a few lines inside the lowest 5% of the grid
+    raw = lo + span * np.geomspace(first, 1.0, n + 1)[:-1]
+    rounded = np.unique([float(f"{v:.2g}") for v in raw])
+    kept = rounded[(rounded > lo) & (rounded < scale.vmax)]
+    return kept if kept.size >= 3 else raw
 
 
 def fmt(value: Any) -> str:

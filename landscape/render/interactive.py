@@ -66,15 +66,43 @@ def _limits(scale: Scale) -> tuple[float, float]:
     return (float(np.log10(scale.vmin)), float(np.log10(scale.vmax))) if scale.log else (scale.vmin, scale.vmax)
 
 
-def _contour_spec(scale: Scale, levels: int | None, metric: str, kind: str) -> dict[str, Any]:
+def _levels(scale: Scale, levels: int | None, metric: str, kind: str) -> np.ndarray:
+    if scale.log:
+        return contour_levels(scale, levels or 12, metric)
+    return contour_levels(scale, levels if kind == "contour" else (levels or 20), metric, li=kind == "contour")
+
+
+def _uneven_levels(scale: Scale, levels: int | None, metric: str, kind: str) -> np.ndarray | None:
+    """The levels, when they are not evenly spaced (dense in the basin: `basin_levels`); else None."""
+    if scale.log:
+        return None
+    lv = _levels(scale, levels, metric, kind)
+    steps = np.diff(lv)
+    return None if len(lv) < 3 or np.allclose(steps, steps[0], rtol=1e-3) else lv
+
+
+def _basin_transform(values: np.ndarray, scale: Scale, levels: np.ndarray) -> np.ndarray:
+    """log10 of the height above the minimum, where `basin_levels` are (nearly) evenly spaced; the
+    minimum itself a little below the first level."""
+    floor = (levels[0] - scale.vmin) / 4
+    return np.log10(np.maximum(np.asarray(values, dtype=np.float64) - scale.vmin, floor))
+
+
+def _contour_spec(
+    scale: Scale, levels: int | None, metric: str, kind: str, uneven: np.ndarray | None = None
+) -> dict[str, Any]:
     if scale.log:  # plotly's levels are evenly spaced: evenly in log10 here
-        lv = np.log10(contour_levels(scale, levels or 12, metric))
+        lv = np.log10(_levels(scale, levels, metric, kind))
+    elif uneven is not None:  # ... and evenly in log10 above the minimum for levels dense in the basin
+        lv = _basin_transform(uneven, scale, uneven)
+        lv = np.linspace(lv[0], lv[-1], len(lv))
     else:
-        lv = contour_levels(scale, levels if kind == "contour" else (levels or 20), metric, li=kind == "contour")
+        lv = _levels(scale, levels, metric, kind)
     size = float(lv[1] - lv[0]) if len(lv) > 1 else 1.0
     spec: dict[str, Any] = {"start": float(lv[0]), "end": float(lv[-1]), "size": size}
     if kind == "contour":
-        spec.update(coloring="lines", showlabels=True, labelfont={"size": 10})
+        # labels would show the drawn (transformed) numbers: the colour bar and the hover give the values
+        spec.update(coloring="lines", showlabels=uneven is None, labelfont={"size": 10})
     else:
         spec.update(coloring="fill", showlines=True)
     return spec
@@ -99,6 +127,10 @@ def trace_2d(
     # them as is) unless --log; a surface's heights are clipped, so its hover reads the stored value
     if kind in ("contour", "filled", "heatmap"):
         changed = scale.log
+    uneven = _uneven_levels(scale, levels, view.metric, kind) if kind in ("contour", "filled") else None
+    if uneven is not None:  # levels dense in the basin: drawn evenly spaced in log10(value - minimum)
+        vals, changed = _basin_transform(scale.clip(view.values), scale, uneven), True
+        lo, hi = _basin_transform(np.array([scale.vmin, scale.vmax]), scale, uneven).tolist()
     z = _z(vals) if changed else _z(view.values)
     common: dict[str, Any] = {
         "x": view.coords[0].tolist(),
@@ -130,9 +162,17 @@ def trace_2d(
             "showscale": showscale,
             "colorbar": _colorbar(label, scale),
         }
+    if kind == "contour" and uneven is None and not scale.log and "zmin" in color:
+        # line colours and the bar span the drawn levels (Li's 0.1-9.6 took a twentieth of a 0-200 bar)
+        lv = _levels(scale, levels, view.metric, kind)
+        color.update(zmin=float(lv[0]), zmax=float(lv[-1]))
+    if uneven is not None and "colorbar" in color:
+        marks = _basin_transform(uneven, scale, uneven)
+        step = max(1, len(uneven) // 10)
+        color["colorbar"].update(tickvals=marks[::step].tolist(), ticktext=[f"{v:.3g}" for v in uneven[::step]])
     if kind in ("contour", "filled"):
         return go.Contour(
-            contours=_contour_spec(scale, levels, view.metric, kind),
+            contours=_contour_spec(scale, levels, view.metric, kind, uneven),
             connectgaps=False,
             line={"width": 1.2 if kind == "contour" else 0.5},
             **common,
@@ -204,6 +244,11 @@ def _axes_2d(fig: go.Figure, view: View, kind: str = "contour", row: int | None 
     kw = {"row": row, "col": col} if row else {}
     fig.update_xaxes(title_text=esc(view.labels[0]), range=_range(view.coords[0], kind), **kw)
     fig.update_yaxes(title_text=esc(view.labels[1]), range=_range(view.coords[1], kind), **kw)
+    if row is None and len(view.norms) == 2 and view.norms[0] and view.norms[0] == view.norms[1]:
+        # directions of one kind: one unit is one length on both axes (round basins stay round; the
+        # page's wide panel drew them as 3:1 ellipses)
+        fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
+        fig.update_xaxes(constrain="domain")
 
 
 def _scene(view: View, label: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm, Normalize  # noqa: E402
+from matplotlib.colors import BoundaryNorm, LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
@@ -78,6 +78,15 @@ def _norm(scale: Scale) -> Normalize:
     return LogNorm(scale.vmin, scale.vmax) if scale.log else Normalize(scale.vmin, scale.vmax)
 
 
+def _level_norm(scale: Scale, levels: np.ndarray) -> Normalize:
+    """Colours by a line's rank among the levels, not by its value: with a large loss range, value
+    colours gave every line in the basin the same dark shade."""
+    if scale.log or len(levels) < 2:
+        return _norm(scale)
+    bounds = np.unique(np.concatenate([[scale.vmin], levels, [scale.vmax]]))
+    return BoundaryNorm(bounds, ncolors=plt.get_cmap(CMAP).N)
+
+
 def _mark_2d(ax: Any, view: View) -> None:
     for k, (pos, text) in enumerate(view.marks):
         if k == 0:
@@ -131,7 +140,8 @@ def draw_contour(ax: Any, view: View, scale: Scale, levels: np.ndarray) -> Any:
     z = _grid(view)
     if z.count() == 0:
         raise LandscapeError(f"{view.name}: no finite {view.metric} value to draw")
-    cs = ax.contour(view.coords[0], view.coords[1], z, levels=levels, cmap=CMAP, norm=_norm(scale), linewidths=1.0)
+    norm = _level_norm(scale, levels)
+    cs = ax.contour(view.coords[0], view.coords[1], z, levels=levels, cmap=CMAP, norm=norm, linewidths=1.0)
     if len(cs.levels):
         step = max(1, len(cs.levels) // 10)  # about ten labels, so crowded corners stay readable
         ax.clabel(cs, cs.levels[::step], inline=True, fontsize=7, fmt="%.3g")
@@ -148,7 +158,8 @@ def draw_filled(ax: Any, view: View, scale: Scale, levels: np.ndarray) -> Any:
         raise LandscapeError(f"{view.name}: no finite {view.metric} value to draw")
     bounds = np.unique(np.concatenate([[scale.vmin], levels, [scale.vmax]]))
     _gaps(ax, view)
-    cf = ax.contourf(view.coords[0], view.coords[1], z, levels=bounds, cmap=CMAP, norm=_norm(scale), extend="neither")
+    norm = _level_norm(scale, levels)
+    cf = ax.contourf(view.coords[0], view.coords[1], z, levels=bounds, cmap=CMAP, norm=norm, extend="neither")
     ax.contour(view.coords[0], view.coords[1], z, levels=levels, colors="white", linewidths=0.4, alpha=0.6)
     _mark_2d(ax, view)
     _labels_2d(ax, view)
@@ -290,6 +301,11 @@ def _colorbar(fig: Figure, mappable: Any, axes: Any, view: View, scale: Scale) -
             ticks = ticks[np.isclose(np.log10(ticks) % 1, 0) | np.isclose(np.log10(ticks) % 1, 1)]  # decades only
         cb.set_ticks(list(ticks), labels=[f"{t:.3g}" for t in ticks])
         cb.ax.yaxis.set_minor_locator(NullLocator())
+    elif isinstance(mappable.norm, BoundaryNorm):  # one step per level: label them (every other one when many)
+        bounds = mappable.norm.boundaries[1:-1]
+        step = max(1, len(bounds) // 10)
+        cb.set_ticks(list(bounds[::step]), labels=[f"{t:.3g}" for t in bounds[::step]])
+        cb.ax.yaxis.set_minor_locator(NullLocator())
     else:
         cb.ax.yaxis.set_major_locator(MaxNLocator(8))
         cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
@@ -307,7 +323,7 @@ def _panel(fig: Figure, ax: Any, view: View, kind: str, scale: Scale, levels: in
         m = draw_surface(ax, view, scale)
     else:  # pragma: no cover - guarded by callers
         raise LandscapeError(f"--kind {kind!r}: unknown")
-    if colorbar and kind in ("filled", "heatmap"):
+    if colorbar and kind in ("contour", "filled", "heatmap"):
         _colorbar(fig, m, ax, view, scale)
     return m
 
@@ -430,7 +446,7 @@ def compare_figure(
                 ax.set_xlim(*xlim)
                 ax.set_ylim(*ylim)
         if kind == "contour":
-            sm = plt.cm.ScalarMappable(norm=_norm(scale), cmap=CMAP)
+            sm = plt.cm.ScalarMappable(norm=_level_norm(scale, contour_levels(scale, lv, views[0].metric)), cmap=CMAP)
             mappable = sm
         _colorbar(fig, mappable, axes, views[0], scale)
         if title:
