@@ -174,17 +174,29 @@ def test_lambda_min_is_stored_only_where_it_was_computed(cli, tmp_path):
     lambda_k, and a gate on lambda_min is refused by name, not passed on a positive number. With
     --which both lambda_min is the most negative eigenvalue (the sample MLP has negative curvature,
     checked against its exact Hessian's least eigenvalue)."""
-    top = cli("hessian", "--sample", "mlp", "--top-k", "2", "--dtype", "float64", "-o", tmp_path / "top.h5")
+    top = cli(
+        "hessian",
+        "--sample",
+        "mlp",
+        "--samples",
+        "256",
+        "--top-k",
+        "2",
+        "--dtype",
+        "float64",
+        "-o",
+        tmp_path / "top.h5",
+    )
     assert top.code == 0, top.err
     table = collect(tmp_path / "top.h5")
     assert "hessian.lambda_min" not in table and table["hessian.lambda_k"] > 0
     gate = cli("metrics", tmp_path / "top.h5", "--fail-if", "lambda_min < 0")
     assert gate.code == 2 and "lambda_min" in gate.err
-    both = cli("hessian", "--sample", "mlp", "--top-k", "2", "--which", "both", "--dtype", "float64", "--tol", "1e-8",
+    both = cli("hessian", "--sample", "mlp", "--samples", "256", "--top-k", "2", "--which", "both", "--dtype", "float64", "--tol", "1e-8",
                "-o", tmp_path / "both.h5")  # fmt: skip
     assert both.code == 0, both.err
     table = collect(tmp_path / "both.h5")
-    problem = sample_problem("mlp")
+    problem = sample_problem("mlp", samples=256)
     theta = problem.theta.clone()
 
     def loss(t: torch.Tensor) -> torch.Tensor:
