@@ -167,7 +167,7 @@ def pages(tmp_path_factory):
     line = make_results(d / "line.h5", dims=1)
     evil = make_results(d / "evil.h5", evil=True)
     runs = {
-        "plot-all": ["plot", grid, "--kind", "all"],  # filled, heatmap, 3D surface, lines
+        "plot-all": ["plot", grid, "--kind", "all"],  # contour lines, filled, heatmap, 3D surface, lines
         "plot-contour-log": ["plot", grid, "--kind", "contour", "--log"],
         "plot-line": ["plot", line],
         "compare": ["compare", grid, evil],

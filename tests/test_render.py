@@ -307,7 +307,7 @@ def test_html_traces_hold_the_file(grid, cli, tmp_path, kind, ptype):
     assert z.shape == (5, 7)
     _same(z.T, expected())
     marks = [t for t in fig["data"] if t.get("name") == "checkpoint"]
-    assert marks and marks[0]["x"] == [0.0] and marks[0]["y"] == [0.0]
+    assert marks and set(marks[0]["x"]) == {0.0} and set(marks[0]["y"]) == {0.0}  # 3D: a stem at the checkpoint
     if ptype != "surface":
         assert fig["layout"]["xaxis"]["title"]["text"] == "filter-normalized random direction 1"
         assert fig["layout"]["yaxis"]["title"]["text"] == "filter-normalized random direction 2"
@@ -326,7 +326,13 @@ def test_html_line_and_all(grid, line, cli, tmp_path):
     assert cli("plot", grid, "--kind", "all", "-o", out).code == 0
     html = out.read_text()
     figs = figures_in(html)
-    assert [f["data"][0]["type"] for f in figs] == ["contour", "heatmap", "surface", "scatter"]
+    assert [f["data"][0]["type"] for f in figs] == ["contour", "contour", "heatmap", "surface", "scatter"]
+    assert (
+        figs[0]["data"][0]["contours"]["coloring"] == "lines" and figs[1]["data"][0]["contours"]["coloring"] == "fill"
+    )
+    surface = figs[3]["data"]
+    stem = next(t for t in surface if t["type"] == "scatter3d")  # the checkpoint on a stem above the surface
+    assert stem["z"][1] > stem["z"][0]
     import plotly.offline
 
     assert html.count(plotly.offline.get_plotlyjs()[:300]) == 1  # plotly.js once

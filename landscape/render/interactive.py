@@ -215,16 +215,19 @@ def _marks_3d(view: View, scale: Scale) -> list[go.Scatter3d]:
             continue
         h = float(np.clip(v, scale.vmin, scale.vmax))
         h = float(np.log10(h)) if scale.log else h
+        lo, hi = _limits(scale)
+        lift = 0.08 * (hi - lo)  # on a stem above the surface: at its height the surface hid it
         out.append(
             go.Scatter3d(
-                x=[pos[0]],
-                y=[pos[1]],
-                z=[h],
-                mode="markers",
+                x=[pos[0], pos[0]],
+                y=[pos[1], pos[1]],
+                z=[h, h + lift],
+                mode="lines+markers",
                 name=esc(text),
+                line={"color": "black", "width": 3},
                 marker={
                     "symbol": "diamond" if k == 0 else "circle",
-                    "size": 6,
+                    "size": [2, 10],
                     "color": "red" if k == 0 else "white",
                     "line": {"color": "black", "width": 1},
                 },
@@ -258,8 +261,9 @@ def _scene(view: View, label: str) -> dict[str, Any]:
         "yaxis": {"title": {"text": esc(view.labels[1]), "font": small}},
         "zaxis": {"title": {"text": esc(label), "font": small}},
         "aspectmode": "manual",
-        "aspectratio": {"x": 1, "y": 1, "z": 0.7},
-        "camera": {"eye": {"x": 1.25, "y": -1.25, "z": 0.85}},
+        "aspectratio": {"x": 1, "y": 1, "z": 0.6},
+        # far enough that the box and its axis titles fit the panel (nearer, its bottom was cut off)
+        "camera": {"eye": {"x": 1.55, "y": -1.55, "z": 1.0}, "center": {"x": 0, "y": 0, "z": -0.1}},
     }
 
 
@@ -409,6 +413,7 @@ def plot_figures(
     if kind == "all":
         base = title or view.name
         return [
+            figure_2d(view, "contour", scale, levels, f"{base}: contour lines"),
             figure_2d(view, "filled", scale, levels, f"{base}: filled contour"),
             figure_2d(view, "heatmap", scale, levels, f"{base}: heatmap"),
             figure_2d(view, "surface", scale, levels, f"{base}: surface"),
