@@ -246,7 +246,7 @@ class CurvatureResult:
 
         def from_file(path: Path) -> Any:
             curv = read_curvature(path)
-            return draw(curv, kind or default_kind(curv), sigma)
+            return draw(curv, kind or default_kind(curv), sigma, name=Path(path).stem)
 
         return _figure_from_file(self, from_file)
 

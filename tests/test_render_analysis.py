@@ -117,3 +117,35 @@ def test_info_shows_the_numbers_of_an_analysis_file(rough, cli):
     assert r.code == 0, r.err
     numbers = json.loads(r.out)["numbers"]
     assert numbers["roughness.ri"] == pytest.approx(4.5 / 5.5) and numbers["roughness.mu"] == 5.5
+
+
+def test_per_layer_density_is_small_multiples_and_the_legend_covers_no_data(cli, tmp_path):
+    """Twelve blocks' spectra on one axes were unreadable: one small panel each, png and html; the
+    legend sits outside the axes (it covered linear regression's peaks); html ticks are plain
+    scientific numbers (not '100µ, 10n'); titles name the run, not only final.pt."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from landscape.io.curvature import read_curvature
+    from landscape.render.spectrum import spectrum_figure, spectrum_plotly
+
+    out = tmp_path / "layers.h5"
+    res = cli("hessian", "--sample", "transformer", "--top-k", "1", "--density", "--per-layer", "--probes", "2",
+              "--steps", "12", "--samples", "128", "-o", out)  # fmt: skip
+    assert res.code == 0, res.err
+    curv = read_curvature(out)
+    blocks = [k for k, b in curv["layers"].items() if b.get("lanczos") is not None or b.get("density") is not None]
+    assert len(blocks) >= 10
+    fig = spectrum_figure(curv, "density", name="layers")
+    main = fig.axes[0]
+    assert len(fig.axes) == 1 + len(blocks)
+    assert [a.get_title().split(" (")[0] for a in fig.axes[1:]] == blocks
+    assert "Hessian spectrum: layers (final.pt)" in main.get_title()
+    fig.canvas.draw()
+    legend, frame = main.get_legend().get_window_extent(), main.get_window_extent()
+    assert legend.y0 >= frame.y1 - 1  # above the axes, over no curve
+    html = spectrum_plotly(curv, "density", name="layers")
+    assert "Hessian spectrum: layers (final.pt)" in html.layout.title.text
+    assert html.layout.yaxis.exponentformat == "e"
+    assert len({t.xaxis for t in html.data}) == 1 + len(blocks)
+    assert cli("plot", out, "-o", tmp_path / "layers.png").code == 0

@@ -107,12 +107,12 @@ def _plot_spectrum(
     if suffix == ".html":
         from landscape.render.interactive import figures_page, write_page
 
-        fig = spectrum.spectrum_plotly(curv, kind, sigma)
+        fig = spectrum.spectrum_plotly(curv, kind, sigma, name=path.stem)
         wrote(write_page(figures_page([fig], title or f"{path.name}: {kind}", plotlyjs), output))
     else:
         from landscape.render.static import save
 
-        fig = spectrum.spectrum_figure(curv, kind, sigma)
+        fig = spectrum.spectrum_figure(curv, kind, sigma, name=path.stem)
         if title:
             fig.suptitle(title)
         wrote(save(fig, output))

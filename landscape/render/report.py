@@ -243,7 +243,7 @@ def _curvature_figures(path: Path, ids: _Ids) -> str:
         wanted.append("density")
     for kind in wanted:
         try:
-            fig = spectrum_plotly(curv, kind, None)
+            fig = spectrum_plotly(curv, kind, None, name=Path(path).stem)
         except Exception as exc:  # noqa: BLE001
             out.append(f'<p class="note">{esc(kind)} figure unavailable: {esc(exc)}</p>')
             continue

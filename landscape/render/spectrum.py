@@ -43,13 +43,17 @@ def _density(block: dict[str, Any], sigma: float | None) -> dict[str, np.ndarray
     }
 
 
-def _title(curv: dict[str, Any]) -> str:
+def _title(curv: dict[str, Any], run: str = "") -> str:
+    """'Hessian spectrum: RUN (CHECKPOINT)': the run names it (a checkpoint is often just final.pt)."""
     from landscape.names import CURVATURE_TITLES
 
-    name = Path(str(curv.get("attrs", {}).get("checkpoint", ""))).name
+    ckpt = Path(str(curv.get("attrs", {}).get("checkpoint", ""))).name
     what = str(curv.get("curvature", "hessian"))
     what = CURVATURE_TITLES.get(what, what)
-    return f"{what[:1].upper()}{what[1:]} spectrum" + (f" of {name}" if name else "")
+    head = f"{what[:1].upper()}{what[1:]} spectrum"
+    if run:
+        return f"{head}: {run}" + (f" ({ckpt})" if ckpt else "")
+    return head + (f" of {ckpt}" if ckpt else "")
 
 
 def _shape(d: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
@@ -90,17 +94,20 @@ def _check(kind: str, curv: dict[str, Any]) -> None:
         raise LandscapeError("--kind eigenvalues: the file holds no eigenvalues (run `landscape hessian --top-k K`)")
 
 
-def spectrum_figure(curv: dict[str, Any], kind: str, sigma: float | None = None) -> plt.Figure:
+def spectrum_figure(curv: dict[str, Any], kind: str, sigma: float | None = None, name: str = "") -> plt.Figure:
     """A matplotlib figure: 'density' (log y; mean over probes, min-max band between probes, top eigenvalues
-    marked; a second panel comparing the layers when present) or 'eigenvalues' (top-k with residuals)."""
+    marked; below it, one small panel per layer when present) or 'eigenvalues' (top-k with residuals).
+    `name` names the run in the title (the results file's stem)."""
     _check(kind, curv)
     layers = {k: b for k, b in curv.get("layers", {}).items()}
     if kind == "density":
         with_layers = [k for k, b in layers.items() if b.get("lanczos") is not None or b.get("density") is not None]
-        fig, axes = plt.subplots(
-            1, 2 if with_layers else 1, figsize=(11 if with_layers else 6.5, 4.2), dpi=150, squeeze=False
-        )
-        ax = axes[0, 0]
+        # one small panel per block: twelve curves on one axes could not be told apart
+        cols = min(4, len(with_layers)) if with_layers else 1
+        nrows = -(-len(with_layers) // cols) if with_layers else 0
+        fig = plt.figure(figsize=(6.5 if not with_layers else 10, 4.4 + 1.9 * nrows), dpi=150, layout="constrained")
+        grid = fig.add_gridspec(1 + nrows, cols, height_ratios=[2.6] + [1.0] * nrows)
+        ax = fig.add_subplot(grid[0, :])
         d = _density(curv, sigma)
         assert d is not None
         ax.fill_between(
@@ -121,31 +128,22 @@ def spectrum_figure(curv: dict[str, Any], kind: str, sigma: float | None = None)
         ax.set_ylim(bottom=FLOOR * 10 if d["mean"].max() > FLOOR * 1e3 else FLOOR)
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density (log)")
-        ax.set_title(f"{_title(curv)} (SLQ, σ={float(d['sigma']):.2g})", fontsize=9)
-        ax.legend(fontsize=7, loc="upper right")
-        if with_layers:
-            ax2 = axes[0, 1]
-            cmap = plt.get_cmap("tab10" if len(with_layers) <= 10 else "tab20")
-            for i, name in enumerate(with_layers):
-                dl = _density(layers[name], sigma)
-                if dl is None:
-                    continue
+        ax.set_title(f"{_title(curv, name)} (SLQ, σ={float(d['sigma']):.2g})", fontsize=9)
+        # above the axes, never over the peaks (it covered linear regression's)
+        ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.07), ncol=3, frameon=False)
+        for i, block in enumerate(with_layers):
+            dl = _density(layers[block], sigma)
+            small = fig.add_subplot(grid[1 + i // cols, i % cols])
+            if dl is not None:
                 x, y, scale = _shape(dl)
-                ax2.plot(
-                    x,
-                    np.maximum(y, FLOOR),
-                    lw=1.2,
-                    color=cmap(i % cmap.N),
-                    label=f"{name} ({layers[name]['size']:,}; max|λ| {scale:.3g})",
-                )
-            ax2.set_yscale("log")
-            ax2.set_ylim(bottom=FLOOR * 10)
-            ax2.axvline(0.0, color="0.5", lw=0.6)
-            ax2.set_xlabel("eigenvalue / max |eigenvalue| of the block")
-            ax2.set_ylabel("density (log)")
-            ax2.set_title("per layer (parameter block): shapes of the spectra", fontsize=9)
-            ax2.legend(fontsize=6, loc="upper right", ncol=2 if len(with_layers) > 8 else 1)
-        fig.tight_layout()
+                small.plot(x, np.maximum(y, FLOOR), lw=1.0, color="tab:blue")
+                small.set_ylim(bottom=FLOOR * 10)
+                small.set_yscale("log")
+                small.set_title(f"{block} ({layers[block]['size']:,}; max|λ| {scale:.3g})", fontsize=7)
+            small.axvline(0.0, color="0.5", lw=0.6)
+            small.tick_params(labelsize=6)
+            if i // cols == nrows - 1:
+                small.set_xlabel("λ / max|λ| of the block", fontsize=7)
         return fig
     # eigenvalues
     lam = np.asarray(curv["eigenvalues"], dtype=np.float64)
@@ -159,7 +157,7 @@ def spectrum_figure(curv: dict[str, Any], kind: str, sigma: float | None = None)
     ax.set_xticks(idx)
     ax.set_xlabel("index")
     ax.set_ylabel("eigenvalue")
-    ax.set_title(f"{_title(curv)}: top eigenvalues (Lanczos)", fontsize=9)
+    ax.set_title(f"{_title(curv, name)}: top eigenvalues (Lanczos)", fontsize=9)
     ax.legend(fontsize=7)
     if with_layers:
         ax2 = axes[0, 1]
@@ -180,7 +178,7 @@ def spectrum_figure(curv: dict[str, Any], kind: str, sigma: float | None = None)
     return fig
 
 
-def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None):
+def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None, name: str = ""):
     """The same figures as interactive plotly (for a self-contained html)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -189,10 +187,17 @@ def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None)
     layers = curv.get("layers", {})
     if kind == "density":
         with_layers = [k for k, b in layers.items() if b.get("lanczos") is not None or b.get("density") is not None]
-        cols = 2 if with_layers else 1
+        cols = min(4, len(with_layers)) if with_layers else 1
+        nrows = 1 + (-(-len(with_layers) // cols) if with_layers else 0)
+        specs = [[{"colspan": cols}] + [None] * (cols - 1)] + [[{}] * cols for _ in range(nrows - 1)]
+        titles = ["whole model"] + [
+            f"{b} (max|λ| {_shape(dl)[2]:.3g})" if (dl := _density(layers[b], sigma)) is not None else b
+            for b in with_layers
+        ]
         fig = make_subplots(
-            rows=1, cols=cols, subplot_titles=["whole model", "per layer: shapes of the spectra"][:cols]
-        )
+            rows=nrows, cols=cols, specs=specs, subplot_titles=titles, row_heights=[2.6] + [1.0] * (nrows - 1),
+            vertical_spacing=0.3 / nrows,
+        )  # fmt: skip
         d = _density(curv, sigma)
         assert d is not None
         g = d["grid"]
@@ -230,19 +235,29 @@ def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None)
         if curv.get("eigenvalues") is not None:
             for lam in curv["eigenvalues"]:
                 fig.add_vline(x=float(lam), line=dict(color="red", dash="dot", width=1), row=1, col=1)
-        for name in with_layers:
-            dl = _density(layers[name], sigma)
+        for i, block in enumerate(with_layers):  # one small panel per block, as in the png
+            dl = _density(layers[block], sigma)
             if dl is not None:
                 x, y, scale = _shape(dl)
                 fig.add_trace(
-                    go.Scatter(x=x, y=np.maximum(y, FLOOR), mode="lines", name=f"{name} (max|λ| {scale:.3g})"), 1, 2
-                )
-        for c in range(1, cols + 1):
-            fig.update_yaxes(type="log", title_text="density (log)", row=1, col=c)
-            fig.update_xaxes(
-                title_text="eigenvalue" if c == 1 else "eigenvalue / max |eigenvalue| of the block", row=1, col=c
-            )
-        fig.update_layout(title=f"{_title(curv)} (SLQ, σ={float(d['sigma']):.2g})")
+                    go.Scatter(
+                        x=x, y=np.maximum(y, FLOOR), mode="lines", name=block, showlegend=False,
+                        line=dict(color="rgb(31,119,180)", width=1),
+                    ),
+                    2 + i // cols,
+                    1 + i % cols,
+                )  # fmt: skip
+        # plain scientific ticks: plotly's default SI prefixes read "100µ, 10n" on a density axis
+        fig.update_yaxes(type="log", exponentformat="e")
+        fig.update_yaxes(title_text="density (log)", row=1, col=1)
+        fig.update_xaxes(title_text="eigenvalue", row=1, col=1)
+        for i in range(len(with_layers)):
+            if i + cols >= len(with_layers):
+                fig.update_xaxes(title_text="λ / max|λ| of the block", row=2 + i // cols, col=1 + i % cols)
+        fig.update_layout(
+            title=f"{_title(curv, name)} (SLQ, σ={float(d['sigma']):.2g})", height=460 + 220 * (nrows - 1),
+            legend=dict(orientation="h", yanchor="bottom", y=1.0 + 0.02 / nrows, xanchor="right", x=1.0),
+        )  # fmt: skip
         return fig
     lam = np.asarray(curv["eigenvalues"], dtype=np.float64)
     with_layers = [k for k, b in layers.items() if b.get("eigenvalues") is not None]
@@ -267,7 +282,8 @@ def spectrum_plotly(curv: dict[str, Any], kind: str, sigma: float | None = None)
             )
         if _log_scale(rows):
             fig.update_yaxes(type="log", title_text="eigenvalue (log)", row=1, col=2)
-    fig.update_layout(title=f"{_title(curv)}: top eigenvalues (Lanczos)", barmode="group")
+    fig.update_yaxes(exponentformat="e")
+    fig.update_layout(title=f"{_title(curv, name)}: top eigenvalues (Lanczos)", barmode="group")
     return fig
 
 
