@@ -451,13 +451,13 @@ def _fake_spectrum(monkeypatch, seen):
     curvature.read_curvature = lambda path: {"path": str(path), "eigenvalues": np.ones(1), "lanczos": {}}
     spectrum = types.ModuleType("landscape.render.spectrum")
 
-    def spectrum_figure(curv, kind, sigma):
+    def spectrum_figure(curv, kind, sigma, name=""):
         seen.append(("mpl", kind, sigma))
         fig, ax = plt.subplots()
         ax.plot([0, 1], [1, 0])
         return fig
 
-    def spectrum_plotly(curv, kind, sigma):
+    def spectrum_plotly(curv, kind, sigma, name=""):
         seen.append(("plotly", kind))
         return go.Figure(go.Scatter(x=[0, 1], y=[1, 0]), layout={"title": {"text": "fake spectrum"}})
 
