@@ -126,12 +126,13 @@ def test_per_layer_densities_are_compared_by_shape():
 
     small, big = np.linspace(0.0, 0.3, 40), np.linspace(-20.0, 900.0, 40)
     curv = {**runs(np.concatenate([small, big])), "layers": {"a": runs(small), "b": runs(big)}}
-    ax = spectrum_figure(curv, "density").axes[1]
-    for line in ax.get_lines()[:2]:
-        x, y = line.get_xdata(), line.get_ydata()
+    fig = spectrum_figure(curv, "density")
+    assert len(fig.axes) == 3  # the whole model, then one small panel per layer
+    for ax in fig.axes[1:]:
+        x, y = ax.get_lines()[0].get_xdata(), ax.get_lines()[0].get_ydata()
         assert 0.98 < np.abs(x).max() < 1.1  # eigenvalue / max|eigenvalue|, plus the 5 sigma margin
         assert abs(np.trapezoid(y, x) - 1.0) < 0.02  # unit area kept
-    assert "max|λ| 900" in ax.get_lines()[1].get_label()
+    assert "max|λ| 900" in fig.axes[2].get_title()
 
 
 def test_cli_refuses_bad_options_and_existing_output(cli, linreg_file):

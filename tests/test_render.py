@@ -718,3 +718,9 @@ def test_contours_resolve_the_basin_with_distinct_colours(edge, levels):
     drawn = int(round((spec.end - spec.start) / spec.size)) + 1
     assert abs(drawn - len(lv)) <= 1
     assert html.layout.yaxis.scaleanchor == "x"
+    from landscape.render.interactive import compare_figure as html_compare
+
+    both = html_compare([view, _bowl_view(edge / 2)], "filled", levels=levels)
+    ticks = both.layout.coloraxis.colorbar.ticktext
+    if ticks:  # uneven levels: the bar reads the loss, never the drawn log10 heights (which go negative)
+        assert all(float(t) > 0 for t in ticks)

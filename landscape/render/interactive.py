@@ -88,6 +88,13 @@ def _basin_transform(values: np.ndarray, scale: Scale, levels: np.ndarray) -> np
     return np.log10(np.maximum(np.asarray(values, dtype=np.float64) - scale.vmin, floor))
 
 
+def _label_basin_levels(colorbar: dict[str, Any], scale: Scale, uneven: np.ndarray) -> None:
+    """A colour bar of transformed values (`_basin_transform`) ticked with the loss at the levels."""
+    marks = _basin_transform(uneven, scale, uneven)
+    step = max(1, len(uneven) // 10)
+    colorbar.update(tickvals=marks[::step].tolist(), ticktext=[f"{v:.3g}" for v in uneven[::step]])
+
+
 def _contour_spec(
     scale: Scale, levels: int | None, metric: str, kind: str, uneven: np.ndarray | None = None
 ) -> dict[str, Any]:
@@ -167,9 +174,7 @@ def trace_2d(
         lv = _levels(scale, levels, view.metric, kind)
         color.update(zmin=float(lv[0]), zmax=float(lv[-1]))
     if uneven is not None and "colorbar" in color:
-        marks = _basin_transform(uneven, scale, uneven)
-        step = max(1, len(uneven) // 10)
-        color["colorbar"].update(tickvals=marks[::step].tolist(), ticktext=[f"{v:.3g}" for v in uneven[::step]])
+        _label_basin_levels(color["colorbar"], scale, uneven)
     if kind in ("contour", "filled"):
         return go.Contour(
             contours=_contour_spec(scale, levels, view.metric, kind, uneven),
@@ -247,11 +252,12 @@ def _axes_2d(fig: go.Figure, view: View, kind: str = "contour", row: int | None 
     kw = {"row": row, "col": col} if row else {}
     fig.update_xaxes(title_text=esc(view.labels[0]), range=_range(view.coords[0], kind), **kw)
     fig.update_yaxes(title_text=esc(view.labels[1]), range=_range(view.coords[1], kind), **kw)
-    if row is None and len(view.norms) == 2 and view.norms[0] and view.norms[0] == view.norms[1]:
+    if len(view.norms) == 2 and view.norms[0] and view.norms[0] == view.norms[1]:
         # directions of one kind: one unit is one length on both axes (round basins stay round; the
         # page's wide panel drew them as 3:1 ellipses)
-        fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
-        fig.update_xaxes(constrain="domain")
+        x_id = "x" if row is None else fig.get_subplot(row, col).xaxis.plotly_name.replace("axis", "")
+        fig.update_yaxes(scaleanchor=x_id, scaleratio=1, constrain="domain", **kw)
+        fig.update_xaxes(constrain="domain", **kw)
 
 
 def _scene(view: View, label: str) -> dict[str, Any]:
@@ -491,7 +497,12 @@ def compare_figure(
                 fig.add_trace(t, row=r, col=c)
             fig.update_xaxes(title_text=esc(v.labels[0]), range=xr, row=r, col=c)
             fig.update_yaxes(title_text=esc(v.labels[1]), range=yr, row=r, col=c)
-    fig.update_layout(coloraxis={"colorscale": COLORSCALE, "cmin": lo, "cmax": hi, "colorbar": _colorbar(label, scale)})
+    colorbar = _colorbar(label, scale)
+    uneven = _uneven_levels(scale, levels, views[0].metric, kind) if kind in ("contour", "filled") else None
+    if uneven is not None:  # the traces hold log10 heights above the minimum: so do the bar's limits
+        lo, hi = _basin_transform(np.array([scale.vmin, scale.vmax]), scale, uneven).tolist()
+        _label_basin_levels(colorbar, scale, uneven)
+    fig.update_layout(coloraxis={"colorscale": COLORSCALE, "cmin": lo, "cmax": hi, "colorbar": colorbar})
     fig = styled(
         fig,
         title or "compare: one colour scale",
