@@ -19,7 +19,18 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from landscape.data import Columns, Pair, check_pair, collect, fill_rows, record, split, stack_records, subset
+from landscape.data import (
+    Columns,
+    Pair,
+    check_pair,
+    collect,
+    collect_data,
+    fill_rows,
+    record,
+    split,
+    stack_records,
+    subset,
+)
 from landscape.errors import ArgumentError, LandscapeError
 from landscape.model_io import take
 
@@ -62,10 +73,6 @@ class DataSource:
         if self.n == 0:
             raise LandscapeError(f"{where}: the data set is empty")
         self._head: Pair | None = None
-
-    @property
-    def is_loader(self) -> bool:
-        return isinstance(self.obj, DataLoader)
 
     def _count(self) -> int:
         if self.indices is not None:
@@ -167,8 +174,6 @@ def place_data(
     if targets is not None or not isinstance(data, (Dataset, DataLoader)) or _unsized(data):
         if stream:
             raise ArgumentError("stream", stream, f"{where} is not a map-style Dataset or a DataLoader of known length")
-        from landscape.data import collect_data
-
         x, y = collect_data(data, targets, columns, where)
         _say_all_used(samples, int(y.shape[0]), say)
         return subset(x, y, samples, seed)
