@@ -106,9 +106,10 @@ class Strategy:
     @torch.no_grad()
     def evaluate_points(self, coords: torch.Tensor, whole_calls: bool = False) -> Evaluation:
         """Loss and accuracy at the points with the buffers as they are; `whole_calls` pads the last
-        call to `k` points (copies of the last), so that every call has one shape and a point's value does not depend on how the
-        points were split into chunks (the kernels' rounding depends on the shape, not on the other
-        points): a resumed run then computes each point as a run never stopped would."""
+        call to `k` points (copies of the last), so that every call has one shape and a point's value
+        does not depend on how the points were split into chunks (the kernels' rounding depends on the
+        shape, not on the other points): a resumed run then computes each point as a run never
+        stopped would."""
         p = self.problem
         n = coords.shape[0]
         coords = coords.to(p.device, p.theta.dtype)
