@@ -577,3 +577,18 @@ def test_points_are_filled_from_the_checkpoint_outward_and_the_probe_is_said():
     assert set(written[:PROBE_POINTS].tolist()) == set(nearest[:PROBE_POINTS].tolist())
     assert (np.diff(distance[written[PROBE_POINTS:]]) >= 0).all()
     assert stages[0] == "choosing strategy" and stages[1] in REGISTRY
+
+
+def test_a_lone_survivor_of_the_shortlist_is_not_timed_again():
+    """With one candidate left after stage 1 there is nothing to compare: stage 2 evaluates nothing
+    (on a 3-point sweep its 2 x 16 repeated points were a third of the probe's cost)."""
+    from landscape.strategies.probe import _Probe
+
+    problem = sample_problem("mlp", dtype="float32", samples=64)
+    directions = random_directions(1, problem.theta, problem.layout, seed=0)
+    coords = torch.linspace(-1, 1, 3, dtype=torch.float64)[:, None]
+    probe = _Probe(problem, coords, warn=lambda m: None, total_points=3)
+    probe.built = {"loop": build_strategy("loop", problem, directions)}
+    probe.first = {"loop": 0.01}
+    probe.final_stage(repeats=2)
+    assert probe.timings == {"loop": 0.01} and not probe.kept.have.any()
