@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from landscape.data import Columns
-from landscape.datasource import HEAD_ROWS, DataSource, place_data, streamed_batch_size
+from landscape.datasource import DataSource, place_data, streamed_batch_size
 from landscape.errors import ArgumentError, LandscapeError
 from landscape.losses import LossFn, check_class_targets, is_builtin, loss_function, next_token
 from landscape.model_io import (
@@ -97,11 +97,10 @@ class Problem:
         self.model = model.to(
             dtype=self.dtype
         ).eval()  # requires_grad is left as the user set it: it says what is trainable
-        self._x: Inputs | None = self._placed_x(x)
-        self._y: torch.Tensor | None = self._placed_y(y)
-        self._head = (self._x, self._y)  # the data's first rows (all of them, in memory): shapes and checks
-        if self.source is not None:
-            self._x = self._y = None
+        # the data's first rows (all of them, in memory): shapes and checks
+        self._head = (self._placed_x(x), self._placed_y(y))
+        self._x: Inputs | None = None if self.source is not None else self._head[0]
+        self._y: torch.Tensor | None = None if self.source is not None else self._head[1]
         self.classification = (
             (not torch.is_floating_point(y) and y.ndim == 1) if classification is None else classification
         )
@@ -155,7 +154,6 @@ class Problem:
     def head(self, k: int) -> tuple[Inputs, torch.Tensor]:
         """The first `k` rows (at most the 64 read to check a streamed data set), on the device."""
         x, y = (self.x, self.y) if self.source is None else self._head
-        assert x is not None and y is not None
         return take(x, slice(0, k)), y[:k]
 
     @property
@@ -285,7 +283,7 @@ def _say_left_out(model: nn.Module, chosen: Mapping[str, nn.Parameter], params: 
 def memory_provenance(problem: Problem) -> dict[str, Any]:
     """Provenance of a problem built from objects in memory: the model's class, sha256 of the weights and data."""
     model = type(problem.model)
-    x, y = (problem.x, problem.y) if problem.in_memory else problem.head(HEAD_ROWS)
+    x, y = problem.head(problem.n)  # every row in memory; the first rows of streamed data
     return {
         "model": f"{model.__module__}.{model.__qualname__}",
         "checkpoint": f"{model.__qualname__} (in memory)",  # what figure titles show
@@ -367,7 +365,7 @@ def check_fits(problem: Problem, data_name: str, say: Callable[[str], None] = la
     if kind is not None and is_builtin(problem.loss_fn):
         say(f"the model returns {kind}")
     try:
-        check_class_targets(problem.loss_fn, out, yb, problem.y if problem.in_memory else problem.head(HEAD_ROWS)[1])
+        check_class_targets(problem.loss_fn, out, yb, problem.head(problem.n)[1])
         if not problem.in_memory:
             problem._classes = (out, yb)
     except LandscapeError as exc:

@@ -136,6 +136,7 @@ def sweep(
     from landscape.distributed import PeersLost, device_for
     from landscape.io.load import load_other_state, load_problem
     from landscape.io.results import SweepFile, read_axes
+    from landscape.paths import flat_params
     from landscape.strategies import pick_to_resume
 
     with joined(device, dist_timeout) as world:
@@ -166,8 +167,7 @@ def sweep(
         other = None
         if to:  # the line's other end: its weights, and its buffers (BatchNorm statistics) along x too
             other_state = load_other_state(to, problem, spec, tell)
-            other = problem.layout.flatten({n: other_state[n] for n in problem.layout.names})
-            other = other.to(problem.device, problem.dtype)
+            other = flat_params(problem, other_state)
             problem = problem.along_line_to(other_state)
             if problem.buffer_line is not None:
                 tell(f"buffers (BatchNorm statistics) follow x from --checkpoint's (0) to {to}'s (1)")

@@ -72,11 +72,10 @@ def _levels(scale: Scale, levels: int | None, metric: str, kind: str) -> np.ndar
     return contour_levels(scale, levels if kind == "contour" else (levels or 20), metric, li=kind == "contour")
 
 
-def _uneven_levels(scale: Scale, levels: int | None, metric: str, kind: str) -> np.ndarray | None:
-    """The levels, when they are not evenly spaced (dense in the basin: `basin_levels`); else None."""
+def _uneven(scale: Scale, lv: np.ndarray) -> np.ndarray | None:
+    """The levels `lv`, when they are not evenly spaced (dense in the basin: `basin_levels`); else None."""
     if scale.log:
         return None
-    lv = _levels(scale, levels, metric, kind)
     steps = np.diff(lv)
     return None if len(lv) < 3 or np.allclose(steps, steps[0], rtol=1e-3) else lv
 
@@ -95,16 +94,14 @@ def _label_basin_levels(colorbar: dict[str, Any], scale: Scale, uneven: np.ndarr
     colorbar.update(tickvals=marks[::step].tolist(), ticktext=[f"{v:.3g}" for v in uneven[::step]])
 
 
-def _contour_spec(
-    scale: Scale, levels: int | None, metric: str, kind: str, uneven: np.ndarray | None = None
-) -> dict[str, Any]:
+def _contour_spec(scale: Scale, levels: np.ndarray, kind: str, uneven: np.ndarray | None = None) -> dict[str, Any]:
     if scale.log:  # plotly's levels are evenly spaced: evenly in log10 here
-        lv = np.log10(_levels(scale, levels, metric, kind))
+        lv = np.log10(levels)
     elif uneven is not None:  # ... and evenly in log10 above the minimum for levels dense in the basin
         lv = _basin_transform(uneven, scale, uneven)
         lv = np.linspace(lv[0], lv[-1], len(lv))
     else:
-        lv = _levels(scale, levels, metric, kind)
+        lv = levels
     size = float(lv[1] - lv[0]) if len(lv) > 1 else 1.0
     spec: dict[str, Any] = {"start": float(lv[0]), "end": float(lv[-1]), "size": size}
     if kind == "contour":
@@ -134,7 +131,8 @@ def trace_2d(
     # them as is) unless --log; a surface's heights are clipped, so its hover reads the stored value
     if kind in ("contour", "filled", "heatmap"):
         changed = scale.log
-    uneven = _uneven_levels(scale, levels, view.metric, kind) if kind in ("contour", "filled") else None
+    lv = _levels(scale, levels, view.metric, kind) if kind in ("contour", "filled") else None
+    uneven = _uneven(scale, lv) if lv is not None else None
     if uneven is not None:  # levels dense in the basin: drawn evenly spaced in log10(value - minimum)
         vals, changed = _basin_transform(scale.clip(view.values), scale, uneven), True
         lo, hi = _basin_transform(np.array([scale.vmin, scale.vmax]), scale, uneven).tolist()
@@ -171,13 +169,14 @@ def trace_2d(
         }
     if kind == "contour" and uneven is None and not scale.log and "zmin" in color:
         # line colours and the bar span the drawn levels (Li's 0.1-9.6 took a twentieth of a 0-200 bar)
-        lv = _levels(scale, levels, view.metric, kind)
+        assert lv is not None
         color.update(zmin=float(lv[0]), zmax=float(lv[-1]))
     if uneven is not None and "colorbar" in color:
         _label_basin_levels(color["colorbar"], scale, uneven)
     if kind in ("contour", "filled"):
+        assert lv is not None
         return go.Contour(
-            contours=_contour_spec(scale, levels, view.metric, kind, uneven),
+            contours=_contour_spec(scale, lv, kind, uneven),
             connectgaps=False,
             line={"width": 1.2 if kind == "contour" else 0.5},
             **common,
@@ -498,7 +497,7 @@ def compare_figure(
             fig.update_xaxes(title_text=esc(v.labels[0]), range=xr, row=r, col=c)
             fig.update_yaxes(title_text=esc(v.labels[1]), range=yr, row=r, col=c)
     colorbar = _colorbar(label, scale)
-    uneven = _uneven_levels(scale, levels, views[0].metric, kind) if kind in ("contour", "filled") else None
+    uneven = _uneven(scale, _levels(scale, levels, views[0].metric, kind)) if kind in ("contour", "filled") else None
     if uneven is not None:  # the traces hold log10 heights above the minimum: so do the bar's limits
         lo, hi = _basin_transform(np.array([scale.vmin, scale.vmax]), scale, uneven).tolist()
         _label_basin_levels(colorbar, scale, uneven)
