@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from landscape import progress as messages
-from landscape.axes import Axes, axes_settings, stored_axes
+from landscape.axes import Axes, axes_settings, stored_axes, stored_dtype
 from landscape.curvature.analysis import CurvatureSettings, OnProducts, run_curvature
 from landscape.distributed import World
 from landscape.errors import ArgumentError
-from landscape.names import CURVATURE_TITLES
+from landscape.names import CURVATURE_TITLES, STORE_DTYPES
 from landscape.problem import Problem
 from landscape.progress import Progress, Say, progress_to
 from landscape.results import (
@@ -80,17 +80,21 @@ def plan_sweep(
     command: str = "",
     kind: str = "sweep",
     settings: Mapping[str, Any] | None = None,
+    store_dtype: str | None = None,
 ) -> SweepResult:
     """The sweep before any point is done: grid, settings, and the axes as they are stored and
-    evaluated (float32 unless the problem runs in float64, so a resumed run gives the same numbers)."""
+    evaluated (so a resumed run gives the same numbers): in `store_dtype` (float32, bfloat16 or float64),
+    by default float32 unless the problem runs in float64."""
     check_grid_fits((x[2],) + ((y[2],) if y is not None else ()))
     grids = [axis_grid(*x, name="x")] + ([axis_grid(*y, name="y")] if y is not None else [])
     if len(grids) != len(axes):
         raise ArgumentError(
             "y", y, f"{len(axes)} axes need {len(axes)} grid(s): x{' and y' if len(axes) == 2 else ' only'}"
         )
-    store = torch.float64 if problem.dtype == torch.float64 else torch.float32
-    stored = Axes(axes.directions.to(store).double(), axes.attrs, axes.layout, axes.settings)
+    if store_dtype is not None and store_dtype not in STORE_DTYPES:
+        raise ArgumentError("store_dtype", store_dtype, f"expected one of {', '.join(STORE_DTYPES)}")
+    store = stored_dtype(problem, None if store_dtype is None else getattr(torch, store_dtype))
+    stored = Axes(axes.directions.to(store), axes.attrs, axes.layout, axes.settings)
     if settings is None:
         coords = {n: g.tolist() for n, g in zip(axes.names, grids)}
         settings = SweepSettings(Source.of(problem.provenance), coords=coords, **_sweep_axes_settings(axes)).as_dict()
@@ -149,9 +153,11 @@ def sweep(
     strategy: str = "auto",
     progress: Progress = False,
     warn: Say = messages.warn,
+    store_dtype: str | None = None,
 ) -> SweepResult:
     """The loss (and accuracy) at theta + a x_axis (+ b y_axis) on the grid `x` (and `y`), each
-    (min, max, points); the strategy is picked by a timed probe unless named.
+    (min, max, points); the strategy is picked by a timed probe unless named. The directions are
+    evaluated as they are stored (`store_dtype`: see `plan_sweep`).
 
     >>> import torch, landscape as ls
     >>> problem = ls.Problem(torch.nn.Linear(4, 3), (torch.randn(64, 4), torch.randint(0, 3, (64,))))
@@ -159,7 +165,8 @@ def sweep(
     >>> surf.loss.shape, bool(surf.done.all())
     ((5, 5), True)
     """
-    return run_planned(problem, plan_sweep(problem, axes, x, y), strategy=strategy, progress=progress, warn=warn)
+    planned = plan_sweep(problem, axes, x, y, store_dtype=store_dtype)
+    return run_planned(problem, planned, strategy=strategy, progress=progress, warn=warn)
 
 
 # --------------------------------------------------------------------------- curvature
@@ -183,6 +190,8 @@ def hessian(
     method: str = "auto",
     seed: int = 0,
     batch_size: int | None = None,
+    basis_dtype: str = "auto",
+    basis_on_host: bool = False,
     progress: Progress = False,
     on_products: OnProducts | None = None,
     say: Say = messages.say,
@@ -191,6 +200,12 @@ def hessian(
 ) -> CurvatureResult:
     """Top-k eigenpairs (Lanczos) with residuals, the trace (Hutch++) with its standard error, the
     spectral density (SLQ) with the spread between probes; of the Hessian, GGN or empirical Fisher.
+
+    Memory: the Lanczos bases take one P-sized vector per step, in `basis_dtype` ('auto': float64 while
+    it fits 2 GiB, else float32; or 'float64', 'float32'), on the problem's device or, with
+    `basis_on_host`, in host memory; at most half the memory free at the start (fewer steps when that
+    is less, said through `say`). The density's probes run without re-orthogonalization when not even
+    one probe's basis fits.
 
     >>> import torch, landscape as ls
     >>> x = torch.randn(64, 3, dtype=torch.float64)
@@ -203,7 +218,7 @@ def hessian(
     settings = CurvatureSettings(
         curvature=curvature, top_k=top_k, which=which, tol=tol, max_iter=max_iter, trace=trace, trace_matvecs=trace_matvecs,
         density=density, probes=probes, steps=steps, per_layer=per_layer, eigenvectors=eigenvectors, seed=seed, method=method,
-        batch_size=batch_size,
+        batch_size=batch_size, basis_dtype=basis_dtype, basis_on_host=basis_on_host,
     )  # fmt: skip
     check_curvature(settings)
     with progress_to(progress, f"{curvature} products") as bar:
@@ -227,7 +242,7 @@ def hessian(
 
 def check_curvature(s: CurvatureSettings) -> None:
     """Raise ArgumentError for settings that cannot run (before anything is loaded, in the CLI)."""
-    from landscape.names import WHICH
+    from landscape.names import BASIS_DTYPES, WHICH
 
     if s.which not in WHICH:
         raise ArgumentError("which", s.which, f"expected one of {', '.join(WHICH)}")
@@ -243,6 +258,8 @@ def check_curvature(s: CurvatureSettings) -> None:
         raise ArgumentError("steps", s.steps, "must be at least 2")
     if s.trace and s.trace_matvecs < 3:
         raise ArgumentError("trace_matvecs", s.trace_matvecs, "must be at least 3")
+    if s.basis_dtype not in BASIS_DTYPES:
+        raise ArgumentError("basis_dtype", s.basis_dtype, f"expected one of {', '.join(BASIS_DTYPES)}")
     if s.top_k == 0 and not s.trace and not s.density:
         raise ArgumentError("top_k", 0, "nothing to compute: no eigenvalues, trace or density asked for")
 
@@ -271,16 +288,19 @@ def roughness(
 
     `known` (`landscape.measures.KnownPoints`) and `on_chunk(indices, values)` let a caller keep the
     points of a long run and finish it after a kill (the CLI's --resume)."""
-    from landscape.directions import random_directions
+    from landscape.directions import RandomDirections
     from landscape.io.analysis_groups import roughness_group
     from landscape.measures import compute_roughness
 
-    check_roughness(directions, span, steps, problem.theta.numel())
+    check_roughness(directions, span, steps)
     settings = roughness_settings(problem, directions, span, steps, norm=norm, ignore=ignore, seed=seed)
-    dirs = random_directions(directions, problem.theta, problem.layout, seed=seed, norm=norm, ignore=ignore)
+    chunk = max(1, min(directions, ROUGHNESS_CHUNK_BYTES // (16 * problem.theta.numel())))
+    dirs = RandomDirections(
+        directions, problem.theta, problem.layout, seed=seed, norm=norm, ignore=ignore, chunk=chunk, dtype=problem.dtype
+    )
     with progress_to(progress, "roughness", directions * (steps + 1)) as bar:
         res = compute_roughness(
-            problem, dirs.to(problem.dtype).double(), span, steps, strategy=strategy, warn=warn, known=known,
+            problem, dirs, span, steps, strategy=strategy, warn=warn, known=known,
             on_progress=bar, on_chunk=on_chunk or (lambda idx, values: None),
         )  # fmt: skip
     group = roughness_group(res, span=span, steps=steps, norm=norm, ignore=ignore, seed=seed)
@@ -294,9 +314,12 @@ def roughness(
     )
 
 
-def check_roughness(directions: int, span: float, steps: int, parameters: int | None = None) -> None:
+ROUGHNESS_CHUNK_BYTES = 1 << 30  # roughness directions are made and evaluated this many bytes (float64 x 2) at a time
+
+
+def check_roughness(directions: int, span: float, steps: int) -> None:
     """Raise ArgumentError for roughness settings that cannot run or would not fit in memory (the
-    M directions are held whole, in float64 and the run's dtype), before anything is computed."""
+    profiles' values; the directions are made a chunk at a time), before anything is computed."""
     from landscape.strategies.grid import BYTES_PER_POINT, physical_memory
 
     if directions < 2:
@@ -306,11 +329,10 @@ def check_roughness(directions: int, span: float, steps: int, parameters: int | 
     if steps < 2:
         raise ArgumentError("steps", steps, "need at least 2 intervals")
     memory = physical_memory()
-    need = directions * ((steps + 1) * BYTES_PER_POINT + (parameters or 0) * 12)
+    need = directions * (steps + 1) * BYTES_PER_POINT
     if memory and need > memory // 2:
-        of = f" of {parameters:,} parameters" if parameters else ""
         raise ArgumentError(
-            "directions", directions, f"{directions:,} directions{of} x {steps + 1:,} points need about "
+            "directions", directions, f"{directions:,} directions x {steps + 1:,} points need about "
             f"{need / 2**30:,.1f} GiB of memory, and this machine has {memory / 2**30:,.1f} GiB; use fewer (or fewer --steps)",
         )  # fmt: skip
 

@@ -25,7 +25,8 @@ AXIS_NAMES = ("x", "y")
 
 @dataclass(frozen=True)
 class Axes:
-    """Directions [k, P] (float64, CPU) over a problem's parameter layout, and one attribute dict per axis."""
+    """Directions [k, P] (on the CPU; float64, or as they are stored and evaluated: `stored_dtype`) over a problem's
+    parameter layout, and one attribute dict per axis."""
 
     directions: torch.Tensor
     attrs: tuple[Mapping[str, Any], ...]
@@ -124,11 +125,20 @@ def random_axes(
     if dims not in (1, 2):
         raise ArgumentError("dims", dims, "a sweep has 1 or 2 axes")
     randoms = dims - (1 if to is not None else 0)
-    dirs = random_directions(randoms, problem.theta, problem.layout, seed=seed, norm=norm, ignore=ignore)
+    dtype = stored_dtype(problem)  # made in float64, held as they will be evaluated (no float64 copy of P)
+    dirs = random_directions(randoms, problem.theta, problem.layout, seed=seed, norm=norm, ignore=ignore, dtype=dtype)
     sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
     settings = axes_settings("random", norm=norm, ignore=ignore, seed=seed, to_sha256=sha)
     attrs = _random_attrs(randoms, norm, ignore, seed)
-    return _prepend_line(problem, dirs.detach().to("cpu", torch.float64), attrs, to, to_label, seed, settings)
+    return _prepend_line(problem, dirs, attrs, to, to_label, seed, settings)
+
+
+def stored_dtype(problem: Problem, store: torch.dtype | None = None) -> torch.dtype:
+    """The dtype a sweep's directions are stored and evaluated in: `store` when given, else float64 for a
+    float64 problem and float32 otherwise."""
+    if store is not None:
+        return store
+    return torch.float64 if problem.dtype == torch.float64 else torch.float32
 
 
 def eigenvector_attrs(
@@ -180,9 +190,7 @@ def hessian_axes(
     )
     sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
     settings = axes_settings("hessian", seed=seed, to_sha256=sha)
-    return _prepend_line(
-        problem, eig.eigenvectors.detach().to("cpu", torch.float64), attrs, to, to_label, seed, settings
-    )
+    return _prepend_line(problem, eig.eigenvectors.detach().to("cpu"), attrs, to, to_label, seed, settings)
 
 
 def stored_axes(
@@ -215,8 +223,10 @@ def stored_axes(
             source or None,
             f"holds {vectors.shape[0]} eigenvector(s), {count} needed (compute top_k={count})",
         )
-    dirs = torch.from_numpy(np.asarray(vectors[:count], dtype=np.float64)).clone()
-    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    dirs = torch.empty(count, vectors.shape[1], dtype=stored_dtype(problem))
+    for i, row in enumerate(dirs):  # normalized in float64 one at a time
+        v = torch.from_numpy(np.asarray(vectors[i], dtype=np.float64))
+        row.copy_(v / v.norm())
     attrs = eigenvector_attrs(eigenvalues[:count], residuals[:count], seed, source, title, which)
     sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
     settings = axes_settings("hessian", seed=seed, to_sha256=sha, axes_from_sha256=source_sha256 or tensor_sha256(dirs))
@@ -233,10 +243,8 @@ def _prepend_line(
     settings: Mapping[str, Any],
 ) -> Axes:
     if to is not None:
-        line = (
-            line_to(problem.theta, to.to(problem.theta.device, problem.theta.dtype)).detach().to("cpu", torch.float64)
-        )
-        dirs = torch.cat([line[None], dirs])
+        line = line_to(problem.theta, to.to(problem.theta.device, problem.theta.dtype)).detach().to("cpu")
+        dirs = torch.cat([line[None].to(dirs.dtype), dirs])
         attrs.insert(
             0,
             {"kind": "interpolation", "normalization": "none", "ignore": "none", "seed": seed, "source": to_label,

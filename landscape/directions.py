@@ -8,6 +8,9 @@ d_i <- d_i * ||theta_i|| / (||d_i|| + 1e-10).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 
 from landscape.errors import ArgumentError
@@ -27,42 +30,120 @@ def normalize(direction: torch.Tensor, theta: torch.Tensor, layout: Layout, norm
 
     A tensor with one dimension or fewer counts as a single filter under filter normalization.
     """
-    if norm not in NORMS:
-        raise ArgumentError("norm", norm, f"expected one of {', '.join(NORMS)}")
-    if ignore not in IGNORES:
-        raise ArgumentError("ignore", ignore, f"expected one of {', '.join(IGNORES)}")
     out = direction.clone()
-    d_parts = layout.unflatten(out)
     w_parts = layout.unflatten(theta.to(out.dtype))
-    for name, shape in zip(layout.names, layout.shapes):
-        d, w = d_parts[name], w_parts[name]
-        if ignore == "biasbn" and len(shape) <= 1:
-            d.zero_()
-        elif norm == "filter" and len(shape) > 1:
-            dn = d.reshape(shape[0], -1).norm(dim=1)
-            wn = w.reshape(shape[0], -1).norm(dim=1)
-            d.mul_((wn / (dn + EPS)).reshape(-1, *([1] * (len(shape) - 1))))
-        elif norm in ("filter", "layer"):
-            d.mul_(w.norm() / (d.norm() + EPS))
+    for name, d in layout.unflatten(out).items():
+        _normalize_tensor(d, w_parts[name], norm, ignore)
     if norm == "model":
         out.mul_(theta.to(out.dtype).norm() / (out.norm() + EPS))
     return out
 
 
+def _check(norm: str, ignore: str) -> None:
+    if norm not in NORMS:
+        raise ArgumentError("norm", norm, f"expected one of {', '.join(NORMS)}")
+    if ignore not in IGNORES:
+        raise ArgumentError("ignore", ignore, f"expected one of {', '.join(IGNORES)}")
+
+
+def _normalize_tensor(d: torch.Tensor, w: torch.Tensor, norm: str, ignore: str) -> None:
+    """One tensor of a direction rescaled in place to its weights (all but the 'model' norm's final scaling)."""
+    _check(norm, ignore)
+    shape = d.shape
+    if ignore == "biasbn" and len(shape) <= 1:
+        d.zero_()
+    elif norm == "filter" and len(shape) > 1:
+        dn = d.reshape(shape[0], -1).norm(dim=1)
+        wn = w.reshape(shape[0], -1).norm(dim=1)
+        d.mul_((wn / (dn + EPS)).reshape(-1, *([1] * (len(shape) - 1))))
+    elif norm in ("filter", "layer"):
+        d.mul_(w.norm() / (d.norm() + EPS))
+
+
+DRAW = 1 << 20  # Gaussian numbers drawn per call when making a direction tensor by tensor (a multiple of 16)
+
+
+def normalized_gaussian_into(
+    out: torch.Tensor, theta: torch.Tensor, layout: Layout, gen: torch.Generator, norm: str, ignore: str
+) -> None:
+    """Write `normalize(gaussian(layout, gen), theta, ...)` into `out` [P] (any dtype), drawing and normalizing
+    tensor by tensor in float64: the same numbers, without a whole float64 vector (on a 124M-parameter model,
+    1 GB) beside the directions. torch's CPU Gaussian fills 16 numbers at a time from uniforms drawn in order,
+    so draws of multiples of 16 (the last one at least 16 long) continue one long draw exactly."""
+    _check(norm, ignore)
+    P = layout.size
+    carry = torch.empty(0, dtype=torch.float64)  # drawn beyond the last tensor, the start of the next
+    drawn = written = 0
+    sumsq = 0.0  # of the normalized float64 values (the 'model' norm scales them all at the end)
+    for size, shape in zip(layout.numels, layout.shapes):
+        buf = torch.empty(max(size, carry.numel()) + DRAW + 16, dtype=torch.float64)
+        have = carry.numel()
+        buf[:have] = carry
+        while have < size:
+            n = P - drawn if P - drawn < DRAW + 16 else DRAW
+            torch.randn(n, generator=gen, dtype=torch.float64, out=buf[have : have + n])
+            have, drawn = have + n, drawn + n
+        carry = buf[size:have].clone()
+        d = buf[:size].view(shape)
+        w = theta[written : written + size].detach().to("cpu", torch.float64).view(shape)
+        _normalize_tensor(d, w, norm, ignore)
+        if norm == "model":
+            sumsq += float((d * d).sum())
+        out[written : written + size].copy_(d.reshape(-1))
+        written += size
+        del buf, d
+    if norm == "model":
+        scale = float(theta.detach().to("cpu", torch.float64).norm()) / (sumsq**0.5 + EPS)
+        out.mul_(scale)
+
+
+@dataclass(frozen=True)
+class RandomDirections:
+    """`count` normalized Gaussian directions, made chunk by chunk (the same numbers as `random_directions`):
+    memory for `chunk` of them at a time, not count x P. Each is rounded to `dtype` (what the model sees)
+    and handed out in float64."""
+
+    count: int
+    theta: torch.Tensor
+    layout: Layout
+    seed: int
+    norm: str = "filter"
+    ignore: str = "biasbn"
+    chunk: int = 1
+    dtype: torch.dtype = torch.float64
+
+    def chunks(self) -> Iterator[torch.Tensor]:
+        """The directions in order, [<= chunk, P] float64 at a time."""
+        gen = torch.Generator().manual_seed(self.seed)
+        for start in range(0, self.count, self.chunk):
+            rows = torch.empty(min(self.chunk, self.count - start), self.layout.size, dtype=self.dtype)
+            for row in rows:
+                normalized_gaussian_into(row, self.theta, self.layout, gen, self.norm, self.ignore)
+            yield rows.double()
+
+
 def random_directions(
-    count: int, theta: torch.Tensor, layout: Layout, *, seed: int, norm: str = "filter", ignore: str = "biasbn"
+    count: int,
+    theta: torch.Tensor,
+    layout: Layout,
+    *,
+    seed: int,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """`count` normalized Gaussian directions [count, P] in float64, reproducible from `seed`."""
+    """`count` normalized Gaussian directions [count, P] (made in float64, held in `dtype`), reproducible from `seed`."""
     gen = torch.Generator().manual_seed(seed)
-    theta64 = theta.detach().to("cpu", torch.float64)
-    if count == 0:
-        return torch.empty(0, layout.size, dtype=torch.float64)
-    return torch.stack([normalize(gaussian(layout, gen), theta64, layout, norm, ignore) for _ in range(count)])
+    out = torch.empty(count, layout.size, dtype=dtype)
+    for row in out:
+        normalized_gaussian_into(row, theta, layout, gen, norm, ignore)
+    return out
 
 
 def line_to(theta: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Direction of the straight line from `theta` (coordinate 0) to `other` (coordinate 1)."""
-    return other.detach().to("cpu", torch.float64) - theta.detach().to("cpu", torch.float64)
+    """Direction of the straight line from `theta` (coordinate 0) to `other` (coordinate 1), on the CPU in their
+    dtype (the difference of two float32 numbers rounded to float32 once, as in float64 then rounded)."""
+    return other.detach().to("cpu") - theta.detach().to("cpu", other.dtype)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from landscape.directions import RandomDirections
 from landscape.model_io import call_functional
 from landscape.problem import Problem
-from landscape.strategies import Evaluation, evaluate_points
+from landscape.strategies import Evaluation, Pick, evaluate_points
 
 # --------------------------------------------------------------------------- roughness index
 
@@ -110,7 +111,7 @@ class KnownPoints:
 
 def compute_roughness(
     problem: Problem,
-    directions: torch.Tensor,
+    directions: torch.Tensor | RandomDirections,
     span: float,
     steps: int,
     *,
@@ -120,16 +121,19 @@ def compute_roughness(
     known: KnownPoints | None = None,
     on_chunk: Callable[[torch.Tensor, Evaluation], None] = lambda idx, values: None,
 ) -> RoughnessRun:
-    """Evaluate all M x (m+1) profile points with one sweep strategy over directions [M, P] and compute RI.
+    """Evaluate all M x (m+1) profile points with one sweep strategy and compute RI, over directions
+    [M, P] or made chunk by chunk (`RandomDirections`: memory for a chunk, not M x P; the strategy the
+    probe picks on the first chunk runs the others, unprobed).
 
     `known` holds the points a killed run already evaluated (flat index j*(m+1)+k): only the others
     are evaluated, and `on_chunk` hears of each batch of new values (the CLI stores them, so a killed
     run can be resumed).
     """
-    count = directions.shape[0]
+    chunks = [directions] if isinstance(directions, torch.Tensor) else directions.chunks()
+    count = directions.shape[0] if isinstance(directions, torch.Tensor) else directions.count
     alphas = roughness_alphas(span, steps)
-    coords = roughness_coords(count, alphas)
-    total = coords.shape[0]
+    n = alphas.shape[0]
+    total = count * n
     loss = torch.full((total,), math.nan, dtype=torch.float64)
     acc = torch.full((total,), math.nan, dtype=torch.float64) if problem.classification else None
     have = torch.zeros(total, dtype=torch.bool)
@@ -138,26 +142,40 @@ def compute_roughness(
         loss[have] = known.loss[have]
         if acc is not None and known.accuracy is not None:
             acc[have] = known.accuracy[have]
-    todo = np.flatnonzero(~have.numpy())
-    on_progress(total - len(todo), total)
+    todo_all = np.flatnonzero(~have.numpy())
+    on_progress(total - len(todo_all), total)
     strategy_name, timings = "none", {}
-    if len(todo):
+    picks: list[Pick] = []
+    first = 0  # the chunk's first direction
+    for D in chunks:
+        m = D.shape[0]
+        offset = first * n
+        todo = todo_all[(todo_all >= offset) & (todo_all < offset + m * n)] - offset
+        later = int(np.sum(todo_all >= offset + m * n))
+        first += m
+        if not len(todo):
+            continue
 
-        def keep(idx: np.ndarray, values: Evaluation | None) -> np.ndarray:
+        def keep(idx: np.ndarray, values: Evaluation | None, offset: int = offset) -> np.ndarray:
             if values is None:
                 return np.zeros(0, dtype=np.int64)
-            at = torch.from_numpy(idx)
+            at = torch.from_numpy(idx + offset)
             _put(loss, acc, at, values)
             on_chunk(at, values)
             return idx
 
+        def progress(left: int, later: int = later) -> None:
+            on_progress(total - left - later, total)
+
+        def where(i: int, offset: int = offset) -> str:
+            return f"direction {(i + offset) // n + 1}, alpha {float(alphas[i % n]):.4g}"
+
         choice = evaluate_points(
-            problem, directions, coords, todo, keep,
-            strategy=strategy, on_progress=lambda left: on_progress(total - left, total), warn=warn,
-            where=lambda i: f"direction {i // len(alphas) + 1}, alpha {float(alphas[i % len(alphas)]):.4g}",
+            problem, D, roughness_coords(m, alphas), todo, keep, strategy=strategy, on_progress=progress,
+            warn=warn, earlier=picks[-1] if picks else None, on_choice=picks.append, where=where,
         )  # fmt: skip
-        strategy_name, timings = choice.strategy.name, choice.timings
-    n = alphas.shape[0]
+        if strategy_name == "none":
+            strategy_name, timings = choice.strategy.name, choice.timings
     loss2 = loss.reshape(count, n)
     loss2 = torch.where(torch.isfinite(loss2), loss2, torch.full_like(loss2, math.nan))
     t = total_variation(loss2, span)

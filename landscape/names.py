@@ -10,6 +10,12 @@ STRATEGIES = (
 NORMS = ("filter", "layer", "model", "none")
 IGNORES = ("biasbn", "none")
 WHICH = ("largest", "both")
+BASIS_DTYPES = ("auto", "float64", "float32")
+STORE_DTYPES = (
+    "float32",
+    "bfloat16",
+    "float64",
+)  # stored directions and eigenvectors (bfloat16: as uint16 bits)  # the Lanczos basis: auto is float64 while it fits 2 GiB
 CURVATURES = ("hessian", "ggn", "fisher")
 CURVATURE_TITLES = {"hessian": "Hessian", "ggn": "GGN", "fisher": "empirical Fisher"}
 METHODS = ("double-backward-cached", "double-backward", "forward-over-reverse")

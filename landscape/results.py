@@ -41,8 +41,13 @@ def stamp(provenance: Mapping[str, Any], command: str = "") -> dict[str, Any]:
     return {**provenance, "command": command, "created": created}
 
 
-def _store_dtype(provenance: Mapping[str, Any]) -> type:
-    return np.float64 if provenance.get("dtype") == "float64" else np.float32
+def _store_dtype(provenance: Mapping[str, Any], store_dtype: str | None = None) -> torch.dtype:
+    """Stored vectors' dtype: `store_dtype` when given, else float64 for float64 runs and float32 otherwise."""
+    import torch
+
+    if store_dtype is not None:
+        return {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}[store_dtype]
+    return torch.float64 if provenance.get("dtype") == "float64" else torch.float32
 
 
 def _provenance_of(root: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,15 +99,11 @@ class SweepResult:
     def create_file(self, path: str | Path, then: Callable[[h5py.File], None] | None = None) -> SweepFile:
         """A new results file of this sweep's layout with no point done yet (the CLI then fills it;
         `then(f)` writes more in the same write)."""
-        store_dtype = _store_dtype(self.provenance)
         return SweepFile.create(
             path,
             attrs={**self.provenance, "kind": self.kind},
             settings=self.settings,
-            axes={
-                n: (self.axes.directions[i].numpy().astype(store_dtype), self.axes.attrs[i])
-                for i, n in enumerate(self.axes.names)
-            },
+            axes={n: (self.axes.directions[i], self.axes.attrs[i]) for i, n in enumerate(self.axes.names)},
             layout=self.axes.layout,
             coords=dict(zip(self.axes.names, self.coords)),
             has_accuracy=self.accuracy is not None,
@@ -227,15 +228,16 @@ class CurvatureResult:
     def trace_error(self) -> float | None:
         return None if self.model.trace is None else self.model.trace.std_error
 
-    def save(self, path: str | Path) -> Path:
-        """Write the results file `landscape hessian` writes for this run."""
+    def save(self, path: str | Path, store_dtype: str | None = None) -> Path:
+        """Write the results file `landscape hessian` writes for this run; eigenvectors in `store_dtype`
+        (float32, bfloat16 or float64; default float32, float64 for a float64 run)."""
         return write_curvature(
             path,
             self,
             attrs={**self.provenance, "kind": "hessian"},
             settings=self.stored_settings,
             layout=self.layout,
-            vector_dtype=_store_dtype(self.provenance),
+            vector_dtype=_store_dtype(self.provenance, store_dtype),
         )
 
     def plot(self, kind: str | None = None, *, backend: str = "matplotlib", sigma: float | None = None) -> Any:
@@ -271,9 +273,7 @@ def _block(d: Mapping[str, Any]) -> BlockResult:
     eigen = trace = runs = None
     if d["eigenvalues"] is not None:
         a = d["eigen_attrs"]
-        vectors = (
-            None if d["eigenvectors"] is None else torch.from_numpy(np.asarray(d["eigenvectors"], dtype=np.float64))
-        )
+        vectors = None if d["eigenvectors"] is None else torch.from_numpy(np.asarray(d["eigenvectors"]))
         eigen = Eigenpairs(d["eigenvalues"], d["residuals"], d["converged"], vectors, int(a.get("iterations", 0)),
                            int(a.get("matvecs", 0)), str(a.get("which", "largest")), float(a.get("tol", 0.0)),
                            float(a.get("residual_floor", 0.0)))  # fmt: skip

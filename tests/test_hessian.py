@@ -363,7 +363,9 @@ def test_slq_in_groups_within_a_memory_budget_gives_the_same_runs():
     whole = slq(matmat, 120, probes=7, steps=12, seed=3)
     assert max(widths) == 7
     widths.clear()
-    grouped = slq(matmat, 120, probes=7, steps=12, seed=3, basis_bytes=3 * 12 * 120 * 8)  # bases of 3 probes at a time
+    grouped = slq(
+        matmat, 120, probes=7, steps=12, seed=3, basis_bytes=3 * (12 + 3) * 120 * 8
+    )  # 3 probes at a time (bases, vectors)
     assert max(widths) == 3 and grouped.matvecs == whole.matvecs == 84
     np.testing.assert_allclose(grouped.alpha, whole.alpha, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(grouped.beta, whole.beta, rtol=1e-12, atol=1e-12)

@@ -148,7 +148,6 @@ def roughness(
         seed=seed, batch_size=batch_size, device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
     )  # fmt: skip
     problem, prov = load_problem(spec, say)
-    check_roughness(directions, span, steps, problem.theta.numel())
     say(
         f"{prov['parameters']:,} parameters, {problem.n:,} samples, {directions} directions x {steps + 1} points "
         f"in [-{span:g}, {span:g}], {prov['device']} {dtype}"

@@ -29,6 +29,7 @@ from landscape.cli.options import (
     Sample,
     Samples,
     Seed,
+    StoreDtype,
     UnsafePickle,
     load_spec,
     model_options,
@@ -114,6 +115,21 @@ def hessian(
             rich_help_panel=CURV,
         ),
     ] = True,
+    basis_dtype: Annotated[
+        str,
+        typer.Option(
+            help="The Lanczos basis (one P-sized vector per step, the run's largest memory): auto (float64 "
+            "while it fits 2 GiB, else float32), float64 or float32. At most half the free memory is used: "
+            "fewer steps when that is less.",
+            rich_help_panel=RUN,
+        ),
+    ] = "auto",
+    basis_on_host: Annotated[
+        bool,
+        typer.Option(
+            "--basis-on-host", help="Keep the Lanczos basis in host memory, beside a GPU.", rich_help_panel=RUN
+        ),
+    ] = False,
     method: Annotated[
         str,
         typer.Option(
@@ -127,6 +143,7 @@ def hessian(
     device: Device = "auto",
     dist_timeout: DistTimeout = 600.0,
     dtype: Dtype = "float32",
+    store_dtype: StoreDtype = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)] = False,
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,
@@ -153,6 +170,7 @@ def hessian(
     from landscape.api import check_curvature
     from landscape.curvature.analysis import CurvatureSettings
     from landscape.distributed import device_for, shard_problem
+    from landscape.host import keep_freed_memory, vector_limit
     from landscape.io.load import load_problem
 
     if curvature not in CURVATURES:  # before anything is loaded
@@ -162,7 +180,7 @@ def hessian(
     options: dict[str, Any] = dict(
         top_k=top_k, which=which, trace=trace, density=density, per_layer=per_layer, curvature=curvature, tol=tol,
         max_iter=max_iter, probes=probes, steps=steps, trace_matvecs=trace_matvecs, eigenvectors=eigenvectors, method=method,
-        seed=seed, batch_size=batch_size,
+        seed=seed, batch_size=batch_size, basis_dtype=basis_dtype, basis_on_host=basis_on_host,
     )  # fmt: skip
     check_curvature(CurvatureSettings(**options))  # before anything is loaded
     with joined(device, dist_timeout) as world:
@@ -174,6 +192,7 @@ def hessian(
         )  # fmt: skip
         tell = say if world.main else _quiet
         problem, prov = load_problem(spec, tell)
+        keep_freed_memory(vector_limit(problem.layout.size))  # P-sized vectors back to the system when freed
         problem = shard_problem(world, problem)  # this rank's rows; provenance keeps the whole data set's
         tell(
             f"{prov['parameters']:,} parameters, {prov['samples']:,} samples, loss {prov['loss']}, {prov['device']} {dtype}, {curvature}"
@@ -182,7 +201,7 @@ def hessian(
         result = curvature_with_progress(problem, show=world.main, say=tell, world=world, **options)
     if not world.main:
         return
-    result.save(output)
+    result.save(output, store_dtype)
     _summary(result.model, dict(result.layers), curvature)
     if result.model.eigen is not None and not result.model.eigen.all_converged:
         warn(

@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.text import Text
 
 from landscape.errors import ArgumentError, LandscapeError, one_line
+from landscape.names import STORE_DTYPES
 
 if TYPE_CHECKING:
     from landscape.io.load import LoadSpec
@@ -230,6 +231,16 @@ Dtype = Annotated[
     typer.Option(
         help="float32, float64 (for checks against exact values) or bfloat16 (sweeps on GPUs: the model runs in bfloat16, weights are formed in float32).",
         rich_help_panel=RUN,
+    ),
+]
+StoreDtype = Annotated[
+    str | None,
+    typer.Option(
+        help="How P-sized vectors (directions, eigenvectors) are stored: float32 (the default; float64 for "
+        "--dtype float64 runs), float64, or bfloat16 (half the file; a sweep then evaluates the directions as "
+        "stored, so --resume gives the same numbers).",
+        rich_help_panel=RUN,
+        callback=one_of("--store-dtype", STORE_DTYPES),
     ),
 ]
 UnsafePickle = Annotated[

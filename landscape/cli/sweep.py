@@ -24,6 +24,7 @@ from landscape.cli.options import (
     Sample,
     Samples,
     Seed,
+    StoreDtype,
     UnsafePickle,
     command_line,
     interrupted,
@@ -102,6 +103,7 @@ def sweep(
     device: Device = "auto",
     dist_timeout: DistTimeout = 600.0,
     dtype: Dtype = "float32",
+    store_dtype: StoreDtype = None,
     strategy: Strategy = "auto",
     resume: Annotated[
         bool,
@@ -214,7 +216,7 @@ def sweep(
             if problem.buffer_line is not None:  # the file says how x=1 came to be the other checkpoint's own loss
                 first = {**the_axes.attrs[0], "buffers": "interpolated"}
                 the_axes = dataclasses.replace(the_axes, attrs=(first, *the_axes.attrs[1:]))
-            planned = ls.plan_sweep(problem, the_axes, x_grid, y_grid, command=command_line())
+            planned = ls.plan_sweep(problem, the_axes, x_grid, y_grid, command=command_line(), store_dtype=store_dtype)
             store = planned.create_file(output)
         else:
             planned = None

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from landscape.curvature.basis import basis_dtype
 from landscape.curvature.dense import (
     dense_matrix,
     exact_eigenpairs,
@@ -27,9 +28,10 @@ from landscape.curvature.dense import (
     use_dense,
 )
 from landscape.curvature.density import Density, LanczosRuns, density_from_lanczos, slq
-from landscape.curvature.lanczos import Eigenpairs, lanczos
+from landscape.curvature.lanczos import LANCZOS_FLOAT64_BYTES, Eigenpairs, lanczos
 from landscape.curvature.operators import CurvatureOperator, layer_blocks
 from landscape.curvature.trace import TraceEstimate, hutchpp
+from landscape.datasource import available_memory
 from landscape.distributed import World
 from landscape.problem import Problem
 
@@ -53,6 +55,10 @@ class CurvatureSettings:
     seed: int = 0
     method: str = "auto"
     batch_size: int | None = None
+    basis_dtype: str = (
+        "auto"  # Lanczos basis dtype: auto (float64 while it fits LANCZOS_FLOAT64_BYTES), float64, float32
+    )
+    basis_on_host: bool = False  # keep the Lanczos bases in host memory (beside a GPU)
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,10 @@ def estimate_block(
     )
     dense = use_dense(op.size, planned)  # fewer products for the whole matrix than the estimators would spend
     try:
-        eigen, trace, runs, seconds = (_exact if dense else _estimated)(op, settings, on_products)
+        if dense:
+            eigen, trace, runs, seconds = _exact(op, settings, on_products)
+        else:
+            eigen, trace, runs, seconds = _estimated(op, settings, on_products, say)
     finally:
         op.close()
     info = {**op.info(), "matvecs": op.matvecs, "dense": dense}
@@ -163,11 +172,43 @@ def _exact(op: CurvatureOperator, settings: CurvatureSettings, on_products: OnPr
     return eigen, trace, runs, {"dense": time.perf_counter() - t0}
 
 
-def _estimated(op: CurvatureOperator, settings: CurvatureSettings, on_products: OnProducts) -> Estimates:
-    """Lanczos, Hutch++ and SLQ from products, each timed."""
+BASIS_SHARE = 0.5  # of the memory free when a run starts, what the Lanczos bases may take
+
+
+def basis_room(settings: CurvatureSettings, device: torch.device) -> tuple[torch.device, int]:
+    """Where the Lanczos bases are kept and the bytes they may take there (a share of the free memory)."""
+    where = torch.device("cpu") if settings.basis_on_host else device
+    return where, int(BASIS_SHARE * available_memory(where))
+
+
+def steps_that_fit(settings: CurvatureSettings, n: int, room: int) -> tuple[int, str | None]:
+    """Lanczos's step limit for top-k: `max_iter` (default max(100, 20 k)), cut to the basis rows that fit
+    `room` bytes, with a line saying so when it was cut."""
+    want = settings.max_iter if settings.max_iter is not None else max(100, 20 * settings.top_k)
+    want = min(want, n)
+    dtype = basis_dtype(settings.basis_dtype, want, n, LANCZOS_FLOAT64_BYTES)
+    row = n * torch.finfo(dtype).bits // 8
+    fits = max(room // row, 2 * settings.top_k + 1)
+    if fits >= want:
+        return want, None
+    return fits, (
+        f"Lanczos: at most {fits} steps fit in memory ({row * fits / 2**30:.1f} GiB of basis, half of what is free; "
+        f"{want} asked for): eigenpairs that have not converged by then are marked so"
+        + ("; --basis-dtype float32 holds twice the steps" if dtype == torch.float64 else "")
+    )
+
+
+def _estimated(
+    op: CurvatureOperator, settings: CurvatureSettings, on_products: OnProducts, say: Callable[[str], None]
+) -> Estimates:
+    """Lanczos, Hutch++ and SLQ from products, each timed, their bases within the memory free at the start."""
     seconds: dict[str, float] = {}
     eigen = trace = runs = None
+    where, room = basis_room(settings, op.device)
     if settings.top_k > 0:
+        max_iter, cut = steps_that_fit(settings, op.size, room)
+        if cut:
+            say(cut)
         t0 = time.perf_counter()
         eigen = lanczos(
             _counted(op.matmat, "eigenvalues", on_products),
@@ -175,12 +216,14 @@ def _estimated(op: CurvatureOperator, settings: CurvatureSettings, on_products: 
             k=settings.top_k,
             which=settings.which,
             tol=settings.tol,
-            max_iter=settings.max_iter,
+            max_iter=max_iter,
             seed=settings.seed,
             device=op.device,
             vectors=settings.eigenvectors,
             precision=_precision(op.dtype),
             start=op.probe,  # the set-up's product is Lanczos's first step
+            basis=settings.basis_dtype,
+            basis_device=where,
         )
         seconds["eigenvalues"] = time.perf_counter() - t0
     if settings.trace:
@@ -192,6 +235,8 @@ def _estimated(op: CurvatureOperator, settings: CurvatureSettings, on_products: 
             seed=settings.seed + 1,
             device=op.device,
             start=op.probe,
+            basis=settings.basis_dtype,
+            basis_device=where,
         )
         seconds["trace"] = time.perf_counter() - t0
     if settings.density:
@@ -203,7 +248,15 @@ def _estimated(op: CurvatureOperator, settings: CurvatureSettings, on_products: 
             steps=settings.steps,
             seed=settings.seed + 2,
             device=op.device,
+            basis_bytes=room,
+            basis=settings.basis_dtype,
+            basis_device=where,
         )
+        if not runs.reorthogonalized:
+            say(
+                f"density: one probe's basis of {settings.steps} steps does not fit in memory, so the probes run one "
+                "after another without re-orthogonalization (the quadrature stays accurate; see docs/hessian.md)"
+            )
         seconds["density"] = time.perf_counter() - t0
     return eigen, trace, runs, seconds
 
@@ -255,12 +308,15 @@ def top_eigenvectors(
 ) -> Eigenpairs:
     """The top-`count` eigenpairs of the curvature by Lanczos, eigenvectors included (for sweep axes)."""
     op = CurvatureOperator(problem, curvature=curvature, probe_seed=seed)
+    settings = CurvatureSettings(top_k=count, tol=tol)
+    where, room = basis_room(settings, op.device)
     try:
         return lanczos(
             op.matmat,
             op.size,
             k=count,
             tol=tol,
+            max_iter=steps_that_fit(settings, op.size, room)[0],
             seed=seed,
             device=op.device,
             precision=_precision(op.dtype),

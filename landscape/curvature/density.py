@@ -9,7 +9,8 @@ weights tau_j = Y[0, j]^2, so v^T f(H) v ~= sum_j tau_j f(theta_j). The smoothed
 an estimate of (1/n) sum_i N(t; lambda_i, sigma^2). The per-probe (alpha, beta) are kept so the
 density can be redrawn with another sigma or grid by `density_from_lanczos`, without any product.
 Probes run in lockstep, so every step multiplies n_v vectors in one call; when their bases
-([n_v, m, n] float64) would pass `basis_bytes`, in consecutive groups that fit (the same numbers).
+([n_v, m, n]) would pass `basis_bytes`, in consecutive groups that fit (the same numbers); when not
+even one probe's basis fits, one after another without re-orthogonalization (see `slq`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.curvature.lanczos import blas_threads, tridiagonal_eigh
+from landscape.curvature.basis import KrylovBasis, basis_dtype
+from landscape.curvature.lanczos import LANCZOS_FLOAT64_BYTES, REORTH_KEEP, blas_threads, tridiagonal_eigh
 from landscape.curvature.trace import rademacher
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
-SLQ_BASIS_BYTES = 2 << 30  # the probes' Lanczos bases held at once (float64); more probes run in groups
+SLQ_BASIS_BYTES = 2 << 30  # default bytes of the probes' bases held at once; more probes run in groups
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class LanczosRuns:
     beta: np.ndarray
     matvecs: int
     seed: int
+    reorthogonalized: bool = True  # False: the three-term recurrence alone (a basis too large to keep; see `slq`)
 
 
 @dataclass(frozen=True)
@@ -78,14 +81,26 @@ def slq(
     seed: int = 0,
     device: torch.device | str = "cpu",
     basis_bytes: int = SLQ_BASIS_BYTES,
+    basis: str = "auto",
+    basis_device: torch.device | str | None = None,
 ) -> LanczosRuns:
     """Run `probes` Lanczos processes of `steps` steps in lockstep from Rademacher vectors (Ghorbani et al. 2019),
     orthonormalized in groups of n (`orthonormal_probes`): still unbiased, less variance, exact when probes >= n.
     When n * n <= probes * steps (tiny models), n probes of n steps are run instead: the exact density.
 
-    Full re-orthogonalization within each probe's basis; a probe that breaks down (its Krylov space is
+    Full re-orthogonalization within each probe's basis (in `basis` dtype: 'auto' is float64 while one
+    probe's basis fits `basis_bytes` and `LANCZOS_FLOAT64_BYTES`, else float32); a probe that breaks down (its Krylov space is
     invariant: e.g. n <= steps) stops there, its remaining entries NaN, its quadrature then exact.
     At most `basis_bytes` of bases are held at once: beyond it the probes run in groups, in order.
+
+    When not even one probe's basis fits `basis_bytes` (a 124M-parameter model: 80 steps are 40 GB in
+    float32), the probes run one after another with the plain three-term recurrence, no basis kept
+    (`reorthogonalized` False). The tridiagonals then lose orthogonality and repeat converged Ritz values,
+    but Gauss quadrature of a smooth function from finite-precision Lanczos stays accurate: the copies
+    share the weight of the eigenvalue they repeat (Knizhnerman 1996; Meurant & Strakos 2006; the
+    analysis of SLQ without re-orthogonalization in Chen, Trogdon & Ubaru 2021). Probes whose float64
+    vectors do not fit `basis_bytes` together are drawn one by one, normalized, not orthogonalized to
+    each other (at that size random probes are nearly orthogonal: |cos| ~ 1/sqrt(n)).
 
     Example:
         >>> A = torch.diag(torch.linspace(0, 1, 50, dtype=torch.float64))
@@ -97,23 +112,45 @@ def slq(
     if n * n <= p * int(steps):  # n orthonormal probes of n steps give the exact spectrum within the budget
         p, steps = n, n
     steps = max(1, min(int(steps), n))
+    dtype = basis_dtype(basis, steps, n, min(int(basis_bytes), LANCZOS_FLOAT64_BYTES))
+    row = n * torch.finfo(dtype).bits // 8
+    per_probe = steps * row + 3 * n * 8  # its basis, and its vector, product and previous vector (float64)
+    reorthogonalized = per_probe <= basis_bytes
+    group = max(1, min(p, int(basis_bytes) // (per_probe if reorthogonalized else 3 * n * 8)))
     gen = torch.Generator().manual_seed(int(seed) + 7919)
-    V = orthonormal_probes(rademacher(p, n, gen, device))
+    together = p * n * 8 <= basis_bytes  # all the probes at once, orthonormalized in groups of n
+    V_all = orthonormal_probes(rademacher(p, n, gen, device)) if together else None
     alpha = np.full((p, steps), np.nan)
     beta = np.full((p, max(steps - 1, 0)), np.nan)
-    group = max(1, min(p, int(basis_bytes) // (steps * n * 8)))
     matvecs = 0
     for start in range(0, p, group):
         rows = slice(start, min(p, start + group))
-        matvecs += _lockstep(matmat, V[rows], steps, alpha[rows], beta[rows])
-    return LanczosRuns(alpha=alpha, beta=beta, matvecs=matvecs, seed=int(seed))
+        if V_all is not None:
+            V = V_all[rows]
+        else:
+            V = rademacher(rows.stop - rows.start, n, gen, device)
+            V /= V.norm(dim=1, keepdim=True)
+        bases = (
+            [KrylovBasis(n, dtype, basis_device or V.device) for _ in range(V.shape[0])] if reorthogonalized else None
+        )
+        matvecs += _lockstep(matmat, V, steps, alpha[rows], beta[rows], bases)
+    return LanczosRuns(alpha=alpha, beta=beta, matvecs=matvecs, seed=int(seed), reorthogonalized=reorthogonalized)
 
 
-def _lockstep(matmat: MatMat, V: torch.Tensor, steps: int, alpha: np.ndarray, beta: np.ndarray) -> int:
+def _lockstep(
+    matmat: MatMat,
+    V: torch.Tensor,
+    steps: int,
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    bases: list[KrylovBasis] | None,
+) -> int:
     """Lanczos from each row of V (unit vectors, updated in place), all in one product call per step,
-    filling alpha [p, steps] and beta [p, steps - 1] (views); returns the products made."""
+    filling alpha [p, steps] and beta [p, steps - 1] (views); returns the products made. With `bases`
+    (one per row) every new vector is re-orthogonalized against its probe's basis; without, only
+    against the previous vector (the three-term recurrence)."""
     p, n = V.shape
-    Q = torch.zeros(p, steps, n, dtype=torch.float64, device=V.device)
+    prev = torch.zeros_like(V)
     active = np.ones(p, dtype=bool)
     prev_beta = np.zeros(p)
     matvecs = 0
@@ -121,7 +158,6 @@ def _lockstep(matmat: MatMat, V: torch.Tensor, steps: int, alpha: np.ndarray, be
         live = np.flatnonzero(active)
         if live.size == 0:
             break
-        Q[live, j] = V[live]
         W = matmat(V[live]).to(torch.float64)
         matvecs += live.size
         for r, i in enumerate(live):
@@ -130,12 +166,17 @@ def _lockstep(matmat: MatMat, V: torch.Tensor, steps: int, alpha: np.ndarray, be
             a = float(w @ q)
             w = w - a * q
             if j:
-                w = w - prev_beta[i] * Q[i, j - 1]
-            basis = Q[i, : j + 1]
-            for _ in range(2):
-                w = w - basis.T @ (basis @ w)
-            alpha[i, j] = a
+                w -= prev_beta[i] * prev[i]
             b = float(w.norm())
+            if bases is not None:  # a second pass only when the first cancelled much of w (as in `lanczos`)
+                bases[i].append(q)
+                before = b
+                bases[i].project_out(w)
+                b = float(w.norm())
+                if b < REORTH_KEEP * before:
+                    bases[i].project_out(w)
+                    b = float(w.norm())
+            alpha[i, j] = a
             scale = max(abs(a), float(np.nanmax(np.abs(alpha[i, : j + 1]))), 1e-300)
             if j + 1 < steps:
                 if b <= 1e-10 * scale:
@@ -143,7 +184,9 @@ def _lockstep(matmat: MatMat, V: torch.Tensor, steps: int, alpha: np.ndarray, be
                 else:
                     beta[i, j] = b
                     prev_beta[i] = b
+                    prev[i] = q
                     V[i] = w / b
+        del W
     return matvecs
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from landscape.curvature.basis import KrylovBasis, basis_dtype
 from landscape.errors import LandscapeError
 from landscape.names import WHICH
 
@@ -85,7 +86,7 @@ class Eigenpairs:
     eigenvalues: np.ndarray  # [k] float64, largest first (with which='both': the largest, then the most negative)
     residuals: np.ndarray  # [k] float64, never below `floor`
     converged: np.ndarray  # [k] bool: residual <= tol * |lambda| (or the precision floor)
-    eigenvectors: torch.Tensor | None  # [k, n] float64 unit vectors, or None
+    eigenvectors: torch.Tensor | None  # [k, n] unit vectors (in the Lanczos basis dtype), or None
     iterations: int
     matvecs: int
     which: str
@@ -124,6 +125,25 @@ def fixed_sign(vectors: torch.Tensor) -> torch.Tensor:
     return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
+LANCZOS_FLOAT64_BYTES = 2 << 30  # an 'auto' basis stays float64 while max_iter rows of it fit this; else float32
+
+
+@dataclass
+class KrylovRun:
+    """What a Lanczos run leaves: the tridiagonal, its last Ritz decomposition, and the basis."""
+
+    alphas: list[float]
+    betas: list[float]
+    theta: np.ndarray
+    Y: np.ndarray
+    idx: np.ndarray
+    residuals: np.ndarray
+    converged: np.ndarray
+    matvecs: int
+    basis: KrylovBasis
+    floor: float
+
+
 def lanczos(
     matmat: MatMat,
     n: int,
@@ -137,6 +157,8 @@ def lanczos(
     vectors: bool = True,
     precision: float = 2.2e-16,
     start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    basis: str = "auto",
+    basis_device: torch.device | str | None = None,
 ) -> Eigenpairs:
     """Top-k (which='largest') or top-k and bottom-k (which='both') eigenpairs of a symmetric operator.
 
@@ -148,6 +170,10 @@ def lanczos(
     vector and its product already made (e.g. `CurvatureOperator.probe`), replaces the seeded start
     vector and saves the first product; it counts in `matvecs` all the same.
 
+    Memory: the basis (one row per step) in `basis` dtype: 'auto' keeps float64 while max_iter rows fit
+    `LANCZOS_FLOAT64_BYTES`, else float32; on `basis_device` (default `device`; 'cpu' keeps it in host
+    memory beside a GPU); besides it, four float64 vectors. The eigenvectors come out in the basis dtype.
+
     Example:
         >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
         >>> r = lanczos(lambda V: V @ A, 100, k=3, tol=1e-8)
@@ -157,32 +183,68 @@ def lanczos(
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}")
     k = max(1, min(int(k), n))
+    run = krylov(
+        matmat, n, k=k, which=which, tol=tol, max_iter=max_iter if max_iter is not None else max(100, 20 * k),
+        seed=seed, device=device, precision=precision, start=start, basis=basis, basis_device=basis_device,
+    )  # fmt: skip
+    evecs = None
+    if vectors:
+        evecs = run.basis.combine(torch.from_numpy(np.ascontiguousarray(run.Y[:, run.idx]))).to(device)
+        evecs = fixed_sign(evecs / evecs.norm(dim=1, keepdim=True))
+    return Eigenpairs(
+        eigenvalues=run.theta[run.idx].copy(),
+        residuals=np.maximum(run.residuals, run.floor),
+        converged=run.converged.copy(),
+        eigenvectors=evecs,
+        iterations=len(run.alphas),
+        matvecs=run.matvecs,
+        which=which,
+        tol=float(tol),
+        floor=run.floor,
+    )
+
+
+def krylov(
+    matmat: MatMat,
+    n: int,
+    *,
+    k: int,
+    which: str = "largest",
+    tol: float,
+    max_iter: int,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    precision: float = 2.2e-16,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    basis: str = "auto",
+    basis_device: torch.device | str | None = None,
+) -> KrylovRun:
+    """The Lanczos iteration of `lanczos` (which see), up to `max_iter` steps or until the k wanted Ritz
+    pairs converge (tol 0: exactly max_iter steps, unless the space turns out invariant first)."""
     want_count = k if which == "largest" else min(n, 2 * k)
-    max_iter = int(min(n, max_iter if max_iter is not None else max(100, 20 * k)))
-    max_iter = max(max_iter, min(n, want_count))
+    max_iter = max(int(min(n, max_iter)), min(n, want_count))
     gen = torch.Generator().manual_seed(int(seed))
+    Q = KrylovBasis(n, basis_dtype(basis, max_iter, n, LANCZOS_FLOAT64_BYTES), basis_device or device)
 
     def floor_at(scale: float) -> float:  # the residual the products' precision allows at this |theta| scale
         return residual_floor(precision, scale)
 
-    def fresh(Q: torch.Tensor, j: int) -> torch.Tensor:
+    def fresh() -> torch.Tensor:
         q = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
         for _ in range(2):
-            if j:
-                q -= Q[:j].T @ (Q[:j] @ q)
+            Q.project_out(q)
         unit: torch.Tensor = q / q.norm()
         return unit
 
-    # the basis grows as needed (doubling): a run that converges in 15 steps holds 16 rows, not max_iter
-    Q = torch.zeros(min(max_iter, 16), n, dtype=torch.float64, device=device)
     alphas: list[float] = []
     betas: list[float] = []  # betas[j] couples q_j and q_{j+1}
     known: torch.Tensor | None = None  # the product of the first vector, when given
     if start is None:
-        q = fresh(Q, 0)
+        q = fresh()
     else:
         v, hv = (t.to(device, torch.float64).reshape(n) for t in start)
         q, known = v / v.norm(), hv / v.norm()
+    prev: torch.Tensor | None = None  # q_{j-1}, in float64 for the three-term recurrence
     matvecs = 0
     theta = np.zeros(0)
     Y = np.zeros((0, 0))
@@ -191,26 +253,23 @@ def lanczos(
     ok = np.zeros(0, dtype=bool)
     with blas_threads(1):  # entered once: per step it cost more than a small model's product
         for j in range(max_iter):
-            if j == Q.shape[0]:
-                Q = torch.cat([Q, torch.zeros(min(Q.shape[0], max_iter - j), n, dtype=Q.dtype, device=Q.device)])
-            Q[j] = q
+            Q.append(q)
             # a copy: updated in place below, and a matmat may hand back a tensor it keeps
             w = (matmat(q[None])[0] if known is None else known).to(torch.float64, copy=True)
             known = None
             matvecs += 1
             a = float(w @ q)
             w.sub_(q, alpha=a)
-            if j:
-                w.sub_(Q[j - 1], alpha=betas[-1])
-            basis = Q[: j + 1]
+            if prev is not None:
+                w.sub_(prev, alpha=betas[-1])
             # "twice is enough" (Kahan, Parlett), the second pass only when the first cancelled much of w
             # (the DGKS test, as ARPACK does): each pass reads the whole basis twice, which on an 11M-parameter
             # model cost a third of the run when always done twice
             before = float(w.norm())
-            w.addmv_(basis.T, basis @ w, alpha=-1.0)
+            Q.project_out(w)
             b = float(w.norm())
             if b < REORTH_KEEP * before:
-                w.addmv_(basis.T, basis @ w, alpha=-1.0)
+                Q.project_out(w)
                 b = float(w.norm())
             alphas.append(a)
             last = j + 1 == max_iter
@@ -226,29 +285,15 @@ def lanczos(
                     break
             else:  # the breakdown test's scale: a bound on |theta| (Gershgorin) without solving for it
                 floor = floor_at(max(abs(x) for x in alphas) + 2.0 * max(betas, default=0.0))
+            prev = q
             if b <= floor * 1e-3 or b == 0.0:  # invariant subspace: restart orthogonally, T becomes block-diagonal
                 betas.append(0.0)
-                q = fresh(Q, j + 1)
+                q = fresh()
             else:
                 betas.append(b)
-                q = w / b
-    m = len(alphas)
-    evecs = None
-    if vectors:
-        evecs = torch.from_numpy(np.ascontiguousarray(Y[:, idx].T)).to(device) @ Q[:m]
-        evecs = fixed_sign(evecs / evecs.norm(dim=1, keepdim=True))
+                q = w.div_(b)
     floor = floor_at(float(np.abs(theta).max())) if theta.size else 0.0
-    return Eigenpairs(
-        eigenvalues=theta[idx].copy(),
-        residuals=np.maximum(res, floor),
-        converged=ok.copy(),
-        eigenvectors=evecs,
-        iterations=m,
-        matvecs=matvecs,
-        which=which,
-        tol=float(tol),
-        floor=floor,
-    )
+    return KrylovRun(alphas, betas, theta, Y, idx, res, ok, matvecs, Q, floor)
 
 
 def residual_floor(precision: float, scale: float) -> float:

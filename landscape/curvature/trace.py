@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.curvature.lanczos import lanczos
+from landscape.curvature.lanczos import krylov
 from landscape.names import EXACT_TRACE as EXACT
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
+PROBE_GROUP_BYTES = 1 << 30  # Hutchinson probes and their products (float64) held at once
 HUTCHPP = "Hutch++ (Meyer et al. 2021) with a Krylov sketch (Chen & Hallman 2023)"
 
 
@@ -57,11 +58,16 @@ def hutchpp(
     seed: int = 0,
     device: torch.device | str = "cpu",
     start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    basis: str = "auto",
+    basis_device: torch.device | str | None = None,
+    group_bytes: int = PROBE_GROUP_BYTES,
 ) -> TraceEstimate:
     """Hutch++ with a Krylov sketch and a budget of `matvecs` products: l = m/3 probes, m - l Lanczos steps.
 
     `start`, a random vector and its product already made (e.g. `CurvatureOperator.probe`), starts
     the Lanczos run and saves a product. With n <= matvecs the trace is exact from n products.
+    Memory: the Lanczos basis (`basis`, `basis_device`: see `lanczos`), and the Hutchinson probes with
+    their products in groups of at most `group_bytes` (one probe at least).
 
     Example:
         >>> A = torch.diag(torch.arange(1.0, 201.0, dtype=torch.float64))
@@ -76,17 +82,27 @@ def hutchpp(
         return TraceEstimate(value, 0.0, n, n, 0, value, EXACT)
     probes = max(2, matvecs // 3)
     steps = matvecs - probes
-    # every Ritz pair wanted and none converged (tol 0): exactly `steps` steps, unless the Krylov space
-    # turns out invariant; the Ritz vectors are an orthonormal basis of it, their values sum to tr(T)
-    krylov = lanczos(matmat, n, k=steps, tol=0.0, max_iter=steps, seed=seed, device=device, start=start)
-    Q = krylov.eigenvectors
-    assert Q is not None
-    exact = float(np.sum(krylov.eigenvalues))
+    # exactly `steps` Lanczos steps (tol 0), unless the Krylov space turns out invariant; its basis spans
+    # the sketch Q and tr(Q^T H Q) = tr(T), the sum of the alphas
+    krylov_run = krylov(
+        matmat, n, k=steps, tol=0.0, max_iter=steps, seed=seed, device=device, start=start,
+        basis=basis, basis_device=basis_device,
+    )  # fmt: skip
+    Q = krylov_run.basis
+    exact = float(np.sum(krylov_run.alphas))
     gen = torch.Generator().manual_seed(int(seed) + 1)
-    G = rademacher(probes, n, gen, device)
-    G = G - (G @ Q.T) @ Q
-    HG = matmat(G).to(torch.float64)
-    HG = HG - (HG @ Q.T) @ Q
-    samples = (G * HG).sum(dim=1)
+    # the probes in groups whose vectors and products fit `group_bytes`: drawn in order from one generator
+    group = max(1, min(probes, int(group_bytes) // (16 * n)))
+    parts = []
+    for first in range(0, probes, group):
+        G = rademacher(min(group, probes - first), n, gen, device)
+        Q.project_out_rows(G)
+        HG = matmat(G).to(torch.float64)
+        Q.project_out_rows(HG)
+        parts.append((G * HG).sum(dim=1))
+        del G, HG
+    samples = torch.cat(parts)
     se = float(samples.std(unbiased=True)) / math.sqrt(probes)
-    return TraceEstimate(exact + float(samples.mean()), se, krylov.matvecs + probes, krylov.iterations, probes, exact)
+    return TraceEstimate(
+        exact + float(samples.mean()), se, krylov_run.matvecs + probes, len(krylov_run.alphas), probes, exact
+    )

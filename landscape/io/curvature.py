@@ -11,7 +11,8 @@ Layout (DESIGN.md):
   /hessian/converged        [k] bool
   /hessian/eigenvectors     [k, P] (optional; float32 unless the run was float64)
   /hessian/trace            scalar float64; attrs std_error, matvecs, sketch, probes
-  /hessian/lanczos/alpha    [n_v, m]; /hessian/lanczos/beta [n_v, m-1] (NaN after an early breakdown)
+  /hessian/lanczos/alpha    [n_v, m]; /hessian/lanczos/beta [n_v, m-1] (NaN after an early breakdown);
+                            attrs matvecs, seed, probes, reorthogonalized (False: three-term recurrence only)
   /hessian/density/grid, values, per_probe   attrs sigma
   /hessian/layers/<module>/ the same datasets for one module's parameter block; attrs tensors, size
 The file is written to OUTPUT.partial and renamed, so no half-written file is left behind.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -31,10 +32,14 @@ from landscape.errors import LandscapeError
 from landscape.io.h5file import write_atomically
 from landscape.io.results import _plain, open_results, read_layout, write_layout, write_root_attrs
 from landscape.io.schema import check_curvature
+from landscape.io.vectors import from_stored, to_stored
 from landscape.params import Layout
 
+if TYPE_CHECKING:
+    import torch
 
-def _write_block(g: h5py.Group, block: Any, vector_dtype: type) -> None:
+
+def _write_block(g: h5py.Group, block: Any, vector_dtype: torch.dtype) -> None:
     """One BlockResult (landscape.curvature.analysis) into group g."""
     g.attrs["tensors"] = json.dumps(list(block.names))
     g.attrs["size"] = int(block.size)
@@ -48,7 +53,8 @@ def _write_block(g: h5py.Group, block: Any, vector_dtype: type) -> None:
         g.create_dataset("residuals", data=np.asarray(eig.residuals, dtype=np.float64))
         g.create_dataset("converged", data=np.asarray(eig.converged, dtype=bool))
         if eig.eigenvectors is not None:
-            g.create_dataset("eigenvectors", data=eig.eigenvectors.detach().cpu().numpy().astype(vector_dtype))
+            data, how = to_stored(eig.eigenvectors.detach().cpu().to(vector_dtype))
+            g.create_dataset("eigenvectors", data=data).attrs.update(how)
     if block.trace is not None:
         t = block.trace
         ds = g.create_dataset("trace", data=np.float64(t.value))
@@ -67,7 +73,12 @@ def _write_block(g: h5py.Group, block: Any, vector_dtype: type) -> None:
         lz.create_dataset("alpha", data=block.lanczos.alpha)
         lz.create_dataset("beta", data=block.lanczos.beta)
         lz.attrs.update(
-            {"matvecs": block.lanczos.matvecs, "seed": block.lanczos.seed, "probes": block.lanczos.alpha.shape[0]}
+            {
+                "matvecs": block.lanczos.matvecs,
+                "seed": block.lanczos.seed,
+                "probes": block.lanczos.alpha.shape[0],
+                "reorthogonalized": block.lanczos.reorthogonalized,
+            }
         )
     if block.density is not None:
         d = block.density
@@ -85,9 +96,10 @@ def write_curvature(
     attrs: Mapping[str, Any],
     settings: Mapping[str, Any],
     layout: Layout,
-    vector_dtype: type = np.float32,
+    vector_dtype: torch.dtype,
 ) -> Path:
-    """Write a CurvatureResult (landscape.curvature.analysis) as a new results file at `path` (atomically)."""
+    """Write a CurvatureResult (landscape.curvature.analysis) as a new results file at `path` (atomically),
+    its eigenvectors in `vector_dtype` (float32, float64 or bfloat16: landscape.io.vectors)."""
     path = Path(path)
     with write_atomically(path) as f:
         write_root_attrs(f, attrs, settings, complete=True)
@@ -124,7 +136,7 @@ def _read_block(g: h5py.Group) -> dict[str, Any]:
         out["residuals"] = g["residuals"][()]
         out["converged"] = g["converged"][()]
     if "eigenvectors" in g:
-        out["eigenvectors"] = g["eigenvectors"][()]
+        out["eigenvectors"] = from_stored(g["eigenvectors"])
     if "trace" in g:
         ds = g["trace"]
         out["trace"] = {"value": float(ds[()]), **{k: _plain(v) for k, v in ds.attrs.items()}}

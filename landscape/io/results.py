@@ -25,10 +25,13 @@ from landscape.errors import LandscapeError, RunFailure, one_line
 from landscape.io.atomic import os_reason
 from landscape.io.h5file import open_h5, rewrite_atomically, write_atomically
 from landscape.io.schema import DAMAGED, check_root, check_sweep
+from landscape.io.vectors import STORED_AS, from_stored, is_bfloat16, to_stored
 from landscape.params import Layout
 from landscape.pick import Pick
 
 if TYPE_CHECKING:
+    import torch
+
     from landscape.axes import Axes
 
 FORMAT = "landscape-results"
@@ -184,7 +187,7 @@ class SweepFile:
         *,
         attrs: Mapping[str, Any],
         settings: Mapping[str, Any],
-        axes: Mapping[str, tuple[np.ndarray, Mapping[str, Any]]],
+        axes: Mapping[str, tuple[torch.Tensor | np.ndarray, Mapping[str, Any]]],
         layout: Layout,
         coords: Mapping[str, np.ndarray],
         has_accuracy: bool,
@@ -202,8 +205,9 @@ class SweepFile:
             write_root_attrs(f, attrs, settings, complete=False)
             g = f.create_group("axes")
             for name, (vec, vattrs) in axes.items():
-                ds = g.create_dataset(name, data=vec)
-                for key, value in vattrs.items():
+                data, how = to_stored(vec)  # as evaluated: float32, float64, or bfloat16's bits
+                ds = g.create_dataset(name, data=data)
+                for key, value in {**vattrs, **how}.items():
                     ds.attrs[key] = _attr(value)
             write_layout(g, layout)
             sweep = f.create_group("sweep")
@@ -345,7 +349,8 @@ def _grid_offsets(path: Path, grids: Mapping[str, np.ndarray]) -> dict[str, int]
 
 
 def read_axes(path: str | Path) -> Axes:
-    """The directions a sweep stored (float64), with each axis's attributes and the parameter layout."""
+    """The directions a sweep stored (as stored: float32 or float64; bfloat16 widened to float32), with each
+    axis's attributes and the parameter layout."""
     import torch  # here, not at the top: `info`, `plot`, `metrics` and `report` run without torch
 
     from landscape.axes import Axes
@@ -354,8 +359,8 @@ def read_axes(path: str | Path) -> Axes:
         if "sweep" not in f:
             raise LandscapeError(f"{path}: holds no sweep")
         names = check_sweep(path, f)
-        vectors = np.stack([f["axes"][n][()] for n in names]).astype(np.float64)
-        attrs = tuple({k: _plain(v) for k, v in f["axes"][n].attrs.items()} for n in names)
+        vectors = np.stack([from_stored(f["axes"][n]) for n in names])
+        attrs = tuple({k: _plain(v) for k, v in f["axes"][n].attrs.items() if k != STORED_AS} for n in names)
         return Axes(torch.from_numpy(vectors), attrs, read_layout(f["axes"]))
 
 
@@ -398,7 +403,7 @@ def describe(path: str | Path) -> dict[str, Any]:
             if isinstance(obj, h5py.Dataset):
                 out["datasets"][name] = {
                     "shape": list(obj.shape),
-                    "dtype": str(obj.dtype),
+                    "dtype": "bfloat16 (as uint16)" if is_bfloat16(obj) else str(obj.dtype),
                     "attrs": {k: _plain(v) for k, v in obj.attrs.items()},
                 }
 

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from landscape.errors import LandscapeError
+from landscape.io.vectors import is_bfloat16
 
 DAMAGED = "the file is damaged, edited or not written by landscape"
 """What every refusal of a file's content ends with."""
@@ -221,8 +222,13 @@ def check_sweep(path: str | Path, f: h5py.File) -> list[str]:
     axes = c.group("axes")
     size = c.layout(axes)
     for name in names:
-        c.dataset(name, axes, kinds="f", shape=(size,))
+        c.dataset(name, axes, kinds=_vector_kinds(axes.get(name)), shape=(size,))
     return names
+
+
+def _vector_kinds(ds: object) -> str:
+    """Stored vectors are floats, or bfloat16's bits (uint16) where their stored_as attribute says so."""
+    return "fu" if isinstance(ds, h5py.Dataset) and is_bfloat16(ds) else "f"
 
 
 def check_curvature(path: str | Path, f: h5py.File) -> None:
@@ -252,7 +258,7 @@ def _check_block(c: FileCheck, g: h5py.Group, size: int | None) -> None:
         c.dataset("residuals", g, kinds="f", shape=k.shape)
         c.dataset("converged", g, kinds="b", shape=k.shape)
         if "eigenvectors" in g:
-            v = c.dataset("eigenvectors", g, kinds="f")
+            v = c.dataset("eigenvectors", g, kinds=_vector_kinds(g.get("eigenvectors")))
             width = size if size is not None and g.name == "/hessian" else (v.shape[1] if v.ndim == 2 else -1)
             if v.shape != (k.shape[0], width):
                 raise c.fail(f"{v.name} has shape {list(v.shape)}, expected [{k.shape[0]}, parameters]")

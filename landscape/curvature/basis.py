@@ -1,0 +1,90 @@
+"""An orthonormal Krylov basis kept in bounded memory: rows in blocks, in a chosen dtype, on a chosen device.
+
+Lanczos with full re-orthogonalization holds every basis vector: steps x P numbers, the largest
+thing a curvature run keeps (on a 124M-parameter model, 1 GB per row in float64). Here the rows are
+appended to blocks allocated as needed (growing never copies what is held), stored in float32 when
+asked (half the memory; the products of a float32 model are no more precise than that), and held on
+the host when the vectors live on a GPU. Vectors in and out stay float64 on the working device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCK_BYTES = 64 << 20  # rows are grouped into blocks of at most this many bytes (at least one row; at most 16)
+
+
+def basis_dtype(choice: str, rows: int, n: int, budget: int) -> torch.dtype:
+    """The dtype of a basis of `rows` rows of length n: float64 when `choice` is 'auto' and it fits `budget` bytes
+    in float64, else float32; 'float64' or 'float32' as given."""
+    if choice == "auto":
+        return torch.float64 if rows * n * 8 <= budget else torch.float32
+    return {"float64": torch.float64, "float32": torch.float32}[choice]
+
+
+class KrylovBasis:
+    """Orthonormal rows q_0, q_1, ... of length n, stored in `dtype` on `device`, in blocks.
+
+    Example:
+        >>> B = KrylovBasis(3, torch.float64, "cpu")
+        >>> B.append(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+        >>> w = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
+        >>> B.project_out(w)
+        >>> w.tolist()
+        [0.0, 1.0, 0.0]
+    """
+
+    def __init__(self, n: int, dtype: torch.dtype, device: torch.device | str) -> None:
+        self.n = n
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.block_rows = max(1, min(16, BLOCK_BYTES // max(1, n * torch.finfo(dtype).bits // 8)))
+        self._blocks: list[torch.Tensor] = []
+        self.rows = 0
+
+    @property
+    def row_bytes(self) -> int:
+        return self.n * torch.finfo(self.dtype).bits // 8
+
+    def append(self, q: torch.Tensor) -> None:
+        """Add a row (a unit vector orthogonal to the others; not checked)."""
+        at = self.rows % self.block_rows
+        if at == 0:
+            self._blocks.append(torch.empty(self.block_rows, self.n, dtype=self.dtype, device=self.device))
+        self._blocks[-1][at].copy_(q)
+        self.rows += 1
+
+    def _filled(self) -> list[torch.Tensor]:
+        """The blocks, the last one cut to its filled rows."""
+        tail = self.rows - (len(self._blocks) - 1) * self.block_rows
+        return [*self._blocks[:-1], self._blocks[-1][:tail]] if self._blocks else []
+
+    def coefficients(self, w: torch.Tensor) -> list[torch.Tensor]:
+        """Q w, block by block (each in the basis dtype, on its device)."""
+        v = w.to(self.device, self.dtype)
+        return [b @ v for b in self._filled()]
+
+    def project_out(self, w: torch.Tensor) -> None:
+        """w -= Q^T (Q w) in place (one classical Gram-Schmidt pass over all rows)."""
+        if not self.rows:
+            return
+        for b, c in zip(self._filled(), self.coefficients(w)):
+            w.sub_((b.T @ c).to(w.device))
+
+    def project_out_rows(self, W: torch.Tensor) -> None:
+        """W -= (W Q^T) Q in place, for a block of rows W [r, n]."""
+        if not self.rows:
+            return
+        Wb = W.to(self.device, self.dtype)
+        for b in self._filled():
+            W.sub_(((Wb @ b.T) @ b).to(W.device))
+
+    def combine(self, Y: torch.Tensor) -> torch.Tensor:
+        """Y^T Q for coefficients Y [rows, k]: k vectors [k, n] in the basis dtype, on its device."""
+        Y = Y.to(self.device, self.dtype)
+        out = torch.zeros(Y.shape[1], self.n, dtype=self.dtype, device=self.device)
+        start = 0
+        for b in self._filled():
+            out.addmm_(Y[start : start + b.shape[0]].T, b)
+            start += b.shape[0]
+        return out

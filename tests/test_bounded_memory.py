@@ -1,0 +1,227 @@
+"""Memory bounded by design: the Lanczos basis in blocks and float32, SLQ without a basis, Hutch++ probes in groups,
+roughness directions made a chunk at a time; each against exact eigenvalues or the unbounded computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import sample_problem
+
+import landscape.curvature.basis as basis_module
+from landscape.curvature import hutchpp, lanczos, slq
+from landscape.curvature.analysis import CurvatureSettings, steps_that_fit
+from landscape.curvature.basis import KrylovBasis
+from landscape.curvature.density import exact_density, l1_distance, quadrature
+from landscape.directions import RandomDirections, random_directions
+from landscape.measures import KnownPoints, compute_roughness
+
+
+def spectrum_matrix(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Hessian-like symmetric matrix (a bulk near zero, a few outliers, some negative) with its eigenvalues."""
+    gen = torch.Generator().manual_seed(seed)
+    ev = torch.cat(
+        [
+            torch.tensor([50.0, 31.0, 20.0, 12.0, 9.0, 7.5], dtype=torch.float64),
+            torch.rand(n - 6, generator=gen, dtype=torch.float64) * 1.5 - 0.3,
+        ]
+    )
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    return Q @ torch.diag(ev) @ Q.T, torch.sort(ev, descending=True).values
+
+
+def test_basis_in_blocks_projects_as_one_matrix(monkeypatch):
+    monkeypatch.setattr(basis_module, "BLOCK_BYTES", 3 * 50 * 8)  # three rows per block
+    gen = torch.Generator().manual_seed(1)
+    Q, _ = torch.linalg.qr(torch.randn(50, 7, generator=gen, dtype=torch.float64))
+    B = KrylovBasis(50, torch.float64, "cpu")
+    for q in Q.T:
+        B.append(q)
+    assert B.rows == 7 and B.block_rows == 3 and len(B._blocks) == 3
+    w = torch.randn(50, generator=gen, dtype=torch.float64)
+    expected = w - Q @ (Q.T @ w)
+    B.project_out(w)
+    torch.testing.assert_close(w, expected, rtol=0, atol=1e-13)
+    W = torch.randn(4, 50, generator=gen, dtype=torch.float64)
+    expected = W - (W @ Q) @ Q.T
+    B.project_out_rows(W)
+    torch.testing.assert_close(W, expected, rtol=0, atol=1e-13)
+    Y = torch.randn(7, 2, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(B.combine(Y), Y.T @ Q.T, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("basis", ["float64", "float32"])
+def test_lanczos_with_a_blocked_or_float32_basis_finds_the_exact_top5(monkeypatch, basis):
+    monkeypatch.setattr(basis_module, "BLOCK_BYTES", 5 * 400 * 8)
+    A, ev = spectrum_matrix()
+    r = lanczos(lambda V: V @ A, 400, k=5, tol=1e-6, basis=basis)
+    np.testing.assert_allclose(r.eigenvalues, ev[:5].numpy(), rtol=1e-9 if basis == "float64" else 1e-6)
+    assert r.all_converged
+    assert r.eigenvectors is not None and r.eigenvectors.dtype == getattr(torch, basis)
+    v = r.eigenvectors.double()
+    residual = (v @ A - torch.as_tensor(r.eigenvalues)[:, None] * v).norm(dim=1) / torch.as_tensor(r.eigenvalues)
+    assert float(residual.max()) < (1e-5 if basis == "float64" else 1e-4)
+
+
+def test_auto_basis_is_float64_only_while_it_fits():
+    from landscape.curvature.basis import basis_dtype
+
+    assert basis_dtype("auto", 100, 1000, 2 << 30) == torch.float64
+    assert basis_dtype("auto", 100, 10_000_000, 2 << 30) == torch.float32  # 8 GB in float64
+    assert basis_dtype("float64", 100, 10_000_000, 2 << 30) == torch.float64
+
+
+def test_lanczos_steps_are_cut_to_the_memory_and_said():
+    settings = CurvatureSettings(top_k=5)
+    n = 124_000_000
+    steps, said = steps_that_fit(settings, n, room=10 << 30)  # float32 rows of 0.5 GB: 21 fit
+    assert steps == (10 << 30) // (4 * n) and said is not None and "at most 21 steps fit" in said
+    assert steps_that_fit(settings, 1000, room=10 << 30) == (100, None)
+    # never below what the wanted pairs need to exist
+    assert steps_that_fit(settings, n, room=1)[0] == 11
+
+
+def test_hutchpp_probes_in_groups_give_the_same_estimate():
+    A, ev = spectrum_matrix(300, seed=2)
+    widths: list[int] = []
+
+    def matmat(V: torch.Tensor) -> torch.Tensor:
+        widths.append(V.shape[0])
+        return V @ A
+
+    whole = hutchpp(matmat, 300, matvecs=30, seed=4)
+    assert max(widths) == 10
+    widths.clear()
+    one_by_one = hutchpp(matmat, 300, matvecs=30, seed=4, group_bytes=16 * 300, basis="float32")
+    assert max(widths) == 1 and one_by_one.matvecs == whole.matvecs == 30
+    assert one_by_one.value == pytest.approx(whole.value, rel=1e-6)
+    assert one_by_one.std_error == pytest.approx(whole.std_error, rel=1e-4)
+    assert abs(whole.value - float(ev.sum())) < 4 * whole.std_error
+
+
+def test_slq_without_reorthogonalization_keeps_an_accurate_density():
+    """No basis kept (not even one probe's fits): the tridiagonals lose orthogonality, but the smoothed density
+    stays as close to the exact one as with full re-orthogonalization, and the low moments agree."""
+    n = 2000
+    A, ev = spectrum_matrix(n, seed=3)
+    full = slq(lambda V: V @ A, n, probes=6, steps=60, seed=1)
+    bare = slq(lambda V: V @ A, n, probes=6, steps=60, seed=1, basis_bytes=20 * n * 8)
+    assert full.reorthogonalized and not bare.reorthogonalized
+    assert bare.alpha.shape == (6, 60) and bare.matvecs == 360 and np.isfinite(bare.alpha).all()
+    # without re-orthogonalization converged outliers repeat (ghosts), splitting their weight
+    nodes, weights = quadrature(bare.alpha, bare.beta)
+    assert max(int(np.sum(np.abs(t - 50.0) < 1e-6)) for t in nodes) >= 2
+    from landscape.curvature import density_from_lanczos
+
+    d_full = density_from_lanczos(full.alpha, full.beta)
+    d_bare = density_from_lanczos(bare.alpha, bare.beta, grid=d_full.grid, sigma=d_full.sigma)
+    truth = exact_density(ev.numpy(), d_full.grid, d_full.sigma)
+    dist_full = l1_distance(d_full.grid, d_full.values, truth)
+    dist_bare = l1_distance(d_full.grid, d_bare.values, truth)
+    assert dist_bare < max(2 * dist_full, 0.05), (dist_bare, dist_full)
+    # moments: each probe's sum_j tau_j theta_j^k is v^T A^k v, the same from both runs (same probes)
+    for k in (1, 2, 3):
+        m_full = np.mean([np.sum(w * t**k) for t, w in zip(*quadrature(full.alpha, full.beta))])
+        m_bare = np.mean([np.sum(w * t**k) for t, w in zip(nodes, weights)])
+        assert m_bare == pytest.approx(m_full, rel=1e-6)
+
+
+def test_slq_probes_drawn_one_by_one_when_they_do_not_fit_together():
+    n = 500
+    A, _ = spectrum_matrix(n, seed=4)
+    widths: list[int] = []
+
+    def matmat(V: torch.Tensor) -> torch.Tensor:
+        widths.append(V.shape[0])
+        return V @ A
+
+    runs = slq(matmat, n, probes=4, steps=10, seed=0, basis_bytes=2 * n * 8)  # not even 4 probe vectors together
+    assert max(widths) == 1 and not runs.reorthogonalized and np.isfinite(runs.alpha).all()
+
+
+def test_roughness_over_direction_chunks_equals_all_directions_at_once():
+    p = sample_problem("mlp", samples=200)
+    whole = compute_roughness(p, random_directions(7, p.theta, p.layout, seed=5), 0.2, 6, strategy="loop")
+    chunked = RandomDirections(7, p.theta, p.layout, seed=5, chunk=3)
+    assert [c.shape[0] for c in chunked.chunks()] == [3, 3, 1]
+    res = compute_roughness(p, chunked, 0.2, 6, strategy="loop")
+    torch.testing.assert_close(res.loss, whole.loss, rtol=0, atol=0)
+    assert res.index.ri == whole.index.ri
+    # a resumed run: the first chunk and part of the second known, the rest evaluated
+    done = torch.zeros(7 * 7, dtype=torch.bool)
+    done[:25] = True
+    seen: list[torch.Tensor] = []
+    known = KnownPoints(whole.loss.flatten().clone(), None, done)
+    part = compute_roughness(p, chunked, 0.2, 6, strategy="auto", known=known, on_chunk=lambda i, v: seen.append(i))
+    assert sorted(torch.cat(seen).tolist()) == list(range(25, 49))
+    torch.testing.assert_close(part.loss, whole.loss, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "norm,ignore", [("filter", "biasbn"), ("layer", "none"), ("model", "none"), ("none", "biasbn")]
+)
+def test_directions_drawn_tensor_by_tensor_equal_one_whole_draw(monkeypatch, norm, ignore):
+    import landscape.directions as directions
+
+    p = sample_problem("cnn", samples=16)
+    gen = torch.Generator().manual_seed(9)
+    whole = directions.normalize(directions.gaussian(p.layout, gen), p.theta.double(), p.layout, norm, ignore)
+    monkeypatch.setattr(directions, "DRAW", 48)  # draws that straddle every tensor boundary
+    out = torch.empty(p.layout.size, dtype=torch.float64)
+    directions.normalized_gaussian_into(out, p.theta, p.layout, torch.Generator().manual_seed(9), norm, ignore)
+    torch.testing.assert_close(out, whole, rtol=1e-15 if norm != "model" else 1e-14, atol=0)
+    f32 = random_directions(1, p.theta, p.layout, seed=9, norm=norm, ignore=ignore, dtype=torch.float32)[0]
+    torch.testing.assert_close(f32, whole.float(), rtol=2e-7, atol=0)
+
+
+def _sweep_file(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f["sweep/loss"][()], f["sweep/done"][()]
+
+
+def test_bfloat16_directions_are_evaluated_as_stored_and_resume_alike(cli, tmp_path):
+    import h5py
+
+    from landscape.io.results import read_axes
+    from landscape.measures import loss_at
+
+    args = ("sweep", "--sample", "mlp", "--x", "-1:1:4", "--y", "-1:1:3", "--store-dtype", "bfloat16")
+    whole = tmp_path / "whole.h5"
+    assert cli(*args, "--strategy", "loop", "-o", whole).code == 0
+    axes = read_axes(whole)
+    assert axes.directions.dtype == torch.float32
+    assert torch.equal(axes.directions, axes.directions.bfloat16().float())  # bfloat16 values, widened exactly
+    with h5py.File(whole, "r") as f:
+        assert f["axes/x"].dtype == np.uint16 and f["axes/x"].attrs["stored_as"] == "bfloat16"
+    loss, done = _sweep_file(whole)
+    p = sample_problem("mlp")
+    xs, ys = np.linspace(-1, 1, 4), np.linspace(-1, 1, 3)
+    for i, j in [(0, 0), (3, 2), (1, 1)]:
+        point = p.theta + float(xs[i]) * axes.directions[0] + float(ys[j]) * axes.directions[1]
+        assert loss[i, j] == pytest.approx(loss_at(p, point), rel=1e-5)
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(whole.read_bytes())
+    with h5py.File(cut, "r+") as f:  # a run killed halfway
+        f["sweep/done"][2:] = False
+        f["sweep/loss"][2:] = np.nan
+        f.attrs["complete"] = False
+    assert cli(*args, "--strategy", "loop", "-o", cut, "--resume").code == 0
+    np.testing.assert_array_equal(_sweep_file(cut)[0], loss)
+
+
+def test_bfloat16_eigenvectors_open_and_serve_as_axes(cli, tmp_path):
+    from landscape.io.curvature import read_curvature
+
+    out = tmp_path / "h.h5"
+    assert cli("hessian", "--sample", "mlp", "--top-k", "2", "--store-dtype", "bfloat16", "-o", out).code == 0
+    full = tmp_path / "h32.h5"
+    assert cli("hessian", "--sample", "mlp", "--top-k", "2", "-o", full).code == 0
+    v16, v32 = (read_curvature(f)["eigenvectors"] for f in (out, full))
+    assert v16.dtype == np.float32 and np.abs(v16 - v32).max() <= 2**-8 * np.abs(v32).max()
+    res = cli("sweep", "--sample", "mlp", "--axes-from", out, "--x", "-1:1:3", "-o", tmp_path / "s.h5")
+    assert res.code == 0, res.err
+    assert cli("info", out).code == 0
+    bad = cli("hessian", "--sample", "mlp", "--store-dtype", "float16", "-o", tmp_path / "x.h5")
+    assert bad.code != 0 and "--store-dtype 'float16'" in bad.err
