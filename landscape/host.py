@@ -17,13 +17,6 @@ M_MMAP_THRESHOLD = -3
 KEEP_BYTES = 1 << 30
 
 
-def vector_limit(parameters: int) -> int:
-    """A `keep_freed_memory` limit under which a model's P-sized float32 vectors fall outside: they come from
-    the kernel and go back to it when freed. Kept in the heap, the long-lived ones (a Lanczos basis, row
-    by row) pinned freed temporaries between them: a 10M-parameter trace run grew to twice its live memory."""
-    return max(1 << 20, min(KEEP_BYTES, 4 * parameters // 2))
-
-
 def keep_freed_memory(limit: int = KEEP_BYTES) -> bool:
     """Make glibc keep up to `limit` bytes of freed memory for reuse; False where there is no glibc."""
     try:

@@ -170,7 +170,6 @@ def hessian(
     from landscape.api import check_curvature
     from landscape.curvature.analysis import CurvatureSettings
     from landscape.distributed import device_for, shard_problem
-    from landscape.host import keep_freed_memory, vector_limit
     from landscape.io.load import load_problem
 
     if curvature not in CURVATURES:  # before anything is loaded
@@ -192,7 +191,6 @@ def hessian(
         )  # fmt: skip
         tell = say if world.main else _quiet
         problem, prov = load_problem(spec, tell)
-        keep_freed_memory(vector_limit(problem.layout.size))  # P-sized vectors back to the system when freed
         problem = shard_problem(world, problem)  # this rank's rows; provenance keeps the whole data set's
         tell(
             f"{prov['parameters']:,} parameters, {prov['samples']:,} samples, loss {prov['loss']}, {prov['device']} {dtype}, {curvature}"

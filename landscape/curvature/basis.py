@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-BLOCK_BYTES = 64 << 20  # rows are grouped into blocks of at most this many bytes (at least one row; at most 16)
+BLOCK_BYTES = 256 << 20  # rows are grouped into blocks of at most this many bytes (at least one row; at most 16)
 
 
 def basis_dtype(choice: str, rows: int, n: int, budget: int) -> torch.dtype:
@@ -59,25 +59,25 @@ class KrylovBasis:
         tail = self.rows - (len(self._blocks) - 1) * self.block_rows
         return [*self._blocks[:-1], self._blocks[-1][:tail]] if self._blocks else []
 
-    def coefficients(self, w: torch.Tensor) -> list[torch.Tensor]:
-        """Q w, block by block (each in the basis dtype, on its device)."""
-        v = w.to(self.device, self.dtype)
-        return [b @ v for b in self._filled()]
-
     def project_out(self, w: torch.Tensor) -> None:
         """w -= Q^T (Q w) in place (one classical Gram-Schmidt pass over all rows)."""
         if not self.rows:
             return
-        for b, c in zip(self._filled(), self.coefficients(w)):
-            w.sub_((b.T @ c).to(w.device))
+        v = w.to(self.device, self.dtype)
+        correction = torch.zeros_like(v)  # one temporary for the whole pass, not one per block
+        for b in self._filled():
+            correction.addmv_(b.T, b @ v)
+        w.sub_(correction.to(w.device))
 
     def project_out_rows(self, W: torch.Tensor) -> None:
         """W -= (W Q^T) Q in place, for a block of rows W [r, n]."""
         if not self.rows:
             return
         Wb = W.to(self.device, self.dtype)
+        correction = torch.zeros_like(Wb)
         for b in self._filled():
-            W.sub_(((Wb @ b.T) @ b).to(W.device))
+            correction.addmm_(Wb @ b.T, b)
+        W.sub_(correction.to(W.device))
 
     def combine(self, Y: torch.Tensor) -> torch.Tensor:
         """Y^T Q for coefficients Y [rows, k]: k vectors [k, n] in the basis dtype, on its device."""
