@@ -142,10 +142,35 @@ def commands(model: Path, data: Path, grid: int) -> dict[str, list[str]]:
     }
 
 
+def outcome(path: Path) -> str:
+    """What a command's results file says: Lanczos steps and convergence, the trace, SLQ, roughness, points."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "hessian" in f:
+            h, parts = f["hessian"], []
+            if "eigenvalues" in h:
+                ev = h["eigenvalues"]
+                parts.append(
+                    f"lambda_max {ev[0]:.4g}, {int(h['converged'][()].sum())}/{ev.shape[0]} converged "
+                    f"in {ev.attrs['iterations']} steps"
+                )
+            if "trace" in h:
+                parts.append(f"trace {float(h['trace'][()]):.4g} +- {h['trace'].attrs['std_error']:.2g}")
+            if "lanczos" in h:
+                parts.append(f"SLQ re-orthogonalized: {bool(h['lanczos'].attrs['reorthogonalized'])}")
+            return "; ".join(parts)
+        if "sweep" in f:
+            return f"{int(f['sweep/done'][()].sum())} points"
+        if "roughness" in f:
+            return f"RI {f['roughness'].attrs.get('ri', float('nan')):.3g}"
+    return ""
+
+
 def memory_table(sizes: list[str], grid: int, only: tuple[str, ...]) -> None:  # only: labels, the sweep's by "sweep"
     """Peak RSS of each command as its own process, against a process that makes one forward pass."""
     print("Peak RSS per command (CPU, float32, 2 x 32 tokens; P-vectors: the excess over the forward pass in 4P bytes)")
-    print(f"{'model':>6} {'command':28} {'wall s':>7} {'peak GiB':>8} {'over fwd GiB':>12} {'P-vectors':>9}")
+    print(f"{'model':>6} {'command':28} {'wall s':>7} {'peak GiB':>8} {'over fwd GiB':>12} {'P-vectors':>9}  outcome")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for size in sizes:
@@ -164,6 +189,7 @@ def memory_table(sizes: list[str], grid: int, only: tuple[str, ...]) -> None:  #
                 over = peak - base
                 print(
                     f"{size:>6} {what:28} {seconds:7.0f} {peak / 2**30:8.2f} {over / 2**30:12.2f} {over / (4 * n):9.1f}"
+                    f"  {outcome(work / args[args.index('-o') + 1])}"
                 )
 
 

@@ -93,7 +93,7 @@ class Problem:
         theta_params = select_parameters(model, params)
         _say_left_out(model, theta_params, params, say)
         self.layout = Layout.of(theta_params)
-        self.theta = self.layout.flatten(theta_params).detach().to(master).clone()
+        self.theta = self.layout.flatten(theta_params).detach().to(master)  # a new tensor (torch.cat): no clone
         self.model = model.to(
             dtype=self.dtype
         ).eval()  # requires_grad is left as the user set it: it says what is trainable

@@ -225,3 +225,17 @@ def test_bfloat16_eigenvectors_open_and_serve_as_axes(cli, tmp_path):
     assert cli("info", out).code == 0
     bad = cli("hessian", "--sample", "mlp", "--store-dtype", "float16", "-o", tmp_path / "x.h5")
     assert bad.code != 0 and "--store-dtype 'float16'" in bad.err
+
+
+def test_a_trace_sketch_cut_to_the_memory_spends_its_products_on_probes():
+    from landscape.curvature.analysis import sketch_that_fits
+
+    A, ev = spectrum_matrix(300, seed=6)
+    full = hutchpp(lambda V: V @ A, 300, matvecs=30, seed=2)
+    cut = hutchpp(lambda V: V @ A, 300, matvecs=30, seed=2, max_sketch=5)
+    assert (full.sketch, full.probes) == (20, 10) and (cut.sketch, cut.probes) == (5, 25)
+    assert cut.matvecs == full.matvecs == 30
+    assert abs(cut.value - float(ev.sum())) < 4 * cut.std_error
+    settings = CurvatureSettings(trace=True, trace_matvecs=60)
+    assert sketch_that_fits(settings, 124_000_000, room=10 << 30)[0] == (10 << 30) // (4 * 124_000_000)
+    assert sketch_that_fits(settings, 1000, room=10 << 30) == (None, None)

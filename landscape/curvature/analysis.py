@@ -134,7 +134,7 @@ def estimate_block(
         if dense:
             eigen, trace, runs, seconds = _exact(op, settings, on_products)
         else:
-            eigen, trace, runs, seconds = _estimated(op, settings, on_products, say)
+            eigen, trace, runs, seconds = _estimated(op, settings, on_products, say, world)
     finally:
         op.close()
     info = {**op.info(), "matvecs": op.matvecs, "dense": dense}
@@ -175,10 +175,17 @@ def _exact(op: CurvatureOperator, settings: CurvatureSettings, on_products: OnPr
 BASIS_SHARE = 0.5  # of the memory free when a run starts, what the Lanczos bases may take
 
 
-def basis_room(settings: CurvatureSettings, device: torch.device) -> tuple[torch.device, int]:
-    """Where the Lanczos bases are kept and the bytes they may take there (a share of the free memory)."""
+def basis_room(
+    settings: CurvatureSettings, device: torch.device, world: World | None = None
+) -> tuple[torch.device, int]:
+    """Where the Lanczos bases are kept and the bytes they may take there (a share of the free memory;
+    under torchrun the least of the ranks', so every rank takes the same steps and makes the same calls)."""
     where = torch.device("cpu") if settings.basis_on_host else device
-    return where, int(BASIS_SHARE * available_memory(where))
+    room = int(BASIS_SHARE * available_memory(where))
+    if world is not None and world.size > 1:
+        rooms = world.gather(room)
+        room = world.broadcast(min(rooms) if rooms else None)
+    return where, room
 
 
 def steps_that_fit(settings: CurvatureSettings, n: int, room: int) -> tuple[int, str | None]:
@@ -198,13 +205,31 @@ def steps_that_fit(settings: CurvatureSettings, n: int, room: int) -> tuple[int,
     )
 
 
+def sketch_that_fits(settings: CurvatureSettings, n: int, room: int) -> tuple[int | None, str | None]:
+    """Hutch++'s Krylov sketch (2/3 of --trace-matvecs steps) cut to the basis rows that fit `room` bytes (its
+    products then go to more Hutchinson probes), with a line saying so; None when it fits."""
+    steps = settings.trace_matvecs - max(2, settings.trace_matvecs // 3)
+    row = n * torch.finfo(basis_dtype(settings.basis_dtype, steps, n, LANCZOS_FLOAT64_BYTES)).bits // 8
+    fits = max(1, room // row)
+    if fits >= steps:
+        return None, None
+    return fits, (
+        f"trace: a sketch of {fits} Lanczos steps fits in memory ({steps} planned); the other products "
+        "go to Hutchinson probes (a larger standard error where the spectrum has outliers)"
+    )
+
+
 def _estimated(
-    op: CurvatureOperator, settings: CurvatureSettings, on_products: OnProducts, say: Callable[[str], None]
+    op: CurvatureOperator,
+    settings: CurvatureSettings,
+    on_products: OnProducts,
+    say: Callable[[str], None],
+    world: World | None = None,
 ) -> Estimates:
     """Lanczos, Hutch++ and SLQ from products, each timed, their bases within the memory free at the start."""
     seconds: dict[str, float] = {}
     eigen = trace = runs = None
-    where, room = basis_room(settings, op.device)
+    where, room = basis_room(settings, op.device, world)
     if settings.top_k > 0:
         max_iter, cut = steps_that_fit(settings, op.size, room)
         if cut:
@@ -227,6 +252,9 @@ def _estimated(
         )
         seconds["eigenvalues"] = time.perf_counter() - t0
     if settings.trace:
+        sketch, cut = sketch_that_fits(settings, op.size, room)
+        if cut:
+            say(cut)
         t0 = time.perf_counter()
         trace = hutchpp(
             _counted(op.matmat, "trace", on_products),
@@ -237,6 +265,7 @@ def _estimated(
             start=op.probe,
             basis=settings.basis_dtype,
             basis_device=where,
+            max_sketch=sketch,
         )
         seconds["trace"] = time.perf_counter() - t0
     if settings.density:

@@ -120,9 +120,15 @@ def wanted_indices(theta: np.ndarray, k: int, which: str) -> np.ndarray:
 
 def fixed_sign(vectors: torch.Tensor) -> torch.Tensor:
     """Rows flipped so that each one's largest-magnitude entry is positive: reproducible eigenvectors."""
-    pivot = vectors.abs().argmax(dim=1)
+    return vectors * pivot_signs(vectors)
+
+
+def pivot_signs(vectors: torch.Tensor) -> torch.Tensor:
+    """[k, 1]: the sign of each row's largest-magnitude entry (1 where it is 0), found row by row (one
+    temporary of P, not k)."""
+    pivot = torch.stack([row.abs().argmax() for row in vectors])
     signs = torch.sign(vectors.gather(1, pivot[:, None]))
-    return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
+    return torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
 LANCZOS_FLOAT64_BYTES = 2 << 30  # an 'auto' basis stays float64 while max_iter rows of it fit this; else float32
@@ -190,7 +196,8 @@ def lanczos(
     evecs = None
     if vectors:
         evecs = run.basis.combine(torch.from_numpy(np.ascontiguousarray(run.Y[:, run.idx]))).to(device)
-        evecs = fixed_sign(evecs / evecs.norm(dim=1, keepdim=True))
+        evecs.div_(evecs.norm(dim=1, keepdim=True))
+        evecs.mul_(pivot_signs(evecs))  # in place: k vectors of P, not three copies
     return Eigenpairs(
         eigenvalues=run.theta[run.idx].copy(),
         residuals=np.maximum(run.residuals, run.floor),

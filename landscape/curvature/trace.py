@@ -61,13 +61,15 @@ def hutchpp(
     basis: str = "auto",
     basis_device: torch.device | str | None = None,
     group_bytes: int = PROBE_GROUP_BYTES,
+    max_sketch: int | None = None,
 ) -> TraceEstimate:
     """Hutch++ with a Krylov sketch and a budget of `matvecs` products: l = m/3 probes, m - l Lanczos steps.
 
     `start`, a random vector and its product already made (e.g. `CurvatureOperator.probe`), starts
     the Lanczos run and saves a product. With n <= matvecs the trace is exact from n products.
     Memory: the Lanczos basis (`basis`, `basis_device`: see `lanczos`), and the Hutchinson probes with
-    their products in groups of at most `group_bytes` (one probe at least).
+    their products in groups of at most `group_bytes` (one probe at least). `max_sketch` caps the
+    sketch's steps (the rows its basis may hold); the products it leaves go to more probes.
 
     Example:
         >>> A = torch.diag(torch.arange(1.0, 201.0, dtype=torch.float64))
@@ -82,6 +84,9 @@ def hutchpp(
         return TraceEstimate(value, 0.0, n, n, 0, value, EXACT)
     probes = max(2, matvecs // 3)
     steps = matvecs - probes
+    if max_sketch is not None and steps > max_sketch:  # a smaller sketch, the budget's rest spent on probes
+        steps = max(1, int(max_sketch))
+        probes = matvecs - steps
     # exactly `steps` Lanczos steps (tol 0), unless the Krylov space turns out invariant; its basis spans
     # the sketch Q and tr(Q^T H Q) = tr(T), the sum of the alphas
     krylov_run = krylov(
