@@ -30,6 +30,7 @@ def normalize(direction: torch.Tensor, theta: torch.Tensor, layout: Layout, norm
 
     A tensor with one dimension or fewer counts as a single filter under filter normalization.
     """
+    _check(norm, ignore)
     out = direction.clone()
     w_parts = layout.unflatten(theta.to(out.dtype))
     for name, d in layout.unflatten(out).items():
@@ -47,8 +48,8 @@ def _check(norm: str, ignore: str) -> None:
 
 
 def _normalize_tensor(d: torch.Tensor, w: torch.Tensor, norm: str, ignore: str) -> None:
-    """One tensor of a direction rescaled in place to its weights (all but the 'model' norm's final scaling)."""
-    _check(norm, ignore)
+    """One tensor of a direction rescaled in place to its weights (all but the 'model' norm's final scaling);
+    `norm` and `ignore` checked by the caller."""
     shape = d.shape
     if ignore == "biasbn" and len(shape) <= 1:
         d.zero_()

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from landscape.curvature.basis import basis_dtype
+from landscape.curvature.basis import basis_dtype, row_bytes
 from landscape.curvature.dense import (
     dense_matrix,
     exact_eigenpairs,
@@ -194,7 +194,7 @@ def steps_that_fit(settings: CurvatureSettings, n: int, room: int) -> tuple[int,
     want = settings.max_iter if settings.max_iter is not None else max(100, 20 * settings.top_k)
     want = min(want, n)
     dtype = basis_dtype(settings.basis_dtype, want, n, LANCZOS_FLOAT64_BYTES)
-    row = n * torch.finfo(dtype).bits // 8
+    row = row_bytes(n, dtype)
     fits = max(room // row, 2 * settings.top_k + 1)
     if fits >= want:
         return want, None
@@ -209,7 +209,7 @@ def sketch_that_fits(settings: CurvatureSettings, n: int, room: int) -> tuple[in
     """Hutch++'s Krylov sketch (2/3 of --trace-matvecs steps) cut to the basis rows that fit `room` bytes (its
     products then go to more Hutchinson probes), with a line saying so; None when it fits."""
     steps = settings.trace_matvecs - max(2, settings.trace_matvecs // 3)
-    row = n * torch.finfo(basis_dtype(settings.basis_dtype, steps, n, LANCZOS_FLOAT64_BYTES)).bits // 8
+    row = row_bytes(n, basis_dtype(settings.basis_dtype, steps, n, LANCZOS_FLOAT64_BYTES))
     fits = max(1, room // row)
     if fits >= steps:
         return None, None

@@ -14,6 +14,11 @@ import torch
 BLOCK_BYTES = 256 << 20  # rows are grouped into blocks of at most this many bytes (at least one row; at most 16)
 
 
+def row_bytes(n: int, dtype: torch.dtype) -> int:
+    """Bytes of one basis row of length n in `dtype`."""
+    return n * torch.finfo(dtype).bits // 8
+
+
 def basis_dtype(choice: str, rows: int, n: int, budget: int) -> torch.dtype:
     """The dtype of a basis of `rows` rows of length n: float64 when `choice` is 'auto' and it fits `budget` bytes
     in float64, else float32; 'float64' or 'float32' as given."""
@@ -38,13 +43,9 @@ class KrylovBasis:
         self.n = n
         self.dtype = dtype
         self.device = torch.device(device)
-        self.block_rows = max(1, min(16, BLOCK_BYTES // max(1, n * torch.finfo(dtype).bits // 8)))
+        self.block_rows = max(1, min(16, BLOCK_BYTES // max(1, row_bytes(n, dtype))))
         self._blocks: list[torch.Tensor] = []
         self.rows = 0
-
-    @property
-    def row_bytes(self) -> int:
-        return self.n * torch.finfo(self.dtype).bits // 8
 
     def append(self, q: torch.Tensor) -> None:
         """Add a row (a unit vector orthogonal to the others; not checked)."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.curvature.basis import KrylovBasis, basis_dtype
+from landscape.curvature.basis import KrylovBasis, basis_dtype, row_bytes
 from landscape.curvature.lanczos import LANCZOS_FLOAT64_BYTES, REORTH_KEEP, blas_threads, tridiagonal_eigh
 from landscape.curvature.trace import rademacher
 
@@ -113,7 +113,7 @@ def slq(
         p, steps = n, n
     steps = max(1, min(int(steps), n))
     dtype = basis_dtype(basis, steps, n, min(int(basis_bytes), LANCZOS_FLOAT64_BYTES))
-    row = n * torch.finfo(dtype).bits // 8
+    row = row_bytes(n, dtype)
     per_probe = steps * row + 3 * n * 8  # its basis, and its vector, product and previous vector (float64)
     reorthogonalized = per_probe <= basis_bytes
     group = max(1, min(p, int(basis_bytes) // (per_probe if reorthogonalized else 3 * n * 8)))
