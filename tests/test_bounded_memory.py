@@ -239,3 +239,23 @@ def test_a_trace_sketch_cut_to_the_memory_spends_its_products_on_probes():
     settings = CurvatureSettings(trace=True, trace_matvecs=60)
     assert sketch_that_fits(settings, 124_000_000, room=10 << 30)[0] == (10 << 30) // (4 * 124_000_000)
     assert sketch_that_fits(settings, 1000, room=10 << 30) == (None, None)
+
+
+def test_basis_options_from_the_command_line_give_the_exact_eigenvalues(cli, tmp_path):
+    from landscape.io.curvature import read_curvature
+
+    p = sample_problem("mlp", samples=200)
+
+    def f(t):
+        out = torch.func.functional_call(p.model, (p.layout.unflatten(t), p.buffers), (p.x,))
+        return p.loss_fn(out, p.y)
+
+    exact = torch.linalg.eigvalsh(torch.func.hessian(f)(p.theta)).flip(0)[:3].numpy()
+    load = ("--sample", "mlp", "--samples", "200", "--dtype", "float64", "--top-k", "3", "--tol", "1e-8")
+    for extra in (("--basis-dtype", "float32"), ("--basis-dtype", "float64", "--basis-on-host")):
+        out = tmp_path / f"{extra[1]}.h5"
+        res = cli("hessian", *load, *extra, "-o", out)
+        assert res.code == 0, res.err
+        np.testing.assert_allclose(read_curvature(out)["eigenvalues"], exact, rtol=1e-5)
+    bad = cli("hessian", "--sample", "mlp", "--basis-dtype", "float16", "-o", tmp_path / "x.h5")
+    assert bad.code != 0 and "--basis-dtype 'float16'" in bad.err
