@@ -121,9 +121,11 @@ def run_planned(
     warn: Say = messages.warn,
     world: World | None = None,
     on_stage: Callable[[str], None] = lambda stage: None,
+    chunk_seconds: float = 2.0,
 ) -> SweepResult:
     """Evaluate the points of `planned` that its sink has not done (all, for a fresh in-memory sink).
-    `on_stage` hears "choosing strategy" while the probe runs, then the strategy's name.
+    `on_stage` hears "choosing strategy" while the probe runs, then the strategy's name; the sink
+    gets the values every `chunk_seconds` or so.
 
     `sink`: where the values go as they are computed (default: arrays in memory); the CLI passes
     the results file, which a killed run resumes from. Under torchrun every rank calls this, rank 0
@@ -134,7 +136,7 @@ def run_planned(
     with progress_to(progress, planned.kind, int(planned.done.size)) as bar:
         report = run_sweep(
             problem, planned.axes.directions, sink, strategy=strategy, warn=warn, world=world, on_progress=bar,
-            on_stage=on_stage,
+            on_stage=on_stage, chunk_seconds=chunk_seconds,
         )  # fmt: skip
     if sink is None:
         return planned
@@ -281,13 +283,15 @@ def roughness(
     warn: Say = messages.warn,
     known: Any = None,
     on_chunk: Callable[..., None] | None = None,
+    chunk_seconds: float = 2.0,
     command: str = "",
 ) -> RoughnessResult:
     """Roughness index (Wang et al.): RI = sigma / mu of the normalized total variation of `directions`
     random 1D profiles of half-width `span` (`steps` intervals each), evaluated as one batched sweep.
 
     `known` (`landscape.measures.KnownPoints`) and `on_chunk(indices, values)` let a caller keep the
-    points of a long run and finish it after a kill (the CLI's --resume)."""
+    points of a long run and finish it after a kill (the CLI's --resume); `on_chunk` is called every
+    `chunk_seconds` or so."""
     from landscape.directions import RandomDirections
     from landscape.io.analysis_groups import roughness_group
     from landscape.measures import compute_roughness
@@ -301,7 +305,7 @@ def roughness(
     with progress_to(progress, "roughness", directions * (steps + 1)) as bar:
         res = compute_roughness(
             problem, dirs, span, steps, strategy=strategy, warn=warn, known=known,
-            on_progress=bar, on_chunk=on_chunk or (lambda idx, values: None),
+            on_progress=bar, on_chunk=on_chunk or (lambda idx, values: None), chunk_seconds=chunk_seconds,
         )  # fmt: skip
     group = roughness_group(res, span=span, steps=steps, norm=norm, ignore=ignore, seed=seed)
     return RoughnessResult(

@@ -120,6 +120,7 @@ def compute_roughness(
     warn: Callable[[str], None] = lambda msg: None,
     known: KnownPoints | None = None,
     on_chunk: Callable[[torch.Tensor, Evaluation], None] = lambda idx, values: None,
+    chunk_seconds: float = 2.0,
 ) -> RoughnessRun:
     """Evaluate all M x (m+1) profile points with one sweep strategy and compute RI, over directions
     [M, P] or made chunk by chunk (`RandomDirections`: memory for a chunk, not M x P; the strategy the
@@ -171,7 +172,7 @@ def compute_roughness(
             return f"direction {(i + offset) // n + 1}, alpha {float(alphas[i % n]):.4g}"
 
         choice = evaluate_points(
-            problem, D, roughness_coords(m, alphas), todo, keep, strategy=strategy, on_progress=progress,
+            problem, D, roughness_coords(m, alphas), todo, keep, strategy=strategy, on_progress=progress, chunk_seconds=chunk_seconds,
             warn=warn, earlier=picks[-1] if picks else None, on_choice=picks.append, where=where,
         )  # fmt: skip
         if strategy_name == "none":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 import pytest
@@ -34,6 +35,13 @@ def cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+def ctrl_c_reaches_it() -> None:
+    """Popen's preexec_fn for a child that a test interrupts: SIGINT back to its default. A shell starts
+    background jobs with SIGINT ignored (POSIX), children inherit that, and Python then leaves it ignored,
+    so a test suite run with `&` saw its Ctrl-C'd commands finish with exit 0."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def sample_problem(name: str, dtype: str = "float64", samples: int | None = None, device: str = "cpu", **kw) -> Problem:

@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from conftest import ctrl_c_reaches_it
 
 from landscape.io.results import read_sweep
 from landscape.io.samples import sample
@@ -290,6 +291,7 @@ def _interrupt_after_first_line(args: list[str], when=None, sig=signal.SIGINT) -
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
     first = proc.stderr.readline()
     deadline = time.time() + 120
@@ -316,6 +318,8 @@ def test_ctrl_c_says_what_was_kept(tmp_path):
         "float64",
         "--strategy",
         "loop",
+        "--save-every",
+        "0.05",
         "--device",
         "cpu",
         "-o",
@@ -337,7 +341,7 @@ def test_sigterm_is_a_ctrl_c_with_exit_143(tmp_path):
     """SLURM preemption sends SIGTERM: the sweep says what it kept, exits 143, and --resume finishes it."""
     path = tmp_path / "s.h5"
     args = ["sweep", "--sample", "cnn", "--x", "-1:1:15", "--y", "-1:1:15", "--dtype", "float64"]
-    args += ["--strategy", "loop", "--device", "cpu", "-o", str(path)]
+    args += ["--strategy", "loop", "--save-every", "0.05", "--device", "cpu", "-o", str(path)]
     rc, text = _interrupt_after_first_line(args, when=lambda: _done(path) > 0, sig=signal.SIGTERM)
     done = _done(path)
     assert rc == 143 and "Traceback" not in text, text

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import sample_problem
+from conftest import ctrl_c_reaches_it, sample_problem
 
 from landscape.directions import random_directions
 from landscape.measures import (
@@ -228,6 +228,8 @@ def test_cli_roughness_resumes_an_interrupted_run(cli, tmp_path):
         "20",
         "--strategy",
         "loop",
+        "--save-every",
+        "0.05",
         "--device",
         "cpu",
     ]
@@ -238,6 +240,7 @@ def test_cli_roughness_resumes_an_interrupted_run(cli, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and _points_done(points) == 0:

@@ -23,6 +23,7 @@ from landscape.cli.options import (
     Model,
     Sample,
     Samples,
+    SaveEvery,
     Seed,
     UnsafePickle,
     command_line,
@@ -110,6 +111,7 @@ def roughness(
             rich_help_panel=RUN,
         ),
     ] = False,
+    save_every: SaveEvery = 2.0,
     force: Force = False,
     figure: Figure = None,
     unsafe_pickle: UnsafePickle = False,
@@ -170,7 +172,7 @@ def roughness(
             task = bar.add_task("roughness", total=total)
             res = ls.roughness(
                 problem, directions, span, steps, norm=norm, ignore=ignore, seed=seed, strategy=strategy, warn=warn, known=known,
-                progress=lambda done, total: bar.update(task, completed=done), command=command_line(),
+                chunk_seconds=save_every, progress=lambda done, total: bar.update(task, completed=done), command=command_line(),
                 on_chunk=lambda idx, v: points.write(idx.numpy(), v.loss.numpy(), None if v.accuracy is None else v.accuracy.numpy()),
             )  # fmt: skip
     except KeyboardInterrupt:  # typer would exit 130 without a word

@@ -225,6 +225,16 @@ DistTimeout = Annotated[
         callback=in_range("--dist-timeout", high=7 * 86400, positive=True),
     ),
 ]
+SaveEvery = Annotated[
+    float,
+    typer.Option(
+        "--save-every",
+        help="Seconds of work between writes of the points done so far (a killed run loses at most about this "
+        "much; shorter means more writes).",
+        rich_help_panel=RUN,
+        callback=in_range("--save-every", high=86400, positive=True),
+    ),
+]
 Device = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.", rich_help_panel=RUN)]
 Dtype = Annotated[
     str,

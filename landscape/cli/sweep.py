@@ -23,6 +23,7 @@ from landscape.cli.options import (
     Model,
     Sample,
     Samples,
+    SaveEvery,
     Seed,
     StoreDtype,
     UnsafePickle,
@@ -113,6 +114,7 @@ def sweep(
             rich_help_panel=RUN,
         ),
     ] = False,
+    save_every: SaveEvery = 2.0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)] = False,
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,
@@ -227,7 +229,7 @@ def sweep(
                 task = bar.add_task("sweep", total=int(planned.done.size))
                 result = ls.run_planned(
                     problem, planned, store, strategy=strategy, warn=warn if world.main else _quiet, world=world,
-                    progress=lambda done, total: bar.update(task, completed=done),
+                    chunk_seconds=save_every, progress=lambda done, total: bar.update(task, completed=done),
                     on_stage=lambda stage: bar.update(task, description=stage_label("sweep", stage)),
                 )  # fmt: skip
         except LandscapeError as exc:
