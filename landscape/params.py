@@ -45,12 +45,14 @@ class Layout:
         return torch.cat([tensors[n].reshape(-1) for n in self.names])
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views of `flat` (last dim P) shaped like the named tensors; leading dims are kept."""
+        """Views of `flat` (last dim P) shaped like the named tensors; leading dims are kept.
+
+        One `split`, not a slice per tensor: differentiated, a split puts the pieces' gradients
+        together in one P-sized tensor, where each slice made a zero-filled P-sized gradient of its own
+        (148 of them for GPT-2: most of a Hessian-vector product's time at 124M parameters)."""
         lead = flat.shape[:-1]
-        return {
-            name: flat[..., off : off + n].reshape(*lead, *shape)
-            for name, shape, off, n in zip(self.names, self.shapes, self.offsets, self.numels)
-        }
+        pieces = flat.split(self.numels, dim=-1)
+        return {name: piece.reshape(*lead, *shape) for name, shape, piece in zip(self.names, self.shapes, pieces)}
 
     def block(self, name: str) -> slice:
         """The slice of the flat vector that holds tensor `name`."""

@@ -486,3 +486,27 @@ def test_residuals_never_fall_below_the_precision_floor(tmp_path):
     problem64 = ls.Problem(model, (x.double(), y.double()), loss="mse", dtype="float64")
     eig64 = ls.hessian(problem64, top_k=2, tol=1e-4, say=lambda m: None).model.eigen
     assert eig64 is not None and eig64.floor < 1e-12 * eig64.eigenvalues[0]
+
+
+def test_the_gradient_through_the_flat_vector_is_put_together_once():
+    """A product differentiates through `Layout.unflatten`: sliced per tensor, each slice's gradient was
+    a zero-filled P-sized tensor of its own (52 for a 4-layer GPT-2; 4-5x the time of a 16M-parameter
+    Hessian-vector product). Now every tensor's view comes from one split, whose gradient is one
+    P-sized tensor, and the values are those of the slices."""
+    from landscape.params import Layout
+
+    layout = Layout(("a", "b", "c"), ((2, 3), (4,), (1, 2, 2)))
+    flat = torch.randn(layout.size, dtype=torch.float64, requires_grad=True)
+    views = layout.unflatten(flat)
+    sources = set()
+    for name, view in views.items():
+        assert torch.equal(view.detach().reshape(-1), flat.detach()[layout.block(name)])
+        node = view.grad_fn
+        while node is not None and "Split" not in node.name():
+            node = node.next_functions[0][0]
+        sources.add(node)
+    assert len(sources) == 1 and None not in sources
+    weights = {n: torch.randn_like(v) for n, v in views.items()}
+    (g,) = torch.autograd.grad(sum((views[n] * weights[n]).sum() for n in views), flat)
+    assert torch.equal(g, layout.flatten(weights))
+    assert layout.unflatten(torch.zeros(5, layout.size))["a"].shape == (5, 2, 3)  # leading dims kept
