@@ -50,8 +50,10 @@ class Layout:
         One `split`, not a slice per tensor: differentiated, a split puts the pieces' gradients
         together in one P-sized tensor, where each slice made a zero-filled P-sized gradient of its own
         (148 of them for GPT-2: most of a Hessian-vector product's time at 124M parameters)."""
+        import torch
+
         lead = flat.shape[:-1]
-        pieces = flat.split(self.numels, dim=-1)
+        pieces = torch.split(flat, list(self.numels), dim=-1)
         return {name: piece.reshape(*lead, *shape) for name, shape, piece in zip(self.names, self.shapes, pieces)}
 
     def block(self, name: str) -> slice:

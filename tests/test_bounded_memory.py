@@ -10,7 +10,7 @@ from conftest import sample_problem
 
 import landscape.curvature.basis as basis_module
 from landscape.curvature import hutchpp, lanczos, slq
-from landscape.curvature.analysis import CurvatureSettings, steps_that_fit
+from landscape.curvature.analysis import CurvatureSettings, rows_that_fit
 from landscape.curvature.basis import KrylovBasis
 from landscape.curvature.density import exact_density, l1_distance, quadrature
 from landscape.directions import RandomDirections, random_directions
@@ -71,14 +71,52 @@ def test_auto_basis_is_float64_only_while_it_fits():
     assert basis_dtype("float64", 100, 10_000_000, 2 << 30) == torch.float64
 
 
-def test_lanczos_steps_are_cut_to_the_memory_and_said():
+def test_the_lanczos_basis_is_capped_to_the_memory_and_said():
     settings = CurvatureSettings(top_k=5)
     n = 124_000_000
-    steps, said = steps_that_fit(settings, n, room=10 << 30)  # float32 rows of 0.5 GB: 21 fit
-    assert steps == (10 << 30) // (4 * n) and said is not None and "at most 21 steps fit" in said
-    assert steps_that_fit(settings, 1000, room=10 << 30) == (100, None)
-    # never below what the wanted pairs need to exist
-    assert steps_that_fit(settings, n, room=1)[0] == 11
+    rows, said = rows_that_fit(settings, n, room=10 << 30)  # float32 rows of 0.5 GB: 21 fit
+    assert rows == (10 << 30) // (4 * n) and said is not None and "a basis of 21 vectors" in said
+    assert "restarts" in said and "after 100 products" in said
+    assert rows_that_fit(settings, 1000, room=10 << 30) == (None, None)
+    # never below what a restart needs: the wanted pairs and 3 more
+    assert rows_that_fit(settings, n, room=1)[0] == 8
+    assert rows_that_fit(CurvatureSettings(top_k=5, which="both"), n, room=1)[0] == 13
+
+
+@pytest.mark.parametrize(("which", "rows"), [("largest", 12), ("both", 20)])
+def test_thick_restart_in_a_capped_basis_finds_the_exact_eigenpairs(monkeypatch, which, rows):
+    """A basis of 12 rows (20 for both ends, whose bottom lies in the bulk) restarts, keeping its best Ritz vectors, and
+    reaches the eigenpairs of the full decomposition (eigh) that an uncapped run reaches; the basis
+    never holds more than its cap."""
+    A, ev = spectrum_matrix(400, seed=3)
+    exact = torch.linalg.eigvalsh(A).numpy()
+    most = 0
+    append = basis_module.KrylovBasis.append
+
+    def counted(self, q):
+        nonlocal most
+        append(self, q)
+        most = max(most, self.rows)
+
+    monkeypatch.setattr(basis_module.KrylovBasis, "append", counted)
+    capped = lanczos(lambda V: V @ A, 400, k=3, which=which, tol=1e-9, max_iter=400, max_rows=rows, seed=1)
+    assert most == rows and capped.all_converged and capped.matvecs > rows
+    top = exact[::-1][:3]
+    want = np.concatenate([top, exact[:3]]) if which == "both" else top
+    np.testing.assert_allclose(capped.eigenvalues, want, rtol=1e-8, atol=1e-8)
+    v = capped.eigenvectors
+    assert v is not None
+    residual = (v @ A - torch.as_tensor(capped.eigenvalues)[:, None] * v).norm(dim=1)
+    assert float(residual.max()) < 1e-6 * float(ev.abs().max())
+    np.testing.assert_allclose((v @ v.T).numpy(), np.eye(len(want)), atol=1e-8)
+    whole = lanczos(lambda V: V @ A, 400, k=3, which=which, tol=1e-9, max_iter=400, seed=1)
+    np.testing.assert_allclose(capped.eigenvalues, whole.eigenvalues, rtol=1e-9)
+
+
+def test_a_capped_basis_that_runs_out_of_products_says_so():
+    A, _ = spectrum_matrix(400, seed=3)
+    r = lanczos(lambda V: V @ A, 400, k=5, tol=1e-12, max_iter=12, max_rows=9, seed=1)
+    assert r.matvecs == r.iterations == 12 and not r.all_converged
 
 
 def test_hutchpp_probes_in_groups_give_the_same_estimate():
@@ -259,3 +297,25 @@ def test_basis_options_from_the_command_line_give_the_exact_eigenvalues(cli, tmp
         np.testing.assert_allclose(read_curvature(out)["eigenvalues"], exact, rtol=1e-5)
     bad = cli("hessian", "--sample", "mlp", "--basis-dtype", "float16", "-o", tmp_path / "x.h5")
     assert bad.code != 0 and "--basis-dtype 'float16'" in bad.err
+
+
+def test_a_model_whose_basis_does_not_fit_restarts_to_the_exact_eigenvalues(monkeypatch):
+    """`ls.hessian` on a machine with room for 9 basis vectors (a real model's Hessian, exact by
+    torch.func.hessian + eigh): it says the basis is capped, restarts, and converges to the truth."""
+    import landscape as ls
+    import landscape.curvature.analysis as analysis
+
+    p = sample_problem("mlp", samples=200)
+
+    def f(t):
+        out = torch.func.functional_call(p.model, (p.layout.unflatten(t), p.buffers), (p.x,))
+        return p.loss_fn(out, p.y)
+
+    exact = torch.linalg.eigvalsh(torch.func.hessian(f)(p.theta)).flip(0)[:3].numpy()
+    monkeypatch.setattr(analysis, "basis_room", lambda settings, device, world=None: (device, 9 * 8 * p.theta.numel()))
+    said: list[str] = []
+    r = ls.hessian(p, top_k=3, tol=1e-8, max_iter=300, say=said.append)
+    assert any("a basis of 9 vectors fits in memory" in line for line in said), said
+    eigen = r.model.eigen
+    assert eigen is not None and eigen.all_converged and eigen.matvecs > 9
+    np.testing.assert_allclose(eigen.eigenvalues, exact, rtol=1e-6)

@@ -188,20 +188,21 @@ def basis_room(
     return where, room
 
 
-def steps_that_fit(settings: CurvatureSettings, n: int, room: int) -> tuple[int, str | None]:
-    """Lanczos's step limit for top-k: `max_iter` (default max(100, 20 k)), cut to the basis rows that fit
-    `room` bytes, with a line saying so when it was cut."""
-    want = settings.max_iter if settings.max_iter is not None else max(100, 20 * settings.top_k)
-    want = min(want, n)
+def rows_that_fit(settings: CurvatureSettings, n: int, room: int) -> tuple[int | None, str | None]:
+    """The Lanczos basis rows for top-k that fit `room` bytes: None when max_iter rows (default
+    max(100, 20 k)) fit, else the cap (the run then restarts thick), with a line saying so."""
+    want = min(settings.max_iter if settings.max_iter is not None else max(100, 20 * settings.top_k), n)
     dtype = basis_dtype(settings.basis_dtype, want, n, LANCZOS_FLOAT64_BYTES)
     row = row_bytes(n, dtype)
-    fits = max(room // row, 2 * settings.top_k + 1)
+    wanted = settings.top_k * (2 if settings.which == "both" else 1)
+    fits = max(room // row, wanted + 3)
     if fits >= want:
-        return want, None
+        return None, None
     return fits, (
-        f"Lanczos: at most {fits} steps fit in memory ({row * fits / 2**30:.1f} GiB of basis, half of what is free; "
-        f"{want} asked for): eigenpairs that have not converged by then are marked so"
-        + ("; --basis-dtype float32 holds twice the steps" if dtype == torch.float64 else "")
+        f"Lanczos: a basis of {fits} vectors fits in memory ({row * fits / 2**30:.1f} GiB, half of what is free; "
+        f"{want} steps asked for): it restarts when full, keeping its best Ritz vectors, and pairs not converged "
+        f"after {want} products are marked so"
+        + ("; --basis-dtype float32 holds twice the vectors" if dtype == torch.float64 else "")
     )
 
 
@@ -231,7 +232,7 @@ def _estimated(
     eigen = trace = runs = None
     where, room = basis_room(settings, op.device, world)
     if settings.top_k > 0:
-        max_iter, cut = steps_that_fit(settings, op.size, room)
+        max_rows, cut = rows_that_fit(settings, op.size, room)
         if cut:
             say(cut)
         t0 = time.perf_counter()
@@ -241,7 +242,8 @@ def _estimated(
             k=settings.top_k,
             which=settings.which,
             tol=settings.tol,
-            max_iter=max_iter,
+            max_iter=settings.max_iter,
+            max_rows=max_rows,
             seed=settings.seed,
             device=op.device,
             vectors=settings.eigenvectors,
@@ -345,7 +347,7 @@ def top_eigenvectors(
             op.size,
             k=count,
             tol=tol,
-            max_iter=steps_that_fit(settings, op.size, room)[0],
+            max_rows=rows_that_fit(settings, op.size, room)[0],
             seed=seed,
             device=op.device,
             precision=_precision(op.dtype),

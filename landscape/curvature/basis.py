@@ -80,6 +80,23 @@ class KrylovBasis:
             correction.addmm_(Wb @ b.T, b)
         W.sub_(correction.to(W.device))
 
+    def keep_combinations(self, Y: torch.Tensor) -> None:
+        """Replace the rows by the k combinations Y^T Q (coefficients Y [rows, k], k <= rows), in place:
+        a chunk of columns at a time, so the new rows need no memory beyond the old (a thick restart)."""
+        k = Y.shape[1]
+        Y = Y.to(self.device, self.dtype)
+        blocks = self._filled()
+        cols = max(1, BLOCK_BYTES // max(1, row_bytes(self.rows, self.dtype)))
+        for c0 in range(0, self.n, cols):
+            new = Y.T @ torch.cat([b[:, c0 : c0 + cols] for b in blocks])  # [k, chunk]
+            for i, b in enumerate(blocks):
+                part = new[i * self.block_rows : (i + 1) * self.block_rows]
+                if not part.shape[0]:
+                    break
+                b[: part.shape[0], c0 : c0 + cols].copy_(part)
+        self.rows = k
+        del self._blocks[-(-k // self.block_rows) :]
+
     def combine(self, Y: torch.Tensor) -> torch.Tensor:
         """Y^T Q for coefficients Y [rows, k]: k vectors [k, n] in the basis dtype, on its device."""
         Y = Y.to(self.device, self.dtype)

@@ -136,7 +136,8 @@ LANCZOS_FLOAT64_BYTES = 2 << 30  # an 'auto' basis stays float64 while max_iter 
 
 @dataclass
 class KrylovRun:
-    """What a Lanczos run leaves: the tridiagonal, its last Ritz decomposition, and the basis."""
+    """What a Lanczos run leaves: the tridiagonal (of the steps since the last restart), its last Ritz
+    decomposition, and the basis."""
 
     alphas: list[float]
     betas: list[float]
@@ -148,6 +149,8 @@ class KrylovRun:
     matvecs: int
     basis: KrylovBasis
     floor: float
+    steps: int = 0  # products over all cycles
+    restarts: int = 0
 
 
 def lanczos(
@@ -165,6 +168,7 @@ def lanczos(
     start: tuple[torch.Tensor, torch.Tensor] | None = None,
     basis: str = "auto",
     basis_device: torch.device | str | None = None,
+    max_rows: int | None = None,
 ) -> Eigenpairs:
     """Top-k (which='largest') or top-k and bottom-k (which='both') eigenpairs of a symmetric operator.
 
@@ -179,6 +183,8 @@ def lanczos(
     Memory: the basis (one row per step) in `basis` dtype: 'auto' keeps float64 while max_iter rows fit
     `LANCZOS_FLOAT64_BYTES`, else float32; on `basis_device` (default `device`; 'cpu' keeps it in host
     memory beside a GPU); besides it, four float64 vectors. The eigenvectors come out in the basis dtype.
+    `max_rows` caps the basis (what fits in memory): when it is full before the pairs converge, the run
+    restarts thick (Wu & Simon 2000), keeping the best Ritz vectors, and goes on up to max_iter products.
 
     Example:
         >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
@@ -192,6 +198,7 @@ def lanczos(
     run = krylov(
         matmat, n, k=k, which=which, tol=tol, max_iter=max_iter if max_iter is not None else max(100, 20 * k),
         seed=seed, device=device, precision=precision, start=start, basis=basis, basis_device=basis_device,
+        max_rows=max_rows,
     )  # fmt: skip
     evecs = None
     if vectors:
@@ -203,7 +210,7 @@ def lanczos(
         residuals=np.maximum(run.residuals, run.floor),
         converged=run.converged.copy(),
         eigenvectors=evecs,
-        iterations=len(run.alphas),
+        iterations=run.steps,
         matvecs=run.matvecs,
         which=which,
         tol=float(tol),
@@ -225,11 +232,14 @@ def krylov(
     start: tuple[torch.Tensor, torch.Tensor] | None = None,
     basis: str = "auto",
     basis_device: torch.device | str | None = None,
+    max_rows: int | None = None,
 ) -> KrylovRun:
     """The Lanczos iteration of `lanczos` (which see), up to `max_iter` steps or until the k wanted Ritz
-    pairs converge (tol 0: exactly max_iter steps, unless the space turns out invariant first)."""
+    pairs converge (tol 0: exactly max_iter steps, unless the space turns out invariant first); thick
+    restarts when the basis reaches `max_rows` rows (at least the wanted pairs + 3)."""
     want_count = k if which == "largest" else min(n, 2 * k)
     max_iter = max(int(min(n, max_iter)), min(n, want_count))
+    rows_cap = max_iter if max_rows is None else min(max_iter, max(int(max_rows), want_count + 3))
     gen = torch.Generator().manual_seed(int(seed))
     Q = KrylovBasis(n, basis_dtype(basis, max_iter, n, LANCZOS_FLOAT64_BYTES), basis_device or device)
 
@@ -245,6 +255,9 @@ def krylov(
 
     alphas: list[float] = []
     betas: list[float] = []  # betas[j] couples q_j and q_{j+1}
+    # after a thick restart: the kept Ritz values, and their coupling to the first vector after them
+    head: tuple[np.ndarray, np.ndarray] | None = None
+    restarts = 0
     known: torch.Tensor | None = None  # the product of the first vector, when given
     if start is None:
         q = fresh()
@@ -259,7 +272,7 @@ def krylov(
     res = np.zeros(0)
     ok = np.zeros(0, dtype=bool)
     with blas_threads(1):  # entered once: per step it cost more than a small model's product
-        for j in range(max_iter):
+        for step in range(max_iter):
             Q.append(q)
             # a copy: updated in place below, and a matmat may hand back a tensor it keeps
             w = (matmat(q[None])[0] if known is None else known).to(torch.float64, copy=True)
@@ -279,11 +292,9 @@ def krylov(
                 Q.project_out(w)
                 b = float(w.norm())
             alphas.append(a)
-            last = j + 1 == max_iter
-            if j + 1 >= want_count or last:  # before that, not all wanted pairs exist: no need to look
-                theta, vecs = tridiagonal_eigh(np.array(alphas), np.array(betas))
-                assert vecs is not None
-                Y = vecs
+            last = step + 1 == max_iter
+            if Q.rows >= want_count or last:  # before that, not all wanted pairs exist: no need to look
+                theta, Y = _ritz(head, alphas, betas)
                 floor = floor_at(float(np.abs(theta).max()))
                 idx = wanted_indices(theta, k, which)
                 res = b * np.abs(Y[-1, idx])
@@ -294,13 +305,54 @@ def krylov(
                 floor = floor_at(max(abs(x) for x in alphas) + 2.0 * max(betas, default=0.0))
             prev = q
             if b <= floor * 1e-3 or b == 0.0:  # invariant subspace: restart orthogonally, T becomes block-diagonal
-                betas.append(0.0)
+                b = 0.0
                 q = fresh()
             else:
-                betas.append(b)
                 q = w.div_(b)
+            if Q.rows < rows_cap:
+                betas.append(b)
+                continue
+            # the basis is full: keep the best Ritz vectors U = Q Y_l; H U = U diag(theta_l) + q s^T with
+            # s = b Y[-1, l], so [U, q] goes on as a Krylov decomposition (its matrix an arrowhead, then tridiagonal)
+            keep = _kept(theta, idx, min(rows_cap - 3, max(want_count, (rows_cap + want_count) // 2)), which)
+            Q.keep_combinations(torch.from_numpy(np.ascontiguousarray(Y[:, keep])))
+            head = (theta[keep].copy(), b * Y[-1, keep])
+            alphas, betas, prev = [], [], None
+            restarts += 1
     floor = floor_at(float(np.abs(theta).max())) if theta.size else 0.0
-    return KrylovRun(alphas, betas, theta, Y, idx, res, ok, matvecs, Q, floor)
+    return KrylovRun(alphas, betas, theta, Y, idx, res, ok, matvecs, Q, floor, steps=matvecs, restarts=restarts)
+
+
+def _ritz(
+    head: tuple[np.ndarray, np.ndarray] | None, alphas: list[float], betas: list[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ritz values (ascending) and vectors of the projected matrix: tridiagonal, or after a thick restart
+    diag(kept values) coupled to the next vector by s, then tridiagonal."""
+    if head is None:
+        theta, vecs = tridiagonal_eigh(np.array(alphas), np.array(betas))
+        assert vecs is not None
+        return theta, vecs
+    kept, s = head
+    m, h = len(kept) + len(alphas), len(kept)
+    T = np.zeros((m, m))
+    T[np.arange(h), np.arange(h)] = kept
+    T[h, :h] = T[:h, h] = s
+    T[np.arange(h, m), np.arange(h, m)] = alphas
+    off = np.arange(h, m - 1)
+    T[off, off + 1] = T[off + 1, off] = betas[: m - 1 - h]
+    theta, vecs = np.linalg.eigh(T)
+    return theta, vecs
+
+
+def _kept(theta: np.ndarray, wanted: np.ndarray, count: int, which: str) -> np.ndarray:
+    """Indices (into ascending theta) of the `count` Ritz vectors a thick restart keeps: the wanted ones
+    and their nearest neighbours inward (the largest; with which='both' from both ends)."""
+    m = theta.size
+    if which == "largest":
+        return np.arange(m - 1, m - 1 - count, -1)
+    top = np.arange(m - 1, m - 1 - (count + 1) // 2, -1)
+    bottom = np.arange(0, count // 2)
+    return np.union1d(np.union1d(top, bottom), wanted)[::-1]
 
 
 def residual_floor(precision: float, scale: float) -> float:
