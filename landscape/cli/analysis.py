@@ -134,8 +134,8 @@ def roughness(
 
     import landscape as ls
     from landscape.api import check_roughness, roughness_settings
+    from landscape.cli.options import load_problem
     from landscape.io.analysis_store import PointStore
-    from landscape.io.load import load_problem
     from landscape.measures import KnownPoints
 
     check_roughness(directions, span, steps)  # before anything is loaded or written
@@ -330,7 +330,7 @@ def sharpness(
       landscape sharpness --sample cnn --hessian -o sharp.h5 && landscape metrics sharp.h5 --fail-if "lambda_max > 50"
     """
     import landscape as ls
-    from landscape.io.load import load_problem
+    from landscape.cli.options import load_problem
 
     check_output(output, force)
     if curvature is not None and hessian:

@@ -168,9 +168,9 @@ def hessian(
       landscape plot curv.h5 --kind density -o density.png
     """
     from landscape.api import check_curvature
+    from landscape.cli.options import load_problem
     from landscape.curvature.analysis import CurvatureSettings
     from landscape.distributed import device_for, shard_problem
-    from landscape.io.load import load_problem
 
     if curvature not in CURVATURES:  # before anything is loaded
         raise LandscapeError(f"--curvature {curvature!r}: expected one of {', '.join(CURVATURES)}")

@@ -31,6 +31,7 @@ from landscape.names import STORE_DTYPES
 
 if TYPE_CHECKING:
     from landscape.io.load import LoadSpec
+    from landscape.problem import Problem
 
 
 # markup and emoji codes off: paths and messages hold "[...]" and ":b:" that must print as they are
@@ -275,6 +276,16 @@ def load_spec(**kwargs: Any) -> LoadSpec:
     from landscape.io.load import LoadSpec
 
     return LoadSpec(**kwargs)
+
+
+def load_problem(spec: LoadSpec, tell: Callable[[str], None]) -> tuple[Problem, dict[str, Any]]:
+    """`landscape.io.load.load_problem`, then the process's kept freed memory fitted to the model's size."""
+    from landscape.host import keep_freed_memory, kept_bytes
+    from landscape.io.load import load_problem as load
+
+    problem, prov = load(spec, tell)
+    keep_freed_memory(kept_bytes(problem.theta.numel() * problem.theta.element_size()))
+    return problem, prov
 
 
 def _load_option(name: str, help: str, default: Any = None, kind: Any = str | None) -> inspect.Parameter:

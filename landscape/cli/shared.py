@@ -129,7 +129,7 @@ def load_states(paths: list[str], problem, spec_kwargs: dict[str, Any]) -> list[
 
 
 def problem_at(spec_kwargs: dict[str, Any], checkpoint_path: str):
-    from landscape.io.load import load_problem
+    from landscape.cli.options import load_problem
 
     spec = load_spec(**{**spec_kwargs, "checkpoint": checkpoint_path})
     return load_problem(spec, say)

@@ -136,9 +136,10 @@ def sweep(
       landscape sweep --checkpoint my-gpt2 --data tokens.pt --loss next-token -o lm.h5   (a save_pretrained directory)
     """
     from landscape.axes import Axes, axes_settings
+    from landscape.cli.options import load_problem
     from landscape.cli.world import joined
     from landscape.distributed import PeersLost, device_for
-    from landscape.io.load import load_other_state, load_problem
+    from landscape.io.load import load_other_state
     from landscape.io.results import SweepFile, read_axes
     from landscape.paths import flat_params
     from landscape.strategies import pick_to_resume
