@@ -5,6 +5,9 @@ After m steps, H Q_m = Q_m T_m + beta_m q_{m+1} e_m^T with T_m symmetric tridiag
 (theta, u = Q_m y) of T_m has residual ||H u - theta u|| = beta_m |y_m|, known without another product.
 We stop when every wanted Ritz pair has residual <= tol * |theta| (with a floor at the precision of the
 products). Extreme eigenvalues converge in far fewer products than power iteration with deflation.
+When the basis may hold fewer rows than the steps need (a large model), a full basis restarts thick
+(Wu & Simon 2000): the best Ritz vectors U = Q Y are kept and H U = U diag(theta) + q s^T with
+s = beta_m Y[m, :] carries the decomposition on; the residual estimate stays beta |y_last|.
 
 Plain functions on tensors; the tridiagonal eigenproblems use scipy's `eigh_tridiagonal` with BLAS
 limited to one thread so it does not fight torch for the cores.
