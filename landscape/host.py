@@ -16,14 +16,15 @@ M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
 KEEP_BYTES = 1 << 30
 LARGE_VECTOR_BYTES = 256 << 20  # a model whose weights take this much keeps less (see `kept_bytes`)
+LARGE_MODEL_KEEP_BYTES = 32 << 20  # glibc's own largest mmap threshold on 64-bit
 
 
 def kept_bytes(vector_bytes: int) -> int:
     """The freed blocks to keep for a model whose weights take `vector_bytes`: KEEP_BYTES, or for a large
-    model half a weight-sized vector, so that those go back to the kernel when freed. Kept, the freed
-    weight-sized temporaries of a 124M-parameter Hessian (0.5-1 GB each) fragmented the heap: one run
-    reached 24.4 GB and was killed where the same run with glibc's defaults peaked at 21 GB."""
-    return KEEP_BYTES if vector_bytes < LARGE_VECTOR_BYTES else min(KEEP_BYTES, vector_bytes // 2)
+    model 32 MB (glibc's own steady state), so that weight-sized temporaries go back to the kernel. Kept,
+    those of a 124M-parameter Hessian (0.5-1 GB each) fragmented the heap: a top-5 run was killed at
+    24.4 GB; half a vector as the limit peaked at 23.1 GiB for top-5 + trace, 32 MB at 20.9 GiB."""
+    return KEEP_BYTES if vector_bytes < LARGE_VECTOR_BYTES else LARGE_MODEL_KEEP_BYTES
 
 
 def keep_freed_memory(limit: int = KEEP_BYTES) -> bool:
