@@ -23,7 +23,7 @@ from landscape.axes import Axes, axes_settings, stored_axes, stored_dtype
 from landscape.curvature.analysis import CurvatureSettings, OnProducts, run_curvature
 from landscape.distributed import World
 from landscape.errors import ArgumentError
-from landscape.names import CURVATURE_TITLES, STORE_DTYPES
+from landscape.names import CHUNK_SECONDS, CURVATURE_TITLES, STORE_DTYPES
 from landscape.problem import Problem
 from landscape.progress import Progress, Say, progress_to
 from landscape.results import (
@@ -121,7 +121,7 @@ def run_planned(
     warn: Say = messages.warn,
     world: World | None = None,
     on_stage: Callable[[str], None] = lambda stage: None,
-    chunk_seconds: float = 2.0,
+    chunk_seconds: float = CHUNK_SECONDS,
 ) -> SweepResult:
     """Evaluate the points of `planned` that its sink has not done (all, for a fresh in-memory sink).
     `on_stage` hears "choosing strategy" while the probe runs, then the strategy's name; the sink
@@ -283,7 +283,7 @@ def roughness(
     warn: Say = messages.warn,
     known: Any = None,
     on_chunk: Callable[..., None] | None = None,
-    chunk_seconds: float = 2.0,
+    chunk_seconds: float = CHUNK_SECONDS,
     command: str = "",
 ) -> RoughnessResult:
     """Roughness index (Wang et al.): RI = sigma / mu of the normalized total variation of `directions`

@@ -27,6 +27,7 @@ import torch
 
 from landscape.directions import RandomDirections
 from landscape.model_io import call_functional
+from landscape.names import CHUNK_SECONDS
 from landscape.problem import Problem
 from landscape.strategies import Evaluation, Pick, evaluate_points
 
@@ -120,7 +121,7 @@ def compute_roughness(
     warn: Callable[[str], None] = lambda msg: None,
     known: KnownPoints | None = None,
     on_chunk: Callable[[torch.Tensor, Evaluation], None] = lambda idx, values: None,
-    chunk_seconds: float = 2.0,
+    chunk_seconds: float = CHUNK_SECONDS,
 ) -> RoughnessRun:
     """Evaluate all M x (m+1) profile points with one sweep strategy and compute RI, over directions
     [M, P] or made chunk by chunk (`RandomDirections`: memory for a chunk, not M x P; the strategy the

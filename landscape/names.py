@@ -19,4 +19,5 @@ STORE_DTYPES = (
 CURVATURES = ("hessian", "ggn", "fisher")
 CURVATURE_TITLES = {"hessian": "Hessian", "ggn": "GGN", "fisher": "empirical Fisher"}
 METHODS = ("double-backward-cached", "double-backward", "forward-over-reverse")
+CHUNK_SECONDS = 2.0  # a sweep hands its points to the sink (the CLI: writes them) after about this much work
 EXACT_TRACE = "exact: the trace of the whole matrix, from one product per parameter"

@@ -56,6 +56,7 @@ from landscape.cli.shared import (
     problem_at,
 )
 from landscape.errors import LandscapeError, PointFailure
+from landscape.names import CHUNK_SECONDS
 
 
 def _finite(obj: Any) -> Any:
@@ -111,7 +112,7 @@ def roughness(
             rich_help_panel=RUN,
         ),
     ] = False,
-    save_every: SaveEvery = 2.0,
+    save_every: SaveEvery = CHUNK_SECONDS,
     force: Force = False,
     figure: Figure = None,
     unsafe_pickle: UnsafePickle = False,

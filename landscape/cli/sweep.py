@@ -44,6 +44,7 @@ from landscape.cli.options import (
 from landscape.cli.shared import Strategy, ignore_option, norm_option
 from landscape.errors import LandscapeError, PointFailure
 from landscape.io.spec import sha256_file
+from landscape.names import CHUNK_SECONDS
 
 if TYPE_CHECKING:  # the command's own imports wait for it to run: `landscape --help` needs no torch
     import torch
@@ -114,7 +115,7 @@ def sweep(
             rich_help_panel=RUN,
         ),
     ] = False,
-    save_every: SaveEvery = 2.0,
+    save_every: SaveEvery = CHUNK_SECONDS,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.", rich_help_panel=RUN)] = False,
     unsafe_pickle: UnsafePickle = False,
     config: Config = None,

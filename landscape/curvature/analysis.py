@@ -28,7 +28,7 @@ from landscape.curvature.dense import (
     use_dense,
 )
 from landscape.curvature.density import Density, LanczosRuns, density_from_lanczos, slq
-from landscape.curvature.lanczos import LANCZOS_FLOAT64_BYTES, Eigenpairs, lanczos
+from landscape.curvature.lanczos import LANCZOS_FLOAT64_BYTES, RESTART_SPARE, Eigenpairs, lanczos
 from landscape.curvature.operators import CurvatureOperator, layer_blocks
 from landscape.curvature.trace import TraceEstimate, hutchpp
 from landscape.datasource import available_memory
@@ -195,7 +195,7 @@ def rows_that_fit(settings: CurvatureSettings, n: int, room: int) -> tuple[int |
     dtype = basis_dtype(settings.basis_dtype, want, n, LANCZOS_FLOAT64_BYTES)
     row = row_bytes(n, dtype)
     wanted = settings.top_k * (2 if settings.which == "both" else 1)
-    fits = max(room // row, wanted + 3)
+    fits = max(room // row, wanted + RESTART_SPARE)
     if fits >= want:
         return None, None
     return fits, (

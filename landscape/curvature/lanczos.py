@@ -134,6 +134,7 @@ def pivot_signs(vectors: torch.Tensor) -> torch.Tensor:
     return torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
+RESTART_SPARE = 3  # a capped basis holds the wanted pairs and at least this many more: the new steps of a restart
 LANCZOS_FLOAT64_BYTES = 2 << 30  # an 'auto' basis stays float64 while max_iter rows of it fit this; else float32
 
 
@@ -152,8 +153,6 @@ class KrylovRun:
     matvecs: int
     basis: KrylovBasis
     floor: float
-    steps: int = 0  # products over all cycles
-    restarts: int = 0
 
 
 def lanczos(
@@ -213,7 +212,7 @@ def lanczos(
         residuals=np.maximum(run.residuals, run.floor),
         converged=run.converged.copy(),
         eigenvectors=evecs,
-        iterations=run.steps,
+        iterations=run.matvecs,  # one product per step, over all restarts
         matvecs=run.matvecs,
         which=which,
         tol=float(tol),
@@ -239,10 +238,10 @@ def krylov(
 ) -> KrylovRun:
     """The Lanczos iteration of `lanczos` (which see), up to `max_iter` steps or until the k wanted Ritz
     pairs converge (tol 0: exactly max_iter steps, unless the space turns out invariant first); thick
-    restarts when the basis reaches `max_rows` rows (at least the wanted pairs + 3)."""
+    restarts when the basis reaches `max_rows` rows (at least the wanted pairs + RESTART_SPARE)."""
     want_count = k if which == "largest" else min(n, 2 * k)
     max_iter = max(int(min(n, max_iter)), min(n, want_count))
-    rows_cap = max_iter if max_rows is None else min(max_iter, max(int(max_rows), want_count + 3))
+    rows_cap = max_iter if max_rows is None else min(max_iter, max(int(max_rows), want_count + RESTART_SPARE))
     gen = torch.Generator().manual_seed(int(seed))
     Q = KrylovBasis(n, basis_dtype(basis, max_iter, n, LANCZOS_FLOAT64_BYTES), basis_device or device)
 
@@ -260,7 +259,6 @@ def krylov(
     betas: list[float] = []  # betas[j] couples q_j and q_{j+1}
     # after a thick restart: the kept Ritz values, and their coupling to the first vector after them
     head: tuple[np.ndarray, np.ndarray] | None = None
-    restarts = 0
     known: torch.Tensor | None = None  # the product of the first vector, when given
     if start is None:
         q = fresh()
@@ -317,13 +315,14 @@ def krylov(
                 continue
             # the basis is full: keep the best Ritz vectors U = Q Y_l; H U = U diag(theta_l) + q s^T with
             # s = b Y[-1, l], so [U, q] goes on as a Krylov decomposition (its matrix an arrowhead, then tridiagonal)
-            keep = _kept(theta, idx, min(rows_cap - 3, max(want_count, (rows_cap + want_count) // 2)), which)
+            keep = _kept(
+                theta, idx, min(rows_cap - RESTART_SPARE, max(want_count, (rows_cap + want_count) // 2)), which
+            )
             Q.keep_combinations(torch.from_numpy(np.ascontiguousarray(Y[:, keep])))
             head = (theta[keep].copy(), b * Y[-1, keep])
             alphas, betas, prev = [], [], None
-            restarts += 1
     floor = floor_at(float(np.abs(theta).max())) if theta.size else 0.0
-    return KrylovRun(alphas, betas, theta, Y, idx, res, ok, matvecs, Q, floor, steps=matvecs, restarts=restarts)
+    return KrylovRun(alphas, betas, theta, Y, idx, res, ok, matvecs, Q, floor)
 
 
 def _ritz(

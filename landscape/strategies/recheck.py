@@ -10,6 +10,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from landscape.names import CHUNK_SECONDS
 from landscape.strategies.base import Strategy
 
 RECHECK_MARGIN = 1.1  # the other strategy is tried when the current one runs this many times slower
@@ -53,7 +54,7 @@ class Recheck:
         timings: dict[str, float],
         total: int,
         ranks: int = 1,
-        chunk_seconds: float = 2.0,
+        chunk_seconds: float = CHUNK_SECONDS,
     ) -> None:
         self.held: dict[str, Strategy] = {chosen.name: chosen}
         self.current, self.other = chosen.name, other

@@ -14,6 +14,7 @@ import torch
 
 from landscape.distributed import World
 from landscape.errors import ArgumentError, LandscapeError, PointFailure, RunFailure, one_line
+from landscape.names import CHUNK_SECONDS
 from landscape.pick import Pick, pick_to_resume
 from landscape.problem import Problem
 from landscape.strategies.base import Evaluation, Strategy, evaluate_shrinking, memory_budget, points_per_call
@@ -120,7 +121,7 @@ def run_sweep(
     sink: SweepSink | None,
     *,
     strategy: str = "auto",
-    chunk_seconds: float = 2.0,
+    chunk_seconds: float = CHUNK_SECONDS,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
     warn: Callable[[str], None] = lambda msg: None,
     world: World = World(),
@@ -182,7 +183,7 @@ def evaluate_points(
     keep: Callable[[np.ndarray, Evaluation | None], np.ndarray],
     *,
     strategy: str = "auto",
-    chunk_seconds: float = 2.0,
+    chunk_seconds: float = CHUNK_SECONDS,
     on_progress: Callable[[int], None] = lambda left: None,
     warn: Callable[[str], None] = lambda msg: None,
     world: World = World(),
