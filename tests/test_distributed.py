@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -167,6 +168,31 @@ def _tiny_model_files(tmp_path: Path) -> list[str]:
 
 def _errors(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("error:")]
+
+
+def test_a_sigterm_while_the_error_is_reported_does_not_cut_it(tmp_path, monkeypatch):
+    """torchrun sends SIGTERM to every rank once one has failed. A rank that was already writing its own
+    error line got a KeyboardInterrupt in the middle of it, and torchrun's summary lost the line (seen
+    once in CI). Now that SIGTERM is only noted: the line reaches stderr and torchrun's error file."""
+    from landscape.cli import main, options
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    print_line = options.tagged
+
+    def terminated_while_printing(*args, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        print_line(*args, **kw)
+
+    monkeypatch.setattr(options, "tagged", terminated_while_printing)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main(["info", str(tmp_path / "missing.h5")])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert stopped.value.code == 2
+    assert "missing.h5" in json.loads(error_file.read_text())["message"]["message"]
 
 
 @pytest.mark.parametrize("command", ["sweep", "hessian"])

@@ -41,31 +41,34 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("LANDSCAPE_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     keep_freed_memory()  # large temporaries reused instead of page-faulted in on every forward pass
-    terminated = stop_on_sigterm()
+    sigterm = Sigterm()
     try:
         with output_held(output_of(args)):
             app(args=args, prog_name="landscape")
     except LandscapeError as exc:
+        sigterm.leaving = True
         if debug:
             raise
         line = rank_prefix() + error_text(exc)
-        tagged("error:", "red", line)
         tell_torchrun(line)
+        tagged("error:", "red", line)
         sys.exit(exc.exit_code)
     except SystemExit as exc:
+        sigterm.leaving = True
         # typer turns Ctrl-C into a silent exit 130 (Exit raised from the KeyboardInterrupt); say so.
         # `sweep` and `roughness` report their own interrupts (what was kept, how to resume), raising Exit from None.
         if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
             interrupted(": results files are written whole at the end, so none was written")
-        if exc.code == 130 and terminated:
+        if exc.code == 130 and sigterm.came:
             sys.exit(128 + signal.SIGTERM)
         raise
     except Exception as exc:  # not the tool's own: one line naming what failed, the traceback on request
+        sigterm.leaving = True
         if debug:
             raise
         line = rank_prefix() + error_text(exc, output_of(args))
-        tagged("error:", "red", line + " (run with --debug for the traceback)")
         tell_torchrun(line)
+        tagged("error:", "red", line + " (run with --debug for the traceback)")
         sys.exit(1)
 
 
@@ -122,20 +125,24 @@ def output_held(output: str) -> Iterator[None]:
         os.close(fd)
 
 
-def stop_on_sigterm() -> list[int]:
+class Sigterm:
     """SIGTERM (a batch system's preemption, `kill`) stops a run as Ctrl-C does: what was kept and
-    how to resume are said, and the exit status is 143; the returned list is not empty once it came."""
-    came: list[int] = []
+    how to resume are said, and the exit status is 143. Once the run is leaving with its own error,
+    a SIGTERM is only noted: torchrun sends one to every rank when one fails, and it must not cut
+    the error line a rank is writing (to its stderr and to torchrun's error file)."""
 
-    def stop(signum: int, frame: object) -> None:
-        came.append(signum)
-        raise KeyboardInterrupt
+    def __init__(self) -> None:
+        self.came = False
+        self.leaving = False
+        try:
+            signal.signal(signal.SIGTERM, self._stop)
+        except ValueError:  # not the main thread (the CLI called from a thread): leave the signal alone
+            pass
 
-    try:
-        signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread (the CLI called from a thread): leave the signal alone
-        pass
-    return came
+    def _stop(self, signum: int, frame: object) -> None:
+        self.came = True
+        if not self.leaving:
+            raise KeyboardInterrupt
 
 
 def output_of(args: list[str]) -> str:
