@@ -116,8 +116,8 @@ class SweepResult:
 
         pick = None
         if self.run.get("strategy") not in (None, "none"):
-            sizes = [int(self.run.get(k) or 0) or None for k in ("batch_size", "points_per_call")]
-            pick = Pick(str(self.run["strategy"]), *sizes)
+            batch, per_call = (int(self.run.get(k) or 0) or None for k in ("batch_size", "points_per_call"))
+            pick = Pick(str(self.run["strategy"]), batch, per_call, str(self.run.get("conv_layouts") or ""))
 
         def values_and_groups(f: h5py.File) -> None:
             fill_sweep(f, self.loss, self.accuracy, self.done, pick, self.run)

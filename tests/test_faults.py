@@ -561,6 +561,39 @@ def test_resume_goes_on_with_the_strategy_the_run_before_picked(cli, tmp_path, s
     np.testing.assert_array_equal(_sweep_values(out)[0], _sweep_values(tmp_path / "whole.h5")[0])
 
 
+def test_resume_keeps_the_convolution_layouts_the_run_before_timed(cli, tmp_path):
+    """The fused strategies time each folded convolution's memory layout, and each rounds differently:
+    the file keeps the layouts with the pick, and --resume computes the rest in them, untimed. The
+    test writes other layouts into the slot than the run timed: the resumed run must use those."""
+    from landscape.pick import Pick
+
+    source = tmp_path / "killing.py"
+    source.write_text(LOSS_THAT_KILLS)
+    out = tmp_path / "cut.h5"
+    args = ("sweep", "--sample", "cnn", "--loss", f"{source}:loss", "--x", "-1:1:9", "--y", "-1:1:9")
+    env = {**os.environ, "LANDSCAPE_TEST_KILL_WHEN_DONE": str(out)}
+    killed = subprocess.run(
+        [sys.executable, "-m", "landscape", *args, "--strategy", "fused", "-o", str(out)], env=env, capture_output=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    with h5py.File(out, "r+") as f:
+        slot = f["sweep/strategy_in_use"]
+        pick = Pick.parse(bytes(slot[()]).rstrip(b"\0").decode())
+        assert pick is not None and pick.name == "fused" and len(pick.layouts) == 2  # the CNN's two Conv+BN pairs
+        flipped = "".join("C" if c == "L" else "L" for c in pick.layouts)
+        text = Pick(pick.name, pick.batch_size, pick.points_per_call, flipped).text()
+        slot[...] = np.frombuffer(text.encode().ljust(slot.shape[0], b"\0"), np.uint8)
+    res = cli(*args, "-o", out, "--resume")  # --strategy auto
+    said = (
+        f"going on with strategy fused (batch size {pick.batch_size}, convolution layouts {flipped}), as the run before"
+    )
+    assert res.code == 0 and said in res.err, res.err
+    with h5py.File(out, "r") as f:
+        assert f["sweep"].attrs["conv_layouts"] == flipped and f.attrs["complete"]
+    assert cli(*args, "--strategy", "fused", "-o", tmp_path / "whole.h5").code == 0
+    np.testing.assert_allclose(_sweep_values(out)[0], _sweep_values(tmp_path / "whole.h5")[0], rtol=1e-5)
+
+
 def test_a_batch_size_named_on_resume_wins_over_the_stored_one(cli, tmp_path, monkeypatch, failing_loss):
     """The stored pick keeps the probe's batch size; a user who names another one on --resume (another
     machine, less memory) gets it, and is told the values may differ in the last digits."""
@@ -596,3 +629,19 @@ def test_resume_refuses_a_changed_loss_or_model_file(cli, tmp_path, monkeypatch,
     assert out.read_bytes() == before
     source.write_text(original)
     assert cli(*args, "-o", out, "--resume").code == 0
+
+
+def test_a_pick_keeps_its_layouts_in_the_slot_or_leaves_them_out():
+    """'fused 512 1 L10C7M3' round-trips; a pick whose layouts would not fit the slot keeps the rest
+    (a resume then times the layouts again); damaged texts are no pick (a resume probes again)."""
+    from landscape.pick import Pick
+
+    pick = Pick("firstlayer-fused", 512, 8, "L" * 10 + "C" * 7 + "MMM" + "L")
+    assert pick.text() == "firstlayer-fused 512 8 L10C7M3L"
+    assert Pick.parse(pick.text()) == pick
+    assert Pick.parse("vmap 1797 16") == Pick("vmap", 1797, 16)
+    assert pick.text(room=24) == "firstlayer-fused 512 8" and Pick.parse(pick.text(room=24)) == Pick(
+        "firstlayer-fused", 512, 8
+    )
+    for damaged in ("fused 512 1 l3", "fused 1 2 3", "fused 512 1 3L", "nothing 1 1", ""):
+        assert Pick.parse(damaged) is None, damaged

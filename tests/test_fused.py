@@ -98,3 +98,71 @@ def test_untraceable_or_train_mode_models_are_left_alone():
     assert fuse_for_inference(_Untraceable()) is None
     bn_train = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))  # train mode: batch statistics, not foldable
     assert fuse_for_inference(bn_train) is None
+
+
+def test_a_one_tap_convolution_is_the_matrix_product_with_its_tap():
+    """A 1x1 map convolved to a 1x1 output reads one kernel tap: the one at the padding's offset."""
+    from landscape.fused import _one_tap, conv2d_in_layout
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 6, 1, 1, generator=gen, dtype=torch.float64)
+    for kernel, padding, stride, bias in [(3, 1, 1, True), (3, 1, 2, False), (1, 0, 1, True), (5, 2, 1, True), ((3, 5), (1, 2), 1, True)]:  # fmt: skip
+        conv = nn.Conv2d(6, 7, kernel, stride, padding, bias=bias).double()
+        assert _one_tap(conv, x), (kernel, padding, stride)
+        want = conv(x)
+        got = conv2d_in_layout(conv, x, conv.weight, conv.bias, "matmul")
+        assert got.shape == want.shape == (5, 7, 1, 1)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert not _one_tap(nn.Conv2d(6, 7, 3, padding=1), torch.randn(5, 6, 2, 2))  # four output positions
+    assert not _one_tap(nn.Conv2d(6, 6, 3, padding=1, groups=2), x)
+    assert not _one_tap(nn.Conv2d(6, 7, 3, padding=1, padding_mode="circular"), x)
+    assert not _one_tap(nn.Conv2d(6, 7, 3, padding=1), torch.randn(5, 6, 1, 1, 1))
+
+
+def test_layouts_timed_on_a_resnet_give_its_outputs_in_every_layout():
+    """torchvision's ResNet-18 on 32x32 images has 8x8 to 1x1 maps: every folded conv gets a layout
+    from its own timing, and whichever layouts are chosen (or forced), the outputs are the model's."""
+    import torchvision
+
+    from landscape.fused import (
+        LAYOUT_LETTERS,
+        LAYOUTS,
+        _one_tap,
+        channels_last_input,
+        choose_conv_layouts,
+        conv_layouts,
+        set_conv_layouts,
+    )
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).double().eval()
+    _randomize(model, torch.Generator().manual_seed(2))
+    for m in model.modules():  # random BN scales blow the activations up 20 layers deep: keep them near 1
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.fill_(1.0)
+            m.weight.data.uniform_(0.5, 1.0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(1.0 / (m.weight[0].numel() ** 0.5))
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    fused = fuse_for_inference(model)
+    convs = {n: m for n, m in fused.named_modules() if isinstance(m, FoldedNorm)}
+    assert len(convs) == 20  # every convolution of ResNet-18 has its BatchNorm
+    chosen = choose_conv_layouts(fused, channels_last_input(x), repeats=1)
+    assert len(chosen) == len(convs) and set(chosen) <= set(LAYOUT_LETTERS.values())
+    assert conv_layouts(fused) == chosen and set_conv_layouts(fused, chosen) and not set_conv_layouts(fused, chosen[1:])
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(fused(channels_last_input(x)), want, rtol=1e-9, atol=1e-9)
+        inputs: dict[str, torch.Tensor] = {}
+        hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: inputs.setdefault(n, a[0])) for n, m in convs.items()]
+        fused(x)
+        for h in hooks:
+            h.remove()
+        one_tap = {n for n, m in convs.items() if _one_tap(m.layer, inputs[n])}
+        assert len(one_tap) == 3  # layer4's 3x3 convolutions of 1x1 maps (the first has stride 2 on 2x2)
+        for layout in LAYOUTS:
+            for n, m in convs.items():
+                m.layout = layout if layout != "matmul" or n in one_tap else None
+            torch.testing.assert_close(fused(x), want, rtol=1e-9, atol=1e-9)

@@ -158,7 +158,7 @@ class SweepFile:
         self.coords = coords
         self.grids = grids  # loss, done and perhaps accuracy: what the file holds
         self._offsets = _grid_offsets(path, grids)
-        self._strategy_at, slot = _strategy_slot(path)
+        self._strategy_at, self._strategy_room, slot = _strategy_slot(path)
         self.picked = Pick.parse(slot)
 
     def chose(self, pick: Pick) -> None:
@@ -167,7 +167,7 @@ class SweepFile:
         a resumed run mixed them)."""
         if self._strategy_at is None or pick == self.picked:
             return
-        text = pick.text().encode()[:STRATEGY_BYTES].ljust(STRATEGY_BYTES, b"\0")
+        text = pick.text(self._strategy_room).encode().ljust(self._strategy_room, b"\0")
         try:
             with open(self.path, "r+b") as out:
                 out.seek(self._strategy_at)
@@ -297,7 +297,7 @@ def fill_sweep(
     f["sweep/done"][...] = done
     if pick is not None:
         f["sweep"][STRATEGY_SLOT][...] = np.frombuffer(
-            pick.text().encode()[:STRATEGY_BYTES].ljust(STRATEGY_BYTES, b"\0"), np.uint8
+            pick.text(STRATEGY_BYTES).encode().ljust(STRATEGY_BYTES, b"\0"), np.uint8
         )
     _finished(f, attrs, done)
 
@@ -309,7 +309,7 @@ def _finished(f: h5py.File, attrs: Mapping[str, Any], done: np.ndarray) -> None:
 
 
 STRATEGY_SLOT = "strategy_in_use"  # /sweep/strategy_in_use: the probe's pick as `Pick.text`, NUL-padded ASCII
-STRATEGY_BYTES = 32
+STRATEGY_BYTES = 256  # files before the convolution layouts have 32: read and written at their own size
 
 
 def changed_code(stored: str | None, wanted: str | None) -> str:
@@ -319,16 +319,16 @@ def changed_code(stored: str | None, wanted: str | None) -> str:
     return f"made with other code: {', '.join(changed)} changed since (its sha256 differs); start over with --force"
 
 
-def _strategy_slot(path: Path) -> tuple[int | None, str | None]:
-    """Where the strategy slot's bytes are and the strategy it names (files of older versions, or
-    edited ones, have no usable slot: then nothing is kept and a resume probes again)."""
+def _strategy_slot(path: Path) -> tuple[int | None, int, str | None]:
+    """Where the strategy slot's bytes are, how many, and the strategy it names (files of older
+    versions, or edited ones, may have no usable slot: then nothing is kept and a resume probes again)."""
     with open_h5(path, "r") as f:
         ds = f["sweep"].get(STRATEGY_SLOT)
-        if not isinstance(ds, h5py.Dataset) or ds.shape != (STRATEGY_BYTES,) or ds.dtype != np.uint8:
-            return None, None
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or not 32 <= ds.shape[0] <= 4096 or ds.dtype != np.uint8:
+            return None, 0, None
         offset = ds.id.get_offset()
         text = bytes(ds[()]).rstrip(b"\0").decode(errors="replace")
-    return offset, text or None
+    return offset, ds.shape[0], text or None
 
 
 def _grid_offsets(path: Path, grids: Mapping[str, np.ndarray]) -> dict[str, int]:

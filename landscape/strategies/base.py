@@ -20,11 +20,13 @@ from landscape.problem import Problem
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What a strategy may use: points per call (vmap-like strategies), a memory budget in bytes, a batch size."""
+    """What a strategy may use: points per call (vmap-like strategies), a memory budget in bytes, a batch
+    size, and the convolution layouts a resumed run used (`Pick.layouts`; the fused strategies)."""
 
     points_per_call: int = 16
     memory_budget: int = 1 << 30
     batch_size: int | None = None
+    layouts: str = ""
 
 
 class NotApplicable(ValueError):
@@ -58,6 +60,7 @@ class Strategy:
     name = "base"
     k = 1
     warm_up_seconds = 0.0  # what a first call costs beyond a point's evaluation (a compile), as the probe expects
+    layouts = ""  # the fused strategies' convolution layouts, as `Pick.layouts` keeps them
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:

@@ -8,7 +8,16 @@ import torch
 import torch.nn as nn
 from torch import fx
 
-from landscape.fused import NORMS, FoldedNorm, channels_last_input, fuse_for_inference, has_conv2d
+from landscape.fused import (
+    NORMS,
+    FoldedNorm,
+    channels_last_input,
+    choose_conv_layouts,
+    conv_layouts,
+    fuse_for_inference,
+    has_conv2d,
+    set_conv_layouts,
+)
 from landscape.model_io import logits_of
 from landscape.problem import Problem
 from landscape.strategies.base import BuildContext, NotApplicable, Strategy, agree, keyword_inputs
@@ -40,18 +49,25 @@ def _fused_graph(problem: Problem, keep: frozenset[nn.Module] = frozenset()) -> 
     return fused
 
 
-def _use_fused(strat: LoopStrategy, fused: fx.GraphModule, layout_x: bool = True) -> None:
+def _use_fused(strat: LoopStrategy, fused: fx.GraphModule, layouts: str, layout_x: bool = True) -> None:
     """Point a loop strategy at a fused graph (and, with `layout_x`, at a copy of its problem with
-    channels-last data for 2-D convs), after checking on a few samples that it gives the model's outputs."""
+    channels-last data for 2-D convs), each folded 2-D conv in the layout `layouts` names (a resumed
+    run's) or else timed fastest on a batch of the data, after checking on a few samples that it
+    gives the model's outputs."""
     p = strat.problem
-    head, _ = p.head(64)
-    assert isinstance(head, torch.Tensor)  # `_fused_graph` ruled out keyword inputs
+    conv2d = has_conv2d(p.model)
+    batch, _ = p.head(strat.batch_size)
+    assert isinstance(batch, torch.Tensor)  # `_fused_graph` ruled out keyword inputs
+    if not (layouts and set_conv_layouts(fused, layouts)):
+        choose_conv_layouts(fused, channels_last_input(batch) if conv2d else batch)
+    strat.layouts = conv_layouts(fused)
+    head = batch[:64]
     with torch.no_grad():
         want, got = logits_of(p.model(head)), logits_of(fused(head))
     if not agree(want.double().flatten(), got.double().flatten(), p.dtype):
         raise ValueError("the fused graph's outputs differ from the model's")
     strat.forward = fused
-    if layout_x and has_conv2d(p.model) and p.in_memory:  # the same problem, its data in the layout the graph prefers
+    if layout_x and conv2d and p.in_memory:  # the same problem, its data in the layout the graph prefers
         assert isinstance(p.x, torch.Tensor)
         strat.problem = p.replace(x=channels_last_input(p.x))
 
@@ -62,12 +78,18 @@ class FusedStrategy(LoopStrategy):
     name = "fused"
 
     @classmethod
+    def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
+        return cls(problem, directions, ctx.batch_size, ctx.layouts)
+
+    @classmethod
     def rules_out(cls, problem: Problem) -> str | None:
         return nothing_to_fuse(problem)
 
-    def __init__(self, problem: Problem, directions: torch.Tensor, batch_size: int | None = None):
+    def __init__(
+        self, problem: Problem, directions: torch.Tensor, batch_size: int | None = None, layouts: str = ""
+    ) -> None:
         super().__init__(problem, directions, batch_size)
-        _use_fused(self, _fused_graph(problem))
+        _use_fused(self, _fused_graph(problem), layouts)
 
 
 class FirstLayerFusedStrategy(FirstLayerStrategy):
@@ -80,7 +102,7 @@ class FirstLayerFusedStrategy(FirstLayerStrategy):
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
         first = first_layer_of(problem, directions, ctx.memory_budget)
-        return cls(problem, directions, first, ctx.batch_size, ctx.memory_budget)
+        return cls(problem, directions, first, ctx.batch_size, ctx.memory_budget, ctx.layouts)
 
     @classmethod
     def rules_out(cls, problem: Problem) -> str | None:
@@ -93,6 +115,7 @@ class FirstLayerFusedStrategy(FirstLayerStrategy):
         first: tuple[str, nn.Module],
         batch_size: int | None = None,
         memory_budget: int = 1 << 30,
+        layouts: str = "",
     ):
         fused = _fused_graph(problem)
         names = {m: n for n, m in problem.model.named_modules()}
@@ -112,4 +135,4 @@ class FirstLayerFusedStrategy(FirstLayerStrategy):
             target=pair,
             memory_budget=memory_budget,
         )
-        _use_fused(self, fused, layout_x=False)  # x itself is not read: the cache is channels-last
+        _use_fused(self, fused, layouts, layout_x=False)  # x itself is not read: the cache is channels-last

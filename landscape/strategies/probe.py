@@ -105,6 +105,7 @@ def choose_strategy(
     warn: Callable[[str], None] = lambda msg: warnings.warn(msg, stacklevel=2),
     batch_size: int | None = None,
     on_values: Callable[[torch.Tensor, Evaluation], None] | None = None,
+    layouts: str = "",
 ) -> Choice:
     """Time each candidate on `probe_coords` (real grid points) and keep the fastest that agrees with the others.
 
@@ -116,7 +117,8 @@ def choose_strategy(
     candidate nothing is timed. `total_points` (the run's size) bounds the probe's cost: on a run
     of a second or two, timing slow candidates again would cost more than the fastest one saves.
     `batch_size` (a resumed run's) is used untuned; `on_values(indices, values)` hears each probe
-    point's values as soon as they are known (for the caller to store them at once).
+    point's values as soon as they are known (for the caller to store them at once). `layouts` (a
+    resumed run's convolution layouts, with its one candidate) are used untimed.
 
     The probe's cost is bounded by design: what it spends over evaluating its points with the
     fastest strategy seen (tuning passes at other sizes, repeated warm-up points, builds, slower
@@ -139,7 +141,13 @@ def choose_strategy(
     def build(name: str) -> Strategy | None:
         try:
             return build_strategy(
-                name, problem, directions, points_per_call=k, memory_budget=budget, batch_size=batch_size
+                name,
+                problem,
+                directions,
+                points_per_call=k,
+                memory_budget=budget,
+                batch_size=batch_size,
+                layouts=layouts if len(candidates) == 1 else "",
             )
         except NotApplicable as exc:
             probe.inapplicable[name] = str(exc)

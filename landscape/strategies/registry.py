@@ -41,6 +41,7 @@ def build_strategy(
     points_per_call: int = 16,
     memory_budget: int = 1 << 30,
     batch_size: int | None = None,
+    layouts: str = "",
 ) -> Strategy:
     """Construct strategy `name`; raises NotApplicable (a ValueError) when it cannot run this model."""
     if name not in REGISTRY:
@@ -48,5 +49,5 @@ def build_strategy(
     why = REGISTRY[name].rules_out(problem)  # what the modules tell, before any build
     if why is not None:
         raise NotApplicable(why)
-    ctx = BuildContext(points_per_call=points_per_call, memory_budget=memory_budget, batch_size=batch_size)
+    ctx = BuildContext(points_per_call, memory_budget, batch_size, layouts)
     return REGISTRY[name].build(problem, directions, ctx)

@@ -86,6 +86,7 @@ class SweepReport:
     strategy: str
     batch_size: int | None = None
     points_per_call: int | None = None
+    layouts: str = ""  # the fused strategies' convolution layouts (`Pick.layouts`)
     timings: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
     inapplicable: dict[str, str] = field(default_factory=dict)
@@ -103,6 +104,7 @@ class SweepReport:
             "strategy": self.strategy,
             "batch_size": self.batch_size or 0,
             "points_per_call": self.points_per_call or 0,
+            "conv_layouts": self.layouts,
             "strategy_timings_s_per_point": self.timings,
             "strategy_dropped": self.dropped,
             "strategy_inapplicable": self.inapplicable,
@@ -167,6 +169,7 @@ def run_sweep(
     )  # fmt: skip
     report.strategy, report.timings, report.dropped = choice.strategy.name, choice.timings, choice.dropped
     report.batch_size, report.points_per_call = choice.strategy.batch_size, choice.strategy.k
+    report.layouts = choice.strategy.layouts
     report.inapplicable, report.probe_seconds, report.switches = choice.inapplicable, choice.seconds, choice.switches
     report.untried, report.probe_excess_seconds = choice.untried, choice.excess
     report.seconds = time.perf_counter() - start
@@ -225,6 +228,7 @@ def evaluate_points(
             warn=warn,
             batch_size=earlier.batch_size if earlier else None,
             on_values=kept_now if world.size == 1 else None,
+            layouts=earlier.layouts if earlier else "",
         )
     except LandscapeError:
         raise
@@ -233,7 +237,7 @@ def evaluate_points(
     choice.seconds = time.perf_counter() - probe_start
     if earlier and earlier.points_per_call:
         choice.strategy.k = earlier.points_per_call
-    chosen = world.broadcast(Pick(choice.strategy.name, choice.strategy.batch_size, choice.strategy.k))
+    chosen = world.broadcast(_pick_of(choice.strategy))
     budget = memory_budget(problem.device)
 
     def build(
@@ -246,11 +250,13 @@ def evaluate_points(
             points_per_call=points_per_call(problem, budget, chosen.batch_size),
             memory_budget=budget,
             batch_size=chosen.batch_size,
+            layouts=chosen.layouts if name == chosen.name else "",
         )
 
-    if (chosen.name, chosen.batch_size) != (
+    if (chosen.name, chosen.batch_size, chosen.layouts) != (
         choice.strategy.name,
         choice.strategy.batch_size,
+        choice.strategy.layouts,
     ):  # rank 0's, on every rank
         choice.strategy.close()
         choice.strategy = build(chosen.name)
@@ -288,13 +294,17 @@ def evaluate_points(
             recheck.timed(name, max(len(mine), 1), seconds, total - len(todo))
             if recheck.current != before:  # a resumed run goes on with the strategy in use when it stopped
                 now = recheck.held[recheck.current]
-                on_choice(Pick(now.name, now.batch_size, now.k))
+                on_choice(_pick_of(now))
             on_progress(len(todo))
     finally:
         recheck.close()
     choice.strategy = recheck.held[recheck.current]
     choice.switches = [s.text() for s in recheck.switches]
     return choice
+
+
+def _pick_of(strat: Strategy) -> Pick:
+    return Pick(strat.name, strat.batch_size, strat.k, strat.layouts)
 
 
 def _other_candidate(chosen: str, timings: dict[str, float]) -> str | None:
