@@ -222,7 +222,11 @@ def table(results: dict[str, dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--entries", default=",".join(suite_models.ENTRIES), help="comma-separated suite models")
+    ap.add_argument(
+        "--entries",
+        default=",".join(suite_models.SUITE),
+        help="comma-separated suite models (held out: " + ",".join(suite_models.HELD_OUT) + ")",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", type=Path, default=HERE / ".suite", help="checkpoints, data and results files")
     ap.add_argument("--skip", default="", help="comma-separated: sweep,loop,ll,top5,ph-top5,trace,ph-trace,torch")

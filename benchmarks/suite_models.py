@@ -43,6 +43,21 @@ def vit() -> nn.Module:
     )
 
 
+def mobilenet() -> nn.Module:
+    """torchvision's MobileNetV3-small with 10 classes (depthwise convolutions, squeeze-excite,
+    hardswish, BatchNorm): 1.5M parameters. Held out: not in `make bench`'s default list."""
+    import torchvision
+
+    return torchvision.models.mobilenet_v3_small(num_classes=10)
+
+
+def regnet() -> nn.Module:
+    """torchvision's RegNetX-400MF with 10 classes (grouped convolutions, BatchNorm): 5.1M parameters. Held out."""
+    import torchvision
+
+    return torchvision.models.regnet_x_400mf(num_classes=10)
+
+
 def gpt2_config():  # type: ignore[no-untyped-def]
     import transformers
 
@@ -86,9 +101,19 @@ ENTRIES: dict[str, Entry] = {
         loss="next-token",
         hf=True,
     ),
+    "mobilenet": Entry(
+        "torchvision MobileNetV3-small, 1.5M params, 1024 images 3x32x32", "mobilenet", _images(1024, (3, 32, 32))
+    ),
+    "regnet": Entry("torchvision RegNetX-400MF, 5.1M params, 512 images 3x32x32", "regnet", _images(512, (3, 32, 32))),
     "sample-mlp": Entry("the bundled sample mlp", "landscape.sample_models.models:mlp", sample="mlp"),
     "sample-cnn": Entry("the bundled sample cnn (BatchNorm)", "landscape.sample_models.models:cnn", sample="cnn"),
 }
+
+
+HELD_OUT = ("mobilenet", "regnet")
+"""Models the engine was not tuned on, to check that what holds on the suite holds beyond it
+(`--entries mobilenet,regnet`); `make bench` runs the others."""
+SUITE = tuple(name for name in ENTRIES if name not in HELD_OUT)
 
 
 def _build(entry: Entry) -> nn.Module:

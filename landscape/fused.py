@@ -140,21 +140,29 @@ def set_conv_layouts(graph: nn.Module, letters: str) -> bool:
     return True
 
 
-def choose_conv_layouts(graph: nn.Module, x: torch.Tensor, repeats: int = 3) -> str:
+def choose_conv_layouts(
+    graph: nn.Module, x: torch.Tensor, repeats: int = 2, known: dict[nn.Module, str] | None = None
+) -> str:
     """Run `graph` once on `x` (no gradient), each folded 2-D convolution timing its layouts on its own
     input and keeping the fastest for the calls that follow; returns them as `conv_layouts` does.
+    `known` ({convolution module: layout}) holds the layouts timed for another graph of the same
+    model on the same data (the probe builds two): those are used untimed, and the new ones added.
     On the CPU only: elsewhere (CUDA) the timings would need synchronizing and the data's layout is kept."""
     convs = _folded_convs(graph)
     if not convs or x.device.type != "cpu":
         return ""
+    known = {} if known is None else known
     for m in convs:
-        m.timing_repeats = repeats
+        m.layout = known.get(m.layer)
+        m.timing_repeats = repeats if m.layout is None else 0
     try:
-        with torch.no_grad():
-            graph(x)
+        if any(m.timing_repeats for m in convs):
+            with torch.no_grad():
+                graph(x)
     finally:
         for m in convs:
             m.timing_repeats = 0
+    known.update({m.layer: m.layout for m in convs if m.layout is not None})
     return conv_layouts(graph)
 
 

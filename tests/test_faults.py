@@ -570,7 +570,19 @@ def test_resume_keeps_the_convolution_layouts_the_run_before_timed(cli, tmp_path
     source = tmp_path / "killing.py"
     source.write_text(LOSS_THAT_KILLS)
     out = tmp_path / "cut.h5"
-    args = ("sweep", "--sample", "cnn", "--loss", f"{source}:loss", "--x", "-1:1:9", "--y", "-1:1:9")
+    args = (
+        "sweep",
+        "--sample",
+        "cnn",
+        "--loss",
+        f"{source}:loss",
+        "--x",
+        "-1:1:21",
+        "--y",
+        "-1:1:21",
+        "--save-every",
+        "0.05",
+    )
     env = {**os.environ, "LANDSCAPE_TEST_KILL_WHEN_DONE": str(out)}
     killed = subprocess.run(
         [sys.executable, "-m", "landscape", *args, "--strategy", "fused", "-o", str(out)], env=env, capture_output=True
@@ -584,8 +596,9 @@ def test_resume_keeps_the_convolution_layouts_the_run_before_timed(cli, tmp_path
         text = Pick(pick.name, pick.batch_size, pick.points_per_call, flipped).text()
         slot[...] = np.frombuffer(text.encode().ljust(slot.shape[0], b"\0"), np.uint8)
     res = cli(*args, "-o", out, "--resume")  # --strategy auto
+    coded = text.split()[-1]  # run-length coded: 'CL', or 'L2' for 'LL'
     said = (
-        f"going on with strategy fused (batch size {pick.batch_size}, convolution layouts {flipped}), as the run before"
+        f"going on with strategy fused (batch size {pick.batch_size}, convolution layouts {coded}), as the run before"
     )
     assert res.code == 0 and said in res.err, res.err
     with h5py.File(out, "r") as f:

@@ -166,3 +166,23 @@ def test_layouts_timed_on_a_resnet_give_its_outputs_in_every_layout():
             for n, m in convs.items():
                 m.layout = layout if layout != "matmul" or n in one_tap else None
             torch.testing.assert_close(fused(x), want, rtol=1e-9, atol=1e-9)
+
+
+def test_layouts_timed_for_one_graph_are_reused_by_another_of_the_same_model(monkeypatch):
+    """The probe builds `fused` and `firstlayer-fused`: the second graph takes the first's timed layouts."""
+    import landscape.fused as fused_module
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4)).eval()  # fmt: skip
+    x = torch.randn(16, 3, 6, 6)
+    known: dict[nn.Module, str] = {}
+    first = fused_module.choose_conv_layouts(fuse_for_inference(model), x, known=known)
+    assert len(first) == 2 and set(known) == {model[0], model[3]}
+
+    def not_again(*args, **kw):
+        raise AssertionError("timed again")
+
+    monkeypatch.setattr(fused_module, "_fastest_layout", not_again)
+    second = fuse_for_inference(model)
+    assert fused_module.choose_conv_layouts(second, x, known=known) == first
+    with torch.no_grad():
+        torch.testing.assert_close(second(x), model(x), rtol=1e-5, atol=1e-5)

@@ -9,7 +9,7 @@ numbers of correct predictions on one batch. `build` says whether it applies to 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,12 +21,14 @@ from landscape.problem import Problem
 @dataclass(frozen=True)
 class BuildContext:
     """What a strategy may use: points per call (vmap-like strategies), a memory budget in bytes, a batch
-    size, and the convolution layouts a resumed run used (`Pick.layouts`; the fused strategies)."""
+    size, the convolution layouts a resumed run used (`Pick.layouts`), and those other builds of the
+    probe timed (`timed_layouts`, {convolution module: layout}, filled in by the fused strategies)."""
 
     points_per_call: int = 16
     memory_budget: int = 1 << 30
     batch_size: int | None = None
     layouts: str = ""
+    timed_layouts: dict[Any, str] = field(default_factory=dict, compare=False)
 
 
 class NotApplicable(ValueError):
@@ -60,6 +62,7 @@ class Strategy:
     name = "base"
     k = 1
     warm_up_seconds = 0.0  # what a first call costs beyond a point's evaluation (a compile), as the probe expects
+    build_points = 0.0  # what building it costs, in points' time (a point: a forward pass over the data)
     layouts = ""  # the fused strategies' convolution layouts, as `Pick.layouts` keeps them
 
     @classmethod

@@ -24,6 +24,7 @@ from landscape.strategies.base import BuildContext, NotApplicable, Strategy, agr
 from landscape.strategies.firstlayer import FirstLayerStrategy, _param_names, first_layer_of
 from landscape.strategies.loop import LoopStrategy
 
+LAYOUT_POINTS = 5.0  # timing the convolutions' layouts costs about this many forward passes (2 runs of 2-3 layouts)
 NOTHING_TO_FUSE = "no BatchNorm after a Conv/Linear to fold and no 2-D convolution (or torch.fx cannot trace the model)"
 
 
@@ -49,17 +50,17 @@ def _fused_graph(problem: Problem, keep: frozenset[nn.Module] = frozenset()) -> 
     return fused
 
 
-def _use_fused(strat: LoopStrategy, fused: fx.GraphModule, layouts: str, layout_x: bool = True) -> None:
+def _use_fused(strat: LoopStrategy, fused: fx.GraphModule, ctx: BuildContext, layout_x: bool = True) -> None:
     """Point a loop strategy at a fused graph (and, with `layout_x`, at a copy of its problem with
-    channels-last data for 2-D convs), each folded 2-D conv in the layout `layouts` names (a resumed
-    run's) or else timed fastest on a batch of the data, after checking on a few samples that it
-    gives the model's outputs."""
+    channels-last data for 2-D convs), each folded 2-D conv in the layout `ctx.layouts` names (a
+    resumed run's) or else timed fastest on a batch of the data (or by another build of the probe),
+    after checking on a few samples that it gives the model's outputs."""
     p = strat.problem
     conv2d = has_conv2d(p.model)
     batch, _ = p.head(strat.batch_size)
     assert isinstance(batch, torch.Tensor)  # `_fused_graph` ruled out keyword inputs
-    if not (layouts and set_conv_layouts(fused, layouts)):
-        choose_conv_layouts(fused, channels_last_input(batch) if conv2d else batch)
+    if not (ctx.layouts and set_conv_layouts(fused, ctx.layouts)):
+        choose_conv_layouts(fused, channels_last_input(batch) if conv2d else batch, known=ctx.timed_layouts)
     strat.layouts = conv_layouts(fused)
     head = batch[:64]
     with torch.no_grad():
@@ -76,20 +77,21 @@ class FusedStrategy(LoopStrategy):
     """The per-point loop through the model's graph with BatchNorm folded and ReLUs in place."""
 
     name = "fused"
+    build_points = LAYOUT_POINTS
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
-        return cls(problem, directions, ctx.batch_size, ctx.layouts)
+        return cls(problem, directions, ctx.batch_size, ctx)
 
     @classmethod
     def rules_out(cls, problem: Problem) -> str | None:
         return nothing_to_fuse(problem)
 
     def __init__(
-        self, problem: Problem, directions: torch.Tensor, batch_size: int | None = None, layouts: str = ""
+        self, problem: Problem, directions: torch.Tensor, batch_size: int | None = None, ctx: BuildContext | None = None
     ) -> None:
         super().__init__(problem, directions, batch_size)
-        _use_fused(self, _fused_graph(problem), layouts)
+        _use_fused(self, _fused_graph(problem), ctx or BuildContext())
 
 
 class FirstLayerFusedStrategy(FirstLayerStrategy):
@@ -98,11 +100,12 @@ class FirstLayerFusedStrategy(FirstLayerStrategy):
     saved); otherwise the first layer is kept out of the folding, its output being cached."""
 
     name = "firstlayer-fused"
+    build_points = LAYOUT_POINTS
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
         first = first_layer_of(problem, directions, ctx.memory_budget)
-        return cls(problem, directions, first, ctx.batch_size, ctx.memory_budget, ctx.layouts)
+        return cls(problem, directions, first, ctx.batch_size, ctx.memory_budget, ctx)
 
     @classmethod
     def rules_out(cls, problem: Problem) -> str | None:
@@ -115,7 +118,7 @@ class FirstLayerFusedStrategy(FirstLayerStrategy):
         first: tuple[str, nn.Module],
         batch_size: int | None = None,
         memory_budget: int = 1 << 30,
-        layouts: str = "",
+        ctx: BuildContext | None = None,
     ):
         fused = _fused_graph(problem)
         names = {m: n for n, m in problem.model.named_modules()}
@@ -135,4 +138,6 @@ class FirstLayerFusedStrategy(FirstLayerStrategy):
             target=pair,
             memory_budget=memory_budget,
         )
-        _use_fused(self, fused, layouts, layout_x=False)  # x itself is not read: the cache is channels-last
+        _use_fused(
+            self, fused, ctx or BuildContext(), layout_x=False
+        )  # x itself is not read: the cache is channels-last

@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -137,6 +138,7 @@ def choose_strategy(
             batch_size = problem.batch_size
         probe.keep_tuned(batch_size)
     k = points_per_call(problem, budget, batch_size)
+    timed_layouts: dict[Any, str] = {}  # the fused strategies' convolution layouts, timed once for both
 
     def build(name: str) -> Strategy | None:
         try:
@@ -148,6 +150,7 @@ def choose_strategy(
                 memory_budget=budget,
                 batch_size=batch_size,
                 layouts=layouts if len(candidates) == 1 else "",
+                timed_layouts=timed_layouts,
             )
         except NotApplicable as exc:
             probe.inapplicable[name] = str(exc)
@@ -202,8 +205,10 @@ class _Probe:
 
     # ---- the budget -------------------------------------------------------------------------
     def fastest(self) -> float:
-        """The least seconds per point seen so far (any candidate, any stage; the tuning passes' too)."""
-        seen = [*self.timings.values(), *self.first.values(), *(t for _, _, _, t in self.tuned)]
+        """The least seconds per point seen so far (any candidate, any stage, its cold warm-up point too:
+        a bound on its pace that shrinks the budget as soon as a faster candidate shows; the tuning
+        passes' too)."""
+        seen = [*self.timings.values(), *self.first.values(), *self.warm.values(), *(t for _, _, _, t in self.tuned)]
         return min(seen, default=math.inf)
 
     def excess(self, kept: int | None = None) -> float:
@@ -288,9 +293,11 @@ class _Probe:
             candidates, key=lambda n: -1 if n == "loop" else PROMISE.index(n) if n in PROMISE else len(PROMISE)
         )
         for name in order:
-            first_call = REGISTRY[name].warm_up_seconds if name in REGISTRY else 0.0  # a compile
+            kind = REGISTRY.get(name)
+            first_call = kind.warm_up_seconds if kind else 0.0  # a compile
+            building = self.fastest() * kind.build_points if kind and math.isfinite(self.fastest()) else 0.0
             unbounded = self.total_points is None and first_call > 0  # a run of unknown length may not pay it back
-            if reference is not None and (unbounded or not self.affords(self.fastest() + first_call)):
+            if reference is not None and (unbounded or not self.affords(self.fastest() + first_call + building)):
                 why = REGISTRY[name].rules_out(self.problem) if name in REGISTRY else None
                 if why is None:
                     self.untried.append(name)
@@ -334,8 +341,9 @@ class _Probe:
         points = self.points_for(SHORTLIST_SECONDS, 1, SHORTLIST_POINTS)
         for name, strat in list(self.built.items()):
             # a candidate whose warm-up (a bound on its pace) says its timing would overrun the budget is not timed
+            # (the fastest one costs nothing over the fastest pace: its points are kept)
             over = points * max(0.0, self.warm.get(name, 0.0) - self.fastest())
-            if len(self.first) > 0 and name not in self.first and not self.affords(over):
+            if len(self.first) > 0 and name not in self.first and over > 0 and not self.affords(over):
                 self.timings[name] = self.warm[name]
                 self.built.pop(name).close()
                 continue

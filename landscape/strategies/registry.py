@@ -6,6 +6,8 @@ A new strategy is one new module (a `Strategy` subclass with a `name` and a `bui
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from landscape.problem import Problem
@@ -42,6 +44,7 @@ def build_strategy(
     memory_budget: int = 1 << 30,
     batch_size: int | None = None,
     layouts: str = "",
+    timed_layouts: dict[Any, str] | None = None,
 ) -> Strategy:
     """Construct strategy `name`; raises NotApplicable (a ValueError) when it cannot run this model."""
     if name not in REGISTRY:
@@ -49,5 +52,7 @@ def build_strategy(
     why = REGISTRY[name].rules_out(problem)  # what the modules tell, before any build
     if why is not None:
         raise NotApplicable(why)
-    ctx = BuildContext(points_per_call, memory_budget, batch_size, layouts)
+    ctx = BuildContext(
+        points_per_call, memory_budget, batch_size, layouts, {} if timed_layouts is None else timed_layouts
+    )
     return REGISTRY[name].build(problem, directions, ctx)
