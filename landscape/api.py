@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from landscape import progress as messages
-from landscape.axes import Axes, axes_settings, stored_axes, stored_dtype
+from landscape.axes import Axes, axes_settings, reused_axes, stored_axes, stored_dtype
 from landscape.curvature.analysis import CurvatureSettings, OnProducts, run_curvature
 from landscape.distributed import World
 from landscape.errors import ArgumentError
@@ -54,17 +54,30 @@ Grid = tuple[float, float, int]
 
 
 def axes_from(
-    problem: Problem, curvature: CurvatureResult, dims: int = 2, *, source: str = "", source_sha256: str = ""
+    problem: Problem,
+    earlier: CurvatureResult | SweepResult,
+    dims: int = 2,
+    *,
+    source: str = "",
+    source_sha256: str = "",
+    to: torch.Tensor | None = None,
+    to_label: str = "the other checkpoint",
+    to_sha256: str | None = None,
 ) -> Axes:
-    """The top stored eigenvectors of an earlier curvature run as axes (it must have kept them)."""
-    eig = curvature.model.eigen
+    """The axes of an earlier run: the top eigenvectors a curvature run kept (with eigenvectors=True),
+    or the directions of a sweep as they are (Li et al.'s `--dir_file`: the same plane around another
+    checkpoint, on other data, after fine-tuning). With `to`, x is the line to it and y the first of them."""
+    line: dict[str, Any] = {"to": to, "to_label": to_label, "to_sha256": to_sha256}
+    if isinstance(earlier, SweepResult):
+        return reused_axes(problem, earlier.axes, dims, source=source, source_sha256=source_sha256, **line)
+    eig = earlier.model.eigen
     if eig is None or eig.eigenvectors is None:
         raise ArgumentError("axes_from", source or None, "holds no eigenvectors (compute them with eigenvectors=True)")
-    title = CURVATURE_TITLES.get(curvature.settings.curvature, curvature.settings.curvature)
-    seed = int(curvature.provenance.get("seed", 0) or 0)
+    title = CURVATURE_TITLES.get(earlier.settings.curvature, earlier.settings.curvature)
+    seed = int(earlier.provenance.get("seed", 0) or 0)
     return stored_axes(
-        problem, eig.eigenvectors.numpy(), eig.eigenvalues, eig.residuals, dims=dims, layout=curvature.layout,
-        source=source, title=title, which=eig.which, seed=seed, source_sha256=source_sha256,
+        problem, eig.eigenvectors.numpy(), eig.eigenvalues, eig.residuals, dims=dims, layout=earlier.layout,
+        source=source, title=title, which=eig.which, seed=seed, source_sha256=source_sha256, **line,
     )  # fmt: skip
 
 

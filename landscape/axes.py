@@ -61,8 +61,9 @@ def axes_settings(
     axes_from_sha256: str = "",
 ) -> dict[str, Any]:
     """What fixes a sweep's axes (part of its settings): random ones by their normalization and seed,
-    eigenvector ones (unit vectors) by their seed or the file they came from, and the line's other end."""
-    if kind != "random":
+    eigenvector ones (unit vectors) by their seed or the file they came from, the directions of an
+    earlier sweep (kind "sweep") by that file and how they were drawn, and the line's other end."""
+    if kind == "hessian":
         norm, ignore = "unit", "none"
     return {
         "norm": norm,
@@ -230,6 +231,40 @@ def stored_axes(
     attrs = eigenvector_attrs(eigenvalues[:count], residuals[:count], seed, source, title, which)
     sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
     settings = axes_settings("hessian", seed=seed, to_sha256=sha, axes_from_sha256=source_sha256 or tensor_sha256(dirs))
+    return _prepend_line(problem, dirs, attrs, to, to_label, seed, settings)
+
+
+def reused_axes(
+    problem: Problem,
+    earlier: Axes,
+    dims: int = 2,
+    *,
+    source: str = "",
+    source_sha256: str = "",
+    to: torch.Tensor | None = None,
+    to_label: str = "the other checkpoint",
+    to_sha256: str | None = None,
+) -> Axes:
+    """The directions of an earlier sweep as they are, not drawn or normalized again (Li et al.'s
+    `--dir_file`): the same plane around another checkpoint, on other data, or after fine-tuning.
+    Their layout must be the problem's (same names and shapes)."""
+    count = dims - (1 if to is not None else 0)
+    layout = earlier.layout
+    if layout.names != problem.layout.names or layout.shapes != problem.layout.shapes:
+        raise ArgumentError(
+            "axes_from", source or None, "its directions belong to another model (parameter names or shapes differ)"
+        )
+    if len(earlier) < count:
+        raise ArgumentError("axes_from", source or None, f"holds {len(earlier)} direction(s), {count} needed")
+    dirs = earlier.directions[:count].to(stored_dtype(problem))
+    attrs = [{**a, "source": source} for a in earlier.attrs[:count]]
+    was = earlier.settings
+    seed = int(was.get("seed", 0) or 0)
+    sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
+    settings = axes_settings(
+        "sweep", norm=str(was.get("norm", "filter")), ignore=str(was.get("ignore", "biasbn")), seed=seed,
+        to_sha256=sha, axes_from_sha256=source_sha256 or tensor_sha256(dirs),
+    )  # fmt: skip
     return _prepend_line(problem, dirs, attrs, to, to_label, seed, settings)
 
 

@@ -96,7 +96,10 @@ def sweep(
     axes_from: Annotated[
         str | None,
         typer.Option(
-            help="Take the axes from the eigenvectors stored by `landscape hessian` in this file.", rich_help_panel=AXES
+            help="Take the axes from an earlier run's file: the directions of a sweep as they are (the same plane"
+            " for another checkpoint, other data, after fine-tuning), or the eigenvectors `landscape hessian"
+            " --eigenvectors` stored.",
+            rich_help_panel=AXES,
         ),
     ] = None,
     seed: Seed = 0,
@@ -156,13 +159,15 @@ def sweep(
         y_grid = parse_range(y, "--y") if y else None
         if axes_from and not Path(axes_from).is_file():
             raise LandscapeError(f"--axes-from {axes_from}: file not found")
-        eigenvectors = bool(axes_from) or (axes == "hessian" and (1 if y_grid is None else 2) - (1 if to else 0) > 0)
-        if eigenvectors and (norm is not None or ignore is not None):
+        eigenvectors = axes == "hessian" and (1 if y_grid is None else 2) - (1 if to else 0) > 0
+        if (axes_from or eigenvectors) and (norm is not None or ignore is not None):
             given = "--norm" if norm is not None else "--ignore"
-            source = f"--axes-from {axes_from}" if axes_from else "--axes hessian"
-            raise LandscapeError(
-                f"{given} applies to random axes; {source} gives unit eigenvectors, which are not normalized"
+            what = (
+                f"--axes-from {axes_from} gives its directions as stored"
+                if axes_from
+                else "--axes hessian gives unit eigenvectors"
             )
+            raise LandscapeError(f"{given} applies to random axes; {what}, which are not normalized again")
         norm, ignore = norm or "filter", ignore or "biasbn"
         spec = load_spec(
             model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples, seed=seed,
@@ -185,11 +190,15 @@ def sweep(
         dims = 1 if y_grid is None else 2
         store = None
         if world.main and resume:
-            kind = "hessian" if axes == "hessian" or axes_from else "random"
-            identity = axes_settings(
-                kind, norm=norm, ignore=ignore, seed=seed, to_sha256=sha256_file(to) if to else "",
-                axes_from_sha256=sha256_file(axes_from) if axes_from else "",
-            )  # fmt: skip
+            if axes_from:  # what the file's directions are, read again
+                made = _make_axes(
+                    problem, dims, axes, axes_from, norm=norm, ignore=ignore, seed=seed, to=to, other=other
+                )
+                identity = dict(made.settings)
+            else:
+                identity = axes_settings(
+                    axes, norm=norm, ignore=ignore, seed=seed, to_sha256=sha256_file(to) if to else ""
+                )
             stored = read_axes(output)
             if stored.directions.shape[0] != dims:
                 raise LandscapeError(
@@ -265,15 +274,17 @@ def _make_axes(
     to: str | None,
     other: torch.Tensor | None,
 ) -> Axes:
-    """The sweep's axes as the options name them: random, Hessian eigenvectors, or those a curvature file stored."""
+    """The sweep's axes as the options name them: random, Hessian eigenvectors, or those an earlier
+    file holds (a sweep's directions, a curvature run's eigenvectors)."""
     line: dict[str, Any] = {"to": other, "to_label": to, "to_sha256": sha256_file(to)} if to else {}
     if axes_from:
-        curv = ls.load(axes_from)
-        if not isinstance(curv, ls.CurvatureResult):
+        earlier = ls.load(axes_from)
+        if not isinstance(earlier, (ls.CurvatureResult, ls.SweepResult)):
             raise LandscapeError(
-                f"--axes-from {axes_from}: holds no curvature results (write one with `landscape hessian`)"
+                f"--axes-from {axes_from}: holds neither a sweep's directions nor eigenvectors (it is a"
+                f" {earlier.kind} file; write one with `landscape sweep` or `landscape hessian --eigenvectors`)"
             )
-        return ls.axes_from(problem, curv, dims, source=axes_from, source_sha256=sha256_file(axes_from), **line)
+        return ls.axes_from(problem, earlier, dims, source=axes_from, source_sha256=sha256_file(axes_from), **line)
     if axes == "hessian" and dims - (1 if to else 0) > 0:
         return ls.hessian_axes(problem, dims, seed=seed, **line)
     return ls.random_axes(problem, dims, norm=norm, ignore=ignore, seed=seed, **line)
