@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from landscape.directions import cosine, line_to, random_directions
+from landscape.directions import cosine, line_to, per_direction, random_directions
 from landscape.errors import ArgumentError
 from landscape.params import Layout
 from landscape.problem import Problem
@@ -54,11 +54,12 @@ class Axes:
 def axes_settings(
     kind: str = "random",
     *,
-    norm: str = "filter",
-    ignore: str = "biasbn",
+    norm: str | Sequence[str] = "filter",
+    ignore: str | Sequence[str] = "biasbn",
     seed: int = 0,
     to_sha256: str = "",
     axes_from_sha256: str = "",
+    same_dir: bool = False,
 ) -> dict[str, Any]:
     """What fixes a sweep's axes (part of its settings): random ones by their normalization and seed,
     eigenvector ones (unit vectors) by their seed or the file they came from, the directions of an
@@ -66,13 +67,21 @@ def axes_settings(
     if kind == "hessian":
         norm, ignore = "unit", "none"
     return {
-        "norm": norm,
-        "ignore": ignore,
+        "norm": _one_or_each(norm),
+        "ignore": _one_or_each(ignore),
         "seed": seed,
         "axes": kind,
         "to_sha256": to_sha256,
         "axes_from_sha256": axes_from_sha256,
+        **({"same_dir": True} if same_dir else {}),
     }
+
+
+def _one_or_each(value: str | Sequence[str]) -> str:
+    """A setting as the results file keeps it: 'filter', or one per random axis, 'filter/layer'."""
+    if isinstance(value, str):
+        return value
+    return value[0] if len(set(value)) == 1 else "/".join(value)
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -89,18 +98,22 @@ def _with_cosines(
     return Axes(directions, tuple(out), layout, dict(settings))
 
 
-def _random_attrs(count: int, norm: str, ignore: str, seed: int) -> list[dict[str, Any]]:
-    normed = "filter-normalized" if norm == "filter" else f"{norm}-normalized" if norm != "none" else "unnormalized"
+def _random_attrs(
+    norms: Sequence[str], ignores: Sequence[str], seed: int, same_dir: bool = False
+) -> list[dict[str, Any]]:
+    def normed(norm: str) -> str:
+        return "filter-normalized" if norm == "filter" else f"{norm}-normalized" if norm != "none" else "unnormalized"
+
     return [
         {
             "kind": "random",
             "normalization": norm,
             "ignore": ignore,
             "seed": seed,
-            "source": f"gaussian direction {i + 1} of seed {seed}",
-            "label": f"{normed} random direction {i + 1}",
+            "source": f"gaussian direction {1 if same_dir else i + 1} of seed {seed}",
+            "label": f"{normed(norm)} random direction {1 if same_dir else i + 1}",
         }
-        for i in range(count)
+        for i, (norm, ignore) in enumerate(zip(norms, ignores))
     ]
 
 
@@ -108,15 +121,18 @@ def random_axes(
     problem: Problem,
     dims: int = 2,
     *,
-    norm: str = "filter",
-    ignore: str = "biasbn",
+    norm: str | Sequence[str] = "filter",
+    ignore: str | Sequence[str] = "biasbn",
     seed: int = 0,
+    same_dir: bool = False,
     to: torch.Tensor | None = None,
     to_label: str = "the other checkpoint",
     to_sha256: str | None = None,
 ) -> Axes:
     """`dims` normalized Gaussian directions (Li et al. 2018); with `to` (another point's flat
     parameters), x is the straight line from the problem's weights (0) to it (1) and y, if any, random.
+    `norm` and `ignore` are one for every random axis or one each (x, y); `same_dir` makes y the same
+    draw as x (normalized by its own settings: equal to x when they are x's).
 
     >>> import torch, landscape as ls
     >>> problem = ls.Problem(torch.nn.Linear(4, 3), (torch.randn(8, 4), torch.randint(0, 3, (8,))))
@@ -126,11 +142,16 @@ def random_axes(
     if dims not in (1, 2):
         raise ArgumentError("dims", dims, "a sweep has 1 or 2 axes")
     randoms = dims - (1 if to is not None else 0)
+    if same_dir and randoms != 2:
+        raise ArgumentError("same_dir", None, "needs two random axes (x and y; not a line, nor --to)")
+    norms, ignores = per_direction(norm, randoms, "norm"), per_direction(ignore, randoms, "ignore")
     dtype = stored_dtype(problem)  # made in float64, held as they will be evaluated (no float64 copy of P)
-    dirs = random_directions(randoms, problem.theta, problem.layout, seed=seed, norm=norm, ignore=ignore, dtype=dtype)
+    dirs = random_directions(
+        randoms, problem.theta, problem.layout, seed=seed, norm=norms, ignore=ignores, dtype=dtype, same=same_dir
+    )
     sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
-    settings = axes_settings("random", norm=norm, ignore=ignore, seed=seed, to_sha256=sha)
-    attrs = _random_attrs(randoms, norm, ignore, seed)
+    settings = axes_settings("random", norm=norms, ignore=ignores, seed=seed, to_sha256=sha, same_dir=same_dir)
+    attrs = _random_attrs(norms, ignores, seed, same_dir)
     return _prepend_line(problem, dirs, attrs, to, to_label, seed, settings)
 
 

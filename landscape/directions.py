@@ -8,7 +8,7 @@ d_i <- d_i * ||theta_i|| / (||d_i|| + 1e-10).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -129,16 +129,31 @@ def random_directions(
     layout: Layout,
     *,
     seed: int,
-    norm: str = "filter",
-    ignore: str = "biasbn",
+    norm: str | Sequence[str] = "filter",
+    ignore: str | Sequence[str] = "biasbn",
     dtype: torch.dtype = torch.float64,
+    same: bool = False,
 ) -> torch.Tensor:
-    """`count` normalized Gaussian directions [count, P] (made in float64, held in `dtype`), reproducible from `seed`."""
+    """`count` normalized Gaussian directions [count, P] (made in float64, held in `dtype`), reproducible
+    from `seed`. `norm` and `ignore` are one for all or one per direction (the draws do not depend on
+    them); with `same` every direction is the first one's draw (Li et al.'s `--same_dir`)."""
+    norms, ignores = per_direction(norm, count, "norm"), per_direction(ignore, count, "ignore")
     gen = torch.Generator().manual_seed(seed)
     out = torch.empty(count, layout.size, dtype=dtype)
-    for row in out:
-        normalized_gaussian_into(row, theta, layout, gen, norm, ignore)
+    for i, row in enumerate(out):
+        if same and i:
+            gen.manual_seed(seed)
+        normalized_gaussian_into(row, theta, layout, gen, norms[i], ignores[i])
     return out
+
+
+def per_direction(value: str | Sequence[str], count: int, name: str) -> tuple[str, ...]:
+    """One setting for each of `count` directions: `value` for all, or its items one by one."""
+    if isinstance(value, str):
+        return (value,) * count
+    if len(value) != count:
+        raise ArgumentError(name, tuple(value), f"one for each of the {count} random direction(s) expected")
+    return tuple(value)
 
 
 def line_to(theta: torch.Tensor, other: torch.Tensor) -> torch.Tensor:

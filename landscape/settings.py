@@ -73,13 +73,16 @@ class SweepSettings(CommandSettings):
     ignore: str = "biasbn"
     seed: int = 0
     to_sha256: str = ""
-    axes: str = "random"  # random, hessian, or stored (eigenvectors of an earlier curvature run)
+    axes: str = "random"  # random, hessian, or sweep (the directions of an earlier sweep file)
     axes_from_sha256: str = ""
+    same_dir: bool = False  # y is x's Gaussian draw (Li et al.'s --same_dir)
 
     def as_dict(self) -> dict[str, Any]:
         out = super().as_dict()
         if self.axes == "random" and not self.axes_from_sha256:  # the keys of files made before Hessian axes
             del out["axes"], out["axes_from_sha256"]
+        if not self.same_dir:  # and before --same-dir
+            del out["same_dir"]
         return out
 
 

@@ -106,3 +106,66 @@ def test_reused_axes_from_the_api(tmp_path):
     assert torch.equal(again.directions, surface.axes.directions) and again.settings["axes"] == "sweep"
     redone = ls.sweep(problem, again, x=(-1, 1, 3), y=(-1, 1, 3), strategy="loop")
     np.testing.assert_array_equal(redone.loss, surface.loss)
+
+
+def _blocks(problem, row: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A flat vector's tensors, shaped as the model's."""
+    layout = problem.layout
+    return {n: row[layout.block(n)].double().view(shape) for n, shape in zip(layout.names, layout.shapes)}
+
+
+def test_each_axis_has_its_own_normalization_from_the_same_draws():
+    """--x-norm/--y-norm, --x-ignore/--y-ignore: the draws do not depend on them, so each axis is the
+    direction a single setting would have made for it; the normalizations hold tensor by tensor."""
+    p = sample_problem("mlp")
+    mixed = ls.random_axes(p, 2, norm=("filter", "layer"), ignore=("biasbn", "none"), seed=3).directions
+    assert torch.equal(mixed[0], ls.random_axes(p, 2, norm="filter", ignore="biasbn", seed=3).directions[0])
+    assert torch.equal(mixed[1], ls.random_axes(p, 2, norm="layer", ignore="none", seed=3).directions[1])
+    weights = _blocks(p, p.theta)
+    for name, d in _blocks(p, mixed[0]).items():  # filter: each row (output unit) has its weights' norm; biases 0
+        w = weights[name]
+        if w.dim() == 1:
+            assert not d.any()
+        else:
+            torch.testing.assert_close(d.flatten(1).norm(dim=1), w.flatten(1).norm(dim=1), rtol=1e-6, atol=1e-9)
+    for name, d in _blocks(p, mixed[1]).items():  # layer: each tensor has its weights' norm, biases too
+        assert d.any()
+        torch.testing.assert_close(d.norm(), weights[name].norm(), rtol=1e-6, atol=1e-9)
+
+
+def test_the_same_direction_on_both_axes():
+    p = sample_problem("mlp")
+    same = ls.random_axes(p, 2, seed=4, same_dir=True)
+    assert torch.equal(same.directions[0], same.directions[1]) and same.settings["same_dir"] is True
+    assert torch.equal(same.directions[0], ls.random_axes(p, 1, seed=4).directions[0])
+    own = ls.random_axes(p, 2, seed=4, same_dir=True, norm=("filter", "layer")).directions
+    assert torch.equal(own[1], ls.random_axes(p, 1, seed=4, norm="layer").directions[0])  # x's draw, y's norm
+
+
+def test_per_axis_options_from_the_command_line(cli, tmp_path):
+    out = tmp_path / "mixed.h5"
+    args = ("sweep", "--sample", "mlp", "--x", "-1:1:3", "--y", "-1:1:3", "--x-norm", "layer", "--y-ignore", "none")
+    assert cli(*args, "-o", out).code == 0
+    s = read_sweep(out)
+    assert s["axis_attrs"]["x"]["normalization"] == "layer" and s["axis_attrs"]["y"]["normalization"] == "filter"
+    assert s["axis_attrs"]["x"]["ignore"] == "biasbn" and s["axis_attrs"]["y"]["ignore"] == "none"
+    with h5py.File(out, "r") as f:
+        settings = f.attrs["settings"]
+    assert '"norm": "layer/filter"' in settings and '"ignore": "biasbn/none"' in settings
+    assert cli(*args, "-o", out, "--resume").code == 0
+    same = tmp_path / "same.h5"
+    assert cli("sweep", "--sample", "mlp", "--x", "-1:1:3", "--y", "-1:1:3", "--same-dir", "-o", same).code == 0
+    np.testing.assert_array_equal(_directions(same)[0], _directions(same)[1])
+    other = tmp_path / "other.pt"
+    torch.save(torch.load(sample("mlp")["checkpoint"], weights_only=True), other)
+    cases = [
+        (("--x", "-1:1:3", "--to", other, "--x-norm", "layer"), f"--x-norm applies to a random x axis; --to makes x the line to {other}"),
+        (("--x", "-1:1:3", "--y-norm", "layer"), "--y-norm applies to the y axis, and this sweep has none (no --y)"),
+        (("--x", "-1:1:3", "--same-dir"), "--same-dir: needs two random axes"),
+        (("--x", "-1:1:3", "--y", "-1:1:3", "--axes", "hessian", "--x-ignore", "none"), "--x-ignore applies to random axes"),
+        (("--x", "-1:1:3", "--x-norm", "fliter"), "--x-norm"),
+    ]  # fmt: skip
+    for extra, said in cases:
+        res = cli("sweep", "--sample", "mlp", *extra, "-o", tmp_path / "bad.h5")
+        assert res.code == 2 and len(_errors(res)) == 1 and said in _errors(res)[0], (extra, res.err)
+        assert not (tmp_path / "bad.h5").exists()

@@ -45,6 +45,13 @@ def norm_option(panel: str) -> Any:
     )
 
 
+def axis_option(flag: str, choices: tuple[str, ...], what: str, panel: str) -> Any:
+    """A per-axis --x-norm/--y-ignore: one of `choices`; `panel` groups it in --help."""
+    return typer.Option(
+        flag, help=f"{what}: {', '.join(choices)}.", rich_help_panel=panel, callback=one_of(flag, choices)
+    )
+
+
 def ignore_option(panel: str) -> Any:
     """--ignore, checked while the line is parsed; `panel` groups it in --help."""
     return typer.Option(

@@ -41,10 +41,10 @@ from landscape.cli.options import (
     warn,
     wrote,
 )
-from landscape.cli.shared import Strategy, ignore_option, norm_option
+from landscape.cli.shared import Strategy, axis_option, ignore_option, norm_option
 from landscape.errors import LandscapeError, PointFailure
 from landscape.io.spec import sha256_file
-from landscape.names import CHUNK_SECONDS
+from landscape.names import CHUNK_SECONDS, IGNORES, NORMS
 
 if TYPE_CHECKING:  # the command's own imports wait for it to run: `landscape --help` needs no torch
     import torch
@@ -79,6 +79,18 @@ def sweep(
     ] = None,
     norm: Annotated[str | None, norm_option(AXES)] = None,
     ignore: Annotated[str | None, ignore_option(AXES)] = None,
+    x_norm: Annotated[str | None, axis_option("--x-norm", NORMS, "--norm for the x axis alone", AXES)] = None,
+    y_norm: Annotated[str | None, axis_option("--y-norm", NORMS, "--norm for the y axis alone", AXES)] = None,
+    x_ignore: Annotated[str | None, axis_option("--x-ignore", IGNORES, "--ignore for the x axis alone", AXES)] = None,
+    y_ignore: Annotated[str | None, axis_option("--y-ignore", IGNORES, "--ignore for the y axis alone", AXES)] = None,
+    same_dir: Annotated[
+        bool,
+        typer.Option(
+            "--same-dir",
+            help="y is x's random draw (Li et al.'s --same_dir), normalized by its own --y-norm/--y-ignore.",
+            rich_help_panel=AXES,
+        ),
+    ] = False,
     to: Annotated[
         str | None,
         typer.Option(
@@ -160,15 +172,26 @@ def sweep(
         if axes_from and not Path(axes_from).is_file():
             raise LandscapeError(f"--axes-from {axes_from}: file not found")
         eigenvectors = axes == "hessian" and (1 if y_grid is None else 2) - (1 if to else 0) > 0
-        if (axes_from or eigenvectors) and (norm is not None or ignore is not None):
-            given = "--norm" if norm is not None else "--ignore"
+        drawn = {"--norm": norm, "--ignore": ignore, "--x-norm": x_norm, "--y-norm": y_norm,
+                 "--x-ignore": x_ignore, "--y-ignore": y_ignore, "--same-dir": same_dir or None}  # fmt: skip
+        given = next((name for name, value in drawn.items() if value is not None), None)
+        if (axes_from or eigenvectors) and given:
             what = (
                 f"--axes-from {axes_from} gives its directions as stored"
                 if axes_from
                 else "--axes hessian gives unit eigenvectors"
             )
             raise LandscapeError(f"{given} applies to random axes; {what}, which are not normalized again")
+        for name, value in (("--x-norm", x_norm), ("--x-ignore", x_ignore)):
+            if value is not None and to:
+                raise LandscapeError(f"{name} applies to a random x axis; --to makes x the line to {to}")
+        for name, value in (("--y-norm", y_norm), ("--y-ignore", y_ignore)):
+            if value is not None and y_grid is None:
+                raise LandscapeError(f"{name} applies to the y axis, and this sweep has none (no --y)")
         norm, ignore = norm or "filter", ignore or "biasbn"
+        randoms = [n for n in ("x", "y")[: 1 if y_grid is None else 2] if not (n == "x" and to)]
+        norms = tuple({"x": x_norm, "y": y_norm}[n] or norm for n in randoms)
+        ignores = tuple({"x": x_ignore, "y": y_ignore}[n] or ignore for n in randoms)
         spec = load_spec(
             model=model, checkpoint=checkpoint, data=data, loss=loss, sample=sample, samples=samples, seed=seed,
             batch_size=batch_size, device=device_for(world, device), dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}),
@@ -192,12 +215,26 @@ def sweep(
         if world.main and resume:
             if axes_from:  # what the file's directions are, read again
                 made = _make_axes(
-                    problem, dims, axes, axes_from, norm=norm, ignore=ignore, seed=seed, to=to, other=other
+                    problem,
+                    dims,
+                    axes,
+                    axes_from,
+                    norm=norms,
+                    ignore=ignores,
+                    seed=seed,
+                    to=to,
+                    other=other,
+                    same_dir=same_dir,
                 )
                 identity = dict(made.settings)
             else:
                 identity = axes_settings(
-                    axes, norm=norm, ignore=ignore, seed=seed, to_sha256=sha256_file(to) if to else ""
+                    axes,
+                    norm=norms,
+                    ignore=ignores,
+                    seed=seed,
+                    to_sha256=sha256_file(to) if to else "",
+                    same_dir=same_dir,
                 )
             stored = read_axes(output)
             if stored.directions.shape[0] != dims:
@@ -224,7 +261,16 @@ def sweep(
                 )
         elif world.main:
             the_axes = _make_axes(
-                problem, dims, axes, axes_from, norm=norm, ignore=ignore, seed=seed, to=to, other=other
+                problem,
+                dims,
+                axes,
+                axes_from,
+                norm=norms,
+                ignore=ignores,
+                seed=seed,
+                to=to,
+                other=other,
+                same_dir=same_dir,
             )
             if problem.buffer_line is not None:  # the file says how x=1 came to be the other checkpoint's own loss
                 first = {**the_axes.attrs[0], "buffers": "interpolated"}
@@ -268,11 +314,12 @@ def _make_axes(
     axes: str,
     axes_from: str | None,
     *,
-    norm: str,
-    ignore: str,
+    norm: tuple[str, ...],
+    ignore: tuple[str, ...],
     seed: int,
     to: str | None,
     other: torch.Tensor | None,
+    same_dir: bool = False,
 ) -> Axes:
     """The sweep's axes as the options name them: random, Hessian eigenvectors, or those an earlier
     file holds (a sweep's directions, a curvature run's eigenvectors)."""
@@ -287,7 +334,7 @@ def _make_axes(
         return ls.axes_from(problem, earlier, dims, source=axes_from, source_sha256=sha256_file(axes_from), **line)
     if axes == "hessian" and dims - (1 if to else 0) > 0:
         return ls.hessian_axes(problem, dims, seed=seed, **line)
-    return ls.random_axes(problem, dims, norm=norm, ignore=ignore, seed=seed, **line)
+    return ls.random_axes(problem, dims, norm=norm, ignore=ignore, seed=seed, same_dir=same_dir, **line)
 
 
 def _report(result: ls.SweepResult, strategy: str, output: Path) -> None:

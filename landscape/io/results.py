@@ -348,7 +348,15 @@ def _grid_offsets(path: Path, grids: Mapping[str, np.ndarray]) -> dict[str, int]
     return offsets
 
 
-AXES_SETTINGS = ("norm", "ignore", "seed", "axes", "to_sha256", "axes_from_sha256")  # `axes.axes_settings`' keys
+AXES_SETTINGS = (
+    "norm",
+    "ignore",
+    "seed",
+    "axes",
+    "to_sha256",
+    "axes_from_sha256",
+    "same_dir",
+)  # `axes.axes_settings`' keys
 
 
 def read_axes(path: str | Path) -> Axes:
