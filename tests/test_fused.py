@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -114,14 +115,26 @@ def test_a_one_tap_convolution_is_the_matrix_product_with_its_tap():
         assert got.shape == want.shape == (5, 7, 1, 1)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert not _one_tap(nn.Conv2d(6, 7, 3, padding=1), torch.randn(5, 6, 2, 2))  # four output positions
-    assert not _one_tap(nn.Conv2d(6, 6, 3, padding=1, groups=2), x)
+    for groups, out in [(2, 4), (6, 6), (6, 12)]:  # grouped, depthwise, depthwise with a multiplier of 2
+        conv = nn.Conv2d(6, out, 5, padding=2, groups=groups).double()
+        assert _one_tap(conv, x)
+        torch.testing.assert_close(
+            conv2d_in_layout(conv, x, conv.weight, conv.bias, "matmul"), conv(x), rtol=1e-12, atol=1e-12
+        )
+    assert not _one_tap(nn.Conv2d(6, 7, 3, padding=1, dilation=2), x)
     assert not _one_tap(nn.Conv2d(6, 7, 3, padding=1, padding_mode="circular"), x)
     assert not _one_tap(nn.Conv2d(6, 7, 3, padding=1), torch.randn(5, 6, 1, 1, 1))
 
 
-def test_layouts_timed_on_a_resnet_give_its_outputs_in_every_layout():
-    """torchvision's ResNet-18 on 32x32 images has 8x8 to 1x1 maps: every folded conv gets a layout
-    from its own timing, and whichever layouts are chosen (or forced), the outputs are the model's."""
+@pytest.mark.parametrize(
+    ("name", "folded", "taps"),
+    [("resnet18", 20, 3), ("mobilenet_v3_small", 34, 8)],  # every conv of either has its BatchNorm
+)
+def test_layouts_timed_on_torchvision_models_give_their_outputs_in_every_layout(name, folded, taps):
+    """On 32x32 images ResNet-18 has 8x8 to 1x1 maps (layer4's 3x3 convolutions of 1x1 maps are one
+    tap), MobileNetV3-small 16x16 to 1x1 (two of its 1x1-map convolutions are depthwise 5x5): every
+    folded conv gets a layout from its own timing, and whichever layouts are chosen (or forced), the
+    outputs are the model's."""
     import torchvision
 
     from landscape.fused import (
@@ -135,7 +148,7 @@ def test_layouts_timed_on_a_resnet_give_its_outputs_in_every_layout():
     )
 
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=10).double().eval()
+    model = getattr(torchvision.models, name)(num_classes=10).double().eval()
     _randomize(model, torch.Generator().manual_seed(2))
     for m in model.modules():  # random BN scales blow the activations up 20 layers deep: keep them near 1
         if isinstance(m, nn.BatchNorm2d):
@@ -148,7 +161,7 @@ def test_layouts_timed_on_a_resnet_give_its_outputs_in_every_layout():
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     fused = fuse_for_inference(model)
     convs = {n: m for n, m in fused.named_modules() if isinstance(m, FoldedNorm)}
-    assert len(convs) == 20  # every convolution of ResNet-18 has its BatchNorm
+    assert len(convs) == folded
     chosen = choose_conv_layouts(fused, channels_last_input(x), repeats=1)
     assert len(chosen) == len(convs) and set(chosen) <= set(LAYOUT_LETTERS.values())
     assert conv_layouts(fused) == chosen and set_conv_layouts(fused, chosen) and not set_conv_layouts(fused, chosen[1:])
@@ -161,7 +174,7 @@ def test_layouts_timed_on_a_resnet_give_its_outputs_in_every_layout():
         for h in hooks:
             h.remove()
         one_tap = {n for n, m in convs.items() if _one_tap(m.layer, inputs[n])}
-        assert len(one_tap) == 3  # layer4's 3x3 convolutions of 1x1 maps (the first has stride 2 on 2x2)
+        assert len(one_tap) == taps
         for layout in LAYOUTS:
             for n, m in convs.items():
                 m.layout = layout if layout != "matmul" or n in one_tap else None
