@@ -199,3 +199,30 @@ def test_layouts_timed_for_one_graph_are_reused_by_another_of_the_same_model(mon
     assert fused_module.choose_conv_layouts(second, x, known=known) == first
     with torch.no_grad():
         torch.testing.assert_close(second(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "want", "runs"),
+    [
+        ({"channels_last": 0.03, "contiguous": 0.02, "matmul": 0.0}, "matmul", {"channels_last": 1, "contiguous": 1, "matmul": 2}),
+        ({"channels_last": 0.02, "contiguous": 0.02, "matmul": 0.021}, "channels_last", {"channels_last": 2, "contiguous": 2, "matmul": 2}),
+        ({"channels_last": 0.02, "contiguous": 0.005, "matmul": 0.05}, "contiguous", {"channels_last": 1, "contiguous": 2, "matmul": 1}),
+    ],
+)  # fmt: skip
+def test_the_fastest_layout_is_kept_and_far_slower_ones_run_once(monkeypatch, seconds, want, runs):
+    """Channels-last stays unless another layout is clearly faster (10%); a layout over twice the
+    fastest's time is not timed again (MobileNet's 300 ms depthwise kernels)."""
+    import time
+
+    import landscape.fused as fused_module
+
+    ran: dict[str, int] = dict.fromkeys(seconds, 0)
+
+    def pretend(conv, x, weight, bias, layout):
+        ran[layout] += 1
+        time.sleep(seconds[layout])
+
+    monkeypatch.setattr(fused_module, "conv2d_in_layout", pretend)
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    assert fused_module._fastest_layout(conv, torch.randn(2, 4, 1, 1), conv.weight, conv.bias, 2) == want
+    assert ran == runs
