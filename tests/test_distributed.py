@@ -195,6 +195,29 @@ def test_a_sigterm_while_the_error_is_reported_does_not_cut_it(tmp_path, monkeyp
     assert "missing.h5" in json.loads(error_file.read_text())["message"]["message"]
 
 
+def test_a_sigterm_while_an_error_unwinds_the_stack_is_only_noted():
+    """The race CI saw twice: rank 0's PeersLost was still unwinding (a context manager's exit) when
+    torchrun's SIGTERM came, and the KeyboardInterrupt replaced it. With no error on its way, SIGTERM
+    still stops the run."""
+    from landscape.cli import Sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        sigterm = Sigterm()
+        with pytest.raises(ValueError, match="the error on its way"):
+            try:
+                raise ValueError("the error on its way")
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)
+                sum(range(1000))  # the handler runs between bytecodes
+        assert sigterm.came
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 @pytest.mark.parametrize("command", ["sweep", "hessian"])
 def test_a_rank_that_fails_to_load_is_named_in_rank_0s_output(tmp_path, command):
     """Rank 1's error reached only its own stderr; rank 0, stopped by torchrun, said 'interrupted'.

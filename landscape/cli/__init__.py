@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> None:
         with output_held(output_of(args)):
             app(args=args, prog_name="landscape")
     except LandscapeError as exc:
-        sigterm.leaving = True
         if debug:
             raise
         line = rank_prefix() + error_text(exc)
@@ -54,7 +53,6 @@ def main(argv: list[str] | None = None) -> None:
         tagged("error:", "red", line)
         sys.exit(exc.exit_code)
     except SystemExit as exc:
-        sigterm.leaving = True
         # typer turns Ctrl-C into a silent exit 130 (Exit raised from the KeyboardInterrupt); say so.
         # `sweep` and `roughness` report their own interrupts (what was kept, how to resume), raising Exit from None.
         if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
@@ -63,7 +61,6 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(128 + signal.SIGTERM)
         raise
     except Exception as exc:  # not the tool's own: one line naming what failed, the traceback on request
-        sigterm.leaving = True
         if debug:
             raise
         line = rank_prefix() + error_text(exc, output_of(args))
@@ -127,13 +124,13 @@ def output_held(output: str) -> Iterator[None]:
 
 class Sigterm:
     """SIGTERM (a batch system's preemption, `kill`) stops a run as Ctrl-C does: what was kept and
-    how to resume are said, and the exit status is 143. Once the run is leaving with its own error,
-    a SIGTERM is only noted: torchrun sends one to every rank when one fails, and it must not cut
-    the error line a rank is writing (to its stderr and to torchrun's error file)."""
+    how to resume are said, and the exit status is 143. While an error is on its way out (being
+    raised through the stack or reported), a SIGTERM is only noted: torchrun sends one to every
+    rank once one has failed, and it cut the error line a rank was about to print and leave in
+    torchrun's error file."""
 
     def __init__(self) -> None:
         self.came = False
-        self.leaving = False
         try:
             signal.signal(signal.SIGTERM, self._stop)
         except ValueError:  # not the main thread (the CLI called from a thread): leave the signal alone
@@ -141,7 +138,7 @@ class Sigterm:
 
     def _stop(self, signum: int, frame: object) -> None:
         self.came = True
-        if not self.leaving:
+        if sys.exc_info()[1] is None:  # no exception being handled anywhere up the stack
             raise KeyboardInterrupt
 
 
