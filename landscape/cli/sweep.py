@@ -212,20 +212,16 @@ def sweep(
         )
         dims = 1 if y_grid is None else 2
         store = None
+
+        def make_axes() -> Axes:
+            return _make_axes(
+                problem, dims, axes, axes_from, norm=norms, ignore=ignores, seed=seed, to=to, other=other,
+                same_dir=same_dir,
+            )  # fmt: skip
+
         if world.main and resume:
             if axes_from:  # what the file's directions are, read again
-                made = _make_axes(
-                    problem,
-                    dims,
-                    axes,
-                    axes_from,
-                    norm=norms,
-                    ignore=ignores,
-                    seed=seed,
-                    to=to,
-                    other=other,
-                    same_dir=same_dir,
-                )
+                made = make_axes()
                 identity = dict(made.settings)
             else:
                 identity = axes_settings(
@@ -260,18 +256,7 @@ def sweep(
                     f"{store.picked.batch_size}: values may differ from it in the last digits)"
                 )
         elif world.main:
-            the_axes = _make_axes(
-                problem,
-                dims,
-                axes,
-                axes_from,
-                norm=norms,
-                ignore=ignores,
-                seed=seed,
-                to=to,
-                other=other,
-                same_dir=same_dir,
-            )
+            the_axes = make_axes()
             if problem.buffer_line is not None:  # the file says how x=1 came to be the other checkpoint's own loss
                 first = {**the_axes.attrs[0], "buffers": "interpolated"}
                 the_axes = dataclasses.replace(the_axes, attrs=(first, *the_axes.attrs[1:]))
