@@ -84,6 +84,9 @@ def _one_or_each(value: str | Sequence[str]) -> str:
     return value[0] if len(set(value)) == 1 else "/".join(value)
 
 
+AXES_SETTING_KEYS = tuple(axes_settings(same_dir=True))  # every key a sweep's settings may hold about its axes
+
+
 def tensor_sha256(t: torch.Tensor) -> str:
     """sha256 of a tensor's values (the identity of a point in weight space given in memory)."""
     return hashlib.sha256(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
@@ -235,16 +238,7 @@ def stored_axes(
     """Axes from eigenvectors computed before (an earlier curvature run): the first ones, normalized.
     `layout` is theirs, checked against the problem's (same names and shapes)."""
     count = dims - (1 if to is not None else 0)
-    if layout is not None and (layout.names != problem.layout.names or layout.shapes != problem.layout.shapes):
-        raise ArgumentError(
-            "axes_from", source or None, "its eigenvectors belong to another model (parameter names or shapes differ)"
-        )
-    if vectors.shape[0] < count:
-        raise ArgumentError(
-            "axes_from",
-            source or None,
-            f"holds {vectors.shape[0]} eigenvector(s), {count} needed (compute top_k={count})",
-        )
+    _check_stored(problem, layout, vectors.shape[0], count, source, "eigenvector", f" (compute top_k={count})")
     dirs = torch.empty(count, vectors.shape[1], dtype=stored_dtype(problem))
     for i, row in enumerate(dirs):  # normalized in float64 one at a time
         v = torch.from_numpy(np.asarray(vectors[i], dtype=np.float64))
@@ -270,13 +264,7 @@ def reused_axes(
     `--dir_file`): the same plane around another checkpoint, on other data, or after fine-tuning.
     Their layout must be the problem's (same names and shapes)."""
     count = dims - (1 if to is not None else 0)
-    layout = earlier.layout
-    if layout.names != problem.layout.names or layout.shapes != problem.layout.shapes:
-        raise ArgumentError(
-            "axes_from", source or None, "its directions belong to another model (parameter names or shapes differ)"
-        )
-    if len(earlier) < count:
-        raise ArgumentError("axes_from", source or None, f"holds {len(earlier)} direction(s), {count} needed")
+    _check_stored(problem, earlier.layout, len(earlier), count, source, "direction")
     dirs = earlier.directions[:count].to(stored_dtype(problem))
     attrs = [{**a, "source": source} for a in earlier.attrs[:count]]
     was = earlier.settings
@@ -287,6 +275,19 @@ def reused_axes(
         to_sha256=sha, axes_from_sha256=source_sha256 or tensor_sha256(dirs),
     )  # fmt: skip
     return _prepend_line(problem, dirs, attrs, to, to_label, seed, settings)
+
+
+def _check_stored(
+    problem: Problem, layout: Layout | None, held: int, count: int, source: str, noun: str, hint: str = ""
+) -> None:
+    """Vectors an earlier file holds fit the problem: over the same parameters (names and shapes; an
+    unknown `layout` is not checked) and at least `count` of them."""
+    if layout is not None and (layout.names != problem.layout.names or layout.shapes != problem.layout.shapes):
+        raise ArgumentError(
+            "axes_from", source or None, f"its {noun}s belong to another model (parameter names or shapes differ)"
+        )
+    if held < count:
+        raise ArgumentError("axes_from", source or None, f"holds {held} {noun}(s), {count} needed{hint}")
 
 
 def _prepend_line(

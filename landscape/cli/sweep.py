@@ -221,8 +221,7 @@ def sweep(
 
         if world.main and resume:
             if axes_from:  # what the file's directions are, read again
-                made = make_axes()
-                identity = dict(made.settings)
+                identity = dict(make_axes().settings)
             else:
                 identity = axes_settings(
                     axes,

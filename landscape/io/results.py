@@ -348,23 +348,12 @@ def _grid_offsets(path: Path, grids: Mapping[str, np.ndarray]) -> dict[str, int]
     return offsets
 
 
-AXES_SETTINGS = (
-    "norm",
-    "ignore",
-    "seed",
-    "axes",
-    "to_sha256",
-    "axes_from_sha256",
-    "same_dir",
-)  # `axes.axes_settings`' keys
-
-
 def read_axes(path: str | Path) -> Axes:
     """The directions a sweep stored (as stored: float32 or float64; bfloat16 widened to float32), with each
     axis's attributes and the parameter layout."""
     import torch  # here, not at the top: `info`, `plot`, `metrics` and `report` run without torch
 
-    from landscape.axes import Axes
+    from landscape.axes import AXES_SETTING_KEYS, Axes
 
     with open_results(path) as f:
         if "sweep" not in f:
@@ -373,7 +362,7 @@ def read_axes(path: str | Path) -> Axes:
         vectors = np.stack([from_stored(f["axes"][n]) for n in names])
         attrs = tuple({k: _plain(v) for k, v in f["axes"][n].attrs.items() if k != STORED_AS} for n in names)
         made = json.loads(_plain(f.attrs.get("settings", "{}")) or "{}")  # how the axes were made, as the run kept it
-        settings = {k: made[k] for k in AXES_SETTINGS if k in made}
+        settings = {k: made[k] for k in AXES_SETTING_KEYS if k in made}
         return Axes(torch.from_numpy(vectors), attrs, read_layout(f["axes"]), settings)
 
 
