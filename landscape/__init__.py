@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "landscape.api": (
-        "axes_from", "hessian", "path", "plan_plane", "plan_sweep", "plan_trajectory", "plane", "roughness",
+        "align", "axes_from", "hessian", "path", "plan_plane", "plan_sweep", "plan_trajectory", "plane", "roughness",
         "run_planned", "sharpness", "sweep", "track", "trajectory",
     ),
     "landscape.axes": ("Axes", "hessian_axes", "random_axes", "stored_axes"),
@@ -25,7 +25,7 @@ _EXPORTS = {
     "landscape.problem": ("Problem",),
     "landscape.progress": ("show_messages",),
     "landscape.results": (
-        "AnalysisResult", "CurvatureResult", "PathResult", "RoughnessResult", "SharpnessResult", "SweepResult",
+        "Alignment", "AnalysisResult", "CurvatureResult", "PathResult", "RoughnessResult", "SharpnessResult", "SweepResult",
         "TrackResult", "load",
     ),
 }  # fmt: skip
@@ -33,6 +33,7 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 if TYPE_CHECKING:
     from landscape.api import (
+        align,
         axes_from,
         hessian,
         path,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from landscape.problem import Problem
     from landscape.progress import show_messages
     from landscape.results import (
+        Alignment,
         AnalysisResult,
         CurvatureResult,
         PathResult,
@@ -75,6 +77,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "__version__",
+    "Alignment",
     "AnalysisResult",
     "ArgumentError",
     "Axes",
@@ -87,6 +90,7 @@ __all__ = [
     "SharpnessResult",
     "SweepResult",
     "TrackResult",
+    "align",
     "axes_from",
     "hessian",
     "hessian_axes",

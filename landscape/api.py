@@ -27,6 +27,7 @@ from landscape.names import CHUNK_SECONDS, CURVATURE_TITLES, STORE_DTYPES
 from landscape.problem import Problem
 from landscape.progress import Progress, Say, progress_to
 from landscape.results import (
+    Alignment,
     CurvatureResult,
     PathResult,
     RoughnessResult,
@@ -458,6 +459,49 @@ def check_path_points(points: int) -> None:
         raise ArgumentError("points", points, exc.message) from None
 
 
+def align(
+    problem: Problem,
+    other: State,
+    *,
+    to: State | None = None,
+    seed: int = 0,
+    max_rounds: int = 100,
+) -> Alignment:
+    """`other` (a state_dict of the problem's model) with its hidden units permuted to match `to` (default:
+    the problem's weights) by weight matching (Ainsworth et al. 2023, Git Re-Basin): the same function,
+    usually much nearer in weights. The groups of units that may move are read from the model's graph
+    (torch.fx): Linear and Conv units, through BatchNorm, activations, pooling, flattening and residual
+    additions; whatever else the graph does fixes the units it touches."""
+    if max_rounds < 1:
+        raise ArgumentError("max_rounds", max_rounds, "must be at least 1")
+    return _alignment(problem, other, to if to is not None else own_state(problem), seed=seed, max_rounds=max_rounds)
+
+
+def _alignment(problem: Problem, other: State, ref: State, *, seed: int = 0, max_rounds: int = 100) -> Alignment:
+    from landscape.alignment import permutation_spec, permute_state, state_distance, weight_matching
+
+    missing = [k for k in ref if k not in other]
+    if missing:
+        raise ArgumentError(
+            "other", f"{len(missing)} keys missing", f"not a state of the problem's model (no {missing[0]!r})"
+        )
+    example, _ = problem.head(8)
+    spec = permutation_spec(problem.model, example)
+    matching = weight_matching(spec, ref, other, max_iterations=max_rounds, seed=seed)
+    aligned = permute_state(spec, matching.perms, other)
+    names = [k for k, _ in problem.model.named_parameters() if k in ref]
+    return Alignment(
+        state={k: t if t is not other[k] else t.detach().clone() for k, t in aligned.items()},
+        groups=len(spec.groups),
+        units=spec.units,
+        moved=matching.moved,
+        rounds=matching.iterations,
+        distance_before=state_distance(ref, other, names),
+        distance_after=state_distance(ref, aligned, names),
+        group_labels=tuple(g.label for g in spec.groups),
+    )
+
+
 def path(
     problem: Problem,
     others: State | Sequence[State],
@@ -465,6 +509,7 @@ def path(
     curve: str = "linear",
     *,
     recalibrate: Any = None,
+    align: bool = False,
     strategy: str = "auto",
     names: Sequence[str] | None = None,
     checkpoints_sha256: Sequence[str] = (),
@@ -478,7 +523,9 @@ def path(
     of the same model; BatchNorm buffers move along too), and its barrier
     max_t [L(t) - ((1-t) L(0) + t L(1))]. `curve`: linear (a polyline through more than two) or
     bezier (the middle ones as bends). `recalibrate`: inputs on which the BatchNorm statistics are
-    recomputed at every point instead."""
+    recomputed at every point instead. `align`: each later checkpoint's units are first permuted to
+    match the one before it (`align`), and the path is evaluated both ways: the result's `barrier` is
+    the aligned path's, `barrier_unaligned` the path's as given."""
     from landscape.io.analysis_groups import path_group
     from landscape.paths import evaluate_path
 
@@ -487,9 +534,16 @@ def path(
     check_path_points(points)
     labels = _names(names, len(states))
     t = torch.linspace(0, 1, points, dtype=torch.float64)
-    with progress_to(progress, "path", points) as bar:
+    runs = 2 if align else 1
+    with progress_to(progress, "path", runs * points) as bar:
+        unaligned = None
+        if align:
+            unaligned = evaluate_path(problem, states, t, curve=curve, recalibrate=recalibrate, strategy=strategy, warn=warn,
+                                      on_point=lambda i: bar(i, runs * points))  # fmt: skip
+            for i in range(1, len(states)):
+                states[i] = _alignment(problem, states[i], states[i - 1]).state
         res = evaluate_path(problem, states, t, curve=curve, recalibrate=recalibrate, strategy=strategy, warn=warn,
-                            on_point=lambda i: bar(i, points))  # fmt: skip
+                            on_point=lambda i: bar((runs - 1) * points + i, runs * points))  # fmt: skip
     buffers = "recalibrated" if res.recalibrated else ("interpolated" if problem.buffers else "none")
     group = path_group(
         res,
@@ -497,10 +551,11 @@ def path(
         checkpoints=labels,
         buffers=buffers,
         train_data=train_data or ("--data" if res.recalibrated else ""),
+        unaligned=unaligned,
     )
     settings = PathSettings(
         Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), curve=curve, points=points,
-        bn_recalibrate=recalibrate is not None,
+        bn_recalibrate=recalibrate is not None, align=align,
     )  # fmt: skip
     return PathResult(
         group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command), problem.layout

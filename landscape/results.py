@@ -398,6 +398,28 @@ ANALYSIS_RESULTS: dict[str, type[AnalysisResult]] = {
 Result = SweepResult | CurvatureResult | AnalysisResult
 
 
+@dataclass(frozen=True)
+class Alignment:
+    """A checkpoint's hidden units permuted to match another's (weight matching, Git Re-Basin): the
+    permuted `state` computes the same function; `distance_before`/`after` are the Euclidean distances
+    to the reference over the parameters."""
+
+    state: dict[str, torch.Tensor]
+    groups: int  # groups of units that could be permuted
+    units: int  # units in them
+    moved: int  # units whose index changed
+    rounds: int  # rounds of coordinate ascent after the first pass
+    distance_before: float
+    distance_after: float
+    group_labels: tuple[str, ...] = ()
+
+    def save(self, path: str | Path) -> Path:
+        """The permuted state as a checkpoint: `.safetensors`, or a `torch.save` dict of tensors."""
+        from landscape.io.checkpoint import write_state_dict
+
+        return write_state_dict(path, self.state)
+
+
 def load(path: str | Path) -> Result:
     """The result stored in a results file, as the type the library returns for its command.
 

@@ -111,6 +111,13 @@ class PathSettings(CommandSettings):
     curve: str = "linear"
     points: int = 61
     bn_recalibrate: bool = False
+    align: bool = False  # later checkpoints permuted to match the one before (weight matching)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = super().as_dict()
+        if not self.align:  # the keys of files made before --align
+            del out["align"]
+        return out
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,15 @@ def path(
             rich_help_panel=ANALYSIS,
         ),
     ] = False,
+    align: Annotated[
+        bool,
+        typer.Option(
+            "--align",
+            help="Permute each later checkpoint's hidden units to match the one before (weight matching, Git Re-Basin) "
+            "and report the barrier before and after.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = False,
     train_data: Annotated[
         str | None,
         typer.Option(
@@ -131,6 +140,8 @@ def path(
       landscape path a.pt bend.pt b.pt --curve bezier --model net.py:make --data val.npz -o path.h5
 
       landscape path a.pt b.pt --sample cnn --bn-recalibrate --train-data train.npz -o path.h5
+
+      landscape path a.pt b.pt --model net.py:make --data val.npz --align -o path.h5   (barrier before/after alignment)
     """
     from landscape.data import subset
     from landscape.io.data import load_data
@@ -175,9 +186,9 @@ def path(
         f"{prov['parameters']:,} parameters, {problem.n:,} samples, {curve} path through {len(ckpts)} checkpoints, {points} points"
     )
     with progress() as bar:
-        task = bar.add_task("path", total=points)
+        task = bar.add_task("path", total=points * (2 if align else 1))
         res = ls.path(
-            problem, states[1:], points, curve, start=states[0], recalibrate=recal, strategy=strategy, warn=warn, names=ckpts,
+            problem, states[1:], points, curve, start=states[0], recalibrate=recal, align=align, strategy=strategy, warn=warn, names=ckpts,
             checkpoints_sha256=[sha256_file(c) for c in ckpts], train_data=train_data or "", command=command_line(),
             progress=lambda done, total: bar.update(task, completed=done),
         )  # fmt: skip
@@ -187,8 +198,72 @@ def path(
         f"barrier = {res.barrier:.4g} at t = {res['barrier_t']:.3g}  (loss {float(loss_along[0]):.4g} -> {float(loss_along[-1]):.4g}; "
         f"BN buffers {res.attrs['buffers']})"
     )
+    if align:
+        out.print(f"barrier before alignment = {res['barrier_unaligned']:.4g}")
     wrote(output)
     draw_figure(figure, output)
+
+
+# --------------------------------------------------------------------------- align
+
+
+@app.command(rich_help_panel="Compute")
+@model_options
+def align(
+    checkpoints: Checkpoints = None,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="The permuted second checkpoint: .safetensors, or a .pt dict of tensors."),
+    ] = Path("landscape-out/aligned.pt"),
+    sample: Sample = None,
+    model: Model = None,
+    data: Data = None,
+    loss: Loss = None,
+    samples: Samples = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+    force: Force = False,
+    unsafe_pickle: UnsafePickle = False,
+    config: Config = None,
+    model_options: dict[str, Any] | None = None,
+) -> None:
+    """Permute B's hidden units to match A's (weight matching, Ainsworth et al. 2023, "Git Re-Basin").
+
+    The result computes exactly B's function but lies near A in weights, so the path between A and
+    it shows the barrier that remains once the permutation symmetry is taken out. The units that may
+    move (Linear and Conv outputs, through BatchNorm, activations, pooling, flattening and residual
+    additions) are read from the model's graph with torch.fx on a few rows of --data; units the graph
+    uses any other way stay in place.
+
+    Examples:
+
+      landscape align a.pt b.pt --model net.py:make --data val.npz -o b_aligned.pt
+
+      landscape path a.pt b_aligned.pt --model net.py:make --data val.npz -o path.h5
+    """
+    from landscape.io.spec import sha256_file
+
+    check_output(output, force)
+    ckpts = checkpoint_paths(checkpoints, sample, "ends")
+    if len(ckpts) != 2:
+        raise LandscapeError(
+            f"align: name two checkpoints, A (the reference) and B (the one permuted); got {len(ckpts)}"
+        )
+    kw = dict(model=model, data=data, loss=loss, sample=sample, samples=samples, seed=seed, batch_size=None,
+              device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))  # fmt: skip
+    problem, _ = problem_at(kw, ckpts[0])
+    (other,) = load_states(ckpts[1:], problem, kw)
+    res = ls.align(problem, other, seed=seed)
+    if not res.groups:
+        warn("align: no hidden units of this model can be permuted (its graph fixes them all); B is written unchanged")
+    written = res.save(output)
+    out.print(
+        f"{res.groups} groups of units ({res.units:,} units), {res.moved:,} moved; distance to A "
+        f"{res.distance_before:.4g} -> {res.distance_after:.4g}"
+    )
+    say(f"B = {ckpts[1]} (sha256 {sha256_file(ckpts[1])[:12]})")
+    wrote(written)
 
 
 # --------------------------------------------------------------------------- plane

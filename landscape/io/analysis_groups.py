@@ -118,8 +118,17 @@ def track_group(
     )
 
 
-def path_group(res: PathRun, *, curve: str, checkpoints: Sequence[str], buffers: str, train_data: str) -> Group:
-    """/path: the loss along the curve, its barrier, and each checkpoint's own loss."""
+def path_group(
+    res: PathRun,
+    *,
+    curve: str,
+    checkpoints: Sequence[str],
+    buffers: str,
+    train_data: str,
+    unaligned: PathRun | None = None,
+) -> Group:
+    """/path: the loss along the curve, its barrier, and each checkpoint's own loss; with `unaligned`
+    (path --align) also the loss and barrier of the path through the checkpoints as given."""
     loss = res.loss.numpy()
     arrays = {"t": res.t.numpy(), "weights": res.weights.numpy(), "loss": loss, "node_loss": res.node_loss.numpy()}
     if res.accuracy is not None:
@@ -135,6 +144,14 @@ def path_group(res: PathRun, *, curve: str, checkpoints: Sequence[str], buffers:
     }
     if res.accuracy is not None:
         numbers["accuracy_barrier"] = res.accuracy_barrier
+    about = "barrier = max_t [L(t) - ((1-t) L(0) + t L(1))]; node_loss = each checkpoint's own loss"
+    if unaligned is not None:
+        arrays["loss_unaligned"] = unaligned.loss.numpy()
+        numbers["barrier_unaligned"] = unaligned.barrier
+        if unaligned.accuracy is not None:
+            arrays["accuracy_unaligned"] = unaligned.accuracy.numpy()
+            numbers["accuracy_barrier_unaligned"] = unaligned.accuracy_barrier
+        about += "; loss_unaligned, barrier_unaligned: the path through the checkpoints before alignment"
     return Group(
         numbers=numbers,
         arrays=arrays,
@@ -144,7 +161,7 @@ def path_group(res: PathRun, *, curve: str, checkpoints: Sequence[str], buffers:
             "buffers": buffers,
             "strategy": res.strategy,
             "train_data": train_data,
-            "about": "barrier = max_t [L(t) - ((1-t) L(0) + t L(1))]; node_loss = each checkpoint's own loss",
+            "about": about,
         },
     )
 

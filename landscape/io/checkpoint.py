@@ -306,3 +306,21 @@ def _note_precision(
             f"{source}: stores {'/'.join(sorted(low))} weights; they are upcast to the model's precision, "
             "so the values differ from a run in that precision by its rounding"
         )
+
+
+def write_state_dict(path: str | Path, state: Mapping[str, torch.Tensor]) -> Path:
+    """A state_dict as a checkpoint every reader loads without pickle: `.safetensors` by its suffix,
+    otherwise a plain `torch.save` dict of tensors (read back with `weights_only=True`). Written whole or
+    not at all."""
+    from landscape.io.atomic import replace_whole, written_path
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    with replace_whole(path, keep_suffix=True) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp))
+        else:
+            torch.save(tensors, tmp)
+    return written_path(path)

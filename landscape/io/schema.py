@@ -40,6 +40,8 @@ GROUP_ARRAYS: dict[str, dict[str, tuple[str | int, ...]]] = {
         "weights?": ("points", "checkpoints"),
         "node_loss": ("checkpoints",),
         "node_accuracy?": ("checkpoints",),
+        "loss_unaligned?": ("points",),
+        "accuracy_unaligned?": ("points",),
     },
     "plane": {
         "points": (3, 2),

@@ -86,7 +86,18 @@ def path_figure(path: str | Path) -> Figure:
     g = read_group(path, "path")
     t, loss = g.arrays["t"], g.arrays["loss"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=150)
-    ax.plot(t, loss, color="tab:blue", lw=2, label="loss")
+    unaligned = g.arrays.get("loss_unaligned")
+    aligned = unaligned is not None
+    if aligned:
+        ax.plot(
+            t,
+            unaligned,
+            color="tab:orange",
+            lw=1.5,
+            ls=":",
+            label=f"before alignment (barrier {g.numbers.get('barrier_unaligned', np.nan):.3g})",
+        )
+    ax.plot(t, loss, color="tab:blue", lw=2, label="loss, aligned" if aligned else "loss")
     ax.plot([t[0], t[-1]], [loss[0], loss[-1]], color="0.5", ls="--", lw=1, label="straight line between the ends")
     bt, height = g.numbers.get("barrier_t", np.nan), g.numbers.get("barrier", np.nan)
     if np.isfinite(bt) and height > 0:  # no barrier (the loss stays under the line): nothing to point at

@@ -97,12 +97,25 @@ def path_plotly(path: str | Path) -> go.Figure:
     t, loss = g.arrays["t"], g.arrays["loss"]
     acc = g.arrays.get("accuracy")
     fig = make_subplots(specs=[[{"secondary_y": acc is not None}]])
+    unaligned = g.arrays.get("loss_unaligned")
+    if unaligned is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=t.tolist(),
+                y=json_values(unaligned),
+                mode="lines",
+                name=f"before alignment (barrier {g.numbers.get('barrier_unaligned', np.nan):.3g})",
+                line={"width": 1.5, "color": "#ff7f0e", "dash": "dot"},
+                hovertemplate="t %{x:.3g}<br>loss before alignment %{y:.5g}<extra></extra>",
+            ),
+            secondary_y=False,
+        )
     fig.add_trace(
         go.Scatter(
             x=t.tolist(),
             y=json_values(loss),
             mode="lines",
-            name="loss",
+            name="loss, aligned" if unaligned is not None else "loss",
             line={"width": 2.5, "color": "#1f77b4"},
             hovertemplate="t %{x:.3g}<br>loss %{y:.5g}<extra></extra>",
         ),
