@@ -88,7 +88,7 @@ def path_figure(path: str | Path) -> Figure:
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=150)
     unaligned = g.arrays.get("loss_unaligned")
     aligned = unaligned is not None
-    if aligned:
+    if unaligned is not None:
         ax.plot(
             t,
             unaligned,
