@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "landscape.api": (
-        "align", "axes_from", "hessian", "path", "plan_plane", "plan_sweep", "plan_trajectory", "plane", "roughness",
+        "align", "axes_from", "fit_curve", "hessian", "path", "plan_plane", "plan_sweep", "plan_trajectory", "plane", "roughness",
         "run_planned", "sharpness", "sweep", "track", "trajectory",
     ),
     "landscape.axes": ("Axes", "hessian_axes", "random_axes", "stored_axes"),
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from landscape.api import (
         align,
         axes_from,
+        fit_curve,
         hessian,
         path,
         plan_plane,
@@ -92,6 +93,7 @@ __all__ = [
     "TrackResult",
     "align",
     "axes_from",
+    "fit_curve",
     "hessian",
     "hessian_axes",
     "load",

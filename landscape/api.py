@@ -562,6 +562,78 @@ def path(
     )
 
 
+def fit_curve(
+    problem: Problem,
+    end: State,
+    points: int = 61,
+    curve: str = "bezier",
+    *,
+    start: State | None = None,
+    steps: int = 500,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    batch_size: int = 128,
+    seed: int = 0,
+    train_on: tuple[Any, torch.Tensor] | None = None,
+    names: Sequence[str] | None = None,
+    checkpoints_sha256: Sequence[str] = (),
+    train_data: str = "",
+    strategy: str = "auto",
+    progress: Progress = False,
+    warn: Say = messages.warn,
+    command: str = "",
+) -> PathResult:
+    """Mode connectivity as Garipov et al. (2018): the bend of a quadratic Bezier curve (or of the
+    polygonal chain, `curve="polychain"`) from the problem's weights (or `start`) to `end` trained so that
+    the loss along the curve is low (`steps` SGD steps at a random t each, on `train_on` or the problem's
+    data), then the loss along the curve and along the straight line. The result's `barrier` is the
+    curve's, `barrier_line` the line's; `arrays["bend"]` is the bend. With BatchNorm the statistics are
+    recomputed on the training inputs at every point of both."""
+    from landscape.curve_fit import TRAINABLE_CURVES, bend_state, fit_bend
+    from landscape.io.analysis_groups import path_group
+    from landscape.paths import evaluate_path, has_batchnorm
+
+    if curve not in TRAINABLE_CURVES:
+        raise ArgumentError("curve", curve, f"a trained curve is one of {', '.join(TRAINABLE_CURVES)}")
+    check_path_points(points)
+    a = start if start is not None else own_state(problem)
+    if train_on is None:
+        if not problem.in_memory:
+            raise ArgumentError(
+                "train_on", None, "the problem's data is streamed; give training data that fits in memory"
+            )
+        train_on = (problem.x, problem.y)
+    x, y = train_on
+    labels = _names(names, 2)
+    total = steps + 2 * points
+    with progress_to(progress, "curve", total) as bar:
+        fit = fit_bend(problem, a, end, x, y, curve=curve, steps=steps, lr=lr, momentum=momentum, batch_size=batch_size,
+                       seed=seed, on_step=lambda i: bar(i, total))  # fmt: skip
+        recal = x if has_batchnorm(problem.model) else None
+        t = torch.linspace(0, 1, points, dtype=torch.float64)
+        line = evaluate_path(problem, [a, end], t, recalibrate=recal, strategy=strategy, warn=warn,
+                             on_point=lambda i: bar(steps + i, total))  # fmt: skip
+        res = evaluate_path(problem, [a, bend_state(problem, a, end, fit.bend), end], t, curve=TRAINABLE_CURVES[curve],
+                            recalibrate=recal, strategy=strategy, warn=warn, on_point=lambda i: bar(steps + points + i, total))  # fmt: skip
+    group = path_group(
+        res,
+        curve=curve,
+        checkpoints=[labels[0], "bend (trained)", labels[1]],
+        buffers="recalibrated" if res.recalibrated else ("interpolated" if problem.buffers else "none"),
+        train_data=train_data or "--data",
+        line=line,
+        fit=fit,
+    )
+    train = {"steps": steps, "lr": lr, "momentum": momentum, "batch_size": batch_size, "seed": seed}
+    settings = PathSettings(
+        Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), curve=curve, points=points,
+        bn_recalibrate=recal is not None, train=train,
+    )  # fmt: skip
+    return PathResult(
+        group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command), problem.layout
+    )
+
+
 def track(
     problem: Problem,
     states: Sequence[State],

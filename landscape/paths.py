@@ -190,7 +190,7 @@ class _Points:
         self,
         weights: torch.Tensor,
         *,
-        recalibrate: torch.Tensor | None = None,
+        recalibrate: Inputs | None = None,
         on_point: Callable[[int], None] = lambda i: None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Loss (and accuracy) at each row of `weights` [T, n] (rows sum to 1)."""
@@ -263,7 +263,7 @@ def evaluate_path(
     t: torch.Tensor,
     *,
     curve: str = "linear",
-    recalibrate: torch.Tensor | None = None,
+    recalibrate: Inputs | None = None,
     strategy: str = "auto",
     warn: Callable[[str], None] = lambda msg: None,
     on_point: Callable[[int], None] = lambda i: None,

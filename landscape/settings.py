@@ -112,11 +112,13 @@ class PathSettings(CommandSettings):
     points: int = 61
     bn_recalibrate: bool = False
     align: bool = False  # later checkpoints permuted to match the one before (weight matching)
+    train: dict[str, Any] = field(default_factory=dict)  # a trained bend: steps, lr, momentum, batch size, seed
 
     def as_dict(self) -> dict[str, Any]:
         out = super().as_dict()
-        if not self.align:  # the keys of files made before --align
-            del out["align"]
+        for key in ("align", "train"):  # the keys of files made before --align and --train
+            if not out[key]:
+                del out[key]
         return out
 
 

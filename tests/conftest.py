@@ -54,3 +54,27 @@ def sample_problem(name: str, dtype: str = "float64", samples: int | None = None
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def trained_pair(make, seeds=(0, 1), steps: int = 150, image: bool = False):
+    """Two copies of `make()` trained from different seeds on the digits sample (full batch, Adam), and
+    the data: two minima of one architecture that no permutation makes equal."""
+    import numpy as np
+
+    from landscape.io.samples import sample
+
+    data = np.load(sample("mlp")["data"])
+    x, y = torch.tensor(data["x"]).float(), torch.tensor(data["y"]).long()
+    if image:
+        x = x.view(-1, 1, 8, 8)
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        m = make()
+        opt = torch.optim.Adam(m.parameters(), 1e-2)
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+        models.append(m.eval())
+    return models, x, y

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import trained_pair
 
 import landscape as ls
 from landscape.alignment import permutation_spec, permute_state, random_permutations, weight_matching
@@ -118,20 +119,9 @@ def test_units_used_any_other_way_stay_in_place():
 
 
 def test_path_align_barrier_is_zero_for_a_permuted_copy_and_lower_for_independent_runs():
-    data = np.load(sample("mlp")["data"])
-    x, y = torch.tensor(data["x"]).float(), torch.tensor(data["y"]).long()
-
-    def trained(seed: int) -> nn.Module:
-        torch.manual_seed(seed)
-        m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
-        opt = torch.optim.Adam(m.parameters(), 1e-2)
-        for _ in range(150):
-            opt.zero_grad()
-            nn.functional.cross_entropy(m(x), y).backward()
-            opt.step()
-        return m.eval()
-
-    a, b = trained(0), trained(1)
+    (a, b), x, y = trained_pair(
+        lambda: nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    )
     problem = ls.Problem(a, (x, y))
     spec = permutation_spec(a, x[:2])
     copy = permute_state(spec, random_permutations(spec, seed=5), a.state_dict())

@@ -22,6 +22,7 @@ from landscape.cli.options import (
     Seed,
     UnsafePickle,
     command_line,
+    in_range,
     model_options,
     out,
     parse_range,
@@ -48,6 +49,8 @@ from landscape.errors import LandscapeError
 
 if TYPE_CHECKING:
     from landscape.problem import Problem
+
+CURVE = "Trained curve (Garipov et al.)"
 
 
 def _run_plane(output: Path, problem: Problem, planned: ls.SweepResult, strategy: str) -> None:
@@ -86,12 +89,14 @@ def path(
         int, typer.Option(help="Points along the path, t in [0, 1] (61 as usual).", rich_help_panel=ANALYSIS)
     ] = 61,
     curve: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="linear: straight line (polyline through more than two); bezier: Bezier curve with the middle checkpoints as bends (Garipov et al.).",
+            help="linear (the default): straight line (polyline through more than two); bezier: Bezier curve with the middle "
+            "checkpoints as bends (Garipov et al.); with --train: bezier (the default) or polychain, through a trained bend.",
             rich_help_panel=ANALYSIS,
+            show_default=False,
         ),
-    ] = "linear",
+    ] = None,
     bn_recalibrate: Annotated[
         bool,
         typer.Option(
@@ -112,9 +117,44 @@ def path(
     train_data: Annotated[
         str | None,
         typer.Option(
-            help="Training inputs for --bn-recalibrate (same forms as --data; default: --data).",
+            help="Training data for --bn-recalibrate and --train (same forms as --data; default: --data).",
             rich_help_panel=ANALYSIS,
         ),
+    ] = None,
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train",
+            help="Train the bend of a curve between two checkpoints for low loss along it (Garipov et al. 2018; "
+            "--curve bezier or polychain) and report its barrier beside the straight line's.",
+            rich_help_panel=CURVE,
+        ),
+    ] = False,
+    train_steps: Annotated[
+        int,
+        typer.Option(
+            help="SGD steps on the bend, each at a random t.",
+            rich_help_panel=CURVE,
+            callback=in_range("--train-steps", positive=True),
+        ),
+    ] = 500,
+    train_lr: Annotated[
+        float,
+        typer.Option(
+            help="Learning rate of the bend's SGD (momentum 0.9).",
+            rich_help_panel=CURVE,
+            callback=in_range("--train-lr", positive=True),
+        ),
+    ] = 0.05,
+    train_batch: Annotated[
+        int,
+        typer.Option(
+            help="Training samples per step.", rich_help_panel=CURVE, callback=in_range("--train-batch", positive=True)
+        ),
+    ] = 128,
+    save_bend: Annotated[
+        Path | None,
+        typer.Option(help="Also write the trained bend as a checkpoint (.pt or .safetensors).", rich_help_panel=CURVE),
     ] = None,
     samples: Samples = None,
     seed: Seed = 0,
@@ -142,6 +182,8 @@ def path(
       landscape path a.pt b.pt --sample cnn --bn-recalibrate --train-data train.npz -o path.h5
 
       landscape path a.pt b.pt --model net.py:make --data val.npz --align -o path.h5   (barrier before/after alignment)
+
+      landscape path a.pt b.pt --model net.py:make --data train.npz --curve bezier --train -o curve.h5
     """
     from landscape.data import subset
     from landscape.io.data import load_data
@@ -150,48 +192,78 @@ def path(
     from landscape.paths import CURVES, has_batchnorm
 
     check_output(output, force)
-    if curve not in CURVES:
+    curve = curve or ("bezier" if train else "linear")
+    if train:
+        from landscape.curve_fit import TRAINABLE_CURVES
+
+        if curve not in TRAINABLE_CURVES:
+            raise LandscapeError(f"--curve {curve!r} with --train: expected one of {', '.join(TRAINABLE_CURVES)}")
+        if align or bn_recalibrate:
+            raise LandscapeError(
+                f"{'--align' if align else '--bn-recalibrate'} with --train: a trained curve recalibrates BatchNorm itself; "
+                "align B first with `landscape align`"
+            )
+    elif curve not in CURVES:
         raise LandscapeError(f"--curve {curve!r}: expected one of {', '.join(CURVES)}")
+    if save_bend is not None:
+        if not train:
+            raise LandscapeError("--save-bend is only used with --train")
+        check_output(save_bend, force)
     from landscape.api import check_path_points
 
     check_path_points(points)  # before anything is loaded
     ckpts = checkpoint_paths(checkpoints, sample, "ends")
     if len(ckpts) < 2:
         raise LandscapeError("path: name at least two checkpoints")
-    if curve == "bezier" and len(ckpts) == 2:
+    if train and len(ckpts) != 2:
+        raise LandscapeError(f"--train: name the two ends of the curve; got {len(ckpts)} checkpoints")
+    if curve == "bezier" and len(ckpts) == 2 and not train:
         say("a Bezier curve through two checkpoints is the straight line")
-    if train_data and not bn_recalibrate:
-        raise LandscapeError("--train-data is only used with --bn-recalibrate")
+    if train_data and not (bn_recalibrate or train):
+        raise LandscapeError("--train-data is only used with --bn-recalibrate or --train")
     kw = dict(model=model, data=data, loss=loss, sample=sample, samples=samples, seed=seed, batch_size=batch_size,
               device=device, dtype=dtype, unsafe_pickle=unsafe_pickle, **(model_options or {}))  # fmt: skip
     problem, prov = problem_at(kw, ckpts[0])
     states = load_states(ckpts, problem, kw)
-    recal = None
-    if bn_recalibrate:
-        if not has_batchnorm(problem.model):
-            warn("--bn-recalibrate: the model has no BatchNorm layer; nothing to recalibrate")
-        else:
-            if train_data:
-                xt, yt = load_data(train_data, unsafe_pickle)
-                xt, _ = subset(xt, yt, samples, seed)
+    training: tuple[Any, Any] | None = None
+    if train_data and (train or has_batchnorm(problem.model)):
+        xt, yt = load_data(train_data, unsafe_pickle)
+        xt, yt = subset(xt, yt, samples, seed)
+        training = (to_device(xt, problem.device, problem.dtype), yt.to(problem.device))
+    elif (train and has_batchnorm(problem.model)) or (bn_recalibrate and has_batchnorm(problem.model)):
+        if not problem.in_memory:
+            raise LandscapeError(f"{'--train' if train else '--bn-recalibrate'}: --data is streamed (too large to hold); "
+                                 "give --train-data that fits in memory")  # fmt: skip
+        say(f"{'--train' if train else '--bn-recalibrate'} without --train-data: on --data")
+    sha = [sha256_file(c) for c in ckpts]
+    if train:
+        say(
+            f"{prov['parameters']:,} parameters, {problem.n:,} samples, training a {curve} bend for {train_steps} steps, {points} points"
+        )
+        with progress() as bar:
+            task = bar.add_task("curve", total=train_steps + 2 * points)
+            res = ls.fit_curve(
+                problem, states[1], points, curve, start=states[0], steps=train_steps, lr=train_lr, batch_size=train_batch,
+                seed=seed, train_on=training, names=ckpts, checkpoints_sha256=sha, train_data=train_data or "",
+                strategy=strategy, warn=warn, command=command_line(), progress=lambda done, total: bar.update(task, completed=done),
+            )  # fmt: skip
+    else:
+        recal = None
+        if bn_recalibrate:
+            if not has_batchnorm(problem.model):
+                warn("--bn-recalibrate: the model has no BatchNorm layer; nothing to recalibrate")
             else:
-                if not problem.in_memory:
-                    raise LandscapeError(
-                        "--bn-recalibrate: --data is streamed (too large to hold); give --train-data that fits in memory"
-                    )
-                say("--bn-recalibrate without --train-data: recalibrating on --data")
-                xt = problem.x
-            recal = to_device(xt, problem.device, problem.dtype)
-    say(
-        f"{prov['parameters']:,} parameters, {problem.n:,} samples, {curve} path through {len(ckpts)} checkpoints, {points} points"
-    )
-    with progress() as bar:
-        task = bar.add_task("path", total=points * (2 if align else 1))
-        res = ls.path(
-            problem, states[1:], points, curve, start=states[0], recalibrate=recal, align=align, strategy=strategy, warn=warn, names=ckpts,
-            checkpoints_sha256=[sha256_file(c) for c in ckpts], train_data=train_data or "", command=command_line(),
-            progress=lambda done, total: bar.update(task, completed=done),
-        )  # fmt: skip
+                recal = training[0] if training is not None else problem.x
+        say(
+            f"{prov['parameters']:,} parameters, {problem.n:,} samples, {curve} path through {len(ckpts)} checkpoints, {points} points"
+        )
+        with progress() as bar:
+            task = bar.add_task("path", total=points * (2 if align else 1))
+            res = ls.path(
+                problem, states[1:], points, curve, start=states[0], recalibrate=recal, align=align, strategy=strategy, warn=warn,
+                names=ckpts, checkpoints_sha256=sha, train_data=train_data or "", command=command_line(),
+                progress=lambda done, total: bar.update(task, completed=done),
+            )  # fmt: skip
     res.save(output)
     loss_along = res.arrays["loss"]
     out.print(
@@ -200,7 +272,17 @@ def path(
     )
     if align:
         out.print(f"barrier before alignment = {res['barrier_unaligned']:.4g}")
+    if train:
+        out.print(f"barrier of the straight line = {res['barrier_line']:.4g}")
     wrote(output)
+    if save_bend is not None:
+        import torch
+
+        from landscape.curve_fit import bend_state
+        from landscape.io.checkpoint import write_state_dict
+
+        bend = torch.as_tensor(res.arrays["bend"][0]).to(problem.theta.dtype)
+        wrote(write_state_dict(save_bend, bend_state(problem, states[0], states[1], bend)))
     draw_figure(figure, output)
 
 

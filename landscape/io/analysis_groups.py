@@ -19,6 +19,7 @@ from landscape.io.analysis_store import Group
 if TYPE_CHECKING:
     import torch
 
+    from landscape.curve_fit import CurveFit
     from landscape.measures import EpsilonSharpness, RoughnessRun, SamSharpness
     from landscape.paths import PathRun, Trajectory
     from landscape.tracking import TrackRun
@@ -126,9 +127,12 @@ def path_group(
     buffers: str,
     train_data: str,
     unaligned: PathRun | None = None,
+    line: PathRun | None = None,
+    fit: CurveFit | None = None,
 ) -> Group:
     """/path: the loss along the curve, its barrier, and each checkpoint's own loss; with `unaligned`
-    (path --align) also the loss and barrier of the path through the checkpoints as given."""
+    (path --align) also the loss and barrier of the path through the checkpoints as given; with a
+    trained bend (`fit`, path --train) the bend, the training losses, and the straight `line`'s loss and barrier."""
     loss = res.loss.numpy()
     arrays = {"t": res.t.numpy(), "weights": res.weights.numpy(), "loss": loss, "node_loss": res.node_loss.numpy()}
     if res.accuracy is not None:
@@ -152,6 +156,17 @@ def path_group(
             arrays["accuracy_unaligned"] = unaligned.accuracy.numpy()
             numbers["accuracy_barrier_unaligned"] = unaligned.accuracy_barrier
         about += "; loss_unaligned, barrier_unaligned: the path through the checkpoints before alignment"
+    if line is not None:
+        arrays["loss_line"] = line.loss.numpy()
+        numbers["barrier_line"] = line.barrier
+        if line.accuracy is not None:
+            arrays["accuracy_line"] = line.accuracy.numpy()
+        about += "; loss_line, barrier_line: the straight line between the ends"
+    if fit is not None:
+        arrays["bend"] = fit.bend.detach().cpu().numpy().astype(np.float32)[None]
+        arrays["train_loss"], arrays["train_t"] = fit.step_loss.numpy(), fit.step_t.numpy()
+        numbers["train_steps"] = int(fit.step_loss.shape[0])
+        about += "; bend: the trained bend over the parameters (axes layout); train_loss at t = train_t per step"
     return Group(
         numbers=numbers,
         arrays=arrays,

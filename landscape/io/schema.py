@@ -42,6 +42,11 @@ GROUP_ARRAYS: dict[str, dict[str, tuple[str | int, ...]]] = {
         "node_accuracy?": ("checkpoints",),
         "loss_unaligned?": ("points",),
         "accuracy_unaligned?": ("points",),
+        "loss_line?": ("points",),
+        "accuracy_line?": ("points",),
+        "train_loss?": ("steps",),
+        "train_t?": ("steps",),
+        "bend?": ("bends", "parameters"),
     },
     "plane": {
         "points": (3, 2),

@@ -71,6 +71,26 @@ def roughness_figure(path: str | Path) -> Figure:
 OWN_STATISTICS = " (with their own BN statistics)"
 
 
+def other_path(g: Any) -> tuple[str, np.ndarray] | None:
+    """The path a /path group is compared with, labelled: before alignment (path --align), or the
+    straight line beside a trained curve (path --train)."""
+    for key, barrier, what in (
+        ("loss_unaligned", "barrier_unaligned", "before alignment"),
+        ("loss_line", "barrier_line", "straight path"),
+    ):
+        if g.arrays.get(key) is not None:
+            return f"{what} (barrier {g.numbers.get(barrier, np.nan):.3g})", g.arrays[key]
+    return None
+
+
+def path_label(g: Any) -> str:
+    if g.arrays.get("loss_unaligned") is not None:
+        return "loss, aligned"
+    if g.arrays.get("bend") is not None:
+        return f"trained {g.attrs.get('curve', '')} curve"
+    return "loss"
+
+
 def buffers_note(buffers: str) -> str:
     """What the path did with BatchNorm statistics, as a figure says it (its ends are points of the path too)."""
     return {
@@ -86,18 +106,11 @@ def path_figure(path: str | Path) -> Figure:
     g = read_group(path, "path")
     t, loss = g.arrays["t"], g.arrays["loss"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=150)
-    unaligned = g.arrays.get("loss_unaligned")
-    aligned = unaligned is not None
-    if unaligned is not None:
-        ax.plot(
-            t,
-            unaligned,
-            color="tab:orange",
-            lw=1.5,
-            ls=":",
-            label=f"before alignment (barrier {g.numbers.get('barrier_unaligned', np.nan):.3g})",
-        )
-    ax.plot(t, loss, color="tab:blue", lw=2, label="loss, aligned" if aligned else "loss")
+    other = other_path(g)
+    if other is not None:
+        label, values = other
+        ax.plot(t, values, color="tab:orange", lw=1.5, ls=":", label=label)
+    ax.plot(t, loss, color="tab:blue", lw=2, label=path_label(g))
     ax.plot([t[0], t[-1]], [loss[0], loss[-1]], color="0.5", ls="--", lw=1, label="straight line between the ends")
     bt, height = g.numbers.get("barrier_t", np.nan), g.numbers.get("barrier", np.nan)
     if np.isfinite(bt) and height > 0:  # no barrier (the loss stays under the line): nothing to point at

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from landscape.io.analysis_store import json_attr, read_group
-from landscape.render.analysis import OWN_STATISTICS, analysis_kind, buffers_note
+from landscape.render.analysis import OWN_STATISTICS, analysis_kind, buffers_note, other_path, path_label
 from landscape.render.interactive import esc, json_values, styled
 
 
@@ -97,16 +97,17 @@ def path_plotly(path: str | Path) -> go.Figure:
     t, loss = g.arrays["t"], g.arrays["loss"]
     acc = g.arrays.get("accuracy")
     fig = make_subplots(specs=[[{"secondary_y": acc is not None}]])
-    unaligned = g.arrays.get("loss_unaligned")
-    if unaligned is not None:
+    other = other_path(g)
+    if other is not None:
+        label, values = other
         fig.add_trace(
             go.Scatter(
                 x=t.tolist(),
-                y=json_values(unaligned),
+                y=json_values(values),
                 mode="lines",
-                name=f"before alignment (barrier {g.numbers.get('barrier_unaligned', np.nan):.3g})",
+                name=esc(label),
                 line={"width": 1.5, "color": "#ff7f0e", "dash": "dot"},
-                hovertemplate="t %{x:.3g}<br>loss before alignment %{y:.5g}<extra></extra>",
+                hovertemplate=f"t %{{x:.3g}}<br>{esc(label.split(' (')[0])} %{{y:.5g}}<extra></extra>",
             ),
             secondary_y=False,
         )
@@ -115,7 +116,7 @@ def path_plotly(path: str | Path) -> go.Figure:
             x=t.tolist(),
             y=json_values(loss),
             mode="lines",
-            name="loss, aligned" if unaligned is not None else "loss",
+            name=path_label(g),
             line={"width": 2.5, "color": "#1f77b4"},
             hovertemplate="t %{x:.3g}<br>loss %{y:.5g}<extra></extra>",
         ),
