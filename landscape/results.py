@@ -284,7 +284,7 @@ def _block(d: Mapping[str, Any]) -> BlockResult:
     if d["lanczos"] is not None:
         lz = d["lanczos"]
         runs = LanczosRuns(lz["alpha"], lz["beta"], int(lz.get("matvecs", 0)), int(lz.get("seed", 0)))
-    density = density_from_lanczos(runs.alpha, runs.beta) if runs is not None else None
+    density = density_from_lanczos(runs.alpha, runs.beta, size=int(d["size"]) or None) if runs is not None else None
     return BlockResult(
         tuple(d["tensors"]), int(d["size"]), eigen, trace, runs, dict(d["operator"]), dict(d["seconds"]), density
     )

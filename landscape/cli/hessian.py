@@ -8,6 +8,7 @@ prints and writes the results file.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -46,6 +47,7 @@ from landscape.names import CURVATURE_TITLES, CURVATURES, EXACT_TRACE, METHODS
 
 if TYPE_CHECKING:  # the command's own imports wait for it to run: `landscape --help` needs no torch
     from landscape.curvature.analysis import BlockResult
+    from landscape.curvature.density import SpectrumCounts
 
 CURV = "Curvature"
 
@@ -209,6 +211,18 @@ def hessian(
     wrote(output)
 
 
+def _counts_text(c: SpectrumCounts) -> str:
+    """Rank and outliers in a line, each with its standard error (none for the exact spectrum)."""
+
+    def pm(value: float, error: float) -> str:
+        return f"{value:,.1f} ± {error:.2g}" if math.isfinite(error) else f"{value:,.0f}"
+
+    return (
+        f"numerical rank {pm(c.rank, c.rank_std_error)} of {c.size:,} (|λ| > {c.rank_threshold:.2g}); "
+        f"{c.outliers_ritz} outlier(s) above the bulk's edge {c.bulk_edge:.4g} (by weight {pm(c.outliers, c.outliers_std_error)})"
+    )
+
+
 def _summary(block: BlockResult, layers: dict[str, BlockResult], curvature: str) -> None:
     """Eigenvalues with residuals, the trace with its error, products spent; per layer in a second table."""
     title = CURVATURE_TITLES[curvature]
@@ -243,6 +257,9 @@ def _summary(block: BlockResult, layers: dict[str, BlockResult], curvature: str)
             out.print(
                 f"density: {block.lanczos.alpha.shape[0]} probes x {block.lanczos.alpha.shape[1]} Lanczos steps ({block.lanczos.matvecs} products)"
             )
+        counts = block.density.counts if block.density is not None else None
+        if counts is not None:
+            out.print(f"spectrum: {_counts_text(counts)}")
     op = block.operator
     out.print(
         f"products by {op['method']}: {op['product_to_gradient_ratio']:.2f} gradients each; "

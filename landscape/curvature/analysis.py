@@ -138,7 +138,7 @@ def estimate_block(
     finally:
         op.close()
     info = {**op.info(), "matvecs": op.matvecs, "dense": dense}
-    density = density_from_lanczos(runs.alpha, runs.beta) if runs is not None else None
+    density = density_from_lanczos(runs.alpha, runs.beta, size=op.size) if runs is not None else None
     return BlockResult(
         names=op.names,
         size=op.size,

@@ -27,6 +27,9 @@ from landscape.curvature.lanczos import LANCZOS_FLOAT64_BYTES, REORTH_KEEP, blas
 from landscape.curvature.trace import rademacher
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
+RANK_TOL = 1e-3  # an eigenvalue with |lambda| <= RANK_TOL * max |lambda| counts as zero in the numerical rank
+RESOLVED_TOL = 1e-6  # a Ritz value whose error bound is under this x max |lambda| is a resolved eigenvalue
+OUTLIER_GAP = 1.5  # outliers end at the largest ratio between neighbouring resolved eigenvalues, if at least this
 SLQ_BASIS_BYTES = 2 << 30  # default bytes of the probes' bases held at once; more probes run in groups
 
 
@@ -42,6 +45,84 @@ class LanczosRuns:
 
 
 @dataclass(frozen=True)
+class SpectrumCounts:
+    """Eigenvalue counts read from the quadrature: P times the spectral mass of a region, the mean over
+    probes with its standard error (each probe's count is an unbiased estimate: E[(u.v)^2] = 1/P)."""
+
+    size: int
+    rank: float  # eigenvalues with |lambda| > rank_threshold
+    rank_std_error: float
+    rank_threshold: float
+    outliers: float  # eigenvalues above each probe's bulk edge, by their weight (degenerate outliers counted too)
+    outliers_std_error: float
+    outliers_ritz: int  # resolved Ritz values above the bulk's edge, the median over probes
+    bulk_edge: float  # the top of the bulk, the median over probes (NaN: the whole spectrum resolved)
+
+    def as_attrs(self) -> dict[str, float | int]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "size"}
+
+
+def _mean_and_error(values: np.ndarray) -> tuple[float, float]:
+    n = values.size
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+
+
+def resolved_outliers(alpha: np.ndarray, beta: np.ndarray, scale: float) -> tuple[int, float, float]:
+    """One probe's outliers, the bulk's edge as it sees them, and the probe's spectral mass above the edge. The Ritz values Lanczos has resolved as
+    single eigenvalues (error bound beta_k |y_k[-1]| at most RESOLVED_TOL * scale, from its first
+    k = m - 1 steps, whose next beta is stored) above the largest one it has not, with that one, sorted
+    down: the edge is the lower side of the largest ratio between neighbours when that is at least
+    OUTLIER_GAP (a gap in the spectrum), and the values above it are the outliers; else there are none.
+    The mass is that quadrature's too: the m-step one has a bulk node above the (m-1)-step edge (interlacing)."""
+    m = int(np.sum(np.isfinite(alpha)))
+    if m < 3:
+        return 0, math.nan, math.nan
+    theta, Y = tridiagonal_eigh(alpha[: m - 1], beta[: m - 2])
+    assert Y is not None
+    bound = np.abs(beta[m - 2] * Y[-1])
+    unresolved = theta[bound > RESOLVED_TOL * scale]
+    if unresolved.size == 0:  # every Ritz value resolved: the whole spectrum is seen, no bulk to stand out of
+        return 0, math.nan, math.nan
+    top = np.sort(theta[theta >= unresolved.max()])[::-1]
+    top = top[top > 0]
+    ratios = top[:-1] / top[1:] if top.size >= 2 else np.zeros(0)
+    j = int(np.argmax(ratios)) if ratios.size else 0
+    if not ratios.size or ratios[j] < OUTLIER_GAP:
+        return 0, float(top[0]) if top.size else float(unresolved.max()), 0.0
+    edge = float(top[j + 1])
+    weights = Y[0] ** 2
+    return j + 1, edge, float(weights[theta > edge].sum() / weights.sum())
+
+
+def spectrum_counts(
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    nodes: list[np.ndarray],
+    weights: list[np.ndarray],
+    size: int,
+    rank_tol: float = RANK_TOL,
+) -> SpectrumCounts:
+    """The numerical rank and the outliers beyond the bulk (Sagun et al. 2017) of a P = `size` operator, from
+    SLQ's tridiagonals and their quadrature. The rank counts the spectral mass with |lambda| above
+    `rank_tol` * max |lambda|. Outliers are the top eigenvalues above the largest gap among those each
+    probe's Lanczos run resolves on its own (`resolved_outliers`); the count by weight (P x their
+    spectral mass) also counts repeated ones."""
+    scale = max(float(np.abs(t).max()) for t in nodes)
+    threshold = rank_tol * scale
+    rank = np.array([size * float(w[np.abs(t) > threshold].sum()) for t, w in zip(nodes, weights)])
+    alpha, beta = np.atleast_2d(alpha), np.atleast_2d(beta)
+    with blas_threads(1):
+        seen = [resolved_outliers(a, b, scale) for a, b in zip(alpha, beta)]
+    edges = np.array([e for _, e, _ in seen])
+    by_weight = np.array([size * mass for _, _, mass in seen if np.isfinite(mass)])
+    (r, r_se) = _mean_and_error(rank)
+    o, o_se = _mean_and_error(by_weight) if by_weight.size else (math.nan, math.nan)
+    ritz = int(np.median([n for n, _, _ in seen])) if seen else 0
+    edge = float(np.nanmedian(edges)) if np.isfinite(edges).any() else math.nan
+    return SpectrumCounts(size, r, r_se, threshold, o, o_se, ritz, edge)
+
+
+@dataclass(frozen=True)
 class Density:
     """A smoothed spectral density on a grid: the probe mean, each probe's curve, and the quadrature."""
 
@@ -51,6 +132,7 @@ class Density:
     sigma: float
     nodes: list[np.ndarray]  # per probe
     weights: list[np.ndarray]  # per probe, each sums to 1
+    counts: SpectrumCounts | None = None  # rank and outliers, when the operator's size is known
 
     @property
     def std_error(self) -> np.ndarray:
@@ -236,17 +318,21 @@ def density_from_lanczos(
     grid: np.ndarray | None = None,
     sigma: float | None = None,
     points: int = 2000,
+    size: int | None = None,
 ) -> Density:
     """The SLQ density (Ghorbani et al. 2019) from stored per-probe tridiagonals; no model needed.
 
     sigma defaults to `default_sigma` (0.2% of the spectrum's span); the grid to `points` points
-    spanning the nodes plus 5 sigma.
+    spanning the nodes plus 5 sigma. With the operator's `size` also the rank and outlier counts.
     """
     nodes, weights = quadrature(alpha, beta)
     sigma = float(sigma) if sigma else default_sigma(nodes)
     grid = np.asarray(grid, dtype=np.float64) if grid is not None else default_grid(nodes, sigma, points)
     per = np.stack([gaussian_mixture(grid, t, w, sigma) for t, w in zip(nodes, weights)])
-    return Density(grid=grid, values=per.mean(axis=0), per_probe=per, sigma=sigma, nodes=nodes, weights=weights)
+    counts = spectrum_counts(alpha, beta, nodes, weights, size) if size else None
+    return Density(
+        grid=grid, values=per.mean(axis=0), per_probe=per, sigma=sigma, nodes=nodes, weights=weights, counts=counts
+    )
 
 
 def exact_density(eigenvalues: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:

@@ -13,7 +13,8 @@ Layout (DESIGN.md):
   /hessian/trace            scalar float64; attrs std_error, matvecs, sketch, probes
   /hessian/lanczos/alpha    [n_v, m]; /hessian/lanczos/beta [n_v, m-1] (NaN after an early breakdown);
                             attrs matvecs, seed, probes, reorthogonalized (False: three-term recurrence only)
-  /hessian/density/grid, values, per_probe   attrs sigma
+  /hessian/density/grid, values, per_probe   attrs sigma, rank, rank_std_error, rank_threshold, outliers,
+                            outliers_std_error, outliers_ritz, bulk_edge (landscape.curvature.density.SpectrumCounts)
   /hessian/layers/<module>/ the same datasets for one module's parameter block; attrs tensors, size
 The file is written to OUTPUT.partial and renamed, so no half-written file is left behind.
 """
@@ -87,6 +88,8 @@ def _write_block(g: h5py.Group, block: Any, vector_dtype: torch.dtype) -> None:
         dg.create_dataset("values", data=d.values)
         dg.create_dataset("per_probe", data=d.per_probe)
         dg.attrs.update({"sigma": d.sigma, "estimator": "stochastic Lanczos quadrature (Ghorbani et al. 2019)"})
+        if d.counts is not None:  # numerical rank and outliers beyond the bulk, each with its standard error
+            dg.attrs.update(d.counts.as_attrs())
 
 
 def write_curvature(
