@@ -643,13 +643,16 @@ def track(
     trace: bool = False,
     tol: float = 1e-3,
     seed: int = 0,
+    subspace: int = 0,
     names: Sequence[str] | None = None,
     checkpoints_sha256: Sequence[str] = (),
     progress: Progress = False,
     command: str = "",
 ) -> TrackResult:
     """lambda_max (and with `trace` the Hutch++ trace) of the Hessian at each state of a training run;
-    `lr` records 2/lr (the edge of stability, Cohen et al. 2021)."""
+    `lr` records 2/lr (the edge of stability, Cohen et al. 2021). With `subspace` k, where the gradient
+    lives (Gur-Ari et al. 2018): `grad_in_top`, the share of |g|^2 in the top-k eigenspace, and
+    `subspace_overlap`, |V_prev^T V|_F^2 / k between consecutive checkpoints (k = the classes, as they did)."""
     from landscape.io.analysis_groups import track_group
     from landscape.tracking import track_curvature
 
@@ -657,13 +660,21 @@ def track(
         raise ArgumentError("lr", lr, "must be positive")
     if not tol > 0:
         raise ArgumentError("tol", tol, "must be positive")
+    if subspace < 0:
+        raise ArgumentError("subspace", subspace, "must be 0 (off) or the number of eigenvectors")
     step_values = [float(s) for s in steps] if steps is not None else [float(i) for i in range(len(states))]
     if len(step_values) != len(states):
         raise ArgumentError("steps", len(step_values), f"one step per checkpoint expected ({len(states)})")
     labels = _names(names, len(states))
     with progress_to(progress, "track", len(states)) as bar:
         res = track_curvature(
-            problem, states, trace=trace, tol=tol, seed=seed, on_checkpoint=lambda done: bar(done, len(states))
+            problem,
+            states,
+            trace=trace,
+            tol=tol,
+            seed=seed,
+            subspace=subspace,
+            on_checkpoint=lambda done: bar(done, len(states)),
         )
     group = track_group(
         res,
@@ -674,7 +685,7 @@ def track(
     )
     settings = TrackSettings(
         Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), lr=lr, steps=tuple(step_values), trace=trace,
-        tol=tol, seed=seed,
+        tol=tol, seed=seed, subspace=subspace,
     )  # fmt: skip
     return TrackResult(
         group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command), problem.layout

@@ -139,3 +139,10 @@ class TrackSettings(CommandSettings):
     trace: bool = False
     tol: float = 1e-3
     seed: int = 0
+    subspace: int = 0  # k of the top-k eigenspace the gradient is measured in (Gur-Ari et al.); 0: not
+
+    def as_dict(self) -> dict[str, Any]:
+        out = super().as_dict()
+        if not self.subspace:  # the keys of files made before --subspace
+            del out["subspace"]
+        return out

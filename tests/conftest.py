@@ -78,3 +78,16 @@ def trained_pair(make, seeds=(0, 1), steps: int = 150, image: bool = False):
             opt.step()
         models.append(m.eval())
     return models, x, y
+
+
+def designed_regression(eigenvalues, seed: int = 0) -> Problem:
+    """A bias-free linear model with MSE whose Hessian 2 X^T X / n has exactly these eigenvalues."""
+    d = n = eigenvalues.size
+    gen = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    s = torch.sqrt(torch.as_tensor(eigenvalues, dtype=torch.float64) * n / 2)
+    x = u @ torch.diag(s) @ v.T
+    y = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    model = torch.nn.Linear(d, 1, bias=False).double()
+    return Problem(model, (x, y), "mse", dtype="float64")

@@ -8,31 +8,18 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import sample_problem
+from conftest import designed_regression, sample_problem
 from torch.func import functional_call, hessian
 
 import landscape as ls
 from landscape.curvature.density import RANK_TOL
 
 
-def _designed_regression(eigenvalues: np.ndarray, seed: int = 0) -> ls.Problem:
-    """A bias-free linear model with MSE whose Hessian 2 X^T X / n has exactly these eigenvalues."""
-    d = n = eigenvalues.size
-    gen = torch.Generator().manual_seed(seed)
-    u, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
-    v, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
-    s = torch.sqrt(torch.as_tensor(eigenvalues, dtype=torch.float64) * n / 2)
-    x = u @ torch.diag(s) @ v.T
-    y = torch.randn(n, 1, generator=gen, dtype=torch.float64)
-    model = torch.nn.Linear(d, 1, bias=False).double()
-    return ls.Problem(model, (x, y), "mse", dtype="float64")
-
-
 def test_designed_spectrum_rank_and_outliers():
     outliers = np.array([50.0, 30.0, 20.0, 12.0, 8.0])
     bulk = np.linspace(0.5, 2.0, 1495)  # P = 2000: more than probes x steps, so estimated, not computed whole
     eigenvalues = np.concatenate([outliers, bulk, np.zeros(500)])
-    problem = _designed_regression(eigenvalues)
+    problem = designed_regression(eigenvalues)
     h = torch.func.hessian(lambda w: problem.loss_fn(problem.x @ w.view(-1, 1), problem.y))(problem.theta).numpy()
     np.testing.assert_allclose(np.linalg.eigvalsh(h), np.sort(eigenvalues), atol=1e-9)  # the design holds
     res = ls.hessian(problem, top_k=1, density=True, probes=20, steps=80, seed=3)
@@ -49,7 +36,7 @@ def test_designed_spectrum_rank_and_outliers():
 
 
 def test_a_spectrum_without_a_gap_has_no_outliers():
-    problem = _designed_regression(np.linspace(1.0, 3.0, 1000))
+    problem = designed_regression(np.linspace(1.0, 3.0, 1000))
     c = ls.hessian(problem, top_k=1, density=True, probes=8, steps=60).model.density.counts
     assert c.outliers_ritz == 0
     assert c.rank == pytest.approx(1000, rel=1e-9)  # no eigenvalue near zero: every probe's whole mass

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from conftest import sample_problem
+from conftest import designed_regression, sample_problem
 
 from landscape.io.checkpoint import read_state_dict
 from landscape.io.samples import sample
@@ -57,3 +58,49 @@ def test_each_checkpoint_is_evaluated_with_its_own_batchnorm_statistics():
         )  # not the final checkpoint's
         assert res.lambda_max[i] > 0
     assert all(torch.equal(problem.buffers[k], v) for k, v in buffers.items())
+
+
+def _exact_subspace(h: torch.Tensor, g: torch.Tensor, k: int) -> tuple[float, torch.Tensor]:
+    vecs = torch.linalg.eigh(h).eigenvectors[:, -k:]  # the top k, orthonormal
+    return float((vecs.T @ g).pow(2).sum() / (g @ g)), vecs
+
+
+def test_gradient_share_in_the_top_subspace_of_a_quadratic_is_exact():
+    # a quadratic's Hessian is the same everywhere: consecutive top-k subspaces overlap exactly (1),
+    # and the gradient H (w - w*) has a closed-form share in it
+    eigenvalues = np.concatenate([[40.0, 25.0, 16.0, 9.0], np.linspace(0.1, 2.0, 60)])
+    problem = designed_regression(eigenvalues)
+    gen = torch.Generator().manual_seed(4)
+    states = [{"weight": torch.randn(1, 64, generator=gen, dtype=torch.float64)} for _ in range(3)]
+    res = track_curvature(problem, states, tol=1e-10, subspace=4)
+    loss = lambda w: problem.loss_fn(problem.x @ w.view(-1, 1), problem.y)  # noqa: E731
+    for i, state in enumerate(states):
+        w = state["weight"].view(-1)
+        share, _ = _exact_subspace(torch.func.hessian(loss)(w), torch.func.grad(loss)(w), 4)
+        assert res.grad_in_top[i] == pytest.approx(share, abs=1e-8)
+    assert np.isnan(res.subspace_overlap[0])
+    np.testing.assert_allclose(res.subspace_overlap[1:], 1.0, atol=1e-8)
+    assert res.subspace_converged.all()
+
+
+def test_gradient_share_and_overlap_match_exact_hessians_of_the_mlp(cli, tmp_path):
+    problem = sample_problem("mlp", samples=200)
+    states = _states("mlp", 3)
+    res = track_curvature(problem, states, tol=1e-8, subspace=10)
+    previous = None
+    for i, state in enumerate(states):
+        flat = problem.layout.flatten({n: state[n].double() for n in problem.layout.names})
+        loss = _loss_fn(problem, problem.buffers)
+        share, vecs = _exact_subspace(torch.func.hessian(loss)(flat), torch.func.grad(loss)(flat), 10)
+        assert res.grad_in_top[i] == pytest.approx(share, abs=1e-5)
+        if previous is not None:
+            assert res.subspace_overlap[i] == pytest.approx(float((previous.T @ vecs).pow(2).sum()) / 10, abs=1e-5)
+        previous = vecs
+    r = cli("track", "--sample", "mlp", "--subspace", "10", "--dtype", "float64", "-o", tmp_path / "t.h5",
+            "--figure", tmp_path / "t.png")  # fmt: skip
+    assert r.code == 0, r.err
+    assert "grad in top-10" in r.out and (tmp_path / "t.png").stat().st_size > 0
+    r = cli("metrics", tmp_path / "t.h5", "--fail-if", "track.subspace_overlap_mean < 0.1")
+    assert r.code == 0, r.err
+    r = cli("track", "--sample", "mlp", "--subspace", "-1", "-o", tmp_path / "u.h5")
+    assert r.code == 2 and "--subspace" in r.err

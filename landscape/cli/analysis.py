@@ -71,6 +71,8 @@ def _finite(obj: Any) -> Any:
 
 
 def _fmt(value: float) -> str:
+    if isinstance(value, float) and value != value:  # NaN: nothing there (the first checkpoint's overlap)
+        return "-"
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
@@ -409,6 +411,15 @@ def track(
     tol: Annotated[
         float, typer.Option(help="Relative residual tolerance of the Lanczos lambda_max.", rich_help_panel=ANALYSIS)
     ] = 1e-3,
+    subspace: Annotated[
+        int,
+        typer.Option(
+            help="Also the share of the gradient in the top-K Hessian eigenspace and the overlap of consecutive "
+            "top-K subspaces (Gur-Ari et al. 2018; K = the number of classes, as they did). 0: off.",
+            rich_help_panel=ANALYSIS,
+            callback=in_range("--subspace", 0, 10_000),
+        ),
+    ] = 0,
     samples: Samples = None,
     seed: Seed = 0,
     batch_size: BatchSize = None,
@@ -430,6 +441,8 @@ def track(
       landscape track --sample linreg --lr 0.02 --steps 0,5,20,75,300 -o track.h5 --figure track.png
 
       landscape track ep*.pt --model net.py:make --data train.npz --lr 0.1 --trace -o track.h5
+
+      landscape track --sample mlp --subspace 10 -o track.h5   (where the gradient lives: top-10 eigenspace)
     """
     import landscape as ls
     from landscape.io.spec import sha256_file
@@ -454,18 +467,19 @@ def track(
     with progress() as bar:
         task = bar.add_task("track", total=len(ckpts))
         res = ls.track(
-            problem, states, lr=lr, steps=step_values, trace=trace, tol=tol, seed=seed, names=ckpts,
+            problem, states, lr=lr, steps=step_values, trace=trace, tol=tol, seed=seed, subspace=subspace, names=ckpts,
             checkpoints_sha256=[sha256_file(c) for c in ckpts], progress=lambda done, total: bar.update(task, completed=done),
             command=command_line(),
         )  # fmt: skip
     res.save(output)
-    table = Table(
-        "checkpoint", "step", "loss", "lambda_max", *(["trace"] if trace else []), title="track", title_justify="left"
-    )
+    extra = (["trace"] if trace else []) + ([f"grad in top-{subspace}", "overlap"] if subspace else [])
+    table = Table("checkpoint", "step", "loss", "lambda_max", *extra, title="track", title_justify="left")
     for j, c in enumerate(ckpts):
         arr = res.arrays
         row = [_fmt(float(arr["step"][j])), _fmt(float(arr["loss"][j])), _fmt(float(arr["lambda_max"][j]))]
-        table.add_row(Path(c).name, *row, *([_fmt(float(arr["trace"][j]))] if trace else []))
+        row += [_fmt(float(arr["trace"][j]))] if trace else []
+        row += [_fmt(float(arr["grad_in_top"][j])), _fmt(float(arr["subspace_overlap"][j]))] if subspace else []
+        table.add_row(Path(c).name, *row)
     out.print(table)
     if lr:
         out.print(

@@ -107,6 +107,20 @@ def track_group(
     if res.trace is not None and res.trace_std_error is not None:
         numbers["trace"] = float(res.trace[-1])
         arrays["trace"], arrays["trace_std_error"] = res.trace, res.trace_std_error
+    about = "lambda_max by Lanczos (landscape.curvature) at each checkpoint; error = residual |Hv - lambda v|; 2/lr = edge of stability"
+    if res.grad_in_top is not None and res.subspace_overlap is not None:
+        arrays["grad_in_top"], arrays["subspace_overlap"] = res.grad_in_top, res.subspace_overlap
+        if res.grad_norm is not None and res.subspace_converged is not None:
+            arrays["grad_norm"], arrays["subspace_converged"] = res.grad_norm, res.subspace_converged
+        numbers["subspace"] = res.subspace
+        numbers["grad_in_top"] = float(res.grad_in_top[-1])
+        numbers["grad_in_top_mean"] = float(np.nanmean(res.grad_in_top))
+        if np.isfinite(res.subspace_overlap).any():
+            numbers["subspace_overlap_mean"] = float(np.nanmean(res.subspace_overlap))
+        about += (
+            "; grad_in_top = |V_k^T g|^2 / |g|^2 with V_k the top-k Hessian eigenvectors (Gur-Ari et al. 2018); "
+            "subspace_overlap = |V_prev^T V|_F^2 / k between consecutive checkpoints"
+        )
     return Group(
         numbers=numbers,
         arrays=arrays,
@@ -114,7 +128,7 @@ def track_group(
             "checkpoints": list(checkpoints),
             "names": [Path(c).name for c in checkpoints],
             "step_label": step_label,
-            "about": "lambda_max by Lanczos (landscape.curvature) at each checkpoint; error = residual |Hv - lambda v|; 2/lr = edge of stability",
+            "about": about,
         },
     )
 

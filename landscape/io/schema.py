@@ -77,6 +77,10 @@ GROUP_ARRAYS: dict[str, dict[str, tuple[str | int, ...]]] = {
         "loss?": ("checkpoints",),
         "trace?": ("checkpoints",),
         "trace_std_error?": ("checkpoints",),
+        "grad_in_top?": ("checkpoints",),
+        "subspace_overlap?": ("checkpoints",),
+        "grad_norm?": ("checkpoints",),
+        "subspace_converged?": ("checkpoints",),
     },
     "sharpness": {"epsilon_trace?": ("iterations",)},
 }

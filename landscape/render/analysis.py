@@ -193,7 +193,22 @@ def track_figure(path: str | Path) -> Figure:
     path = Path(path)
     g = read_group(path, "track")
     steps, lam = g.arrays["step"], g.arrays["lambda_max"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=150)
+    share = g.arrays.get("grad_in_top")
+    if share is None:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=150)
+    else:
+        fig, (ax, low) = plt.subplots(2, 1, figsize=(6.5, 6.4), dpi=150, sharex=True, height_ratios=(3, 2))
+        k = int(g.numbers.get("subspace", 0)) or None
+        top = f"top-{k}" if k else "top"
+        low.plot(steps, share, "o-", color="tab:purple", lw=1.6, label=f"share of |g|² in the {top} eigenspace")
+        overlap = g.arrays.get("subspace_overlap")
+        if overlap is not None:
+            low.plot(steps, overlap, "s--", color="tab:gray", lw=1.2, label=f"overlap with the previous {top} subspace")
+        low.set_ylim(-0.02, 1.02)
+        low.set_ylabel("fraction")
+        low.set_xlabel(str(g.attrs.get("step_label", "checkpoint")))
+        low.legend(loc="best", fontsize=8)
+        low.set_title("where the gradient lives (Gur-Ari et al. 2018)", fontsize=9)
     ax.plot(steps, lam, "o-", color="tab:blue", lw=2, label=r"$\lambda_{max}$")
     if "lambda_max_error" in g.arrays:
         err = g.arrays["lambda_max_error"]
@@ -205,7 +220,8 @@ def track_figure(path: str | Path) -> Figure:
         ax2 = ax.twinx()
         ax2.plot(steps, g.arrays["trace"], "s-.", color="tab:green", lw=1.2, label="trace")
         ax2.set_ylabel("Hessian trace", color="tab:green")
-    ax.set_xlabel(str(g.attrs.get("step_label", "checkpoint")))
+    if share is None:
+        ax.set_xlabel(str(g.attrs.get("step_label", "checkpoint")))
     ax.set_ylabel(r"top Hessian eigenvalue $\lambda_{max}$")
     ax.legend(loc="best", fontsize=8)
     fig.suptitle(f"sharpness over training: {path.name}")

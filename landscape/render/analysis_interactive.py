@@ -187,7 +187,12 @@ def track_plotly(path: str | Path) -> go.Figure:
     steps, lam = g.arrays["step"], g.arrays["lambda_max"]
     trace = g.arrays.get("trace")
     has_trace = trace is not None and bool(np.isfinite(trace).any())
-    fig = make_subplots(specs=[[{"secondary_y": has_trace}]])
+    share = g.arrays.get("grad_in_top")
+    rows = 1 if share is None else 2
+    specs = [[{"secondary_y": has_trace}]] + ([[{"secondary_y": False}]] if rows == 2 else [])
+    fig = make_subplots(
+        rows=rows, cols=1, specs=specs, shared_xaxes=True, row_heights=[0.6, 0.4][:rows] if rows == 2 else None
+    )
     err = g.arrays.get("lambda_max_error")
     fig.add_trace(
         go.Scatter(
@@ -198,13 +203,32 @@ def track_plotly(path: str | Path) -> go.Figure:
             line={"width": 2.5},
             error_y={"type": "data", "array": json_values(err)} if err is not None else None,
         ),
+        row=1,
+        col=1,
         secondary_y=False,
     )
+    if share is not None:
+        k = int(g.numbers.get("subspace", 0))
+        top = f"top-{k}" if k else "top"
+        fig.add_trace(
+            go.Scatter(x=steps.tolist(), y=json_values(share), mode="lines+markers", name=f"share of |g|² in the {top} eigenspace",
+                       line={"color": "purple"}),
+            row=2, col=1,
+        )  # fmt: skip
+        overlap = g.arrays.get("subspace_overlap")
+        if overlap is not None:
+            fig.add_trace(
+                go.Scatter(x=steps.tolist(), y=json_values(overlap), mode="lines+markers",
+                           name=f"overlap with the previous {top} subspace", line={"color": "gray", "dash": "dash"}),
+                row=2, col=1,
+            )  # fmt: skip
+        fig.update_yaxes(title_text="fraction (Gur-Ari et al.)", range=[-0.02, 1.02], row=2, col=1)
     lr = g.numbers.get("lr")
     if lr:
         fig.add_hline(
-            y=2 / lr, line={"dash": "dash", "color": "red"}, annotation_text=f"2/eta = {2 / lr:.3g} (edge of stability)"
-        )
+            y=2 / lr, line={"dash": "dash", "color": "red"}, annotation_text=f"2/eta = {2 / lr:.3g} (edge of stability)",
+            row=1, col=1,
+        )  # fmt: skip
     if has_trace:
         fig.add_trace(
             go.Scatter(
@@ -214,11 +238,13 @@ def track_plotly(path: str | Path) -> go.Figure:
                 name="trace",
                 line={"dash": "dashdot", "color": "green"},
             ),
+            row=1,
+            col=1,
             secondary_y=True,
         )
-        fig.update_yaxes(title_text="Hessian trace", secondary_y=True)
-    fig.update_xaxes(title_text=esc(g.attrs.get("step_label", "checkpoint")))
-    fig.update_yaxes(title_text="top Hessian eigenvalue lambda_max", secondary_y=False)
+        fig.update_yaxes(title_text="Hessian trace", secondary_y=True, row=1, col=1)
+    fig.update_xaxes(title_text=esc(g.attrs.get("step_label", "checkpoint")), row=rows, col=1)
+    fig.update_yaxes(title_text="top Hessian eigenvalue lambda_max", secondary_y=False, row=1, col=1)
     return styled(fig, f"sharpness over training: {path.name}")
 
 
