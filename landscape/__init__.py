@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "landscape.api": (
-        "align", "axes_from", "fit_curve", "hessian", "path", "plan_plane", "plan_sweep", "plan_trajectory", "plane", "roughness",
+        "align", "axes_from", "fit_curve", "hessian", "on_data_sets", "path", "plan_plane", "plan_sweep", "plan_trajectory", "plane", "roughness",
         "run_planned", "sharpness", "sweep", "track", "trajectory",
     ),
     "landscape.axes": ("Axes", "hessian_axes", "random_axes", "stored_axes"),
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         axes_from,
         fit_curve,
         hessian,
+        on_data_sets,
         path,
         plan_plane,
         plan_sweep,
@@ -97,6 +98,7 @@ __all__ = [
     "hessian",
     "hessian_axes",
     "load",
+    "on_data_sets",
     "path",
     "plan_plane",
     "plan_sweep",

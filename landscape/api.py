@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -170,10 +171,14 @@ def sweep(
     progress: Progress = False,
     warn: Say = messages.warn,
     store_dtype: str | None = None,
+    eval_data: Mapping[str, Any] | None = None,
+    data_name: str = "data",
 ) -> SweepResult:
     """The loss (and accuracy) at theta + a x_axis (+ b y_axis) on the grid `x` (and `y`), each
     (min, max, points); the strategy is picked by a timed probe unless named. The directions are
-    evaluated as they are stored (`store_dtype`: see `plan_sweep`).
+    evaluated as they are stored (`store_dtype`: see `plan_sweep`). `eval_data`: other data sets by
+    name (a test set: {"test": (x, y)}), each evaluated on the same grid (`on_data_sets`; the
+    problem's own data is named `data_name`).
 
     >>> import torch, landscape as ls
     >>> problem = ls.Problem(torch.nn.Linear(4, 3), (torch.randn(64, 4), torch.randint(0, 3, (64,))))
@@ -181,8 +186,76 @@ def sweep(
     >>> surf.loss.shape, bool(surf.done.all())
     ((5, 5), True)
     """
+    if eval_data:
+        check_data_set_names(list(eval_data), data_name)
     planned = plan_sweep(problem, axes, x, y, store_dtype=store_dtype)
-    return run_planned(problem, planned, strategy=strategy, progress=progress, warn=warn)
+    result = run_planned(problem, planned, strategy=strategy, progress=progress, warn=warn)
+    if eval_data:
+        others = {name: problem.with_data(data, where=f"eval_data[{name!r}]") for name, data in eval_data.items()}
+        result = on_data_sets(
+            problem, result, others, data_name=data_name, strategy=strategy, progress=progress, warn=warn
+        )
+    return result
+
+
+DATA_SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+
+
+def check_data_set_names(names: Sequence[str], data_name: str) -> None:
+    """Names of data sets that become attribute names in the file: short words, none twice."""
+    for name in [data_name, *names]:
+        if not DATA_SET_NAME.match(name):
+            raise ArgumentError(
+                "eval_data", name, "a data set's name is a word: a letter, then letters, digits, - or _"
+            )
+    if len({data_name, *names}) != len(names) + 1:
+        raise ArgumentError(
+            "eval_data", ", ".join(names), f"each data set needs its own name (the main one is {data_name!r})"
+        )
+
+
+def on_data_sets(
+    problem: Problem,
+    result: SweepResult,
+    others: Mapping[str, Problem],
+    *,
+    data_name: str = "data",
+    sources: Mapping[str, str] | None = None,
+    strategy: str = "auto",
+    progress: Progress = False,
+    warn: Say = messages.warn,
+    world: World | None = None,
+) -> SweepResult:
+    """The sweep's grid evaluated again on other data sets (`others`: the problem on each, made by
+    `Problem.with_data`), kept as the result's "data_sets" group: one loss grid per set beside the
+    main one, and each set's gap to it (a test set's loss minus the training set's)."""
+    from landscape.io.analysis_groups import data_sets_group
+
+    check_data_set_names(list(others), data_name)
+    world = world or World()
+    losses, accuracies = {}, {}
+    total = len(others) * int(result.done.size)
+    size = int(result.done.size)
+    with progress_to(progress, "data sets", total) as bar:
+        for i, (name, other) in enumerate(others.items()):
+
+            def advance(done: int, _: int, before: int = i * size) -> None:
+                bar(before + done, total)
+
+            sink = (
+                MemorySink(list(result.coords), result.accuracy is not None and other.classification)
+                if world.main
+                else None
+            )
+            run_sweep(
+                other, result.axes.directions, sink, strategy=strategy, warn=warn, world=world, on_progress=advance
+            )
+            if sink is not None:
+                losses[name], accuracies[name] = sink.values()
+    if not world.main:
+        return result
+    group = data_sets_group(result, losses, accuracies, data_name=data_name, sources=sources or {})
+    return dataclasses.replace(result, groups={**result.groups, "data_sets": group})
 
 
 # --------------------------------------------------------------------------- curvature

@@ -183,6 +183,29 @@ class Problem:
             setattr(other, name, value)
         return other
 
+    def with_data(
+        self,
+        data: Any,
+        *,
+        targets: Any = None,
+        columns: Columns = Columns(),
+        samples: int | None = None,
+        seed: int = 0,
+        stream: bool | None = None,
+        where: str = "data",
+        say: Say = lambda msg: None,
+    ) -> Problem:
+        """The same model, loss, device, dtype and parameters on other data (a test set beside the
+        training set): the same landscape coordinates, other losses."""
+        other = Problem(
+            self.model, data, self.loss_fn, targets=targets, device=self.device, dtype=self.dtype,
+            batch_size=None if self.auto_batch else self.batch_size, params="all", columns=columns,
+            classification=self.classification, samples=samples, seed=seed, stream=stream, where=where, say=say,
+        )  # fmt: skip
+        other.layout, other.theta, other.buffer_line = self.layout, self.theta, self.buffer_line
+        other._provenance = None
+        return other
+
     def batches(self, batch_size: int | None = None) -> Iterator[tuple[Inputs, torch.Tensor, float]]:
         """(x_b, y_b, weight) with weight = len(b) / N, so weighted batch means sum to the dataset mean."""
         bs = batch_size or self.batch_size

@@ -150,11 +150,20 @@ class SweepResult:
     ) -> Any:
         """A figure of the sweep: `kind` line, contour, filled, heatmap, surface or all (default: line
         for 1D, contour for 2D); a matplotlib Figure, or with backend="plotly" a plotly Figure (a list for `all`).
-        `options`: vmin, vmax, log, levels, title."""
-        from landscape.render.common import make_view
+        With other data sets (`eval_data`) every set's grid, side by side. `options`: vmin, vmax, log, levels, title."""
+        from landscape.render.common import data_set_views, make_view
 
         view = make_view(self.as_dict(), metric)
         kind = kind or ("line" if view.dims == 1 else "contour")
+        if "data_sets" in self.groups and kind != "all":  # every data set side by side (1D: overlaid)
+            views = data_set_views(self.as_dict(), self.groups["data_sets"], metric)
+            if backend == "plotly":
+                from landscape.render.interactive import compare_figure as plotly_compare
+
+                return plotly_compare(views, kind, **options)
+            from landscape.render.static import compare_figure
+
+            return compare_figure(views, kind, **options)
         if backend == "plotly":
             from landscape.render.interactive import plot_figures
 
@@ -170,13 +179,13 @@ class SweepResult:
 
     @classmethod
     def read(cls, path: str | Path) -> SweepResult:
-        from landscape.io.analysis_store import analysis_groups
+        from landscape.io.analysis_store import analysis_groups, sweep_groups
 
         s = read_sweep(path)
         names = s["axes"]
         axes = read_axes(path)
         root = s["attrs"]
-        groups = {g: read_group(path, g) for g in analysis_groups(path)}
+        groups = {g: read_group(path, g) for g in [*analysis_groups(path), *sweep_groups(path)]}
         return cls(
             axes=axes,
             coords=tuple(s["coords"][n] for n in names),

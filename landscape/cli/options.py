@@ -347,6 +347,7 @@ INPUTS = (
     "to",
     "axes_from",
     "train_data",
+    "eval_data",
     "checkpoints",
     "path",
     "paths",
@@ -365,7 +366,7 @@ def refuse_inputs_as_outputs(options: dict[str, Any]) -> None:
             if value is None:
                 continue
             text = str(value)
-            for candidate in {text, text.rsplit(":", 1)[0]}:
+            for candidate in {text, text.rsplit(":", 1)[0], text.split("=", 1)[-1]}:
                 if Path(candidate).is_file():
                     inputs.append((name, Path(candidate)))
     if options.get("sample"):  # the bundled sample's own files (its checkpoints, its data)

@@ -118,6 +118,24 @@ def _plot_spectrum(
         wrote(save(fig, output))
 
 
+def _data_set_views(path: Path, sweep: dict[str, Any], metric: str, data_set: str | None) -> list[Any] | None:
+    """The views of a sweep's data sets (--eval-data): all, or the one --data-set names; None without any."""
+    from landscape.io.analysis_store import has_group, read_group
+    from landscape.render.common import data_set_views
+
+    if not has_group(path, "data_sets"):
+        if data_set is not None:
+            raise LandscapeError(f"--data-set {data_set}: {path} holds one data set's grid (made without --eval-data)")
+        return None
+    views = data_set_views(sweep, read_group(path, "data_sets"), metric, path)
+    if data_set is None:
+        return views
+    chosen = [v for v in views if v.name == data_set]
+    if not chosen:
+        raise LandscapeError(f"--data-set {data_set}: {path} holds {', '.join(v.name for v in views)}")
+    return chosen
+
+
 @app.command(rich_help_panel=DRAW)
 def plot(
     path: Annotated[Path, typer.Argument(help="A results file written by `landscape sweep` (or a curvature run).")],
@@ -142,6 +160,13 @@ def plot(
         ),
     ] = None,
     title: Title = None,
+    data_set: Annotated[
+        str | None,
+        typer.Option(
+            help="A sweep made with --eval-data: draw this data set's grid alone (default: every set, side by side;"
+            " 1D lines overlaid)."
+        ),
+    ] = None,
     plotlyjs: PlotlyJs = "inline",
     force: Force = False,
 ) -> None:
@@ -156,6 +181,8 @@ def plot(
       landscape plot mlp.h5 --kind surface --vmax 5 -o surface.pdf
 
       landscape plot mlp.h5 --kind all -o mlp.html             (interactive, opens offline)
+
+      landscape plot train_test.h5 -o tt.png                   (every --eval-data set beside --data's)
     """
     refuse_inputs_as_outputs({"path": path, "output": output})
     check_output(output, force)
@@ -182,9 +209,25 @@ def plot(
     from landscape.io.results import read_sweep
     from landscape.render.common import make_view
 
-    view = make_view(read_sweep(path), metric, path)
+    sweep = read_sweep(path)
+    view = make_view(sweep, metric, path)
     kind = kind or ("line" if view.dims == 1 else "contour")
     opts: dict[str, Any] = {"vmin": vmin, "vmax": vmax, "log": log, "levels": levels, "title": title}
+    sets = _data_set_views(path, sweep, metric, data_set)
+    if sets is not None and len(sets) > 1:  # every data set, on one colour scale
+        opts["title"] = title or f"{path.name}: " + " and ".join(v.name for v in sets)
+        if suffix == ".html":
+            from landscape.render.interactive import compare_figure, figures_page, write_page
+
+            page = figures_page([compare_figure(sets, kind, **opts)], title or f"{view.name}: data sets", plotlyjs)
+            wrote(write_page(page, output))
+        else:
+            from landscape.render.static import compare_figure, save
+
+            wrote(save(compare_figure(sets, kind, **opts), output))
+        return
+    if sets is not None:
+        view = sets[0]
     if suffix == ".html":
         from landscape.render.interactive import figures_page, plot_figures, write_page
 

@@ -32,6 +32,7 @@ from landscape.cli.options import (
     load_spec,
     model_options,
     one_of,
+    out,
     parse_range,
     points_kept,
     progress,
@@ -42,7 +43,7 @@ from landscape.cli.options import (
     wrote,
 )
 from landscape.cli.shared import Strategy, axis_option, ignore_option, norm_option
-from landscape.errors import LandscapeError, PointFailure
+from landscape.errors import ArgumentError, LandscapeError, PointFailure
 from landscape.io.spec import sha256_file
 from landscape.names import CHUNK_SECONDS, IGNORES, NORMS
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # the command's own imports wait for it to run: `landscape --
     from landscape.axes import Axes
     from landscape.problem import Problem
 
+DATA_SETS = "Data sets"
 AXES = "Axes and grid"
 
 
@@ -114,6 +116,17 @@ def sweep(
             rich_help_panel=AXES,
         ),
     ] = None,
+    eval_data: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also evaluate the grid on another data set, NAME=PATH (same forms as --data; repeatable): a test set"
+            " beside the training set, one grid each in the same file, drawn side by side, with the gap.",
+            rich_help_panel=DATA_SETS,
+        ),
+    ] = None,
+    data_name: Annotated[
+        str, typer.Option(help="The name of --data's set beside --eval-data's (e.g. train).", rich_help_panel=DATA_SETS)
+    ] = "data",
     seed: Seed = 0,
     samples: Samples = None,
     batch_size: BatchSize = None,
@@ -150,12 +163,14 @@ def sweep(
       landscape sweep --model net.py:make --checkpoint ep90.pt --data val.npz --to ep100.pt -o path.h5
 
       landscape sweep --checkpoint my-gpt2 --data tokens.pt --loss next-token -o lm.h5   (a save_pretrained directory)
+
+      landscape sweep --model net.py:make --checkpoint ep90.pt --data train.npz --data-name train --eval-data test=test.npz -o tt.h5
     """
     from landscape.axes import Axes, axes_settings
     from landscape.cli.options import load_problem
     from landscape.cli.world import joined
     from landscape.distributed import PeersLost, device_for
-    from landscape.io.load import load_other_state
+    from landscape.io.load import load_data_set, load_other_state
     from landscape.io.results import SweepFile, read_axes
     from landscape.paths import flat_params
     from landscape.strategies import pick_to_resume
@@ -167,6 +182,7 @@ def sweep(
             if world.main:
                 say(f"--resume: no {output} yet, starting it")
             resume = False
+        eval_sets = _data_sets(eval_data or [], data_name)
         x_grid = parse_range(x or ("-0.5:1.5:41" if to else "-1:1:51"), "--x")
         y_grid = parse_range(y, "--y") if y else None
         if axes_from and not Path(axes_from).is_file():
@@ -210,6 +226,10 @@ def sweep(
             f"{prov['device']} {dtype}, grid {' x '.join(str(g[2]) for g in (x_grid, y_grid) if g)}"
             + (f", {world.size} processes" if world.size > 1 else "")
         )
+        # the other data sets are read before any point: a bad one stops the run before it starts
+        others = {name: load_data_set(problem, spec, name, path, tell) for name, path in eval_sets.items()}
+        for name, other_set in others.items():
+            tell(f"--eval-data {name}: {other_set.n:,} samples")
         dims = 1 if y_grid is None else 2
         store = None
 
@@ -273,6 +293,8 @@ def sweep(
                     chunk_seconds=save_every, progress=lambda done, total: bar.update(task, completed=done),
                     on_stage=lambda stage: bar.update(task, description=stage_label("sweep", stage)),
                 )  # fmt: skip
+            if eval_sets:
+                result = _on_data_sets(problem, result, others, eval_sets, data_name, strategy, world, output)
         except LandscapeError as exc:
             if store is not None and not resume and not store.done.any():  # nothing computed: leave no file behind
                 output.unlink(missing_ok=True)
@@ -290,6 +312,48 @@ def sweep(
             raise typer.Exit(130) from None
     if world.main:
         _report(result, strategy, output)
+
+
+def _data_sets(given: list[str], data_name: str) -> dict[str, str]:
+    """--eval-data NAME=PATH options as {name: path}, checked before anything is loaded."""
+    from landscape.api import check_data_set_names
+
+    sets: dict[str, str] = {}
+    for item in given:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise LandscapeError(f"--eval-data {item!r}: expected NAME=PATH, e.g. test=test.npz")
+        if name in sets:
+            raise LandscapeError(f"--eval-data {item!r}: the name {name!r} is given twice")
+        sets[name] = path
+    try:
+        check_data_set_names(list(sets), data_name)
+    except ArgumentError as exc:
+        raise LandscapeError(f"--eval-data: {exc.message}") from None
+    return sets
+
+
+def _on_data_sets(
+    problem: Problem, result: ls.SweepResult, others: dict[str, Problem], sets: dict[str, str], data_name: str,
+    strategy: str, world: Any, output: Path,
+) -> ls.SweepResult:  # fmt: skip
+    """The finished sweep's grid on each --eval-data set, added to OUTPUT as /data_sets."""
+    from landscape.io.analysis_store import add_group
+
+    with progress(disable=not world.main) as bar:
+        task = bar.add_task("data sets", total=len(others) * int(result.done.size))
+        result = ls.on_data_sets(
+            problem, result, others, data_name=data_name, sources={data_name: str(problem.provenance.get("data", "")), **sets},
+            strategy=strategy, world=world,
+            warn=warn if world.main else _quiet, progress=lambda done, total: bar.update(task, completed=done),
+        )  # fmt: skip
+    if world.main:
+        add_group(output, "data_sets", result.groups["data_sets"])
+        numbers = result.groups["data_sets"].numbers
+        for name in sets:
+            out.print(f"{name}: loss at the center {numbers[f'{name}_loss_center']:.4g}, gap to {data_name} "
+                      f"{numbers[f'{name}_gap_center']:+.4g} there, {numbers[f'{name}_gap_mean']:+.4g} on average")  # fmt: skip
+    return result
 
 
 def _make_axes(

@@ -133,6 +133,45 @@ def track_group(
     )
 
 
+def data_sets_group(
+    result: Any,
+    losses: Mapping[str, np.ndarray],
+    accuracies: Mapping[str, np.ndarray | None],
+    *,
+    data_name: str,
+    sources: Mapping[str, str],
+) -> Group:
+    """/data_sets: the sweep's grid on other data sets, the main data's first: `loss` [sets, *grid]
+    (and `accuracy`), each set's loss at the center, its least, and its gap to the main data's."""
+    names = [data_name, *losses]
+    loss = np.stack(
+        [np.asarray(result.loss, dtype=np.float64), *(np.asarray(v, dtype=np.float64) for v in losses.values())]
+    )
+    arrays: dict[str, np.ndarray] = {"loss": loss}
+    if result.accuracy is not None and all(a is not None for a in accuracies.values()):
+        arrays["accuracy"] = np.stack([result.accuracy, *(a for a in accuracies.values() if a is not None)])
+    at = tuple(int(np.argmin(np.abs(np.asarray(c)))) for c in result.coords)  # the grid point nearest the center
+    numbers: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        grid = loss[i]
+        numbers[f"{name}_loss_center"] = float(grid[at])
+        numbers[f"{name}_loss_min"] = float(np.nanmin(grid)) if np.isfinite(grid).any() else math.nan
+        if i:
+            gap = grid - loss[0]
+            numbers[f"{name}_gap_center"] = float(gap[at])
+            numbers[f"{name}_gap_mean"] = float(np.nanmean(gap)) if np.isfinite(gap).any() else math.nan
+    return Group(
+        numbers=numbers,
+        arrays=arrays,
+        attrs={
+            "names": names,
+            "sources": [sources.get(n, "") for n in names],
+            "about": f"loss[i] is the sweep's grid on data set names[i] ({data_name}: the sweep's own data); "
+            "NAME_gap_* = NAME's loss minus the first set's",
+        },
+    )
+
+
 def path_group(
     res: PathRun,
     *,

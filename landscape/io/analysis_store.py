@@ -34,6 +34,15 @@ def analysis_groups(path: str | Path) -> list[str]:
         return [name for name in ANALYSIS_GROUPS if name in f and isinstance(f[name], h5py.Group)]
 
 
+SWEEP_GROUPS = ("data_sets",)
+"""Groups a sweep file may hold beside its grid: the grid on other data sets (sweep --eval-data)."""
+
+
+def sweep_groups(path: str | Path) -> list[str]:
+    with open_results(path) as f:
+        return [name for name in SWEEP_GROUPS if name in f and isinstance(f[name], h5py.Group)]
+
+
 @dataclass
 class Group:
     """One results group: scalar numbers, arrays, and other (string/JSON) attributes."""

@@ -122,6 +122,19 @@ def load_problem(spec: LoadSpec, say: Say = lambda msg: None) -> tuple[Problem, 
     return problem.with_provenance(provenance), provenance
 
 
+def load_data_set(problem: Problem, spec: LoadSpec, name: str, path: str, say: Say = lambda msg: None) -> Problem:
+    """`problem` on another data file (`--eval-data NAME=PATH`), read as --data is (the same columns,
+    --samples and seed)."""
+    spec = spec.resolved()
+    input_keys = tuple(k.strip() for k in spec.input_key.split(",") if k.strip()) if spec.input_key else None
+    columns = Columns(input_keys, spec.target_key, targets_from_inputs=spec.loss == "next-token")
+    data = read_data(path, spec.unsafe_pickle, columns)
+    return problem.with_data(
+        data, columns=columns, samples=spec.samples, seed=spec.seed, stream=spec.stream, where=f"--eval-data {name}={path}",
+        say=say,
+    )  # fmt: skip
+
+
 def code_sha256(spec: LoadSpec) -> dict[str, str]:
     """sha256 of each source file a `file.py:fn` option (--model, --data, --loss) imports, by option."""
     out = {}

@@ -234,6 +234,14 @@ def check_sweep(path: str | Path, f: h5py.File) -> list[str]:
     size = c.layout(axes)
     for name in names:
         c.dataset(name, axes, kinds=_vector_kinds(axes.get(name)), shape=(size,))
+    if "data_sets" in f:  # the grid on other data sets (sweep --eval-data): one grid per named set
+        g = c.group("data_sets")
+        sets = c.attr(g, "names", kind="json-list")
+        if not sets or not all(isinstance(n, str) and n for n in sets):
+            raise c.fail(f"attribute /data_sets@names is {sets!r}, expected data set names")
+        c.dataset("loss", g, kinds="f", shape=(len(sets), *shape))
+        if "accuracy" in g:
+            c.dataset("accuracy", g, kinds="f", shape=(len(sets), *shape))
     return names
 
 

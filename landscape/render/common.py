@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from landscape.errors import LandscapeError
+from landscape.io.analysis_store import json_attr
 from landscape.summary import center_index
 
 KINDS_1D = ("line",)
@@ -129,6 +130,21 @@ def make_view(sweep: dict[str, Any], metric: str = "loss", path: str | Path | No
         points_done=int(done.sum()),
         norms=[str(sweep["axis_attrs"].get(n, {}).get("normalization", "")) for n in names],
     )
+
+
+def data_set_views(
+    sweep: dict[str, Any], group: Any, metric: str = "loss", path: str | Path | None = None
+) -> list[View]:
+    """One view per data set of a sweep's /data_sets group (sweep --eval-data), named after the set."""
+    names = [str(n) for n in json_attr(group.attrs.get("names"), [])]
+    accuracy = group.arrays.get("accuracy")
+    views = []
+    for i, name in enumerate(names):
+        one = {**sweep, "loss": group.arrays["loss"][i], "accuracy": None if accuracy is None else accuracy[i]}
+        view = make_view(one, metric, path)
+        view.name = name
+        views.append(view)
+    return views
 
 
 def shared_x_label(views: list[View]) -> tuple[str, list[str]]:

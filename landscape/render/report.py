@@ -218,6 +218,26 @@ def _sweep_section(path: Path, sweep: dict[str, Any], ids: _Ids) -> str:
         else:
             parts.append('<p class="note">no finite loss value yet: nothing to draw</p>')
     parts += [figure_div(f, ids()) for f in figs]
+    parts.append(_data_sets_section(path, sweep, ids))
+    return "\n".join(parts)
+
+
+def _data_sets_section(path: Path, sweep: dict[str, Any], ids: _Ids) -> str:
+    """A sweep made with --eval-data: each set's loss and its gap to the main data's, and the grids side by side."""
+    from landscape.io.analysis_store import has_group, read_group
+    from landscape.render.common import data_set_views
+    from landscape.render.interactive import compare_figure
+
+    if not has_group(path, "data_sets"):
+        return ""
+    group = read_group(path, "data_sets")
+    parts = ["<h3>Data sets</h3>" + _table(group_rows(path, "data_sets"))]
+    try:
+        views = data_set_views(sweep, group, "loss", path)
+        kind = "line" if views[0].dims == 1 else "filled"
+        parts.append(figure_div(compare_figure(views, kind, title="loss on each data set"), ids()))
+    except Exception as exc:  # noqa: BLE001 - a figure that cannot be drawn costs itself, not the report
+        parts.append(f'<p class="note">data set figure unavailable: {esc(exc)}</p>')
     return "\n".join(parts)
 
 
