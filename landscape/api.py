@@ -146,6 +146,7 @@ def run_planned(
     the results file, which a killed run resumes from. Under torchrun every rank calls this, rank 0
     with the sink and the others with None (they get `planned` back)."""
     world = world or World()
+    problem = with_states(problem, planned.axes)
     if sink is None and world.main:
         sink = MemorySink(list(planned.coords), planned.accuracy is not None)
     with progress_to(progress, planned.kind, int(planned.done.size)) as bar:
@@ -159,6 +160,14 @@ def run_planned(
     return dataclasses.replace(
         planned, loss=loss, accuracy=accuracy, done=sink.done.copy(), run=report.attrs(world.size)
     )
+
+
+def with_states(problem: Problem, axes: Axes) -> Problem:
+    """The problem with its BatchNorm statistics moving along axes made with `states=True` (Li et al.'s
+    state directions: scaled by 1 + a on each axis whose ignore is "none"); as it is otherwise."""
+    if not (axes.settings or {}).get("states"):
+        return problem
+    return problem.with_state_directions(tuple(1.0 if a.get("ignore") == "none" else 0.0 for a in axes.attrs))
 
 
 def sweep(

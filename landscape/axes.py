@@ -60,6 +60,7 @@ def axes_settings(
     to_sha256: str = "",
     axes_from_sha256: str = "",
     same_dir: bool = False,
+    states: bool = False,
 ) -> dict[str, Any]:
     """What fixes a sweep's axes (part of its settings): random ones by their normalization and seed,
     eigenvector ones (unit vectors) by their seed or the file they came from, the directions of an
@@ -74,6 +75,7 @@ def axes_settings(
         "to_sha256": to_sha256,
         "axes_from_sha256": axes_from_sha256,
         **({"same_dir": True} if same_dir else {}),
+        **({"states": True} if states else {}),
     }
 
 
@@ -84,7 +86,9 @@ def _one_or_each(value: str | Sequence[str]) -> str:
     return value[0] if len(set(value)) == 1 else "/".join(value)
 
 
-AXES_SETTING_KEYS = tuple(axes_settings(same_dir=True))  # every key a sweep's settings may hold about its axes
+AXES_SETTING_KEYS = tuple(
+    axes_settings(same_dir=True, states=True)
+)  # every key a sweep's settings may hold about its axes
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -99,6 +103,12 @@ def _with_cosines(
     if len(out) == 2:
         out[0]["cosine_with_y"] = out[1]["cosine_with_x"] = cosine(directions[0], directions[1])
     return Axes(directions, tuple(out), layout, dict(settings))
+
+
+STATE_MOVES = {
+    "none": "states: floating buffers (BatchNorm statistics) scaled by 1 + a",
+    "biasbn": "states: floating buffers of one dimension (BatchNorm statistics) fixed (ignore biasbn)",
+}
 
 
 def _random_attrs(
@@ -128,6 +138,7 @@ def random_axes(
     ignore: str | Sequence[str] = "biasbn",
     seed: int = 0,
     same_dir: bool = False,
+    states: bool = False,
     to: torch.Tensor | None = None,
     to_label: str = "the other checkpoint",
     to_sha256: str | None = None,
@@ -135,7 +146,10 @@ def random_axes(
     """`dims` normalized Gaussian directions (Li et al. 2018); with `to` (another point's flat
     parameters), x is the straight line from the problem's weights (0) to it (1) and y, if any, random.
     `norm` and `ignore` are one for every random axis or one each (x, y); `same_dir` makes y the same
-    draw as x (normalized by its own settings: equal to x when they are x's).
+    draw as x (normalized by its own settings: equal to x when they are x's). `states` (Li et al.'s
+    `--dir_type states`): the directions cover the floating buffers (BatchNorm running statistics) too,
+    by Li et al.'s rule for tensors of one dimension: zero with ignore "biasbn", the buffer itself with
+    "none", so an axis at coordinate a scales them by 1 + a (`Problem.with_state_directions`).
 
     >>> import torch, landscape as ls
     >>> problem = ls.Problem(torch.nn.Linear(4, 3), (torch.randn(8, 4), torch.randint(0, 3, (8,))))
@@ -147,14 +161,20 @@ def random_axes(
     randoms = dims - (1 if to is not None else 0)
     if same_dir and randoms != 2:
         raise ArgumentError("same_dir", None, "needs two random axes (x and y; not a line, nor --to)")
+    if states and to is not None:
+        raise ArgumentError("states", True, "with `to` the buffers already follow the line to the other checkpoint")
     norms, ignores = per_direction(norm, randoms, "norm"), per_direction(ignore, randoms, "ignore")
     dtype = stored_dtype(problem)  # made in float64, held as they will be evaluated (no float64 copy of P)
     dirs = random_directions(
         randoms, problem.theta, problem.layout, seed=seed, norm=norms, ignore=ignores, dtype=dtype, same=same_dir
     )
     sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
-    settings = axes_settings("random", norm=norms, ignore=ignores, seed=seed, to_sha256=sha, same_dir=same_dir)
+    settings = axes_settings(
+        "random", norm=norms, ignore=ignores, seed=seed, to_sha256=sha, same_dir=same_dir, states=states
+    )
     attrs = _random_attrs(norms, ignores, seed, same_dir)
+    if states:
+        attrs = [{**a, "buffers": STATE_MOVES[a["ignore"]]} for a in attrs]
     return _prepend_line(problem, dirs, attrs, to, to_label, seed, settings)
 
 

@@ -113,7 +113,8 @@ class Problem:
         self.batch_size = int(batch_size or cap)
         self.auto_batch = batch_size is None  # True when the user named no batch size: the sweep may tune it
         self._provenance = dict(provenance) if provenance is not None else None
-        self.buffer_line: BufferLine | None = None  # buffers that follow the sweep's x axis (`along_line_to`)
+        # buffers that move with the point: along the x axis (`along_line_to`) or with state directions
+        self.buffer_line: BufferLine | BufferScale | None = None
         # streamed class targets are checked batch by batch against the output and targets of two samples
         self._classes: tuple[object, torch.Tensor] | None = None
         check_fits(self, where, say)
@@ -240,6 +241,16 @@ class Problem:
         starts = {n: self.buffers[n].detach().clone() for n in ends}
         return self.replace(buffer_line=BufferLine({n: self.buffers[n] for n in ends}, starts, ends))
 
+    def with_state_directions(self, scales: tuple[float, ...]) -> Problem:
+        """This problem with its floating buffers of one dimension or fewer (BatchNorm statistics)
+        following the sweep's axes as Li et al.'s state directions do: scaled by 1 + sum_i scales[i] c_i
+        (scale 1 for an axis whose ignore is "none", 0 for "biasbn"). Itself when nothing moves."""
+        moving = {n: b for n, b in self.buffers.items() if b.is_floating_point() and b.dim() <= 1}
+        if not moving or not any(scales):
+            return self
+        base = {n: b.detach().clone() for n, b in moving.items()}
+        return self.replace(buffer_line=BufferScale(moving, base, tuple(float(s) for s in scales)))
+
     def forward(self, x: Inputs) -> object:
         """The model's output for inputs `x` (a tensor, or a dict passed as keyword arguments)."""
         return call(self.model, x)
@@ -256,11 +267,35 @@ class BufferLine:
     live: Mapping[str, torch.Tensor]
     start: Mapping[str, torch.Tensor]
     end: Mapping[str, torch.Tensor]
+    dims: int = 1  # the buffers depend on the point's first coordinate
 
     def apply(self, x: float) -> None:
         with torch.no_grad():
             for name, buf in self.live.items():
                 buf.copy_(torch.lerp(self.start[name], self.end[name], x))
+
+    def apply_at(self, point: tuple[float, ...]) -> None:
+        self.apply(point[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferScale:
+    """Floating buffers scaled with the point (Li et al.'s state directions): `live` holds
+    base * (1 + sum_i scales[i] c_i) at coordinates c (scales 0 or 1 per axis)."""
+
+    live: Mapping[str, torch.Tensor]
+    base: Mapping[str, torch.Tensor]
+    scales: tuple[float, ...]
+
+    @property
+    def dims(self) -> int:
+        return len(self.scales)
+
+    def apply_at(self, point: tuple[float, ...]) -> None:
+        factor = 1.0 + sum(s * c for s, c in zip(self.scales, point, strict=False))
+        with torch.no_grad():
+            for name, buf in self.live.items():
+                buf.copy_(self.base[name] * factor)
 
 
 def select_parameters(model: nn.Module, params: str = "trainable") -> dict[str, nn.Parameter]:

@@ -76,6 +76,7 @@ class SweepSettings(CommandSettings):
     axes: str = "random"  # random, hessian, or sweep (the directions of an earlier sweep file)
     axes_from_sha256: str = ""
     same_dir: bool = False  # y is x's Gaussian draw (Li et al.'s --same_dir)
+    states: bool = False  # the directions move the BatchNorm statistics too (Li et al.'s --dir_type states)
 
     def as_dict(self) -> dict[str, Any]:
         out = super().as_dict()
@@ -83,6 +84,8 @@ class SweepSettings(CommandSettings):
             del out["axes"], out["axes_from_sha256"]
         if not self.same_dir:  # and before --same-dir
             del out["same_dir"]
+        if not self.states:  # and before --dir-type states
+            del out["states"]
         return out
 
 

@@ -93,6 +93,15 @@ def sweep(
             rich_help_panel=AXES,
         ),
     ] = False,
+    dir_type: Annotated[
+        str,
+        typer.Option(
+            help="weights, or states: the directions move the BatchNorm running statistics too (Li et al.'s"
+            " --dir_type states: scaled by 1 + a on an axis with --ignore none; fixed with biasbn, as theirs).",
+            rich_help_panel=AXES,
+            callback=one_of("--dir-type", ("weights", "states")),
+        ),
+    ] = "weights",
     to: Annotated[
         str | None,
         typer.Option(
@@ -189,7 +198,8 @@ def sweep(
             raise LandscapeError(f"--axes-from {axes_from}: file not found")
         eigenvectors = axes == "hessian" and (1 if y_grid is None else 2) - (1 if to else 0) > 0
         drawn = {"--norm": norm, "--ignore": ignore, "--x-norm": x_norm, "--y-norm": y_norm,
-                 "--x-ignore": x_ignore, "--y-ignore": y_ignore, "--same-dir": same_dir or None}  # fmt: skip
+                 "--x-ignore": x_ignore, "--y-ignore": y_ignore, "--same-dir": same_dir or None,
+                 "--dir-type states": dir_type == "states" or None}  # fmt: skip
         given = next((name for name, value in drawn.items() if value is not None), None)
         if (axes_from or eigenvectors) and given:
             what = (
@@ -198,7 +208,11 @@ def sweep(
                 else "--axes hessian gives unit eigenvectors"
             )
             raise LandscapeError(f"{given} applies to random axes; {what}, which are not normalized again")
-        for name, value in (("--x-norm", x_norm), ("--x-ignore", x_ignore)):
+        for name, value in (
+            ("--x-norm", x_norm),
+            ("--x-ignore", x_ignore),
+            ("--dir-type states", dir_type == "states" or None),
+        ):
             if value is not None and to:
                 raise LandscapeError(f"{name} applies to a random x axis; --to makes x the line to {to}")
         for name, value in (("--y-norm", y_norm), ("--y-ignore", y_ignore)):
@@ -231,12 +245,17 @@ def sweep(
         for name, other_set in others.items():
             tell(f"--eval-data {name}: {other_set.n:,} samples")
         dims = 1 if y_grid is None else 2
+        if dir_type == "states" and all(i == "biasbn" for i in ignores):
+            warn(
+                "--dir-type states with --ignore biasbn: the BatchNorm statistics have one dimension and stay fixed, as in"
+                " Li et al.'s code; pass --ignore none to move them"
+            )
         store = None
 
         def make_axes() -> Axes:
             return _make_axes(
                 problem, dims, axes, axes_from, norm=norms, ignore=ignores, seed=seed, to=to, other=other,
-                same_dir=same_dir,
+                same_dir=same_dir, states=dir_type == "states",
             )  # fmt: skip
 
         if world.main and resume:
@@ -250,6 +269,7 @@ def sweep(
                     seed=seed,
                     to_sha256=sha256_file(to) if to else "",
                     same_dir=same_dir,
+                    states=dir_type == "states",
                 )
             stored = read_axes(output)
             if stored.directions.shape[0] != dims:
@@ -368,6 +388,7 @@ def _make_axes(
     to: str | None,
     other: torch.Tensor | None,
     same_dir: bool = False,
+    states: bool = False,
 ) -> Axes:
     """The sweep's axes as the options name them: random, Hessian eigenvectors, or those an earlier
     file holds (a sweep's directions, a curvature run's eigenvectors)."""
@@ -382,7 +403,7 @@ def _make_axes(
         return ls.axes_from(problem, earlier, dims, source=axes_from, source_sha256=sha256_file(axes_from), **line)
     if axes == "hessian" and dims - (1 if to else 0) > 0:
         return ls.hessian_axes(problem, dims, seed=seed, **line)
-    return ls.random_axes(problem, dims, norm=norm, ignore=ignore, seed=seed, same_dir=same_dir, **line)
+    return ls.random_axes(problem, dims, norm=norm, ignore=ignore, seed=seed, same_dir=same_dir, states=states, **line)
 
 
 def _report(result: ls.SweepResult, strategy: str, output: Path) -> None:

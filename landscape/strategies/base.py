@@ -89,24 +89,26 @@ class Strategy:
 
     @torch.no_grad()
     def evaluate(self, coords: torch.Tensor, whole_calls: bool = False) -> Evaluation:
-        """Loss and accuracy at the points (`evaluate_points`); where the problem's buffers follow the
-        x axis (`Problem.buffer_line`: a line to another checkpoint), the points of each x in turn, with
-        the buffers set there, and the checkpoint's own buffers back after."""
-        line = self.problem.buffer_line
-        if line is None:
+        """Loss and accuracy at the points (`evaluate_points`); where the problem's buffers move with the
+        point (`Problem.buffer_line`: along the x axis to another checkpoint, or with state directions
+        on x and y), the points of each such position in turn, with the buffers set there, and the
+        checkpoint's own buffers back after."""
+        moves = self.problem.buffer_line
+        if moves is None:
             return self.evaluate_points(coords, whole_calls)
         loss = torch.empty(coords.shape[0], dtype=torch.float64)
         accuracy = torch.empty_like(loss) if self.problem.classification else None
+        lead = coords[:, : moves.dims]  # the coordinates the buffers depend on: x, or x and y
         try:
-            for x in torch.unique(coords[:, 0]):
-                rows = torch.nonzero(coords[:, 0] == x).flatten()
-                line.apply(float(x))
+            for key in torch.unique(lead, dim=0):
+                rows = torch.nonzero((lead == key).all(dim=1)).flatten()
+                moves.apply_at(tuple(float(v) for v in key))
                 ev = self.evaluate_points(coords[rows], whole_calls)
                 loss[rows] = ev.loss
                 if accuracy is not None and ev.accuracy is not None:
                     accuracy[rows] = ev.accuracy
         finally:
-            line.apply(0.0)
+            moves.apply_at((0.0,) * moves.dims)
         return Evaluation(loss, accuracy)
 
     @torch.no_grad()
