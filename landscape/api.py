@@ -635,12 +635,17 @@ def path(
         train_data=train_data or ("--data" if res.recalibrated else ""),
         unaligned=unaligned,
     )
-    settings = PathSettings(
-        Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), curve=curve, points=points,
-        bn_recalibrate=recalibrate is not None, align=align,
-    )  # fmt: skip
+    return _path_result(problem, group, command, checkpoints_sha256, curve=curve, points=points,
+                        bn_recalibrate=recalibrate is not None, align=align)  # fmt: skip
+
+
+def _path_result(
+    problem: Problem, group: Any, command: str, checkpoints_sha256: Sequence[str], **settings: Any
+) -> PathResult:
+    """A path's group as the typed result, with its settings and provenance."""
+    chosen = PathSettings(Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), **settings)
     return PathResult(
-        group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command), problem.layout
+        group.numbers, group.arrays, group.attrs, chosen.as_dict(), stamp(problem.provenance, command), problem.layout
     )
 
 
@@ -707,13 +712,8 @@ def fit_curve(
         fit=fit,
     )
     train = {"steps": steps, "lr": lr, "momentum": momentum, "batch_size": batch_size, "seed": seed}
-    settings = PathSettings(
-        Source.of(problem.provenance), checkpoints_sha256=tuple(checkpoints_sha256), curve=curve, points=points,
-        bn_recalibrate=recal is not None, train=train,
-    )  # fmt: skip
-    return PathResult(
-        group.numbers, group.arrays, group.attrs, settings.as_dict(), stamp(problem.provenance, command), problem.layout
-    )
+    return _path_result(problem, group, command, checkpoints_sha256, curve=curve, points=points,
+                        bn_recalibrate=recal is not None, train=train)  # fmt: skip
 
 
 def track(
