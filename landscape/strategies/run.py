@@ -265,8 +265,10 @@ def evaluate_points(
     on_choice(chosen)
 
     # a strategy the user named is run as named; `auto` is re-checked against the loop (or, when
-    # the loop won, the probe's runner-up) as the run goes
-    other = None if strategy != "auto" else _other_candidate(chosen.name, choice.timings)
+    # the loop won, the probe's runner-up) as the run goes, except when it goes on with a resumed run's
+    # pick: a check chunk's values come from another strategy (equal to rounding, not bit for bit), and a
+    # resumed run is to equal the run never stopped (a loaded machine made one check, and 4 points differ)
+    other = None if strategy != "auto" or earlier is not None else _other_candidate(chosen.name, choice.timings)
     recheck = Recheck(strat, other, build, choice.timings, len(todo), world.size, chunk_seconds)
     try:
         if world.size == 1:
