@@ -64,14 +64,22 @@ def test_shard_covers_everything_once():
 
 
 def test_two_ranks_equal_one_process(tmp_path):
-    single("sweep", *GRID, "-o", str(tmp_path / "one.h5"))
-    proc = torchrun(2, "sweep", *GRID, "-o", str(tmp_path / "two.h5"))
+    from landscape.io.samples import sample
+
+    data = np.load(sample("cnn")["data"])  # a second data set, evaluated on the grid too (--eval-data)
+    np.savez(tmp_path / "test.npz", x=data["x"][-300:], y=data["y"][-300:])
+    sets = ["--eval-data", f"test={tmp_path / 'test.npz'}"]
+    single("sweep", *GRID, *sets, "-o", str(tmp_path / "one.h5"))
+    proc = torchrun(2, "sweep", *GRID, *sets, "-o", str(tmp_path / "two.h5"))
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out.decode()
     a, b = read_sweep(tmp_path / "one.h5"), read_sweep(tmp_path / "two.h5")
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-6)
     np.testing.assert_allclose(b["accuracy"], a["accuracy"], rtol=1e-6)
     assert b["sweep_attrs"]["world_size"] == 2 and b["attrs"]["complete"]
+    with h5py.File(tmp_path / "one.h5") as one, h5py.File(tmp_path / "two.h5") as two:
+        np.testing.assert_allclose(two["data_sets/loss"][()], one["data_sets/loss"][()], rtol=1e-6)
+        assert one["data_sets/loss"].shape == (2, 9, 5)
 
 
 def _done(path: Path) -> int:
