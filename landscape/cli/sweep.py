@@ -245,7 +245,7 @@ def sweep(
         for name, other_set in others.items():
             tell(f"--eval-data {name}: {other_set.n:,} samples")
         dims = 1 if y_grid is None else 2
-        if dir_type == "states" and all(i == "biasbn" for i in ignores):
+        if dir_type == "states" and all(i == "biasbn" for i in ignores) and world.main:
             warn(
                 "--dir-type states with --ignore biasbn: the BatchNorm statistics have one dimension and stay fixed, as in"
                 " Li et al.'s code; pass --ignore none to move them"
