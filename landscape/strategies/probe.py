@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from landscape.errors import ArgumentError, LandscapeError, PointFailure, one_line
+from landscape.names import CHUNK_SECONDS
 from landscape.problem import Problem
 from landscape.strategies.base import (
     Evaluation,
@@ -393,8 +394,14 @@ class _Probe:
                 strat.close()
         winner = self.built[best_name]
         rest = self.kept.missing()
-        if len(rest):
-            self.kept.put(rest, evaluate_shrinking(winner, self.coords[rest], self.warn))
+        # in pieces of about CHUNK_SECONDS (whole calls), each kept as it ends: on a slow model the probe's
+        # last 100 points took a minute (GPT-2 small, 2 cores) and a kill lost them all
+        per_point = self.timings.get(best_name, math.inf)
+        calls = max(1, int(CHUNK_SECONDS / (per_point * winner.k))) if math.isfinite(per_point) and per_point > 0 else 1
+        piece = calls * winner.k
+        for start in range(0, len(rest), piece):
+            part = rest[start : start + piece]
+            self.kept.put(part, evaluate_shrinking(winner, self.coords[part], self.warn))
         return Choice(
             winner,
             self.timings,
