@@ -46,7 +46,9 @@ def run_all(checkout: Path, out: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     for name, command in COMMANDS.items():
         args = [sys.executable, "-m", "landscape", *command.split(), "--force", "-o", str(out / name)]
-        subprocess.run(args, env=env, check=True, capture_output=True)
+        # run in OUT: `python -m` puts the working directory first on sys.path, so run from inside a
+        # checkout both versions were that checkout's, and every file compared equal
+        subprocess.run(args, env=env, check=True, capture_output=True, cwd=out)
 
 
 def differences(a: Path, b: Path) -> list[str]:
