@@ -167,7 +167,8 @@ def with_states(problem: Problem, axes: Axes) -> Problem:
     state directions: scaled by 1 + a on each axis whose ignore is "none"); as it is otherwise."""
     if not (axes.settings or {}).get("states"):
         return problem
-    return problem.with_state_directions(tuple(1.0 if a.get("ignore") == "none" else 0.0 for a in axes.attrs))
+    moving = [str(a.get("buffers", "")).startswith("states") and a.get("ignore") == "none" for a in axes.attrs]
+    return problem.with_state_directions(tuple(1.0 if m else 0.0 for m in moving))
 
 
 def sweep(

@@ -168,14 +168,11 @@ def random_axes(
     dirs = random_directions(
         randoms, problem.theta, problem.layout, seed=seed, norm=norms, ignore=ignores, dtype=dtype, same=same_dir
     )
-    sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
-    settings = axes_settings(
-        "random", norm=norms, ignore=ignores, seed=seed, to_sha256=sha, same_dir=same_dir, states=states
-    )
+    settings = axes_settings("random", norm=norms, ignore=ignores, seed=seed, same_dir=same_dir, states=states)
     attrs = _random_attrs(norms, ignores, seed, same_dir)
     if states:
         attrs = [{**a, "buffers": STATE_MOVES[a["ignore"]]} for a in attrs]
-    return _prepend_line(problem, dirs, attrs, to, to_label, seed, settings)
+    return _prepend_line(problem, dirs, attrs, to, to_label, to_sha256, seed, settings)
 
 
 def stored_dtype(problem: Problem, store: torch.dtype | None = None) -> torch.dtype:
@@ -233,9 +230,8 @@ def hessian_axes(
         f"lanczos on the {curvature}, tol {tol:g}",
         CURVATURE_TITLES.get(curvature, curvature),
     )
-    sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
-    settings = axes_settings("hessian", seed=seed, to_sha256=sha)
-    return _prepend_line(problem, eig.eigenvectors.detach().to("cpu"), attrs, to, to_label, seed, settings)
+    settings = axes_settings("hessian", seed=seed)
+    return _prepend_line(problem, eig.eigenvectors.detach().to("cpu"), attrs, to, to_label, to_sha256, seed, settings)
 
 
 def stored_axes(
@@ -264,9 +260,8 @@ def stored_axes(
         v = torch.from_numpy(np.asarray(vectors[i], dtype=np.float64))
         row.copy_(v / v.norm())
     attrs = eigenvector_attrs(eigenvalues[:count], residuals[:count], seed, source, title, which)
-    sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
-    settings = axes_settings("hessian", seed=seed, to_sha256=sha, axes_from_sha256=source_sha256 or tensor_sha256(dirs))
-    return _prepend_line(problem, dirs, attrs, to, to_label, seed, settings)
+    settings = axes_settings("hessian", seed=seed, axes_from_sha256=source_sha256 or tensor_sha256(dirs))
+    return _prepend_line(problem, dirs, attrs, to, to_label, to_sha256, seed, settings)
 
 
 def reused_axes(
@@ -285,16 +280,22 @@ def reused_axes(
     Their layout must be the problem's (same names and shapes)."""
     count = dims - (1 if to is not None else 0)
     _check_stored(problem, earlier.layout, len(earlier), count, source, "direction")
+    if earlier.settings.get("states") and to is not None:
+        raise ArgumentError(
+            "to",
+            to_label,
+            f"{source or 'the earlier sweep'} moves the BatchNorm statistics with its directions "
+            "(states); along a line to another checkpoint they follow that line instead",
+        )
     dirs = earlier.directions[:count].to(stored_dtype(problem))
     attrs = [{**a, "source": source} for a in earlier.attrs[:count]]
     was = earlier.settings
     seed = int(was.get("seed", 0) or 0)
-    sha = (to_sha256 or tensor_sha256(to)) if to is not None else ""
     settings = axes_settings(
         "sweep", norm=str(was.get("norm", "filter")), ignore=str(was.get("ignore", "biasbn")), seed=seed,
-        to_sha256=sha, axes_from_sha256=source_sha256 or tensor_sha256(dirs),
+        axes_from_sha256=source_sha256 or tensor_sha256(dirs), states=bool(was.get("states")),
     )  # fmt: skip
-    return _prepend_line(problem, dirs, attrs, to, to_label, seed, settings)
+    return _prepend_line(problem, dirs, attrs, to, to_label, to_sha256, seed, settings)
 
 
 def _check_stored(
@@ -316,10 +317,14 @@ def _prepend_line(
     attrs: list[dict[str, Any]],
     to: torch.Tensor | None,
     to_label: str,
+    to_sha256: str | None,
     seed: int,
     settings: Mapping[str, Any],
 ) -> Axes:
+    """`dirs` as axes; with `to`, the line to it first, and its identity (`to_sha256`, else a hash of
+    its values) in the settings."""
     if to is not None:
+        settings = {**settings, "to_sha256": to_sha256 or tensor_sha256(to)}
         line = line_to(problem.theta, to.to(problem.theta.device, problem.theta.dtype)).detach().to("cpu")
         dirs = torch.cat([line[None].to(dirs.dtype), dirs])
         attrs.insert(

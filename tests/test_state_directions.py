@@ -72,3 +72,17 @@ def test_cli_states_resume_and_refusals(cli, tmp_path):
     assert r.code == 2 and "--dir-type states" in r.err
     r = cli("sweep", "--sample", "cnn", "--dir-type", "stats", "-o", tmp_path / "u.h5")
     assert r.code == 2 and "--dir-type" in r.err
+
+
+def test_an_earlier_sweeps_state_directions_are_reused_as_they_were():
+    problem = sample_problem("cnn", samples=200)
+    axes = ls.random_axes(problem, 2, ignore=("none", "biasbn"), seed=2, states=True)
+    first = ls.sweep(problem, axes, x=(-0.4, 0.4, 3), y=(-0.4, 0.4, 3), strategy="loop")
+    again = ls.axes_from(problem, first)
+    assert again.settings["states"] is True
+    # the same directions, statistics moving the same way: the same numbers
+    np.testing.assert_array_equal(
+        ls.sweep(problem, again, x=(-0.4, 0.4, 3), y=(-0.4, 0.4, 3), strategy="loop").loss, first.loss
+    )
+    with pytest.raises(ls.ArgumentError, match="states"):
+        ls.axes_from(problem, first, 2, to=problem.theta.clone())
