@@ -569,9 +569,9 @@ def weight_matching(spec: PermutationSpec, a: State, b: State, *, max_iterations
     return Matching(perms, rounds, moved)
 
 
-def state_distance(spec_a: State, b: State, names: Sequence[str]) -> float:
+def state_distance(a: State, b: State, names: Sequence[str]) -> float:
     """Euclidean distance between two states over the named entries."""
     total = 0.0
     for k in names:
-        total += float((spec_a[k].detach().double() - b[k].detach().double()).pow(2).sum())
+        total += float((a[k].detach().double() - b[k].detach().double()).pow(2).sum())
     return math.sqrt(total)

@@ -437,7 +437,7 @@ class CurvatureOperator:
                     else ""
                 )
                 raise LandscapeError(f"no curvature product works for this model: {name}: {why}{hint}")
-        self._time_gradient()  # also warms up the allocator before the candidates are timed
+        self.gradient()  # timed (gradient_seconds), and it warms up the allocator for the candidates' timings
         results: dict[str, torch.Tensor] = {}  # the candidates, timed warm
         checked: dict[str, torch.Tensor] = {}  # every product made, for the agreement check
         tol = _agree_tol(self.dtype)
@@ -513,13 +513,6 @@ class CurvatureOperator:
                 "(relative); remove dropout, BN in train mode or random augmentation from the model and data"
             )
 
-    def _time_gradient(self) -> None:
-        """One gradient, timed into `gradient_seconds`: before the candidates are timed (it warms the
-        allocator for them) or, for the kept-graph method, after the products (`info`), when the
-        allocator is warm. A second one, once taken to skip the first one's allocations, cost 1.4 s of
-        a 40 s top-5 run of the suite's ViT (3.6%) for a diagnostic."""
-        self.gradient()
-
     @property
     def hvp_seconds(self) -> float:
         return self.timings[self.method]
@@ -532,7 +525,7 @@ class CurvatureOperator:
         diagnostic, so it is paid only when asked for (on every rank alike: the gradient is summed).
         """
         if self.gradient_seconds is None:
-            self._time_gradient()
+            self.gradient()  # one: after the products the allocator is warm (a second cost 1.4 s of a 40 s ViT run)
         return self.hvp_seconds / max(self.gradient_seconds or math.inf, 1e-12)
 
     def info(self) -> dict[str, Any]:
