@@ -226,11 +226,12 @@ def path(
     problem, prov = problem_at(kw, ckpts[0])
     states = load_states(ckpts, problem, kw)
     training: tuple[Any, Any] | None = None
-    if train_data and (train or has_batchnorm(problem.model)):
+    needs_training_data = train or (bn_recalibrate and has_batchnorm(problem.model))
+    if train_data and needs_training_data:
         xt, yt = load_data(train_data, unsafe_pickle)
         xt, yt = subset(xt, yt, samples, seed)
         training = (to_device(xt, problem.device, problem.dtype), yt.to(problem.device))
-    elif (train and has_batchnorm(problem.model)) or (bn_recalibrate and has_batchnorm(problem.model)):
+    elif needs_training_data:
         if not problem.in_memory:
             raise LandscapeError(f"{'--train' if train else '--bn-recalibrate'}: --data is streamed (too large to hold); "
                                  "give --train-data that fits in memory")  # fmt: skip
