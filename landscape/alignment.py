@@ -212,10 +212,8 @@ class _GraphReader:
         if f is None or shape is None or in_shape is None:
             self.fix_all(node)
             return
-        if axis_one and (f.axis != 1 or f.repeat != 1 or len(shape) != len(in_shape)):
-            self.fix_all(node)
-            return
-        if not axis_one and shape != in_shape:
+        pooled = f.axis == 1 and f.repeat == 1 and len(shape) == len(in_shape)
+        if not (pooled if axis_one else shape == in_shape):
             self.fix_all(node)
             return
         self.feat[node] = f
