@@ -106,3 +106,20 @@ def test_bad_curve_training_options_are_refused_before_loading(cli, tmp_path):
     r = cli("path", *ends[:3], "--sample", "mlp", "--curve", "bezier", "--train", "-o", out)
     assert r.code == 2 and "name the two ends of the curve" in r.err
     assert not out.exists()
+
+
+def test_train_lr_and_batch_reach_the_training(cli, tmp_path):
+    # a quadratic Bezier whose bend is the midpoint is the straight line: with a learning rate too small
+    # to move the bend, the curve's loss is the line's at every t
+    out = tmp_path / "still.h5"
+    r = cli("path", "--sample", "mlp", "--dtype", "float64", "--train", "--train-steps", "3", "--train-lr", "1e-12",
+            "--train-batch", "16", "--points", "7", "-o", out)  # fmt: skip
+    assert r.code == 0, r.err
+    res = ls.load(out)
+    assert res.settings["train"] == {"steps": 3, "lr": 1e-12, "momentum": 0.9, "batch_size": 16, "seed": 0}
+    np.testing.assert_allclose(res.arrays["loss"], res.arrays["loss_line"], rtol=1e-7)
+    r = cli("path", "--sample", "mlp", "--dtype", "float64", "--train", "--train-steps", "3", "--train-lr", "0.5",
+            "--points", "7", "-o", tmp_path / "moved.h5")  # fmt: skip
+    assert r.code == 0, r.err
+    moved = ls.load(tmp_path / "moved.h5")  # a learning rate that moves the bend: another curve than the line
+    assert not np.allclose(moved.arrays["loss"][1:-1], moved.arrays["loss_line"][1:-1], rtol=1e-7)
