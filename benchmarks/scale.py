@@ -70,10 +70,11 @@ LANDSCAPE = [sys.executable, "-m", "landscape"]
 GPU = "cuda"  # the gpu part's device (a dry run of its code on the CPU sets "cpu")
 
 
-def prepare_gpt2(folder: Path, size: str) -> tuple[Path, Path, int]:
+def prepare_gpt2(folder: Path | str, size: str) -> tuple[Path, Path, int]:
     """A randomly initialized Hugging Face GPT-2 of `size` saved in `folder`, and 2 x 32 tokens; (model, data, P)."""
     import transformers
 
+    folder = Path(folder)
     config = transformers.GPT2Config(n_positions=64, bos_token_id=0, eos_token_id=0, **GPT2_SIZES[size])
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(config)
@@ -81,6 +82,15 @@ def prepare_gpt2(folder: Path, size: str) -> tuple[Path, Path, int]:
     model.save_pretrained(out)
     torch.save({"input_ids": torch.randint(0, config.vocab_size, (2, 32))}, data)
     return out, data, sum(p.numel() for p in model.parameters())
+
+
+def prepared_gpt2(folder: Path, size: str) -> tuple[Path, Path, int]:
+    """`prepare_gpt2` in a process of its own: a child's peak RSS (wait4) counts its parent's resident
+    memory at the fork, so this process must not hold the model (the 10M rows read 1.34 GiB, the 124M
+    model's, when the 124M model was made here first)."""
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import scale; print(scale.prepare_gpt2(*sys.argv[1:])[2])"
+    done = subprocess.run([sys.executable, "-c", code, str(folder), size], capture_output=True, text=True, check=True)
+    return folder / f"gpt2-{size}", folder / f"tokens-{size}.pt", int(done.stdout.split()[-1])
 
 
 FORWARD = """
@@ -174,7 +184,7 @@ def memory_table(sizes: list[str], grid: int, only: tuple[str, ...]) -> None:  #
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for size in sizes:
-            model, data, n = prepare_gpt2(work, size)
+            model, data, n = prepared_gpt2(work, size)
             _, base, _ = measured([sys.executable, "-c", FORWARD, str(model), str(data)], work)
             print(f"{size:>6} {'forward pass (transformers)':28} {'':>7} {base / 2**30:8.2f}")
             for what, args in commands(model, data, grid).items():

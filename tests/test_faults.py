@@ -4,6 +4,7 @@ existing complete file untouched, and no crash of HDF5 on a full disk."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import signal
@@ -166,6 +167,81 @@ def test_read_only_folder_is_one_line(cli, tmp_path):
         if folder != tmp_path / "ro":
             subprocess.run(["umount", str(folder)], capture_output=True)
         (tmp_path / "ro").chmod(0o755)
+
+
+class _DiskThatFills:
+    """A file on a disk with `room` bytes: writes past it fail with ENOSPC, after writing what fits."""
+
+    def __init__(self, room: int):
+        self.data, self.pos, self.room = bytearray(), 0, room
+
+    def seek(self, offset, whence=0):
+        self.pos = (0, self.pos, len(self.data))[whence] + offset
+        return self.pos
+
+    def write(self, view):
+        fits = max(0, min(len(view), self.room - self.pos))
+        if fits:
+            end = self.pos + fits
+            self.data[len(self.data) : end] = bytes(max(0, end - len(self.data)))
+            self.data[self.pos : end] = bytes(view[:fits])
+            self.pos = end
+        if fits < len(view):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return fits
+
+    def readinto(self, out):
+        got = self.data[self.pos : self.pos + len(out)]
+        out[: len(got)] = got
+        self.pos += len(got)
+        return len(got)
+
+    def truncate(self, size):
+        del self.data[size:]
+
+
+@pytest.mark.parametrize("room", [0, 2000, 10_000, 100_000])
+def test_hdf5_writing_through_a_disk_that_fills_closes_cleanly_and_reads_back_what_it_wrote(room):
+    """The disk fills at some byte of the file (in the metadata, in the middle of a large dataset):
+    HDF5 never sees the failure (it crashed cleaning up after one), the refusal is kept for after,
+    and the file as HDF5 sees it is whole: read back through the image, it holds every value."""
+    from landscape.io.h5file import DiskImage
+
+    big = np.random.default_rng(0).standard_normal((2, 20_000)).astype(np.float32)
+    disk = _DiskThatFills(room)
+    image = DiskImage(disk)
+    with h5py.File(image, "w") as f:
+        f.create_dataset("axes/x", data=big)
+        f.attrs["note"] = "x" * 3000
+        f["small"] = np.arange(7)
+    assert isinstance(image.refused, OSError) and image.refused.errno == errno.ENOSPC
+    assert len(disk.data) <= room
+    image.seek(0)
+    whole = io.BytesIO(image.read(image.size))
+    with h5py.File(whole, "r") as f:
+        assert np.array_equal(f["axes/x"][()], big) and f["small"][()].tolist() == list(range(7))
+        assert f.attrs["note"] == "x" * 3000
+
+
+def test_a_file_written_and_rewritten_atomically_holds_no_copy_of_itself_in_memory(tmp_path):
+    """A 400 MB dataset written, then the file's attributes changed: the process grows by less than a
+    tenth of the file (it used to build each file in memory, and read it back whole to change it)."""
+    code = f"""
+import resource, numpy as np
+from landscape.io.h5file import write_atomically, rewrite_atomically
+big = np.ones((2, 50_000_000), dtype=np.float32)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with write_atomically({str(tmp_path / "big.h5")!r}) as f:
+    f.create_dataset("axes/x", data=big)
+with rewrite_atomically({str(tmp_path / "big.h5")!r}) as f:
+    f.attrs["complete"] = True
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+    grew = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert grew < 40e6, grew
+    with h5py.File(tmp_path / "big.h5", "r") as f:
+        assert f.attrs["complete"] and f["axes/x"].shape == (2, 50_000_000) and f["axes/x"][1, -1] == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["big.h5"]
 
 
 def test_h5_left_readable_after_full_disk(tmp_path, monkeypatch):
@@ -414,6 +490,7 @@ def test_sigkill_at_random_moments(tmp_path, command, kills):
             out.name,
             f"{out.name}.partial",
             f"{out.name}{resumable}",
+            f"{out.name}{resumable}.partial",  # killed while writing it (the next write replaces it)
             f"{out.name}.lock",  # a killed run's lock file (its flock went with the process)
         }
         assert not {n for n in left if n.startswith(out.name)}, left

@@ -10,13 +10,14 @@ from landscape.strategies.base import BuildContext, NotApplicable, Strategy
 
 
 def check_weights_fit(problem: Problem, ctx: BuildContext) -> None:
-    """NotApplicable when one point's stacked weights take half the memory budget or more: one point per
-    call is all it could run, no faster than the loop, and vmap's batched weights cost several P-sized
-    copies more (a 124M-parameter sweep peaked 3 P higher under vmap than under the loop)."""
-    weights = problem.layout.size * problem.theta.element_size()
-    if ctx.points_per_call <= 1 and 2 * weights > ctx.memory_budget:
+    """NotApplicable when the memory budget holds one point per call (`points_per_call`: its stacked
+    weights and activations): no faster than the loop, and a copy of the weights more (a 124M-parameter
+    sweep peaked 2 P higher while the probe tried vmap with one point than under the loop)."""
+    if ctx.points_per_call <= 1:
+        weights = problem.layout.size * problem.theta.element_size()
         raise NotApplicable(
-            f"one point's weights ({weights / 2**30:.1f} GiB) take half the memory budget: no gain over the loop"
+            f"one point's weights ({weights / 2**30:.2f} GiB) and activations fill the memory budget: "
+            "one point per call, no gain over the loop"
         )
 
 
