@@ -223,6 +223,40 @@ def test_hdf5_writing_through_a_disk_that_fills_closes_cleanly_and_reads_back_wh
         assert f.attrs["note"] == "x" * 3000
 
 
+@pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_a_file_larger_than_the_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """A real file system fills while HDF5 writes a new file (the raw data, then its metadata after
+    it), and while a file is rewritten: one RunFailure line, no crash (its own process), nothing left."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    code = f"""
+import numpy as np
+from landscape.errors import RunFailure
+from landscape.io.h5file import rewrite_atomically, write_atomically
+with write_atomically({str(mnt / "ok.h5")!r}) as f:
+    f["x"] = np.arange(10_000.0)  # 80 kB of 400: its copy fits, and then its new dataset does not
+for make, size in ((write_atomically, 60_000), (rewrite_atomically, 60_000)):
+    try:
+        with make({str(mnt / "ok.h5")!r} if make is rewrite_atomically else {str(mnt / "big.h5")!r}) as f:
+            f["y"] = np.ones(size)
+    except RunFailure as exc:
+        print(exc)
+"""
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert len(lines) == 2 and all("No space left on device" in line for line in lines), lines
+        assert "big.h5" in lines[0] and "ok.h5 as it was is untouched" in lines[1]
+        assert sorted(p.name for p in mnt.iterdir()) == ["ok.h5"]
+        with h5py.File(mnt / "ok.h5", "r") as f:
+            assert list(f) == ["x"] and f["x"][-1] == 9_999.0
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
 def test_a_file_written_and_rewritten_atomically_holds_no_copy_of_itself_in_memory(tmp_path):
     """A 400 MB dataset written, then the file's attributes changed: the process grows by less than a
     tenth of the file (it used to build each file in memory, and read it back whole to change it)."""
