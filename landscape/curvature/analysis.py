@@ -111,7 +111,9 @@ def estimate_block(
     on_products: OnProducts = lambda stage, n: None,
 ) -> BlockResult:
     """Build the operator on `names` (default all) and run what `settings` asks for (on every rank of `world`);
-    `on_products` hears of every product made, with the estimate it serves."""
+    `on_products` hears of every product made, with the estimate it serves. Its `seconds` has each
+    estimate's time and `setup`'s: building the operator (choosing the product method, its warm-up)."""
+    t0 = time.perf_counter()
     op = CurvatureOperator(
         problem,
         curvature=settings.curvature,
@@ -121,6 +123,7 @@ def estimate_block(
         world=world,
         probe_seed=settings.seed,
     )
+    setup = time.perf_counter() - t0
     planned = planned_products(
         op.size,
         top_k=settings.top_k,
@@ -146,7 +149,7 @@ def estimate_block(
         trace=trace,
         lanczos=runs,
         operator=info,
-        seconds=seconds,
+        seconds={"setup": setup, **seconds},
         density=density,
     )
 
@@ -248,7 +251,7 @@ def _estimated(
             device=op.device,
             vectors=settings.eigenvectors,
             precision=_precision(op.dtype),
-            start=op.probe,  # the set-up's product is Lanczos's first step
+            start=op.probe if settings.trace else op.take_probe,  # the set-up's product is the first step
             basis=settings.basis_dtype,
             basis_device=where,
         )
@@ -264,7 +267,7 @@ def _estimated(
             matvecs=settings.trace_matvecs,
             seed=settings.seed + 1,
             device=op.device,
-            start=op.probe,
+            start=op.take_probe,
             basis=settings.basis_dtype,
             basis_device=where,
             max_sketch=sketch,
@@ -351,7 +354,7 @@ def top_eigenvectors(
             seed=seed,
             device=op.device,
             precision=_precision(op.dtype),
-            start=op.probe,
+            start=op.take_probe,
         )
     finally:
         op.close()

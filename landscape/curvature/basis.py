@@ -55,6 +55,10 @@ class KrylovBasis:
         self._blocks[-1][at].copy_(q)
         self.rows += 1
 
+    def row(self, i: int) -> torch.Tensor:
+        """Row i (a view, in the basis dtype, on its device)."""
+        return self._blocks[i // self.block_rows][i % self.block_rows]
+
     def _filled(self) -> list[torch.Tensor]:
         """The blocks, the last one cut to its filled rows."""
         tail = self.rows - (len(self._blocks) - 1) * self.block_rows

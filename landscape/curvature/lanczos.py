@@ -135,6 +135,10 @@ def pivot_signs(vectors: torch.Tensor) -> torch.Tensor:
 
 
 RESTART_SPARE = 3  # a capped basis holds the wanted pairs and at least this many more: the new steps of a restart
+Pair = tuple[torch.Tensor, torch.Tensor]
+# a start vector and its product: as they are, or a function that hands them over (the caller then holds
+# no reference, so these two P-sized float64 vectors are freed after the first step instead of held)
+Start = Pair | Callable[[], Pair | None] | None
 LANCZOS_FLOAT64_BYTES = 2 << 30  # an 'auto' basis stays float64 while max_iter rows of it fit this; else float32
 
 
@@ -167,7 +171,7 @@ def lanczos(
     device: torch.device | str = "cpu",
     vectors: bool = True,
     precision: float = 2.2e-16,
-    start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    start: Start = None,
     basis: str = "auto",
     basis_device: torch.device | str | None = None,
     max_rows: int | None = None,
@@ -179,12 +183,13 @@ def lanczos(
     precision of those products (float32 products: ~1.2e-7), which floors the attainable residual at
     100 * precision * |lambda_max|. On breakdown (an invariant subspace found) a fresh random vector
     orthogonal to the basis continues the run, so repeated eigenvalues are not missed. `start`, a
-    vector and its product already made (e.g. `CurvatureOperator.probe`), replaces the seeded start
-    vector and saves the first product; it counts in `matvecs` all the same.
+    vector and its product already made (e.g. `CurvatureOperator.probe`, or `take_probe`, which hands
+    them over), replaces the seeded start vector and saves the first product; it counts in `matvecs`
+    all the same.
 
     Memory: the basis (one row per step) in `basis` dtype: 'auto' keeps float64 while max_iter rows fit
     `LANCZOS_FLOAT64_BYTES`, else float32; on `basis_device` (default `device`; 'cpu' keeps it in host
-    memory beside a GPU); besides it, four float64 vectors. The eigenvectors come out in the basis dtype.
+    memory beside a GPU); besides it, two float64 vectors (and the start pair until the first step). The eigenvectors come out in the basis dtype.
     `max_rows` caps the basis (what fits in memory): when it is full before the pairs converge, the run
     restarts thick (Wu & Simon 2000), keeping the best Ritz vectors, and goes on up to max_iter products.
 
@@ -231,7 +236,7 @@ def krylov(
     seed: int = 0,
     device: torch.device | str = "cpu",
     precision: float = 2.2e-16,
-    start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    start: Start = None,
     basis: str = "auto",
     basis_device: torch.device | str | None = None,
     max_rows: int | None = None,
@@ -260,12 +265,17 @@ def krylov(
     # after a thick restart: the kept Ritz values, and their coupling to the first vector after them
     head: tuple[np.ndarray, np.ndarray] | None = None
     known: torch.Tensor | None = None  # the product of the first vector, when given
-    if start is None:
+    pair = start() if callable(start) else start
+    if pair is None:
         q = fresh()
     else:
-        v, hv = (t.to(device, torch.float64).reshape(n) for t in start)
+        v, hv = (t.to(device, torch.float64).reshape(n) for t in pair)
         q, known = v / v.norm(), hv / v.norm()
-    prev: torch.Tensor | None = None  # q_{j-1}, in float64 for the three-term recurrence
+        del v, hv, pair  # handed over (`Start`): freed once the first step has used `known`
+    # q_{j-1}'s row in the basis, for the three-term recurrence: read from the basis rather than kept as
+    # one more float64 vector (exactly q_{j-1} in a float64 basis; rounded to float32 in a float32 one,
+    # whose component the re-orthogonalization against the same rows removes right after)
+    prev: int | None = None
     matvecs = 0
     theta = np.zeros(0)
     Y = np.zeros((0, 0))
@@ -282,7 +292,7 @@ def krylov(
             a = float(w @ q)
             w.sub_(q, alpha=a)
             if prev is not None:
-                w.sub_(prev, alpha=betas[-1])
+                w.sub_(Q.row(prev).to(w.device), alpha=betas[-1])
             # "twice is enough" (Kahan, Parlett), the second pass only when the first cancelled much of w
             # (the DGKS test, as ARPACK does): each pass reads the whole basis twice, which on an 11M-parameter
             # model cost a third of the run when always done twice
@@ -304,7 +314,7 @@ def krylov(
                     break
             else:  # the breakdown test's scale: a bound on |theta| (Gershgorin) without solving for it
                 floor = floor_at(max(abs(x) for x in alphas) + 2.0 * max(betas, default=0.0))
-            prev = q
+            prev = Q.rows - 1  # q, appended at the top of this step
             if b <= floor * 1e-3 or b == 0.0:  # invariant subspace: restart orthogonally, T becomes block-diagonal
                 b = 0.0
                 q = fresh()

@@ -132,7 +132,10 @@ class CurvatureOperator:
         self.sub = Layout(names, tuple(problem.layout.shapes[problem.layout.names.index(n)] for n in names))
         full = problem.layout.unflatten(problem.theta.detach())
         self.fixed = {n: t for n, t in full.items() if n not in names}
-        self.u0 = self.sub.flatten(full).detach().clone()
+        # the weights the products differentiate at: theta itself when the block is the whole model (never
+        # changed in place here; a copy would be one more P-sized vector)
+        whole = names == problem.layout.names
+        self.u0 = problem.theta.detach() if whole else self.sub.flatten(full).detach().clone()
         self.size = self.sub.size
         self.dtype = problem.dtype
         self.device = problem.device
@@ -296,7 +299,7 @@ class CurvatureOperator:
             G, out = self._per_sample_gradients(xb, yb)
             return (G, w / yb.shape[0], out)  # F_b = (|b|/N) mean_i g_i g_i^T: each sample weighs 1/N
         with torch.enable_grad():
-            u = self.u0.detach().clone().requires_grad_(True)
+            u = self.u0.detach().requires_grad_(True)  # a leaf sharing u0's memory
             if method == "fisher":  # F_b v = (1/N) J^T (J v), J: the Jacobian of the batch's per-sample losses
                 out = self._logits(self._forward(u, xb))
                 losses = self._per_sample_losses(out, yb)
@@ -394,7 +397,7 @@ class CurvatureOperator:
         total = torch.zeros(self.size, dtype=self.dtype, device=self.device)
         for xb, yb, w in self._batches():
             with torch.enable_grad():
-                u = self.u0.detach().clone().requires_grad_(True)
+                u = self.u0.detach().requires_grad_(True)  # a leaf sharing u0's memory
                 total += torch.autograd.grad(self._loss(u, xb, yb, w), u)[0]
         total = self.world.all_sum_(total.to(torch.float64))
         self.gradient_seconds = time.perf_counter() - t0
@@ -490,6 +493,12 @@ class CurvatureOperator:
         best = min(results, key=lambda k: self.timings[k])
         self.probe = (v[0], results[best][0])
         return best
+
+    def take_probe(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The set-up's (v, H v), handed over to an estimator's first step and no longer held here: passed
+        as `start=op.take_probe` (the function), nothing keeps these two P-sized float64 vectors after it."""
+        probe, self.probe = self.probe, None
+        return probe
 
     @staticmethod
     def _require_finite(product: torch.Tensor) -> None:

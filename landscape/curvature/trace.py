@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.curvature.lanczos import krylov
+from landscape.curvature.lanczos import Start, krylov
 from landscape.names import EXACT_TRACE as EXACT
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
@@ -57,7 +57,7 @@ def hutchpp(
     matvecs: int = 60,
     seed: int = 0,
     device: torch.device | str = "cpu",
-    start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    start: Start = None,
     basis: str = "auto",
     basis_device: torch.device | str | None = None,
     group_bytes: int = PROBE_GROUP_BYTES,
