@@ -48,6 +48,8 @@ def test_basis_in_blocks_projects_as_one_matrix(monkeypatch):
     torch.testing.assert_close(W, expected, rtol=0, atol=1e-13)
     Y = torch.randn(7, 2, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(B.combine(Y), Y.T @ Q.T, rtol=0, atol=1e-13)
+    for i in range(7):  # a row is a view of where it is kept
+        assert torch.equal(B.row(i), Q[:, i])
 
 
 @pytest.mark.parametrize("basis", ["float64", "float32"])
@@ -61,6 +63,29 @@ def test_lanczos_with_a_blocked_or_float32_basis_finds_the_exact_top5(monkeypatc
     v = r.eigenvectors.double()
     residual = (v @ A - torch.as_tensor(r.eigenvalues)[:, None] * v).norm(dim=1) / torch.as_tensor(r.eigenvalues)
     assert float(residual.max()) < (1e-5 if basis == "float64" else 1e-4)
+
+
+def test_a_start_pair_handed_over_is_freed_after_the_first_step_and_gives_the_same_eigenpairs():
+    """`start=op.take_probe` (a function): Lanczos holds the probe and its product (two P-sized float64
+    vectors) for its first step only; a pair passed as it is gives the same numbers."""
+    import weakref
+
+    A, ev = spectrum_matrix()
+    v = torch.randn(400, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    pair = (v, v @ A)
+    alive, seen = [], weakref.ref(pair[1])
+    handed = [pair]
+    del pair
+
+    def matmat(V):
+        alive.append(seen() is not None)
+        return V @ A
+
+    r = lanczos(matmat, 400, k=5, tol=1e-8, start=lambda: handed.pop())
+    assert not handed and alive and not any(alive)  # gone from the first product Lanczos made itself
+    same = lanczos(lambda V: V @ A, 400, k=5, tol=1e-8, start=(v, v @ A))
+    np.testing.assert_allclose(r.eigenvalues, ev[:5].numpy(), rtol=1e-10)
+    np.testing.assert_array_equal(r.eigenvalues, same.eigenvalues)
 
 
 def test_auto_basis_is_float64_only_while_it_fits():
