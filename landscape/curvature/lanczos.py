@@ -189,9 +189,10 @@ def lanczos(
 
     Memory: the basis (one row per step) in `basis` dtype: 'auto' keeps float64 while max_iter rows fit
     `LANCZOS_FLOAT64_BYTES`, else float32; on `basis_device` (default `device`; 'cpu' keeps it in host
-    memory beside a GPU); besides it, two float64 vectors (and the start pair until the first step). The eigenvectors come out in the basis dtype.
-    `max_rows` caps the basis (what fits in memory): when it is full before the pairs converge, the run
-    restarts thick (Wu & Simon 2000), keeping the best Ritz vectors, and goes on up to max_iter products.
+    memory beside a GPU); besides it, two float64 vectors (and the start pair until the first step).
+    The eigenvectors come out in the basis dtype. `max_rows` caps the basis (what fits in memory): when
+    it is full before the pairs converge, the run restarts thick (Wu & Simon 2000), keeping the best
+    Ritz vectors, and goes on up to max_iter products.
 
     Example:
         >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
