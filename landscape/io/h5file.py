@@ -133,17 +133,22 @@ class DiskImage(io.RawIOBase):
         return self.size
 
     def readinto(self, buffer: Any) -> int:
-        out = memoryview(buffer).cast("B")
-        n = max(0, min(len(out), self.size - self.pos))
-        self.raw.seek(self.pos)
+        n = self._read_at(self.pos, memoryview(buffer).cast("B"))
+        self.pos += n
+        return n
+
+    def _read_at(self, offset: int, out: memoryview) -> int:
+        """The bytes at `offset` as HDF5 wrote them (the disk's, then the pages kept over them) into `out`,
+        up to the file's size; how many."""
+        n = max(0, min(len(out), self.size - offset))
+        self.raw.seek(offset)
         got = self.raw.readinto(out[:n]) or 0
         out[got:n] = bytes(n - got)  # beyond what reached the disk: zeros, as a sparse file reads
-        for index in range(self.pos // self.PAGE, (self.pos + n - 1) // self.PAGE + 1) if self.pages and n else ():
+        for index in range(offset // self.PAGE, (offset + n - 1) // self.PAGE + 1) if self.pages and n else ():
             page = self.pages.get(index)
             if page is not None:
-                lo, hi = max(self.pos, index * self.PAGE), min(self.pos + n, (index + 1) * self.PAGE)
-                out[lo - self.pos : hi - self.pos] = page[lo - index * self.PAGE : hi - index * self.PAGE]
-        self.pos += n
+                lo, hi = max(offset, index * self.PAGE), min(offset + n, (index + 1) * self.PAGE)
+                out[lo - offset : hi - offset] = page[lo - index * self.PAGE : hi - index * self.PAGE]
         return n
 
     def write(self, data: Any) -> int:
@@ -165,9 +170,7 @@ class DiskImage(io.RawIOBase):
             page = self.pages.get(index)
             if page is None:  # the page as it reads now, then this write over it
                 page = bytearray(self.PAGE)
-                start, self.pos = self.pos, index * self.PAGE
-                self.readinto(page)
-                self.pos = start
+                self._read_at(index * self.PAGE, memoryview(page))
                 self.pages[index] = page
             lo, hi = max(self.pos, index * self.PAGE), min(self.pos + len(view), (index + 1) * self.PAGE)
             page[lo - index * self.PAGE : hi - index * self.PAGE] = view[lo - self.pos : hi - self.pos]
