@@ -24,7 +24,7 @@ from landscape.strategies.base import (
     points_within,
 )
 from landscape.strategies.loop import LoopStrategy
-from landscape.strategies.vmap import VmapStrategy, check_weights_fit
+from landscape.strategies.vmap import VmapStrategy, check_several_points_fit
 
 FIRST_LAYER_POINTS = 8  # points whose first-layer outputs one product of a `firstlayer` strategy forms ...
 FIRST_LAYER_CPU_BLOCK = 32 << 20  # ... within this many bytes on a CPU
@@ -269,7 +269,7 @@ class FirstLayerVmapStrategy(VmapStrategy):
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
-        check_weights_fit(problem, ctx)
+        check_several_points_fit(problem, ctx)
         first = first_layer_of(problem, directions, ctx.memory_budget)
         return cls(problem, directions, first, ctx.points_per_call, ctx.batch_size)
 

@@ -9,7 +9,7 @@ from landscape.problem import Problem
 from landscape.strategies.base import BuildContext, NotApplicable, Strategy
 
 
-def check_weights_fit(problem: Problem, ctx: BuildContext) -> None:
+def check_several_points_fit(problem: Problem, ctx: BuildContext) -> None:
     """NotApplicable when the memory budget holds one point per call (`points_per_call`: its stacked
     weights and activations): no faster than the loop, and a copy of the weights more (a 124M-parameter
     sweep peaked 2 P higher while the probe tried vmap with one point than under the loop)."""
@@ -29,7 +29,7 @@ class VmapStrategy(Strategy):
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
-        check_weights_fit(problem, ctx)
+        check_several_points_fit(problem, ctx)
         return cls(problem, directions, ctx.points_per_call, ctx.batch_size)
 
     def __init__(
