@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -83,6 +85,9 @@ def test_cli_writes_a_complete_curvature_file(linreg_file):
         assert {"eigenvalues", "residuals", "eigenvectors", "trace", "lanczos", "density", "layers", "layout"} <= set(
             f["hessian"]
         )
+        # the set-up (choosing the product method) timed apart from the work: here the whole matrix
+        seconds = json.loads(f["hessian"].attrs["seconds"])
+        assert set(seconds) == {"setup", "dense"} and all(t > 0 for t in seconds.values())
     assert not linreg_file.with_name(linreg_file.name + ".partial").exists()
 
 
