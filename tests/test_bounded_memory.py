@@ -46,17 +46,18 @@ def test_basis_in_blocks_projects_as_one_matrix(monkeypatch):
     expected = W - (W @ Q) @ Q.T
     B.project_out_rows(W)
     torch.testing.assert_close(W, expected, rtol=0, atol=1e-13)
-    Y = torch.randn(7, 2, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(B.combine(Y), Y.T @ Q.T, rtol=0, atol=1e-13)
     for i in range(7):  # a row is a view of where it is kept
         assert torch.equal(B.row(i), Q[:, i])
+    Y = torch.randn(7, 2, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(B.take_combinations(Y), Y.T @ Q.T, rtol=0, atol=1e-13)
+    assert B.rows == 0 and not B._blocks  # handed out: the basis holds nothing more
 
 
 @pytest.mark.parametrize("basis", ["float64", "float32"])
 def test_lanczos_with_a_blocked_or_float32_basis_finds_the_exact_top5(monkeypatch, basis):
     monkeypatch.setattr(basis_module, "BLOCK_BYTES", 5 * 400 * 8)
     A, ev = spectrum_matrix()
-    r = lanczos(lambda V: V @ A, 400, k=5, tol=1e-6, basis=basis)
+    r = lanczos(lambda V: V.to(A.dtype) @ A, 400, k=5, tol=1e-6, basis=basis)
     np.testing.assert_allclose(r.eigenvalues, ev[:5].numpy(), rtol=1e-9 if basis == "float64" else 1e-6)
     assert r.all_converged
     assert r.eigenvectors is not None and r.eigenvectors.dtype == getattr(torch, basis)
@@ -86,6 +87,51 @@ def test_a_start_pair_handed_over_is_freed_after_the_first_step_and_gives_the_sa
     same = lanczos(lambda V: V @ A, 400, k=5, tol=1e-8, start=(v, v @ A))
     np.testing.assert_allclose(r.eigenvalues, ev[:5].numpy(), rtol=1e-10)
     np.testing.assert_array_equal(r.eigenvalues, same.eigenvalues)
+
+
+def test_float32_lanczos_holds_no_vector_beside_its_basis_and_keeps_the_accuracy():
+    """In a float32 basis the product is taken of the basis's own row and the working vector is float32:
+    during each product, no P-sized tensor lives outside the basis (two float64 vectors did). Float32
+    products of a known spectrum still give the top 5 to the tolerance."""
+    import gc
+
+    from landscape.curvature.basis import KrylovBasis
+
+    A, ev = spectrum_matrix()
+    A32 = A.float()
+    gc.collect()
+    known = {t.untyped_storage().data_ptr() for t in (A, A32, ev)}
+    outside: list[int] = []
+
+    def matmat(V: torch.Tensor) -> torch.Tensor:
+        assert V.dtype == torch.float32
+        live = {
+            o.untyped_storage().data_ptr(): o.untyped_storage().nbytes()
+            for o in gc.get_objects()
+            if isinstance(o, torch.Tensor) and 400 in o.shape
+        }
+        (basis,) = [o for o in gc.get_objects() if isinstance(o, KrylovBasis)]
+        held = {b.untyped_storage().data_ptr() for b in basis._blocks} | known
+        assert V.untyped_storage().data_ptr() in held  # the row itself, not a copy
+        outside.append(sum(size for ptr, size in live.items() if ptr not in held))
+        return V @ A32
+
+    r = lanczos(matmat, 400, k=5, tol=1e-4, basis="float32")
+    assert r.all_converged and len(outside) == r.matvecs and max(outside) == 0, outside
+    np.testing.assert_allclose(r.eigenvalues, ev[:5].numpy(), rtol=1e-5)
+    v = r.eigenvectors.double()
+    residual = (v @ A - torch.as_tensor(r.eigenvalues)[:, None] * v).norm(dim=1) / torch.as_tensor(r.eigenvalues)
+    assert float(residual.max()) < 1e-4
+
+
+def test_float32_vectors_are_dotted_in_float64():
+    """Lanczos's alphas and norms: a float32 dot of 3M entries is off by 2e-4 (its tolerance), not these."""
+    from landscape.curvature.lanczos import dot, norm
+
+    a = torch.full((3_000_000,), 0.1, dtype=torch.float32)
+    exact = float(a.double() @ a.double())
+    assert abs(dot(a, a) - exact) < 1e-12 * exact
+    assert norm(a) == pytest.approx(exact**0.5, rel=1e-13)
 
 
 def test_auto_basis_is_float64_only_while_it_fits():
@@ -150,7 +196,7 @@ def test_hutchpp_probes_in_groups_give_the_same_estimate():
 
     def matmat(V: torch.Tensor) -> torch.Tensor:
         widths.append(V.shape[0])
-        return V @ A
+        return V.to(A.dtype) @ A
 
     whole = hutchpp(matmat, 300, matvecs=30, seed=4)
     assert max(widths) == 10

@@ -4,7 +4,7 @@ Lanczos with full re-orthogonalization holds every basis vector: steps x P numbe
 thing a curvature run keeps (on a 124M-parameter model, 1 GB per row in float64). Here the rows are
 appended to blocks allocated as needed (growing never copies what is held), stored in float32 when
 asked (half the memory; the products of a float32 model are no more precise than that), and held on
-the host when the vectors live on a GPU. Vectors in and out stay float64 on the working device.
+the host when the vectors live on a GPU. Vectors in and out are on the working device, in any dtype.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 BLOCK_BYTES = 256 << 20  # rows are grouped into blocks of at most this many bytes (at least one row; at most 16)
+COMBINE_BYTES = 16 << 20  # new rows are formed this many bytes of columns at a time
 
 
 def row_bytes(n: int, dtype: torch.dtype) -> int:
@@ -65,8 +66,14 @@ class KrylovBasis:
         return [*self._blocks[:-1], self._blocks[-1][:tail]] if self._blocks else []
 
     def project_out(self, w: torch.Tensor) -> None:
-        """w -= Q^T (Q w) in place (one classical Gram-Schmidt pass over all rows)."""
+        """w -= Q^T (Q w) in place (one Gram-Schmidt pass over all rows). A w of the basis's dtype and device is
+        changed a block at a time (block modified Gram-Schmidt, equal in exact arithmetic), no temporary of
+        its size; another w through one converted copy and one correction."""
         if not self.rows:
+            return
+        if w.dtype == self.dtype and w.device == self.device:
+            for b in self._filled():
+                w.addmv_(b.T, b @ w, alpha=-1.0)
             return
         v = w.to(self.device, self.dtype)
         correction = torch.zeros_like(v)  # one temporary for the whole pass, not one per block
@@ -90,9 +97,14 @@ class KrylovBasis:
         k = Y.shape[1]
         Y = Y.to(self.device, self.dtype)
         blocks = self._filled()
-        cols = max(1, BLOCK_BYTES // max(1, row_bytes(self.rows, self.dtype)))
+        cols = max(1, COMBINE_BYTES // max(1, row_bytes(k, self.dtype)))
         for c0 in range(0, self.n, cols):
-            new = Y.T @ torch.cat([b[:, c0 : c0 + cols] for b in blocks])  # [k, chunk]
+            new = torch.zeros(k, min(cols, self.n - c0), dtype=self.dtype, device=self.device)  # [k, chunk]
+            start = 0
+            for b in blocks:  # block by block: no copy of the basis's columns (at 10M parameters and 66 rows
+                # one 256 MB copy was the run's high-water mark)
+                new.addmm_(Y[start : start + b.shape[0]].T, b[:, c0 : c0 + cols])
+                start += b.shape[0]
             for i, b in enumerate(blocks):
                 part = new[i * self.block_rows : (i + 1) * self.block_rows]
                 if not part.shape[0]:
@@ -101,12 +113,11 @@ class KrylovBasis:
         self.rows = k
         del self._blocks[-(-k // self.block_rows) :]
 
-    def combine(self, Y: torch.Tensor) -> torch.Tensor:
-        """Y^T Q for coefficients Y [rows, k]: k vectors [k, n] in the basis dtype, on its device."""
-        Y = Y.to(self.device, self.dtype)
-        out = torch.zeros(Y.shape[1], self.n, dtype=self.dtype, device=self.device)
-        start = 0
-        for b in self._filled():
-            out.addmm_(Y[start : start + b.shape[0]].T, b)
-            start += b.shape[0]
+    def take_combinations(self, Y: torch.Tensor) -> torch.Tensor:
+        """The k combinations Y^T Q [k, n] (coefficients Y [rows, k]), made in the basis's own memory
+        (`keep_combinations`) and handed out, the basis left empty: k rows beyond what it held at most, not
+        k rows beside the whole basis (the eigenvectors at the end of a run on a large model)."""
+        self.keep_combinations(Y)
+        out = torch.cat(self._filled())
+        self._blocks, self.rows = [], 0
         return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -179,7 +180,8 @@ def lanczos(
     """Top-k (which='largest') or top-k and bottom-k (which='both') eigenpairs of a symmetric operator.
 
     Lanczos iteration with full re-orthogonalization (Lanczos 1950; Golub & Van Loan 10.1), one
-    product per step. `matmat` maps float64 rows [j, n] to their products; `precision` is the relative
+    product per step. `matmat` maps rows [j, n], in the basis dtype, to their products (a new tensor, which
+    Lanczos updates in place); `precision` is the relative
     precision of those products (float32 products: ~1.2e-7), which floors the attainable residual at
     100 * precision * |lambda_max|. On breakdown (an invariant subspace found) a fresh random vector
     orthogonal to the basis continues the run, so repeated eigenvalues are not missed. `start`, a
@@ -189,8 +191,10 @@ def lanczos(
 
     Memory: the basis (one row per step) in `basis` dtype: 'auto' keeps float64 while max_iter rows fit
     `LANCZOS_FLOAT64_BYTES`, else float32; on `basis_device` (default `device`; 'cpu' keeps it in host
-    memory beside a GPU); besides it, two float64 vectors (and the start pair until the first step).
-    The eigenvectors come out in the basis dtype. `max_rows` caps the basis (what fits in memory): when
+    memory beside a GPU); besides it, one working vector in the basis dtype (the product, made the next
+    vector: the others are read from the basis), the start pair until the first step, and what the
+    product and one projection take. Dot products and norms are summed in float64 either way. The
+    eigenvectors come out in the basis dtype, made in the basis's memory (k rows beyond it at most). `max_rows` caps the basis (what fits in memory): when
     it is full before the pairs converge, the run restarts thick (Wu & Simon 2000), keeping the best
     Ritz vectors, and goes on up to max_iter products.
 
@@ -210,7 +214,7 @@ def lanczos(
     )  # fmt: skip
     evecs = None
     if vectors:
-        evecs = run.basis.combine(torch.from_numpy(np.ascontiguousarray(run.Y[:, run.idx]))).to(device)
+        evecs = run.basis.take_combinations(torch.from_numpy(np.ascontiguousarray(run.Y[:, run.idx]))).to(device)
         evecs.div_(evecs.norm(dim=1, keepdim=True))
         evecs.mul_(pivot_signs(evecs))  # in place: k vectors of P, not three copies
     return Eigenpairs(
@@ -250,16 +254,16 @@ def krylov(
     rows_cap = max_iter if max_rows is None else min(max_iter, max(int(max_rows), want_count + RESTART_SPARE))
     gen = torch.Generator().manual_seed(int(seed))
     Q = KrylovBasis(n, basis_dtype(basis, max_iter, n, LANCZOS_FLOAT64_BYTES), basis_device or device)
+    work = Q.dtype  # the working vector's dtype: a float32 basis is no more precise than a float32 vector
 
     def floor_at(scale: float) -> float:  # the residual the products' precision allows at this |theta| scale
         return residual_floor(precision, scale)
 
-    def fresh() -> torch.Tensor:
-        q = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
+    def fresh() -> torch.Tensor:  # drawn in float64 (the same draws whatever the basis dtype)
+        q = torch.randn(n, generator=gen, dtype=torch.float64).to(device, work)
         for _ in range(2):
             Q.project_out(q)
-        unit: torch.Tensor = q / q.norm()
-        return unit
+        return q.div_(norm(q))
 
     alphas: list[float] = []
     betas: list[float] = []  # betas[j] couples q_j and q_{j+1}
@@ -270,12 +274,14 @@ def krylov(
     if pair is None:
         q = fresh()
     else:
-        v, hv = (t.to(device, torch.float64).reshape(n) for t in pair)
-        q, known = v / v.norm(), hv / v.norm()
+        v, hv = (t.to(device, work).reshape(n) for t in pair)
+        size = norm(v)
+        q, known = v / size, hv / size
         del v, hv, pair  # handed over (`Start`): freed once the first step has used `known`
-    # q_{j-1}'s row in the basis, for the three-term recurrence: read from the basis rather than kept as
-    # one more float64 vector (exactly q_{j-1} in a float64 basis; rounded to float32 in a float32 one,
-    # whose component the re-orthogonalization against the same rows removes right after)
+    # The vectors q_j are read from the basis, not kept beside it: the product is taken of the stored row
+    # (exactly q_j in a float64 basis; q_j rounded to float32 in a float32 one, so alpha and the recurrence
+    # use the very vector whose product was taken, and the re-orthogonalization removes the rounding's
+    # component right after). `prev` is q_{j-1}'s row, for the three-term recurrence.
     prev: int | None = None
     matvecs = 0
     theta = np.zeros(0)
@@ -286,23 +292,23 @@ def krylov(
     with blas_threads(1):  # entered once: per step it cost more than a small model's product
         for step in range(max_iter):
             Q.append(q)
-            # a copy: updated in place below, and a matmat may hand back a tensor it keeps
-            w = (matmat(q[None])[0] if known is None else known).to(torch.float64, copy=True)
+            q = Q.row(Q.rows - 1).to(device)  # the row itself (a view) where the basis is on `device`
+            w = (matmat(q[None])[0] if known is None else known).to(work)  # updated in place below
             known = None
             matvecs += 1
-            a = float(w @ q)
+            a = dot(w, q)
             w.sub_(q, alpha=a)
             if prev is not None:
                 w.sub_(Q.row(prev).to(w.device), alpha=betas[-1])
             # "twice is enough" (Kahan, Parlett), the second pass only when the first cancelled much of w
             # (the DGKS test, as ARPACK does): each pass reads the whole basis twice, which on an 11M-parameter
             # model cost a third of the run when always done twice
-            before = float(w.norm())
+            before = norm(w)
             Q.project_out(w)
-            b = float(w.norm())
+            b = norm(w)
             if b < REORTH_KEEP * before:
                 Q.project_out(w)
-                b = float(w.norm())
+                b = norm(w)
             alphas.append(a)
             last = step + 1 == max_iter
             if Q.rows >= want_count or last:  # before that, not all wanted pairs exist: no need to look
@@ -321,6 +327,7 @@ def krylov(
                 q = fresh()
             else:
                 q = w.div_(b)
+            del w  # q's only reference, so the basis's copy of it is the one held from the next step on
             if Q.rows < rows_cap:
                 betas.append(b)
                 continue
@@ -366,6 +373,25 @@ def _kept(theta: np.ndarray, wanted: np.ndarray, count: int, which: str) -> np.n
     top = np.arange(m - 1, m - 1 - (count + 1) // 2, -1)
     bottom = np.arange(0, count // 2)
     return np.union1d(np.union1d(top, bottom), wanted)[::-1]
+
+
+DOT_CHUNK = 1 << 20  # float32 vectors are dotted in float64 this many entries at a time (8 MB temporaries)
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """<a, b> summed in float64 whatever the vectors' dtype: a float32 dot of 10^8 entries loses about four
+    digits, Lanczos's tolerance; converted a chunk at a time, not as two float64 copies."""
+    if a.dtype == torch.float64 and b.dtype == torch.float64:
+        return float(a @ b)
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
+    for i in range(0, a.numel(), DOT_CHUNK):
+        total += a[i : i + DOT_CHUNK].to(torch.float64) @ b[i : i + DOT_CHUNK].to(torch.float64)
+    return float(total)
+
+
+def norm(v: torch.Tensor) -> float:
+    """||v||, in float64 whatever v's dtype (as `dot`)."""
+    return float(v.norm()) if v.dtype == torch.float64 else math.sqrt(dot(v, v))
 
 
 def residual_floor(precision: float, scale: float) -> float:

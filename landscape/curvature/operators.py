@@ -34,7 +34,7 @@ rank gets exactly the full-data product and runs the same algorithm on it. Every
 changes the sequence of collective calls (which method, batched or looped vectors, one batch or
 several, a method dropped) is made from numbers summed over the ranks, so all ranks decide alike.
 
-Nothing here does I/O; vectors in and out are float64 on the problem's device.
+Nothing here does I/O; vectors in and out are on the problem's device, float64 or float32 (the caller's).
 """
 
 from __future__ import annotations
@@ -226,11 +226,12 @@ class CurvatureOperator:
 
     # ---- public products --------------------------------------------------------------------
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """H v for one vector [size] (float64 in and out)."""
+        """H v for one vector [size] (out in v's dtype)."""
         return self.matmat(v[None])[0]
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
-        """H V^T for vectors stacked as rows [k, size] (float64 in and out); counts k products."""
+        """H V^T for vectors stacked as rows [k, size] (float64 or float32, out in V's dtype: a new tensor);
+        counts k products."""
         t0 = time.perf_counter()
         out = self._apply(self.method, V)
         self._require_finite(out)  # one pass over the products: a NaN must stop a run, not end up in a file
@@ -243,16 +244,16 @@ class CurvatureOperator:
         V = V.to(self.device)
         k = V.shape[0]
         if k == 1:  # Lanczos's case: no chunks to time or fill (a tenth of an MLP product's time went there)
-            one = self._products(method, V.to(self.dtype)).to(torch.float64)
+            one = self._products(method, V.to(self.dtype)).to(V.dtype)
             return self.world.all_sum_(one) if reduce else one
-        res = torch.empty(V.shape, dtype=torch.float64, device=self.device)
+        res = torch.empty(V.shape, dtype=V.dtype, device=self.device)
         step = self.max_vectors
         if k > 1 and self._batched is None:
             step = max(1, min(self.max_vectors, k // 2))  # the first two chunks measure batched against a loop
         start = 0
         while start < k:
             chunk = V[start : start + step].to(self.dtype)
-            res[start : start + chunk.shape[0]] = self._timed_products(method, chunk).to(torch.float64)
+            res[start : start + chunk.shape[0]] = self._timed_products(method, chunk)
             start += chunk.shape[0]
             if self._batched is not None:
                 step = self.max_vectors
@@ -502,7 +503,8 @@ class CurvatureOperator:
 
     @staticmethod
     def _require_finite(product: torch.Tensor) -> None:
-        if not torch.isfinite(product).all():
+        lo, hi = torch.aminmax(product)  # NaN and infinities show in these two (no mask of the product's size)
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
             raise LandscapeError("the curvature product is NaN or infinite at this checkpoint (is the loss finite?)")
 
     def _check_kept_graph(self) -> None:
@@ -578,5 +580,6 @@ def _kept(out: Any) -> torch.Tensor:
 
 
 def _dot(output: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """<output, v> as one number, whose gradient is the vector-Jacobian product v^T d(output)."""
-    return (output * v).sum()
+    """<output, v> as one number, whose gradient is the vector-Jacobian product v^T d(output) (a dot, not
+    (output * v).sum(): no P-sized product is formed, and the gradient, v itself, is the same)."""
+    return torch.dot(output.reshape(-1), v.reshape(-1).to(output.dtype))
