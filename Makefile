@@ -41,8 +41,8 @@ lint: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
-# the suite of ordinary models against a loop script, loss-landscapes and PyHessian, whole processes (about an
-# hour on 2 cores with 3 repeats; BENCH_ARGS="--repeats 1 --entries mlp,resnet18" for less)
+# the suite of ordinary models against a loop script, loss-landscapes and PyHessian, whole processes (about 2.5-3
+# hours on 2 cores with 3 repeats; BENCH_ARGS="--repeats 1 --entries mlp,resnet18" for less)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/suite.py $(BENCH_ARGS)

@@ -180,23 +180,22 @@ def lanczos(
     """Top-k (which='largest') or top-k and bottom-k (which='both') eigenpairs of a symmetric operator.
 
     Lanczos iteration with full re-orthogonalization (Lanczos 1950; Golub & Van Loan 10.1), one
-    product per step. `matmat` maps rows [j, n], in the basis dtype, to their products (a new tensor, which
-    Lanczos updates in place); `precision` is the relative
-    precision of those products (float32 products: ~1.2e-7), which floors the attainable residual at
-    100 * precision * |lambda_max|. On breakdown (an invariant subspace found) a fresh random vector
-    orthogonal to the basis continues the run, so repeated eigenvalues are not missed. `start`, a
-    vector and its product already made (e.g. `CurvatureOperator.probe`, or `take_probe`, which hands
-    them over), replaces the seeded start vector and saves the first product; it counts in `matvecs`
-    all the same.
+    product per step. `matmat` maps rows [j, n], in the basis dtype, to their products (a new tensor,
+    which Lanczos updates in place); `precision` is the relative precision of those products (float32
+    products: ~1.2e-7), which floors the attainable residual at 100 * precision * |lambda_max|. On
+    breakdown (an invariant subspace found) a fresh random vector orthogonal to the basis continues the
+    run, so repeated eigenvalues are not missed. `start`, a vector and its product already made (e.g.
+    `CurvatureOperator.probe`, or `take_probe`, which hands them over), replaces the seeded start
+    vector and saves the first product; it counts in `matvecs` all the same.
 
     Memory: the basis (one row per step) in `basis` dtype: 'auto' keeps float64 while max_iter rows fit
     `LANCZOS_FLOAT64_BYTES`, else float32; on `basis_device` (default `device`; 'cpu' keeps it in host
-    memory beside a GPU); besides it, one working vector in the basis dtype (the product, made the next
-    vector: the others are read from the basis), the start pair until the first step, and what the
-    product and one projection take. Dot products and norms are summed in float64 either way. The
-    eigenvectors come out in the basis dtype, made in the basis's memory (k rows beyond it at most). `max_rows` caps the basis (what fits in memory): when
-    it is full before the pairs converge, the run restarts thick (Wu & Simon 2000), keeping the best
-    Ritz vectors, and goes on up to max_iter products.
+    memory beside a GPU). Besides it: one working vector in the basis dtype (the product, made the next
+    vector; the others are read from the basis), the start pair until the first step, and what the
+    product takes. Dot products and norms are summed in float64 either way. The eigenvectors come out
+    in the basis dtype, formed in the basis's memory (k rows beyond it at most). `max_rows` caps the
+    basis (what fits in memory): when it is full before the pairs converge, the run restarts thick (Wu
+    & Simon 2000), keeping the best Ritz vectors, and goes on up to max_iter products.
 
     Example:
         >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
