@@ -374,7 +374,8 @@ def _kept(theta: np.ndarray, wanted: np.ndarray, count: int, which: str) -> np.n
     return np.union1d(np.union1d(top, bottom), wanted)[::-1]
 
 
-DOT_CHUNK = 1 << 20  # float32 vectors are dotted in float64 this many entries at a time (8 MB temporaries)
+DOT_CHUNK = 1 << 19  # float32 vectors are dotted in float64 this many entries at a time: 4 MB temporaries,
+# reused by the allocator (8 MB ones were page-faulted in anew: 53 ms against 10 ms for 11.2M entries)
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> float:
