@@ -218,15 +218,27 @@ def fuse_for_inference(
     model: nn.Module, keep: frozenset[nn.Module] = frozenset(), fold: bool = True
 ) -> fx.GraphModule | None:
     """The model's forward with BatchNorms folded (unless `fold` is False) and ReLUs in place; None
-    when fx cannot trace it or there is nothing to rewrite. Modules in `keep` are not folded.
+    when fx cannot trace it or there is nothing to rewrite. Modules in `keep` are not folded."""
+    traced = trace(model)
+    return traced if isinstance(traced, fx.GraphModule) and rewrite_for_inference(traced, keep, fold) else None
+
+
+def trace(model: nn.Module) -> fx.GraphModule | str:
+    """The model's graph traced by torch.fx, or why it cannot be traced (one line)."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:  # data-dependent control flow, unpacked shapes, ...: the model is used as it is
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def rewrite_for_inference(traced: fx.GraphModule, keep: frozenset[nn.Module] = frozenset(), fold: bool = True) -> bool:
+    """Fold BatchNorms (unless `fold` is False) and run ReLUs in place, in `traced`'s graph; whether
+    anything changed. Modules in `keep` are not folded.
 
     Folding changes the rounding (one product W*s instead of two passes over the activations):
     below float32 (bfloat16 weights) that moves the outputs by more than rounding, so callers pass
     fold=False there."""
-    try:
-        traced = fx.symbolic_trace(model)
-    except Exception:  # data-dependent control flow, unpacked shapes, ...: the model is used as it is
-        return None
     modules = dict(traced.named_modules())
     graph = traced.graph
     changed = False
@@ -268,12 +280,11 @@ def fuse_for_inference(
         graph.erase_node(node)
         changed = True
 
-    if not changed:
-        return None
-    graph.lint()
-    traced.recompile()
-    traced.eval()
-    return traced
+    if changed:
+        graph.lint()
+        traced.recompile()
+        traced.eval()
+    return changed
 
 
 def has_conv2d(model: nn.Module) -> bool:

@@ -226,3 +226,36 @@ def test_the_fastest_layout_is_kept_and_far_slower_ones_run_once(monkeypatch, se
     conv = nn.Conv2d(4, 4, 3, padding=1)
     assert fused_module._fastest_layout(conv, torch.randn(2, 4, 1, 1), conv.weight, conv.bias, 2) == want
     assert ran == runs
+
+
+class _UntraceableConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        if h.mean() > 0:  # data-dependent control flow
+            h = F.relu(h)
+        return h.flatten(1)[:, :10]
+
+
+def test_the_fused_strategies_say_why_they_do_not_apply():
+    """A timm ViT traces, but has nothing to rewrite (LayerNorm, GELU, a patch convolution): the reason
+    must say that, not that fx cannot trace it; a model fx cannot trace says so, with fx's error."""
+    timm = pytest.importorskip("timm")
+    from landscape.problem import Problem
+    from landscape.strategies.base import NotApplicable
+    from landscape.strategies.fusedgraph import FusedStrategy, _fused_graph
+
+    torch.manual_seed(0)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=8, depth=1
+    )
+    data = (torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    assert FusedStrategy.rules_out(Problem(vit, data)) is None  # a 2-D convolution: the modules cannot tell
+    with pytest.raises(NotApplicable, match=r"^nothing to rewrite: no BatchNorm to fold .* and no ReLU$"):
+        _fused_graph(Problem(vit, data))
+    with pytest.raises(NotApplicable, match=r"^torch\.fx cannot trace the model \(TraceError: .+\)$"):
+        _fused_graph(Problem(_UntraceableConv().eval(), (torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))))

@@ -14,9 +14,10 @@ from landscape.fused import (
     channels_last_input,
     choose_conv_layouts,
     conv_layouts,
-    fuse_for_inference,
     has_conv2d,
+    rewrite_for_inference,
     set_conv_layouts,
+    trace,
 )
 from landscape.model_io import logits_of
 from landscape.problem import Problem
@@ -26,7 +27,7 @@ from landscape.strategies.loop import LoopStrategy
 
 LAYOUT_POINTS = 4.0  # timing the convolutions' layouts costs about this many forward passes (2 runs of 2-3 layouts,
 # fewer where one is far behind)
-NOTHING_TO_FUSE = "no BatchNorm after a Conv/Linear to fold and no 2-D convolution (or torch.fx cannot trace the model)"
+NOTHING_TO_FUSE = "no BatchNorm after a Conv/Linear to fold and no 2-D convolution"
 
 
 def nothing_to_fuse(problem: Problem) -> str | None:
@@ -39,16 +40,21 @@ def nothing_to_fuse(problem: Problem) -> str | None:
 
 
 def _fused_graph(problem: Problem, keep: frozenset[nn.Module] = frozenset()) -> fx.GraphModule:
-    """`fuse_for_inference`'s graph of the problem's model, or NotApplicable when it would not help."""
+    """The problem's model traced and rewritten by `landscape.fused`, or NotApplicable saying why it would not help."""
     why = nothing_to_fuse(problem)
     if why is not None:
         raise NotApplicable(why)
     model = problem.model
-    fused = fuse_for_inference(model, keep, fold=problem.dtype in (torch.float32, torch.float64))
-    folded = fused is not None and any(isinstance(m, FoldedNorm) for m in fused.modules())
-    if fused is None or not (folded or has_conv2d(model)):  # ReLUs in place alone gained under 5%: not worth probing
-        raise NotApplicable(NOTHING_TO_FUSE)
-    return fused
+    traced = trace(model)
+    if isinstance(traced, str):
+        raise NotApplicable(f"torch.fx cannot trace the model ({traced})")
+    changed = rewrite_for_inference(traced, keep, fold=problem.dtype in (torch.float32, torch.float64))
+    if not any(isinstance(m, FoldedNorm) for m in traced.modules()):
+        if not changed:
+            raise NotApplicable("nothing to rewrite: no BatchNorm to fold (eval mode, after a Conv/Linear) and no ReLU")
+        if not has_conv2d(model):  # ReLUs in place alone gained under 5%: not worth probing
+            raise NotApplicable("no BatchNorm to fold (eval mode, after a Conv/Linear) and no 2-D convolution")
+    return traced
 
 
 def _use_fused(strat: LoopStrategy, fused: fx.GraphModule, ctx: BuildContext, layout_x: bool = True) -> None:
