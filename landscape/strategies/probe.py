@@ -4,6 +4,7 @@ applies, timed on real grid points whose values are kept."""
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -56,28 +57,30 @@ def tune_batch_size(
     """The batch size whose forward passes over the whole data set are fastest (cache effects make
     the whole set in one batch slower for some models on a CPU); `one_pass(size)` times one pass.
 
-    The sizes are timed in interleaved rounds (the best of `rounds` per size), so a busy spell on
-    the machine hits every size alike, and a size below the cap is taken only when it is clearly
-    faster (under `margin` times the cap's time): a lucky pass once made the transformer sample run
-    at half its batch, 15% slower. A first pass at the cap warms up (it is not compared: a cold
-    pass once made a quarter of GPT-2's batch look 1.26x faster) and sizes the budget: each round
-    runs only if `affords` the seconds its passes at the other sizes would take (about the cap's
-    time each): on a short run of a costly model, trying sizes would cost more than a better one
-    could save.
+    The sizes are timed in interleaved rounds, and a size below the cap is taken only when it was
+    clearly faster (under `margin` times the cap's time) than the cap in the same round, in every
+    one of two rounds or more: one pass on two shared cores varies by 30% (a timm ViT, 0.32-0.55 s),
+    and one lucky pass at 1/16 of the batch, compared with the cap's, made a 441-point sweep run at
+    that size 17% slower than the whole batch. A first pass at the cap warms up (it is not compared:
+    a cold pass once made a quarter of GPT-2's batch look 1.26x faster) and sizes the budget: each
+    round runs only if `affords` the seconds its passes at the other sizes would take (about the
+    cap's time each): on a short run of a costly model trying sizes costs more than a better one
+    could save, and with fewer than two rounds the cap is kept.
     """
     cap = problem.batch_size
     sizes = sorted({min(problem.n, s) for s in (cap, cap // 2, cap // 4, cap // 16) if s >= 1}, reverse=True)
     first = one_pass(sizes[0])
     if len(sizes) == 1:
         return sizes[0]
-    best = dict.fromkeys(sizes, math.inf)
+    ratios: dict[int, list[float]] = {size: [] for size in sizes[1:]}  # each size's time over the cap's, per round
     for _ in range(rounds):
         if not affords((len(sizes) - 1) * first):
             break
-        for size in sizes:
-            best[size] = min(best[size], one_pass(size))
-    fastest = min(sizes, key=lambda s: best[s])
-    return fastest if best[fastest] < margin * best[sizes[0]] else sizes[0]
+        seconds = {size: one_pass(size) for size in sizes}
+        for size in sizes[1:]:
+            ratios[size].append(seconds[size] / seconds[sizes[0]])
+    clear = [size for size, r in ratios.items() if len(r) >= 2 and max(r) < margin]
+    return min(clear, key=lambda size: statistics.median(ratios[size])) if clear else sizes[0]
 
 
 @dataclass
