@@ -9,13 +9,15 @@ logits found that way; a user's loss gets the output as it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 
 from landscape.errors import LandscapeError
 
@@ -72,6 +74,31 @@ def math_attention() -> AbstractContextManager[None]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH])
+
+
+class _TwiceDifferentiable(TorchFunctionMode):
+    """Functions whose backward PyTorch cannot differentiate again, run as equal compositions it can:
+    `hardsigmoid` (MobileNetV3's squeeze-excite gates and hard-swish blocks in timm) as relu6(x + 3) / 6,
+    the formula of its kernel. The output is a new tensor even where the call asked for in place."""
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is F.hardsigmoid:
+            x = args[0] if args else kwargs["input"]
+            return F.relu6(x + 3.0) / 6.0
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def twice_differentiable() -> Iterator[None]:
+    """The context of every curvature forward pass: attention through its math kernel (`math_attention`)
+    and the few functions without a double backward through equal compositions that have one
+    (`_TwiceDifferentiable`): torchvision's MobileNetV3 failed every Hessian product with "derivative
+    for aten::hardsigmoid_backward is not implemented"."""
+    with math_attention(), _TwiceDifferentiable():
+        yield
 
 
 def logits_of(out: Any) -> torch.Tensor:

@@ -686,3 +686,45 @@ def test_input_and_target_keys_name_the_columns(cli, tmp_path):
     assert r.code == 0, r.err
     truth = copy.deepcopy(net).double()
     check_sweep(tmp_path / "s.h5", truth, lambda m, p: F.cross_entropy(functional_call(m, p, (x.double(),)), y.long()))
+
+
+def test_mobilenet_v3_hessian_through_hardsigmoid_against_finite_differences():
+    """torchvision's MobileNetV3 gates its squeeze-excite blocks with hardsigmoid, whose backward PyTorch
+    cannot differentiate again: every Hessian product failed. Each curvature forward now runs it as
+    relu6(x + 3) / 6; the products must equal central differences of gradients taken through the
+    model's own hardsigmoid (first derivatives only), and `hessian` must find an eigenpair that holds."""
+    torchvision = _import("torchvision")
+    import landscape as ls
+    from landscape.curvature.operators import CurvatureOperator
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=5).double().eval()
+    for m in model.modules():  # running statistics off their defaults, as a trained model has them
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.randint(0, 5, (4,))
+    # the landscape over the first block (its squeeze-excite gate included); the forward runs the whole model
+    problem = ls.Problem(model, (x, y), "cross-entropy", dtype=torch.float64, params=r"features\.1\.")
+    names = problem.layout.names
+    assert any("fc2" in n for n in names)  # the gate's input layer: its Hessian goes through hardsigmoid twice
+
+    def gradient(flat: torch.Tensor) -> torch.Tensor:
+        params = {n: t.requires_grad_() for n, t in problem.layout.unflatten(flat.clone()).items()}
+        loss = F.cross_entropy(functional_call(model, params, (x,)), y)
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, [params[n] for n in names])])
+
+    def by_differences(v: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+        return (gradient(problem.theta + eps * v) - gradient(problem.theta - eps * v)) / (2 * eps)
+
+    v = torch.randn(2, problem.layout.size, dtype=torch.float64)
+    got = CurvatureOperator(problem).matmat(v)
+    for i in range(2):
+        want = by_differences(v[i])
+        assert float((got[i] - want).norm()) < 1e-5 * float(want.norm())
+    result = ls.hessian(problem, top_k=1)
+    assert result.model.eigen is not None and result.model.eigen.eigenvectors is not None
+    value, vector = float(result.model.eigen.eigenvalues[0]), result.model.eigen.eigenvectors[0].double()
+    hv = by_differences(vector)
+    assert float(vector @ hv) == pytest.approx(value, rel=1e-5)
+    assert float((hv - value * vector).norm()) < 1e-3 * abs(value)

@@ -49,7 +49,7 @@ import torch
 from landscape.distributed import World
 from landscape.errors import ArgumentError, LandscapeError
 from landscape.losses import is_builtin
-from landscape.model_io import Inputs, call_functional, logits_of, map_inputs, math_attention, take
+from landscape.model_io import Inputs, call_functional, logits_of, map_inputs, take, twice_differentiable
 from landscape.names import CURVATURES, METHODS
 from landscape.params import Layout
 from landscape.problem import Problem
@@ -181,9 +181,9 @@ class CurvatureOperator:
         return w * self.problem.loss_fn(self._forward(u, xb), yb)
 
     def _forward(self, u: torch.Tensor, xb: Inputs) -> Any:
-        """The model's output at block weights `u`, attention through a twice-differentiable kernel."""
+        """The model's output at block weights `u`, through twice-differentiable kernels."""
         params = {**self.fixed, **self.sub.unflatten(u)}
-        with math_attention():  # the fused attention kernels have no double backward
+        with twice_differentiable():  # the fused attention kernels and hardsigmoid have no double backward
             return call_functional(self.problem.model, (params, self.problem.buffers), xb)
 
     def _logits(self, out: Any) -> torch.Tensor:
