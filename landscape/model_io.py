@@ -78,7 +78,7 @@ def math_attention() -> AbstractContextManager[None]:
 
 class _TwiceDifferentiable(TorchFunctionMode):
     """Functions whose backward PyTorch cannot differentiate again, run as equal compositions it can:
-    `hardsigmoid` (MobileNetV3's squeeze-excite gates and hard-swish blocks in timm) as relu6(x + 3) / 6,
+    `hardsigmoid` (the squeeze-excite gates of torchvision's MobileNetV3) as relu6(x + 3) / 6,
     the formula of its kernel. The output is a new tensor even where the call asked for in place."""
 
     def __torch_function__(
