@@ -654,7 +654,8 @@ def test_the_probe_cost_is_counted_at_the_winners_pace_not_at_its_luckiest_point
 def test_a_smaller_batch_is_taken_only_when_every_round_shows_it_clearly_faster(rounds, want):
     """Batch sizes are compared with the cap within each round (a busy spell slows a whole round) and a
     smaller one is taken only when it beat the cap by over 10% in every one of two rounds or more:
-    a single lucky pass at 1/16 of a timm ViT's batch once made its sweep 17% slower."""
+    a single lucky pass at 1/16 of a timm ViT's batch once made its sweep 17% slower. When the
+    budget affords one round only, none is run."""
     from types import SimpleNamespace
 
     from landscape.strategies.probe import tune_batch_size
@@ -666,11 +667,16 @@ def test_a_smaller_batch_is_taken_only_when_every_round_shows_it_clearly_faster(
         assert size == expected
         return seconds
 
-    left = [len(rounds)]
+    per_round = 3 * 1.0  # the other sizes' passes, at the cap's warm-up time each
+    budget = [per_round * len(rounds)]  # the probe affords these rounds
 
     def affords(seconds: float) -> bool:
-        left[0] -= 1
-        return left[0] >= 0
+        if seconds > budget[0]:
+            return False
+        budget[0] -= per_round  # the round asked for is run
+        return True
 
     problem = SimpleNamespace(batch_size=64, n=100)
     assert tune_batch_size(problem, one_pass, affords=affords) == want  # type: ignore[arg-type]
+    # a lone round decides nothing, so it is not run either
+    assert list(passes) == (list(rounds[0].items()) if len(rounds) < 2 else [])
