@@ -1,6 +1,6 @@
 """Scale: ranks, memory per command, a 124M-parameter model on the CPU, and the GPU path when present.
 
-Run:  .venv/bin/python benchmarks/scale.py [--parts ranks,memory,large,gpu] [--sizes 10M,124M]
+Run:  .venv/bin/python benchmarks/scale.py [--parts ranks,memory,live,large,gpu] [--sizes 10M,124M]
 
 - ranks: the same sweep with 1 process and with `torchrun --nproc-per-node 2` (gloo), each rank with
   one thread; points/s from the sweep's own timer (the `seconds` attribute of the results file).
@@ -9,6 +9,9 @@ Run:  .venv/bin/python benchmarks/scale.py [--parts ranks,memory,large,gpu] [--s
   Each `landscape` command runs as its own process; its peak RSS comes from the kernel (wait4), beside
   that of a process that loads the same model and data and makes one forward pass. The excess over
   it is also given in P-sized float32 vectors (4 P bytes).
+- live (not in the default parts): `hessian --top-k 5` on the memory part's models (not 124M) through the
+  library, with freed memory handed back at once, so the peak is what the run holds: the basis and the
+  P-sized vectors beyond it.
 - large: the 124M model through `sweep` 21x21, `hessian --top-k 5 --trace` and `roughness`, wall time
   and peak RSS of each (the memory part's 124M rows are this).
 - gpu (only when CUDA is available): the 124M model, a 5x5 grid in bfloat16 and float32: points/s,
@@ -203,6 +206,45 @@ def memory_table(sizes: list[str], grid: int, only: tuple[str, ...]) -> None:  #
                 )
 
 
+LIVE = """
+import ctypes, gc, json, sys, torch, transformers
+ctypes.CDLL(None).mallopt(-3, 1 << 20), ctypes.CDLL(None).mallopt(-1, 1 << 20)  # freed blocks go back at once
+import landscape as ls
+def rss(key="VmRSS:"):
+    return next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith(key))
+model = transformers.GPT2LMHeadModel.from_pretrained(sys.argv[1]).eval()
+problem = ls.Problem(model, torch.load(sys.argv[2]), loss="next-token")
+with torch.no_grad():
+    model(**torch.load(sys.argv[2]))
+gc.collect()
+base = rss()
+open("/proc/self/clear_refs", "w").write("5")  # the kernel's peak (VmHWM) from here
+r = ls.hessian(problem, say=lambda msg: None, **json.loads(sys.argv[3]))
+print(json.dumps({"peak": rss("VmHWM:") - base, "steps": r.model.eigen.iterations, "P": problem.layout.size}))
+"""
+
+
+def live_table(sizes: list[str]) -> None:
+    """The Lanczos run's live memory beyond its basis: `hessian --top-k 5` through the library in a process
+    whose freed blocks over 1 MB go back to the kernel at once (the CLI keeps up to 1 GiB for reuse, which
+    its RSS counts), peak over a forward pass from the kernel's high-water mark, in P-sized float32 vectors
+    (the basis is float32 at these sizes: one vector per step)."""
+    import json
+
+    print("Live peak of hessian --top-k 5 (library, freed memory returned at once), in P-sized float32 vectors")
+    print(f"{'model':>6} {'steps':>5} {'peak over fwd':>13} {'beyond the basis':>16}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for size in sizes:
+            model, data, _ = prepared_gpt2(work, size)
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            args = [sys.executable, "-c", LIVE, str(model), str(data), json.dumps({"top_k": 5})]
+            out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+            got = json.loads(out)
+            vectors = got["peak"] / (4 * got["P"])
+            print(f"{size:>6} {got['steps']:5d} {vectors:13.1f} {vectors - got['steps']:16.1f}")
+
+
 def gpt2_small() -> torch.nn.Module:
     """GPT-2-small shapes in plain torch (no transformers needed on the device): 12 layers, 12 heads, width 768,
     vocabulary 50257, the head tied to the token embedding: 124M parameters (random weights)."""
@@ -363,6 +405,8 @@ def main() -> None:
             "roughness (10 dirs x 11 pts)",
         )
         memory_table([s for s in args.sizes.split(",") if s != "124M"], args.memory_grid, each)
+    if "live" in parts:
+        live_table([s for s in args.sizes.split(",") if s != "124M"])
     if "large" in parts:  # the 124M density (800 products, about an hour on 2 cores) is left out
         memory_table(["124M"], args.grid, ("sweep", "hessian --top-k 5 --trace", "roughness (10 dirs x 11 pts)"))
     if "gpu" in parts:
