@@ -769,3 +769,64 @@ def test_a_pick_keeps_its_layouts_in_the_slot_or_leaves_them_out():
     )
     for damaged in ("fused 512 1 l3", "fused 1 2 3", "fused 512 1 3L", "nothing 1 1", ""):
         assert Pick.parse(damaged) is None, damaged
+
+
+LSTM_MODEL = """
+import torch
+from torch import nn
+
+
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.rnn, self.out = nn.Embedding(50, 16), nn.LSTM(16, 24, batch_first=True), nn.Linear(24, 5)
+
+    def forward(self, tokens):
+        hidden, _ = self.rnn(self.emb(tokens))
+        return self.out(hidden[:, -1])
+"""
+
+
+def test_a_named_strategy_that_cannot_run_the_model_is_blamed_not_the_model(cli, tmp_path, monkeypatch):
+    """torch.vmap has no batching rule for nn.LSTM: `--strategy vmap` said "the model or loss failed at the
+    point (0)" of a model the loop runs. Now the strategy is named (exit 2, no file); `auto` runs it
+    with the loop, and a loss that fails under the loop too is still the model's or loss's failure."""
+    import landscape as ls
+    from landscape.errors import ArgumentError, PointFailure
+
+    (tmp_path / "tagger.py").write_text(LSTM_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from tagger import Tagger  # type: ignore[import-not-found]
+
+    torch.manual_seed(0)
+    model = Tagger()
+    tokens, labels = torch.randint(0, 50, (32, 7)), torch.randint(0, 5, (32,))
+    torch.save(model.state_dict(), tmp_path / "tagger.pt")
+    torch.save({"x": tokens, "y": labels}, tmp_path / "data.pt")
+    out = tmp_path / "s.h5"
+    args = ("sweep", "--model", f"{tmp_path / 'tagger.py'}:Tagger", "--checkpoint", tmp_path / "tagger.pt")
+    res = cli(*args, "--data", tmp_path / "data.pt", "--x", "-1:1:3", "--strategy", "vmap", "-o", out)
+    assert res.code == 2 and not out.exists(), res.err
+    (line,) = _errors(res)
+    assert line.startswith("error: --strategy 'vmap': cannot run this model (RuntimeError: Batching rule"), line
+
+    problem = ls.Problem(model, (tokens, labels))
+    axes = ls.random_axes(problem, 1, seed=0)
+    with pytest.raises(ArgumentError, match=r"strategy='vmap': cannot run this model"):
+        ls.sweep(problem, axes, x=(-1, 1, 3), strategy="vmap", warn=lambda msg: None)
+    auto = ls.sweep(problem, axes, x=(-1, 1, 3), warn=lambda msg: None)
+    loop = ls.sweep(problem, axes, x=(-1, 1, 3), strategy="loop")
+    assert auto.run["strategy"] == "loop" and np.array_equal(auto.loss, loop.loss)
+
+    class Fails(torch.nn.Linear):  # indexes out of range once its weights move, under any strategy
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            moved = (self.weight - self.start).abs().sum().gt(0).long()
+            return super().forward(x) + torch.zeros(1)[moved]
+
+    fails = Fails(4, 3)
+    fails.start = fails.weight.detach().clone()
+    failing = ls.Problem(fails, (torch.randn(16, 4), torch.randint(0, 3, (16,))))
+    with pytest.raises(
+        PointFailure, match=r"the model or loss failed at the point \(-?1\): IndexError: index 1 is out"
+    ):
+        ls.sweep(failing, ls.random_axes(failing, 1), x=(-1, 1, 3), strategy="vmap", warn=lambda msg: None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -279,6 +280,10 @@ def evaluate_points(
             todo = todo[~np.isin(todo, stored)]
             on_progress(len(todo))
         total, last = len(todo), chosen.name
+        named = where or _grid_point(coords)
+        # a point that a strategy the user named cannot run: its fault, or the model's? the loop says
+        loop = partial(build, "loop") if strategy != "auto" and chosen.name != "loop" and world.size == 1 else None
+        failure = partial(_failure_at, named, loop, chosen.name, problem, coords)
         while len(todo):
             name, size = world.broadcast(recheck.plan(total - len(todo), len(todo)) if world.main else None)
             used = recheck.strategy(name)
@@ -288,7 +293,7 @@ def evaluate_points(
             idx = todo[:size]
             mine = idx[world.shard(len(idx))]
             t0 = time.perf_counter()
-            result = _evaluate_chunk(used, coords, mine, keep, warn, world, where or _grid_point(coords))
+            result = _evaluate_chunk(used, coords, mine, keep, warn, world, failure, named)
             seconds = time.perf_counter() - t0
             keep(mine, result)
             todo = todo[size:]
@@ -303,6 +308,35 @@ def evaluate_points(
     choice.strategy = recheck.held[recheck.current]
     choice.switches = [s.text() for s in recheck.switches]
     return choice
+
+
+def _failure_at(
+    where: Callable[[int], str],
+    loop: Callable[[], Strategy] | None,
+    name: str,
+    problem: Problem,
+    coords: torch.Tensor,
+    i: int,
+    exc: Exception,
+) -> Exception:
+    """The error for the point `i` that the strategy `name` failed to evaluate alone: the model's or
+    loss's; or, with a `loop` to check a strategy the user named, the strategy's when the plain loop
+    runs the point (vmap on an LSTM, which "the model or loss failed" would misname)."""
+    if loop is None:
+        return point_failure(where(i), exc)
+    plain = loop()
+    try:
+        plain.evaluate(coords[i : i + 1])
+    except Exception as mine:
+        return point_failure(where(i), mine)
+    finally:
+        plain.write_params(problem.theta)
+        plain.close()
+    return ArgumentError(
+        "strategy",
+        name,
+        f"cannot run this model ({one_line(exc)}); auto picks a strategy that can, loop runs any model",
+    )
 
 
 def _pick_of(strat: Strategy) -> Pick:
@@ -324,10 +358,11 @@ def _evaluate_chunk(
     keep: Callable[[np.ndarray, Evaluation | None], np.ndarray],
     warn: Callable[[str], None],
     world: World,
+    failure: Callable[[int, Exception], Exception],
     where: Callable[[int], str],
 ) -> Evaluation | None:
     """This rank's points of a chunk; when the model or loss raises, the points are tried one at a
-    time (one process), those before the failing one kept, and the failing one named."""
+    time (one process), those before the failing one kept, and the failing one named by `failure`."""
     if not len(mine):
         return None
     try:
@@ -335,10 +370,10 @@ def _evaluate_chunk(
     except RunFailure:
         raise
     except Exception as exc:
-        if len(mine) == 1 or world.size > 1:
-            first = where(int(mine[0]))
-            at = first if len(mine) == 1 else f"one of {len(mine)} points from {first}"
-            raise point_failure(at, exc) from exc
+        if len(mine) == 1:
+            raise failure(int(mine[0]), exc) from exc
+        if world.size > 1:
+            raise point_failure(f"one of {len(mine)} points from {where(int(mine[0]))}", exc) from exc
         together = exc
     parts: list[Evaluation] = []
     for j in range(len(mine)):
@@ -349,7 +384,7 @@ def _evaluate_chunk(
         except Exception as exc:
             if parts:
                 keep(mine[:j], concat(parts))
-            raise point_failure(where(int(mine[j])), exc) from exc
+            raise failure(int(mine[j]), exc) from exc
     warn(f"{len(mine)} points together failed ({one_line(together)}); one at a time they ran")
     return concat(parts)
 
