@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch import fx
 
 from landscape.errors import LandscapeError
+from landscape.layers import AFFINE_LAYERS, BATCHNORMS, computes_stock
 
 State = Mapping[str, torch.Tensor]
 
@@ -250,6 +251,9 @@ class _GraphReader:
             self.fix_all(node)  # a module called twice: its units would need one permutation for two inputs
             return
         prefix = f"{name}." if name else ""
+        if isinstance(mod, AFFINE_LAYERS + BATCHNORMS) and not computes_stock(mod):
+            self.fix_all(node)  # a subclass, hook or parametrization: its weights may not be the unit's rows
+            return
         if isinstance(mod, nn.Linear):
             if f is not None and f.axis == len(_shape(node.args[0]) or ()) - 1:
                 self.add(f.space, prefix + "weight", 1, f.repeat)

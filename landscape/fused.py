@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
 
+from landscape.layers import computes_stock
+
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 RELUS = (F.relu, torch.relu)
@@ -197,7 +199,9 @@ def norm_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 def _foldable(layer: nn.Module, norm: nn.Module) -> bool:
     out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     return (
-        not norm.training
+        computes_stock(layer)
+        and computes_stock(norm)
+        and not norm.training
         and norm.running_mean is not None
         and norm.running_var is not None
         and norm.num_features == out

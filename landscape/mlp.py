@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
 
+from landscape.layers import linear_in_own_weights
 from landscape.losses import cross_entropy, mse
 
 # modules and functions that act elementwise (so any memory layout is fine), without parameters;
@@ -74,7 +75,8 @@ class MlpChain:
         """The chain when `model` is one (traced by torch.fx), starts with a Linear (after an
         optional flatten) and all its Linear parameters are among `names`; else None."""
         if isinstance(model, nn.Linear):  # a linear or logistic regression: fx would trace into its forward
-            return cls([("", model)], False) if {n for n, _ in model.named_parameters()} <= names else None
+            stock = linear_in_own_weights(model) and {n for n, _ in model.named_parameters()} <= names
+            return cls([("", model)], False) if stock else None
         if not chain_leaves_only(model):
             return None  # not worth tracing (a transformer's trace took 15-30 ms)
         try:
@@ -129,7 +131,7 @@ def _step(node: fx.Node, modules: dict[str, nn.Module]) -> Step | str | None:
     if node.op == "call_module":
         module = modules[str(node.target)]
         if isinstance(module, nn.Linear):
-            return f"{node.target}.", module
+            return (f"{node.target}.", module) if linear_in_own_weights(module) else None
         if isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1:
             return "flatten"
         if isinstance(module, IDENTITIES):

@@ -4,6 +4,8 @@ weight matching undoes it exactly; on two independently trained MLPs it lowers t
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -114,6 +116,17 @@ def test_units_used_any_other_way_stay_in_place():
     spec = permutation_spec(Free().double().eval(), torch.randn(3, 6, dtype=torch.float64))
     assert [(g.label, g.size) for g in spec.groups] == [("a", 8)]
     assert {m.name for m in spec.groups[0].members} == {"a.weight", "a.bias", "b.weight", "b.bias", "head.weight"}
+
+    # a layer whose weight is computed (weight norm, in a pre-hook or a parametrization) fixes its units
+    # and its inputs' (it said "internal check failed for 2.weight"); the layers before still align
+    for norm in (nn.utils.weight_norm, nn.utils.parametrizations.weight_norm):
+        with warnings.catch_warnings(action="ignore", category=FutureWarning):
+            normed = norm(nn.Linear(8, 8))
+        layers = nn.Sequential(
+            nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), normed, nn.ReLU(), nn.Linear(8, 3)
+        )
+        spec = permutation_spec(layers.double().eval(), torch.randn(3, 6, dtype=torch.float64))
+        assert [(g.label, g.size) for g in spec.groups] == [("0", 8)]
 
 
 def test_path_align_barrier_is_zero_for_a_permuted_copy_and_lower_for_independent_runs():

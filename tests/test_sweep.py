@@ -178,6 +178,60 @@ def test_first_layer_found_only_when_fed_by_input():
     assert find_first_layer(sample_problem("transformer", samples=8)) is None
 
 
+class _Scaled(nn.Linear):  # computes more than F.linear of its weights (a scaled or quantized Linear)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * (1 + self.weight.pow(2).sum())
+
+
+class _ScaledConv(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * (1 + self.weight.pow(2).sum())
+
+
+def _old_style_weight_norm(layer: nn.Module) -> nn.Module:
+    with pytest.warns(FutureWarning):  # recomputes `weight` from weight_g and weight_v in a forward pre-hook
+        return nn.utils.weight_norm(layer)
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda layer: _Scaled(4, 16) if isinstance(layer, nn.Linear) else _ScaledConv(4, 16, 3),
+        _old_style_weight_norm,
+        nn.utils.parametrizations.weight_norm,
+    ],
+    ids=["subclass", "weight-norm-hook", "weight-norm-parametrized"],
+)
+def test_fast_paths_leave_layers_that_compute_more_than_the_stock_layer_to_the_model(wrap):
+    """The fast paths compute a Linear, Conv or BatchNorm from its weights themselves: on a subclass
+    with its own forward, a pre-hook or a parametrization they gave values 16 apart from the loop's
+    (firstlayer, mlp) or folded a stale weight into a BatchNorm. Every strategy that still runs
+    matches the loop; those that cannot compute such a layer say so."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(wrap(nn.Linear(4, 16)), nn.ReLU(), nn.Linear(16, 3))
+    cnn = nn.Sequential(  # the second conv's BatchNorm would be folded into it
+        nn.Conv2d(3, 4, 3), nn.ReLU(), wrap(nn.Conv2d(4, 16, 3)), nn.BatchNorm2d(16), nn.Flatten(), nn.Linear(256, 3)
+    )
+    for model, x in ((mlp, torch.randn(24, 4)), (cnn, torch.randn(24, 3, 8, 8))):
+        model = model.double().eval()
+        y = torch.randint(0, 3, (24,))
+        problem = make_problem(model, model.state_dict(), x, y, cross_entropy, device="cpu", dtype=torch.float64)
+        dirs = random_directions(2, problem.theta, problem.layout, seed=3, norm="layer")
+        coords = grid_coords([torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 2)])
+        ran = []
+        for strategy in UNCOMPILED:
+            try:
+                strat = build_strategy(strategy, problem, dirs, points_per_call=4)
+            except NotApplicable:
+                continue
+            res = strat.evaluate(coords)
+            strat.close()
+            ran.append(strategy)
+            for i, c in enumerate(coords):
+                assert res.loss[i].item() == pytest.approx(direct_loss(problem, problem.theta + c @ dirs)[0], rel=1e-9)
+        assert "vmap" in ran and not {"firstlayer", "mlp"} & set(ran if model is mlp else ()), ran
+
+
 def test_probe_keeps_fastest_and_its_values():
     problem = sample_problem("mlp", samples=200)
     dirs = random_directions(2, problem.theta, problem.layout, seed=0)

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from landscape.fused import norm_affine
+from landscape.layers import linear_in_own_weights
 from landscape.model_io import Inputs
 from landscape.problem import Problem
 from landscape.strategies.base import (
@@ -54,8 +55,8 @@ def find_first_layer(problem: Problem) -> tuple[str, nn.Module] | None:
     finally:
         for h in handles:
             h.remove()
-    if not hits:
-        return None
+    if not hits or not linear_in_own_weights(hits[0][1]):
+        return None  # a subclass, hook or parametrization (weight norm) computes more than the stock layer
     owned = set(_param_names(hits[0]))
     if not owned or not owned <= set(problem.layout.names):
         return None
@@ -183,7 +184,10 @@ def first_layer_of(problem: Problem, directions: torch.Tensor, budget: int) -> t
     """The first layer a `firstlayer` strategy caches; NotApplicable without one, ValueError when its cache would not fit."""
     first = find_first_layer(problem)
     if first is None:
-        raise NotApplicable("the model does not start with a Linear/Conv layer fed directly by the input")
+        raise NotApplicable(
+            "the model does not start with a stock Linear/Conv layer fed directly by the input (not a subclass with "
+            "its own forward, hooks or a parametrization)"
+        )
     if cache_bytes_first_layer(problem, first, directions.shape[0]) > budget:
         raise ValueError("the first layer's cached outputs would not fit the memory budget")
     return first
