@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from landscape.fused import norm_affine
 from landscape.layers import linear_in_own_weights
-from landscape.model_io import Inputs
+from landscape.model_io import Inputs, call
 from landscape.problem import Problem
 from landscape.strategies.base import (
     BuildContext,
@@ -32,15 +32,17 @@ FIRST_LAYER_CPU_BLOCK = 32 << 20  # ... within this many bytes on a CPU
 
 
 def find_first_layer(problem: Problem) -> tuple[str, nn.Module] | None:
-    """The Linear/Conv module that receives the raw input x, if the model starts with one."""
+    """The Linear/Conv module that receives the raw input x, if the model starts with one and calls it once."""
     probe, _ = problem.head(2)
     if not isinstance(probe, torch.Tensor):
         return None  # keyword inputs (token ids and masks): the first layer is not fed by one input tensor
     hits: list[tuple[str, nn.Module]] = []
+    calls: dict[str, int] = {}
     handles = []
 
     def hook(name: str, module: nn.Module) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def fn(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            calls[name] = calls.get(name, 0) + 1
             if not hits and args and args[0] is probe:
                 hits.append((name, mod))
 
@@ -57,10 +59,35 @@ def find_first_layer(problem: Problem) -> tuple[str, nn.Module] | None:
             h.remove()
     if not hits or not linear_in_own_weights(hits[0][1]):
         return None  # a subclass, hook or parametrization (weight norm) computes more than the stock layer
+    if calls[hits[0][0]] > 1:
+        return None  # applied again, to other inputs than x (a layer shared across steps or branches)
     owned = set(_param_names(hits[0]))
     if not owned or not owned <= set(problem.layout.names):
         return None
     return hits[0]
+
+
+def reads_weights_elsewhere(problem: Problem, first: tuple[str, nn.Module]) -> bool:
+    """Whether the loss depends on the first layer's weights other than through its call (a tied
+    decoder, another module sharing them): the loss on a few rows with the layer's output given and
+    its weights NaN differs from the loss with them."""
+    x, y = problem.head(2)
+    layer = first[1]
+    params = list(layer.parameters(recurse=False))
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        given = layer(x)
+        want = problem.loss_fn(call(problem.model, x), y)
+        layer.forward = lambda *_: given
+        try:
+            for p in params:
+                p.fill_(float("nan"))
+            got = problem.loss_fn(call(problem.model, x), y)
+        finally:
+            del layer.forward
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+    return not torch.allclose(got, want, rtol=0, atol=0, equal_nan=True)
 
 
 class FirstLayerCache:
@@ -222,7 +249,9 @@ class FirstLayerStrategy(LoopStrategy):
     ):
         super().__init__(problem, directions, batch_size)
         self.cache = FirstLayerCache(problem, self.directions, first, self.batch_size, channels_last, norm, target)
-        self.skip = self.cache.owned
+        # the cached layer's weights need not be written per point (up to half a point's time on a
+        # wide-input MLP) unless the model reads them elsewhere: a tied decoder, a module sharing them
+        self.skip = frozenset() if reads_weights_elsewhere(problem, first) else self.cache.owned
         self._current: torch.Tensor | None = None
         self.k = points_within(
             self.cache.point_bytes(), FIRST_LAYER_POINTS, problem.device, memory_budget // 4, FIRST_LAYER_CPU_BLOCK
