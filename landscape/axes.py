@@ -50,6 +50,10 @@ class Axes:
     def __len__(self) -> int:
         return int(self.directions.shape[0])
 
+    def __repr__(self) -> str:
+        labels = "; ".join(f"{n}: {a.get('label', a.get('kind', '?'))}" for n, a in zip(self.names, self.attrs))
+        return f"Axes({labels}; {self.layout.size:,} parameters)"
+
 
 def axes_settings(
     kind: str = "random",

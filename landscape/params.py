@@ -18,6 +18,9 @@ class Layout:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
 
+    def __repr__(self) -> str:  # a notebook shows it inside every result: not thousands of names and shapes
+        return f"Layout({len(self.names)} tensors, {self.size:,} parameters)"
+
     @property
     def numels(self) -> tuple[int, ...]:
         return tuple(math.prod(s) for s in self.shapes)

@@ -119,6 +119,11 @@ class Problem:
         self._classes: tuple[object, torch.Tensor] | None = None
         check_fits(self, where, say)
 
+    def __repr__(self) -> str:
+        model = type(self.model).__name__
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"Problem({model}, {self.layout.size:,} parameters, {self.n:,} samples, loss {self.loss_name}, {self.device} {dtype})"
+
     def _placed_x(self, x: Inputs) -> Inputs:
         return to_device(x, self.device, self.dtype)
 

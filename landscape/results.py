@@ -84,6 +84,16 @@ class SweepResult:
     kind: str = "sweep"
     groups: Mapping[str, Group] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # the numbers a notebook wants at a glance, not every array
+        shape = " x ".join(str(len(c)) for c in self.coords)
+        finite = self.loss[np.isfinite(self.loss)]
+        loss = f"loss {finite.min():.4g} to {finite.max():.4g}" if finite.size else "no finite loss"
+        acc = self.accuracy[np.isfinite(self.accuracy)] if self.accuracy is not None else np.zeros(0)
+        accuracy = f", accuracy {acc.min():.4g} to {acc.max():.4g}" if acc.size else ""
+        strategy = f", strategy {self.run['strategy']}" if self.run.get("strategy") else ""
+        done = f"{int(self.done.sum()):,} of {self.done.size:,} points"
+        return f"SweepResult({self.kind} {shape}, {done}, {loss}{accuracy}{strategy})"
+
     @property
     def x(self) -> np.ndarray:
         return self.coords[0]
@@ -216,6 +226,21 @@ class CurvatureResult:
     stored_settings: Mapping[str, Any]
     kind: ClassVar[str] = "hessian"
 
+    def __repr__(self) -> str:  # the estimates with their error bars, not the eigenvectors and every name
+        parts = [str(self.settings.curvature), f"{self.model.size:,} parameters"]
+        if self.model.eigen is not None:
+            values = ", ".join(f"{v:.6g}" for v in self.model.eigen.eigenvalues)
+            parts.append(
+                f"eigenvalues [{values}] (largest residual {np.max(self.model.eigen.residuals, initial=0):.2g})"
+            )
+        if self.model.trace is not None:
+            parts.append(f"trace {self.model.trace.value:.6g} +- {self.model.trace.std_error:.2g}")
+        if self.model.density is not None:
+            parts.append("spectral density")
+        if self.layers:
+            parts.append(f"{len(self.layers)} layers")
+        return f"CurvatureResult({', '.join(parts)})"
+
     @property
     def eigenvalues(self) -> np.ndarray | None:
         return None if self.model.eigen is None else self.model.eigen.eigenvalues
@@ -313,6 +338,11 @@ class AnalysisResult:
     provenance: Mapping[str, Any]
     layout: Layout | None = None
     kind: ClassVar[str] = ""
+
+    def __repr__(self) -> str:
+        numbers = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.numbers.items())
+        arrays = ", ".join(f"{k}{list(np.shape(v))}" for k, v in self.arrays.items())
+        return f"{type(self).__name__}({numbers}; arrays {arrays or 'none'})"
 
     def __getitem__(self, name: str) -> Any:
         """A number or an array by its name in the results file (`result["ri"]`, `result["loss"]`)."""
@@ -421,6 +451,12 @@ class Alignment:
     distance_before: float
     distance_after: float
     group_labels: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return (
+            f"Alignment({self.moved:,} of {self.units:,} units moved in {self.groups} groups, {self.rounds} rounds; "
+            f"distance {self.distance_before:.6g} -> {self.distance_after:.6g})"
+        )
 
     def save(self, path: str | Path) -> Path:
         """The permuted state as a checkpoint: `.safetensors`, or a `torch.save` dict of tensors."""

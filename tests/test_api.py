@@ -242,3 +242,27 @@ def test_import_rules_hold():
             ):
                 broken.append(f"{name} imports {imported}")
     assert broken == []
+
+
+def test_a_notebook_shows_each_object_in_a_line_with_its_numbers():
+    """A result printed in a notebook showed every parameter name and shape of the layout (a 3M-parameter
+    segmentation model: tens of thousands of characters); now one line holds the numbers that matter."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh()) for _ in range(40)])
+    problem = ls.Problem(model, (torch.randn(32, 6), torch.randint(0, 6, (32,))))
+    axes = ls.random_axes(problem, 2)
+    sweep = ls.sweep(problem, axes, x=(-1, 1, 3), y=(-1, 1, 3))
+    curvature = ls.hessian(problem, top_k=2, trace=True)
+    rough = ls.roughness(problem, directions=3, steps=4)
+    shown = dict(
+        zip(("problem", "axes", "sweep", "curvature", "rough"), map(repr, (problem, axes, sweep, curvature, rough)))
+    )
+    for text in shown.values():
+        assert len(text) < 400 and "\n" not in text and "39.0.weight" not in text, text
+    assert shown["problem"] == "Problem(Sequential, 1,680 parameters, 32 samples, loss cross-entropy, cpu float32)"
+    assert "filter-normalized random direction 2; 1,680 parameters" in shown["axes"]
+    assert f"loss {np.nanmin(sweep.loss):.4g} to {np.nanmax(sweep.loss):.4g}" in shown["sweep"]
+    assert "9 of 9 points" in shown["sweep"]
+    assert f"eigenvalues [{curvature.eigenvalues[0]:.6g}, {curvature.eigenvalues[1]:.6g}]" in shown["curvature"]
+    assert f"trace {curvature.trace:.6g}" in shown["curvature"]
+    assert f"ri={rough.ri:.6g}" in shown["rough"] and "loss[3, 5]" in shown["rough"]
