@@ -19,6 +19,11 @@ class CliResult:
     out: str
     err: str
 
+    @property
+    def errors(self) -> list[str]:
+        """The lines of stderr that report an error."""
+        return [line for line in self.err.splitlines() if line.startswith("error:")]
+
 
 @pytest.fixture
 def cli(capsys):

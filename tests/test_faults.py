@@ -290,10 +290,6 @@ def test_h5_left_readable_after_full_disk(tmp_path, monkeypatch):
         assert f["x"][()].tolist() == [0.0, 1.0, 2.0]
 
 
-def _errors(res) -> list[str]:
-    return [line for line in res.err.splitlines() if line.startswith("error:")]
-
-
 def _sweep_values(path):
     with h5py.File(path, "r") as f:
         return f["sweep/loss"][()], f["sweep/done"][()], bool(f.attrs["complete"])
@@ -320,7 +316,7 @@ def test_disk_filling_during_a_sweep_keeps_its_points_and_resume_finishes(cli, t
         out = mnt / "s.h5"
         args = ("sweep", "--sample", "mlp", "--x", "-1:1:9", "--y", "-1:1:9", "--strategy", "loop", "-o", out)
         res = cli(*args)
-        assert res.code == 1 and len(_errors(res)) == 1, res.err
+        assert res.code == 1 and len(res.errors) == 1, res.err
         assert "No space left on device" in res.err and "81 of 81 points done are kept" in res.err
         assert "--resume" in res.err and "Traceback" not in res.err
         loss, done, complete = _sweep_values(out)
@@ -357,7 +353,7 @@ def test_a_failed_chunk_write_keeps_the_points_before_and_resume_equals_an_unint
     monkeypatch.setattr("landscape.strategies.run.evaluate_shrinking", _one_point_per_call(), raising=True)
     out = tmp_path / "cut.h5"
     res = cli(*args, "-o", out)
-    assert res.code == 1 and len(_errors(res)) == 1 and "Traceback" not in res.err, res.err
+    assert res.code == 1 and len(res.errors) == 1 and "Traceback" not in res.err, res.err
     assert "No space left on device" in res.err and "the 1 of 40 points done are kept" in res.err
     loss, done, complete = _sweep_values(out)
     assert done.sum() == 1 and not complete
@@ -411,8 +407,8 @@ def test_a_loss_failing_mid_sweep_names_the_point_keeps_the_rest_and_resume_fini
     monkeypatch.setenv("LANDSCAPE_TEST_FAIL", how)
     out = tmp_path / "cut.h5"
     res = cli(*args, "-o", out)
-    assert res.code == 1 and len(_errors(res)) == 1 and "Traceback" not in res.err, res.err
-    line = _errors(res)[0]
+    assert res.code == 1 and len(res.errors) == 1 and "Traceback" not in res.err, res.err
+    line = res.errors[0]
     why = "ValueError: outputs out of range" if how == "raise" else "returned a tensor of shape [1797]"
     assert "the model or loss failed at the point (" in line and why in line, line
     _, done, complete = _sweep_values(out)
@@ -435,8 +431,8 @@ def test_a_loss_failing_mid_roughness_names_the_direction_and_resume_finishes(cl
     monkeypatch.setenv("LANDSCAPE_TEST_LIMIT", "63")
     out = tmp_path / "cut.h5"
     res = cli(*args, "-o", out)
-    assert res.code == 1 and len(_errors(res)) == 1 and "Traceback" not in res.err, res.err
-    line = _errors(res)[0]
+    assert res.code == 1 and len(res.errors) == 1 and "Traceback" not in res.err, res.err
+    line = res.errors[0]
     assert "the model or loss failed at direction 3, alpha -1: ValueError: outputs out of range" in line, line
     assert f"18 of 27 points are in {out}.points; run the same command with --resume" in line
     assert not out.exists()
@@ -454,7 +450,7 @@ def test_a_model_failing_before_any_point_is_one_line_and_leaves_no_file(cli, tm
     monkeypatch.setattr(problem, "check_fits", lambda *a, **k: None)
     out = tmp_path / "none.h5"
     res = cli("sweep", "--sample", "mlp", "--loss", failing_loss, "--x", "-1:1:9", "-o", out)
-    assert res.code == 1 and len(_errors(res)) == 1 and "Traceback" not in res.err, res.err
+    assert res.code == 1 and len(res.errors) == 1 and "Traceback" not in res.err, res.err
     assert "the model or loss failed" in res.err and "outputs out of range" in res.err
     assert not list(tmp_path.glob("none.h5*"))
 
@@ -594,8 +590,8 @@ def test_a_forward_failing_mid_sweep_names_the_point_and_resume_finishes(cli, tm
     monkeypatch.setenv("LANDSCAPE_TEST_LIMIT", repr(limit))
     out = tmp_path / "cut.h5"
     res = cli(*args, "-o", out)
-    assert res.code == 1 and len(_errors(res)) == 1 and "Traceback" not in res.err, res.err
-    line = _errors(res)[0]
+    assert res.code == 1 and len(res.errors) == 1 and "Traceback" not in res.err, res.err
+    line = res.errors[0]
     assert f"the model or loss failed at the point ({alphas[7]:.6g}): RuntimeError: CUDA error" in line, line
     assert f"7 of 13 points are in {out}; run the same command with --resume" in line, line
     monkeypatch.delenv("LANDSCAPE_TEST_FAIL")
@@ -748,7 +744,7 @@ def test_resume_refuses_a_changed_loss_or_model_file(cli, tmp_path, monkeypatch,
     source.write_text(original.replace("return F.cross_entropy(out, y)\n", "return 2 * F.cross_entropy(out, y)\n"))
     before = out.read_bytes()
     res = cli(*args, "-o", out, "--resume")
-    assert res.code == 2 and len(_errors(res)) == 1, res.err
+    assert res.code == 2 and len(res.errors) == 1, res.err
     assert f"--resume {out}: made with other code: --loss {source} changed since" in res.err, res.err
     assert out.read_bytes() == before
     source.write_text(original)
@@ -807,7 +803,7 @@ def test_a_named_strategy_that_cannot_run_the_model_is_blamed_not_the_model(cli,
     args = ("sweep", "--model", f"{tmp_path / 'tagger.py'}:Tagger", "--checkpoint", tmp_path / "tagger.pt")
     res = cli(*args, "--data", tmp_path / "data.pt", "--x", "-1:1:3", "--strategy", "vmap", "-o", out)
     assert res.code == 2 and not out.exists(), res.err
-    (line,) = _errors(res)
+    (line,) = res.errors
     assert line.startswith("error: --strategy 'vmap': cannot run this model (RuntimeError: Batching rule"), line
 
     problem = ls.Problem(model, (tokens, labels))

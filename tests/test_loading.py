@@ -205,6 +205,59 @@ def test_user_model_file_via_cli(tmp_path, cli, state):
     assert "stripped the 'module.' prefix" in r.err
 
 
+FACTORY_ARGS_PY = """
+import torch
+
+
+def data(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def scaled(output, target, scale=1.0):
+    return scale * torch.nn.functional.cross_entropy(output, target)
+"""
+
+
+def test_factory_data_and_loss_take_literal_arguments_in_the_option(tmp_path, cli):
+    """A torchvision or timm model fine-tuned to 10 classes needed a file of one's own to build it;
+    now `--model 'torchvision.models:resnet18(num_classes=10)'` does, with literals only."""
+    from landscape.io.spec import split_call
+
+    (tmp_path / "bits.py").write_text(FACTORY_ARGS_PY)
+    torch.manual_seed(0)
+    torch.save(torch.nn.Linear(4, 3).state_dict(), tmp_path / "lin.pt")
+    bits = tmp_path / "bits.py"
+    base = ("sweep", "--checkpoint", tmp_path / "lin.pt", "--data", f"{bits}:data(24, seed=3)", "--x", "-1:1:3")
+    losses = []
+    for scale in (1.0, 2.5):
+        out = tmp_path / f"s{scale}.h5"
+        r = cli(*base, "--model", "torch.nn:Linear(4, 3)", "--loss", f"{bits}:scaled(scale={scale})", "-o", out)
+        assert r.code == 0, r.err
+        with h5py.File(out, "r") as f:
+            losses.append(f["sweep/loss"][()])
+            assert f.attrs["samples"] == 24
+    np.testing.assert_allclose(losses[1], 2.5 * losses[0], rtol=1e-6)
+
+    bad = {
+        "torch.nn:Linear(4, int('3'))": "int('3') is not a Python literal",
+        "torch.nn:Linear(4, 3": "the arguments in parentheses do not parse",
+        "torch.nn:Linear(**kw)": "**kwargs cannot be given",
+        "torch.nn:Linear(4, 3).eval()": "expected NAME(literal, ..., key=literal, ...)",
+        "torch.nn:Linear(4, 5)": "shape mismatch for weight: checkpoint (3, 4), model (5, 4) (a factory's arguments",
+    }
+    for spec, want in bad.items():
+        r = cli(*base, "--model", spec, "-o", tmp_path / "bad.h5")
+        (line,) = r.errors
+        assert r.code == 2 and want in line and not (tmp_path / "bad.h5").exists(), (spec, r.err)
+    assert split_call("net.py:make(tag='a:b', sizes=(1, 2))", "--model") == (
+        "net.py:make",
+        (),
+        {"tag": "a:b", "sizes": (1, 2)},
+    )
+    assert split_call("C:/runs/net.py:make", "--model") == ("C:/runs/net.py:make", (), {})
+
+
 def test_resume_refuses_other_load_options(cli, tmp_path):
     """--params (like --checkpoint-key and --prefix) fixes the numbers: a resume with another one is refused."""
     out = tmp_path / "s.h5"

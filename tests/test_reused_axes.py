@@ -20,10 +20,6 @@ def _directions(path) -> np.ndarray:
         return np.stack([f[f"axes/{n}"][()] for n in ("x", "y") if f"axes/{n}" in f])
 
 
-def _errors(res) -> list[str]:
-    return [line for line in res.err.splitlines() if line.startswith("error:")]
-
-
 def test_a_sweeps_directions_evaluated_again_give_its_numbers(cli, tmp_path):
     first, again = tmp_path / "first.h5", tmp_path / "again.h5"
     assert cli("sweep", "--sample", "mlp", *GRID, "--seed", "5", "--norm", "layer", "-o", first).code == 0
@@ -41,7 +37,7 @@ def test_a_sweeps_directions_evaluated_again_give_its_numbers(cli, tmp_path):
     other = tmp_path / "other.h5"
     assert cli("sweep", "--sample", "mlp", *GRID, "--seed", "6", "-o", other).code == 0
     res = cli("sweep", "--sample", "mlp", *GRID, "--axes-from", other, "-o", again, "--resume")
-    assert res.code == 2 and "made with other settings (the axes from changed: sha256" in _errors(res)[0], res.err
+    assert res.code == 2 and "made with other settings (the axes from changed: sha256" in res.errors[0], res.err
 
 
 def test_the_same_plane_around_another_checkpoint(cli, tmp_path):
@@ -90,12 +86,12 @@ def test_reused_axes_refused_with_a_reason(cli, tmp_path):
     ]
     for args, said in cases:
         res = cli("sweep", "--sample", "mlp", "--x", "-1:1:3", *args, "-o", tmp_path / "out.h5")
-        assert res.code == 2 and len(_errors(res)) == 1 and said in _errors(res)[0], res.err
+        assert res.code == 2 and len(res.errors) == 1 and said in res.errors[0], res.err
         assert not (tmp_path / "out.h5").exists()
     rough = tmp_path / "rough.h5"
     assert cli("roughness", "--sample", "linreg", "--directions", "2", "--steps", "4", "-o", rough).code == 0
     res = cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "--axes-from", rough, "-o", tmp_path / "out.h5")
-    assert res.code == 2 and "holds neither a sweep's directions nor eigenvectors" in _errors(res)[0], res.err
+    assert res.code == 2 and "holds neither a sweep's directions nor eigenvectors" in res.errors[0], res.err
 
 
 def test_reused_axes_from_the_api(tmp_path):
@@ -167,5 +163,5 @@ def test_per_axis_options_from_the_command_line(cli, tmp_path):
     ]  # fmt: skip
     for extra, said in cases:
         res = cli("sweep", "--sample", "mlp", *extra, "-o", tmp_path / "bad.h5")
-        assert res.code == 2 and len(_errors(res)) == 1 and said in _errors(res)[0], (extra, res.err)
+        assert res.code == 2 and len(res.errors) == 1 and said in res.errors[0], (extra, res.err)
         assert not (tmp_path / "bad.h5").exists()

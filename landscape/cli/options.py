@@ -100,7 +100,7 @@ def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | No
 Model = Annotated[
     str | None,
     typer.Option(
-        help="Model factory: MODULE:FACTORY or path/to/file.py:FACTORY (imports and runs that file: name only files you trust), or a Hugging Face model directory (default: --checkpoint when it is one).",
+        help="Model factory: MODULE:FACTORY or path/to/file.py:FACTORY, with literal arguments if it takes any ('torchvision.models:resnet18(num_classes=10)', \"timm:create_model('vit_tiny_patch16_224', num_classes=10)\"; a file is imported and run: name only files you trust), or a Hugging Face model directory (default: --checkpoint when it is one).",
         rich_help_panel=LOAD,
     ),
 ]
@@ -114,14 +114,14 @@ Checkpoint = Annotated[
 Data = Annotated[
     str | None,
     typer.Option(
-        help="Data: a .pt/.npz/.h5 file holding x and y (or named columns: input_ids, attention_mask, labels, ...), or file.py:fn returning tensors, a Dataset or a DataLoader (of pairs or of dicts; the file is imported and run).",
+        help="Data: a .pt/.npz/.h5 file holding x and y (or named columns: input_ids, attention_mask, labels, ...), or file.py:fn (or fn(split='val'), literal arguments) returning tensors, a Dataset or a DataLoader (of pairs or of dicts; the file is imported and run).",
         rich_help_panel=LOAD,
     ),
 ]
 Loss = Annotated[
     str | None,
     typer.Option(
-        help="cross-entropy (default for integer targets; logits [N, C, ...] or [B, T, V]; targets -100 ignored), next-token (causal language models: logits [B, T, V] predict the next of the tokens [B, T]), mse (default otherwise), or file.py:fn(output, target) -> mean loss (the file is imported and run). The built-ins read .logits, ['logits'] or a tuple's first element of the output; your function gets the output as it is.",
+        help="cross-entropy (default for integer targets; logits [N, C, ...] or [B, T, V]; targets -100 ignored), next-token (causal language models: logits [B, T, V] predict the next of the tokens [B, T]), mse (default otherwise), or file.py:fn(output, target) -> mean loss (file.py:fn(gamma=2.0) binds literal arguments first; the file is imported and run). The built-ins read .logits, ['logits'] or a tuple's first element of the output; your function gets the output as it is.",
         rich_help_panel=LOAD,
     ),
 ]

@@ -282,7 +282,10 @@ def _mismatch_message(
     missing = [k for k in required if k not in best.state and k not in best.mismatched]
     if not missing:  # every key is there: the shapes say what differs
         name = next(k for k in required if k in best.mismatched)
-        return f"{source}: shape mismatch for {name}: checkpoint {best.mismatched[name]}, model {tuple(expected[name].shape)}"
+        return (
+            f"{source}: shape mismatch for {name}: checkpoint {best.mismatched[name]}, model {tuple(expected[name].shape)} "
+            "(a factory's arguments go in --model: 'torchvision.models:resnet18(num_classes=10)')"
+        )
     parts = [f"missing {len(missing)} (e.g. {', '.join(missing[:3])})"]
     if best.unused:
         parts.append(f"unexpected {len(best.unused)} (e.g. {', '.join(best.unused[:3])})")

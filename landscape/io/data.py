@@ -10,7 +10,7 @@ import torch
 
 from landscape.data import Columns, check_pair, collect_data, split
 from landscape.errors import LandscapeError
-from landscape.io.spec import resolve_callable
+from landscape.io.spec import resolve_callable, split_call
 from landscape.model_io import Inputs
 
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz", ".h5", ".hdf5")
@@ -31,9 +31,10 @@ def read_data(spec: str, unsafe_pickle: bool = False, columns: Columns = Columns
             raise LandscapeError(f"--data: file not found: {path}")
         return check_pair(split(_read_tensor_file(path, unsafe_pickle), f"--data {spec}", columns), f"--data {spec}")
     if ":" in spec:
-        fn = resolve_callable(spec, "--data")
+        name, args, kwargs = split_call(spec, "--data")
+        fn = resolve_callable(name, "--data")
         try:
-            obj = fn() if callable(fn) else fn
+            obj = fn(*args, **kwargs) if callable(fn) or args or kwargs else fn
         except Exception as exc:
             raise LandscapeError(f"--data {spec}: the function raised {type(exc).__name__}: {exc}") from exc
         return obj

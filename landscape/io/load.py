@@ -16,7 +16,7 @@ from landscape.io.data import read_data
 from landscape.io.loss import resolve_loss
 from landscape.io.model import build_model, is_model_dir
 from landscape.io.samples import sample as find_sample
-from landscape.io.spec import sha256_file
+from landscape.io.spec import sha256_file, split_call
 from landscape.problem import Problem, Say, load_weights, resolve_device, resolve_dtype
 
 
@@ -140,7 +140,7 @@ def code_sha256(spec: LoadSpec) -> dict[str, str]:
     out = {}
     for option, value in (("--model", spec.model), ("--data", spec.data), ("--loss", spec.loss)):
         if isinstance(value, str) and ":" in value:
-            source = Path(value.rsplit(":", 1)[0])
+            source = Path(split_call(value, option)[0].rsplit(":", 1)[0])
             if source.suffix == ".py" and source.is_file():
                 out[f"{option} {source}"] = sha256_file(source)
     return out

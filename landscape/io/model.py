@@ -9,7 +9,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from landscape.errors import LandscapeError
-from landscape.io.spec import resolve_callable
+from landscape.io.spec import resolve_callable, split_call
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -18,14 +18,16 @@ def is_model_dir(path: str | Path) -> bool:
 
 
 def build_model(spec: str, say: Callable[[str], None] = lambda msg: None, weights: bool = False) -> nn.Module:
-    """Call the factory named by `spec` (MODULE:FACTORY or file.py:FACTORY) and check it gives a module;
-    a Hugging Face model directory is built from its config.json (random weights, loaded after; with
-    `weights`, loaded by its library's `from_pretrained`)."""
+    """Call the factory named by `spec` (MODULE:FACTORY or file.py:FACTORY, with literal arguments in
+    parentheses: `torchvision.models:resnet18(num_classes=10)`) and check it gives a module; a Hugging
+    Face model directory is built from its config.json (random weights, loaded after; with `weights`,
+    loaded by its library's `from_pretrained`)."""
     if is_model_dir(spec):
         return _from_config(Path(spec), say, weights)
-    factory = resolve_callable(spec, "--model")
+    name, args, kwargs = split_call(spec, "--model")
+    factory = resolve_callable(name, "--model")
     try:
-        model = factory()
+        model = factory(*args, **kwargs)
     except Exception as exc:
         raise LandscapeError(f"--model {spec}: the factory raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):

@@ -1,15 +1,52 @@
-"""Resolve `module:attr` or `path/to/file.py:attr` specs to Python objects."""
+"""Resolve `module:attr` or `path/to/file.py:attr` specs to Python objects, with literal call arguments
+(`torchvision.models:resnet18(num_classes=10)`)."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from landscape.errors import LandscapeError
+
+_CALL = re.compile(r"(?P<name>.+:[A-Za-z_][\w.]*)(?P<call>\(.*)?", re.DOTALL)
+
+
+def split_call(spec: str, option: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """`TARGET:NAME(args)` as ("TARGET:NAME", args, kwargs). The arguments are Python literals (numbers,
+    strings, tuples, lists, dicts, True/False/None): the option names code to run, and runs no more."""
+    match = _CALL.fullmatch(spec.strip())
+    if match is None or match["call"] is None:
+        return spec, (), {}
+
+    def literal(node: ast.expr) -> Any:
+        try:
+            return ast.literal_eval(node)
+        except ValueError:
+            raise LandscapeError(
+                f"{option} {spec!r}: {ast.unparse(node)} is not a Python literal (numbers, strings, tuples, lists, "
+                f"dicts, True/False/None), e.g. {match['name']}(num_classes=10)"
+            ) from None
+
+    try:
+        call = ast.parse("f" + match["call"], mode="eval").body
+    except SyntaxError as exc:
+        raise LandscapeError(f"{option} {spec!r}: the arguments in parentheses do not parse: {exc.msg}") from None
+    # f(...), not f(...)(...) nor f(...).x
+    if (
+        not isinstance(call, ast.Call)
+        or not isinstance(call.func, ast.Name)
+        or any(isinstance(a, ast.Starred) for a in call.args)
+    ):
+        raise LandscapeError(f"{option} {spec!r}: expected NAME(literal, ..., key=literal, ...)")
+    if any(k.arg is None for k in call.keywords):
+        raise LandscapeError(f"{option} {spec!r}: **kwargs cannot be given; name each argument")
+    return match["name"], tuple(map(literal, call.args)), {str(k.arg): literal(k.value) for k in call.keywords}
 
 
 def resolve_callable(spec: str, option: str) -> Any:
