@@ -805,6 +805,13 @@ def test_a_named_strategy_that_cannot_run_the_model_is_blamed_not_the_model(cli,
     assert res.code == 2 and not out.exists(), res.err
     (line,) = res.errors
     assert line.startswith("error: --strategy 'vmap': cannot run this model (RuntimeError: Batching rule"), line
+    res = cli(
+        *args, "--data", tmp_path / "data.pt", "--x", "-1:1:3", "-o", out
+    )  # auto: warned of once, as it is dropped
+    (warned,) = [w for w in res.err.splitlines() if "vmap" in w and w.startswith("warning:")]
+    assert res.code == 0 and warned.startswith(
+        "warning: sweep strategy vmap cannot run this model (RuntimeError: Batch"
+    )
 
     problem = ls.Problem(model, (tokens, labels))
     axes = ls.random_axes(problem, 1, seed=0)

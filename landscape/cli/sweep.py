@@ -331,7 +331,7 @@ def sweep(
                     interrupted(": " + points_kept(done, store.done.size, output))
             raise typer.Exit(130) from None
     if world.main:
-        _report(result, strategy, output)
+        _report(result, output)
 
 
 def _data_sets(given: list[str], data_name: str) -> dict[str, str]:
@@ -406,8 +406,9 @@ def _make_axes(
     return ls.random_axes(problem, dims, norm=norm, ignore=ignore, seed=seed, same_dir=same_dir, states=states, **line)
 
 
-def _report(result: ls.SweepResult, strategy: str, output: Path) -> None:
-    """The strategy and its probe's timings, the strategies that failed, non-finite points; the file."""
+def _report(result: ls.SweepResult, output: Path) -> None:
+    """The strategy and its probe's timings (a strategy that failed was warned of as the probe dropped it),
+    non-finite points; the file."""
     import numpy as np
 
     run = result.run
@@ -427,11 +428,6 @@ def _report(result: ls.SweepResult, strategy: str, output: Path) -> None:
         say(f"strategy {run['strategy']}")
     for switch in run.get("strategy_switches") or []:  # the run re-checked the probe's pick and moved on
         say(f"strategy re-checked: {switch}")
-    for name, why in (
-        run.get("strategy_dropped") or {}
-    ).items():  # failures only: strategies with nothing to offer are not news
-        if strategy == "auto":
-            warn(f"strategy {name} not used: {why}")
     nonfinite = int((result.done & ~np.isfinite(result.loss)).sum())
     if nonfinite:
         warn(f"the loss was NaN or infinite at {nonfinite} grid point(s); stored as NaN")
