@@ -144,7 +144,7 @@ def shard_problem(world: World, problem: Problem) -> Problem:
     rest can be freed); the problem itself when the world has one rank.
 
     The shard's own batch weights are |b|/n_local: code that needs the dataset mean (the curvature
-    operator) must weight by the global N, which it gets by summing `problem.n` over the ranks.
+    operator) must weight by the global N, which it gets by summing `problem.terms` over the ranks.
     """
     if world.size == 1:
         return problem

@@ -63,6 +63,23 @@ def next_token(output: Any, target: torch.Tensor) -> torch.Tensor:
     return _nll(logits[:, :-1], target[:, 1:], -1)
 
 
+def counts_targets(loss_fn: LossFn, target: torch.Tensor) -> bool:
+    """Whether a batch's loss is the mean over its counted class targets (a built-in class loss on class
+    indices, IGNORE_INDEX left out) rather than over its rows."""
+    return loss_fn in (cross_entropy, next_token) and not torch.is_floating_point(target)
+
+
+def loss_terms(loss_fn: LossFn, target: torch.Tensor) -> int:
+    """How many terms a batch's loss is the mean of: its counted targets for a built-in class loss (one
+    fewer per row for next-token; -100 left out), else its rows. Batches weighted by these make the
+    data set's loss the mean over every term, whatever the batch size: weighted by rows, a padded
+    language-model batch of 2 moved GPT-2's loss by 0.01 against the whole set's token mean."""
+    if not counts_targets(loss_fn, target):
+        return int(target.shape[0])
+    counted = target[:, 1:] if loss_fn is next_token and target.dim() == 2 else target
+    return int((counted != IGNORE_INDEX).sum())
+
+
 def mse(output: Any, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the model's output (its logits, for a structured output) against the targets."""
     return F.mse_loss(logits_of(output), target)

@@ -15,7 +15,16 @@ import torch.nn as nn
 from landscape.data import Columns
 from landscape.datasource import DataSource, place_data, streamed_batch_size
 from landscape.errors import ArgumentError, LandscapeError
-from landscape.losses import LossFn, check_class_targets, is_builtin, loss_function, next_token
+from landscape.losses import (
+    IGNORE_INDEX,
+    LossFn,
+    check_class_targets,
+    counts_targets,
+    is_builtin,
+    loss_function,
+    loss_terms,
+    next_token,
+)
 from landscape.model_io import (
     Inputs,
     call,
@@ -117,6 +126,9 @@ class Problem:
         self.buffer_line: BufferLine | BufferScale | None = None
         # streamed class targets are checked batch by batch against the output and targets of two samples
         self._classes: tuple[object, torch.Tensor] | None = None
+        # the loss's terms (counted targets, or rows): in all the data, and per batch for each batch size
+        self._terms: int | None = None
+        self._batch_terms: dict[int, list[int]] = {}
         check_fits(self, where, say)
 
     def __repr__(self) -> str:
@@ -187,6 +199,7 @@ class Problem:
             if not hasattr(self, name):
                 raise AttributeError(f"Problem has no attribute {name!r}")
             setattr(other, name, value)
+        other._terms, other._batch_terms = None, {}  # counted again: the data or the loss may be others
         return other
 
     def with_data(
@@ -212,15 +225,38 @@ class Problem:
         other._provenance = None
         return other
 
+    @property
+    def terms(self) -> int:
+        """How many terms the data set's loss is the mean of (`losses.loss_terms`): the rows, or for a
+        built-in class loss the counted targets (tokens, pixels; -100 left out), counted once (streamed
+        data: in one pass over it, the first time it is asked)."""
+        if self._terms is None:
+            if not counts_targets(self.loss_fn, self._head[1]):
+                self._terms = self.n
+            elif self.source is None:
+                self._terms = loss_terms(self.loss_fn, self.y)
+            else:
+                self._terms = sum(loss_terms(self.loss_fn, yb) for _, yb in self.source.raw_batches(self.batch_size))
+            if self._terms == 0:
+                raise LandscapeError(f"every target of the data is {IGNORE_INDEX} (ignored): the loss averages nothing")
+        return self._terms
+
     def batches(self, batch_size: int | None = None) -> Iterator[tuple[Inputs, torch.Tensor, float]]:
-        """(x_b, y_b, weight) with weight = len(b) / N, so weighted batch means sum to the dataset mean."""
+        """(x_b, y_b, weight) with weight = the batch's share of the loss's terms (rows, or counted
+        targets: `terms`), so weighted batch means sum to the data set's mean whatever the batch size.
+        A batch whose targets are all ignored is left out (its mean is 0 / 0)."""
         bs = batch_size or self.batch_size
         if self.source is not None:
             yield from self._streamed_batches(bs)
             return
-        for start in range(0, self.n, bs):
-            xb, yb = take(self.x, slice(start, start + bs)), self.y[start : start + bs]
-            yield xb, yb, yb.shape[0] / self.n
+        counted = self._batch_terms.get(bs)
+        if counted is None:  # counted once per batch size (on a GPU, each count waits for the device)
+            counted = self._batch_terms[bs] = [
+                loss_terms(self.loss_fn, self.y[s : s + bs]) for s in range(0, self.n, bs)
+            ]
+        for i, start in enumerate(range(0, self.n, bs)):
+            if counted[i]:
+                yield take(self.x, slice(start, start + bs)), self.y[start : start + bs], counted[i] / self.terms
 
     def _streamed_batches(self, bs: int) -> Iterator[tuple[Inputs, torch.Tensor, float]]:
         assert self.source is not None
@@ -232,7 +268,9 @@ class Problem:
                 except LandscapeError as exc:
                     raise LandscapeError(f"{self.source.where}, samples {start:,} on: {exc}") from exc
             start += yb.shape[0]
-            yield self._placed_x(xb), self._placed_y(yb), yb.shape[0] / self.n
+            counted = loss_terms(self.loss_fn, yb)
+            if counted:
+                yield self._placed_x(xb), self._placed_y(yb), counted / self.terms
 
     def along_line_to(self, state: Mapping[str, torch.Tensor]) -> Problem:
         """This problem with its floating buffers (BatchNorm statistics) following a sweep's x axis from

@@ -1,7 +1,8 @@
 """Matrix-free curvature operators: products with the Hessian, the GGN or the empirical Fisher of the dataset-mean loss.
 
-The loss is L(theta) = sum_b (|b| / N) * loss_fn(model(x_b; theta), y_b), so a product is the
-batch-size-weighted sum of per-batch products: exact for any batch size, the last batch included.
+The loss is L(theta) = sum_b (|b| / N) * loss_fn(model(x_b; theta), y_b), |b| the terms the batch's
+loss averages (rows, or counted targets: `Problem.terms`), so a product is the weighted sum of
+per-batch products: exact for any batch size, the last batch included.
 
 Ways to multiply by the Hessian:
 
@@ -87,9 +88,10 @@ class CurvatureOperator:
 
     With a `world` of several ranks, `problem` holds this rank's part of the data (see
     `landscape.distributed.shard_problem`) and the operator is that of the union of the parts:
-    batches are weighted by |b|/n_total (default: `problem.n` summed over the ranks) and products
+    batches are weighted by |b|/n_total (default: `problem.terms` summed over the ranks) and products
     are summed over the ranks. Every rank must construct the operator and call its products in
-    the same order. `n_total` alone (one process) gives a shard's share of the full product.
+    the same order. `n_total` alone (one process: the count of terms and of samples, equal for one
+    class per sample) gives a shard's share of the full product.
 
     Example (linear regression, whose Hessian is 2 XᵀX / n):
         >>> import torch, landscape as ls
@@ -140,8 +142,10 @@ class CurvatureOperator:
         self.dtype = problem.dtype
         self.device = problem.device
         self.world = world or World()
-        # the global N of the batch weights |b|/N: the ranks' sample counts summed
-        self.n_total = int(n_total) if n_total else int(self._summed([problem.n])[0])
+        # the global N of the batch weights |b|/N: the ranks' counts of the loss's terms (rows, or counted
+        # targets: `Problem.terms`) summed; and their samples, each of which weighs 1/n in the empirical Fisher
+        terms, samples = (n_total, n_total) if n_total else self._summed([problem.terms, problem.n])
+        self.n_total, self.n_samples = int(terms), int(samples)
         self.batch_size = batch_size or problem.batch_size
         self.max_vectors = max(1, int(max_vectors))
         self.matvecs = 0
@@ -198,9 +202,10 @@ class CurvatureOperator:
         )
 
     def _batches(self) -> Iterator[tuple[Inputs, torch.Tensor, float]]:
-        """(x_b, y_b, |b| / n_total) over this rank's data: the ranks' weighted sums add up to the dataset mean."""
-        for xb, yb, _ in self.problem.batches(self.batch_size):
-            yield xb, yb, yb.shape[0] / self.n_total
+        """(x_b, y_b, |b| / n_total) over this rank's data (|b| the batch's terms: rows, or counted targets):
+        the ranks' weighted sums add up to the dataset mean."""
+        for xb, yb, w in self.problem.batches(self.batch_size):
+            yield xb, yb, w * self.problem.terms / self.n_total
 
     # ---- agreement between ranks (no-ops for one process) -----------------------------------
     def _summed(self, values: Sequence[float]) -> list[float]:
@@ -298,7 +303,7 @@ class CurvatureOperator:
     def _state(self, method: str, xb: Inputs, yb: torch.Tensor, w: float) -> Any:
         if method == "fisher-cached":
             G, out = self._per_sample_gradients(xb, yb)
-            return (G, w / yb.shape[0], out)  # F_b = (|b|/N) mean_i g_i g_i^T: each sample weighs 1/N
+            return (G, 1 / self.n_samples, out)  # F_b = (1/N) sum_i g_i g_i^T: each sample weighs 1/N
         with torch.enable_grad():
             u = self.u0.detach().requires_grad_(True)  # a leaf sharing u0's memory
             if method == "fisher":  # F_b v = (1/N) J^T (J v), J: the Jacobian of the batch's per-sample losses
@@ -306,7 +311,7 @@ class CurvatureOperator:
                 losses = self._per_sample_losses(out, yb)
                 dummy = torch.zeros_like(losses, requires_grad=True)
                 jt = torch.autograd.grad(_dot(losses, dummy), u, create_graph=True)[0]
-                return (u, losses, dummy, jt, w / yb.shape[0])
+                return (u, losses, dummy, jt, 1 / self.n_samples)
             if method.startswith("ggn"):
                 out = self._logits(self._forward(u, xb))
                 z = out.detach().requires_grad_(True)
@@ -553,7 +558,7 @@ class CurvatureOperator:
             "batched_vectors": self._batched,
             "seconds_per_vector_in_chunks": self._chunk_seconds,
             "size": self.size,
-            "samples": self.n_total,
+            "samples": self.n_samples,
             "processes": self.world.size,
         }
 

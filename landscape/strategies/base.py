@@ -129,12 +129,12 @@ class Strategy:
             c = coords[start : start + self.k]
             at = slice(start, start + c.shape[0])
             shared = self.per_call(c)
-            for bi, (xb, yb, _) in enumerate(p.batches(self.batch_size)):
+            for bi, (xb, yb, w) in enumerate(p.batches(self.batch_size)):
                 lb, cb = self.on_batch(shared, bi, xb, yb, c)
-                loss[at] += lb.double() * yb.shape[0]
+                loss[at] += lb.double() * w  # w: the batch's share of the loss's terms (rows, or counted tokens)
                 if cb is not None:
                     correct[at] += cb.double()
-        return Evaluation((loss[:n] / p.n).cpu(), (correct[:n] / p.n).cpu() if p.classification else None)
+        return Evaluation(loss[:n].cpu(), (correct[:n] / p.n).cpu() if p.classification else None)
 
     def per_call(self, c: torch.Tensor) -> Any:
         raise NotImplementedError

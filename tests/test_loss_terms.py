@@ -1,0 +1,86 @@
+"""The data set's loss is the mean over the loss's terms (tokens, pixels; -100 left out), whatever the batch size.
+
+Batches were weighted by their rows: with padded language-model targets a batch of 2 moved GPT-2's loss
+by 0.01 against the whole set's token mean, and the sweep's probe tunes the batch size, so the values
+of one run depended on its timing. Truth here: F.cross_entropy over every target at once, and the
+exact Hessian of that (torch.func.hessian + eigh).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import landscape as ls
+from landscape.losses import cross_entropy, loss_terms, next_token
+
+V = 11
+
+
+def _padded_tokens() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(V, 6), nn.Tanh(), nn.Linear(6, V)).double()
+    ids = torch.randint(0, V, (7, 9))
+    labels = ids.clone()
+    for i in range(7):
+        labels[i, 2 + i :] = -100  # rows of 2 to 8 real tokens, then padding
+    return model, ids, labels
+
+
+def _token_mean(
+    model: nn.Module, params: dict[str, torch.Tensor], ids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    logits = functional_call(model, params, (ids,))
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def test_terms_are_the_counted_targets_of_the_built_in_class_losses():
+    _, ids, labels = _padded_tokens()
+    assert loss_terms(next_token, labels) == 1 + 2 + 3 + 4 + 5 + 6 + 7  # row i: 2 + i tokens, 1 + i predicted
+    assert loss_terms(cross_entropy, labels) == int((labels != -100).sum())
+    assert loss_terms(cross_entropy, torch.tensor([1, -100, 2])) == 2
+    assert loss_terms(cross_entropy, torch.rand(5, 3)) == 5  # probability targets: one term a row
+    assert loss_terms(lambda out, y: out.mean(), labels) == 7  # a user's loss: its batch's rows
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7])
+def test_padded_next_token_loss_and_curvature_do_not_depend_on_the_batch_size(batch_size):
+    model, ids, labels = _padded_tokens()
+    problem = ls.Problem(
+        model, {"input_ids": ids, "labels": labels}, loss="next-token", batch_size=batch_size, dtype="float64",
+        columns=ls.Columns(input_keys=("input_ids",), target_key="labels"),
+    )  # fmt: skip
+    assert problem.terms == int((labels[:, 1:] != -100).sum())
+    axes = ls.random_axes(problem, 1, seed=2)
+    sweep = ls.sweep(problem, axes, x=(-1, 1, 3), strategy="loop")
+    theta = dict(model.named_parameters())
+    for c, got in zip(sweep.x, sweep.loss):
+        at = problem.layout.unflatten(problem.theta + float(c) * axes.directions[0].to(problem.theta))
+        assert got == pytest.approx(float(_token_mean(model, at, ids, labels)), rel=1e-12)
+
+    flat = problem.layout.flatten({k: v.detach() for k, v in theta.items()})
+    exact = torch.func.hessian(lambda u: _token_mean(model, problem.layout.unflatten(u), ids, labels))(flat)
+    top = torch.linalg.eigvalsh(exact).flip(0)[:2].numpy()
+    curvature = ls.hessian(problem, top_k=2, tol=1e-10)
+    np.testing.assert_allclose(curvature.eigenvalues, top, rtol=1e-8)
+
+
+def test_dense_targets_with_ignored_pixels_are_averaged_over_the_counted_pixels():
+    """A segmentation-shaped output [N, C, H, W] against [N, H, W] with ignored pixels, batch by batch."""
+    torch.manual_seed(1)
+    model = nn.Conv2d(3, 4, 3, padding=1).double()
+    x, y = torch.randn(5, 3, 6, 6, dtype=torch.float64), torch.randint(0, 4, (5, 6, 6))
+    y[0] = -100  # a sample with nothing to count: its batch of one is left out
+    y[1, :4] = -100
+    problem = ls.Problem(model, (x, y), batch_size=1, dtype="float64")
+    assert problem.terms == int((y != -100).sum())
+    axes = ls.random_axes(problem, 1, seed=0)
+    sweep = ls.sweep(problem, axes, x=(-1, 1, 3), strategy="loop")
+    for c, got in zip(sweep.x, sweep.loss):
+        at = problem.layout.unflatten(problem.theta + float(c) * axes.directions[0].to(problem.theta))
+        want = F.cross_entropy(functional_call(model, at, (x,)), y, ignore_index=-100)
+        assert got == pytest.approx(float(want), rel=1e-12)
