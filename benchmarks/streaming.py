@@ -94,9 +94,10 @@ def run(cmd: list[str], env: dict[str, str]) -> dict[str, object]:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     peak = [0]
+    done = threading.Event()
 
-    def sample() -> None:
-        while proc.poll() is None:
+    def sample() -> None:  # not proc.poll(): it reaps the child, and then wait4 below found none (a race)
+        while not done.is_set():
             peak[0] = max(peak[0], anon_kb(proc.pid))
             time.sleep(0.02)
 
@@ -104,6 +105,7 @@ def run(cmd: list[str], env: dict[str, str]) -> dict[str, object]:
     sampler.start()
     out = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     sampler.join()
