@@ -80,6 +80,21 @@ def loss_terms(loss_fn: LossFn, target: torch.Tensor) -> int:
     return int((counted != IGNORE_INDEX).sum())
 
 
+def correct_predictions(loss_fn: LossFn, output: Any, target: torch.Tensor) -> torch.Tensor:
+    """How many of a batch's `loss_terms` the model predicts right (argmax of the logits): its counted
+    class targets (tokens, pixels; next-token: each position against the token after it) for a
+    built-in class loss, else its rows against the last dimension's argmax."""
+    logits = logits_of(output)
+    if not counts_targets(loss_fn, target):
+        return (logits.argmax(-1) == target).sum()
+    if loss_fn is next_token:
+        logits, target = logits[:, :-1], target[:, 1:]
+        dim = -1
+    else:
+        dim = _class_dim(logits, target)
+    return ((logits.argmax(dim) == target) & (target != IGNORE_INDEX)).sum()
+
+
 def mse(output: Any, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the model's output (its logits, for a structured output) against the targets."""
     return F.mse_loss(logits_of(output), target)

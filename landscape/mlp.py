@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from landscape.layers import linear_in_own_weights
-from landscape.losses import cross_entropy, mse
+from landscape.losses import IGNORE_INDEX, cross_entropy, mse
 
 # modules and functions that act elementwise (so any memory layout is fine), without parameters;
 # the functions map to their in-place forms (None: none), as every step's input is a fresh product
@@ -166,8 +166,8 @@ def _step(node: fx.Node, modules: dict[str, nn.Module]) -> Step | str | None:
 def loss_kind(loss_fn: Callable, y: torch.Tensor, outputs: int) -> str | None:
     """ "cross-entropy" or "mse" when the built-in loss can be computed features-first for targets `y`
     and `outputs` model outputs per sample; None otherwise (a user's loss is only known as a call)."""
-    if loss_fn is cross_entropy and not torch.is_floating_point(y) and y.dim() == 1:
-        return "cross-entropy"
+    if loss_fn is cross_entropy and not torch.is_floating_point(y) and y.dim() == 1 and not (y == IGNORE_INDEX).any():
+        return "cross-entropy"  # targets of -100 (ignored) are left to the others: the gather has no such class
     if (
         (loss_fn is mse or loss_fn is F.mse_loss)
         and torch.is_floating_point(y)

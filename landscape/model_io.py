@@ -157,8 +157,3 @@ def output_numel(out: Any) -> int:
     if isinstance(out, (tuple, list)):
         return sum(output_numel(v) for v in out)
     return 0
-
-
-def predictions_correct(out: Any, y: torch.Tensor) -> torch.Tensor:
-    """Number of samples whose predicted class (argmax of the logits' last dimension) is the target."""
-    return (logits_of(out).argmax(-1) == y).sum()

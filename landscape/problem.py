@@ -19,6 +19,7 @@ from landscape.losses import (
     IGNORE_INDEX,
     LossFn,
     check_class_targets,
+    correct_predictions,
     counts_targets,
     is_builtin,
     loss_function,
@@ -31,7 +32,6 @@ from landscape.model_io import (
     describe,
     describe_output,
     output_kind,
-    predictions_correct,
     rows,
     take,
     to_device,
@@ -110,8 +110,11 @@ class Problem:
         self._head = (self._placed_x(x), self._placed_y(y))
         self._x: Inputs | None = None if self.source is not None else self._head[0]
         self._y: torch.Tensor | None = None if self.source is not None else self._head[1]
+        # accuracy: of class indices, one per sample or the counted targets of a built-in class loss
+        # (next-token, pixels); the share of the loss's terms (`terms`) predicted right
+        one_per_sample = not torch.is_floating_point(y) and y.ndim == 1
         self.classification = (
-            (not torch.is_floating_point(y) and y.ndim == 1) if classification is None else classification
+            (one_per_sample or counts_targets(self.loss_fn, y)) if classification is None else classification
         )
         self.buffers = dict(model.named_buffers())
         if batch_size is not None and batch_size < 1:
@@ -474,7 +477,7 @@ def check_fits(problem: Problem, data_name: str, say: Callable[[str], None] = la
     try:
         loss = problem.loss_fn(out, yb)
         if problem.classification:
-            predictions_correct(out, yb)
+            correct_predictions(problem.loss_fn, out, yb)
     except LandscapeError:
         raise
     except Exception as exc:

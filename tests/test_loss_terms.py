@@ -58,9 +58,11 @@ def test_padded_next_token_loss_and_curvature_do_not_depend_on_the_batch_size(ba
     axes = ls.random_axes(problem, 1, seed=2)
     sweep = ls.sweep(problem, axes, x=(-1, 1, 3), strategy="loop")
     theta = dict(model.named_parameters())
-    for c, got in zip(sweep.x, sweep.loss):
+    for c, got, accuracy in zip(sweep.x, sweep.loss, sweep.accuracy):
         at = problem.layout.unflatten(problem.theta + float(c) * axes.directions[0].to(problem.theta))
         assert got == pytest.approx(float(_token_mean(model, at, ids, labels)), rel=1e-12)
+        predicted, counted = functional_call(model, at, (ids,))[:, :-1].argmax(-1), labels[:, 1:]
+        assert accuracy == float((predicted == counted)[counted != -100].double().mean())  # next-token accuracy
 
     flat = problem.layout.flatten({k: v.detach() for k, v in theta.items()})
     exact = torch.func.hessian(lambda u: _token_mean(model, problem.layout.unflatten(u), ids, labels))(flat)
@@ -80,7 +82,26 @@ def test_dense_targets_with_ignored_pixels_are_averaged_over_the_counted_pixels(
     assert problem.terms == int((y != -100).sum())
     axes = ls.random_axes(problem, 1, seed=0)
     sweep = ls.sweep(problem, axes, x=(-1, 1, 3), strategy="loop")
-    for c, got in zip(sweep.x, sweep.loss):
+    for c, got, accuracy in zip(sweep.x, sweep.loss, sweep.accuracy):
         at = problem.layout.unflatten(problem.theta + float(c) * axes.directions[0].to(problem.theta))
-        want = F.cross_entropy(functional_call(model, at, (x,)), y, ignore_index=-100)
-        assert got == pytest.approx(float(want), rel=1e-12)
+        logits = functional_call(model, at, (x,))
+        assert got == pytest.approx(float(F.cross_entropy(logits, y, ignore_index=-100)), rel=1e-12)
+        assert accuracy == pytest.approx(float((logits.argmax(1) == y)[y != -100].double().mean()), abs=1e-15)
+
+
+def test_ignored_class_targets_count_for_neither_loss_nor_accuracy_with_any_strategy():
+    """One class per sample, some -100: the mlp strategy's gather failed on them; accuracy counted them wrong."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    x, y = torch.randn(32, 4, dtype=torch.float64), torch.randint(0, 3, (32,))
+    y[:5] = -100
+    problem = ls.Problem(model, (x, y), dtype="float64")
+    axes = ls.random_axes(problem, 1, seed=0)
+    kept = y != -100
+    for strategy in ("loop", "vmap", "firstlayer", "auto"):
+        sweep = ls.sweep(problem, axes, x=(-1, 1, 3), strategy=strategy)
+        for c, loss, accuracy in zip(sweep.x, sweep.loss, sweep.accuracy):
+            at = problem.layout.unflatten(problem.theta + float(c) * axes.directions[0].to(problem.theta))
+            logits = functional_call(model, at, (x,))
+            assert loss == pytest.approx(float(F.cross_entropy(logits, y, ignore_index=-100)), rel=1e-12)
+            assert accuracy == pytest.approx(float((logits.argmax(1) == y)[kept].double().mean()), abs=1e-15)

@@ -134,7 +134,7 @@ class Strategy:
                 loss[at] += lb.double() * w  # w: the batch's share of the loss's terms (rows, or counted tokens)
                 if cb is not None:
                     correct[at] += cb.double()
-        return Evaluation(loss[:n].cpu(), (correct[:n] / p.n).cpu() if p.classification else None)
+        return Evaluation(loss[:n].cpu(), (correct[:n] / p.terms).cpu() if p.classification else None)
 
     def per_call(self, c: torch.Tensor) -> Any:
         raise NotImplementedError

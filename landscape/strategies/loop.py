@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from landscape.model_io import Inputs, call, predictions_correct
+from landscape.losses import correct_predictions
+from landscape.model_io import Inputs, call
 from landscape.strategies.base import Strategy
 
 
@@ -38,5 +39,5 @@ class LoopStrategy(Strategy):
     def point_loss(self, xb: Inputs, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean loss and number of correct predictions (classification) on one batch at the written weights."""
         out = call(self.forward, xb)
-        correct = predictions_correct(out, yb) if self.problem.classification else None
+        correct = correct_predictions(self.problem.loss_fn, out, yb) if self.problem.classification else None
         return self.problem.loss_fn(out, yb), correct

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from landscape.model_io import Inputs, call_functional, math_attention, predictions_correct
+from landscape.losses import correct_predictions
+from landscape.model_io import Inputs, call_functional, math_attention
 from landscape.problem import Problem
 from landscape.strategies.base import BuildContext, NotApplicable, Strategy
 
@@ -47,7 +48,7 @@ class VmapStrategy(Strategy):
             self.first_out = first_out  # read by the first layer's replaced forward (FirstLayerVmapStrategy)
             out = call_functional(model, (params, buffers), xb)
             loss = loss_fn(out, yb)
-            correct = predictions_correct(out, yb) if cls else torch.zeros((), device=yb.device)
+            correct = correct_predictions(loss_fn, out, yb) if cls else torch.zeros((), device=yb.device)
             return loss, correct
 
         self._batched = torch.vmap(one, in_dims=(0, None, None, 0 if self.feeds_first_layer else None))
