@@ -123,7 +123,16 @@ class Problem:
         if batch_size is None and self.source is not None:
             cap = streamed_batch_size(self.source, self.dtype, cap)
         self.batch_size = int(batch_size or cap)
-        self.auto_batch = batch_size is None  # True when the user named no batch size: the sweep may tune it
+        # True when the user named no batch size and the loss does not depend on it: the sweep may tune it
+        self.auto_batch = batch_size is None
+        per_batch = batch_statistics(self.model)
+        if per_batch:
+            self.auto_batch = False
+            names = ", ".join(per_batch[:3]) + (f" and {len(per_batch) - 3} more" if len(per_batch) > 3 else "")
+            say(
+                f"BatchNorm {names} keeps no running statistics and normalizes each batch by its own, so the "
+                f"loss depends on the batch size: it stays {self.batch_size} (not tuned)"
+            )
         self._provenance = dict(provenance) if provenance is not None else None
         # buffers that move with the point: along the x axis (`along_line_to`) or with state directions
         self.buffer_line: BufferLine | BufferScale | None = None
@@ -382,6 +391,16 @@ def _say_left_out(model: nn.Module, chosen: Mapping[str, nn.Parameter], params: 
             f"the landscape is over the other {sum(p.numel() for p in chosen.values()):,}"
             + (" (params 'all' includes them)" if params == "trainable" else "")
         )
+
+
+def batch_statistics(model: nn.Module) -> list[str]:
+    """The BatchNorm modules that normalize by the batch's own statistics in eval mode (no running
+    statistics kept): with them a sample's output, and the loss, depend on the batch it is in."""
+    return [
+        name or type(module).__name__
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None
+    ]
 
 
 def memory_provenance(problem: Problem) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from torch.func import functional_call
 
 import landscape as ls
 from landscape.losses import cross_entropy, loss_terms, next_token
+from landscape.measures import loss_at
 
 V = 11
 
@@ -105,3 +106,30 @@ def test_ignored_class_targets_count_for_neither_loss_nor_accuracy_with_any_stra
             logits = functional_call(model, at, (x,))
             assert loss == pytest.approx(float(F.cross_entropy(logits, y, ignore_index=-100)), rel=1e-12)
             assert accuracy == pytest.approx(float((logits.argmax(1) == y)[kept].double().mean()), abs=1e-15)
+
+
+def test_batchnorm_without_running_statistics_keeps_the_batch_size_and_says_why():
+    """Such a norm normalizes by each batch's statistics in eval mode: the loss depends on the batch, so
+    the probe may not tune the batch size (values of one run would differ with its timing)."""
+
+    def convnet(running: bool) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3),
+            nn.BatchNorm2d(4, track_running_stats=running),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(144, 3),
+        )
+
+    data = (torch.randn(48, 3, 8, 8), torch.randint(0, 3, (48,)))
+    said: list[str] = []
+    problem = ls.Problem(convnet(False), data, say=said.append)
+    assert not problem.auto_batch and problem.batch_size == 48
+    assert said == [
+        "BatchNorm 1 keeps no running statistics and normalizes each batch by its own, so the loss depends on "
+        "the batch size: it stays 48 (not tuned)"
+    ]
+    whole = ls.Problem(convnet(False), data, batch_size=48)
+    halves = ls.Problem(whole.model, data, batch_size=24)
+    assert loss_at(whole, whole.theta) != pytest.approx(loss_at(halves, halves.theta), rel=1e-4)  # why it matters
+    assert ls.Problem(convnet(True), data).auto_batch
