@@ -179,6 +179,25 @@ def test_first_layer_found_only_when_fed_by_input():
     assert find_first_layer(sample_problem("transformer", samples=8)) is None
 
 
+def _every_strategy_matches_the_direct_loop(problem, norm: str = "filter") -> list[str]:
+    """Every uncompiled strategy that builds for the problem gives the direct loop's loss on a 3 x 2
+    grid; the names of those that built."""
+    dirs = random_directions(2, problem.theta, problem.layout, seed=3, norm=norm)
+    coords = grid_coords([torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 2)])
+    ran = []
+    for strategy in UNCOMPILED:
+        try:
+            strat = build_strategy(strategy, problem, dirs, points_per_call=4)
+        except NotApplicable:
+            continue
+        res = strat.evaluate(coords)
+        strat.close()
+        ran.append(strategy)
+        for i, c in enumerate(coords):
+            assert res.loss[i].item() == pytest.approx(direct_loss(problem, problem.theta + c @ dirs)[0], rel=1e-9)
+    return ran
+
+
 class _Scaled(nn.Linear):  # computes more than F.linear of its weights (a scaled or quantized Linear)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) * (1 + self.weight.pow(2).sum())
@@ -217,19 +236,7 @@ def test_fast_paths_leave_layers_that_compute_more_than_the_stock_layer_to_the_m
         model = model.double().eval()
         y = torch.randint(0, 3, (24,))
         problem = make_problem(model, model.state_dict(), x, y, cross_entropy, device="cpu", dtype=torch.float64)
-        dirs = random_directions(2, problem.theta, problem.layout, seed=3, norm="layer")
-        coords = grid_coords([torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 2)])
-        ran = []
-        for strategy in UNCOMPILED:
-            try:
-                strat = build_strategy(strategy, problem, dirs, points_per_call=4)
-            except NotApplicable:
-                continue
-            res = strat.evaluate(coords)
-            strat.close()
-            ran.append(strategy)
-            for i, c in enumerate(coords):
-                assert res.loss[i].item() == pytest.approx(direct_loss(problem, problem.theta + c @ dirs)[0], rel=1e-9)
+        ran = _every_strategy_matches_the_direct_loop(problem, norm="layer")
         assert "vmap" in ran and not {"firstlayer", "mlp"} & set(ran if model is mlp else ()), ran
 
 
@@ -266,17 +273,7 @@ def test_a_first_layer_applied_twice_or_read_elsewhere_gives_the_loops_values(mo
     assert first is None or reads_weights_elsewhere(problem, first)
     plain = sample_problem("mlp", samples=8)  # whose first layer's weights need no writing per point
     assert not reads_weights_elsewhere(plain, find_first_layer(plain))
-    dirs = random_directions(2, problem.theta, problem.layout, seed=3)
-    coords = grid_coords([torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 2)])
-    for strategy in UNCOMPILED:
-        try:
-            strat = build_strategy(strategy, problem, dirs, points_per_call=4)
-        except NotApplicable:
-            continue
-        res = strat.evaluate(coords)
-        strat.close()
-        for i, c in enumerate(coords):
-            assert res.loss[i].item() == pytest.approx(direct_loss(problem, problem.theta + c @ dirs)[0], rel=1e-9)
+    _every_strategy_matches_the_direct_loop(problem)
 
 
 def test_probe_keeps_fastest_and_its_values():
