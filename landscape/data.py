@@ -144,6 +144,11 @@ def stack_records(
 
 
 def check_pair(pair: Pair, where: str) -> tuple[Inputs, torch.Tensor]:
+    if isinstance(pair[0], (tuple, list)) and any(isinstance(t, torch.Tensor) for t in pair[0]):
+        raise LandscapeError(  # torch.as_tensor said "only one element tensors can be converted to Python scalars"
+            f"{where}: the inputs are {len(pair[0])} tensors in a {type(pair[0]).__name__}; give them as a dict of "
+            "the model's keyword arguments, e.g. {'x1': x1, 'x2': x2, 'y': y} (the model is called as model(**inputs))"
+        )
     x = {k: torch.as_tensor(v) for k, v in pair[0].items()} if isinstance(pair[0], dict) else torch.as_tensor(pair[0])
     y = torch.as_tensor(pair[1])
     leaves = list(x.values()) if isinstance(x, dict) else [x]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape.errors import ArgumentError
+from landscape.errors import ArgumentError, LandscapeError
 from landscape.io.samples import sample
 from landscape.strategies.grid import BYTES_PER_POINT, check_grid_fits
 
@@ -357,3 +357,25 @@ def test_options_that_were_silently_accepted(cli, tmp_path, args, name, said):
 def test_more_samples_than_the_data_has_is_said(cli, tmp_path):
     res = cli("sweep", "--sample", "linreg", "--x", "-1:1:3", "--samples", "5000", "-o", tmp_path / "s.h5")
     assert res.code == 0 and "5,000 samples asked for; the data has" in res.err + res.out, res
+
+
+def test_inputs_given_as_a_tuple_of_tensors_are_refused_with_the_dict_that_works():
+    """A two-input model's data as ((x1, x2), y) failed in torch.as_tensor: "only one element tensors can be
+    converted to Python scalars". The error now says how to give them: a dict of keyword inputs."""
+    import landscape as ls
+
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.head = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.a(x1)) - torch.relu(self.a(x2)))
+
+    x1, x2, y = torch.randn(16, 4), torch.randn(16, 4), torch.randint(0, 2, (16,))
+    with pytest.raises(LandscapeError, match=r"^data: the inputs are 2 tensors in a tuple; give them as a dict"):
+        ls.Problem(Pair(), ((x1, x2), y))
+    model = Pair()
+    problem = ls.Problem(model, {"x1": x1, "x2": x2, "y": y})
+    want = torch.nn.functional.cross_entropy(model(x1, x2), y)
+    assert ls.sweep(problem, ls.random_axes(problem, 1), x=(0, 0, 1)).loss[0] == pytest.approx(float(want), rel=1e-6)
