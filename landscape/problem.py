@@ -31,6 +31,7 @@ from landscape.model_io import (
     call,
     describe,
     describe_output,
+    map_inputs,
     output_kind,
     rows,
     take,
@@ -141,6 +142,8 @@ class Problem:
         # the loss's terms (counted targets, or rows): in all the data, and per batch for each batch size
         self._terms: int | None = None
         self._batch_terms: dict[int, list[int]] = {}
+        # set by `check_fits` when the forward pass changes its input in place (in-memory batches are then copies)
+        self.writes_inputs = False
         check_fits(self, where, say)
 
     def __repr__(self) -> str:
@@ -184,7 +187,8 @@ class Problem:
     def head(self, k: int) -> tuple[Inputs, torch.Tensor]:
         """The first `k` rows (at most the 64 read to check a streamed data set), on the device."""
         x, y = (self.x, self.y) if self.source is None else self._head
-        return take(x, slice(0, k)), y[:k]
+        x = take(x, slice(0, k))
+        return (map_inputs(torch.clone, x) if self.writes_inputs else x), y[:k]  # a model may write into views
 
     @property
     def n(self) -> int:
@@ -268,7 +272,9 @@ class Problem:
             ]
         for i, start in enumerate(range(0, self.n, bs)):
             if counted[i]:
-                yield take(self.x, slice(start, start + bs)), self.y[start : start + bs], counted[i] / self.terms
+                xb = take(self.x, slice(start, start + bs))
+                xb = map_inputs(torch.clone, xb) if self.writes_inputs else xb  # views of the data: not to be written
+                yield xb, self.y[start : start + bs], counted[i] / self.terms
 
     def _streamed_batches(self, bs: int) -> Iterator[tuple[Inputs, torch.Tensor, float]]:
         assert self.source is not None
@@ -476,6 +482,9 @@ def make_problem(
 def check_fits(problem: Problem, data_name: str, say: Callable[[str], None] = lambda msg: None) -> None:
     """Run the model and loss on two samples; turn a failure into a one-line error."""
     xb, yb = problem.head(2)
+    xb = map_inputs(torch.clone, xb)  # the data's own rows are not to be changed by a model that writes into them
+    leaves = list(xb.values()) if isinstance(xb, dict) else [xb]
+    versions = [t._version for t in leaves]
     try:
         with torch.no_grad():
             out = problem.forward(xb)
@@ -484,6 +493,9 @@ def check_fits(problem: Problem, data_name: str, say: Callable[[str], None] = la
         raise LandscapeError(
             f"{data_name}: the model cannot take {describe(problem.head(problem.n)[0])}: {msg}"
         ) from exc
+    if [t._version for t in leaves] != versions:  # an in-place op on the input: `x /= 255` in forward
+        problem.writes_inputs = True
+        say("the model writes into its inputs in place: each batch is copied before it runs")
     kind = output_kind(out)
     if kind is not None and is_builtin(problem.loss_fn):
         say(f"the model returns {kind}")

@@ -38,7 +38,9 @@ def direct_loss(problem, flat: torch.Tensor) -> tuple[float, float]:
     """Truth: the whole data set in one pass at weights `flat`, via functional_call (no engine code)."""
     params = problem.layout.unflatten(flat)
     with torch.no_grad():
-        out = functional_call(problem.model, (params, problem.buffers), (problem.x,))
+        out = functional_call(
+            problem.model, (params, problem.buffers), (problem.x.clone(),)
+        )  # a model may write into it
         loss = float(problem.loss_fn(out, problem.y))
         acc = float((out.argmax(-1) == problem.y).double().mean()) if problem.classification else float("nan")
     return loss, acc
@@ -274,6 +276,32 @@ def test_a_first_layer_applied_twice_or_read_elsewhere_gives_the_loops_values(mo
     plain = sample_problem("mlp", samples=8)  # whose first layer's weights need no writing per point
     assert not reads_weights_elsewhere(plain, find_first_layer(plain))
     _every_strategy_matches_the_direct_loop(problem)
+
+
+class _HalvesItsInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x /= 2.0  # in place, as `x /= 255` in a user's forward: it halved the stored data at every pass
+        return self.body(x)
+
+
+def test_a_model_that_writes_into_its_input_gets_the_data_as_given_at_every_point():
+    """The loop's center loss came out 1.0896 for a true 1.0872, and shifted with every pass over the data."""
+    torch.manual_seed(0)
+    model = _HalvesItsInput().double()
+    x, y = torch.randn(32, 4, dtype=torch.float64), torch.randint(0, 3, (32,))
+    said: list[str] = []
+    problem = make_problem(model, model.state_dict(), x.clone(), y, cross_entropy, device="cpu", dtype=torch.float64,
+                           say=said.append)  # fmt: skip
+    assert said == ["the model writes into its inputs in place: each batch is copied before it runs"]
+    with torch.no_grad():
+        want = float(nn.functional.cross_entropy(model.body(x / 2), y))
+    assert direct_loss(problem, problem.theta)[0] == pytest.approx(want, rel=1e-12)  # the truth ran on a copy too
+    assert "firstlayer" not in _every_strategy_matches_the_direct_loop(problem)  # it caches the layer from raw x
+    assert torch.equal(problem.x, x)
 
 
 def test_probe_keeps_fastest_and_its_values():

@@ -90,6 +90,12 @@ def reads_weights_elsewhere(problem: Problem, first: tuple[str, nn.Module]) -> b
     return not torch.allclose(got, want, rtol=0, atol=0, equal_nan=True)
 
 
+def writes_its_inputs(problem: Problem) -> str | None:
+    """Why the first layer's output cannot be cached from the raw input: the model changes its input in
+    place before the layer reads it (`x /= 255` in forward)."""
+    return "the model writes into its input in place" if problem.writes_inputs else None
+
+
 class FirstLayerCache:
     """The first layer's outputs at the checkpoint and along each direction, per batch of the data.
 
@@ -229,7 +235,7 @@ class FirstLayerStrategy(LoopStrategy):
 
     @classmethod
     def rules_out(cls, problem: Problem) -> str | None:
-        return keyword_inputs(problem) or caches_per_sample(problem)
+        return keyword_inputs(problem) or caches_per_sample(problem) or writes_its_inputs(problem)
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
@@ -298,7 +304,7 @@ class FirstLayerVmapStrategy(VmapStrategy):
 
     @classmethod
     def rules_out(cls, problem: Problem) -> str | None:
-        return keyword_inputs(problem) or caches_per_sample(problem)
+        return keyword_inputs(problem) or caches_per_sample(problem) or writes_its_inputs(problem)
 
     @classmethod
     def build(cls, problem: Problem, directions: torch.Tensor, ctx: BuildContext) -> Strategy:
