@@ -518,6 +518,15 @@ def check_fits(problem: Problem, data_name: str, say: Callable[[str], None] = la
         ) from exc
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ArgumentError("loss", None, "the loss function must return a scalar (the mean over the batch)")
+    with torch.no_grad():  # a random forward (noise, F.dropout(training=True)) makes every number a draw
+        again = problem.loss_fn(problem.forward(map_inputs(torch.clone, problem.head(2)[0])), yb)
+    tol = {torch.float64: 1e-8, torch.float32: 1e-4}.get(problem.dtype, 3e-2)
+    if torch.isfinite(loss) and not torch.allclose(again.double(), loss.double(), rtol=tol, atol=0):
+        differ = float(abs(again.double() - loss.double()) / abs(loss.double()).clamp_min(1e-300))
+        raise LandscapeError(
+            f"{data_name}: the loss is not deterministic: two forward passes at the same weights differ by {differ:.1e} "
+            "(relative); remove random noise or dropout that stays on in eval mode from the model"
+        )
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

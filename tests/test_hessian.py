@@ -89,19 +89,22 @@ def test_batched_and_looped_products_agree():
 
 
 class _Noisy(nn.Module):
-    def __init__(self):
+    def __init__(self, on: bool):
         super().__init__()
-        self.lin = nn.Linear(4, 3)
+        self.lin, self.on = nn.Linear(4, 3), on
 
     def forward(self, x):
-        return F.dropout(self.lin(x), p=0.5, training=True)  # dropout even in eval mode
+        return F.dropout(self.lin(x), p=0.5, training=self.on)  # dropout even in eval mode, when on
 
 
 @pytest.mark.parametrize("batch_size", [None, 7])  # the kept graph's check; the re-forwarding methods' check
 def test_nondeterministic_loss_is_refused(batch_size):
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
-    model = _Noisy()
+    with pytest.raises(LandscapeError, match="^data: the loss is not deterministic"):  # by the problem's own check
+        make_problem(_Noisy(True), _Noisy(True).state_dict(), x, y, F.cross_entropy, device="cpu", dtype=torch.float64)
+    model = _Noisy(False)  # random only after that check: the operator's own (the kept graph's, the re-forwarding's)
     p = make_problem(model, model.state_dict(), x, y, F.cross_entropy, device=torch.device("cpu"), dtype=torch.float64)
+    model.on = True
     with pytest.raises(LandscapeError, match="not deterministic"):
         CurvatureOperator(p, batch_size=batch_size)
 
