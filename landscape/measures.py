@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from landscape.directions import RandomDirections
-from landscape.model_io import call_functional
+from landscape.model_io import call_functional, twice_differentiable
 from landscape.names import CHUNK_SECONDS
 from landscape.problem import Problem
 from landscape.strategies import Evaluation, Pick, evaluate_points
@@ -211,13 +211,14 @@ def _center_loss(loss: torch.Tensor, alphas: torch.Tensor) -> float:
 
 
 def loss_and_grad(problem: Problem, flat: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Dataset-mean loss at trainable parameters `flat` and its gradient [P] (batches weighted by size)."""
+    """Dataset-mean loss at trainable parameters `flat` and its gradient [P] (batches weighted by their terms)."""
     leaf = flat.detach().to(problem.device, problem.dtype).clone().requires_grad_(True)
     grad = torch.zeros_like(leaf)
     total = 0.0
     for xb, yb, w in problem.batches():
         params = problem.layout.unflatten(leaf)
-        out = call_functional(problem.model, (params, problem.buffers), xb)
+        with twice_differentiable():  # dense gradients of sparse embeddings, among others
+            out = call_functional(problem.model, (params, problem.buffers), xb)
         lb = problem.loss_fn(out, yb) * w
         (g,) = torch.autograd.grad(lb, leaf)
         grad += g

@@ -76,10 +76,15 @@ def math_attention() -> AbstractContextManager[None]:
     return sdpa_kernel([SDPBackend.MATH])
 
 
+_SPARSE_AT = {F.embedding: 6, F.embedding_bag: 7}  # where nn.Embedding(Bag).forward passes `sparse` positionally
+
+
 class _TwiceDifferentiable(TorchFunctionMode):
     """Functions whose backward PyTorch cannot differentiate again, run as equal compositions it can:
     `hardsigmoid` (the squeeze-excite gates of torchvision's MobileNetV3) as relu6(x + 3) / 6,
-    the formula of its kernel. The output is a new tensor even where the call asked for in place."""
+    the formula of its kernel. The output is a new tensor even where the call asked for in place.
+    Embeddings made with `sparse=True` give dense gradients here: a sparse one cannot flow back into
+    the flat vector the weights are views of ("reshape is not implemented for sparse tensors")."""
 
     def __torch_function__(
         self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
@@ -88,15 +93,57 @@ class _TwiceDifferentiable(TorchFunctionMode):
         if func is F.hardsigmoid:
             x = args[0] if args else kwargs["input"]
             return F.relu6(x + 3.0) / 6.0
+        at = _SPARSE_AT.get(func)
+        if at is not None and (kwargs.get("sparse") or (len(args) > at and args[at])):
+            args = args[:at] + (False,) + args[at + 1 :] if len(args) > at else args
+            kwargs = {**kwargs, "sparse": False} if "sparse" in kwargs else kwargs
+        if func is F.embedding_bag:
+            composed = _embedding_bag_composed(*args, **kwargs)
+            if composed is not None:
+                return composed
         return func(*args, **kwargs)
+
+
+def _embedding_bag_composed(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    offsets: torch.Tensor | None = None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    mode: str = "mean",
+    sparse: bool = False,
+    per_sample_weights: torch.Tensor | None = None,
+    include_last_offset: bool = False,
+    padding_idx: int | None = None,
+) -> torch.Tensor | None:
+    """`F.embedding_bag` in sum or mean mode as F.embedding and a (segment) sum, which have second
+    derivatives (`_embedding_bag_backward` has none: no Hessian of a model with an nn.EmbeddingBag);
+    None for max mode, left to the kernel."""
+    if mode not in ("sum", "mean"):
+        return None
+    rows = F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq)
+    keep = (input != padding_idx) if padding_idx is not None else torch.ones_like(input, dtype=torch.bool)
+    scale = keep.to(rows.dtype) if per_sample_weights is None else keep * per_sample_weights
+    rows = rows * scale.unsqueeze(-1)
+    if input.dim() == 2:  # one bag a row
+        total, count = rows.sum(1), keep.sum(1)
+    else:  # one flat list, bags starting at `offsets`
+        assert offsets is not None
+        starts = offsets[:-1] if include_last_offset else offsets
+        bag = torch.searchsorted(starts, torch.arange(input.shape[0], device=input.device), right=True) - 1
+        total = rows.new_zeros(starts.shape[0], rows.shape[-1]).index_add(0, bag, rows)
+        count = torch.zeros(starts.shape[0], dtype=torch.long, device=input.device).index_add(0, bag, keep.long())
+    return total if mode == "sum" else total / count.clamp_min(1).unsqueeze(-1).to(total.dtype)
 
 
 @contextmanager
 def twice_differentiable() -> Iterator[None]:
-    """The context of every curvature forward pass: attention through its math kernel (`math_attention`)
-    and the few functions without a double backward through equal compositions that have one
-    (`_TwiceDifferentiable`): torchvision's MobileNetV3 failed every Hessian product with "derivative
-    for aten::hardsigmoid_backward is not implemented"."""
+    """The context of every differentiated forward pass (curvature, gradients): attention through its
+    math kernel (`math_attention`) and the few functions without a double backward through equal
+    compositions that have one (`_TwiceDifferentiable`): torchvision's MobileNetV3 failed every Hessian
+    product with "derivative for aten::hardsigmoid_backward is not implemented"; sparse embeddings
+    give dense gradients."""
     with math_attention(), _TwiceDifferentiable():
         yield
 

@@ -513,3 +513,45 @@ def test_the_gradient_through_the_flat_vector_is_put_together_once():
     (g,) = torch.autograd.grad(sum((views[n] * weights[n]).sum() for n in views), flat)
     assert torch.equal(g, layout.flatten(weights))
     assert layout.unflatten(torch.zeros(5, layout.size))["a"].shape == (5, 2, 3)  # leading dims kept
+
+
+class _Bags(nn.Module):
+    """Token ids -> a sparse embedding's mean and an EmbeddingBag's mean over non-padding ids -> classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(12, 3, sparse=True)
+        self.bag = nn.EmbeddingBag(12, 2, mode="mean", padding_idx=0, sparse=True)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.emb(ids).mean(1), self.bag(ids)], 1))
+
+
+def test_sparse_embeddings_and_embedding_bags_have_a_hessian_and_a_gradient():
+    """A sparse embedding failed every product and the gradient ("reshape is not implemented for sparse
+    tensors"); an EmbeddingBag has no double backward in PyTorch at all. Truth: the same loss written
+    with indexing and a masked mean, its exact Hessian by torch.func.hessian."""
+    import landscape as ls
+    from landscape.measures import loss_and_grad
+
+    torch.manual_seed(0)
+    model = _Bags().double()
+    ids, y = torch.randint(0, 12, (24, 5)), torch.randint(0, 3, (24,))
+    ids[0] = 0  # a bag of padding alone
+    problem = ls.Problem(model, (ids, y), dtype="float64")
+
+    def truth(flat: torch.Tensor) -> torch.Tensor:
+        p = problem.layout.unflatten(flat)
+        keep = (ids != 0).double().unsqueeze(-1)
+        bag = (p["bag.weight"][ids] * keep).sum(1) / keep.sum(1).clamp_min(1)
+        features = torch.cat([p["emb.weight"][ids].mean(1), bag], 1)
+        return F.cross_entropy(F.linear(features, p["head.weight"], p["head.bias"]), y)
+
+    exact = torch.linalg.eigvalsh(torch.func.hessian(truth)(problem.theta))
+    result = ls.hessian(problem, top_k=2, tol=1e-10, trace=True, trace_matvecs=400)
+    np.testing.assert_allclose(result.eigenvalues, exact.flip(0)[:2].numpy(), rtol=1e-8)
+    assert result.trace == pytest.approx(float(exact.sum()), rel=1e-8)
+    _, grad = loss_and_grad(problem, problem.theta)
+    torch.testing.assert_close(grad, torch.func.grad(truth)(problem.theta), rtol=1e-10, atol=1e-12)
+    assert model.emb.sparse and model.bag.sparse  # the model itself is left as it was
