@@ -9,6 +9,7 @@ logits found that way; a user's loss gets the output as it is.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -117,13 +118,16 @@ def _embedding_bag_composed(
     include_last_offset: bool = False,
     padding_idx: int | None = None,
 ) -> torch.Tensor | None:
-    """`F.embedding_bag` in sum or mean mode as F.embedding and a (segment) sum, which have second
-    derivatives (`_embedding_bag_backward` has none: no Hessian of a model with an nn.EmbeddingBag);
-    None for max mode, left to the kernel."""
-    if mode not in ("sum", "mean"):
+    """`F.embedding_bag` as F.embedding and a (segment) sum or max, which have second derivatives
+    (`_embedding_bag_backward` has none: no Hessian of a model with an nn.EmbeddingBag); None for
+    max mode over a flat list with offsets, left to the kernel."""
+    if mode not in ("sum", "mean", "max") or (mode == "max" and input.dim() != 2):
         return None
     rows = F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq)
     keep = (input != padding_idx) if padding_idx is not None else torch.ones_like(input, dtype=torch.bool)
+    if mode == "max":  # one bag a row; a bag of padding alone is zeros, as the kernel gives
+        top = rows.masked_fill(~keep.unsqueeze(-1), -math.inf).amax(1)
+        return torch.where(keep.any(1, keepdim=True), top, torch.zeros_like(top))
     scale = keep.to(rows.dtype) if per_sample_weights is None else keep * per_sample_weights
     rows = rows * scale.unsqueeze(-1)
     if input.dim() == 2:  # one bag a row

@@ -516,16 +516,18 @@ def test_the_gradient_through_the_flat_vector_is_put_together_once():
 
 
 class _Bags(nn.Module):
-    """Token ids -> a sparse embedding's mean and an EmbeddingBag's mean over non-padding ids -> classes."""
+    """Token ids -> a sparse embedding's mean, an EmbeddingBag's mean over non-padding ids and another's
+    max -> classes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.emb = nn.Embedding(12, 3, sparse=True)
         self.bag = nn.EmbeddingBag(12, 2, mode="mean", padding_idx=0, sparse=True)
-        self.head = nn.Linear(5, 3)
+        self.top = nn.EmbeddingBag(12, 2, mode="max")
+        self.head = nn.Linear(7, 3)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([self.emb(ids).mean(1), self.bag(ids)], 1))
+        return self.head(torch.cat([self.emb(ids).mean(1), self.bag(ids), self.top(ids)], 1))
 
 
 def test_sparse_embeddings_and_embedding_bags_have_a_hessian_and_a_gradient():
@@ -545,7 +547,7 @@ def test_sparse_embeddings_and_embedding_bags_have_a_hessian_and_a_gradient():
         p = problem.layout.unflatten(flat)
         keep = (ids != 0).double().unsqueeze(-1)
         bag = (p["bag.weight"][ids] * keep).sum(1) / keep.sum(1).clamp_min(1)
-        features = torch.cat([p["emb.weight"][ids].mean(1), bag], 1)
+        features = torch.cat([p["emb.weight"][ids].mean(1), bag, p["top.weight"][ids].amax(1)], 1)
         return F.cross_entropy(F.linear(features, p["head.weight"], p["head.bias"]), y)
 
     exact = torch.linalg.eigvalsh(torch.func.hessian(truth)(problem.theta))
