@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from landscape.directions import RandomDirections
-from landscape.model_io import call_functional, twice_differentiable
+from landscape.model_io import call_functional, differentiable_model, twice_differentiable
 from landscape.names import CHUNK_SECONDS
 from landscape.problem import Problem
 from landscape.strategies import Evaluation, Pick, evaluate_points
@@ -212,6 +212,7 @@ def _center_loss(loss: torch.Tensor, alphas: torch.Tensor) -> float:
 
 def loss_and_grad(problem: Problem, flat: torch.Tensor) -> tuple[float, torch.Tensor]:
     """Dataset-mean loss at trainable parameters `flat` and its gradient [P] (batches weighted by their terms)."""
+    differentiable_model(problem.model)
     leaf = flat.detach().to(problem.device, problem.dtype).clone().requires_grad_(True)
     grad = torch.zeros_like(leaf)
     total = 0.0

@@ -61,6 +61,17 @@ def call(model: Callable[..., Any], x: Inputs) -> Any:
     return model(**x) if isinstance(x, Mapping) else model(x)
 
 
+def differentiable_model(model: nn.Module) -> None:
+    """Refuse, in one line, a model whose loss cannot be differentiated at weights given apart from it:
+    a TorchScript module (torch.func.functional_call said "The stateless API can't be used with Jitted
+    modules"). Sweeps need no such call: the loop writes the weights in place."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise LandscapeError(
+            "the model is TorchScript (torch.jit), and gradients and curvature need torch.func.functional_call, "
+            "which TorchScript modules refuse: build the model from its Python class and load its state_dict"
+        )
+
+
 def call_functional(model: nn.Module, tensors: tuple[dict[str, torch.Tensor], ...], x: Inputs) -> Any:
     """`torch.func.functional_call` with the module's parameters and buffers replaced by `tensors`."""
     if isinstance(x, Mapping):

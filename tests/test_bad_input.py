@@ -379,3 +379,29 @@ def test_inputs_given_as_a_tuple_of_tensors_are_refused_with_the_dict_that_works
     problem = ls.Problem(model, {"x1": x1, "x2": x2, "y": y})
     want = torch.nn.functional.cross_entropy(model(x1, x2), y)
     assert ls.sweep(problem, ls.random_axes(problem, 1), x=(0, 0, 1)).loss[0] == pytest.approx(float(want), rel=1e-6)
+
+
+def test_a_torchscript_model_sweeps_and_refuses_curvature_in_one_line():
+    """torch.func.functional_call refuses TorchScript modules: the Hessian and the gradient raised "The
+    stateless API can't be used with Jitted modules"; the sweep's loop writes weights in place and runs."""
+    import warnings
+
+    import landscape as ls
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with warnings.catch_warnings(action="ignore", category=FutureWarning):  # torch.jit.script is deprecated
+        scripted = torch.jit.script(plain)
+    data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+    problem = ls.Problem(scripted, data)
+    for compute in (lambda: ls.hessian(problem, top_k=1), lambda: ls.sharpness(problem)):
+        with pytest.raises(
+            LandscapeError, match=r"^the model is TorchScript \(torch.jit\), and gradients and curvature"
+        ):
+            compute()
+    axes = ls.random_axes(problem, 1)
+    np.testing.assert_allclose(
+        ls.sweep(problem, axes, x=(-1, 1, 3)).loss,
+        ls.sweep(ls.Problem(plain, data), axes, x=(-1, 1, 3)).loss,
+        rtol=1e-6,
+    )

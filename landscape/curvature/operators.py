@@ -50,7 +50,15 @@ import torch
 from landscape.distributed import World
 from landscape.errors import ArgumentError, LandscapeError
 from landscape.losses import is_builtin
-from landscape.model_io import Inputs, call_functional, logits_of, map_inputs, take, twice_differentiable
+from landscape.model_io import (
+    Inputs,
+    call_functional,
+    differentiable_model,
+    logits_of,
+    map_inputs,
+    take,
+    twice_differentiable,
+)
 from landscape.names import CURVATURES, METHODS
 from landscape.params import Layout
 from landscape.problem import Problem
@@ -124,6 +132,7 @@ class CurvatureOperator:
             raise ArgumentError("curvature", curvature, f"expected one of {', '.join(CURVATURES)}")
         if method != "auto" and method not in METHODS:
             raise ArgumentError("method", method, f"expected auto or one of {', '.join(METHODS)}")
+        differentiable_model(problem.model)
         self.problem = problem
         self.curvature = curvature
         names = tuple(names) if names is not None else problem.layout.names
