@@ -83,6 +83,14 @@ class Problem:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ArgumentError("model", type(model).__name__, "expected a torch.nn.Module")
+        inner = getattr(model, "_orig_mod", None)
+        if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+            # torch.compile(model): its parameters are the module's under `_orig_mod.`, and every strategy and
+            # product would run through (and recompile) the compiled wrapper; `--strategy compiled` compiles anew
+            model = inner
+            say(
+                f"the model is torch.compile'd: its module ({type(model).__name__}) is used, with its own parameter names"
+            )
         first = next(iter(model.parameters()), None)
         if first is None:
             raise ArgumentError("model", None, "the model has no parameters")

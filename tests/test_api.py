@@ -266,3 +266,19 @@ def test_a_notebook_shows_each_object_in_a_line_with_its_numbers():
     assert f"eigenvalues [{curvature.eigenvalues[0]:.6g}, {curvature.eigenvalues[1]:.6g}]" in shown["curvature"]
     assert f"trace {curvature.trace:.6g}" in shown["curvature"]
     assert f"ri={rough.ri:.6g}" in shown["rough"] and "loss[3, 5]" in shown["rough"]
+
+
+def test_a_torch_compiled_model_is_studied_through_its_own_module():
+    """torch.compile(model) gave parameter names under `_orig_mod.` (not the checkpoint's), and every
+    strategy ran through the compiled wrapper (the sweep took 4 s on a 67-parameter MLP: compiles)."""
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+    said: list[str] = []
+    problem = ls.Problem(torch.compile(plain), data, say=said.append)
+    assert problem.model is plain and problem.layout.names == ("0.weight", "0.bias", "2.weight", "2.bias")
+    assert said[0] == "the model is torch.compile'd: its module (Sequential) is used, with its own parameter names"
+    axes = ls.random_axes(problem, 1)
+    np.testing.assert_array_equal(
+        ls.sweep(problem, axes, x=(-1, 1, 3)).loss, ls.sweep(ls.Problem(plain, data), axes, x=(-1, 1, 3)).loss
+    )
