@@ -279,6 +279,5 @@ def test_a_torch_compiled_model_is_studied_through_its_own_module():
     assert problem.model is plain and problem.layout.names == ("0.weight", "0.bias", "2.weight", "2.bias")
     assert said[0] == "the model is torch.compile'd: its module (Sequential) is used, with its own parameter names"
     axes = ls.random_axes(problem, 1)
-    np.testing.assert_array_equal(
-        ls.sweep(problem, axes, x=(-1, 1, 3)).loss, ls.sweep(ls.Problem(plain, data), axes, x=(-1, 1, 3)).loss
-    )
+    twin = ls.sweep(ls.Problem(plain, data), axes, x=(-1, 1, 3)).loss  # the strategies may differ: equal to rounding
+    np.testing.assert_allclose(ls.sweep(problem, axes, x=(-1, 1, 3)).loss, twin, rtol=1e-6)
