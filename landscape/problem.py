@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import inspect
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -104,6 +105,9 @@ class Problem:
         )  # fmt: skip
         self.source = placed if isinstance(placed, DataSource) else None  # streamed data, read on every pass
         x, y = placed.head() if isinstance(placed, DataSource) else placed
+        # columns the model's forward takes no argument for (a data set's `idx`) are left out, as the
+        # Hugging Face Trainer leaves them; `input_keys` named by the user are passed as named
+        self._input_keys = None if columns.input_keys is not None else accepted_keys(model, x, say)
         self.loss_fn, self.loss_name = loss_function(loss, y)
         # weights are combined (theta + c @ D) in float32 when the model runs in bfloat16
         master = torch.float32 if self.dtype == torch.bfloat16 else self.dtype
@@ -160,6 +164,8 @@ class Problem:
         return f"Problem({model}, {self.layout.size:,} parameters, {self.n:,} samples, loss {self.loss_name}, {self.device} {dtype})"
 
     def _placed_x(self, x: Inputs) -> Inputs:
+        if self._input_keys is not None and isinstance(x, Mapping):
+            x = {k: v for k, v in x.items() if k in self._input_keys}
         return to_device(x, self.device, self.dtype)
 
     def _placed_y(self, y: torch.Tensor) -> torch.Tensor:
@@ -405,6 +411,26 @@ def _say_left_out(model: nn.Module, chosen: Mapping[str, nn.Parameter], params: 
             f"the landscape is over the other {sum(p.numel() for p in chosen.values()):,}"
             + (" (params 'all' includes them)" if params == "trainable" else "")
         )
+
+
+def accepted_keys(model: nn.Module, x: Inputs, say: Say) -> frozenset[str] | None:
+    """The keys of dict inputs `x` that the model's forward has a parameter for, when it lacks one for
+    others (said once); None when it takes them all (or any keyword: **kwargs)."""
+    if not isinstance(x, Mapping):
+        return None
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C++ forward: no signature to read
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = [k for k in x if k not in names]
+    if not unknown or len(unknown) == len(x):  # all taken, or none: the model's own error says more
+        return None
+    names_them = "--input-key or input_keys passes named ones"
+    say(f"the model's forward takes no {', '.join(map(repr, unknown))}: left out of its inputs ({names_them})")
+    return frozenset(k for k in x if k in names)
 
 
 def batch_statistics(model: nn.Module) -> list[str]:

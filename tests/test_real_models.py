@@ -728,3 +728,32 @@ def test_mobilenet_v3_hessian_through_hardsigmoid_against_finite_differences():
     hv = by_differences(vector)
     assert float(vector @ hv) == pytest.approx(value, rel=1e-5)
     assert float((hv - value * vector).norm()) < 1e-3 * abs(value)
+
+
+class _TakesIds(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.head = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.emb(input_ids).mean(1))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_columns_the_forward_takes_no_argument_for_are_left_out(stream):
+    """A data set's extra column (an `idx`) went to the model: "forward() got an unexpected keyword argument
+    'idx'". As the Hugging Face Trainer does, such columns are now left out, and that is said."""
+    import landscape as ls
+
+    torch.manual_seed(0)
+    cols = {"input_ids": torch.randint(0, 20, (16, 5)), "attention_mask": torch.ones(16, 5, dtype=torch.long)}
+    cols |= {"idx": torch.arange(16), "labels": torch.randint(0, 3, (16,))}
+    rows = torch.utils.data.StackDataset(**cols)  # a map-style Dataset of dict rows
+    model, said = _TakesIds(), []
+    problem = ls.Problem(model, rows if stream else cols, stream=stream, say=said.append)
+    assert (
+        "the model's forward takes no 'idx': left out of its inputs (--input-key or input_keys passes named ones)"
+        in said
+    )
+    sweep = ls.sweep(problem, ls.random_axes(problem, 1), x=(0, 0, 1))
+    assert sweep.loss[0] == pytest.approx(float(F.cross_entropy(model(cols["input_ids"]), cols["labels"])), rel=1e-6)
