@@ -31,10 +31,12 @@ def _class_dim(logits: torch.Tensor, target: torch.Tensor) -> int:
 
 
 def _nll(logits: torch.Tensor, target: torch.Tensor, dim: int) -> torch.Tensor:
-    """Mean negative log-likelihood of class indices, IGNORE_INDEX left out (log_softmax + gather)."""
+    """Mean negative log-likelihood of class indices, IGNORE_INDEX left out (log_softmax + gather); 0 where
+    every target is ignored (F.cross_entropy's 0 / 0 = NaN: one padded sample made the per-sample
+    empirical Fisher NaN; such a batch weighs nothing in the data set's mean, `loss_terms`)."""
     keep = target != IGNORE_INDEX
     picked = logits.log_softmax(dim).gather(dim, target.clamp_min(0).unsqueeze(dim)).squeeze(dim)
-    return -(picked * keep).sum() / keep.sum()
+    return -(picked * keep).sum() / keep.sum().clamp_min(1)
 
 
 def cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:

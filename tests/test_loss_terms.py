@@ -133,3 +133,20 @@ def test_batchnorm_without_running_statistics_keeps_the_batch_size_and_says_why(
     halves = ls.Problem(whole.model, data, batch_size=24)
     assert loss_at(whole, whole.theta) != pytest.approx(loss_at(halves, halves.theta), rel=1e-4)  # why it matters
     assert ls.Problem(convnet(True), data).auto_batch
+
+
+def test_a_sample_with_every_target_ignored_adds_nothing_to_the_empirical_fisher():
+    """Its own loss was 0 / 0 = NaN, and so was the per-sample Fisher. Now its gradient is 0: the Fisher
+    (1/N) sum_i g_i g_i^T of the set with it is (N - 1) / N times that of the set without it."""
+    model, ids, labels = _padded_tokens()
+    labels[3, 1:] = -100  # nothing to predict in sample 3
+
+    def fisher_top(rows: torch.Tensor) -> np.ndarray:
+        data = {"input_ids": ids[rows], "labels": labels[rows]}
+        cols = ls.Columns(input_keys=("input_ids",), target_key="labels")
+        problem = ls.Problem(model, data, loss="next-token", dtype="float64", columns=cols)
+        return ls.hessian(problem, top_k=2, tol=1e-10, curvature="fisher").eigenvalues
+
+    every, others = fisher_top(torch.arange(7)), fisher_top(torch.tensor([0, 1, 2, 4, 5, 6]))
+    assert np.isfinite(every).all()
+    np.testing.assert_allclose(every, others * 6 / 7, rtol=1e-8)
