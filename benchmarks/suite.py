@@ -162,7 +162,13 @@ def ratio(times: dict[str, list[float]], slow: str, fast: str) -> str:
 
 
 def table(results: dict[str, dict]) -> str:
-    lines = [
+    lines: list[str] = []
+
+    def add(header: list[str], rows: list[str]) -> None:  # a table no command filled (--skip) is left out
+        lines.extend(header + rows if rows else [])
+
+    rows: list[str] = []
+    header = [
         "sweep (whole processes, seconds: median [min-max]; ratios of medians, above 1 = landscape faster)",
         f"{'model':11} {'grid':>5} {'strategy':16} {'landscape':>19} {'loop script':>19} {'loss-landscapes':>19}"
         f" {'loop/ls':>7} {'ll/ls':>6} {'sweep/limit':>11} {'sweep/best':>10}",
@@ -176,15 +182,13 @@ def table(results: dict[str, dict]) -> str:
         passes = [p["passes_s"] for p in f.get("loop", []) if "passes_s" in p]  # runs from before: none
         own = statistics.median(s["seconds"] for s in f["sweep"])
         limit = f"{own / statistics.median(passes):11.2f}" if passes else f"{'-':>11}"
-        lines.append(
+        rows.append(
             f"{name:11} {r['grid']:>5} {strategy:16} {span(t['sweep']):>19} {cell(r, 'loop'):>19}"
             f" {cell(r, 'll'):>19} {ratio(t, 'loop', 'sweep'):>7} {ratio(t, 'll', 'sweep'):>6}"
             f" {limit} {own / best:10.2f}"
         )
-    if len(lines) == 2:  # a table no command filled (--skip) is left out
-        lines = []
-    mark = len(lines)
-    lines += [
+    add(header, rows)
+    header = [
         "",
         "top-5 eigenvalues (whole processes; landscape: Lanczos, residual tol 1e-4; PyHessian: power iteration with"
         " deflation, tol 1e-3). fixed%: the process beyond importing torch and the Lanczos products (loading, choosing"
@@ -194,6 +198,7 @@ def table(results: dict[str, dict]) -> str:
         f"{'model':11} {'landscape':>19} {'PyHessian':>19} {'ph/ls':>6} {'fixed%':>7} {'setup%':>7} {'products':>8} {'resid':>8}"
         f" {'diff':>8} {'lanczos s':>9} {'power s':>9}",
     ]
+    rows = []
     for name, r in results.items():
         t, f = r["times"], r["found"]
         if "top5" not in t:
@@ -208,32 +213,30 @@ def table(results: dict[str, dict]) -> str:
             * statistics.median(h["seconds"].get("setup", math.nan) for h in f["top5"])
             / statistics.median(t["top5"])
         )
-        lines.append(
+        rows.append(
             f"{name:11} {span(t['top5']):>19} {cell(r, 'ph-top5'):>19} {ratio(t, 'ph-top5', 'top5'):>6}"
             f" {fixed:7.1f} {setup:7.1f} {ours['products']:8d} {ours['relative_residual']:8.1e} {diff:8.1e} {own:9.2f}"
             f" {statistics.median(p['seconds'] for p in f['ph-top5']) if theirs else math.nan:9.2f}"
         )
-    if len(lines) == mark + 3:
-        del lines[mark:]
-    mark = len(lines)
-    lines += [
+    add(header, rows)
+    header = [
         "",
         "trace (whole processes; landscape: Hutch++, 60 products, with its standard error; PyHessian: Hutchinson,"
         " stops when the running mean moves by under 1e-3 relative, at most 100 probes)",
         f"{'model':11} {'landscape':>19} {'PyHessian':>19} {'ph/ls':>6} {'trace ls':>10} {'std err':>8}"
         f" {'trace ph':>10} {'ph probes':>9}",
     ]
+    rows = []
     for name, r in results.items():
         t, f = r["times"], r["found"]
         if "trace" not in t:
             continue
         ours, theirs = f["trace"][-1], (f["ph-trace"][-1] if "ph-trace" in f else {"trace": math.nan, "probes": 0})
-        lines.append(
+        rows.append(
             f"{name:11} {span(t['trace']):>19} {cell(r, 'ph-trace'):>19} {ratio(t, 'ph-trace', 'trace'):>6}"
             f" {ours['trace']:10.4g} {ours['trace_se']:8.2g} {theirs['trace']:10.4g} {theirs['probes']:9d}"
         )
-    if len(lines) == mark + 3:
-        del lines[mark:]
+    add(header, rows)
     floor = [s for r in results.values() for s in r["times"].get("torch", [])]
     if floor:
         lines += ["", f"python -c 'import torch': {span(floor)} s (every process above pays it)"]
