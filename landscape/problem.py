@@ -201,8 +201,11 @@ class Problem:
     def head(self, k: int) -> tuple[Inputs, torch.Tensor]:
         """The first `k` rows (at most the 64 read to check a streamed data set), on the device."""
         x, y = (self.x, self.y) if self.source is None else self._head
-        x = take(x, slice(0, k))
-        return (map_inputs(torch.clone, x) if self.writes_inputs else x), y[:k]  # a model may write into views
+        return self._safe(take(x, slice(0, k))), y[:k]
+
+    def _safe(self, x: Inputs) -> Inputs:
+        """Rows of the data as the model may be given them: copies when it writes into its input."""
+        return map_inputs(torch.clone, x) if self.writes_inputs else x
 
     @property
     def n(self) -> int:
@@ -286,9 +289,11 @@ class Problem:
             ]
         for i, start in enumerate(range(0, self.n, bs)):
             if counted[i]:
-                xb = take(self.x, slice(start, start + bs))
-                xb = map_inputs(torch.clone, xb) if self.writes_inputs else xb  # views of the data: not to be written
-                yield xb, self.y[start : start + bs], counted[i] / self.terms
+                yield (
+                    self._safe(take(self.x, slice(start, start + bs))),
+                    self.y[start : start + bs],
+                    counted[i] / self.terms,
+                )
 
     def _streamed_batches(self, bs: int) -> Iterator[tuple[Inputs, torch.Tensor, float]]:
         assert self.source is not None
