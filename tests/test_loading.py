@@ -256,6 +256,8 @@ def test_factory_data_and_loss_take_literal_arguments_in_the_option(tmp_path, cl
         {"tag": "a:b", "sizes": (1, 2)},
     )
     assert split_call("C:/runs/net.py:make", "--model") == ("C:/runs/net.py:make", (), {})
+    shown = " ".join(cli("sweep", "--help").out.replace("│", " ").split())  # --help teaches the form
+    assert "as in MODULE:FACTORY(num_classes=10)" in shown and "'torchvision.models:resnet18(num_classes=10)'" in shown
 
 
 def test_resume_refuses_other_load_options(cli, tmp_path):

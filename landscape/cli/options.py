@@ -100,7 +100,7 @@ def load_config(ctx: typer.Context, param: Any, value: Path | None) -> Path | No
 Model = Annotated[
     str | None,
     typer.Option(
-        help="Model factory: MODULE:FACTORY or path/to/file.py:FACTORY (imports and runs that file: name only files you trust), with literal arguments if it takes any ('torchvision.models:resnet18(num_classes=10)', \"timm:create_model('vit_tiny_patch16_224', num_classes=10)\"), or a Hugging Face model directory (default: --checkpoint when it is one).",
+        help="Model factory: MODULE:FACTORY or path/to/file.py:FACTORY (imports and runs that file: name only files you trust), with its literal arguments if it takes any, as in MODULE:FACTORY(num_classes=10) (torchvision.models:resnet18, timm:create_model('resnet18', ...)), or a Hugging Face model directory (default: --checkpoint when it is one).",
         rich_help_panel=LOAD,
     ),
 ]

@@ -173,6 +173,8 @@ def sweep(
 
       landscape sweep --checkpoint my-gpt2 --data tokens.pt --loss next-token -o lm.h5   (a save_pretrained directory)
 
+      landscape sweep --model 'torchvision.models:resnet18(num_classes=10)' --checkpoint ft.pt --data val.npz -o r18.h5
+
       landscape sweep --model net.py:make --checkpoint ep90.pt --data train.npz --data-name train --eval-data test=test.npz -o tt.h5
     """
     from landscape.axes import Axes, axes_settings
