@@ -58,6 +58,31 @@ def regnet() -> nn.Module:
     return torchvision.models.regnet_x_400mf(num_classes=10)
 
 
+def efficientnet() -> nn.Module:
+    """torchvision's EfficientNet-B0 with 10 classes (MBConv blocks: depthwise convolutions, squeeze-excite,
+    SiLU, BatchNorm, stochastic depth off in eval): 4.0M parameters. Held out."""
+    import torchvision
+
+    return torchvision.models.efficientnet_b0(num_classes=10)
+
+
+def convnext() -> nn.Module:
+    """timm's ConvNeXt-atto with 10 classes (a patchify stem, 7x7 depthwise convolutions, LayerNorm, GELU,
+    layer scale; no BatchNorm): 3.4M parameters. Held out."""
+    import timm
+
+    return timm.create_model("convnext_atto", pretrained=False, num_classes=10)
+
+
+def tabular() -> nn.Module:
+    """A tabular MLP 64-256-256-10 with LayerNorm, GELU and dropout (off in eval): 85k parameters. Held out."""
+    return nn.Sequential(
+        nn.Linear(64, 256), nn.LayerNorm(256), nn.GELU(), nn.Dropout(0.1),
+        nn.Linear(256, 256), nn.LayerNorm(256), nn.GELU(), nn.Dropout(0.1),
+        nn.Linear(256, 10),
+    )  # fmt: skip
+
+
 def gpt2_config():  # type: ignore[no-untyped-def]
     import transformers
 
@@ -105,14 +130,21 @@ ENTRIES: dict[str, Entry] = {
         "torchvision MobileNetV3-small, 1.5M params, 1024 images 3x32x32", "mobilenet", _images(1024, (3, 32, 32))
     ),
     "regnet": Entry("torchvision RegNetX-400MF, 5.1M params, 512 images 3x32x32", "regnet", _images(512, (3, 32, 32))),
+    "efficientnet": Entry(
+        "torchvision EfficientNet-B0, 4.0M params, 256 images 3x32x32", "efficientnet", _images(256, (3, 32, 32))
+    ),
+    "convnext": Entry("timm ConvNeXt-atto, 3.4M params, 256 images 3x32x32", "convnext", _images(256, (3, 32, 32))),
+    "tabular": Entry(
+        "MLP 64-256-256-10 with LayerNorm and GELU, 85k params, 4096 rows", "tabular", _images(4096, (64,))
+    ),
     "sample-mlp": Entry("the bundled sample mlp", "landscape.sample_models.models:mlp", sample="mlp"),
     "sample-cnn": Entry("the bundled sample cnn (BatchNorm)", "landscape.sample_models.models:cnn", sample="cnn"),
 }
 
 
-HELD_OUT = ("mobilenet", "regnet")
+HELD_OUT = ("mobilenet", "regnet", "efficientnet", "convnext", "tabular")
 """Models the engine was not tuned on, to check that what holds on the suite holds beyond it
-(`--entries mobilenet,regnet`); `make bench` runs the others."""
+(`--entries mobilenet,regnet,efficientnet,convnext,tabular`); `make bench` runs the others."""
 SUITE = tuple(name for name in ENTRIES if name not in HELD_OUT)
 
 

@@ -15,12 +15,13 @@ from torch.nn.utils import parametrize
 
 AFFINE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+STOCK_LAYERS = AFFINE_LAYERS + BATCHNORMS + (nn.LayerNorm,)
 
 
 def computes_stock(module: nn.Module) -> bool:
-    """Whether the module is a Linear, Conv or BatchNorm whose output is its torch class's from its own
-    `weight` and `bias` parameters (not computed by a parametrization such as weight norm)."""
-    base = next((cls for cls in AFFINE_LAYERS + BATCHNORMS if isinstance(module, cls)), None)
+    """Whether the module is a Linear, Conv, BatchNorm or LayerNorm whose output is its torch class's from its
+    own `weight` and `bias` parameters (not computed by a parametrization such as weight norm)."""
+    base = next((cls for cls in STOCK_LAYERS if isinstance(module, cls)), None)
     if base is None or "forward" in vars(module) or module._forward_hooks or module._forward_pre_hooks:
         return False
     if parametrize.is_parametrized(module):

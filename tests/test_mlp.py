@@ -47,11 +47,16 @@ def test_which_models_are_mlps():
     for other in (
         Residual(),  # a value read twice
         nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1)),  # not elementwise
-        nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 2)),
+        nn.Sequential(nn.Linear(4, 6), nn.Unflatten(1, (2, 3)), nn.LayerNorm([2, 3]), nn.Flatten(), nn.Linear(6, 2)),
+        nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, track_running_stats=False), nn.Linear(3, 2)),  # batch stats
+        nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 3)),  # the data does not go straight into a Linear
         nn.Sequential(nn.ReLU(), nn.Linear(4, 3)),  # the data does not go straight into a Linear
         nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(4, 2)),
     ):
         assert chain_of(other) is None, other
+    norms = chain_of(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.BatchNorm1d(3, affine=False), nn.Linear(3, 2)))
+    assert norms is not None and [p for p, _ in norms.layers] == ["0.", "1.", "2.", "3."]
+    assert chain_of(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3, elementwise_affine=False), nn.Linear(3, 2)))
     frozen = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     assert MlpChain.of(frozen, {"0.weight", "0.bias", "2.weight"}) is None  # a Linear parameter outside the sweep
 
@@ -72,7 +77,29 @@ def test_features_first_loss_is_cross_entropy_and_argmax_with_ties():
     assert mse.tolist() == pytest.approx([F.mse_loss(out[k].T, target).item() for k in range(5)], rel=1e-12)
 
 
-@pytest.mark.parametrize("case", ["classes", "regression", "images"])
+def _tabular() -> nn.Module:
+    """An MLP with every normalization the chain takes, BatchNorm statistics away from 0 and 1, and
+    norm weights away from 1 and 0 (the directions move them too: `ignore='none'`)."""
+    model = nn.Sequential(
+        nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Dropout(0.2),
+        nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(),
+        nn.Linear(8, 8, bias=False), nn.LayerNorm(8, bias=False), nn.SiLU(),
+        nn.Linear(8, 8), nn.BatchNorm1d(8, affine=False), nn.LayerNorm(8, elementwise_affine=False),
+        nn.Linear(8, 3),
+    )  # fmt: skip
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)) and m.weight is not None:
+                m.weight.uniform_(0.5, 2.0)
+            if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)) and m.bias is not None:
+                m.bias.normal_()
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.3, 3.0)
+    return model
+
+
+@pytest.mark.parametrize("case", ["classes", "regression", "images", "norms"])
 def test_mlp_strategy_matches_direct_pass(case):
     torch.manual_seed(0)
     if case == "classes":
@@ -92,10 +119,12 @@ def test_mlp_strategy_matches_direct_pass(case):
             nn.Linear(7, 4),
         )
         x, y, loss = torch.randn(70, 1, 3, 4), torch.randint(0, 4, (70,)), cross_entropy
+    if case == "norms":
+        model, x, y, loss = _tabular(), torch.randn(70, 6), torch.randint(0, 3, (70,)), cross_entropy
     problem = make_problem(
         model, model.state_dict(), x, y, loss, device=torch.device("cpu"), dtype=torch.float64, batch_size=32
     )
-    dirs = random_directions(2, problem.theta, problem.layout, seed=2)
+    dirs = random_directions(2, problem.theta, problem.layout, seed=2, ignore="none")
     coords = grid_coords([torch.linspace(-1, 1, 5), torch.linspace(-0.5, 1.0, 2)])
     strat = build_strategy("mlp", problem, dirs, points_per_call=3)  # calls of 3, 3, 3, 1 points; batches of 32, 32, 6
     res = strat.evaluate(coords)
