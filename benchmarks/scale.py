@@ -208,7 +208,7 @@ def memory_table(sizes: list[str], grid: int, only: tuple[str, ...]) -> None:  #
 
 LIVE = """
 import ctypes, gc, json, sys, torch, transformers
-ctypes.CDLL(None).mallopt(-3, 1 << 20), ctypes.CDLL(None).mallopt(-1, 1 << 20)  # freed blocks go back at once
+ctypes.CDLL(None).mallopt(-3, 1 << 16), ctypes.CDLL(None).mallopt(-1, 1 << 16)  # freed blocks go back at once
 import landscape as ls
 def rss(key="VmRSS:"):
     return next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith(key))
@@ -226,7 +226,7 @@ print(json.dumps({"peak": rss("VmHWM:") - base, "steps": r.model.eigen.iteration
 
 def live_table(sizes: list[str]) -> None:
     """The Lanczos run's live memory beyond its basis: `hessian --top-k 5` through the library in a process
-    whose freed blocks over 1 MB go back to the kernel at once (the CLI keeps up to 1 GiB for reuse, which
+    whose freed blocks over 64 KB go back to the kernel at once (the CLI keeps up to 1 GiB for reuse, which
     its RSS counts), peak over a forward pass from the kernel's high-water mark, in P-sized float32 vectors
     (the basis is float32 at these sizes: one vector per step)."""
     import json

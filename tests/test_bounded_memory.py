@@ -184,6 +184,17 @@ def test_thick_restart_in_a_capped_basis_finds_the_exact_eigenpairs(monkeypatch,
     whole = lanczos(lambda V: V @ A, 400, k=3, which=which, tol=1e-9, max_iter=400, seed=1)
     np.testing.assert_allclose(capped.eigenvalues, whole.eigenvalues, rtol=1e-9)
 
+    wrote: list[bool] = []
+
+    def into_rows(V: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:  # as CurvatureOperator.matmat
+        wrote.append(out is not None)
+        return V @ A if out is None else out.copy_(V @ A)
+
+    written = lanczos(into_rows, 400, k=3, which=which, tol=1e-9, max_iter=400, max_rows=rows, seed=1, into=True)
+    np.testing.assert_array_equal(written.eigenvalues, capped.eigenvalues)  # the products written into the next row
+    assert written.matvecs == capped.matvecs and torch.equal(written.eigenvectors, v)
+    assert sum(wrote) > len(wrote) / 2 and not all(wrote)  # into the basis, but not where a restart follows
+
 
 def test_a_capped_basis_that_runs_out_of_products_says_so():
     A, _ = spectrum_matrix(400, seed=3)

@@ -75,6 +75,29 @@ def test_uneven_batches_are_weighted_exactly():
         assert torch.allclose(op.matmat(V), V @ H, rtol=1e-10, atol=1e-12)
 
 
+def test_products_written_into_given_rows_are_the_products():
+    """`matmat(V, out=rows)` (Lanczos writes each product into its basis's next row, with no product
+    vector beside the basis): the same numbers, summed over uneven batches, in out's dtype, for each
+    curvature and Hessian method; V is left as it was."""
+    p, H = exact("mlp", 120)
+    V = torch.randn(3, H.shape[0], dtype=torch.float64)
+    kept = V.clone()
+    for curvature, method in (("hessian", "double-backward"), ("hessian", "forward-over-reverse"),
+                              ("hessian", "auto"), ("ggn", "auto"), ("fisher", "auto")):  # fmt: skip
+        for batch_size in (7, 120):
+            op = CurvatureOperator(p, batch_size=batch_size, curvature=curvature, method=method)
+            plain = op.matmat(V)
+            if curvature == "hessian":
+                assert torch.allclose(plain, V @ H, rtol=1e-10, atol=1e-12)
+            rows = torch.full_like(V, math.nan)
+            assert op.matmat(V, out=rows) is rows
+            assert torch.allclose(rows, plain, rtol=1e-12, atol=1e-14), (curvature, method, batch_size)
+            one = torch.full((1, V.shape[1]), math.nan, dtype=torch.float32)
+            assert torch.allclose(op.matmat(V[:1], out=one), plain[:1].float(), rtol=1e-6, atol=1e-7)
+            assert torch.equal(V, kept)
+            op.close()
+
+
 def test_batched_and_looped_products_agree():
     p, H = exact("mlp", 120)
     V = torch.randn(9, H.shape[0], dtype=torch.float64)

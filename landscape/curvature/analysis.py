@@ -91,13 +91,11 @@ def _precision(dtype: torch.dtype) -> float:
 OnProducts = Callable[[str, int], None]  # (what is running, products just made): for progress displays
 
 
-def _counted(
-    matmat: Callable[[torch.Tensor], torch.Tensor], stage: str, on_products: OnProducts
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    def run(V: torch.Tensor) -> torch.Tensor:
-        out = matmat(V)
+def _counted(matmat: Callable[..., torch.Tensor], stage: str, on_products: OnProducts) -> Callable[..., torch.Tensor]:
+    def run(V: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        products = matmat(V, out=out)
         on_products(stage, V.shape[0])
-        return out
+        return products
 
     return run
 
@@ -254,6 +252,7 @@ def _estimated(
             start=op.probe if settings.trace else op.take_probe,  # the set-up's product is the first step
             basis=settings.basis_dtype,
             basis_device=where,
+            into=True,
         )
         seconds["eigenvalues"] = time.perf_counter() - t0
     if settings.trace:
@@ -271,6 +270,7 @@ def _estimated(
             basis=settings.basis_dtype,
             basis_device=where,
             max_sketch=sketch,
+            into=True,
         )
         seconds["trace"] = time.perf_counter() - t0
     if settings.density:
@@ -355,6 +355,7 @@ def top_eigenvectors(
             device=op.device,
             precision=_precision(op.dtype),
             start=op.take_probe,
+            into=True,
         )
     finally:
         op.close()

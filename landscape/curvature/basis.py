@@ -48,12 +48,21 @@ class KrylovBasis:
         self._blocks: list[torch.Tensor] = []
         self.rows = 0
 
-    def append(self, q: torch.Tensor) -> None:
-        """Add a row (a unit vector orthogonal to the others; not checked)."""
+    def next_row(self) -> torch.Tensor:
+        """The memory of the row `append` adds next (a view, allocated with its block if need be): a product
+        written there and made the next vector in place is appended without a copy, and without a P-sized
+        vector beside the basis."""
         at = self.rows % self.block_rows
-        if at == 0:
+        if at == 0 and len(self._blocks) * self.block_rows <= self.rows:
             self._blocks.append(torch.empty(self.block_rows, self.n, dtype=self.dtype, device=self.device))
-        self._blocks[-1][at].copy_(q)
+        return self._blocks[-1][at]
+
+    def append(self, q: torch.Tensor) -> None:
+        """Add a row (a unit vector orthogonal to the others; not checked): copied in, or taken as it is
+        when q is `next_row()`."""
+        slot = self.next_row()
+        if not (q.data_ptr() == slot.data_ptr() and q.dtype == slot.dtype and q.device == slot.device):
+            slot.copy_(q)
         self.rows += 1
 
     def row(self, i: int) -> torch.Tensor:

@@ -29,7 +29,7 @@ from landscape.curvature.basis import KrylovBasis, basis_dtype
 from landscape.errors import LandscapeError
 from landscape.names import WHICH
 
-MatMat = Callable[[torch.Tensor], torch.Tensor]
+MatMat = Callable[..., torch.Tensor]  # rows [j, n] -> their products; with `into`, also out= rows to write them into
 REORTH_KEEP = 0.5**0.5  # a re-orthogonalization pass that keeps this much of the vector's norm needs no second one
 
 
@@ -176,6 +176,7 @@ def lanczos(
     basis: str = "auto",
     basis_device: torch.device | str | None = None,
     max_rows: int | None = None,
+    into: bool = False,
 ) -> Eigenpairs:
     """Top-k (which='largest') or top-k and bottom-k (which='both') eigenpairs of a symmetric operator.
 
@@ -195,7 +196,9 @@ def lanczos(
     product takes. Dot products and norms are summed in float64 either way. The eigenvectors come out
     in the basis dtype, formed in the basis's memory (k rows beyond it at most). `max_rows` caps the
     basis (what fits in memory): when it is full before the pairs converge, the run restarts thick (Wu
-    & Simon 2000), keeping the best Ritz vectors, and goes on up to max_iter products.
+    & Simon 2000), keeping the best Ritz vectors, and goes on up to max_iter products. With `into`,
+    matmat takes `out=` and writes the product there: the basis's next row, when the basis is on `device`
+    (no working vector beside the basis then).
 
     Example:
         >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
@@ -209,7 +212,7 @@ def lanczos(
     run = krylov(
         matmat, n, k=k, which=which, tol=tol, max_iter=max_iter if max_iter is not None else max(100, 20 * k),
         seed=seed, device=device, precision=precision, start=start, basis=basis, basis_device=basis_device,
-        max_rows=max_rows,
+        max_rows=max_rows, into=into,
     )  # fmt: skip
     evecs = None
     if vectors:
@@ -244,6 +247,7 @@ def krylov(
     basis: str = "auto",
     basis_device: torch.device | str | None = None,
     max_rows: int | None = None,
+    into: bool = False,
 ) -> KrylovRun:
     """The Lanczos iteration of `lanczos` (which see), up to `max_iter` steps or until the k wanted Ritz
     pairs converge (tol 0: exactly max_iter steps, unless the space turns out invariant first); thick
@@ -254,6 +258,7 @@ def krylov(
     gen = torch.Generator().manual_seed(int(seed))
     Q = KrylovBasis(n, basis_dtype(basis, max_iter, n, LANCZOS_FLOAT64_BYTES), basis_device or device)
     work = Q.dtype  # the working vector's dtype: a float32 basis is no more precise than a float32 vector
+    into = into and Q.device == torch.device(device)  # products written into the basis's next row
 
     def floor_at(scale: float) -> float:  # the residual the products' precision allows at this |theta| scale
         return residual_floor(precision, scale)
@@ -292,7 +297,12 @@ def krylov(
         for step in range(max_iter):
             Q.append(q)
             q = Q.row(Q.rows - 1).to(device)  # the row itself (a view) where the basis is on `device`
-            w = (matmat(q[None])[0] if known is None else known).to(work)  # updated in place below
+            if known is not None:
+                w = known.to(work)
+            elif into and Q.rows < rows_cap:  # w becomes the next row (no restart before it is appended)
+                w = matmat(q[None], out=Q.next_row()[None])[0]
+            else:
+                w = matmat(q[None])[0].to(work)  # updated in place below
             known = None
             matvecs += 1
             a = dot(w, q)

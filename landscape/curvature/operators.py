@@ -193,9 +193,11 @@ class CurvatureOperator:
     def _loss(self, u: torch.Tensor, xb: Inputs, yb: torch.Tensor, w: float) -> torch.Tensor:
         return w * self.problem.loss_fn(self._forward(u, xb), yb)
 
-    def _forward(self, u: torch.Tensor, xb: Inputs) -> Any:
-        """The model's output at block weights `u`, through twice-differentiable kernels."""
-        params = {**self.fixed, **self.sub.unflatten(u)}
+    def _forward(self, u: torch.Tensor | list[torch.Tensor], xb: Inputs) -> Any:
+        """The model's output at block weights `u` (flat, or the block's tensors in layout order: views of
+        it that the products then differentiate with respect to), through twice-differentiable kernels."""
+        tensors = self.sub.unflatten(u) if isinstance(u, torch.Tensor) else dict(zip(self.sub.names, u))
+        params = {**self.fixed, **tensors}
         with twice_differentiable():  # the fused attention kernels and hardsigmoid have no double backward
             return call_functional(self.problem.model, (params, self.problem.buffers), xb)
 
@@ -243,58 +245,67 @@ class CurvatureOperator:
         """H v for one vector [size] (out in v's dtype)."""
         return self.matmat(v[None])[0]
 
-    def matmat(self, V: torch.Tensor) -> torch.Tensor:
-        """H V^T for vectors stacked as rows [k, size] (float64 or float32, out in V's dtype: a new tensor);
-        counts k products."""
+    def matmat(self, V: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """H V^T for vectors stacked as rows [k, size] (float64 or float32, out in V's dtype: a new tensor,
+        or written into `out` [k, size], which must not overlap V: e.g. the next row of a Krylov basis, so
+        that no P-sized product is held beside it); counts k products."""
         t0 = time.perf_counter()
-        out = self._apply(self.method, V)
+        out = self._apply(self.method, V, out=out)
         self._require_finite(out)  # one pass over the products: a NaN must stop a run, not end up in a file
         per_vector = (time.perf_counter() - t0) / max(V.shape[0], 1)
         self.timings[self.method] = min(self.timings.get(self.method, math.inf), per_vector)  # the fastest seen
         self.matvecs += V.shape[0]
         return out
 
-    def _apply(self, method: str, V: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+    def _apply(
+        self, method: str, V: torch.Tensor, reduce: bool = True, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         V = V.to(self.device)
         k = V.shape[0]
         if k == 1:  # Lanczos's case: no chunks to time or fill (a tenth of an MLP product's time went there)
-            one = self._products(method, V.to(self.dtype)).to(V.dtype)
+            one = self._products(method, V.to(self.dtype), out=out)
+            one = one if out is not None else one.to(V.dtype)
             return self.world.all_sum_(one) if reduce else one
-        res = torch.empty(V.shape, dtype=V.dtype, device=self.device)
+        res = out if out is not None else torch.empty(V.shape, dtype=V.dtype, device=self.device)
         step = self.max_vectors
         if k > 1 and self._batched is None:
             step = max(1, min(self.max_vectors, k // 2))  # the first two chunks measure batched against a loop
         start = 0
         while start < k:
             chunk = V[start : start + step].to(self.dtype)
-            res[start : start + chunk.shape[0]] = self._timed_products(method, chunk)
+            self._timed_products(method, chunk, out=res[start : start + chunk.shape[0]])
             start += chunk.shape[0]
             if self._batched is not None:
                 step = self.max_vectors
         return self.world.all_sum_(res) if reduce else res
 
-    def _timed_products(self, method: str, V: torch.Tensor) -> torch.Tensor:
-        """Products of a chunk; while undecided, time batched (vmap) and looped chunks and keep the faster."""
+    def _timed_products(self, method: str, V: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Products of a chunk into `out`; while undecided, time batched (vmap) and looped chunks and keep the
+        faster."""
         if V.shape[0] == 1 or self._batched is not None:
-            return self._products(method, V, batched=bool(self._batched) and V.shape[0] > 1)
+            return self._products(method, V, batched=bool(self._batched) and V.shape[0] > 1, out=out)
         mode = "batched" if "batched" not in self._chunk_seconds else "loop"
         t0 = time.perf_counter()
         try:
-            out = self._products(method, V, batched=mode == "batched")
+            out = self._products(method, V, batched=mode == "batched", out=out)
         except Exception:
             if mode == "loop":
                 raise
             self._chunk_seconds["batched"] = math.inf
-            return self._timed_products(method, V)
+            return self._timed_products(method, V, out)
         self._chunk_seconds[mode] = (time.perf_counter() - t0) / V.shape[0]
         if len(self._chunk_seconds) == 2:  # every rank decides on the times summed over the ranks
             batched, loop = self._summed([self._chunk_seconds["batched"], self._chunk_seconds["loop"]])
             self._batched = batched < loop
         return out
 
-    def _products(self, method: str, V: torch.Tensor, batched: bool = False) -> torch.Tensor:
+    def _products(
+        self, method: str, V: torch.Tensor, batched: bool = False, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The products of the rows of V summed over the batches: a new tensor in the working dtype, or
+        written into `out` (any float dtype)."""
         if method == "forward-over-reverse":
-            return self._for(V, batched)
+            return _into(out, self._for(V, batched))
         if method in KEPT:
             if self._cache is None:
                 self._cache = [self._state(method, xb, yb, w) for xb, yb, w in self._batches()]
@@ -303,7 +314,7 @@ class CurvatureOperator:
             states = (self._state(method, xb, yb, w) for xb, yb, w in self._batches())
         total: torch.Tensor | None = None
         for st in states:  # summed in place: no 0 + tensor copy for the usual single batch
-            part = self._product(method, st, V, batched)
+            part = self._product(method, st, V, batched, out if total is None else None)
             total = part if total is None else total.add_(part)
         assert total is not None
         return total
@@ -315,22 +326,26 @@ class CurvatureOperator:
             return (G, 1 / self.n_samples, out)  # F_b = (1/N) sum_i g_i g_i^T: each sample weighs 1/N
         with torch.enable_grad():
             u = self.u0.detach().requires_grad_(True)  # a leaf sharing u0's memory
+            # the block's tensors as the forward reads them: products are gradients with respect to these, each
+            # written into its place in the result (a gradient with respect to u would put per-tensor pieces
+            # together into one more P-sized tensor)
+            pieces = list(self.sub.unflatten(u).values())
             if method == "fisher":  # F_b v = (1/N) J^T (J v), J: the Jacobian of the batch's per-sample losses
-                out = self._logits(self._forward(u, xb))
+                out = self._logits(self._forward(pieces, xb))
                 losses = self._per_sample_losses(out, yb)
                 dummy = torch.zeros_like(losses, requires_grad=True)
                 jt = torch.autograd.grad(_dot(losses, dummy), u, create_graph=True)[0]
-                return (u, losses, dummy, jt, 1 / self.n_samples)
+                return (pieces, losses, dummy, jt, 1 / self.n_samples)
             if method.startswith("ggn"):
-                out = self._logits(self._forward(u, xb))
+                out = self._logits(self._forward(pieces, xb))
                 z = out.detach().requires_grad_(True)
                 gz = torch.autograd.grad(w * self.problem.loss_fn(z, yb), z, create_graph=True)[0]
                 dummy = torch.zeros_like(out, requires_grad=True)
                 jt = torch.autograd.grad(_dot(out, dummy), u, create_graph=True)[0]
-                return (u, out, z, gz, dummy, jt)
-            out = self._forward(u, xb)
+                return (pieces, out, z, gz, dummy, jt)
+            out = self._forward(pieces, xb)
             g = torch.autograd.grad(w * self.problem.loss_fn(out, yb), u, create_graph=True)[0]
-            return (u, g, _kept(out))
+            return (pieces, g, _kept(out))
 
     @staticmethod
     def _vjp(output: torch.Tensor, inp: torch.Tensor, V: torch.Tensor, batched: bool) -> torch.Tensor:
@@ -349,24 +364,63 @@ class CurvatureOperator:
             rows.append(torch.zeros_like(inp) if r is None else r)
         return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
-    def _product(self, method: str, state: Any, V: torch.Tensor, batched: bool) -> torch.Tensor:
+    def _product(
+        self, method: str, state: Any, V: torch.Tensor, batched: bool, into: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if method == "fisher-cached":
             G, w, _ = state
-            rows: torch.Tensor = (G @ V.T).T @ G * w  # rows (1/N) G^T G v
-            return rows
+            return _into(into, (G @ V.T).T @ G * w)  # rows (1/N) G^T G v
         with torch.enable_grad():
             if method == "fisher":
-                u, losses, dummy, jt, w = state
+                pieces, losses, dummy, jt, w = state
                 jv = self._vjp(jt, dummy, V, batched)  # J v, [k, |b|]: each sample's g_i . v
-                fv: torch.Tensor = self._vjp(losses, u, jv, batched) * w
-                return fv
+                return self._vjp_pieces(losses, pieces, jv, batched, into).mul_(w)
             if method.startswith("ggn"):
-                u, out, z, gz, dummy, jt = state
+                pieces, out, z, gz, dummy, jt = state
                 jv = self._vjp(jt, dummy, V, batched)  # J v, [k, *out.shape]
                 hz = self._vjp(gz, z, jv, batched)  # H_out J v
-                return self._vjp(out, u, hz, batched)  # J^T H_out J v
-            u, g, _ = state
-            return self._vjp(g, u, V, batched)
+                return self._vjp_pieces(out, pieces, hz, batched, into)  # J^T H_out J v
+            pieces, g, _ = state
+            return self._vjp_pieces(g, pieces, V, batched, into)
+
+    def _vjp_pieces(
+        self,
+        output: torch.Tensor,
+        pieces: list[torch.Tensor],
+        V: torch.Tensor,
+        batched: bool,
+        into: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Rows V_i^T d(output)/d(block), from the gradients with respect to the block's tensors, each written
+        into its columns of `into` [k, size] (a new tensor when None) and let go of at once; zeros where unused."""
+        rows = V.shape[0]
+        if into is None:
+            into = torch.empty(rows, self.size, dtype=self.dtype, device=self.device)
+        if not output.requires_grad:
+            return into.zero_()
+        for i in range(1 if batched else rows):
+            if batched:
+                found = torch.autograd.grad(
+                    output, pieces, grad_outputs=V, retain_graph=True, is_grads_batched=True, allow_unused=True
+                )
+            else:  # <output, v> with v as its gradient, not v times 1 (a P-sized copy held through the backward)
+                found = torch.autograd.grad(
+                    _Contraction.apply(output, V[i]), pieces, retain_graph=True, allow_unused=True
+                )
+            grads: list[torch.Tensor | None] = list(found)
+            start = 0
+            del found
+            dest = into if batched else into[i]
+            for j, size in enumerate(self.sub.numels):
+                part = dest[..., start : start + size]
+                grad, grads[j] = grads[j], None  # freed once copied: the pieces never all live beside the result
+                if grad is None:
+                    part.zero_()
+                else:
+                    part.copy_(grad.reshape(part.shape))
+                    del grad
+                start += size
+        return into
 
     def _per_sample_gradients(self, xb: Inputs, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of each sample's own loss on the block, [|b|, size], and the batch's outputs."""
@@ -593,7 +647,29 @@ def _kept(out: Any) -> torch.Tensor:
         return leaves[0]
 
 
+def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
+    """`result`, or copied into `out` when one is given."""
+    return result if out is None else out.copy_(result)
+
+
+class _Contraction(torch.autograd.Function):
+    """<output, v> as one number, whose gradient with respect to `output` is v itself: for the gradient of
+    this number alone (`autograd.grad` of it, seeded with 1). torch's dot hands on v times that 1, a new
+    tensor of v's size (one P-sized vector more at a Hessian-vector product's peak)."""
+
+    @staticmethod
+    def forward(ctx: Any, output: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        v = v.reshape(output.shape).to(output.dtype)
+        ctx.save_for_backward(v)
+        return torch.dot(output.reshape(-1), v.reshape(-1))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (v,) = ctx.saved_tensors
+        return v, None
+
+
 def _dot(output: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """<output, v> as one number, whose gradient is the vector-Jacobian product v^T d(output) (a dot, not
-    (output * v).sum(): no P-sized product is formed, and the gradient, v itself, is the same)."""
+    (output * v).sum(): no product of the two is formed), differentiable again (`_Contraction` is not)."""
     return torch.dot(output.reshape(-1), v.reshape(-1).to(output.dtype))

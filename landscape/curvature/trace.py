@@ -62,6 +62,7 @@ def hutchpp(
     basis_device: torch.device | str | None = None,
     group_bytes: int = PROBE_GROUP_BYTES,
     max_sketch: int | None = None,
+    into: bool = False,
 ) -> TraceEstimate:
     """Hutch++ with a Krylov sketch and a budget of `matvecs` products: l = m/3 probes, m - l Lanczos steps.
 
@@ -69,7 +70,8 @@ def hutchpp(
     the Lanczos run and saves a product. With n <= matvecs the trace is exact from n products.
     Memory: the Lanczos basis (`basis`, `basis_device`: see `lanczos`), and the Hutchinson probes with
     their products in groups of at most `group_bytes` (one probe at least). `max_sketch` caps the
-    sketch's steps (the rows its basis may hold); the products it leaves go to more probes.
+    sketch's steps (the rows its basis may hold); the products it leaves go to more probes. `into`: matmat
+    takes `out=` (see `lanczos`).
 
     Example:
         >>> A = torch.diag(torch.arange(1.0, 201.0, dtype=torch.float64))
@@ -91,7 +93,7 @@ def hutchpp(
     # the sketch Q and tr(Q^T H Q) = tr(T), the sum of the alphas
     krylov_run = krylov(
         matmat, n, k=steps, tol=0.0, max_iter=steps, seed=seed, device=device, start=start,
-        basis=basis, basis_device=basis_device,
+        basis=basis, basis_device=basis_device, into=into,
     )  # fmt: skip
     Q = krylov_run.basis
     exact = float(np.sum(krylov_run.alphas))
