@@ -156,3 +156,29 @@ def test_mlp_strategy_says_why_not():
         dirs = random_directions(1, problem.theta, problem.layout, seed=0)
         with pytest.raises(NotApplicable, match=why):
             build_strategy("mlp", problem, dirs)
+
+
+@pytest.mark.parametrize("norm", [nn.LayerNorm, nn.BatchNorm1d])
+def test_torchvision_mlp_with_norms_takes_the_mlp_strategy_with_the_loops_values(norm):
+    """torchvision.ops.MLP (Linear, norm, SiLU, dropout per block), the BatchNorm's statistics from a few
+    training batches: the mlp strategy takes it and gives the loop's losses and accuracies, with directions
+    on every parameter."""
+    import numpy as np
+    import torchvision
+
+    import landscape as ls
+
+    torch.manual_seed(0)
+    model = torchvision.ops.MLP(12, [32, 32, 4], norm_layer=norm, activation_layer=nn.SiLU, dropout=0.1)
+    with torch.no_grad():
+        for _ in range(5):
+            model(torch.randn(64, 12) * 2 + 1)  # in training mode: running statistics away from 0 and 1
+    model.eval()
+    problem = ls.Problem(model, (torch.randn(300, 12), torch.randint(0, 4, (300,))), dtype=torch.float64)
+    axes = ls.random_axes(problem, 2, seed=1, ignore="none")
+    loop, fast = (
+        ls.sweep(problem, axes, x=(-1, 1, 5), y=(-1, 1, 4), strategy=s, warn=lambda m: None) for s in ("loop", "mlp")
+    )
+    assert fast.run["strategy"] == "mlp" and loop.run["strategy"] == "loop"
+    np.testing.assert_allclose(fast.loss, loop.loss, rtol=1e-12)
+    np.testing.assert_array_equal(fast.accuracy, loop.accuracy)
