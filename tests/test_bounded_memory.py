@@ -205,16 +205,21 @@ def test_a_capped_basis_that_runs_out_of_products_says_so():
 def test_hutchpp_probes_in_groups_give_the_same_estimate():
     A, ev = spectrum_matrix(300, seed=2)
     widths: list[int] = []
+    dtypes: set[torch.dtype] = set()
 
     def matmat(V: torch.Tensor) -> torch.Tensor:
         widths.append(V.shape[0])
+        dtypes.add(V.dtype)
         return V.to(A.dtype) @ A
 
     whole = hutchpp(matmat, 300, matvecs=30, seed=4)
     assert max(widths) == 10
     widths.clear()
-    one_by_one = hutchpp(matmat, 300, matvecs=30, seed=4, group_bytes=16 * 300, basis="float32")
+    dtypes.clear()
+    # a float32 basis: probes and products in float32, 8 bytes per entry for both
+    one_by_one = hutchpp(matmat, 300, matvecs=30, seed=4, group_bytes=8 * 300, basis="float32")
     assert max(widths) == 1 and one_by_one.matvecs == whole.matvecs == 30
+    assert dtypes == {torch.float32}  # the probes too: half the memory of float64 ones
     assert one_by_one.value == pytest.approx(whole.value, rel=1e-6)
     assert one_by_one.std_error == pytest.approx(whole.std_error, rel=1e-4)
     assert abs(whole.value - float(ev.sum())) < 4 * whole.std_error

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.curvature.lanczos import Start, krylov
+from landscape.curvature.lanczos import Start, dot, krylov
 from landscape.names import EXACT_TRACE as EXACT
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
-PROBE_GROUP_BYTES = 1 << 30  # Hutchinson probes and their products (float64) held at once
+PROBE_GROUP_BYTES = 1 << 30  # Hutchinson probes and their products (in the basis dtype) held at once
 HUTCHPP = "Hutch++ (Meyer et al. 2021) with a Krylov sketch (Chen & Hallman 2023)"
 
 
@@ -45,9 +45,12 @@ class TraceEstimate:
     method: str = HUTCHPP
 
 
-def rademacher(rows: int, n: int, gen: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Rows of independent +-1 entries (float64)."""
-    return (torch.randint(0, 2, (rows, n), generator=gen, dtype=torch.int8).to(torch.float64) * 2 - 1).to(device)
+def rademacher(
+    rows: int, n: int, gen: torch.Generator, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Rows of independent +-1 entries (the same draws in any dtype; made in place: one tensor of the
+    result's size, not the three temporaries of (x * 2 - 1))."""
+    return torch.randint(0, 2, (rows, n), generator=gen, dtype=torch.int8).to(device, dtype).mul_(2).sub_(1)
 
 
 def hutchpp(
@@ -69,7 +72,10 @@ def hutchpp(
     `start`, a random vector and its product already made (e.g. `CurvatureOperator.probe`), starts
     the Lanczos run and saves a product. With n <= matvecs the trace is exact from n products.
     Memory: the Lanczos basis (`basis`, `basis_device`: see `lanczos`), and the Hutchinson probes with
-    their products in groups of at most `group_bytes` (one probe at least). `max_sketch` caps the
+    their products in groups of at most `group_bytes` (one probe at least), in the basis dtype: +-1 is
+    exact in float32, a float32 basis is no more precise than that, and the probes' sums are taken in
+    float64 (at 124M parameters float64 probes, products and their elementwise product were 6 P-sized
+    float32 vectors beside the basis). `max_sketch` caps the
     sketch's steps (the rows its basis may hold); the products it leaves go to more probes. `into`: matmat
     takes `out=` (see `lanczos`).
 
@@ -99,16 +105,17 @@ def hutchpp(
     exact = float(np.sum(krylov_run.alphas))
     gen = torch.Generator().manual_seed(int(seed) + 1)
     # the probes in groups whose vectors and products fit `group_bytes`: drawn in order from one generator
-    group = max(1, min(probes, int(group_bytes) // (16 * n)))
-    parts = []
+    dtype = Q.dtype
+    group = max(1, min(probes, int(group_bytes) // (2 * torch.finfo(dtype).bits // 8 * n)))
+    parts: list[float] = []
     for first in range(0, probes, group):
-        G = rademacher(min(group, probes - first), n, gen, device)
+        G = rademacher(min(group, probes - first), n, gen, device, dtype)
         Q.project_out_rows(G)
-        HG = matmat(G).to(torch.float64)
+        HG = matmat(G).to(dtype)
         Q.project_out_rows(HG)
-        parts.append((G * HG).sum(dim=1))
+        parts.extend(dot(g, hg) for g, hg in zip(G, HG))
         del G, HG
-    samples = torch.cat(parts)
+    samples = torch.tensor(parts, dtype=torch.float64)
     se = float(samples.std(unbiased=True)) / math.sqrt(probes)
     return TraceEstimate(
         exact + float(samples.mean()), se, krylov_run.matvecs + probes, len(krylov_run.alphas), probes, exact
