@@ -349,20 +349,9 @@ class CurvatureOperator:
 
     @staticmethod
     def _vjp(output: torch.Tensor, inp: torch.Tensor, V: torch.Tensor, batched: bool) -> torch.Tensor:
-        """Rows V_i^T d(output)/d(inp), batched over i (vmap) or looped; zeros where unused."""
-        if not output.requires_grad:
-            return torch.zeros(V.shape[0], *inp.shape, dtype=inp.dtype, device=inp.device)
-        if batched:
-            (r,) = torch.autograd.grad(
-                output, inp, grad_outputs=V, retain_graph=True, is_grads_batched=True, allow_unused=True
-            )
-            return torch.zeros(V.shape[0], *inp.shape, dtype=inp.dtype, device=inp.device) if r is None else r
-        rows = []
-        for v in V:  # the gradient of the scalar <output, v>: the same numbers as grad_outputs=v, whose first
-            # use imports torch's symbolic shapes and sympy (1.1 s, a third of a small model's top-5 run)
-            (r,) = torch.autograd.grad(_dot(output, v), inp, retain_graph=True, allow_unused=True)
-            rows.append(torch.zeros_like(inp) if r is None else r)
-        return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
+        """Rows V_i^T d(output)/d(inp) [k, *inp.shape]; zeros where unused."""
+        rows = torch.empty(V.shape[0], inp.numel(), dtype=inp.dtype, device=inp.device)
+        return _vjp_into(output, [inp], V, batched, rows).view(V.shape[0], *inp.shape)
 
     def _product(
         self, method: str, state: Any, V: torch.Tensor, batched: bool, into: torch.Tensor | None = None
@@ -391,36 +380,11 @@ class CurvatureOperator:
         batched: bool,
         into: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Rows V_i^T d(output)/d(block), from the gradients with respect to the block's tensors, each written
-        into its columns of `into` [k, size] (a new tensor when None) and let go of at once; zeros where unused."""
-        rows = V.shape[0]
+        """Rows V_i^T d(output)/d(block) [k, size], from the block's tensors, written into `into` (a new tensor
+        when None)."""
         if into is None:
-            into = torch.empty(rows, self.size, dtype=self.dtype, device=self.device)
-        if not output.requires_grad:
-            return into.zero_()
-        for i in range(1 if batched else rows):
-            if batched:
-                found = torch.autograd.grad(
-                    output, pieces, grad_outputs=V, retain_graph=True, is_grads_batched=True, allow_unused=True
-                )
-            else:  # <output, v> with v as its gradient, not v times 1 (a P-sized copy held through the backward)
-                found = torch.autograd.grad(
-                    _Contraction.apply(output, V[i]), pieces, retain_graph=True, allow_unused=True
-                )
-            grads: list[torch.Tensor | None] = list(found)
-            start = 0
-            del found
-            dest = into if batched else into[i]
-            for j, size in enumerate(self.sub.numels):
-                part = dest[..., start : start + size]
-                grad, grads[j] = grads[j], None  # freed once copied: the pieces never all live beside the result
-                if grad is None:
-                    part.zero_()
-                else:
-                    part.copy_(grad.reshape(part.shape))
-                    del grad
-                start += size
-        return into
+            into = torch.empty(V.shape[0], self.size, dtype=self.dtype, device=self.device)
+        return _vjp_into(output, pieces, V, batched, into)
 
     def _per_sample_gradients(self, xb: Inputs, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of each sample's own loss on the block, [|b|, size], and the batch's outputs."""
@@ -645,6 +609,39 @@ def _kept(out: Any) -> torch.Tensor:
         if not leaves:
             raise
         return leaves[0]
+
+
+def _vjp_into(
+    output: torch.Tensor, inputs: Sequence[torch.Tensor], V: torch.Tensor, batched: bool, into: torch.Tensor
+) -> torch.Tensor:
+    """Rows V_i^T d(output)/d(inputs), batched over i (vmap) or looped, written into `into` [k, sum of the
+    inputs' sizes], each input's gradient copied into its columns and let go of at once (the pieces never
+    all live beside the result); zeros where unused."""
+    if not output.requires_grad:
+        return into.zero_()
+    for i in range(1 if batched else V.shape[0]):
+        if batched:
+            found = torch.autograd.grad(
+                output, inputs, grad_outputs=V, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
+        else:  # <output, v> with v itself as its gradient: the numbers of grad_outputs=v, whose first use imports
+            # torch's symbolic shapes and sympy (1.1 s, a third of a small model's top-5 run), and not v times 1
+            # (torch's dot: a copy of v held through the backward)
+            found = torch.autograd.grad(_Contraction.apply(output, V[i]), inputs, retain_graph=True, allow_unused=True)
+        grads: list[torch.Tensor | None] = list(found)
+        del found
+        dest = into if batched else into[i]
+        start = 0
+        for j, inp in enumerate(inputs):
+            part = dest[..., start : start + inp.numel()]
+            grad, grads[j] = grads[j], None
+            if grad is None:
+                part.zero_()
+            else:
+                part.copy_(grad.reshape(part.shape))
+                del grad
+            start += inp.numel()
+    return into
 
 
 def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
