@@ -558,7 +558,7 @@ def check_fits(problem: Problem, data_name: str, say: Callable[[str], None] = la
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ArgumentError("loss", None, "the loss function must return a scalar (the mean over the batch)")
     with torch.no_grad():  # a random forward (noise, F.dropout(training=True)) makes every number a draw
-        again = problem.loss_fn(problem.forward(map_inputs(torch.clone, problem.head(2)[0])), yb)
+        again = problem.loss_fn(problem.forward(problem.head(2)[0]), yb)  # a copy where the model writes into it
     tol = {torch.float64: 1e-8, torch.float32: 1e-4}.get(problem.dtype, 3e-2)
     if torch.isfinite(loss) and not torch.allclose(again.double(), loss.double(), rtol=tol, atol=0):
         differ = float(abs(again.double() - loss.double()) / abs(loss.double()).clamp_min(1e-300))
