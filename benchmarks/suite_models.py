@@ -83,6 +83,56 @@ def tabular() -> nn.Module:
     )  # fmt: skip
 
 
+class TextLSTM(nn.Module):
+    """Token embeddings, a 2-layer LSTM, a linear head on the last step."""
+
+    def __init__(self, vocab: int = 2000, width: int = 64, hidden: int = 128, classes: int = 5) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.rnn = nn.LSTM(width, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.embed(ids))
+        return self.head(out[:, -1])
+
+
+def lstm() -> nn.Module:
+    """A text classifier: embeddings 2000x64, a 2-layer LSTM of width 128, 5 classes: 360k parameters. Held out."""
+    return TextLSTM()
+
+
+def audio() -> nn.Module:
+    """A raw-waveform classifier (1D convolutions with BatchNorm, strides 4-2-2, global pooling), 8 classes:
+    32k parameters. Held out."""
+    return nn.Sequential(
+        nn.Conv1d(1, 32, 9, stride=4), nn.BatchNorm1d(32), nn.ReLU(),
+        nn.Conv1d(32, 64, 5, stride=2), nn.BatchNorm1d(64), nn.ReLU(),
+        nn.Conv1d(64, 64, 5, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(64, 8),
+    )  # fmt: skip
+
+
+class TinyUNet(nn.Module):
+    """Two levels of a U-Net (BatchNorm, max-pooling, a transposed convolution, a skip connection)."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.down1 = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.down2 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.up = nn.ConvTranspose2d(32, 16, 2, stride=2)
+        self.out = nn.Conv2d(32, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.down1(x)
+        return self.out(torch.cat([a, self.up(self.down2(a))], 1))
+
+
+def unet() -> nn.Module:
+    """A per-pixel classifier (4 classes, targets [N, H, W]): 7.4k parameters. Held out."""
+    return TinyUNet()
+
+
 def gpt2_config():  # type: ignore[no-untyped-def]
     import transformers
 
@@ -91,24 +141,34 @@ def gpt2_config():  # type: ignore[no-untyped-def]
     )
 
 
+Columns = Callable[[torch.Generator], dict[str, torch.Tensor]]  # an entry's data, drawn from a seeded generator
+
+
 @dataclass(frozen=True)
 class Entry:
     """One model of the suite: its factory, its data and its loss."""
 
     about: str
     factory: str  # "module:fn" (a sample) or the name of a function in this file
-    data: Callable[[torch.Generator], dict[str, torch.Tensor]] | None = None
+    data: Columns | None = None
     loss: str = "cross-entropy"  # or next-token
     sample: str | None = None  # a bundled sample: its own checkpoint and data
     hf: bool = False  # saved with save_pretrained, loaded as a folder (no --model)
     extra: list[str] = field(default_factory=list)
 
 
-def _images(n: int, shape: tuple[int, ...]) -> Callable[[torch.Generator], dict[str, torch.Tensor]]:
+def _classified(x: Callable[[torch.Generator], torch.Tensor], classes: int, target: tuple[int, ...] = ()) -> Columns:
+    """Inputs drawn by `x`, and random class targets (one per sample, or of shape `target` per sample)."""
+
     def make(g: torch.Generator) -> dict[str, torch.Tensor]:
-        return {"x": torch.randn(n, *shape, generator=g), "y": torch.randint(0, 10, (n,), generator=g)}
+        inputs = x(g)
+        return {"x": inputs, "y": torch.randint(0, classes, (len(inputs), *target), generator=g)}
 
     return make
+
+
+def _images(n: int, shape: tuple[int, ...]) -> Columns:
+    return _classified(lambda g: torch.randn(n, *shape, generator=g), 10)
 
 
 def _tokens(g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -137,14 +197,29 @@ ENTRIES: dict[str, Entry] = {
     "tabular": Entry(
         "MLP 64-256-256-10 with LayerNorm and GELU, 85k params, 4096 rows", "tabular", _images(4096, (64,))
     ),
+    "lstm": Entry(
+        "text LSTM (embeddings, 2 layers of 128), 360k params, 512 sequences x 32 tokens",
+        "lstm",
+        _classified(lambda g: torch.randint(0, 2000, (512, 32), generator=g), 5),
+    ),
+    "audio": Entry(
+        "1D-conv waveform classifier with BatchNorm, 32k params, 512 clips x 4000 samples",
+        "audio",
+        _classified(lambda g: torch.randn(512, 1, 4000, generator=g), 8),
+    ),
+    "unet": Entry(
+        "two-level U-Net, per-pixel cross-entropy, 7.4k params, 128 images 3x32x32",
+        "unet",
+        _classified(lambda g: torch.randn(128, 3, 32, 32, generator=g), 4, (32, 32)),
+    ),
     "sample-mlp": Entry("the bundled sample mlp", "landscape.sample_models.models:mlp", sample="mlp"),
     "sample-cnn": Entry("the bundled sample cnn (BatchNorm)", "landscape.sample_models.models:cnn", sample="cnn"),
 }
 
 
-HELD_OUT = ("mobilenet", "regnet", "efficientnet", "convnext", "tabular")
+HELD_OUT = ("mobilenet", "regnet", "efficientnet", "convnext", "tabular", "lstm", "audio", "unet")
 """Models the engine was not tuned on, to check that what holds on the suite holds beyond it
-(`--entries mobilenet,regnet,efficientnet,convnext,tabular`); `make bench` runs the others."""
+(`--entries mobilenet,regnet,efficientnet,convnext,tabular,lstm,audio,unet`); `make bench` runs the others."""
 SUITE = tuple(name for name in ENTRIES if name not in HELD_OUT)
 
 
@@ -246,7 +321,7 @@ def load(name: str, work: Path) -> tuple[nn.Module, torch.Tensor, torch.Tensor, 
             return F.cross_entropy(logits[:, :-1].flatten(0, 1), y[:, 1:].flatten())
 
     else:
-        x, y = d["x"].float(), d["y"].long()
+        x, y = d["x"] if not d["x"].is_floating_point() else d["x"].float(), d["y"].long()  # token ids stay integers
 
         def loss_fn(out, y):  # type: ignore[no-untyped-def]
             return F.cross_entropy(out, y)
