@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 try:
-    from landscape.cli import main
+    from landscape.cli import run
 except ImportError as exc:
     venv_python = ROOT / ".venv" / "bin" / "python"
     if venv_python.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
@@ -20,4 +20,4 @@ except ImportError as exc:
     sys.exit(f"cli.py: {exc}; install first with `make test` (or `pip install -e .`)")
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -1,5 +1,5 @@
 """`python -m landscape` (and `torchrun -m landscape`) entry point."""
 
-from landscape.cli import main
+from landscape.cli import run
 
-main()
+run()

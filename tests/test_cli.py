@@ -11,6 +11,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import torch
 from conftest import ctrl_c_reaches_it
 
@@ -361,3 +362,20 @@ def test_cli_py_from_a_checkout():
     proc = subprocess.run([sys.executable, str(root / "cli.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "sweep" in proc.stdout and "hessian" in proc.stdout
+
+
+@pytest.mark.parametrize("code, status, err", [(None, 0, ""), (3, 3, ""), ("no model", 1, "no model\n")])
+def test_exit_without_teardown_runs_exit_handlers_and_flushes(code, status, err):
+    """`host.exit_now` (the CLI's exit) skips the interpreter's teardown but keeps what sys.exit does: the
+    exit handlers run, buffered output comes out in order, and the status is sys.exit's."""
+    script = (
+        "import atexit, sys\n"
+        "from landscape.host import exit_now\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "print('buffered', end=' ')\n"
+        f"exit_now({code!r})\n"
+        "print('never')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (status, "buffered handler ran\n", err)
