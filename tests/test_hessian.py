@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from conftest import sample_problem
 
+from landscape import Problem
 from landscape.curvature import CurvatureOperator, density_from_lanczos, hutchpp, lanczos, layer_blocks, slq
 from landscape.curvature.analysis import CurvatureSettings, estimate_block, run_curvature
 from landscape.curvature.dense import exact_runs
@@ -96,6 +97,46 @@ def test_products_written_into_given_rows_are_the_products():
             assert torch.allclose(op.matmat(V[:1], out=one), plain[:1].float(), rtol=1e-6, atol=1e-7)
             assert torch.equal(V, kept)
             op.close()
+
+
+class _Tagger(nn.Module):
+    """Token embeddings, a 2-layer LSTM, a class per sequence from its last step."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.rnn, self.out = (
+            nn.Embedding(30, 6),
+            nn.LSTM(6, 8, num_layers=2, batch_first=True),
+            nn.Linear(8, 3),
+        )
+
+    def forward(self, ids):
+        return self.out(self.rnn(self.emb(ids))[0][:, -1])
+
+
+def test_lstm_products_in_float32_are_the_exact_hessians():
+    """An LSTM in float32 on the CPU, where PyTorch picks oneDNN's kernel, which has no forward-mode
+    derivative: the products run through PyTorch's own LSTM, so every method gives the exact Hessian's
+    products (float64 truth by torch.func.hessian), forward-over-reverse among them."""
+    torch.manual_seed(0)
+    model, ids, y = _Tagger(), torch.randint(0, 30, (40, 7)), torch.randint(0, 3, (40,))
+    p = Problem(model, (ids, y), loss="cross-entropy", dtype="float32")
+    truth = Problem(model, (ids, y), loss="cross-entropy", dtype="float64")
+
+    def f(t):
+        out = torch.func.functional_call(truth.model, (truth.layout.unflatten(t), truth.buffers), (truth.x,))
+        return truth.loss_fn(out, truth.y)
+
+    H = torch.func.hessian(f)(truth.theta)
+    V = torch.randn(3, H.shape[0], dtype=torch.float64)
+    want = V @ H
+    assert torch.backends.mkldnn.enabled
+    for method, batch_size in (("double-backward-cached", None), ("double-backward", 16), ("forward-over-reverse", 16)):
+        op = CurvatureOperator(p, method=method, batch_size=batch_size)
+        got = op.matmat(V).double()
+        assert (got - want).norm() <= 1e-5 * want.norm(), method
+        op.close()
+    assert torch.backends.mkldnn.enabled  # set back after each LSTM call
 
 
 def test_batched_and_looped_products_agree():
