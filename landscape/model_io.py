@@ -118,11 +118,12 @@ class _TwiceDifferentiable(TorchFunctionMode):
             if composed is not None:
                 return composed
         if func is torch.lstm and torch.backends.mkldnn.enabled:
-            torch.backends.mkldnn.enabled = False  # the flag is read when the kernel is chosen, in this call
+            # read when the kernel is chosen, in this call (typed as its descriptor, hence the ignores)
+            torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
             try:
                 return func(*args, **kwargs)
             finally:
-                torch.backends.mkldnn.enabled = True
+                torch.backends.mkldnn.enabled = True  # type: ignore[assignment]
         return func(*args, **kwargs)
 
 
