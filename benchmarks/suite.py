@@ -12,7 +12,9 @@ then the reverse), one process each of:
   ph-top5   PyHessian's top-5 eigenvalues with its defaults (baselines.py pyhessian-top5);
   trace     `landscape hessian --top-k 0 --trace` (Hutch++, 60 products);
   ph-trace  PyHessian's trace with its defaults (baselines.py pyhessian-trace);
-  torch     `python -c "import torch"`, the floor every process above pays.
+  torch     importing torch and nothing else, the floor every process above pays (ended without the
+            interpreter's teardown, as `landscape` ends: a plain `python -c "import torch"` spends
+            0.3-0.5 s more there, which the scripts above pay too).
 Every process is timed whole from outside (interpreter start, imports, loading, work), the way a
 user meets it. The tables give each median with its range [min-max] over the repeats, and ratios of
 medians (above 1: `landscape` is faster). `sweep/limit` sets the sweep's own evaluation seconds
@@ -118,7 +120,7 @@ def run_entry(name: str, work: Path, repeats: int, env: dict[str, str], skip: se
         "ph-top5": [*baseline, "pyhessian-top5", name, str(work)],
         "trace": [*LANDSCAPE, "hessian", *args, "--top-k", "0", "--trace", "--force", "-o", str(trace_h5)],
         "ph-trace": [*baseline, "pyhessian-trace", name, str(work)],
-        "torch": [PY, "-c", "import torch"],
+        "torch": [PY, "-c", "import os, torch; os._exit(0)"],
     }
     commands = {k: v for k, v in commands.items() if k not in skip}
     times: dict[str, list[float]] = {k: [] for k in commands}
@@ -247,7 +249,7 @@ def table(results: dict[str, dict]) -> str:
     add(header, rows)
     floor = [s for r in results.values() for s in r["times"].get("torch", [])]
     if floor:
-        lines += ["", f"python -c 'import torch': {span(floor)} s (every process above pays it)"]
+        lines += ["", f"import torch (no teardown): {span(floor)} s (every process above pays it)"]
     for name, r in results.items():
         for key, why in r.get("failed", {}).items():
             lines.append(f"{name}: {key} fails: {why}")
