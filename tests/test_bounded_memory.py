@@ -419,3 +419,25 @@ def test_a_large_model_keeps_less_freed_memory():
     big = 124_000_000 * 4
     assert kept_bytes(big) == LARGE_MODEL_KEEP_BYTES < big  # a weight-sized vector goes back to the kernel
     assert kept_bytes(10 * KEEP_BYTES) == LARGE_MODEL_KEEP_BYTES
+
+
+def test_vmap_stacks_points_within_two_weight_vectors_on_a_cpu():
+    """On a CPU the vmap strategies' stacked points take at most 2 P or 128 MB (so a sweep holds at most
+    4 P-sized vectors beyond a forward pass): a 9M-parameter model gets one point per call, and vmap is
+    not built for it; a small model still stacks many."""
+    from torch import nn
+
+    from landscape import Problem
+    from landscape.strategies import build_strategy
+    from landscape.strategies.base import NotApplicable, points_per_call
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3000), torch.randint(0, 10, (8,))
+    large = Problem(nn.Sequential(nn.Linear(3000, 3000), nn.ReLU(), nn.Linear(3000, 10)), (x, y))
+    assert large.layout.size > 9_000_000
+    assert points_per_call(large, 1 << 30) == 1
+    directions = torch.zeros(2, large.layout.size)
+    with pytest.raises(NotApplicable, match="one point per call"):
+        build_strategy("vmap", large, directions, points_per_call=points_per_call(large, 1 << 30))
+    small = sample_problem("mlp")
+    assert points_per_call(small, 1 << 30) == 64
