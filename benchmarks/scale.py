@@ -220,7 +220,7 @@ gc.collect()
 base = rss()
 open("/proc/self/clear_refs", "w").write("5")  # the kernel's peak (VmHWM) from here
 r = ls.hessian(problem, say=lambda msg: None, **json.loads(sys.argv[3]))
-print(json.dumps({"peak": rss("VmHWM:") - base, "steps": r.model.eigen.iterations, "P": problem.layout.size}))
+print(json.dumps({"peak": rss("VmHWM:") - base, "steps": r.model.eigen.iterations if r.model.eigen else 0, "P": problem.layout.size}))
 """
 
 

@@ -441,3 +441,27 @@ def test_vmap_stacks_points_within_two_weight_vectors_on_a_cpu():
         build_strategy("vmap", large, directions, points_per_call=points_per_call(large, 1 << 30))
     small = sample_problem("mlp")
     assert points_per_call(small, 1 << 30) == 64
+
+
+def test_the_trace_sketch_leaves_room_for_the_eigenvectors_held_beside_it(monkeypatch):
+    """top-k with --trace: Lanczos's eigenvectors stay held while Hutch++ runs, so its sketch takes the rows
+    they leave of the basis room (the run's peak stays that of Lanczos), and the trace is still right."""
+    import landscape.curvature.analysis as analysis
+    from landscape.curvature.analysis import estimate_block
+
+    p = sample_problem("mlp", samples=200)
+    rows = 12
+    monkeypatch.setattr(analysis, "basis_room", lambda settings, device, world=None: (device, rows * 8 * p.layout.size))
+    both = estimate_block(p, CurvatureSettings(top_k=3, trace=True, trace_matvecs=60))
+    alone = estimate_block(p, CurvatureSettings(top_k=0, trace=True, trace_matvecs=60))
+    assert both.eigen is not None and both.eigen.eigenvectors is not None
+    assert both.eigen.eigenvectors.dtype == torch.float64  # rows of the room's size
+    assert (both.trace.sketch, alone.trace.sketch) == (rows - 3, rows)
+    assert both.trace.matvecs == alone.trace.matvecs == 60
+
+    def f(t):
+        out = torch.func.functional_call(p.model, (p.layout.unflatten(t), p.buffers), (p.x,))
+        return p.loss_fn(out, p.y)
+
+    exact = float(torch.trace(torch.func.hessian(f)(p.theta)))
+    assert abs(both.trace.value - exact) < 4 * both.trace.std_error + 1e-9 * abs(exact)
