@@ -139,6 +139,36 @@ def test_lstm_products_in_float32_are_the_exact_hessians():
     assert torch.backends.mkldnn.enabled  # set back after each LSTM call
 
 
+class _Prototypes(nn.Module):
+    """Class scores from distances to learned prototypes: torch.cdist has no forward-mode derivative."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.protos = nn.Linear(5, 4), nn.Parameter(torch.randn(3, 4))
+
+    def forward(self, x):
+        return -torch.cdist(self.embed(x), self.protos)
+
+
+def test_a_model_without_forward_mode_derivatives_is_told_to_use_double_backward():
+    """`--method forward-over-reverse` on an operation with no forward-mode derivative: the error says the
+    double backward needs none (it used to blame missing second derivatives, which this model has); auto
+    takes the double backward and gives the exact Hessian's products."""
+    torch.manual_seed(0)
+    p = Problem(_Prototypes(), (torch.randn(30, 5), torch.randint(0, 3, (30,))), dtype="float64")
+    with pytest.raises(
+        LandscapeError, match=r"forward-mode derivative in PyTorch: --method double-backward needs none"
+    ):
+        CurvatureOperator(p, method="forward-over-reverse")
+
+    def f(t):
+        return p.loss_fn(torch.func.functional_call(p.model, (p.layout.unflatten(t), p.buffers), (p.x,)), p.y)
+
+    V = torch.randn(2, p.layout.size, dtype=torch.float64)
+    H = torch.func.jacrev(torch.func.jacrev(f))(p.theta)  # torch.func.hessian is forward-over-reverse too
+    assert torch.allclose(CurvatureOperator(p).matmat(V), V @ H, rtol=1e-10, atol=1e-12)
+
+
 def test_batched_and_looped_products_agree():
     p, H = exact("mlp", 120)
     V = torch.randn(9, H.shape[0], dtype=torch.float64)

@@ -506,11 +506,14 @@ class CurvatureOperator:
             results[name] = second
         if not results:
             why = "; ".join(f"{k}: {v}" for k, v in self.dropped.items())
-            hint = (
-                " (an operation without second derivatives in PyTorch: the empirical Fisher, curvature fisher, needs first derivatives only)"
-                if self.curvature != "fisher" and ("not implemented" in why or "does not support" in why)
-                else ""
-            )
+            if all("forward AD" in reason for reason in self.dropped.values()):  # forward-over-reverse alone was tried
+                hint = (
+                    " (an operation without a forward-mode derivative in PyTorch: --method double-backward needs none)"
+                )
+            elif self.curvature != "fisher" and ("not implemented" in why or "does not support" in why):
+                hint = " (an operation without second derivatives in PyTorch: the empirical Fisher, curvature fisher, needs first derivatives only)"
+            else:
+                hint = ""
             raise LandscapeError(f"no curvature product works for this model: {why}{hint}")
         if check:
             ref_name = next(iter(results))
