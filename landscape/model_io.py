@@ -10,6 +10,7 @@ logits found that way; a user's loss gets the output as it is.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -86,6 +87,20 @@ def math_attention() -> AbstractContextManager[None]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH])
+
+
+VMAP_FALLBACK = "There is a performance drop because we have not yet implemented the batching rule"
+
+
+@contextmanager
+def vmapped() -> Iterator[None]:
+    """The context of every torch.vmap call: attention through its math kernel (`math_attention`), and
+    without PyTorch's warning that an operation with no batching rule (nn.TransformerEncoder's fused
+    inference kernel, F.multi_margin_loss) is looped over: each caller times its methods and keeps the
+    fastest, or falls back, so the warning is not the user's to act on."""
+    with math_attention(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=VMAP_FALLBACK)
+        yield
 
 
 _SPARSE_AT = {F.embedding: 6, F.embedding_bag: 7}  # where nn.Embedding(Bag).forward passes `sparse` positionally

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -167,6 +168,32 @@ def test_a_model_without_forward_mode_derivatives_is_told_to_use_double_backward
     V = torch.randn(2, p.layout.size, dtype=torch.float64)
     H = torch.func.jacrev(torch.func.jacrev(f))(p.theta)  # torch.func.hessian is forward-over-reverse too
     assert torch.allclose(CurvatureOperator(p).matmat(V), V @ H, rtol=1e-10, atol=1e-12)
+
+
+def test_a_loss_without_second_derivatives_is_told_the_empirical_fisher_needs_none():
+    """A multi-class hinge loss (F.multi_margin_loss: PyTorch has no derivative of its backward) fails every
+    Hessian product, the kept graph's and the others' alike: the error names the Fisher, which then gives
+    (1/N) sum_i g_i g_i^T from the per-sample gradients, without PyTorch's warning that vmap loops over it."""
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 5), torch.randint(0, 3, (20,))
+    p = Problem(
+        nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)), (x, y), F.multi_margin_loss, dtype="float64"
+    )
+    for method in ("auto", "double-backward-cached"):
+        with pytest.raises(LandscapeError, match=r"without second derivatives in PyTorch: the empirical Fisher"):
+            CurvatureOperator(p, method=method)
+
+    def sample_loss(t, xi, yi):
+        out = torch.func.functional_call(p.model, (p.layout.unflatten(t), p.buffers), (xi[None],))
+        return F.multi_margin_loss(out, yi[None])
+
+    G = torch.stack([torch.func.grad(sample_loss)(p.theta, p.x[i], p.y[i]) for i in range(len(x))])
+    V = torch.randn(2, p.layout.size, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:  # vmapped per-sample gradients: PyTorch's loop, unsaid
+        warnings.simplefilter("always")
+        got = CurvatureOperator(p, curvature="fisher").matmat(V)
+    assert torch.allclose(got, V @ (G.T @ G / len(x)), rtol=1e-10, atol=1e-12)
+    assert not [w for w in caught if "performance drop" in str(w.message)]
 
 
 def test_batched_and_looped_products_agree():

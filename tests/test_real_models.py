@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import textwrap
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -757,3 +758,45 @@ def test_columns_the_forward_takes_no_argument_for_are_left_out(stream):
     )
     sweep = ls.sweep(problem, ls.random_axes(problem, 1), x=(0, 0, 1))
     assert sweep.loss[0] == pytest.approx(float(F.cross_entropy(model(cols["input_ids"]), cols["labels"])), rel=1e-6)
+
+
+def test_transformer_encoder_fused_kernel_under_every_strategy_without_pytorchs_warning():
+    """`nn.TransformerEncoder` runs its fused inference kernel in no-grad passes, which has no vmap
+    batching rule: vmap loops over the points and PyTorch warned "There is a performance drop ..." on
+    every sweep's probe. The values must still be the model's, and the warning (the probe times that
+    cost) is not the user's to read."""
+    from landscape.directions import random_directions
+    from landscape.losses import cross_entropy
+    from landscape.problem import make_problem
+    from landscape.strategies import STRATEGIES, NotApplicable, build_strategy
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True)
+    model = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Flatten(), nn.Linear(80, 3))
+    model.eval()
+    x, y = torch.randn(12, 5, 16), torch.randint(0, 3, (12,))
+    problem = make_problem(
+        model, model.state_dict(), x, y, cross_entropy, device=torch.device("cpu"), dtype=torch.float32
+    )
+    dirs = random_directions(1, problem.theta, problem.layout, seed=0)
+    coords = torch.tensor([[-0.5], [0.0], [0.7]])
+    d, theta = problem.layout.unflatten(dirs[0]), problem.layout.unflatten(problem.theta)
+    truth = copy.deepcopy(model).double()
+    want = []
+    for c in coords[:, 0].tolist():  # with gradients on: PyTorch's unfused layers, in float64
+        params = {n: (p + c * d[n]).double().requires_grad_() for n, p in theta.items()}
+        want.append(F.cross_entropy(functional_call(truth, params, (x.double(),)), y).item())
+    ran = []
+    for name in (n for n in STRATEGIES if n != "compiled"):
+        try:
+            strat = build_strategy(name, problem, dirs)
+        except NotApplicable:
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = strat.evaluate(coords)
+        strat.close()
+        ran.append(name)
+        np.testing.assert_allclose(got.loss.numpy(), want, rtol=2e-5, err_msg=name)
+        assert not [str(w.message) for w in caught if "performance drop" in str(w.message)], name
+    assert {"loop", "vmap"} <= set(ran)

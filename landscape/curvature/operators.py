@@ -58,6 +58,7 @@ from landscape.model_io import (
     map_inputs,
     take,
     twice_differentiable,
+    vmapped,
 )
 from landscape.names import CURVATURES, METHODS
 from landscape.params import Layout
@@ -395,7 +396,8 @@ class CurvatureOperator:
 
         per_sample = torch.func.grad(one, has_aux=True)
         try:
-            G, out = torch.func.vmap(per_sample, in_dims=(None, 0, 0))(self.u0, xb, yb)
+            with vmapped():
+                G, out = torch.func.vmap(per_sample, in_dims=(None, 0, 0))(self.u0, xb, yb)
         except LandscapeError:
             raise
         except Exception:  # a model vmap cannot batch (data-dependent control flow, in-place batch ops): one at a time
@@ -406,7 +408,8 @@ class CurvatureOperator:
     def _per_sample_losses(self, out: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """The loss function applied to each sample alone, [|b|] (in the graph of `out`)."""
         try:
-            return torch.func.vmap(lambda o, y: self.problem.loss_fn(o[None], y[None]))(out, yb)
+            with vmapped():
+                return torch.func.vmap(lambda o, y: self.problem.loss_fn(o[None], y[None]))(out, yb)
         except Exception:  # a loss vmap cannot batch: one sample at a time
             return torch.stack([self.problem.loss_fn(out[i : i + 1], yb[i : i + 1]) for i in range(out.shape[0])])
 
@@ -420,7 +423,8 @@ class CurvatureOperator:
                 out: torch.Tensor = torch.func.jvp(grad_fn, (self.u0,), (v,))[1]
                 return out
 
-            total += torch.func.vmap(hvp)(V) if batched else torch.stack([hvp(v) for v in V])
+            with vmapped():
+                total += torch.func.vmap(hvp)(V) if batched else torch.stack([hvp(v) for v in V])
         return total
 
     # ---- measurement ------------------------------------------------------------------------
@@ -435,6 +439,20 @@ class CurvatureOperator:
         total = self.world.all_sum_(total.to(torch.float64))
         self.gradient_seconds = time.perf_counter() - t0
         return total
+
+    def _none_works(self) -> LandscapeError:
+        """The error when every candidate method failed its first product: why each did, and what to try."""
+        why = "; ".join(f"{k}: {v}" for k, v in self.dropped.items())
+        if all("forward AD" in reason for reason in self.dropped.values()):  # forward-over-reverse alone was tried
+            hint = " (an operation without a forward-mode derivative in PyTorch: --method double-backward needs none)"
+        elif self.curvature != "fisher" and ("not implemented" in why or "does not support" in why):
+            hint = (
+                " (an operation without second derivatives in PyTorch: the empirical Fisher, curvature fisher,"
+                " needs first derivatives only)"
+            )
+        else:
+            hint = ""
+        return LandscapeError(f"no curvature product works for this model: {why}{hint}")
 
     def _choose(self, candidates: Sequence[str], check: bool) -> str:
         """The product method: the kept graph when the data is one batch, else the faster of the others.
@@ -467,12 +485,7 @@ class CurvatureOperator:
             self._cache = None
             candidates = [c for c in candidates if c != name]
             if not candidates:
-                hint = (
-                    " (the empirical Fisher, curvature fisher, needs first derivatives only)"
-                    if "not implemented" in why
-                    else ""
-                )
-                raise LandscapeError(f"no curvature product works for this model: {name}: {why}{hint}")
+                raise self._none_works()
         self.gradient()  # timed (gradient_seconds), and it warms up the allocator for the candidates' timings
         results: dict[str, torch.Tensor] = {}  # the candidates, timed warm
         checked: dict[str, torch.Tensor] = {}  # every product made, for the agreement check
@@ -505,16 +518,7 @@ class CurvatureOperator:
                 )
             results[name] = second
         if not results:
-            why = "; ".join(f"{k}: {v}" for k, v in self.dropped.items())
-            if all("forward AD" in reason for reason in self.dropped.values()):  # forward-over-reverse alone was tried
-                hint = (
-                    " (an operation without a forward-mode derivative in PyTorch: --method double-backward needs none)"
-                )
-            elif self.curvature != "fisher" and ("not implemented" in why or "does not support" in why):
-                hint = " (an operation without second derivatives in PyTorch: the empirical Fisher, curvature fisher, needs first derivatives only)"
-            else:
-                hint = ""
-            raise LandscapeError(f"no curvature product works for this model: {why}{hint}")
+            raise self._none_works()
         if check:
             ref_name = next(iter(results))
             for name, r in checked.items():
@@ -624,9 +628,10 @@ def _vjp_into(
         return into.zero_()
     for i in range(1 if batched else V.shape[0]):
         if batched:
-            found = torch.autograd.grad(
-                output, inputs, grad_outputs=V, retain_graph=True, is_grads_batched=True, allow_unused=True
-            )
+            with vmapped():  # is_grads_batched runs the backward under vmap
+                found = torch.autograd.grad(
+                    output, inputs, grad_outputs=V, retain_graph=True, is_grads_batched=True, allow_unused=True
+                )
         else:  # <output, v> with v itself as its gradient: the numbers of grad_outputs=v, whose first use imports
             # torch's symbolic shapes and sympy (1.1 s, a third of a small model's top-5 run), and not v times 1
             # (torch's dot: a copy of v held through the backward)

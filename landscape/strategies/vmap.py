@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from landscape.losses import correct_predictions
-from landscape.model_io import Inputs, call_functional, math_attention
+from landscape.model_io import Inputs, call_functional, vmapped
 from landscape.problem import Problem
 from landscape.strategies.base import BuildContext, NotApplicable, Strategy
 
@@ -68,6 +68,6 @@ class VmapStrategy(Strategy):
     def on_batch(
         self, shared: dict[str, torch.Tensor], batch_index: int, xb: Inputs, yb: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        with math_attention():  # fused attention has no batching rule: vmap would loop over the points
+        with vmapped():  # the probe's timing says what an operation without a batching rule costs
             loss, correct = self._batched(shared, xb, yb, self.first_layer_outputs(batch_index, c))
             return loss, correct
