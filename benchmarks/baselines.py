@@ -14,6 +14,8 @@ checkpoint's weights (`forward_s`, the best of two: what decides the grid size).
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -111,7 +113,10 @@ def pyhessian_trace(entry: str, work: Path) -> dict:
     start = time.perf_counter()
     with math_attention():
         trace = hessian(model, loss_fn, data=(x, y), cuda=False).trace()
-    return {"seconds": time.perf_counter() - start, "trace": float(sum(trace) / len(trace)), "probes": len(trace)}
+    seconds = time.perf_counter() - start
+    m = len(trace)  # its estimate is the mean of m probes' v^T H v: the standard error of a mean
+    se = statistics.stdev(trace) / math.sqrt(m) if m > 1 else math.nan
+    return {"seconds": seconds, "trace": float(sum(trace) / m), "probes": m, "std_error": se}
 
 
 if __name__ == "__main__":

@@ -232,19 +232,32 @@ def table(results: dict[str, dict]) -> str:
     header = [
         "",
         "trace (whole processes; landscape: Hutch++, 60 products, with its standard error; PyHessian: Hutchinson,"
-        " stops when the running mean moves by under 1e-3 relative, at most 100 probes)",
-        f"{'model':11} {'landscape':>19} {'PyHessian':>19} {'ph/ls':>6} {'trace ls':>10} {'std err':>8}"
-        f" {'trace ph':>10} {'ph probes':>9}",
+        " stops when the running mean moves by under 1e-3 relative, at most 100 probes, which says nothing of its"
+        " error: se is the standard error of its mean of probes). ph/ls at equal se: PyHessian's time had it run"
+        " the probes its estimate needs for landscape's standard error, (se ph / se ls)^2 times its probes' seconds,"
+        " its process's other seconds unchanged (both standard errors are estimates, from 20 and m probes)",
+        f"{'model':11} {'landscape':>19} {'PyHessian':>19} {'ph/ls':>6} {'trace ls':>10} {'se ls':>8}"
+        f" {'trace ph':>10} {'se ph':>8} {'ph probes':>9} {'ph/ls at equal se':>17}",
     ]
     rows = []
     for name, r in results.items():
         t, f = r["times"], r["found"]
         if "trace" not in t:
             continue
-        ours, theirs = f["trace"][-1], (f["ph-trace"][-1] if "ph-trace" in f else {"trace": math.nan, "probes": 0})
+        ours = f["trace"][-1]
+        theirs = f["ph-trace"][-1] if "ph-trace" in f else {"trace": math.nan, "probes": 0}
+        equal = "-"
+        if "ph-trace" in t and "std_error" in theirs:
+            if ours["trace_se"] == 0:
+                equal = "exact"
+            else:
+                work = statistics.median(p["seconds"] for p in f["ph-trace"])
+                scaled = statistics.median(t["ph-trace"]) - work + work * (theirs["std_error"] / ours["trace_se"]) ** 2
+                equal = f"{scaled / statistics.median(t['trace']):.2f}"
         rows.append(
             f"{name:11} {span(t['trace']):>19} {cell(r, 'ph-trace'):>19} {ratio(t, 'ph-trace', 'trace'):>6}"
-            f" {ours['trace']:10.4g} {ours['trace_se']:8.2g} {theirs['trace']:10.4g} {theirs['probes']:9d}"
+            f" {ours['trace']:10.4g} {ours['trace_se']:8.2g} {theirs['trace']:10.4g}"
+            f" {theirs.get('std_error', math.nan):8.2g} {theirs['probes']:9d} {equal:>17}"
         )
     add(header, rows)
     floor = [s for r in results.values() for s in r["times"].get("torch", [])]
