@@ -213,7 +213,7 @@ def test_hutchpp_probes_in_groups_give_the_same_estimate():
         return V.to(A.dtype) @ A
 
     whole = hutchpp(matmat, 300, matvecs=30, seed=4)
-    assert max(widths) == 10
+    assert max(widths) == whole.probes and whole.probes >= 9
     widths.clear()
     dtypes.clear()
     # a float32 basis: probes and products in float32, 8 bytes per entry for both
@@ -359,7 +359,8 @@ def test_a_trace_sketch_cut_to_the_memory_spends_its_products_on_probes():
     A, ev = spectrum_matrix(300, seed=6)
     full = hutchpp(lambda V: V @ A, 300, matvecs=30, seed=2)
     cut = hutchpp(lambda V: V @ A, 300, matvecs=30, seed=2, max_sketch=5)
-    assert (full.sketch, full.probes) == (20, 10) and (cut.sketch, cut.probes) == (5, 25)
+    assert full.sketch <= 20 and full.sketch + full.probes == 29  # one product: the sketch's pilot
+    assert (cut.sketch, cut.probes) == (5, 24)
     assert cut.matvecs == full.matvecs == 30
     assert abs(cut.value - float(ev.sum())) < 4 * cut.std_error
     settings = CurvatureSettings(trace=True, trace_matvecs=60)

@@ -434,7 +434,8 @@ def test_hutchpp_is_exact_on_a_low_rank_operator():
     U = torch.linalg.qr(torch.randn(200, 3, generator=gen, dtype=torch.float64))[0]
     A = U @ torch.diag(torch.tensor([5.0, -2.0, 0.5], dtype=torch.float64)) @ U.T
     est = hutchpp(lambda V: V @ A, 200, matvecs=30, seed=3)
-    assert est.matvecs == 30 and est.sketch == 20 and est.probes == 10
+    # the sketch may stop once it holds the range (its pilot sees nothing left): the rest goes to probes
+    assert est.matvecs == 30 and 4 <= est.sketch <= 20 and est.sketch + est.probes == 29
     assert math.isclose(est.value, 3.5, rel_tol=1e-10)
     assert est.std_error < 1e-10
 
@@ -456,6 +457,65 @@ def test_hutchpp_krylov_sketch_beats_a_random_sketch_at_a_small_budget():
         random_sketch.append(abs(float(torch.trace(Q.T @ H @ Q)) + float((G * mm(G)).sum(1).mean()) - tr) / tr)
     assert np.median(ours) < 0.02
     assert np.median(ours) < 0.6 * np.median(random_sketch)
+
+
+def test_the_sketch_pilot_estimates_the_deflated_rest_from_the_lanczos_relation():
+    """SketchPays's ||R z||^2 after j steps, from dot products alone, equals ||(I - QQ^T) H (I - QQ^T) z||^2
+    computed with the basis Q and a product."""
+    from landscape.curvature.lanczos import krylov
+    from landscape.curvature.trace import SketchPays
+
+    p, H = exact("mlp", 300)
+    n = H.shape[0]
+    mm = lambda V: V @ H  # noqa: E731
+    pays = SketchPays(mm, n, budget=10**6, seed=3, device="cpu", dtype=torch.float64)
+    z = pays.z
+    assert z is not None
+    for steps in (1, 7, 25):
+        pays.rests.clear(), pays.variances.clear()
+        pays.in_basis = 0.0
+        run = krylov(mm, n, k=steps, tol=0.0, max_iter=steps, seed=5, enough=pays)
+        Q = torch.stack([run.basis.row(i) for i in range(run.basis.rows)])
+        rest = z - Q.T @ (Q @ z)
+        hz = H @ rest
+        want = float((hz - Q.T @ (Q @ hz)).square().sum())
+        assert len(pays.rests) == steps
+        assert pays.rests[-1] == pytest.approx(want, rel=1e-9)
+
+
+def _rms_errors(A: torch.Tensor, truth: float, seeds: int) -> tuple[dict[bool, float], dict[bool, list[int]], float]:
+    """RMS error of hutchpp at 60 products with a fixed and an adaptive sketch, their sketch lengths, and the
+    adaptive one's mean error."""
+    rms, sketches, mean = {}, {}, 0.0
+    for adaptive in (False, True):
+        runs = [hutchpp(lambda V: V @ A, A.shape[0], matvecs=60, seed=s, adaptive=adaptive) for s in range(seeds)]
+        errors = np.array([r.value - truth for r in runs])
+        rms[adaptive], sketches[adaptive] = float(np.sqrt(np.mean(errors**2))), [r.sketch for r in runs]
+        mean = float(errors.mean())
+    return rms, sketches, mean
+
+
+def test_on_a_spectrum_without_outliers_the_sketch_stops_early_and_the_error_shrinks():
+    """A flat spectrum (uniform on [-1, 2], as a network's at random initialization has no outliers): Lanczos
+    steps remove little, so the sketch stops after a few and leaves the products to probes. Over 40 seeds
+    the error is unbiased and its RMS under 0.75 of Hutch++'s fixed split's (measured: 4.8 against 8.3)."""
+    gen = torch.Generator().manual_seed(0)
+    n = 1000
+    U = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))[0]
+    ev = torch.empty(n, dtype=torch.float64).uniform_(-1.0, 2.0, generator=gen)
+    rms, sketches, mean = _rms_errors((U * ev) @ U.T, float(ev.sum()), 40)
+    assert set(sketches[False]) == {40} and max(sketches[True]) <= 20
+    assert rms[True] < 0.75 * rms[False]
+    assert abs(mean) < 3 * rms[True] / math.sqrt(40)
+
+
+def test_on_a_hessian_with_outliers_the_sketch_keeps_its_length():
+    """The exact MLP Hessian (a few large outliers over a bulk): the sketch's steps keep paying, it runs
+    its full length in most seeds and the error stays that of the fixed split (30 seeds)."""
+    p, H = exact("mlp", 300)
+    rms, sketches, _ = _rms_errors(H, float(torch.trace(H)), 30)
+    assert np.median(sketches[True]) == 40
+    assert rms[True] < 1.2 * rms[False]
 
 
 def test_slq_density_close_to_exactly_smoothed_spectrum():

@@ -208,7 +208,7 @@ def rows_that_fit(settings: CurvatureSettings, n: int, room: int) -> tuple[int |
 
 
 def sketch_that_fits(settings: CurvatureSettings, n: int, room: int) -> tuple[int | None, str | None]:
-    """Hutch++'s Krylov sketch (2/3 of --trace-matvecs steps) cut to the basis rows that fit `room` bytes (its
+    """Hutch++'s Krylov sketch (at most 2/3 of --trace-matvecs steps) cut to the basis rows that fit `room` bytes (its
     products then go to more Hutchinson probes), with a line saying so; None when it fits."""
     steps = settings.trace_matvecs - max(2, settings.trace_matvecs // 3)
     row = row_bytes(n, basis_dtype(settings.basis_dtype, steps, n, LANCZOS_FLOAT64_BYTES))

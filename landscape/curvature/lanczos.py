@@ -248,10 +248,13 @@ def krylov(
     basis_device: torch.device | str | None = None,
     max_rows: int | None = None,
     into: bool = False,
+    enough: Callable[[torch.Tensor, torch.Tensor, float], bool] | None = None,
 ) -> KrylovRun:
     """The Lanczos iteration of `lanczos` (which see), up to `max_iter` steps or until the k wanted Ritz
     pairs converge (tol 0: exactly max_iter steps, unless the space turns out invariant first); thick
-    restarts when the basis reaches `max_rows` rows (at least the wanted pairs + RESTART_SPARE)."""
+    restarts when the basis reaches `max_rows` rows (at least the wanted pairs + RESTART_SPARE).
+    `enough(q, w, b)`, asked after each step with its vector q and its residual w (orthogonal to the
+    basis, of norm b), ends the run there when it says so (the trace's sketch: `trace.SketchPays`)."""
     want_count = k if which == "largest" else min(n, 2 * k)
     max_iter = max(int(min(n, max_iter)), min(n, want_count))
     rows_cap = max_iter if max_rows is None else min(max_iter, max(int(max_rows), want_count + RESTART_SPARE))
@@ -319,7 +322,8 @@ def krylov(
                 Q.project_out(w)
                 b = norm(w)
             alphas.append(a)
-            last = step + 1 == max_iter
+            stop = enough is not None and enough(q, w, b)  # asked at every step: it may keep a record
+            last = step + 1 == max_iter or stop
             if Q.rows >= want_count or last:  # before that, not all wanted pairs exist: no need to look
                 theta, Y = _ritz(head, alphas, betas)
                 floor = floor_at(float(np.abs(theta).max()))
