@@ -108,7 +108,15 @@ def hessian(
     ] = None,
     probes: Annotated[int, typer.Option(help="SLQ probe vectors (density).", rich_help_panel=CURV)] = 10,
     steps: Annotated[int, typer.Option(help="Lanczos steps per SLQ probe (density).", rich_help_panel=CURV)] = 80,
-    trace_matvecs: Annotated[int, typer.Option(help="Products spent on the Hutch++ trace.", rich_help_panel=CURV)] = 60,
+    trace_matvecs: Annotated[
+        int,
+        typer.Option(
+            help="Products spent on the Hutch++ trace: a Lanczos sketch of up to 2/3 of them (shorter where the"
+            " spectrum has no outliers to capture), the rest Hutchinson probes; the standard error shrinks as 1/sqrt"
+            " of the probes.",
+            rich_help_panel=CURV,
+        ),
+    ] = 60,
     eigenvectors: Annotated[
         bool,
         typer.Option(

@@ -66,8 +66,10 @@ class SketchPays:
     """Whether the Krylov sketch should take another step, or leave the rest of the budget to the probes.
 
     Hutchinson on the deflated rest R = (I - QQ^T) H (I - QQ^T) has a variance of about 2 ||R||_F^2 / l
-    with l probes. A step pays while it removes more of ||R||_F^2 than one probe fewer costs, ||R||_F^2 / l;
-    the sketch stops once none of its last three steps did. ||R||_F^2 is estimated as ||R z||^2 for one
+    with l probes, the products the budget leaves. After each step that expected variance is noted; the
+    sketch stops once it has stood PAST_MARGIN above its least for PAST_BEST steps (a step pays while it
+    removes more of ||R||_F^2 than one probe fewer costs; looking back over several steps, not one, lets
+    an outlier that Lanczos finds a few steps on still be found). ||R||_F^2 is estimated as ||R z||^2 for one
     Gaussian pilot z whose product Hz is made first: with H Q = Q T + b q' e^T (the Lanczos relation;
     q', the next vector), R z = (I - QQ^T) Hz - b (q_j^T z) q', so each step costs two dot products, not
     a product. On a Hessian without outliers (a network at random initialization) every step removes
@@ -121,7 +123,8 @@ def hutchpp(
     into: bool = False,
     adaptive: bool = True,
 ) -> TraceEstimate:
-    """Hutch++ with a Krylov sketch and a budget of `matvecs` products: l = m/3 probes, m - l Lanczos steps.
+    """Hutch++ with a Krylov sketch and a budget of `matvecs` products: at most m - m/3 Lanczos steps (fewer
+    when they stop paying, `SketchPays`, with `adaptive` and m >= ADAPTIVE_FROM), the rest probes.
 
     `start`, a random vector and its product already made (e.g. `CurvatureOperator.probe`), starts
     the Lanczos run and saves a product. With n <= matvecs the trace is exact from n products.
