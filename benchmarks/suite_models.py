@@ -194,6 +194,59 @@ def shufflenet() -> nn.Module:
     return torchvision.models.shufflenet_v2_x0_5(num_classes=10)
 
 
+def mnasnet() -> nn.Module:
+    """torchvision's MNASNet 0.5 (inverted residuals, depthwise 3x3 and 5x5 convolutions, BatchNorm),
+    10 classes: 950k parameters. Held out."""
+    import torchvision
+
+    return torchvision.models.mnasnet0_5(num_classes=10)
+
+
+def mixer() -> nn.Module:
+    """timm's MLP-Mixer (patch 4 on 32x32, 4 blocks of width 128: token- and channel-mixing MLPs, LayerNorm,
+    GELU), 10 classes: 570k parameters. Held out."""
+    from timm.models.mlp_mixer import MlpMixer
+
+    return MlpMixer(num_classes=10, img_size=32, patch_size=4, num_blocks=4, embed_dim=128)
+
+
+class TextGRU(nn.Module):
+    """Token embeddings, a bidirectional GRU, a linear head on the mean over steps."""
+
+    def __init__(self, vocab: int = 2000, width: int = 64, hidden: int = 96, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.rnn = nn.GRU(width, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.embed(ids))
+        return self.head(out.mean(1))
+
+
+def gru() -> nn.Module:
+    """A text classifier: embeddings 2000x64, a bidirectional GRU of width 96, 3 classes: 222k parameters. Held out."""
+    return TextGRU()
+
+
+def bert():  # type: ignore[no-untyped-def]
+    """Hugging Face's BertForSequenceClassification (4 layers, hidden 128, 4 heads, vocab 3000), 4 labels:
+    940k parameters, saved with save_pretrained. Held out."""
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=3000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
+        max_position_embeddings=64, num_labels=4,
+    )  # fmt: skip
+    return transformers.BertForSequenceClassification(config)
+
+
+def gpt2():  # type: ignore[no-untyped-def]
+    import transformers
+
+    return transformers.GPT2LMHeadModel(gpt2_config())
+
+
 def _classified(x: Callable[[torch.Generator], torch.Tensor], classes: int, target: tuple[int, ...] = ()) -> Columns:
     """Inputs drawn by `x`, and random class targets (one per sample, or of shape `target` per sample)."""
 
@@ -206,6 +259,13 @@ def _classified(x: Callable[[torch.Generator], torch.Tensor], classes: int, targ
 
 def _images(n: int, shape: tuple[int, ...]) -> Columns:
     return _classified(lambda g: torch.randn(n, *shape, generator=g), 10)
+
+
+def _bert_tokens(g: torch.Generator) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": torch.randint(0, 3000, (256, 48), generator=g),
+        "labels": torch.randint(0, 4, (256,), generator=g),
+    }
 
 
 def _tokens(g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -262,6 +322,21 @@ ENTRIES: dict[str, Entry] = {
     "shufflenet": Entry(
         "torchvision ShuffleNetV2 x0.5, 352k params, 512 images 3x32x32", "shufflenet", _images(512, (3, 32, 32))
     ),
+    "mnasnet": Entry("torchvision MNASNet 0.5, 950k params, 512 images 3x32x32", "mnasnet", _images(512, (3, 32, 32))),
+    "mixer": Entry(
+        "timm MLP-Mixer (patch 4, 4 blocks of 128), 570k params, 256 images 3x32x32", "mixer", _images(256, (3, 32, 32))
+    ),
+    "gru": Entry(
+        "text bidirectional GRU (embeddings, width 96), 222k params, 512 sequences x 40 tokens",
+        "gru",
+        _classified(lambda g: torch.randint(0, 2000, (512, 40), generator=g), 3),
+    ),
+    "bert": Entry(
+        "Hugging Face BERT classifier (4 layers, d=128), 940k params, 256 sequences x 48 tokens",
+        "bert",
+        _bert_tokens,
+        hf=True,
+    ),
     "sample-mlp": Entry("the bundled sample mlp", "landscape.sample_models.models:mlp", sample="mlp"),
     "sample-cnn": Entry("the bundled sample cnn (BatchNorm)", "landscape.sample_models.models:cnn", sample="cnn"),
 }
@@ -269,18 +344,14 @@ ENTRIES: dict[str, Entry] = {
 
 HELD_OUT = (
     "mobilenet", "regnet", "efficientnet", "convnext", "tabular", "lstm", "audio", "unet", "encoder", "densenet",
-    "shufflenet",
+    "shufflenet", "mnasnet", "mixer", "gru", "bert",
 )  # fmt: skip
 """Models the engine was not tuned on, to check that what holds on the suite holds beyond it
-(`--entries mobilenet,regnet,efficientnet,convnext,tabular,lstm,audio,unet,encoder,densenet,shufflenet`); `make bench` runs the others."""
+(`--entries mobilenet,regnet,efficientnet,convnext,tabular,lstm,audio,unet,encoder,densenet,shufflenet,mnasnet,mixer,gru,bert`); `make bench` runs the others."""
 SUITE = tuple(name for name in ENTRIES if name not in HELD_OUT)
 
 
 def _build(entry: Entry) -> nn.Module:
-    if entry.hf:
-        import transformers
-
-        return transformers.GPT2LMHeadModel(gpt2_config())
     if ":" in entry.factory:
         module, fn = entry.factory.split(":")
         return getattr(importlib.import_module(module), fn)()
@@ -330,6 +401,8 @@ def _train_a_few_steps(model: nn.Module, entry: Entry, columns: dict[str, torch.
         if entry.loss == "next-token":
             ids = columns["input_ids"][rows]
             loss = model(input_ids=ids, labels=ids).loss
+        elif entry.hf:
+            loss = F.cross_entropy(model(input_ids=columns["input_ids"][rows]).logits, columns["labels"][rows])
         else:
             loss = F.cross_entropy(model(columns["x"][rows]), columns["y"][rows])
         opt.zero_grad()
@@ -357,7 +430,12 @@ def load(name: str, work: Path) -> tuple[nn.Module, torch.Tensor, torch.Tensor, 
     if entry.hf:
         import transformers
 
-        model = transformers.GPT2LMHeadModel.from_pretrained(ckpt)
+        auto = (
+            transformers.AutoModelForCausalLM
+            if entry.loss == "next-token"
+            else transformers.AutoModelForSequenceClassification
+        )
+        model = auto.from_pretrained(ckpt)
     else:
         model = _build(entry)
         model.load_state_dict(torch.load(ckpt, weights_only=True))
@@ -374,9 +452,10 @@ def load(name: str, work: Path) -> tuple[nn.Module, torch.Tensor, torch.Tensor, 
             return F.cross_entropy(logits[:, :-1].flatten(0, 1), y[:, 1:].flatten())
 
     else:
-        x, y = d["x"] if not d["x"].is_floating_point() else d["x"].float(), d["y"].long()  # token ids stay integers
+        x, y = (d["input_ids"], d["labels"]) if entry.hf else (d["x"], d["y"])
+        x, y = x if not x.is_floating_point() else x.float(), y.long()  # token ids stay integers
 
         def loss_fn(out, y):  # type: ignore[no-untyped-def]
-            return F.cross_entropy(out, y)
+            return F.cross_entropy(out.logits if entry.hf else out, y)
 
     return model, x, y, loss_fn

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 from safetensors.torch import save_file
 
 from landscape.data import subset
@@ -118,6 +119,62 @@ def test_tied_weights_are_not_missing():
     model.load_state_dict(fitted)
 
 
+class Versioned(nn.Module):
+    """A module whose loader reads its saved version, as torchvision's MNASNet and BatchNorm do."""
+
+    _version = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.seen: list[object] = []
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):  # type: ignore[no-untyped-def]
+        self.seen.append(local_metadata.get("version"))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+
+def test_module_versions_follow_the_fitted_keys(tmp_path):
+    """The version a checkpoint recorded reaches the module's loader under any prefix, nesting or
+    torch.compile's segment; a file without versions (safetensors) gets the model's own."""
+    source = Versioned()
+
+    def saved(module: nn.Module, where: str) -> dict:
+        sd = module.state_dict()
+        sd._metadata[where]["version"] = 1  # written by an older release of the module
+        return sd
+
+    lightning = nn.Module()
+    lightning.model = source  # a LightningModule holding the network as `self.model`
+    layouts = {
+        "plain": saved(source, ""),
+        "lightning": {"state_dict": saved(lightning, "model"), "epoch": 1},
+        "compiled": saved(torch.compile(source), "_orig_mod"),  # keys and versions under '_orig_mod'
+    }
+    for name, obj in layouts.items():
+        torch.save(obj, tmp_path / f"{name}.pt")
+        target = Versioned()
+        target.load_state_dict(fit_state_dict(read_checkpoint(tmp_path / f"{name}.pt"), target, name))
+        assert target.seen == [1], name
+        assert torch.equal(target.lin.weight, source.lin.weight), name
+    save_file(dict(source.state_dict()), str(tmp_path / "v.safetensors"))
+    target = Versioned()
+    target.load_state_dict(fit_state_dict(read_checkpoint(tmp_path / "v.safetensors"), target, "v"))
+    assert target.seen == [2]
+
+
+def test_torchvision_mnasnet_checkpoint_loads(tmp_path):
+    """MNASNet's loader refuses a state_dict without its module versions (its v1 had another stem)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    source = torchvision.models.mnasnet0_5(num_classes=10).eval()
+    torch.save(source.state_dict(), tmp_path / "mnasnet.pt")
+    model = torchvision.models.mnasnet0_5(num_classes=10).eval()
+    model.load_state_dict(fit_state_dict(read_checkpoint(tmp_path / "mnasnet.pt"), model, "mnasnet.pt"))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), source(x))
+
+
 def test_low_precision_checkpoint_is_said_once(state):
     said: list[str] = []
     fit_state_dict({k: v.to(torch.bfloat16) for k, v in state.items()}, mlp(), "half.pt", said.append)
@@ -207,6 +264,7 @@ def test_user_model_file_via_cli(tmp_path, cli, state):
 
 FACTORY_ARGS_PY = """
 import torch
+import torch.nn as nn
 
 
 def data(n, seed=0):

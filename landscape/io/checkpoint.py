@@ -8,15 +8,17 @@ only the tensors whose shapes fit; the one dict and prefix that cover every tens
 win, and what was stripped or ignored is said. Tensors the model ties to another one (a language
 model's output layer tied to its embedding, which `save_pretrained` leaves out) are not missing.
 When two choices fit alike (the weights and an EMA copy), the user picks with `--checkpoint-key`
-or `--prefix`.
+or `--prefix`. The module versions a state_dict carries (its `_metadata`, which some modules'
+loaders read: torchvision's MNASNet refuses a state_dict without them) follow the fitted keys.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ class Checkpoint:
 
     source: str
     candidates: dict[str, dict[str, torch.Tensor]]
+    versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # a candidate's module versions (`_metadata`)
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -71,14 +74,15 @@ def read_checkpoint(path: str | Path, unsafe_pickle: bool = False) -> Checkpoint
     path = Path(path)
     pretrained = pretrained_state(path)
     if pretrained is not None:
-        return Checkpoint(str(path), {"": pretrained})
+        return Checkpoint(str(path), {"": pretrained}, {"": dict(getattr(pretrained, "_metadata", {}))})
     candidates: dict[str, dict[str, torch.Tensor]] = {}
+    versions: dict[str, dict[str, Any]] = {}
     for file in weight_files(path):
-        for key, tensors in _tensor_dicts(_load_file(file, unsafe_pickle)).items():
+        for key, tensors in _tensor_dicts(_load_file(file, unsafe_pickle), versions).items():
             candidates.setdefault(key, {}).update(tensors)  # shards of one state_dict add up
     if not candidates:
         raise LandscapeError(f"{path}: no state_dict found (no dict of tensors in it, at any level)")
-    return Checkpoint(str(path), candidates)
+    return Checkpoint(str(path), candidates, versions)
 
 
 def read_state_dict(path: str | Path, unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -108,8 +112,11 @@ def _load_file(path: Path, unsafe_pickle: bool) -> Any:
         ) from exc
 
 
-def _tensor_dicts(obj: Any, where: str = "", depth: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """The tensors of `obj` (a dict or a pickled module) and of the dicts nested in it, by path."""
+def _tensor_dicts(
+    obj: Any, versions: dict[str, dict[str, Any]], where: str = "", depth: int = 0
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The tensors of `obj` (a dict or a pickled module) and of the dicts nested in it, by path; the
+    module versions each one carries go into `versions` under the same path."""
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if not isinstance(obj, Mapping) or depth > MAX_DEPTH:
@@ -118,9 +125,11 @@ def _tensor_dicts(obj: Any, where: str = "", depth: int = 0) -> dict[str, dict[s
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if tensors:
         found[where] = tensors
+        if isinstance(getattr(obj, "_metadata", None), Mapping):
+            versions.setdefault(where, {}).update(obj._metadata)  # type: ignore[attr-defined]
     for k, v in obj.items():
         if isinstance(k, str) and isinstance(v, (Mapping, nn.Module)):
-            found.update(_tensor_dicts(v, f"{where}/{k}" if where else k, depth + 1))
+            found.update(_tensor_dicts(v, versions, f"{where}/{k}" if where else k, depth + 1))
     return found
 
 
@@ -181,7 +190,11 @@ def fit_state_dict(
 ) -> dict[str, torch.Tensor]:
     """The model's state_dict read out of `checkpoint` by the model's own key names (see the module
     docstring); `key` and `prefix` (--checkpoint-key, --prefix) narrow the choice."""
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(source, {"": dict(checkpoint)})
+    ckpt = (
+        checkpoint
+        if isinstance(checkpoint, Checkpoint)
+        else Checkpoint(source, {"": dict(checkpoint)}, {"": dict(getattr(checkpoint, "_metadata", {}))})
+    )
     candidates = ckpt.candidates
     if key is not None:
         key = key.strip("/")
@@ -222,7 +235,21 @@ def fit_state_dict(
     for tied, origin in ties.items():
         state.setdefault(tied, state[origin])
     _note_precision(state, expected, source, say)
-    return {k: _usable(k, state[k], source, say) for k in expected}
+    fitted = OrderedDict((k, _usable(k, state[k], source, say)) for k in expected)
+    fitted._metadata = _module_versions(fit, ckpt.versions.get(fit.key, {}), expected)  # type: ignore[attr-defined]
+    return fitted
+
+
+def _module_versions(fit: _Fit, saved: Mapping[str, Any], expected: Mapping[str, torch.Tensor]) -> OrderedDict:
+    """The version of each of the model's modules that `load_state_dict` hands to its loader: the one
+    the checkpoint recorded, under the fit's prefix (torch.compile's segment dropped), else the model's own
+    (a file without versions, such as safetensors, was most likely written by the code that reads it)."""
+    recorded = {".".join(s for s in path.split(".") if s != COMPILED[:-1]): v for path, v in saved.items()}
+    root = fit.prefix[:-1]  # a prefix is '' or ends with '.'
+    return OrderedDict(
+        (path, recorded.get(f"{root}.{path}" if root and path else root or path, own))
+        for path, own in getattr(expected, "_metadata", {}).items()
+    )
 
 
 def _usable(name: str, tensor: torch.Tensor, source: str, say: Callable[[str], None]) -> torch.Tensor:
