@@ -468,13 +468,13 @@ def test_the_sketch_pilot_estimates_the_deflated_rest_from_the_lanczos_relation(
     p, H = exact("mlp", 300)
     n = H.shape[0]
     mm = lambda V: V @ H  # noqa: E731
-    pays = SketchPays(mm, n, budget=10**6, seed=3, device="cpu", dtype=torch.float64)
-    z = pays.z
-    assert z is not None
+    pays = SketchPays(mm, n, budget=10**6, seed=3)
     for steps in (1, 7, 25):
         pays.rests.clear(), pays.variances.clear()
         pays.in_basis = 0.0
         run = krylov(mm, n, k=steps, tol=0.0, max_iter=steps, seed=5, enough=pays)
+        z = pays.z  # the pilot, made at the first step in the Lanczos vectors' dtype, and kept
+        assert z is not None and z.dtype == torch.float64
         Q = torch.stack([run.basis.row(i) for i in range(run.basis.rows)])
         rest = z - Q.T @ (Q @ z)
         hz = H @ rest

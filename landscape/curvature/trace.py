@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from landscape.curvature.basis import basis_dtype
-from landscape.curvature.lanczos import LANCZOS_FLOAT64_BYTES, Start, dot, krylov
+from landscape.curvature.lanczos import Start, dot, krylov
 from landscape.names import EXACT_TRACE as EXACT
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
@@ -70,7 +69,7 @@ class SketchPays:
     sketch stops once it has stood PAST_MARGIN above its least for PAST_BEST steps (a step pays while it
     removes more of ||R||_F^2 than one probe fewer costs; looking back over several steps, not one, lets
     an outlier that Lanczos finds a few steps on still be found). ||R||_F^2 is estimated as ||R z||^2 for one
-    Gaussian pilot z whose product Hz is made first: with H Q = Q T + b q' e^T (the Lanczos relation;
+    Gaussian pilot z whose product Hz is made at the first step: with H Q = Q T + b q' e^T (the Lanczos relation;
     q', the next vector), R z = (I - QQ^T) Hz - b (q_j^T z) q', so each step costs two dot products, not
     a product. On a Hessian without outliers (a network at random initialization) every step removes
     little, and Hutch++'s fixed split (2/3 of 60 products on the sketch) gave a larger standard error
@@ -79,24 +78,29 @@ class SketchPays:
     the estimate stays unbiased; it and its product are freed when the sketch ends (the probe groups
     that follow hold at least as much)."""
 
-    def __init__(
-        self, matmat: MatMat, n: int, budget: int, seed: int, device: torch.device | str, dtype: torch.dtype
-    ) -> None:
-        gen = torch.Generator().manual_seed(int(seed) + 2)
-        self.z: torch.Tensor | None = torch.randn(n, generator=gen, dtype=torch.float64).to(device, dtype)
-        self.hz: torch.Tensor | None = matmat(self.z[None])[0].to(dtype)
-        self.hz_norm2 = dot(self.hz, self.hz)
-        self.budget = budget
+    def __init__(self, matmat: MatMat, n: int, budget: int, seed: int) -> None:
+        self.matmat, self.n, self.seed, self.budget = matmat, n, seed, budget
+        self.z: torch.Tensor | None = None  # the pilot and its product: made at the first step, like its vector
+        self.hz: torch.Tensor | None = None
+        self.hz_norm2 = 0.0
         self.in_basis = 0.0  # ||Q^T Hz||^2
         self.rests: list[float] = []  # the estimate of ||R||_F^2 after each step
         self.variances: list[float] = []  # ... over the probes the budget would leave: the variance to expect
 
+    def _pilot(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and Hz, in the dtype and on the device of the Lanczos vectors (drawn in float64: the same draws)."""
+        if self.z is None or self.hz is None:
+            gen = torch.Generator().manual_seed(int(self.seed) + 2)
+            self.z = torch.randn(self.n, generator=gen, dtype=torch.float64).to(like.device, like.dtype)
+            self.hz = self.matmat(self.z[None])[0].to(like.dtype)
+            self.hz_norm2 = dot(self.hz, self.hz)
+        return self.z, self.hz
+
     def __call__(self, q: torch.Tensor, w: torch.Tensor, b: float) -> bool:
-        assert self.z is not None and self.hz is not None
-        q = q.to(self.z.device)
-        self.in_basis += dot(q, self.hz) ** 2
-        along = dot(q, self.z)  # q_j^T z
-        rest = self.hz_norm2 - self.in_basis + (b * along) ** 2 - 2.0 * along * dot(w.to(self.z.device), self.hz)
+        z, hz = self._pilot(q)
+        self.in_basis += dot(q, hz) ** 2
+        along = dot(q, z)  # q_j^T z
+        rest = self.hz_norm2 - self.in_basis + (b * along) ** 2 - 2.0 * along * dot(w, hz)
         self.rests.append(max(rest, 0.0))
         steps = len(self.rests)
         self.variances.append(self.rests[-1] / max(1, self.budget - steps))
@@ -152,8 +156,7 @@ def hutchpp(
     steps = budget - max(2, budget // 3)  # the most: Hutch++'s split of the budget
     if max_sketch is not None and steps > max_sketch:  # a smaller sketch, the budget's rest spent on probes
         steps = max(1, int(max_sketch))
-    dtype = basis_dtype(basis, steps, n, LANCZOS_FLOAT64_BYTES)
-    enough = SketchPays(matmat, n, budget, seed, device, dtype) if pays else None
+    enough = SketchPays(matmat, n, budget, seed) if pays else None
     # up to `steps` Lanczos steps (tol 0), fewer when further steps no longer pay (`SketchPays`); its basis
     # spans the sketch Q and tr(Q^T H Q) = tr(T), the sum of the alphas
     krylov_run = krylov(
