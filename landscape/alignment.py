@@ -30,6 +30,7 @@ from torch import fx
 
 from landscape.errors import LandscapeError
 from landscape.layers import AFFINE_LAYERS, BATCHNORMS, computes_stock
+from landscape.model_io import symbolic_trace
 
 State = Mapping[str, torch.Tensor]
 
@@ -161,7 +162,7 @@ class _GraphReader:
     def __init__(self, model: nn.Module, example: Any) -> None:
         self.model = model
         try:
-            self.traced = fx.symbolic_trace(model)
+            self.traced = symbolic_trace(model)
         except Exception as exc:  # noqa: BLE001 - any tracing failure means: no alignment for this model
             raise LandscapeError(
                 f"align: torch.fx cannot trace the model ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "

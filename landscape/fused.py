@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from landscape.layers import computes_stock
+from landscape.model_io import symbolic_trace
 
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -228,9 +229,9 @@ def fuse_for_inference(
 
 
 def trace(model: nn.Module) -> fx.GraphModule | str:
-    """The model's graph traced by torch.fx, or why it cannot be traced (one line)."""
+    """The model's graph traced by torch.fx (`model_io.symbolic_trace`), or why it cannot be traced (one line)."""
     try:
-        return fx.symbolic_trace(model)
+        return symbolic_trace(model)
     except Exception as exc:  # data-dependent control flow, unpacked shapes, ...: the model is used as it is
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
         return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -38,6 +38,7 @@ from torch import fx
 
 from landscape.layers import computes_stock, linear_in_own_weights
 from landscape.losses import IGNORE_INDEX, cross_entropy, mse
+from landscape.model_io import symbolic_trace
 
 # modules and functions that act elementwise (so any memory layout is fine), without parameters;
 # the functions map to their in-place forms (None: none), as every step's input is a fresh product
@@ -92,7 +93,7 @@ class MlpChain:
         if not chain_leaves_only(model):
             return None  # not worth tracing (a transformer's trace took 15-30 ms)
         try:
-            graph = fx.symbolic_trace(model).graph
+            graph = symbolic_trace(model).graph
         except Exception:
             return None
         modules = dict(model.named_modules())

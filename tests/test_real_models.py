@@ -800,3 +800,92 @@ def test_transformer_encoder_fused_kernel_under_every_strategy_without_pytorchs_
         np.testing.assert_allclose(got.loss.numpy(), want, rtol=2e-5, err_msg=name)
         assert not [str(w.message) for w in caught if "performance drop" in str(w.message)], name
     assert {"loop", "vmap"} <= set(ran)
+
+
+def _tiny_levit(library: str) -> nn.Module:
+    """A small LeViT on 64x64 images (attention biases gathered from a parameter)."""
+    if library == "timm":
+        levit = _import("timm.models.levit")
+        return levit.Levit(img_size=64, num_classes=10, embed_dim=(32, 48), key_dim=8, depth=(1, 1), num_heads=(2, 3))
+    transformers = _import("transformers")
+    config = transformers.LevitConfig(
+        image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1],
+        key_dim=[8, 8, 8], mlp_ratio=[2, 2, 2], attention_ratio=[2, 2, 2], num_labels=10, initializer_range=0.3,
+    )  # fmt: skip
+    return transformers.LevitForImageClassification(config)
+
+
+@pytest.mark.parametrize("library", ["timm", "transformers"])
+def test_attention_biases_cached_in_eval_mode_are_gathered_again_at_every_point(library):
+    """timm's and Hugging Face's LeViT gather their attention biases from a parameter at their first
+    eval-mode pass and reuse them until `train()` is called. Every point, product and gradient must
+    use the biases of its own weights (truth: a new instance of the model loaded with them), and the
+    model handed back must give what it gave before."""
+    from landscape.curvature.operators import CurvatureOperator
+    from landscape.directions import random_directions
+    from landscape.losses import cross_entropy
+    from landscape.model_io import logits_of
+    from landscape.problem import make_problem
+    from landscape.strategies import STRATEGIES, NotApplicable, build_strategy
+
+    torch.manual_seed(0)
+    model = _tiny_levit(library).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "attention_biases" in name:
+                p.normal_()  # trained biases are not the initial zeros
+    x, y = torch.randn(6, 3, 64, 64), torch.randint(0, 10, (6,))
+    with torch.no_grad():
+        before = logits_of(model(x))  # fills the caches, as a user's own evaluation would
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    problem = make_problem(model, state, x, y, cross_entropy, device=torch.device("cpu"), dtype=torch.float32)
+    dirs = random_directions(1, problem.theta, problem.layout, seed=0)
+    d = problem.layout.unflatten(dirs[0])
+    assert any("attention_biases" in n and bool(v.abs().sum() > 0) for n, v in d.items())
+
+    def fresh(params: dict[str, torch.Tensor]) -> nn.Module:
+        other = _tiny_levit(library)
+        other.load_state_dict({**state, **params})
+        return other.eval()
+
+    coords = torch.tensor([[-0.5], [0.0], [0.7]])
+    want = []
+    for c in coords[:, 0].tolist():
+        with torch.no_grad():
+            truth = fresh({n: state[n] + c * d[n] for n in d})
+            want.append(F.cross_entropy(logits_of(truth(x)), y).item())
+    ran = []
+    for name in (n for n in STRATEGIES if n != "compiled"):
+        try:
+            strat = build_strategy(name, problem, dirs)
+        except NotApplicable:
+            continue
+        got = strat.evaluate(coords)
+        strat.close()
+        ran.append(name)
+        np.testing.assert_allclose(got.loss.numpy(), want, rtol=2e-5, err_msg=name)
+    assert {"loop", "vmap"} <= set(ran)
+
+    with torch.no_grad():
+        assert torch.equal(logits_of(model(x)), before)
+
+    biases = [n for n in d if "attention_biases" in n]  # their Hessian block, in float64: 0 with stale biases
+    problem64 = make_problem(model, state, x, y, cross_entropy, device=torch.device("cpu"), dtype=torch.float64)
+    op = CurvatureOperator(problem64, names=biases)
+    size = sum(state[n].numel() for n in biases)
+    got_h = op.matmat(torch.eye(size, dtype=torch.float64))
+    op.close()
+    truth = fresh({}).double()
+    shapes = [state[n].shape for n in biases]
+
+    def loss_in_biases(u: torch.Tensor) -> torch.Tensor:
+        parts, at = {}, 0
+        for n, s in zip(biases, shapes):
+            parts[n] = u[at : at + math.prod(s)].view(s)
+            at += math.prod(s)
+        return F.cross_entropy(logits_of(functional_call(truth, parts, (x.double(),))), y)
+
+    want_h = torch.func.hessian(loss_in_biases)(torch.cat([state[n].double().reshape(-1) for n in biases])).detach()
+    scale = float(want_h.abs().max())
+    assert scale > 1e-8  # the biases curve the loss
+    np.testing.assert_allclose(got_h.numpy(), want_h.numpy(), rtol=1e-6, atol=1e-6 * scale)
