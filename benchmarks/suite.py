@@ -204,9 +204,10 @@ def table(results: dict[str, dict]) -> str:
         " the product method, writing the file); setup%: choosing the product method and its warm-up alone (one of its"
         " products is Lanczos's first step); resid: landscape's largest ||Hv - lv||/|l|; diff: the two tools'"
         " largest relative difference, over PyHessian's positive eigenvalues in order (its power iteration finds the"
-        " largest |l|, which may be negative; landscape's are the largest l)",
+        " largest |l|, which may be negative; landscape's are the largest l); products: Hessian-vector products"
+        " (landscape's, and PyHessian's: 'ph prod')",
         f"{'model':11} {'landscape':>19} {'PyHessian':>19} {'ph/ls':>6} {'fixed%':>7} {'setup%':>7} {'products':>8} {'resid':>8}"
-        f" {'diff':>8} {'lanczos s':>9} {'power s':>9}",
+        f" {'diff':>8} {'lanczos s':>9} {'power s':>9} {'ph prod':>7}",
     ]
     rows = []
     for name, r in results.items():
@@ -227,6 +228,7 @@ def table(results: dict[str, dict]) -> str:
             f"{name:11} {span(t['top5']):>19} {cell(r, 'ph-top5'):>19} {ratio(t, 'ph-top5', 'top5'):>6}"
             f" {fixed:7.1f} {setup:7.1f} {ours['products']:8d} {ours['relative_residual']:8.1e} {diff:8.1e} {own:9.2f}"
             f" {statistics.median(p['seconds'] for p in f['ph-top5']) if theirs else math.nan:9.2f}"
+            f" {theirs.get('products', math.nan) if theirs else math.nan:7}"
         )
     add(header, rows)
     header = [
