@@ -768,7 +768,6 @@ def test_transformer_encoder_fused_kernel_under_every_strategy_without_pytorchs_
     from landscape.directions import random_directions
     from landscape.losses import cross_entropy
     from landscape.problem import make_problem
-    from landscape.strategies import STRATEGIES, NotApplicable, build_strategy
 
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True)
@@ -786,7 +785,18 @@ def test_transformer_encoder_fused_kernel_under_every_strategy_without_pytorchs_
     for c in coords[:, 0].tolist():  # with gradients on: PyTorch's unfused layers, in float64
         params = {n: (p + c * d[n]).double().requires_grad_() for n, p in theta.items()}
         want.append(F.cross_entropy(functional_call(truth, params, (x.double(),)), y).item())
-    ran = []
+    ran = _each_strategy(problem, dirs, coords)
+    for name, (loss, caught) in ran.items():
+        np.testing.assert_allclose(loss, want, rtol=2e-5, err_msg=name)
+        assert not [m for m in caught if "performance drop" in m], name
+    assert {"loop", "vmap"} <= set(ran)
+
+
+def _each_strategy(problem, dirs: torch.Tensor, coords: torch.Tensor) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Every strategy that applies (but `compiled`), by name: its losses at `coords` and the warnings it raised."""
+    from landscape.strategies import STRATEGIES, NotApplicable, build_strategy
+
+    ran = {}
     for name in (n for n in STRATEGIES if n != "compiled"):
         try:
             strat = build_strategy(name, problem, dirs)
@@ -796,10 +806,8 @@ def test_transformer_encoder_fused_kernel_under_every_strategy_without_pytorchs_
             warnings.simplefilter("always")
             got = strat.evaluate(coords)
         strat.close()
-        ran.append(name)
-        np.testing.assert_allclose(got.loss.numpy(), want, rtol=2e-5, err_msg=name)
-        assert not [str(w.message) for w in caught if "performance drop" in str(w.message)], name
-    assert {"loop", "vmap"} <= set(ran)
+        ran[name] = (got.loss.numpy(), [str(w.message) for w in caught])
+    return ran
 
 
 def _tiny_levit(library: str) -> nn.Module:
@@ -826,7 +834,6 @@ def test_attention_biases_cached_in_eval_mode_are_gathered_again_at_every_point(
     from landscape.losses import cross_entropy
     from landscape.model_io import logits_of
     from landscape.problem import make_problem
-    from landscape.strategies import STRATEGIES, NotApplicable, build_strategy
 
     torch.manual_seed(0)
     model = _tiny_levit(library).eval()
@@ -854,16 +861,9 @@ def test_attention_biases_cached_in_eval_mode_are_gathered_again_at_every_point(
         with torch.no_grad():
             truth = fresh({n: state[n] + c * d[n] for n in d})
             want.append(F.cross_entropy(logits_of(truth(x)), y).item())
-    ran = []
-    for name in (n for n in STRATEGIES if n != "compiled"):
-        try:
-            strat = build_strategy(name, problem, dirs)
-        except NotApplicable:
-            continue
-        got = strat.evaluate(coords)
-        strat.close()
-        ran.append(name)
-        np.testing.assert_allclose(got.loss.numpy(), want, rtol=2e-5, err_msg=name)
+    ran = _each_strategy(problem, dirs, coords)
+    for name, (loss, _) in ran.items():
+        np.testing.assert_allclose(loss, want, rtol=2e-5, err_msg=name)
     assert {"loop", "vmap"} <= set(ran)
 
     with torch.no_grad():
