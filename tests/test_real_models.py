@@ -889,3 +889,94 @@ def test_attention_biases_cached_in_eval_mode_are_gathered_again_at_every_point(
     scale = float(want_h.abs().max())
     assert scale > 1e-8  # the biases curve the loss
     np.testing.assert_allclose(got_h.numpy(), want_h.numpy(), rtol=1e-6, atol=1e-6 * scale)
+
+
+def _wav2vec2() -> nn.Module:
+    """Hugging Face Wav2Vec2 on raw audio: a convolutional feature encoder, a weight-normed positional
+    convolution (a `parametrizations.weight` pair of parameters), a transformer layer, a pooled head."""
+    transformers = _import("transformers")
+    config = transformers.Wav2Vec2Config(
+        vocab_size=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, num_labels=10,
+    )  # fmt: skip
+    return transformers.Wav2Vec2ForSequenceClassification(config)
+
+
+def _swin() -> nn.Module:
+    """Hugging Face Swin: shifted windows, relative position bias tables indexed by a buffer."""
+    transformers = _import("transformers")
+    config = transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=10
+    )
+    return transformers.SwinForImageClassification(config)
+
+
+def _googlenet() -> nn.Module:
+    """torchvision GoogLeNet (inception blocks: four branches concatenated, BatchNorm after every convolution)."""
+    return _import("torchvision").models.googlenet(num_classes=10, aux_logits=False, init_weights=True)
+
+
+@pytest.mark.parametrize(
+    "build, inputs",
+    [
+        (_wav2vec2, lambda: torch.randn(4, 1600)),
+        (_swin, lambda: torch.randn(4, 3, 32, 32)),
+        (_googlenet, lambda: torch.randn(2, 3, 32, 32)),
+    ],
+    ids=["wav2vec2", "swin", "googlenet"],
+)
+def test_library_models_under_every_strategy_and_their_curvature(build, inputs):
+    """Every sweep strategy that applies equals a fresh instance of the model loaded with theta + c d,
+    and a Hessian block (a mid-model parameter of at most 64 entries and the head's bias) equals
+    `torch.func.hessian` on a fresh instance, in float64."""
+    from landscape.curvature.operators import CurvatureOperator
+    from landscape.directions import random_directions
+    from landscape.losses import cross_entropy
+    from landscape.model_io import logits_of
+    from landscape.problem import make_problem
+
+    torch.manual_seed(0)
+    model = build().eval()
+    pristine = copy.deepcopy(model)
+    x = inputs()
+    y = torch.randint(0, 10, (len(x),))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    problem = make_problem(model, state, x, y, cross_entropy, device=torch.device("cpu"), dtype=torch.float32)
+    dirs = random_directions(1, problem.theta, problem.layout, seed=0)
+    d = problem.layout.unflatten(dirs[0])
+    coords = torch.tensor([[-0.5], [0.0], [0.7]])
+    want = []
+    for c in coords[:, 0].tolist():
+        truth = copy.deepcopy(pristine)
+        truth.load_state_dict({**state, **{n: state[n] + c * d[n] for n in d}})
+        with torch.no_grad():
+            want.append(F.cross_entropy(logits_of(truth(x)), y).item())
+    ran = _each_strategy(problem, dirs, coords)
+    for name, (loss, _) in ran.items():
+        np.testing.assert_allclose(loss, want, rtol=2e-5, err_msg=name)
+    assert {"loop", "vmap"} <= set(ran)
+
+    names = [n for n, _ in model.named_parameters()]
+    small = [n for n in names if state[n].numel() <= 64]
+    block = sorted({small[len(small) // 2], names[-1]}, key=names.index)
+    problem64 = make_problem(model, state, x, y, cross_entropy, device=torch.device("cpu"), dtype=torch.float64)
+    op = CurvatureOperator(problem64, names=block)
+    size = sum(state[n].numel() for n in block)
+    got = op.matmat(torch.eye(size, dtype=torch.float64))
+    op.close()
+    truth = copy.deepcopy(pristine).double()
+    shapes = [state[n].shape for n in block]
+
+    def loss_in_block(u: torch.Tensor) -> torch.Tensor:
+        parts, at = {}, 0
+        for n, s in zip(block, shapes):
+            parts[n] = u[at : at + math.prod(s)].view(s)
+            at += math.prod(s)
+        return F.cross_entropy(logits_of(functional_call(truth, parts, (x.double(),))), y)
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        want_h = torch.func.hessian(loss_in_block)(torch.cat([state[n].double().reshape(-1) for n in block])).detach()
+    scale = float(want_h.abs().max())
+    assert scale > 1e-3
+    np.testing.assert_allclose(got.numpy(), want_h.numpy(), rtol=1e-7, atol=1e-10 * scale)
