@@ -422,8 +422,8 @@ def test_a_large_model_keeps_less_freed_memory():
     assert kept_bytes(10 * KEEP_BYTES) == LARGE_MODEL_KEEP_BYTES
 
 
-def test_vmap_stacks_points_within_two_weight_vectors_on_a_cpu():
-    """On a CPU the vmap strategies' stacked points take at most 2 P or 128 MB (so a sweep holds at most
+def test_vmap_stacks_points_within_two_weight_vectors():
+    """The vmap strategies' stacked points take at most 2 P or 128 MB on any device (so a sweep holds at most
     4 P-sized vectors beyond a forward pass): a 9M-parameter model gets one point per call, and vmap is
     not built for it; a small model still stacks many."""
     from torch import nn
@@ -437,6 +437,7 @@ def test_vmap_stacks_points_within_two_weight_vectors_on_a_cpu():
     large = Problem(nn.Sequential(nn.Linear(3000, 3000), nn.ReLU(), nn.Linear(3000, 10)), (x, y))
     assert large.layout.size > 9_000_000
     assert points_per_call(large, 1 << 30) == 1
+    assert points_per_call(large, 48 << 30) == 1  # a GPU's budget (60% of its free memory) stacks no more
     directions = torch.zeros(2, large.layout.size)
     with pytest.raises(NotApplicable, match="one point per call"):
         build_strategy("vmap", large, directions, points_per_call=points_per_call(large, 1 << 30))
