@@ -72,6 +72,12 @@ def check_sweep(path: Path, truth: nn.Module, loss_at: LossAt, rel: float = 2e-5
 
 def exact_top(truth: nn.Module, loss_at: LossAt, names: list[str], k: int) -> np.ndarray:
     """The top-k eigenvalues of the exact Hessian of the loss in the parameters `names` (float64)."""
+    h = exact_block(truth, loss_at, names)
+    return np.sort(np.linalg.eigvalsh(h.numpy()))[::-1][:k]
+
+
+def exact_block(truth: nn.Module, loss_at: LossAt, names: list[str]) -> torch.Tensor:
+    """The exact Hessian of the loss in the parameters `names`, at the truth model's own values."""
     params = dict(truth.named_parameters())
     shapes = [params[n].shape for n in names]
     u0 = torch.cat([params[n].detach().reshape(-1) for n in names])
@@ -84,8 +90,7 @@ def exact_top(truth: nn.Module, loss_at: LossAt, names: list[str], k: int) -> np
         return loss_at(truth, parts)
 
     with sdpa_kernel([SDPBackend.MATH]):
-        h = torch.func.hessian(f)(u0)
-    return np.sort(np.linalg.eigvalsh(h.detach().numpy()))[::-1][:k]
+        return torch.func.hessian(f)(u0).detach()
 
 
 def check_hessian(path: Path, truth: nn.Module, loss_at: LossAt, k: int, rel: float = 1e-4) -> list[str]:
@@ -810,6 +815,13 @@ def _each_strategy(problem, dirs: torch.Tensor, coords: torch.Tensor) -> dict[st
     return ran
 
 
+def _loss_of(x: torch.Tensor, y: torch.Tensor) -> LossAt:
+    """The cross-entropy of a classifier's logits on (x, y), with `params` swapped into the model."""
+    from landscape.model_io import logits_of
+
+    return lambda model, params: F.cross_entropy(logits_of(functional_call(model, params, (x,))), y)
+
+
 def _tiny_levit(library: str) -> nn.Module:
     """A small LeViT on 64x64 images (attention biases gathered from a parameter)."""
     if library == "timm":
@@ -875,17 +887,7 @@ def test_attention_biases_cached_in_eval_mode_are_gathered_again_at_every_point(
     size = sum(state[n].numel() for n in biases)
     got_h = op.matmat(torch.eye(size, dtype=torch.float64))
     op.close()
-    truth = fresh({}).double()
-    shapes = [state[n].shape for n in biases]
-
-    def loss_in_biases(u: torch.Tensor) -> torch.Tensor:
-        parts, at = {}, 0
-        for n, s in zip(biases, shapes):
-            parts[n] = u[at : at + math.prod(s)].view(s)
-            at += math.prod(s)
-        return F.cross_entropy(logits_of(functional_call(truth, parts, (x.double(),))), y)
-
-    want_h = torch.func.hessian(loss_in_biases)(torch.cat([state[n].double().reshape(-1) for n in biases])).detach()
+    want_h = exact_block(fresh({}).double(), _loss_of(x.double(), y), biases)
     scale = float(want_h.abs().max())
     assert scale > 1e-8  # the biases curve the loss
     np.testing.assert_allclose(got_h.numpy(), want_h.numpy(), rtol=1e-6, atol=1e-6 * scale)
@@ -965,18 +967,7 @@ def test_library_models_under_every_strategy_and_their_curvature(build, inputs):
     size = sum(state[n].numel() for n in block)
     got = op.matmat(torch.eye(size, dtype=torch.float64))
     op.close()
-    truth = copy.deepcopy(pristine).double()
-    shapes = [state[n].shape for n in block]
-
-    def loss_in_block(u: torch.Tensor) -> torch.Tensor:
-        parts, at = {}, 0
-        for n, s in zip(block, shapes):
-            parts[n] = u[at : at + math.prod(s)].view(s)
-            at += math.prod(s)
-        return F.cross_entropy(logits_of(functional_call(truth, parts, (x.double(),))), y)
-
-    with sdpa_kernel([SDPBackend.MATH]):
-        want_h = torch.func.hessian(loss_in_block)(torch.cat([state[n].double().reshape(-1) for n in block])).detach()
+    want_h = exact_block(copy.deepcopy(pristine).double(), _loss_of(x.double(), y), block)
     scale = float(want_h.abs().max())
     assert scale > 1e-3
     np.testing.assert_allclose(got.numpy(), want_h.numpy(), rtol=1e-7, atol=1e-10 * scale)
