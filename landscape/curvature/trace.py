@@ -30,7 +30,8 @@ from landscape.curvature.lanczos import Start, dot, krylov
 from landscape.names import EXACT_TRACE as EXACT
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
-PROBE_GROUP_BYTES = 1 << 30  # Hutchinson probes and their products (in the basis dtype) held at once
+PROBE_GROUP_BYTES = 1 << 30  # Hutchinson probes and their products (in the basis dtype) held at once ...
+PROBE_GROUP_FLOOR = 128 << 20  # ... and no more than 4 P-sized vectors of them (2 probes), or this for a small model
 HUTCHPP = "Hutch++ (Meyer et al. 2021) with a Krylov sketch (Chen & Hallman 2023)"
 
 
@@ -133,10 +134,10 @@ def hutchpp(
     `start`, a random vector and its product already made (e.g. `CurvatureOperator.probe`), starts
     the Lanczos run and saves a product. With n <= matvecs the trace is exact from n products.
     Memory: the Lanczos basis (`basis`, `basis_device`: see `lanczos`), and the Hutchinson probes with
-    their products in groups of at most `group_bytes` (one probe at least), in the basis dtype: +-1 is
-    exact in float32, a float32 basis is no more precise than that, and the probes' sums are taken in
-    float64 (at 124M parameters float64 probes, products and their elementwise product were 6 P-sized
-    float32 vectors beside the basis). `max_sketch` caps the
+    their products in groups of at most `group_bytes` and 4 P-sized vectors, or 128 MB for a small model
+    (one probe at least), in the basis dtype: +-1 is exact in float32, a float32 basis is no more precise
+    than that, and the probes' sums are taken in float64 (at 124M parameters float64 probes, products and
+    their elementwise product were 6 P-sized float32 vectors beside the basis). `max_sketch` caps the
     sketch's steps (the rows its basis may hold); the products it leaves go to more probes. `into`: matmat
     takes `out=` (see `lanczos`).
 
@@ -171,7 +172,8 @@ def hutchpp(
     gen = torch.Generator().manual_seed(int(seed) + 1)
     # the probes in groups whose vectors and products fit `group_bytes`: drawn in order from one generator
     dtype = Q.dtype
-    group = max(1, min(probes, int(group_bytes) // (2 * torch.finfo(dtype).bits // 8 * n)))
+    vector = torch.finfo(dtype).bits // 8 * n
+    group = max(1, min(probes, min(int(group_bytes), max(PROBE_GROUP_FLOOR, 4 * vector)) // (2 * vector)))
     parts: list[float] = []
     for first in range(0, probes, group):
         G = rademacher(min(group, probes - first), n, gen, device, dtype)
