@@ -241,6 +241,18 @@ def bert():  # type: ignore[no-untyped-def]
     return transformers.BertForSequenceClassification(config)
 
 
+def llama():  # type: ignore[no-untyped-def]
+    """Hugging Face's LlamaForCausalLM (4 layers, d=256, 8 query and 2 key-value heads, SwiGLU of 688,
+    RMSNorm, rotary positions, untied head, vocab 4096): 4.9M parameters. Held out."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=4096, hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+        intermediate_size=688, max_position_embeddings=64, use_cache=False,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config)
+
+
 def gpt2():  # type: ignore[no-untyped-def]
     import transformers
 
@@ -337,6 +349,13 @@ ENTRIES: dict[str, Entry] = {
         _bert_tokens,
         hf=True,
     ),
+    "llama": Entry(
+        "Hugging Face Llama decoder (4 layers, d=256, GQA 8/2 heads, vocab 4096), 4.9M params, 64 sequences x 64 tokens",
+        "llama",
+        _tokens,
+        loss="next-token",
+        hf=True,
+    ),
     "sample-mlp": Entry("the bundled sample mlp", "landscape.sample_models.models:mlp", sample="mlp"),
     "sample-cnn": Entry("the bundled sample cnn (BatchNorm)", "landscape.sample_models.models:cnn", sample="cnn"),
 }
@@ -344,10 +363,10 @@ ENTRIES: dict[str, Entry] = {
 
 HELD_OUT = (
     "mobilenet", "regnet", "efficientnet", "convnext", "tabular", "lstm", "audio", "unet", "encoder", "densenet",
-    "shufflenet", "mnasnet", "mixer", "gru", "bert",
+    "shufflenet", "mnasnet", "mixer", "gru", "bert", "llama",
 )  # fmt: skip
 """Models the engine was not tuned on, to check that what holds on the suite holds beyond it
-(`--entries mobilenet,regnet,efficientnet,convnext,tabular,lstm,audio,unet,encoder,densenet,shufflenet,mnasnet,mixer,gru,bert`); `make bench` runs the others."""
+(`--entries mobilenet,regnet,efficientnet,convnext,tabular,lstm,audio,unet,encoder,densenet,shufflenet,mnasnet,mixer,gru,bert,llama`); `make bench` runs the others."""
 SUITE = tuple(name for name in ENTRIES if name not in HELD_OUT)
 
 
