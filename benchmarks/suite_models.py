@@ -241,6 +241,15 @@ def bert():  # type: ignore[no-untyped-def]
     return transformers.BertForSequenceClassification(config)
 
 
+def timm_efficientnet() -> nn.Module:
+    """timm's EfficientNet-B0 with 10 classes: its BatchNorms are BatchNormAct2d (norm and activation in one
+    module, which torch.fx traces through), depthwise convolutions, squeeze-excitation, SiLU: 4.0M
+    parameters. Held out."""
+    import timm
+
+    return timm.create_model("efficientnet_b0", pretrained=False, num_classes=10)
+
+
 def llama():  # type: ignore[no-untyped-def]
     """Hugging Face's LlamaForCausalLM (4 layers, d=256, 8 query and 2 key-value heads, SwiGLU of 688,
     RMSNorm, rotary positions, untied head, vocab 4096): 4.9M parameters. Held out."""
@@ -349,6 +358,11 @@ ENTRIES: dict[str, Entry] = {
         _bert_tokens,
         hf=True,
     ),
+    "timm-efficientnet": Entry(
+        "timm EfficientNet-B0 (BatchNormAct2d), 4.0M params, 256 images 3x32x32",
+        "timm_efficientnet",
+        _images(256, (3, 32, 32)),
+    ),
     "llama": Entry(
         "Hugging Face Llama decoder (4 layers, d=256, GQA 8/2 heads, vocab 4096), 4.9M params, 64 sequences x 64 tokens",
         "llama",
@@ -363,10 +377,10 @@ ENTRIES: dict[str, Entry] = {
 
 HELD_OUT = (
     "mobilenet", "regnet", "efficientnet", "convnext", "tabular", "lstm", "audio", "unet", "encoder", "densenet",
-    "shufflenet", "mnasnet", "mixer", "gru", "bert", "llama",
+    "shufflenet", "mnasnet", "mixer", "gru", "bert", "llama", "timm-efficientnet",
 )  # fmt: skip
 """Models the engine was not tuned on, to check that what holds on the suite holds beyond it
-(`--entries mobilenet,regnet,efficientnet,convnext,tabular,lstm,audio,unet,encoder,densenet,shufflenet,mnasnet,mixer,gru,bert,llama`); `make bench` runs the others."""
+(`--entries mobilenet,regnet,efficientnet,convnext,tabular,lstm,audio,unet,encoder,densenet,shufflenet,mnasnet,mixer,gru,bert,llama,timm-efficientnet`); `make bench` runs the others."""
 SUITE = tuple(name for name in ENTRIES if name not in HELD_OUT)
 
 

@@ -4,7 +4,8 @@ A sweep runs the same model on the whole data set once per grid point, with new 
 `fuse_for_inference` traces the model with torch.fx and rewrites the graph, sharing every parameter
 and buffer with the original (weights written in place are seen by both):
 
-- a Conv/Linear whose only user is an eval-mode BatchNorm with running statistics becomes one
+- a Conv/Linear whose only user (shape checks aside) is an eval-mode BatchNorm with running
+  statistics (a BatchNorm module, or `F.batch_norm` on one's own tensors: timm's BatchNormAct2d) becomes one
   layer whose weight and bias are folded from the live parameters at every call,
   BN(layer(x; W, b)) = layer(x; W s, (b - mean) s + beta) with s = gamma / sqrt(var + eps):
   one pass over the activations instead of two, and no stale copy of any weight;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -197,17 +199,59 @@ def norm_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
-def _foldable(layer: nn.Module, norm: nn.Module) -> bool:
+def _foldable(layer: nn.Module, norm: nn.Module | None) -> bool:
+    if norm is None:
+        return False
     out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     return (
         computes_stock(layer)
-        and computes_stock(norm)
         and not norm.training
         and norm.running_mean is not None
         and norm.running_var is not None
         and norm.num_features == out
         and any(isinstance(layer, kind) and isinstance(norm, bn) for kind, bn in _NORM_OF)
     )
+
+
+def _norm_and_input(
+    node: fx.Node, module_of: Callable[[fx.Node], nn.Module | None], owners: dict[str, nn.Module]
+) -> tuple[nn.Module | None, fx.Node | None]:
+    """(the BatchNorm module, its input node) where `node` computes an eval-mode BatchNorm from a
+    module's own statistics, weight and bias: a call of a stock BatchNorm module, or a call of
+    `F.batch_norm` that reads them, as a norm module traced through does (timm's BatchNormAct2d in
+    its EfficientNets, MobileNets and RegNets, whose activation follows as a module of its own). `owners`:
+    the model's modules by name."""
+    if node.op == "call_module":
+        norm = module_of(node)
+        if isinstance(norm, NORMS) and computes_stock(norm) and len(node.args) == 1 and not node.kwargs:
+            return norm, node.args[0] if isinstance(node.args[0], fx.Node) else None
+        return None, None
+    if node.op != "call_function" or node.target is not F.batch_norm:
+        return None, None
+    call = dict(zip(_BATCH_NORM_ARGS, node.args)) | dict(node.kwargs)
+    src = call.get("input")
+    if call.get("training", False) is not False or not isinstance(src, fx.Node):
+        return None, None
+    read_from = {str(a.target).rpartition(".")[0] for a in node.all_input_nodes if a.op == "get_attr"}
+    owner = read_from.pop() if len(read_from) == 1 else ""
+    norm = owners.get(owner) if owner else None
+    if not isinstance(norm, NORMS) or call.get("eps", 1e-5) != norm.eps:
+        return None, None
+    for key in ("running_mean", "running_var", "weight", "bias"):
+        arg = call.get(key)
+        read = isinstance(arg, fx.Node) and arg.op == "get_attr" and arg.target == f"{owner}.{key}"
+        if not (read or (arg is None and getattr(norm, key) is None)):
+            return None, None
+    return norm, src
+
+
+_BATCH_NORM_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+"""`F.batch_norm`'s parameters in order."""
+
+
+def _reads_shape(node: fx.Node) -> bool:
+    """Whether `node` reads only its input's shape (`x.ndim`, `x.shape`): a folded layer's output has the same."""
+    return node.op == "call_function" and node.target is getattr and node.args[1:] in (("ndim",), ("shape",))
 
 
 _NORM_OF = (
@@ -225,7 +269,7 @@ def fuse_for_inference(
     """The model's forward with BatchNorms folded (unless `fold` is False) and ReLUs in place; None
     when fx cannot trace it or there is nothing to rewrite. Modules in `keep` are not folded."""
     traced = trace(model)
-    return traced if isinstance(traced, fx.GraphModule) and rewrite_for_inference(traced, keep, fold) else None
+    return traced if isinstance(traced, fx.GraphModule) and rewrite_for_inference(traced, model, keep, fold) else None
 
 
 def trace(model: nn.Module) -> fx.GraphModule | str:
@@ -237,14 +281,17 @@ def trace(model: nn.Module) -> fx.GraphModule | str:
         return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def rewrite_for_inference(traced: fx.GraphModule, keep: frozenset[nn.Module] = frozenset(), fold: bool = True) -> bool:
-    """Fold BatchNorms (unless `fold` is False) and run ReLUs in place, in `traced`'s graph; whether
-    anything changed. Modules in `keep` are not folded.
+def rewrite_for_inference(
+    traced: fx.GraphModule, model: nn.Module, keep: frozenset[nn.Module] = frozenset(), fold: bool = True
+) -> bool:
+    """Fold BatchNorms (unless `fold` is False) and run ReLUs in place, in `traced`'s graph of `model`;
+    whether anything changed. Modules in `keep` are not folded.
 
     Folding changes the rounding (one product W*s instead of two passes over the activations):
     below float32 (bfloat16 weights) that moves the outputs by more than rounding, so callers pass
     fold=False there."""
     modules = dict(traced.named_modules())
+    owners = dict(model.named_modules())  # a traced-through norm's module: the graph holds only its tensors
     graph = traced.graph
     changed = False
 
@@ -252,21 +299,26 @@ def rewrite_for_inference(traced: fx.GraphModule, keep: frozenset[nn.Module] = f
         return modules.get(str(node.target)) if node.op == "call_module" else None
 
     for node in list(graph.nodes) if fold else []:  # BatchNorm folded into the layer that feeds it alone
-        norm = module_of(node)
-        if not isinstance(norm, NORMS) or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+        norm, src = _norm_and_input(node, module_of, owners)
+        layer = module_of(src) if src is not None else None
+        if not isinstance(layer, LAYERS) or layer in keep or not _foldable(layer, norm):
             continue
-        src = node.args[0]
-        layer = module_of(src)
-        if not isinstance(layer, LAYERS) or layer in keep or len(src.users) != 1 or not _foldable(layer, norm):
+        assert src is not None and norm is not None
+        if any(user is not node and not _reads_shape(user) for user in src.users):
             continue
         name = f"folded_{len([n for n in modules if n.startswith('folded_')])}"
         modules[name] = FoldedNorm(layer, norm)
         traced.add_submodule(name, modules[name])
-        with graph.inserting_after(node):
+        with graph.inserting_after(src):
             folded = graph.call_module(name, src.args, src.kwargs)
+        src.replace_all_uses_with(folded)  # the norm's input, and shape checks (timm's `x.ndim == 4`)
         node.replace_all_uses_with(folded)
+        reads = [a for a in node.all_input_nodes if a.op == "get_attr"]
         graph.erase_node(node)
         graph.erase_node(src)
+        for attr in reads:  # a functional norm's statistics and weights, now read by the folded layer
+            if not attr.users:
+                graph.erase_node(attr)
         changed = True
 
     fresh = LAYERS + NORMS + (FoldedNorm,)

@@ -259,3 +259,36 @@ def test_the_fused_strategies_say_why_they_do_not_apply():
         _fused_graph(Problem(vit, data))
     with pytest.raises(NotApplicable, match=r"^torch\.fx cannot trace the model \(TraceError: .+\)$"):
         _fused_graph(Problem(_UntraceableConv().eval(), (torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))))
+
+
+class _FunctionalNorm(nn.Module):
+    """A convolution and a BatchNorm's statistics applied by `F.batch_norm` (as timm's BatchNormAct2d
+    does), at `eps` (the module's own, or another)."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4).eval()
+        self.eps = eps
+
+    def forward(self, x):
+        h = self.conv(x)
+        torch._assert(h.ndim == 4, "4D")  # reads the shape only (timm checks it): the folded output has the same
+        bn = self.bn
+        return F.silu(F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.1, self.eps))
+
+
+def test_batch_norm_called_as_a_function_on_a_modules_own_statistics_is_folded():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, 6, 6, generator=gen, dtype=torch.float64)
+    for eps, folds in [(1e-5, True), (1e-3, False)]:  # another eps is not the module's norm: left as it is
+        model = _FunctionalNorm(eps).double().eval()
+        fused = fuse_for_inference(model)
+        assert (fused is not None and _folded(fused) == 1) is folds
+        for _ in range(2):
+            _randomize(model, gen)
+            with torch.no_grad():
+                assert fused is None or torch.allclose(fused(x), model(x), rtol=1e-12, atol=1e-12)
+    train = _FunctionalNorm(1e-5).double()
+    train.bn.train()  # batch statistics: not foldable, whatever the call says
+    assert fuse_for_inference(train) is None

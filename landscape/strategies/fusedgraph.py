@@ -48,7 +48,7 @@ def _fused_graph(problem: Problem, keep: frozenset[nn.Module] = frozenset()) -> 
     traced = trace(model)
     if isinstance(traced, str):
         raise NotApplicable(f"torch.fx cannot trace the model ({traced})")
-    changed = rewrite_for_inference(traced, keep, fold=problem.dtype in (torch.float32, torch.float64))
+    changed = rewrite_for_inference(traced, model, keep, fold=problem.dtype in (torch.float32, torch.float64))
     if not any(isinstance(m, FoldedNorm) for m in traced.modules()):
         if not changed:
             raise NotApplicable("nothing to rewrite: no BatchNorm to fold (eval mode, after a Conv/Linear) and no ReLU")
