@@ -199,9 +199,7 @@ def norm_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
-def _foldable(layer: nn.Module, norm: nn.Module | None) -> bool:
-    if norm is None:
-        return False
+def _foldable(layer: nn.Module, norm: nn.Module) -> bool:
     out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     return (
         computes_stock(layer)
@@ -215,33 +213,31 @@ def _foldable(layer: nn.Module, norm: nn.Module | None) -> bool:
 
 def _norm_and_input(
     node: fx.Node, module_of: Callable[[fx.Node], nn.Module | None], owners: dict[str, nn.Module]
-) -> tuple[nn.Module | None, fx.Node | None]:
+) -> tuple[nn.Module, fx.Node] | None:
     """(the BatchNorm module, its input node) where `node` computes an eval-mode BatchNorm from a
     module's own statistics, weight and bias: a call of a stock BatchNorm module, or a call of
     `F.batch_norm` that reads them, as a norm module traced through does (timm's BatchNormAct2d in
     its EfficientNets, MobileNets and RegNets, whose activation follows as a module of its own). `owners`:
-    the model's modules by name."""
+    the model's modules by name; None where it does not."""
     if node.op == "call_module":
-        norm = module_of(node)
-        if isinstance(norm, NORMS) and computes_stock(norm) and len(node.args) == 1 and not node.kwargs:
-            return norm, node.args[0] if isinstance(node.args[0], fx.Node) else None
-        return None, None
+        norm, src = module_of(node), node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        return (norm, src) if isinstance(src, fx.Node) and isinstance(norm, NORMS) and computes_stock(norm) else None
     if node.op != "call_function" or node.target is not F.batch_norm:
-        return None, None
+        return None
     call = dict(zip(_BATCH_NORM_ARGS, node.args)) | dict(node.kwargs)
     src = call.get("input")
     if call.get("training", False) is not False or not isinstance(src, fx.Node):
-        return None, None
+        return None
     read_from = {str(a.target).rpartition(".")[0] for a in node.all_input_nodes if a.op == "get_attr"}
     owner = read_from.pop() if len(read_from) == 1 else ""
     norm = owners.get(owner) if owner else None
     if not isinstance(norm, NORMS) or call.get("eps", 1e-5) != norm.eps:
-        return None, None
+        return None
     for key in ("running_mean", "running_var", "weight", "bias"):
         arg = call.get(key)
         read = isinstance(arg, fx.Node) and arg.op == "get_attr" and arg.target == f"{owner}.{key}"
         if not (read or (arg is None and getattr(norm, key) is None)):
-            return None, None
+            return None
     return norm, src
 
 
@@ -299,11 +295,13 @@ def rewrite_for_inference(
         return modules.get(str(node.target)) if node.op == "call_module" else None
 
     for node in list(graph.nodes) if fold else []:  # BatchNorm folded into the layer that feeds it alone
-        norm, src = _norm_and_input(node, module_of, owners)
-        layer = module_of(src) if src is not None else None
+        found = _norm_and_input(node, module_of, owners)
+        if found is None:
+            continue
+        norm, src = found
+        layer = module_of(src)
         if not isinstance(layer, LAYERS) or layer in keep or not _foldable(layer, norm):
             continue
-        assert src is not None and norm is not None
         if any(user is not node and not _reads_shape(user) for user in src.users):
             continue
         name = f"folded_{len([n for n in modules if n.startswith('folded_')])}"
