@@ -722,6 +722,78 @@ def test_a_lone_survivor_of_the_shortlist_is_not_timed_again():
     assert probe.timings == {"loop": 0.01} and not probe.kept.have.any()
 
 
+def test_the_loop_is_not_timed_again_when_its_tuning_pass_shows_it_far_behind():
+    """The loop, timed warm while the batch size was tuned, is not timed on stage-1 points when another
+    candidate's first point ran over SHORTLIST_FACTOR times faster (a timm EfficientNet's loop at 5x its
+    firstlayer-fused pace: a third of the probe's cost); the other is timed, and the loop left out."""
+    from landscape.strategies.probe import SHORTLIST_FACTOR, _Probe
+
+    problem = sample_problem("mlp", dtype="float32", samples=64)
+    directions = random_directions(2, problem.theta, problem.layout, seed=0).float()
+    coords = grid_coords([torch.linspace(-1, 1, 8), torch.linspace(-1, 1, 8)]).float()
+    probe = _Probe(problem, coords, warn=lambda m: None, total_points=10_000)
+    probe.built = {name: build_strategy(name, problem, directions) for name in ("loop", "vmap")}
+    slow = 1.0
+    probe.first = {"loop": slow}  # the tuning pass at the run's batch size
+    probe.warm = {"vmap": slow / (2 * SHORTLIST_FACTOR)}
+    timed: list[str] = []
+    real = probe.timed
+    probe.timed = lambda name, strat, points: timed.append(name) or real(name, strat, points)  # type: ignore[method-assign]
+    probe.shortlist(repeats=2)
+    assert timed == ["vmap"] and list(probe.built) == ["vmap"] and probe.timings["loop"] == slow
+    for strat in probe.built.values():
+        strat.close()
+
+
+def test_the_tuning_pass_at_the_far_point_is_the_loops_warm_up_and_the_reference(monkeypatch):
+    """The batch size's tuning runs its first pass at the far point: at the run's size that pass is the
+    loop's warm-up and every candidate's reference (a pass of the loop saved), and a candidate whose
+    values differ from it is still dropped."""
+    import landscape.strategies.probe as probe_module
+    from landscape.strategies.base import Evaluation
+
+    problem = sample_problem("mlp", dtype="float32", samples=200)
+    assert problem.auto_batch
+    dirs = random_directions(2, problem.theta, problem.layout, seed=0).float()
+    coords = grid_coords([torch.linspace(-1, 1, 9), torch.linspace(-1, 1, 9)]).float()
+    far = int(coords.norm(dim=1).argmax())
+
+    def cap_only(problem, one_pass, **kwargs):
+        one_pass(problem.batch_size)
+        return problem.batch_size
+
+    evaluated: list[tuple[str, list[int]]] = []
+    real_evaluate = probe_module._Probe.evaluate
+
+    def recording(self, name, strat, idx):
+        evaluated.append((name, idx.tolist()))
+        return real_evaluate(self, name, strat, idx)
+
+    real_build = probe_module.build_strategy
+
+    def building(name, *args, **kwargs):
+        strat = real_build(name, *args, **kwargs)
+        if name == "vmap":  # computes something else
+            real = strat.evaluate
+
+            def shifted(c, whole_calls=False):
+                out = real(c, whole_calls)
+                return Evaluation(out.loss + 1.0, out.accuracy)
+
+            strat.evaluate = shifted  # type: ignore[method-assign]
+        return strat
+
+    monkeypatch.setattr(probe_module, "tune_batch_size", cap_only)
+    monkeypatch.setattr(probe_module._Probe, "evaluate", recording)
+    monkeypatch.setattr(probe_module, "build_strategy", building)
+    choice = choose_strategy(problem, dirs, coords, candidates=("loop", "vmap"), warn=lambda m: None)
+    choice.strategy.close()
+    assert ("loop", [far]) not in evaluated and ("vmap", [far]) in evaluated
+    assert "disagree" in choice.dropped["vmap"] and choice.strategy.name == "loop"
+    loss, _ = direct_loss(problem, problem.theta + coords[far] @ dirs)
+    assert choice.probe_result.loss[far].item() == pytest.approx(loss, rel=1e-5)
+
+
 class _Uneven(nn.Module):
     """Sleeps 2 ms per call until `fast_until` (a quiet spell), 25 ms after: the probe's fastest points
     are far from the run's pace."""

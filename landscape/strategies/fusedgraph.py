@@ -25,8 +25,8 @@ from landscape.strategies.base import BuildContext, NotApplicable, Strategy, agr
 from landscape.strategies.firstlayer import FirstLayerStrategy, _param_names, first_layer_of
 from landscape.strategies.loop import LoopStrategy
 
-LAYOUT_POINTS = 4.0  # timing the convolutions' layouts costs about this many forward passes (2 runs of 2-3 layouts,
-# fewer where one is far behind)
+LAYOUT_POINTS = 4.0  # timing the convolutions' layouts costs about this many forward passes (2 runs of 2 layouts,
+# fewer where one is far behind; one-tap convolutions untimed)
 NOTHING_TO_FUSE = "no BatchNorm after a Conv/Linear to fold and no 2-D convolution"
 
 
