@@ -176,10 +176,12 @@ def table(results: dict[str, dict]) -> str:
     def add(header: list[str], rows: list[str]) -> None:  # a table no command filled (--skip) is left out
         lines.extend(header + rows if rows else [])
 
+    w = max([len("model"), *map(len, results)])  # the model column, as wide as the longest name
+
     rows: list[str] = []
     header = [
         "sweep (whole processes, seconds: median [min-max]; ratios of medians, above 1 = landscape faster)",
-        f"{'model':11} {'grid':>5} {'strategy':16} {'landscape':>19} {'loop script':>19} {'loss-landscapes':>19}"
+        f"{'model':{w}} {'grid':>5} {'strategy':16} {'landscape':>19} {'loop script':>19} {'loss-landscapes':>19}"
         f" {'loop/ls':>7} {'ll/ls':>6} {'sweep/limit':>11} {'sweep/best':>10}",
     ]
     for name, r in results.items():
@@ -192,7 +194,7 @@ def table(results: dict[str, dict]) -> str:
         own = statistics.median(s["seconds"] for s in f["sweep"])
         limit = f"{own / statistics.median(passes):11.2f}" if passes else f"{'-':>11}"
         rows.append(
-            f"{name:11} {r['grid']:>5} {strategy:16} {span(t['sweep']):>19} {cell(r, 'loop'):>19}"
+            f"{name:{w}} {r['grid']:>5} {strategy:16} {span(t['sweep']):>19} {cell(r, 'loop'):>19}"
             f" {cell(r, 'll'):>19} {ratio(t, 'loop', 'sweep'):>7} {ratio(t, 'll', 'sweep'):>6}"
             f" {limit} {own / best:10.2f}"
         )
@@ -206,7 +208,7 @@ def table(results: dict[str, dict]) -> str:
         " largest relative difference, over PyHessian's positive eigenvalues in order (its power iteration finds the"
         " largest |l|, which may be negative; landscape's are the largest l); products: Hessian-vector products"
         " (landscape's, and PyHessian's: 'ph prod')",
-        f"{'model':11} {'landscape':>19} {'PyHessian':>19} {'ph/ls':>6} {'fixed%':>7} {'setup%':>7} {'products':>8} {'resid':>8}"
+        f"{'model':{w}} {'landscape':>19} {'PyHessian':>19} {'ph/ls':>6} {'fixed%':>7} {'setup%':>7} {'products':>8} {'resid':>8}"
         f" {'diff':>8} {'lanczos s':>9} {'power s':>9} {'ph prod':>7}",
     ]
     rows = []
@@ -225,7 +227,7 @@ def table(results: dict[str, dict]) -> str:
             / statistics.median(t["top5"])
         )
         rows.append(
-            f"{name:11} {span(t['top5']):>19} {cell(r, 'ph-top5'):>19} {ratio(t, 'ph-top5', 'top5'):>6}"
+            f"{name:{w}} {span(t['top5']):>19} {cell(r, 'ph-top5'):>19} {ratio(t, 'ph-top5', 'top5'):>6}"
             f" {fixed:7.1f} {setup:7.1f} {ours['products']:8d} {ours['relative_residual']:8.1e} {diff:8.1e} {own:9.2f}"
             f" {statistics.median(p['seconds'] for p in f['ph-top5']) if theirs else math.nan:9.2f}"
             f" {theirs.get('products', math.nan) if theirs else math.nan:7}"
@@ -238,7 +240,7 @@ def table(results: dict[str, dict]) -> str:
         " error: se is the standard error of its mean of probes). ph/ls at equal se: PyHessian's time had it run"
         " the probes its estimate needs for landscape's standard error, (se ph / se ls)^2 times its probes' seconds,"
         " its process's other seconds unchanged (both standard errors are estimates, from 20 and m probes)",
-        f"{'model':11} {'landscape':>19} {'PyHessian':>19} {'ph/ls':>6} {'trace ls':>10} {'se ls':>8}"
+        f"{'model':{w}} {'landscape':>19} {'PyHessian':>19} {'ph/ls':>6} {'trace ls':>10} {'se ls':>8}"
         f" {'trace ph':>10} {'se ph':>8} {'ph probes':>9} {'ph/ls at equal se':>17}",
     ]
     rows = []
@@ -257,7 +259,7 @@ def table(results: dict[str, dict]) -> str:
                 scaled = statistics.median(t["ph-trace"]) - work + work * (theirs["std_error"] / ours["trace_se"]) ** 2
                 equal = f"{scaled / statistics.median(t['trace']):.2f}"
         rows.append(
-            f"{name:11} {span(t['trace']):>19} {cell(r, 'ph-trace'):>19} {ratio(t, 'ph-trace', 'trace'):>6}"
+            f"{name:{w}} {span(t['trace']):>19} {cell(r, 'ph-trace'):>19} {ratio(t, 'ph-trace', 'trace'):>6}"
             f" {ours['trace']:10.4g} {ours['trace_se']:8.2g} {theirs['trace']:10.4g}"
             f" {theirs.get('std_error', math.nan):8.2g} {theirs['probes']:9d} {equal:>17}"
         )

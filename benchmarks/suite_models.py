@@ -250,6 +250,31 @@ def timm_efficientnet() -> nn.Module:
     return timm.create_model("efficientnet_b0", pretrained=False, num_classes=10)
 
 
+def squeezenet() -> nn.Module:
+    """torchvision's SqueezeNet 1.1 with 10 classes (fire modules: 1x1 squeeze, 1x1 and 3x3 expand
+    concatenated; ReLU, dropout, no BatchNorm; a convolutional classifier): 728k parameters. Held out."""
+    import torchvision
+
+    return torchvision.models.squeezenet1_1(num_classes=10)
+
+
+def timm_resnet_gn() -> nn.Module:
+    """timm's ResNet-18 with GroupNorm in place of BatchNorm (nothing to fold: its statistics are the
+    batch's own), 10 classes: 11.2M parameters. Held out."""
+    import timm
+    from timm.layers import GroupNorm
+
+    return timm.create_model("resnet18", pretrained=False, num_classes=10, norm_layer=GroupNorm)
+
+
+def timm_mobilenetv3() -> nn.Module:
+    """timm's MobileNetV3-Large (BatchNormAct2d, hard-swish, squeeze-excitation with hard-sigmoid,
+    depthwise convolutions), 10 classes: 4.2M parameters. Held out."""
+    import timm
+
+    return timm.create_model("mobilenetv3_large_100", pretrained=False, num_classes=10)
+
+
 def llama():  # type: ignore[no-untyped-def]
     """Hugging Face's LlamaForCausalLM (4 layers, d=256, 8 query and 2 key-value heads, SwiGLU of 688,
     RMSNorm, rotary positions, untied head, vocab 4096): 4.9M parameters. Held out."""
@@ -370,6 +395,19 @@ ENTRIES: dict[str, Entry] = {
         loss="next-token",
         hf=True,
     ),
+    "squeezenet": Entry(
+        "torchvision SqueezeNet 1.1 (no BatchNorm), 728k params, 1024 images 3x32x32",
+        "squeezenet",
+        _images(1024, (3, 32, 32)),
+    ),
+    "timm-resnet-gn": Entry(
+        "timm ResNet-18 with GroupNorm, 11.2M params, 512 images 3x32x32", "timm_resnet_gn", _images(512, (3, 32, 32))
+    ),
+    "timm-mobilenetv3": Entry(
+        "timm MobileNetV3-Large (BatchNormAct2d, hard-swish), 4.2M params, 256 images 3x32x32",
+        "timm_mobilenetv3",
+        _images(256, (3, 32, 32)),
+    ),
     "sample-mlp": Entry("the bundled sample mlp", "landscape.sample_models.models:mlp", sample="mlp"),
     "sample-cnn": Entry("the bundled sample cnn (BatchNorm)", "landscape.sample_models.models:cnn", sample="cnn"),
 }
@@ -377,10 +415,11 @@ ENTRIES: dict[str, Entry] = {
 
 HELD_OUT = (
     "mobilenet", "regnet", "efficientnet", "convnext", "tabular", "lstm", "audio", "unet", "encoder", "densenet",
-    "shufflenet", "mnasnet", "mixer", "gru", "bert", "llama", "timm-efficientnet",
+    "shufflenet", "mnasnet", "mixer", "gru", "bert", "llama", "timm-efficientnet", "squeezenet", "timm-resnet-gn",
+    "timm-mobilenetv3",
 )  # fmt: skip
 """Models the engine was not tuned on, to check that what holds on the suite holds beyond it
-(`--entries mobilenet,regnet,efficientnet,convnext,tabular,lstm,audio,unet,encoder,densenet,shufflenet,mnasnet,mixer,gru,bert,llama,timm-efficientnet`); `make bench` runs the others."""
+(`--entries mobilenet,regnet,efficientnet,convnext,tabular,lstm,audio,unet,encoder,densenet,shufflenet,mnasnet,mixer,gru,bert,llama,timm-efficientnet,squeezenet,timm-resnet-gn,timm-mobilenetv3`); `make bench` runs the others."""
 SUITE = tuple(name for name in ENTRIES if name not in HELD_OUT)
 
 
