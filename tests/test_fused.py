@@ -234,6 +234,31 @@ def test_the_fastest_layout_is_kept_and_far_slower_ones_run_once(monkeypatch, se
     assert not any(ran.values())
 
 
+def test_convolutions_without_a_norm_to_fold_are_laid_out_alone():
+    """GroupNorm after each convolution: nothing folds, but each 2-D convolution (not one in `keep`) runs in
+    a layout of its own, timed, giving the model's outputs; a lone convolution (a ViT's patches) is left."""
+    from torch import fx
+
+    from landscape.fused import LaidOutConv, choose_conv_layouts, lay_out_convs, trace
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Conv2d(8, 16, 3, padding=1), nn.Flatten(), nn.Linear(16, 4),
+    ).eval().double()  # fmt: skip
+    x = torch.randn(5, 3, 8, 8, dtype=torch.float64)
+    traced = trace(model)
+    assert isinstance(traced, fx.GraphModule) and lay_out_convs(traced, keep=frozenset([model[0]]))
+    laid = [m for m in traced.modules() if isinstance(m, LaidOutConv)]
+    assert [m.layer for m in laid] == [model[3], model[7]]
+    assert choose_conv_layouts(traced, x.contiguous(memory_format=torch.channels_last))[-1] == "M"  # a 1x1 map
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x), rtol=1e-12, atol=1e-12)
+    lone = trace(nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.Flatten()))
+    assert isinstance(lone, fx.GraphModule) and not lay_out_convs(lone)
+
+
 class _UntraceableConv(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -261,7 +286,7 @@ def test_the_fused_strategies_say_why_they_do_not_apply():
     )
     data = (torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
     assert FusedStrategy.rules_out(Problem(vit, data)) is None  # a 2-D convolution: the modules cannot tell
-    with pytest.raises(NotApplicable, match=r"^nothing to rewrite: no BatchNorm to fold .* and no ReLU$"):
+    with pytest.raises(NotApplicable, match=r"^nothing to rewrite: no BatchNorm to fold .*, no ReLU, and under 2 2-D"):
         _fused_graph(Problem(vit, data))
     with pytest.raises(NotApplicable, match=r"^torch\.fx cannot trace the model \(TraceError: .+\)$"):
         _fused_graph(Problem(_UntraceableConv().eval(), (torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))))

@@ -11,6 +11,7 @@ Hessian of a parameter block (`torch.func.hessian` + `eigh`, float64).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import textwrap
 import warnings
@@ -934,6 +935,22 @@ def _timm_efficientnet() -> nn.Module:
     return model
 
 
+def _timm_resnet_gn() -> nn.Module:
+    """timm's ResNet-10-T (a deep stem of three convolutions) with GroupNorm: nothing to fold, its
+    convolutions laid out alone (1x1 maps in layer4 at 32x32 inputs: matrix products)."""
+    timm = _import("timm")
+    from timm.layers import GroupNorm
+
+    return timm.create_model(
+        "resnet10t", pretrained=False, num_classes=10, norm_layer=functools.partial(GroupNorm, num_groups=8)
+    )
+
+
+def _timm_convnext() -> nn.Module:
+    """timm's ConvNeXt-atto: a patchify stem, 7x7 depthwise convolutions, LayerNorm2d, GELU, layer scale."""
+    return _import("timm").create_model("convnext_atto", pretrained=False, num_classes=10)
+
+
 @pytest.mark.parametrize(
     "build, inputs, must",
     [
@@ -941,12 +958,15 @@ def _timm_efficientnet() -> nn.Module:
         (_swin, lambda: torch.randn(4, 3, 32, 32), {"loop", "vmap"}),
         (_googlenet, lambda: torch.randn(2, 3, 32, 32), {"loop", "vmap", "fused", "firstlayer-fused"}),
         (_timm_efficientnet, lambda: torch.randn(2, 3, 32, 32), {"loop", "vmap", "fused", "firstlayer-fused"}),
+        (_timm_resnet_gn, lambda: torch.randn(2, 3, 32, 32), {"loop", "vmap", "fused", "firstlayer-fused"}),
+        (_timm_convnext, lambda: torch.randn(2, 3, 32, 32), {"loop", "vmap", "fused", "firstlayer-fused"}),
     ],
-    ids=["wav2vec2", "swin", "googlenet", "timm-efficientnet"],
+    ids=["wav2vec2", "swin", "googlenet", "timm-efficientnet", "timm-resnet-gn", "timm-convnext"],
 )
 def test_library_models_under_every_strategy_and_their_curvature(build, inputs, must):
     """Every sweep strategy that applies equals a fresh instance of the model loaded with theta + c d
-    (`must`: those that have to apply; timm's BatchNormAct2d is folded by the fused ones), and a
+    (`must`: those that have to apply; timm's BatchNormAct2d is folded by the fused ones, and convolutions
+    with no BatchNorm after them, GroupNorm's and ConvNeXt's, are laid out alone by them), and a
     Hessian block (a mid-model parameter of at most 64 entries and the head's bias) equals
     `torch.func.hessian` on a fresh instance, in float64."""
     from landscape.curvature.operators import CurvatureOperator

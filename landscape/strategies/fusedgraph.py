@@ -9,12 +9,15 @@ import torch.nn as nn
 from torch import fx
 
 from landscape.fused import (
+    LAID_OUT_LEAST,
     NORMS,
     FoldedNorm,
+    LaidOutConv,
     channels_last_input,
     choose_conv_layouts,
     conv_layouts,
     has_conv2d,
+    lay_out_convs,
     rewrite_for_inference,
     set_conv_layouts,
     trace,
@@ -49,9 +52,14 @@ def _fused_graph(problem: Problem, keep: frozenset[nn.Module] = frozenset()) -> 
     if isinstance(traced, str):
         raise NotApplicable(f"torch.fx cannot trace the model ({traced})")
     changed = rewrite_for_inference(traced, model, keep, fold=problem.dtype in (torch.float32, torch.float64))
+    # the other 2-D convolutions in layouts of their own, where the layouts are timed (`choose_conv_layouts`)
+    laid_out = problem.device.type == "cpu" and lay_out_convs(traced, keep)
     if not any(isinstance(m, FoldedNorm) for m in traced.modules()):
-        if not changed:
-            raise NotApplicable("nothing to rewrite: no BatchNorm to fold (eval mode, after a Conv/Linear) and no ReLU")
+        if not changed and not laid_out:
+            raise NotApplicable(
+                "nothing to rewrite: no BatchNorm to fold (eval mode, after a Conv/Linear), no ReLU, and under"
+                f" {LAID_OUT_LEAST} 2-D convolutions to lay out"
+            )
         if not has_conv2d(model):  # ReLUs in place alone gained under 5%: not worth probing
             raise NotApplicable("no BatchNorm to fold (eval mode, after a Conv/Linear) and no 2-D convolution")
     return traced
@@ -129,8 +137,12 @@ class FirstLayerFusedStrategy(FirstLayerStrategy):
     ):
         fused = _fused_graph(problem)
         names = {m: n for n, m in problem.model.named_modules()}
-        pair = next((m for m in fused.modules() if isinstance(m, FoldedNorm) and m.layer is first[1]), None)
-        norm = (names[pair.norm], pair.norm) if pair is not None else None
+        # the graph's module that computes the first layer (folded with its norm, or laid out alone), whose
+        # forward the cached outputs replace
+        pair = next(
+            (m for m in fused.modules() if isinstance(m, (FoldedNorm, LaidOutConv)) and m.layer is first[1]), None
+        )
+        norm = (names[pair.norm], pair.norm) if isinstance(pair, FoldedNorm) else None
         if norm is not None and any(directions[:, problem.layout.block(n)].any() for n in _param_names(norm)):
             # its weights move, so its scale differs per point: the first layer stays out of the folding
             # and the norm runs per point on the cached outputs
