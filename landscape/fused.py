@@ -14,8 +14,9 @@ and buffer with the original (weights written in place are seen by both):
 
 On a convolutional model the data then also goes channels-last (`channels_last_input`), which
 oneDNN's convolutions prefer, and each folded 2-D convolution, or (`lay_out_convs`) one with no
-BatchNorm to fold, runs in the memory layout timed fastest on its input (`choose_conv_layouts`). On the bundled BatchNorm CNN (2 CPU cores) the three together made a
-forward pass over the data about 1.5x faster (median of 12 interleaved runs: 10.9 -> 7.0 ms).
+BatchNorm to fold, runs in the memory layout timed fastest on its input (`choose_conv_layouts`). On
+the bundled BatchNorm CNN (2 CPU cores) the three together made a forward pass over the data about
+1.5x faster (median of 12 interleaved runs: 10.9 -> 7.0 ms).
 The values differ from the model's only by rounding; the caller checks them against it.
 """
 
@@ -159,27 +160,28 @@ def _fastest_layout(
     return fastest if best[fastest] < LAYOUT_MARGIN * best["channels_last"] else "channels_last"
 
 
-def _folded_convs(graph: nn.Module) -> list[_InLayout]:
+def _convs_in_layout(graph: nn.Module) -> list[_InLayout]:
     """The graph's 2-D convolutions that run in a layout: folded, or laid out alone (`lay_out_convs`)."""
     return [m for m in graph.modules() if isinstance(m, _InLayout) and isinstance(m.layer, nn.Conv2d)]
 
 
 LAYOUT_LETTERS = {"channels_last": "L", "contiguous": "C", "matmul": "M"}
-"""A layout as a results file keeps it: a letter per folded convolution, in graph order (`Pick.layouts`)."""
+"""A layout as a results file keeps it: a letter per convolution in a layout (folded ones, then those laid
+out alone), in the graph's module order (`Pick.layouts`)."""
 
 
 def conv_layouts(graph: nn.Module) -> str:
-    """The layouts of the graph's folded 2-D convolutions as letters; "" when none was set."""
-    convs = _folded_convs(graph)
+    """The layouts of the graph's 2-D convolutions in a layout as letters; "" when none was set."""
+    convs = _convs_in_layout(graph)
     if not convs or any(m.layout is None for m in convs):
         return ""
     return "".join(LAYOUT_LETTERS[str(m.layout)] for m in convs)
 
 
 def set_conv_layouts(graph: nn.Module, letters: str) -> bool:
-    """Give the graph's folded 2-D convolutions the layouts `letters` names (a resumed run's, to compute
+    """Give the graph's 2-D convolutions in a layout the layouts `letters` names (a resumed run's, to compute
     its points as the run before did); False, nothing set, when they do not fit this graph."""
-    convs = _folded_convs(graph)
+    convs = _convs_in_layout(graph)
     names = {letter: layout for layout, letter in LAYOUT_LETTERS.items()}
     if len(letters) != len(convs) or any(c not in names for c in letters):
         return False
@@ -191,12 +193,12 @@ def set_conv_layouts(graph: nn.Module, letters: str) -> bool:
 def choose_conv_layouts(
     graph: nn.Module, x: torch.Tensor, repeats: int = 2, known: dict[nn.Module, str] | None = None
 ) -> str:
-    """Run `graph` once on `x` (no gradient), each folded 2-D convolution timing its layouts on its own
+    """Run `graph` once on `x` (no gradient), each 2-D convolution in a layout timing its layouts on its own
     input and keeping the fastest for the calls that follow; returns them as `conv_layouts` does.
     `known` ({convolution module: layout}) holds the layouts timed for another graph of the same
     model on the same data (the probe builds two): those are used untimed, and the new ones added.
     On the CPU only: elsewhere (CUDA) the timings would need synchronizing and the data's layout is kept."""
-    convs = _folded_convs(graph)
+    convs = _convs_in_layout(graph)
     if not convs or x.device.type != "cpu":
         return ""
     known = {} if known is None else known
@@ -394,7 +396,6 @@ def lay_out_convs(traced: fx.GraphModule, keep: frozenset[nn.Module] = frozenset
     for count, node in enumerate(nodes):
         layer = modules[str(node.target)]
         name = f"laid_out_{count}"
-        count += 1
         traced.add_submodule(name, LaidOutConv(layer))
         with graph.inserting_after(node):
             laid_out = graph.call_module(name, node.args)
