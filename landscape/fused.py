@@ -13,7 +13,7 @@ and buffer with the original (weights written in place are seen by both):
   nothing else, runs in place.
 
 On a convolutional model the data then also goes channels-last (`channels_last_input`), which
-oneDNN's convolutions prefer, and each folded 2-D convolution, or (`lay_out_convs`) one with no
+oneDNN's convolutions prefer, and each folded 2-D convolution, or (`lay_out`) one with no
 BatchNorm to fold, runs in the memory layout timed fastest on its input (`choose_conv_layouts`). On
 the bundled BatchNorm CNN (2 CPU cores) the three together made a forward pass over the data about
 1.5x faster (median of 12 interleaved runs: 10.9 -> 7.0 ms).
@@ -161,7 +161,7 @@ def _fastest_layout(
 
 
 def _convs_in_layout(graph: nn.Module) -> list[_InLayout]:
-    """The graph's 2-D convolutions that run in a layout: folded, or laid out alone (`lay_out_convs`)."""
+    """The graph's 2-D convolutions that run in a layout: folded, or laid out alone (`LaidOutConv`)."""
     return [m for m in graph.modules() if isinstance(m, _InLayout) and isinstance(m.layer, nn.Conv2d)]
 
 
@@ -307,10 +307,16 @@ def trace(model: nn.Module) -> fx.GraphModule | str:
 
 
 def rewrite_for_inference(
-    traced: fx.GraphModule, model: nn.Module, keep: frozenset[nn.Module] = frozenset(), fold: bool = True
+    traced: fx.GraphModule,
+    model: nn.Module,
+    keep: frozenset[nn.Module] = frozenset(),
+    fold: bool = True,
+    lay_out: bool = False,
 ) -> bool:
-    """Fold BatchNorms (unless `fold` is False) and run ReLUs in place, in `traced`'s graph of `model`;
-    whether anything changed. Modules in `keep` are not folded.
+    """Fold BatchNorms (unless `fold` is False) and run ReLUs in place, in `traced`'s graph of `model`,
+    and with `lay_out` put each 2-D convolution left unfolded in a layout of its own (`LaidOutConv`,
+    timed by `choose_conv_layouts`) where there are LAID_OUT_LEAST or more; whether anything changed.
+    Modules in `keep` are neither folded nor laid out.
 
     Folding changes the rounding (one product W*s instead of two passes over the activations):
     below float32 (bfloat16 weights) that moves the outputs by more than rounding, so callers pass
@@ -335,9 +341,7 @@ def rewrite_for_inference(
             continue
         name = f"folded_{len([n for n in modules if n.startswith('folded_')])}"
         modules[name] = FoldedNorm(layer, norm)
-        traced.add_submodule(name, modules[name])
-        with graph.inserting_after(src):
-            folded = graph.call_module(name, src.args, src.kwargs)
+        folded = _call_after(traced, src, name, modules[name], src.args, src.kwargs)
         src.replace_all_uses_with(folded)  # the norm's input, and shape checks (timm's `x.ndim == 4`)
         node.replace_all_uses_with(folded)
         reads = [a for a in node.all_input_nodes if a.op == "get_attr"]
@@ -364,6 +368,9 @@ def rewrite_for_inference(
         graph.erase_node(node)
         changed = True
 
+    if lay_out:
+        changed = _lay_out_convs(traced, modules, keep) or changed
+
     if changed:
         graph.lint()
         traced.recompile()
@@ -375,11 +382,9 @@ LAID_OUT_LEAST = 2  # convolutions laid out alone only where there are this many
 # convolution is no reason to build and probe the fused strategies
 
 
-def lay_out_convs(traced: fx.GraphModule, keep: frozenset[nn.Module] = frozenset()) -> bool:
-    """Each stock 2-D convolution module the graph calls that is not folded (nor in `keep`) runs in a
-    layout of its own (`LaidOutConv`, timed by `choose_conv_layouts`), where there are LAID_OUT_LEAST
-    or more; whether any does."""
-    modules = dict(traced.named_modules())
+def _lay_out_convs(traced: fx.GraphModule, modules: dict[str, nn.Module], keep: frozenset[nn.Module]) -> bool:
+    """`rewrite_for_inference`'s `lay_out`: each stock 2-D convolution module the graph calls (not in
+    `keep`) in a `LaidOutConv`, where there are LAID_OUT_LEAST or more; whether there were."""
     graph = traced.graph
     nodes = [
         node
@@ -394,17 +399,24 @@ def lay_out_convs(traced: fx.GraphModule, keep: frozenset[nn.Module] = frozenset
     if len(nodes) < LAID_OUT_LEAST:
         return False
     for count, node in enumerate(nodes):
-        layer = modules[str(node.target)]
-        name = f"laid_out_{count}"
-        traced.add_submodule(name, LaidOutConv(layer))
-        with graph.inserting_after(node):
-            laid_out = graph.call_module(name, node.args)
+        laid_out = _call_after(traced, node, f"laid_out_{count}", LaidOutConv(modules[str(node.target)]), node.args)
         node.replace_all_uses_with(laid_out)
         graph.erase_node(node)
-    graph.lint()
-    traced.recompile()
-    traced.eval()
     return True
+
+
+def _call_after(
+    traced: fx.GraphModule,
+    after: fx.Node,
+    name: str,
+    module: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None = None,
+) -> fx.Node:
+    """A call of `module`, added to `traced` as `name`, inserted after the node `after`."""
+    traced.add_submodule(name, module)
+    with traced.graph.inserting_after(after):
+        return traced.graph.call_module(name, args, kwargs)
 
 
 def has_conv2d(model: nn.Module) -> bool:

@@ -239,7 +239,7 @@ def test_convolutions_without_a_norm_to_fold_are_laid_out_alone():
     a layout of its own, timed, giving the model's outputs; a lone convolution (a ViT's patches) is left."""
     from torch import fx
 
-    from landscape.fused import LaidOutConv, choose_conv_layouts, lay_out_convs, trace
+    from landscape.fused import LaidOutConv, choose_conv_layouts, rewrite_for_inference, trace
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -249,14 +249,16 @@ def test_convolutions_without_a_norm_to_fold_are_laid_out_alone():
     ).eval().double()  # fmt: skip
     x = torch.randn(5, 3, 8, 8, dtype=torch.float64)
     traced = trace(model)
-    assert isinstance(traced, fx.GraphModule) and lay_out_convs(traced, keep=frozenset([model[0]]))
+    keep = frozenset([model[0]])
+    assert isinstance(traced, fx.GraphModule) and rewrite_for_inference(traced, model, keep, lay_out=True)
     laid = [m for m in traced.modules() if isinstance(m, LaidOutConv)]
     assert [m.layer for m in laid] == [model[3], model[7]]
     assert choose_conv_layouts(traced, x.contiguous(memory_format=torch.channels_last))[-1] == "M"  # a 1x1 map
     with torch.no_grad():
         torch.testing.assert_close(traced(x), model(x), rtol=1e-12, atol=1e-12)
-    lone = trace(nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.Flatten()))
-    assert isinstance(lone, fx.GraphModule) and not lay_out_convs(lone)
+    patches = nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.Flatten())
+    lone = trace(patches)
+    assert isinstance(lone, fx.GraphModule) and not rewrite_for_inference(lone, patches, lay_out=True)
 
 
 class _UntraceableConv(nn.Module):

@@ -17,7 +17,6 @@ from landscape.fused import (
     choose_conv_layouts,
     conv_layouts,
     has_conv2d,
-    lay_out_convs,
     rewrite_for_inference,
     set_conv_layouts,
     trace,
@@ -51,11 +50,11 @@ def _fused_graph(problem: Problem, keep: frozenset[nn.Module] = frozenset()) -> 
     traced = trace(model)
     if isinstance(traced, str):
         raise NotApplicable(f"torch.fx cannot trace the model ({traced})")
-    changed = rewrite_for_inference(traced, model, keep, fold=problem.dtype in (torch.float32, torch.float64))
-    # the other 2-D convolutions in layouts of their own, where the layouts are timed (`choose_conv_layouts`)
-    laid_out = problem.device.type == "cpu" and lay_out_convs(traced, keep)
+    # the other 2-D convolutions in layouts of their own where the layouts are timed (`choose_conv_layouts`)
+    fold, lay_out = problem.dtype in (torch.float32, torch.float64), problem.device.type == "cpu"
+    changed = rewrite_for_inference(traced, model, keep, fold=fold, lay_out=lay_out)
     if not any(isinstance(m, FoldedNorm) for m in traced.modules()):
-        if not changed and not laid_out:
+        if not changed:
             raise NotApplicable(
                 "nothing to rewrite: no BatchNorm to fold (eval mode, after a Conv/Linear), no ReLU, and under"
                 f" {LAID_OUT_LEAST} 2-D convolutions to lay out"
