@@ -794,6 +794,28 @@ def test_the_tuning_pass_at_the_far_point_is_the_loops_warm_up_and_the_reference
     assert choice.probe_result.loss[far].item() == pytest.approx(loss, rel=1e-5)
 
 
+def test_a_fused_graph_that_computes_something_else_is_caught_by_the_probe_or_by_its_own_check(monkeypatch):
+    """Under the probe the plain loop's value at the far point checks every candidate, so a fused build
+    does not run the model to check itself (a cold pass of the model on 64 samples); named alone, it does."""
+    import landscape.strategies.fusedgraph as fusedgraph
+    from landscape.errors import ArgumentError
+
+    problem = sample_problem("cnn", dtype="float32", samples=64)
+    dirs = random_directions(2, problem.theta, problem.layout, seed=0).float()
+    coords = grid_coords([torch.linspace(-1, 1, 5), torch.linspace(-1, 1, 5)]).float()
+    real_forward = FoldedNorm.forward
+    monkeypatch.setattr(FoldedNorm, "forward", lambda self, x: real_forward(self, x) + 0.5)
+    checks: list[int] = []
+    real_logits = fusedgraph.logits_of
+    monkeypatch.setattr(fusedgraph, "logits_of", lambda out: checks.append(1) or real_logits(out))
+    choice = choose_strategy(problem, dirs, coords, candidates=("loop", "fused"), warn=lambda m: None)
+    choice.strategy.close()
+    assert "disagree" in choice.dropped["fused"] and choice.strategy.name == "loop" and checks == []
+    with pytest.raises(ArgumentError, match="the fused graph's outputs differ from the model's"):
+        choose_strategy(problem, dirs, coords, candidates=("fused",), warn=lambda m: None)
+    assert checks
+
+
 class _Uneven(nn.Module):
     """Sleeps 2 ms per call until `fast_until` (a quiet spell), 25 ms after: the probe's fastest points
     are far from the run's pace."""

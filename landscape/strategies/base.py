@@ -21,14 +21,17 @@ from landscape.problem import Problem
 @dataclass(frozen=True)
 class BuildContext:
     """What a strategy may use: points per call (vmap-like strategies), a memory budget in bytes, a batch
-    size, the convolution layouts a resumed run used (`Pick.layouts`), and those other builds of the
-    probe timed (`timed_layouts`, {convolution module: layout}, filled in by the fused strategies)."""
+    size, the convolution layouts a resumed run used (`Pick.layouts`), those other builds of the
+    probe timed (`timed_layouts`, {convolution module: layout}, filled in by the fused strategies), and
+    whether the caller checks the strategy's values against the plain loop's (`checked`: the probe does,
+    at a point of its own, so a build need not run the model to check itself)."""
 
     points_per_call: int = 16
     memory_budget: int = 1 << 30
     batch_size: int | None = None
     layouts: str = ""
     timed_layouts: dict[Any, str] = field(default_factory=dict, compare=False)
+    checked: bool = False
 
 
 class NotApplicable(ValueError):

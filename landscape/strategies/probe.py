@@ -158,6 +158,7 @@ def choose_strategy(
                 batch_size=batch_size,
                 layouts=layouts if len(candidates) == 1 else "",
                 timed_layouts=timed_layouts,
+                checked=probe.loop_is_reference,
             )
         except NotApplicable as exc:
             probe.inapplicable[name] = str(exc)
@@ -212,6 +213,9 @@ class _Probe:
         self.filled: tuple[int, float] = (0, 0.0)  # the probe points the winner filled in, and its seconds
         # the point farthest from the checkpoint, where a strategy that computes something else would show it
         self.far = torch.tensor([int(coords.norm(dim=1).argmax()) if coords.numel() else 0])
+        # whether the plain loop's value at `far` is what every other candidate's is checked against
+        # (`warm_up`): then a build need not check itself against the model (`BuildContext.checked`)
+        self.loop_is_reference = False
 
     # ---- the budget -------------------------------------------------------------------------
     def fastest(self) -> float:
@@ -312,6 +316,7 @@ class _Probe:
         reference: Evaluation | None = None
         if "loop" in self.first and bool(self.kept.have[far].all()):  # the tuning's first pass, at the run's size
             reference = self.kept.at(far)
+            self.loop_is_reference = True
         order = sorted(
             candidates, key=lambda n: -1 if n == "loop" else PROMISE.index(n) if n in PROMISE else len(PROMISE)
         )
@@ -341,6 +346,7 @@ class _Probe:
                 reference = out[0]
                 self.kept.put(far, reference)
                 self.first.setdefault(name, out[1])
+                self.loop_is_reference = name == "loop"
             elif not agree(reference.loss, out[0].loss, self.problem.dtype):
                 self.drop(
                     name,

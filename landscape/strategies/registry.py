@@ -45,6 +45,7 @@ def build_strategy(
     batch_size: int | None = None,
     layouts: str = "",
     timed_layouts: dict[Any, str] | None = None,
+    checked: bool = False,
 ) -> Strategy:
     """Construct strategy `name`; raises NotApplicable (a ValueError) when it cannot run this model."""
     if name not in REGISTRY:
@@ -53,6 +54,6 @@ def build_strategy(
     if why is not None:
         raise NotApplicable(why)
     ctx = BuildContext(
-        points_per_call, memory_budget, batch_size, layouts, {} if timed_layouts is None else timed_layouts
+        points_per_call, memory_budget, batch_size, layouts, {} if timed_layouts is None else timed_layouts, checked
     )
     return REGISTRY[name].build(problem, directions, ctx)
