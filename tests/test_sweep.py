@@ -722,6 +722,34 @@ def test_a_lone_survivor_of_the_shortlist_is_not_timed_again():
     assert probe.timings == {"loop": 0.01} and not probe.kept.have.any()
 
 
+def test_a_candidates_warm_up_point_is_priced_at_the_loops_pace_not_the_fastest():
+    """A candidate's warm-up repeats the far point, cold, at a pace not yet known: the budget prices it at
+    the loop's (a U-Net's firstlayer and vmap, priced at firstlayer-fused's 14 ms, took 40-45 ms each),
+    so on a run whose budget one such point would overrun, it is left untried."""
+    from landscape.strategies.base import Evaluation
+    from landscape.strategies.probe import PROBE_SHARE, _Probe
+
+    problem = sample_problem("mlp", dtype="float32", samples=64)
+    directions = random_directions(2, problem.theta, problem.layout, seed=0).float()
+    coords = grid_coords([torch.linspace(-1, 1, 8), torch.linspace(-1, 1, 8)]).float()
+    total, fast, slow = 10_000, 0.001, 1.0
+    assert PROBE_SHARE * total * fast < slow  # the budget holds a point at the fastest pace, not at the loop's
+    probe = _Probe(problem, coords, warn=lambda m: None, total_points=total)
+    probe.first = {"loop": slow}  # the tuning pass at the run's batch size, at the far point
+    probe.kept.put(probe.far, Evaluation(torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)))
+    probe.warm = {"firstlayer-fused": fast}  # a fast candidate already seen
+    built: list[str] = []
+
+    def build(name):
+        built.append(name)
+        return build_strategy(name, problem, directions)
+
+    probe.warm_up(("loop", "vmap"), build)
+    for strat in probe.built.values():
+        strat.close()
+    assert built == ["loop"] and probe.untried == ["vmap"]
+
+
 def test_the_loop_is_not_timed_again_when_its_tuning_pass_shows_it_far_behind():
     """The loop, timed warm while the batch size was tuned, is not timed on stage-1 points when another
     candidate's first point ran over SHORTLIST_FACTOR times faster (a timm EfficientNet's loop at 5x its
