@@ -324,9 +324,9 @@ class _Probe:
             kind = REGISTRY.get(name)
             first_call = kind.warm_up_seconds if kind else 0.0  # a compile
             building = self.fastest() * kind.build_points if kind and math.isfinite(self.fastest()) else 0.0
-            # its point repeats the far point, all of it probe cost, cold, at a pace not yet known: priced at
-            # the loop's (as likely as not slower than the fastest's; on a U-Net's 441-point run firstlayer, vmap
-            # and firstlayer-vmap, priced at firstlayer-fused's 14 ms, took 40-45 ms each)
+            # its point repeats the far point (all of it probe cost), cold, at a pace not yet known: priced at
+            # the loop's, not at the fastest seen, which would take it to be as fast as the best (on a U-Net's
+            # 441-point run firstlayer, vmap and firstlayer-vmap, priced at firstlayer-fused's 14 ms, took 40-45 ms)
             point = max(self.fastest(), self.first.get("loop", 0.0))
             unbounded = self.total_points is None and first_call > 0  # a run of unknown length may not pay it back
             if name != order[0] and (unbounded or not self.affords(point + first_call + building)):
