@@ -311,7 +311,7 @@ class _Probe:
         the allocator), where a strategy that computes something else would show it: each must agree
         with the first. The plain loop goes first (its value there kept from the batch size's tuning when
         that ran at the run's size: a pass of the loop saved); the others, most promising first, while the
-        budget affords a build and a repeated point (priced at the loop's pace, or the fastest seen if slower)."""
+        budget affords a build and a repeated point (priced at the loop's pace, else at the fastest seen)."""
         far = self.far
         reference: Evaluation | None = None
         if "loop" in self.first and bool(self.kept.have[far].all()):  # the tuning's first pass, at the run's size
@@ -327,7 +327,7 @@ class _Probe:
             # its point repeats the far point (all of it probe cost), cold, at a pace not yet known: priced at
             # the loop's, not at the fastest seen, which would take it to be as fast as the best (on a U-Net's
             # 441-point run firstlayer, vmap and firstlayer-vmap, priced at firstlayer-fused's 14 ms, took 40-45 ms)
-            point = max(self.fastest(), self.first.get("loop", 0.0))
+            point = self.first.get("loop", self.fastest())  # the loop's is one of those `fastest` takes the least of
             unbounded = self.total_points is None and first_call > 0  # a run of unknown length may not pay it back
             if name != order[0] and (unbounded or not self.affords(point + first_call + building)):
                 why = REGISTRY[name].rules_out(self.problem) if name in REGISTRY else None
